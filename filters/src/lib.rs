@@ -1,0 +1,213 @@
+//! Request and response filters that a gatehouse route lists in order in its YAML.
+//!
+//! The gateway builds one [`Filter`] per configured entry when it compiles a config
+//! snapshot and shares it between every request on the route. Filters see pingora's
+//! header types, never the proxy `Session`, so they can be unit-tested on hand-built
+//! requests. Long-lived state (rate-limit counters, JWKS caches, the Redis connection)
+//! lives in [`FilterRuntime`], which the gateway creates once and keeps across reloads.
+#![warn(missing_docs)]
+
+pub mod duration;
+pub mod headers;
+
+use std::borrow::Cow;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, StatusCode};
+use pingora_http::{RequestHeader, ResponseHeader};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+pub use duration::Duration;
+
+/// The YAML schema of the built-in filters: `- headers: {..}`, `- jwt: {..}`, ...
+///
+/// One variant per filter kind; an exhaustive `match` in [`build`] turns each into a
+/// runtime [`Filter`]. No string registry, no registration at start.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum FilterConfig {
+    /// Add, set or remove request and response headers.
+    Headers(headers::HeadersConfig),
+}
+
+impl FilterConfig {
+    /// The filter kind as written in YAML, used in logs and metric labels.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            FilterConfig::Headers(_) => "headers",
+        }
+    }
+
+    /// Upstream request header names this filter writes from verified data (e.g. JWT
+    /// claim headers). The gateway strips client-sent copies of them on every route.
+    pub fn owned_request_headers(&self) -> Vec<HeaderName> {
+        match self {
+            FilterConfig::Headers(_) => Vec::new(),
+        }
+    }
+}
+
+/// Everything a filter may need when it is built: shared long-lived state.
+#[derive(Default)]
+pub struct FilterRuntime {}
+
+/// Why a filter could not be built from its config (the config was valid YAML but the
+/// filter cannot run with it, e.g. an unreadable PEM file or an empty secret).
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct BuildError {
+    /// What is wrong and how to fix it.
+    pub message: String,
+}
+
+impl BuildError {
+    /// A build error with a message.
+    pub fn new(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+        }
+    }
+}
+
+/// Builds the runtime filter for one configured entry of route `route`.
+pub fn build(
+    cfg: &FilterConfig,
+    route: &str,
+    runtime: &Arc<FilterRuntime>,
+) -> Result<Arc<dyn Filter>, BuildError> {
+    let _ = (route, runtime);
+    match cfg {
+        FilterConfig::Headers(c) => Ok(Arc::new(headers::Headers::new(c)?)),
+    }
+}
+
+/// A response produced by a filter instead of proxying: a rejection (401, 403, 429, 503)
+/// or a successful answer made at the gateway (a CORS preflight's 204).
+#[derive(Debug, Clone)]
+pub struct Response {
+    /// Status code to send.
+    pub status: StatusCode,
+    /// Stable machine-readable code, sent as `X-Gatehouse-Error` and in the JSON body
+    /// for errors (`unauthorized`, `forbidden`, `rate_limited`, ...). `None` for a
+    /// successful answer such as a preflight.
+    pub error_code: Option<&'static str>,
+    /// Human-readable message for the JSON error body; never contains secrets.
+    pub message: Cow<'static, str>,
+    /// Extra headers (`WWW-Authenticate`, `Retry-After`, CORS headers, ...).
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// Body for successful answers; error bodies are rendered by the gateway.
+    pub body: Option<Bytes>,
+}
+
+impl Response {
+    /// A gateway error response; the gateway renders the JSON body from `code` and `message`.
+    pub fn error(
+        status: StatusCode,
+        code: &'static str,
+        message: impl Into<Cow<'static, str>>,
+    ) -> Self {
+        Self {
+            status,
+            error_code: Some(code),
+            message: message.into(),
+            headers: Vec::new(),
+            body: None,
+        }
+    }
+
+    /// Adds a header to the response.
+    pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Self {
+        self.headers.push((name, value));
+        self
+    }
+}
+
+/// What a request filter decided.
+#[derive(Debug)]
+pub enum FilterOutcome {
+    /// Go on with the next filter, then the upstream.
+    Continue,
+    /// Stop here and send this response; nothing goes upstream.
+    Respond(Response),
+}
+
+/// What a request filter may know besides the request header.
+pub struct RequestCx<'a> {
+    /// Route name, for logs and metric labels.
+    pub route: &'a str,
+    /// The client's address as the gateway saw it (the TCP peer).
+    pub client_ip: Option<IpAddr>,
+    /// The request id the gateway assigned (or kept).
+    pub request_id: &'a str,
+    /// The first bytes of the request body, when any filter of the chain asked for them
+    /// through [`Filter::body_prefix_limit`]; `None` otherwise. The full body still goes
+    /// upstream unchanged.
+    pub body_prefix: Option<&'a [u8]>,
+    /// Claims of a verified JWT, set by the `jwt` filter for the filters after it.
+    pub claims: Option<Arc<serde_json::Value>>,
+    /// Headers to add to the response sent downstream (e.g. `RateLimit-*` on allowed
+    /// requests, CORS headers on simple requests).
+    pub response_headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+/// What a response filter may know besides the response header.
+pub struct ResponseCx<'a> {
+    /// Route name, for logs and metric labels.
+    pub route: &'a str,
+    /// The downstream request (after request filters ran).
+    pub request: &'a RequestHeader,
+}
+
+/// A per-request transformation of the response body (compression, envelope).
+pub trait BodyTransform: Send + Sync {
+    /// Called with each body chunk; `end_of_stream` on the last call. Returns the bytes
+    /// to send in place of `chunk` (possibly empty while buffering).
+    fn transform(&mut self, chunk: Option<Bytes>, end_of_stream: bool) -> Option<Bytes>;
+}
+
+/// An infrastructure failure inside a filter (e.g. Redis unreachable with a
+/// fail-closed policy that is not expressed as a [`Response`]). Not a rejection.
+#[derive(Debug, thiserror::Error)]
+#[error("filter {kind}: {message}")]
+pub struct FilterError {
+    /// Filter kind.
+    pub kind: &'static str,
+    /// What failed.
+    pub message: String,
+}
+
+/// A request/response filter, built once per config snapshot.
+#[async_trait]
+pub trait Filter: Send + Sync + 'static {
+    /// Stable kind name, used in config, logs and metric labels.
+    fn kind(&self) -> &'static str;
+
+    /// How many bytes of the request body this filter needs to see in
+    /// [`RequestCx::body_prefix`] (e.g. a rate-limit key from `body.email`). `None`: none.
+    fn body_prefix_limit(&self) -> Option<usize> {
+        None
+    }
+
+    /// After routing, before the upstream is chosen. May edit the request or answer it.
+    async fn on_request(
+        &self,
+        _req: &mut RequestHeader,
+        _cx: &mut RequestCx<'_>,
+    ) -> Result<FilterOutcome, FilterError> {
+        Ok(FilterOutcome::Continue)
+    }
+
+    /// On the response header before it goes downstream. May return a body transform
+    /// that the gateway then applies to every body chunk of this response.
+    fn on_response(
+        &self,
+        _resp: &mut ResponseHeader,
+        _cx: &ResponseCx<'_>,
+    ) -> Result<Option<Box<dyn BodyTransform>>, FilterError> {
+        Ok(None)
+    }
+}

@@ -1,0 +1,1 @@
+//! The Redis service-discovery registry: sorted set `gatehouse:registry:<service>`.
