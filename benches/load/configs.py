@@ -1,0 +1,137 @@
+"""Every config the load harness writes, in one place.
+
+Edit here when gatehouse's config schema (src/config/, filters/src/) changes; the
+driver (`harness.py`) only fills in the ports, paths and the JWT secret. Templates
+use `string.Template` syntax: `$name` placeholders, `$$` for a literal dollar sign.
+"""
+
+from string import Template
+
+# Shared by the token the driver signs and the gatehouse JWT filter that checks it.
+JWT_ISSUER = "bench"
+JWT_AUDIENCE = "bench"
+
+# --- gatehouse -------------------------------------------------------------------
+
+# The part every gatehouse target shares: one listener, the admin listener, one
+# runtime thread (same as bare pingora and the single nginx worker), no access log,
+# and one upstream with one endpoint.
+_GATEHOUSE_BASE = """\
+listeners:
+  - name: public
+    address: 127.0.0.1:$port
+admin:
+  address: 127.0.0.1:$admin_port
+runtime:
+  threads: 1
+access_log:
+  enabled: false
+upstreams:
+  app:
+    discovery:
+      static:
+        - { address: 127.0.0.1:$upstream_port, weight: 1 }
+"""
+
+# The full stack of (e) and (f): JWT HS256 + a rate limit that never rejects
+# (the bench measures its cost, not its 429s) + a response header. Metrics are
+# always on (the admin listener serves /metrics).
+_FULL_FILTERS = """\
+    filters:
+      - jwt:
+          keys:
+            - { algorithm: HS256, secret: "$jwt_secret" }
+          issuer: $jwt_issuer
+          audience: $jwt_audience
+      - rate_limit: { name: per_client, key: client_ip, limit: 100000000, window: 1m }
+      - headers:
+          response:
+            set: { x-bench: "1" }
+"""
+
+_ROUTE = """\
+routes:
+  - name: plain
+    match: { path_prefix: / }
+    upstream: app
+"""
+
+_REDIS = """\
+redis:
+  url: redis://$redis_addr
+"""
+
+GATEHOUSE = {
+    # (d) one plain route, no filters
+    "plain": Template(_GATEHOUSE_BASE + _ROUTE),
+    # (e) full stack, rate limit counted in process
+    "full": Template(_GATEHOUSE_BASE + _ROUTE + _FULL_FILTERS),
+    # (f) full stack, rate limit counted in Redis
+    "full_redis": Template(_GATEHOUSE_BASE + _REDIS + _ROUTE + _FULL_FILTERS),
+}
+
+# A response header that proves the full stack's headers filter ran.
+FULL_STACK_MARKER_HEADER = "x-bench"
+
+# --- nginx -------------------------------------------------------------------------
+
+# The upstream every target ends at: one worker answering a fixed body from memory.
+# keepalive_requests is raised so that neither wrk nor the proxies are made to
+# reconnect every 1000 requests (nginx's default), which would measure connection
+# setup rather than proxying.
+NGINX_UPSTREAM = Template("""\
+worker_processes 1;
+master_process off;
+daemon off;
+pid $prefix/upstream.pid;
+error_log stderr warn;
+worker_rlimit_nofile 65536;
+events { worker_connections 16384; }
+http {
+    access_log off;
+    keepalive_requests 1000000;
+    keepalive_timeout 300s;
+    client_body_temp_path $prefix/tmp_upstream;
+    server {
+        listen 127.0.0.1:$port backlog=4096;
+        default_type text/plain;
+        location / { return 200 "$body"; }
+    }
+}
+""")
+
+# (b) nginx as a reverse proxy: one worker, upstream keepalive pool of 1024.
+NGINX_PROXY = Template("""\
+worker_processes 1;
+master_process off;
+daemon off;
+pid $prefix/proxy.pid;
+error_log stderr warn;
+worker_rlimit_nofile 65536;
+events { worker_connections 16384; }
+http {
+    access_log off;
+    keepalive_requests 1000000;
+    keepalive_timeout 300s;
+    client_body_temp_path $prefix/tmp_proxy;
+    proxy_temp_path $prefix/tmp_proxy_p;
+    upstream app {
+        server 127.0.0.1:$upstream_port;
+        keepalive 1024;
+        keepalive_requests 1000000;
+        keepalive_timeout 300s;
+    }
+    server {
+        listen 127.0.0.1:$port backlog=4096;
+        location / {
+            proxy_pass http://app;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+}
+""")
+
+# The fixed body the upstream answers (19 bytes; no quotes or `$`, it is pasted
+# into nginx's config as is).
+UPSTREAM_BODY = "hello from upstream"

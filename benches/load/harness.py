@@ -1,0 +1,782 @@
+#!/usr/bin/env python3
+"""Side-by-side load harness for gatehouse (issue 8). Python 3.11 stdlib only.
+
+In one run on 127.0.0.1 it starts one nginx upstream, then for each target
+(a) upstream direct, (b) nginx reverse proxy, (c) bare pingora, (d) gatehouse plain,
+(e) gatehouse full stack, (f) full stack with the limit in Redis, starts the target,
+checks that it answers correctly, and measures it with wrk at each connection count.
+It prints a table with ratios and writes the same data as JSON.
+
+Every process it starts is stopped by PID (also on error or Ctrl-C); every wrk run is
+bounded by DURATION (+ a hard kill deadline). See README.md beside this file.
+Settings come from the environment (see `Settings`).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import hmac
+import json
+import os
+import platform
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import configs  # noqa: E402  (the one place with every config template)
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+TARGETS = {
+    "a": "upstream (nginx, direct)",
+    "b": "nginx proxy",
+    "c": "bare pingora",
+    "d": "gatehouse plain",
+    "e": "gatehouse full",
+    "f": "gatehouse full+redis",
+}
+
+
+def log(msg: str) -> None:
+    print(f"[load {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def env_bool(name: str, default: bool = False) -> bool:
+    v = os.environ.get(name)
+    if v is None or v == "":
+        return default
+    return v not in ("0", "false", "no")
+
+
+def default_target_dir() -> str:
+    if os.environ.get("CARGO_TARGET_DIR"):
+        return os.environ["CARGO_TARGET_DIR"]
+    shared = "/var/cache/gatehouse-target"
+    return shared if os.path.isdir(shared) else os.path.join(ROOT, "target")
+
+
+@dataclass
+class Settings:
+    """Everything the environment can change; printed into the JSON."""
+
+    check: bool
+    duration: int
+    warmup: int
+    conns: list[int]
+    targets: list[str]
+    proxy_cpu: int
+    load_cpu: int
+    upstream_cpu: int
+    settle: float
+    out: str
+    gatehouse_bin: str
+    bare_bin: str
+    redis_addr: str
+    build: bool
+    wrk_timeout: str
+    keep_tmp: bool
+
+    @staticmethod
+    def from_env(argv: list[str]) -> "Settings":
+        check = env_bool("CHECK") or "--check" in argv
+        ncpu = os.cpu_count() or 1
+        proxy_cpu = int(os.environ.get("PROXY_CPU", "0"))
+        load_cpu = int(os.environ.get("LOAD_CPU", "1" if ncpu > 1 else "0"))
+        tdir = default_target_dir()
+        stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        return Settings(
+            check=check,
+            duration=int(os.environ.get("DURATION", "3" if check else "10")),
+            warmup=int(os.environ.get("WARMUP", "1" if check else "2")),
+            conns=[int(c) for c in os.environ.get("CONNS", "64,1000").split(",") if c],
+            targets=[t.strip() for t in os.environ.get("TARGETS", "a,b,c,d,e,f").split(",") if t.strip()],
+            proxy_cpu=proxy_cpu,
+            load_cpu=load_cpu,
+            upstream_cpu=int(os.environ.get("UPSTREAM_CPU", str(load_cpu))),
+            settle=float(os.environ.get("SETTLE", "2" if check else "3")),
+            out=os.environ.get("OUT", os.path.join(HERE, "results", f"{stamp}.json")),
+            gatehouse_bin=os.environ.get("GATEHOUSE_BIN", os.path.join(tdir, "release", "gatehouse")),
+            bare_bin=os.environ.get("BARE_BIN", os.path.join(tdir, "release", "examples", "bare_proxy")),
+            redis_addr=os.environ.get("REDIS_ADDR", "127.0.0.1:6379"),
+            build=env_bool("BUILD"),
+            wrk_timeout=os.environ.get("WRK_TIMEOUT", "5s"),
+            keep_tmp=env_bool("KEEP_TMP"),
+        )
+
+
+# --- processes -------------------------------------------------------------------------
+
+
+class Procs:
+    """Every child process the harness started, stopped by PID on exit."""
+
+    def __init__(self) -> None:
+        self.live: dict[int, tuple[str, subprocess.Popen, int]] = {}
+        self.lock = threading.Lock()
+
+    def start(self, name: str, cmd: list[str], logdir: str, cpu: int | None,
+              stop_sig: int = signal.SIGTERM, env: dict | None = None) -> subprocess.Popen:
+        if cpu is not None:
+            # taskset execs the command: the PID stays the target's, and every thread
+            # the target later spawns inherits the pinning.
+            cmd = ["taskset", "-c", str(cpu)] + cmd
+        logf = open(os.path.join(logdir, f"{name}.log"), "ab")
+        p = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                             env=env, start_new_session=True)
+        logf.close()
+        with self.lock:
+            self.live[p.pid] = (name, p, stop_sig)
+        log(f"started {name} pid={p.pid}: {' '.join(cmd)}")
+        return p
+
+    def stop(self, p: subprocess.Popen, grace: float = 5.0) -> None:
+        with self.lock:
+            entry = self.live.pop(p.pid, None)
+        if entry is None:
+            return
+        name, _, sig = entry
+        if p.poll() is None:
+            try:
+                os.kill(p.pid, sig)
+                p.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                log(f"{name} pid={p.pid} ignored signal {sig}; SIGKILL")
+                os.kill(p.pid, signal.SIGKILL)
+                p.wait(timeout=5)
+            except ProcessLookupError:
+                pass
+        log(f"stopped {name} pid={p.pid} rc={p.returncode}")
+
+    def stop_all(self) -> None:
+        with self.lock:
+            procs = [p for (_, p, _) in self.live.values()]
+        for p in reversed(procs):
+            try:
+                self.stop(p)
+            except Exception as e:  # keep stopping the others
+                log(f"stopping pid={p.pid}: {e}")
+
+
+PROCS = Procs()
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, p: subprocess.Popen | None, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if p is not None and p.poll() is not None:
+            raise RuntimeError(f"process exited with rc={p.returncode} before listening on {port}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+
+
+def log_tail(logdir: str, name: str, n: int = 20) -> str:
+    try:
+        with open(os.path.join(logdir, f"{name}.log"), "rb") as f:
+            lines = f.read().decode(errors="replace").splitlines()
+        return "\n".join(lines[-n:])
+    except OSError:
+        return ""
+
+
+# --- /proc probes ----------------------------------------------------------------------
+
+
+def cpu_ticks(pid: int) -> int:
+    """utime + stime of all threads of `pid`, in clock ticks."""
+    with open(f"/proc/{pid}/stat") as f:
+        rest = f.read().rsplit(")", 1)[1].split()
+    return int(rest[11]) + int(rest[12])
+
+
+def status_kib(pid: int) -> dict[str, int]:
+    out = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            k, _, v = line.partition(":")
+            if k in ("VmRSS", "VmHWM", "Threads"):
+                out[k] = int(v.split()[0])
+    return out
+
+
+def fd_count(pid: int) -> int:
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return -1
+
+
+def probe(pid: int) -> dict:
+    st = status_kib(pid)
+    return {"rss_kib": st.get("VmRSS"), "hwm_kib": st.get("VmHWM"), "threads": st.get("Threads"),
+            "fds": fd_count(pid)}
+
+
+class Sampler(threading.Thread):
+    """Polls VmRSS and the fd count of one PID while a measurement runs, keeps the peak."""
+
+    def __init__(self, pid: int, period: float = 0.1) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.period = pid, period
+        self.stop_ev = threading.Event()
+        self.max_rss = 0
+        self.max_fds = 0
+
+    def run(self) -> None:
+        while not self.stop_ev.is_set():
+            try:
+                self.max_rss = max(self.max_rss, status_kib(self.pid).get("VmRSS", 0))
+                self.max_fds = max(self.max_fds, fd_count(self.pid))
+            except OSError:
+                return
+            self.stop_ev.wait(self.period)
+
+    def finish(self) -> None:
+        self.stop_ev.set()
+        self.join(timeout=2)
+
+
+def pin_all_threads(pid: int, cpu: int) -> None:
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        os.sched_setaffinity(int(tid), {cpu})
+
+
+# --- HTTP, JWT, Redis ------------------------------------------------------------------
+
+
+def http_get(port: int, path: str = "/", headers: dict | None = None) -> tuple[int, dict, bytes]:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return r.status, {k.lower(): v for k, v in r.headers.items()}, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, {k.lower(): v for k, v in e.headers.items()}, e.read()
+
+
+def b64url(b: bytes) -> str:
+    return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+
+
+def hs256_token(secret: str, ttl_s: int = 86400) -> str:
+    now = int(time.time())
+    header = {"alg": "HS256", "typ": "JWT"}
+    claims = {"iss": configs.JWT_ISSUER, "aud": configs.JWT_AUDIENCE, "sub": "bench-client",
+              "iat": now, "nbf": now - 60, "exp": now + ttl_s}
+    signing_input = b64url(json.dumps(header, separators=(",", ":")).encode()) + "." + \
+        b64url(json.dumps(claims, separators=(",", ":")).encode())
+    sig = hmac.new(secret.encode(), signing_input.encode(), hashlib.sha256).digest()
+    return signing_input + "." + b64url(sig)
+
+
+def redis_cmd(addr: str, *args: str) -> bytes:
+    host, port = addr.rsplit(":", 1)
+    payload = f"*{len(args)}\r\n" + "".join(f"${len(a)}\r\n{a}\r\n" for a in args)
+    with socket.create_connection((host, int(port)), timeout=2) as s:
+        s.sendall(payload.encode())
+        s.settimeout(2)
+        buf = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+            if buf.startswith((b"+", b"-", b":")) and buf.endswith(b"\r\n"):
+                break
+            if buf.startswith(b"$"):
+                head, _, body = buf.partition(b"\r\n")
+                if len(body) >= int(head[1:]) + 2:
+                    break
+        return buf
+
+
+def redis_total_commands(addr: str) -> int | None:
+    try:
+        info = redis_cmd(addr, "INFO", "stats").decode(errors="replace")
+    except OSError:
+        return None
+    for line in info.splitlines():
+        if line.startswith("total_commands_processed:"):
+            return int(line.split(":", 1)[1])
+    return None
+
+
+# --- wrk -------------------------------------------------------------------------------
+
+
+def run_wrk(s: Settings, port: int, conns: int, duration: int, token: str | None,
+            logdir: str, label: str) -> tuple[dict, float]:
+    """One wrk run pinned to the load CPU. Returns (wrk's counters, wrk's own CPU seconds)."""
+    cmd = ["taskset", "-c", str(s.load_cpu), "wrk", "-t1", f"-c{conns}", f"-d{duration}s",
+           f"--timeout={s.wrk_timeout}", "-s", os.path.join(HERE, "report.lua"),
+           f"http://127.0.0.1:{port}/"]
+    env = dict(os.environ)
+    env.pop("BENCH_TOKEN", None)
+    if token:
+        env["BENCH_TOKEN"] = token
+    out_path = os.path.join(logdir, f"wrk-{label}.out")
+    with open(out_path, "wb") as out:
+        p = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                             env=env, start_new_session=True)
+    with PROCS.lock:
+        PROCS.live[p.pid] = ("wrk", p, signal.SIGKILL)
+    killer = threading.Timer(duration + 30, lambda: os.kill(p.pid, signal.SIGKILL))
+    killer.start()
+    try:
+        _, status, ru = os.wait4(p.pid, 0)
+        p.returncode = os.waitstatus_to_exitcode(status)
+    finally:
+        killer.cancel()
+        with PROCS.lock:
+            PROCS.live.pop(p.pid, None)
+    text = open(out_path, encoding="utf-8", errors="replace").read()
+    for line in text.splitlines():
+        if line.startswith("BENCH_JSON "):
+            return json.loads(line[len("BENCH_JSON "):]), ru.ru_utime + ru.ru_stime
+    raise RuntimeError(f"wrk rc={p.returncode} printed no result:\n{text[-2000:]}")
+
+
+# --- targets ---------------------------------------------------------------------------
+
+
+@dataclass
+class Target:
+    """One thing under load: its process (None for the upstream itself), port, checks."""
+
+    key: str
+    name: str
+    port: int
+    pid: int
+    proc: subprocess.Popen | None
+    token: str | None = None
+    admin_port: int | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+class Harness:
+    def __init__(self, s: Settings) -> None:
+        self.s = s
+        self.tmp = tempfile.mkdtemp(prefix="gatehouse-load-")
+        self.secret = b64url(os.urandom(32))
+        self.token = hs256_token(self.secret)
+        self.upstream_port = 0
+        self.upstream: subprocess.Popen | None = None
+        self.results: dict = {}
+        self.failures: dict[str, str] = {}
+
+    # -- the shared upstream
+    def start_upstream(self) -> None:
+        self.upstream_port = free_port()
+        conf = os.path.join(self.tmp, "upstream.conf")
+        with open(conf, "w") as f:
+            f.write(configs.NGINX_UPSTREAM.substitute(
+                prefix=self.tmp, port=self.upstream_port, body=configs.UPSTREAM_BODY))
+        self.upstream = PROCS.start("upstream", ["nginx", "-p", self.tmp, "-e", "stderr", "-c", conf],
+                                    self.tmp, self.s.upstream_cpu, signal.SIGTERM)
+        wait_port(self.upstream_port, self.upstream)
+        status, _, body = http_get(self.upstream_port)
+        if status != 200 or body.decode() != configs.UPSTREAM_BODY:
+            raise RuntimeError(f"upstream answered {status} {body!r}")
+
+    # -- starting each target
+    def start_target(self, key: str) -> Target:
+        s = self.s
+        if key == "a":
+            assert self.upstream is not None
+            # The upstream is the target here: it gets the proxy's CPU for this one.
+            pin_all_threads(self.upstream.pid, s.proxy_cpu)
+            return Target(key, TARGETS[key], self.upstream_port, self.upstream.pid, None)
+        port = free_port()
+        if key == "b":
+            conf = os.path.join(self.tmp, "proxy.conf")
+            with open(conf, "w") as f:
+                f.write(configs.NGINX_PROXY.substitute(prefix=self.tmp, port=port,
+                                                       upstream_port=self.upstream_port))
+            p = PROCS.start("nginx-proxy", ["nginx", "-p", self.tmp, "-e", "stderr", "-c", conf],
+                            self.tmp, s.proxy_cpu, signal.SIGTERM)
+            return Target(key, TARGETS[key], port, p.pid, p)
+        if key == "c":
+            if not os.access(s.bare_bin, os.X_OK):
+                raise FileNotFoundError(
+                    f"{s.bare_bin} missing: cargo build --release --example bare_proxy (or BUILD=1)")
+            p = PROCS.start("bare-proxy", [s.bare_bin, f"127.0.0.1:{port}",
+                                           f"127.0.0.1:{self.upstream_port}"],
+                            self.tmp, s.proxy_cpu, signal.SIGINT)
+            return Target(key, TARGETS[key], port, p.pid, p)
+        # d, e, f: gatehouse
+        if not os.access(s.gatehouse_bin, os.X_OK):
+            raise FileNotFoundError(
+                f"{s.gatehouse_bin} missing: cargo build --release (or BUILD=1, or GATEHOUSE_BIN=...)")
+        variant = {"d": "plain", "e": "full", "f": "full_redis"}[key]
+        if key == "f":
+            try:
+                pong = redis_cmd(s.redis_addr, "PING")
+            except OSError as e:
+                raise RuntimeError(f"Redis at {s.redis_addr} unreachable: {e}")
+            if not pong.startswith(b"+PONG"):
+                raise RuntimeError(f"Redis at {s.redis_addr} answered {pong!r}")
+        admin_port = free_port()
+        conf = os.path.join(self.tmp, f"gatehouse-{variant}.yaml")
+        with open(conf, "w") as f:
+            f.write(configs.GATEHOUSE[variant].substitute(
+                port=port, admin_port=admin_port, upstream_port=self.upstream_port,
+                jwt_secret=self.secret, jwt_issuer=configs.JWT_ISSUER,
+                jwt_audience=configs.JWT_AUDIENCE, redis_addr=s.redis_addr))
+        v = subprocess.run([s.gatehouse_bin, "validate", "-c", conf], capture_output=True, text=True,
+                           timeout=30)
+        if v.returncode != 0:
+            raise RuntimeError(f"gatehouse validate refused {conf}:\n{v.stdout}{v.stderr}")
+        p = PROCS.start(f"gatehouse-{variant}", [s.gatehouse_bin, "run", "-c", conf], self.tmp,
+                        s.proxy_cpu, signal.SIGINT)
+        return Target(key, TARGETS[key], port, p.pid, p,
+                      token=self.token if key in ("e", "f") else None, admin_port=admin_port)
+
+    def sanity(self, t: Target) -> None:
+        """The target must answer the upstream's body; the full stack must really filter."""
+        wait_port(t.port, t.proc)
+        hdrs = {"Authorization": f"Bearer {t.token}"} if t.token else {}
+        deadline = time.monotonic() + 10
+        while True:  # the listener may accept before the proxy is ready to route
+            status, h, body = http_get(t.port, "/", hdrs)
+            if status == 200 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        if status != 200 or body.decode(errors="replace") != configs.UPSTREAM_BODY:
+            raise RuntimeError(f"GET / answered {status} {body[:200]!r}")
+        if t.key in ("e", "f"):
+            mark = configs.FULL_STACK_MARKER_HEADER
+            if h.get(mark) != "1":
+                raise RuntimeError(f"full stack: response lacks `{mark}: 1` (headers filter not applied)")
+            status, _, _ = http_get(t.port, "/")
+            if status != 401:
+                raise RuntimeError(f"full stack: a request without a token answered {status}, not 401")
+            t.notes.append("checked: 200 with token, 401 without, x-bench header set")
+        if t.admin_port:
+            status, _, body = http_get(t.admin_port, "/metrics")
+            if status != 200 or b"gatehouse_" not in body:
+                raise RuntimeError(f"admin /metrics answered {status}, no gatehouse_ series")
+            t.notes.append("/metrics: %d lines" % body.count(b"\n"))
+
+    # -- one target, every connection count
+    def measure(self, t: Target) -> dict:
+        s = self.s
+        res: dict = {"name": t.name, "pid": t.pid, "runs": {}, "notes": t.notes}
+        res["idle"] = probe(t.pid)
+        redis_before = redis_total_commands(s.redis_addr) if t.key == "f" else None
+        for c in s.conns:
+            label = f"{t.key}-c{c}"
+            if s.warmup > 0:
+                run_wrk(s, t.port, c, s.warmup, t.token, self.tmp, label + "-warmup")
+            sampler = Sampler(t.pid)
+            up_pid = self.upstream.pid if self.upstream else None
+            t0_cpu = cpu_ticks(t.pid)
+            up0 = cpu_ticks(up_pid) if (up_pid and t.key != "a") else 0
+            rc0 = redis_total_commands(s.redis_addr) if t.key == "f" else None
+            sampler.start()
+            wrk, wrk_cpu_s = run_wrk(s, t.port, c, s.duration, t.token, self.tmp, label)
+            sampler.finish()
+            cpu_s = (cpu_ticks(t.pid) - t0_cpu) / CLK_TCK
+            up_cpu_s = (cpu_ticks(up_pid) - up0) / CLK_TCK if (up_pid and t.key != "a") else 0.0
+            rc1 = redis_total_commands(s.redis_addr) if t.key == "f" else None
+            n = wrk["requests"]
+            secs = wrk["duration_us"] / 1e6
+            errors = wrk["err_connect"] + wrk["err_read"] + wrk["err_write"] + \
+                wrk["err_status"] + wrk["err_timeout"]
+            # CPU busy on the load core: wrk, plus the upstream when it shares that core.
+            load_core = wrk_cpu_s + (up_cpu_s if s.upstream_cpu == s.load_cpu else 0.0)
+            run = {
+                "conns": c, "duration_s": round(secs, 3), "requests": n,
+                "rps": round(n / secs, 1) if secs else 0.0,
+                "p50_ms": wrk["p50_us"] / 1000, "p90_ms": wrk["p90_us"] / 1000,
+                "p99_ms": wrk["p99_us"] / 1000, "p999_ms": wrk["p999_us"] / 1000,
+                "max_ms": wrk["lat_max_us"] / 1000,
+                "errors": errors,
+                "errors_detail": {k[4:]: wrk[k] for k in wrk if k.startswith("err_")},
+                "cpu_s": round(cpu_s, 3),
+                "cpu_us_per_req": round(cpu_s * 1e6 / n, 2) if n else None,
+                "peak_rss_kib": sampler.max_rss, "peak_fds": sampler.max_fds,
+                "upstream_cpu_us_per_req": round(up_cpu_s * 1e6 / n, 2) if n and up_pid and t.key != "a" else None,
+                "wrk_cpu_us_per_req": round(wrk_cpu_s * 1e6 / n, 2) if n else None,
+                "load_core_busy": round(load_core / secs, 3) if secs else None,
+            }
+            if rc0 is not None and rc1 is not None and n:
+                # includes the INFO call itself and the warmup's trailing batches: an upper bound
+                run["redis_cmds_per_req"] = round((rc1 - rc0) / n, 4)
+            res["runs"][str(c)] = run
+            log(f"{t.key} {t.name} c={c}: {run['rps']:.0f} req/s p50={run['p50_ms']:.2f}ms "
+                f"p99={run['p99_ms']:.2f}ms errors={errors} cpu={run['cpu_us_per_req']}us/req "
+                f"rss={sampler.max_rss // 1024}MiB load-core={run['load_core_busy']}")
+        time.sleep(s.settle)
+        res["after"] = probe(t.pid)
+        res["hwm_kib"] = res["after"]["hwm_kib"]
+        if redis_before is not None:
+            res["redis_used"] = (redis_total_commands(s.redis_addr) or 0) > redis_before
+        return res
+
+    def run(self) -> int:
+        s = self.s
+        log(f"tmp dir {self.tmp}; proxies on CPU {s.proxy_cpu}, wrk on CPU {s.load_cpu}, "
+            f"upstream on CPU {s.upstream_cpu} (CPU {s.proxy_cpu} while it is the target)")
+        self.start_upstream()
+        for key in s.targets:
+            if key not in TARGETS:
+                self.failures[key] = "unknown target"
+                continue
+            t = None
+            try:
+                t = self.start_target(key)
+                self.sanity(t)
+                self.results[key] = self.measure(t)
+            except Exception as e:
+                name = {"b": "nginx-proxy", "c": "bare-proxy", "d": "gatehouse-plain",
+                        "e": "gatehouse-full", "f": "gatehouse-full_redis"}.get(key, "upstream")
+                tail = log_tail(self.tmp, name)
+                self.failures[key] = f"{e}" + (f"\n--- log tail ---\n{tail}" if tail else "")
+                log(f"target {key} ({TARGETS[key]}) FAILED: {self.failures[key]}")
+            finally:
+                if t is not None and t.proc is not None:
+                    PROCS.stop(t.proc)
+                if key == "a" and self.upstream is not None:
+                    pin_all_threads(self.upstream.pid, s.upstream_cpu)
+        return 0
+
+
+# --- report ----------------------------------------------------------------------------
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 3) if a and b else None
+
+
+def add_ratios(results: dict, conns: list[int]) -> None:
+    for c in map(str, conns):
+        nginx = results.get("b", {}).get("runs", {}).get(c, {}).get("rps")
+        bare = results.get("c", {}).get("runs", {}).get(c, {}).get("rps")
+        for r in results.values():
+            run = r["runs"].get(c)
+            if run:
+                run["x_nginx"] = ratio(run["rps"], nginx)
+                run["x_bare"] = ratio(run["rps"], bare)
+
+
+def fmt(v, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def table(results: dict, conns: list[int]) -> str:
+    head = (f"{'target':<30}{'conns':>6}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'RSS MiB':>9}"
+            f"{'CPU us/req':>11}{'errors':>8}{'x nginx':>9}{'x bare':>8}{'load-core':>10}")
+    lines = [head, "-" * len(head)]
+    for c in map(str, conns):
+        for key, r in results.items():
+            run = r["runs"].get(c)
+            if not run:
+                continue
+            lines.append(
+                f"{'(' + key + ') ' + r['name']:<30}{run['conns']:>6}{run['rps']:>10.0f}"
+                f"{run['p50_ms']:>9.2f}{run['p99_ms']:>9.2f}{run['peak_rss_kib'] / 1024:>9.1f}"
+                f"{fmt(run['cpu_us_per_req'], '.1f'):>11}{run['errors']:>8}"
+                f"{fmt(run.get('x_nginx'), '.2f'):>9}{fmt(run.get('x_bare'), '.2f'):>8}"
+                f"{fmt(run['load_core_busy'], '.0%'):>10}")
+    return "\n".join(lines)
+
+
+def mem_table(results: dict, conns: list[int]) -> tuple[str, dict]:
+    big = str(max(conns))
+    head = (f"{'target':<30}{'idle MiB':>9}{'idle fds':>9}{'@' + big + ' MiB':>11}{'@' + big + ' fds':>10}"
+            f"{'KiB/conn':>9}{'after MiB':>10}{'after fds':>10}{'after/idle':>11}{'threads':>8}")
+    lines = [head, "-" * len(head)]
+    out = {}
+    for key, r in results.items():
+        run = r["runs"].get(big)
+        if not run:
+            continue
+        idle, after = r["idle"], r["after"]
+        per_conn = (run["peak_rss_kib"] - idle["rss_kib"]) / int(big)
+        m = {"idle_rss_kib": idle["rss_kib"], "idle_fds": idle["fds"], "peak_rss_kib": run["peak_rss_kib"],
+             "peak_fds": run["peak_fds"], "kib_per_conn": round(per_conn, 1),
+             "after_rss_kib": after["rss_kib"], "after_fds": after["fds"],
+             "after_over_idle": round(after["rss_kib"] / idle["rss_kib"], 3), "threads": after["threads"]}
+        out[key] = m
+        lines.append(
+            f"{'(' + key + ') ' + r['name']:<30}{idle['rss_kib'] / 1024:>9.1f}{idle['fds']:>9}"
+            f"{run['peak_rss_kib'] / 1024:>11.1f}{run['peak_fds']:>10}{per_conn:>9.1f}"
+            f"{after['rss_kib'] / 1024:>10.1f}{after['fds']:>10}{m['after_over_idle']:>11.2f}{after['threads']:>8}")
+    return "\n".join(lines), out
+
+
+def issue_targets(results: dict, mem: dict, conns: list[int]) -> list[dict]:
+    """Issue 8's targets, evaluated on this run's numbers (informational, never asserted)."""
+    small, big = str(min(conns)), str(max(conns))
+
+    def rps(k, c):
+        return results.get(k, {}).get("runs", {}).get(c, {}).get("rps")
+
+    def run(k, c):
+        return results.get(k, {}).get("runs", {}).get(c)
+
+    checks = []
+
+    def add(what, value, limit, ok):
+        checks.append({"target": what, "value": value, "limit": limit,
+                       "met": None if value is None else bool(ok)})
+
+    v = ratio(rps("d", small), rps("c", small)); add(f"plain / bare req/s @{small}", v, ">= 1.0", v is not None and v >= 1.0)
+    v = ratio(rps("d", small), rps("b", small)); add(f"plain / nginx req/s @{small}", v, ">= 0.60", v is not None and v >= 0.60)
+    v = ratio(rps("e", small), rps("d", small)); add(f"full / plain req/s @{small}", v, ">= 0.85", v is not None and v >= 0.85)
+    v = ratio(rps("f", small), rps("d", small)); add(f"full+redis / plain req/s @{small}", v, ">= 0.70", v is not None and v >= 0.70)
+    for k in ("d", "e", "f"):
+        r = run(k, big)
+        if not r:
+            continue
+        add(f"({k}) errors @{big}", r["errors"], "== 0", r["errors"] == 0)
+        v = round(r["p99_ms"] / r["p50_ms"], 2) if r["p50_ms"] else None
+        add(f"({k}) p99 / p50 @{big}", v, "<= 2.0", v is not None and v <= 2.0)
+        nb = run("b", big)
+        v = round(r["p99_ms"] / nb["p99_ms"], 2) if nb and nb["p99_ms"] else None
+        add(f"({k}) p99 / nginx p99 @{big}", v, "<= 2.0", v is not None and v <= 2.0)
+    m = mem.get("d")
+    if m:
+        add(f"(d) KiB RSS per connection @{big}", m["kib_per_conn"], "<= 64", m["kib_per_conn"] <= 64)
+        add("(d) idle RSS MiB", round(m["idle_rss_kib"] / 1024, 1), "<= 32", m["idle_rss_kib"] <= 32 * 1024)
+        add("(d) RSS after load / idle", m["after_over_idle"], "<= 1.10", m["after_over_idle"] <= 1.10)
+    return checks
+
+
+def env_info(s: Settings) -> dict:
+    def cmd(c):
+        try:
+            r = subprocess.run(c, capture_output=True, text=True, timeout=10)
+            return (r.stdout + r.stderr).strip().splitlines()[0]
+        except Exception as e:
+            return f"? ({e})"
+
+    def binfo(path):
+        try:
+            st = os.stat(path)
+            return {"path": path, "mtime": dt.datetime.fromtimestamp(st.st_mtime).isoformat(timespec="seconds")}
+        except OSError:
+            return {"path": path, "missing": True}
+
+    model = "?"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "time": dt.datetime.now().isoformat(timespec="seconds"),
+        "git": cmd(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"]),
+        "kernel": platform.release(), "cpus": os.cpu_count(), "cpu_model": model,
+        "nginx": cmd(["nginx", "-v"]), "wrk": cmd(["wrk", "-v"]),
+        "gatehouse_bin": binfo(s.gatehouse_bin), "bare_bin": binfo(s.bare_bin),
+    }
+
+
+def build(s: Settings) -> None:
+    for c in (["cargo", "build", "--release", "--example", "bare_proxy"],
+              ["cargo", "build", "--release", "--bin", "gatehouse"]):
+        log("BUILD=1: " + " ".join(c))
+        subprocess.run(c, cwd=ROOT, check=True)
+
+
+def main(argv: list[str]) -> int:
+    s = Settings.from_env(argv)
+    for tool in ("wrk", "nginx", "taskset"):
+        if not shutil.which(tool):
+            log(f"{tool} not found on PATH")
+            return 2
+    need = max(s.conns) * 4 + 1024
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < need:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(need, hard), hard))
+    if s.build:
+        build(s)
+
+    h = Harness(s)
+
+    def on_signal(signum, _frame):
+        log(f"signal {signum}: stopping every process started")
+        PROCS.stop_all()
+        sys.exit(130)
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        h.run()
+    finally:
+        PROCS.stop_all()
+        if not s.keep_tmp:
+            shutil.rmtree(h.tmp, ignore_errors=True)
+        else:
+            log(f"kept {h.tmp}")
+
+    add_ratios(h.results, s.conns)
+    tbl = table(h.results, s.conns)
+    mtbl, mem = mem_table(h.results, s.conns)
+    checks = issue_targets(h.results, mem, s.conns)
+    print()
+    print(f"wrk -t1, {s.duration}s per run after {s.warmup}s warmup; proxy/target on CPU {s.proxy_cpu}, "
+          f"wrk on CPU {s.load_cpu}, upstream on CPU {s.upstream_cpu}")
+    print(tbl)
+    print()
+    print("memory / fds (peak while loaded; 'after' = " + f"{s.settle:g}s after the last run)")
+    print(mtbl)
+    if checks:
+        print()
+        print("issue 8 targets, this run:")
+        for c in checks:
+            met = {True: "met", False: "MISSED", None: "n/a"}[c["met"]]
+            print(f"  {c['target']:<40} {fmt(c['value'], ''):>10}  (want {c['limit']})  {met}")
+    for key, why in h.failures.items():
+        print(f"\n({key}) {TARGETS.get(key, key)}: NOT MEASURED: {why}")
+
+    doc = {"settings": s.__dict__, "env": env_info(s), "results": h.results, "memory": mem,
+           "issue_targets": checks, "failures": h.failures}
+    os.makedirs(os.path.dirname(os.path.abspath(s.out)), exist_ok=True)
+    with open(s.out, "w") as f:
+        json.dump(doc, f, indent=2)
+    print(f"\nJSON: {s.out}")
+
+    rc = 0
+    if h.failures:
+        rc = 1
+    if s.check:
+        for key in s.targets:
+            r = h.results.get(key)
+            if not r:
+                continue
+            for c, run in r["runs"].items():
+                if run["errors"] or not run["requests"]:
+                    log(f"CHECK: ({key}) c={c}: {run['errors']} errors, {run['requests']} requests")
+                    rc = 1
+        log("CHECK " + ("passed" if rc == 0 else "FAILED"))
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
