@@ -5,7 +5,9 @@
 //   ADMIN_PORT=9901 GATEWAY_URL=http://127.0.0.1:8080 FAILING_UPSTREAM=payment HEALTHY_UPSTREAM=user \
 //   ARTIFACT_DIR=artifacts node dashboard.test.mjs
 // Optional: ADMIN_URL (instead of ADMIN_PORT, e.g. with a path prefix), TRAFFIC_PATH (default /),
-//   TRAFFIC_REQUESTS (default 40), EXPECT_BREAKER_STATE (CLOSED|OPEN|HALF_OPEN),
+//   TRAFFIC_REQUESTS (default 40), FAILING_TRAFFIC_PATH (if set, that many requests are first sent
+//   there, e.g. a route of the failing upstream, so that passive checks and its breaker see failures),
+//   EXPECT_BREAKER_STATE (CLOSED|OPEN|HALF_OPEN),
 //   EXPECT_STATUS (HEALTHY|DEGRADED|DOWN), WAIT_SECONDS (default 20), CHROMIUM (default /usr/bin/chromium).
 // Against the mock in this folder (for developing the page): node dashboard.test.mjs --mock
 import { chromium } from "playwright-core";
@@ -24,6 +26,7 @@ if (MOCK) {
   process.env.HEALTHY_UPSTREAM ??= "user";
   process.env.EXPECT_BREAKER_STATE ??= "OPEN";
   process.env.EXPECT_STATUS ??= "DEGRADED";
+  process.env.FAILING_TRAFFIC_PATH ??= "/payment/charge";
 }
 
 const env = process.env;
@@ -71,17 +74,17 @@ async function attrs(page, testid) {
   }, sel(testid));
 }
 
-async function sendTraffic() {
+async function sendTraffic(p = TRAFFIC_PATH) {
   let answered = 0, statuses = {};
   for (let i = 0; i < TRAFFIC_REQUESTS; i++) {
     try {
-      const r = await fetch(GATEWAY_URL + TRAFFIC_PATH);
+      const r = await fetch(GATEWAY_URL + p);
       await r.arrayBuffer();
       answered++;
       statuses[r.status] = (statuses[r.status] || 0) + 1;
     } catch { /* counted below */ }
   }
-  assert(answered > 0, `no request to ${GATEWAY_URL + TRAFFIC_PATH} got an answer`);
+  assert(answered > 0, `no request to ${GATEWAY_URL + p} got an answer`);
   return statuses;
 }
 
@@ -133,6 +136,12 @@ try {
     assert(reason && reason.text && reason.text !== "n/a", `status reason missing: ${JSON.stringify(reason)}`);
   });
 
+  if (env.FAILING_TRAFFIC_PATH) {
+    await check(`traffic to the failing upstream (${env.FAILING_TRAFFIC_PATH}) is answered`, async () => {
+      console.log(`    ${JSON.stringify(await sendTraffic(env.FAILING_TRAFFIC_PATH))}`);
+    });
+  }
+
   await check(`failing upstream "${FAILING}" marked down`, async () => {
     const a = await waitFor(`upstream-${FAILING} to be down`, async () => {
       const a = await attrs(page, `upstream-${FAILING}`);
@@ -171,9 +180,12 @@ try {
     await page.evaluate(() => { window.__noReload = true; });
     const read = async () => {
       const o = {};
-      for (const k of ["rps", "total-requests", "p50", "p99"]) o[k] = (await attrs(page, k))?.text;
+      for (const k of ["rps", "total-requests", "error-rate", "p50", "p99"]) o[k] = (await attrs(page, k))?.text;
       return o;
     };
+    // Read "before" from a refresh that happened after every earlier request.
+    const n0 = Number((await page.getAttribute(sel("last-updated"), "data-refreshes")) || 0);
+    await waitFor("a refresh", async () => [Number(await page.getAttribute(sel("last-updated"), "data-refreshes")) > n0 + 1, null]);
     const before = await read();
     const statuses = await sendTraffic();
     const after = await waitFor("rps / total-requests to change after traffic", async () => {
@@ -181,9 +193,9 @@ try {
       return [a.rps !== before.rps || a["total-requests"] !== before["total-requests"], a];
     });
     // Give latency a refresh to catch up if only the counters changed first.
-    const final = await waitFor("rps and latency to be numbers", async () => {
+    const final = await waitFor("rps, error rate and latency to be numbers", async () => {
       const a = await read();
-      return [isNumeric(a.rps) && isNumeric(a.p99) && isNumeric(a.p50), a];
+      return [isNumeric(a.rps) && isNumeric(a["error-rate"]) && isNumeric(a.p99) && isNumeric(a.p50), a];
     });
     assert(await page.evaluate(() => window.__noReload === true), "the page reloaded instead of refreshing itself");
     console.log(`    traffic ${JSON.stringify(statuses)}: before ${JSON.stringify(before)} after ${JSON.stringify(after)} now ${JSON.stringify(final)}`);

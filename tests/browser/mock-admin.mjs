@@ -30,7 +30,8 @@ function listen(server, port) {
 export async function startMock({ adminPort = 0, gatewayPort = 0 } = {}) {
   const started = Date.now();
   const WINDOW = 60;
-  const hits = []; // { t, ms, status }
+  const hits = []; // { t, ms, status } within the window
+  let total = 0; // requests since start
   const events = [
     { time: new Date(started - 120e3).toISOString(), kind: "reload", message: "config loaded (hash 9f2c41d0ab77)" },
     { time: new Date(started - 90e3).toISOString(), kind: "health", message: "payment 127.0.0.1:3004 -> unhealthy (3 failed checks)" },
@@ -47,6 +48,7 @@ export async function startMock({ adminPort = 0, gatewayPort = 0 } = {}) {
       // Add a little simulated upstream time so that latency percentiles are non-trivial.
       const ms = Number(process.hrtime.bigint() - t0) / 1e6 + 1 + Math.random() * 20;
       hits.push({ t: Date.now(), ms, status: failing ? 503 : 200 });
+      total++;
     });
   });
 
@@ -73,7 +75,7 @@ export async function startMock({ adminPort = 0, gatewayPort = 0 } = {}) {
         requests_per_second: hits.length / WINDOW,
         error_rate: hits.length ? errors / hits.length : 0,
         p50_ms: quantile(lat, 0.5), p95_ms: quantile(lat, 0.95), p99_ms: quantile(lat, 0.99),
-        total_requests: hits.length,
+        total_requests: total,
       },
       upstreams: [
         { name: "user", healthy_endpoints: 2, total_endpoints: 2,
@@ -88,7 +90,7 @@ export async function startMock({ adminPort = 0, gatewayPort = 0 } = {}) {
             { address: "127.0.0.1:3004", weight: 1, healthy: false, since: iso(started - 90e3), inflight: 0, source: "static" },
           ] },
       ],
-      rate_limits: { allowed: hits.length, rejected: 2 },
+      rate_limits: { allowed: total, rejected: 2 },
       redis: { configured: true, up: true },
       reloads: [
         { time: iso(started - 300e3), result: "success", hash: "1b2c3d4e5f60", error: null },
