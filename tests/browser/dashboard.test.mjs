@@ -7,7 +7,8 @@
 // Optional: ADMIN_URL (instead of ADMIN_PORT, e.g. with a path prefix), TRAFFIC_PATH (default /),
 //   TRAFFIC_REQUESTS (default 40), FAILING_TRAFFIC_PATH (if set, that many requests are first sent
 //   there, e.g. a route of the failing upstream, so that passive checks and its breaker see failures),
-//   EXPECT_BREAKER_STATE (CLOSED|OPEN|HALF_OPEN),
+//   EXPECT_BREAKER_STATE (CLOSED|OPEN|HALF_OPEN, or DISABLED
+//   for an upstream without a breaker; unset: any of the first three),
 //   EXPECT_STATUS (HEALTHY|DEGRADED|DOWN), WAIT_SECONDS (default 20), CHROMIUM (default /usr/bin/chromium).
 // Against the mock in this folder (for developing the page): node dashboard.test.mjs --mock
 import { chromium } from "playwright-core";
@@ -218,6 +219,12 @@ try {
   });
 
   if (MOCK) {
+    await check("mock: reloads and events shown newest first, reload errors shown", async () => {
+      const r0 = await page.textContent(sel("reload-0")), r1 = await page.textContent(sel("reload-1"));
+      assert(/9f2c41d0ab77/.test(r0) && /failure/.test(r1) && /unknown upstream/.test(r1), `reload-0=${r0} reload-1=${r1}`);
+      const ev = await page.$$eval(`${sel("events")} li`, (ns) => ns.map((n) => n.dataset.kind));
+      assert(ev.join() === "breaker,health,reload", `event order ${ev}`);
+    });
     await check("mock: early status with missing fields renders n/a behind a path prefix", async () => {
       const p = await context.newPage();
       const errs = [];

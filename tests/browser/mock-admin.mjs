@@ -92,12 +92,12 @@ export async function startMock({ adminPort = 0, gatewayPort = 0 } = {}) {
       ],
       rate_limits: { allowed: total, rejected: 2 },
       redis: { configured: true, up: true },
-      reloads: [
-        { time: iso(started - 300e3), result: "success", hash: "1b2c3d4e5f60", error: null },
-        { time: iso(started - 200e3), result: "failure", hash: null, error: "gatehouse.yaml:12:7: routes[1].upstream: unknown upstream `paymnt`" },
+      reloads: [ // newest first
         { time: iso(started - 120e3), result: "success", hash: "9f2c41d0ab77e3c1", error: null },
+        { time: iso(started - 200e3), result: "failure", hash: null, error: "gatehouse.yaml:12:7: routes[1].upstream: unknown upstream `paymnt`" },
+        { time: iso(started - 300e3), result: "success", hash: "1b2c3d4e5f60", error: null },
       ],
-      events,
+      events: [...events].reverse(), // newest first, as the gateway sends them
       services: [
         { name: "user", db_pool: { in_use: 3, max: 10 } },
         { name: "payment", db_pool: { in_use: 9, max: 10 } },
