@@ -222,6 +222,19 @@ def status_kib(pid: int) -> dict[str, int]:
     return out
 
 
+def busy_ticks() -> int:
+    """Non-idle ticks of all CPUs since boot (from /proc/stat)."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    # user nice system idle iowait irq softirq steal ...
+    return v[0] + v[1] + v[2] + v[5] + v[6] + v[7]
+
+
+def loadavg() -> str:
+    with open("/proc/loadavg") as f:
+        return " ".join(f.read().split()[:3])
+
+
 def fd_count(pid: int) -> int:
     try:
         return len(os.listdir(f"/proc/{pid}/fd"))
@@ -378,6 +391,7 @@ class Target:
 class Harness:
     def __init__(self, s: Settings) -> None:
         self.s = s
+        self.loadavg_start = ""
         self.tmp = tempfile.mkdtemp(prefix="gatehouse-load-")
         self.secret = b64url(os.urandom(32))
         self.token = hs256_token(self.secret)
@@ -494,9 +508,11 @@ class Harness:
             t0_cpu = cpu_ticks(t.pid)
             up0 = cpu_ticks(up_pid) if (up_pid and t.key != "a") else 0
             rc0 = redis_total_commands(s.redis_addr) if t.key == "f" else None
+            busy0 = busy_ticks()
             sampler.start()
             wrk, wrk_cpu_s = run_wrk(s, t.port, c, s.duration, t.token, self.tmp, label)
             sampler.finish()
+            busy_s = (busy_ticks() - busy0) / CLK_TCK
             cpu_s = (cpu_ticks(t.pid) - t0_cpu) / CLK_TCK
             up_cpu_s = (cpu_ticks(up_pid) - up0) / CLK_TCK if (up_pid and t.key != "a") else 0.0
             rc1 = redis_total_commands(s.redis_addr) if t.key == "f" else None
@@ -520,6 +536,10 @@ class Harness:
                 "upstream_cpu_us_per_req": round(up_cpu_s * 1e6 / n, 2) if n and up_pid and t.key != "a" else None,
                 "wrk_cpu_us_per_req": round(wrk_cpu_s * 1e6 / n, 2) if n else None,
                 "load_core_busy": round(load_core / secs, 3) if secs else None,
+                # CPU that neither the target, the upstream nor wrk used (other processes,
+                # softirq): above ~0.1 core the row was measured on a busy machine.
+                "other_cpu_cores": round(max(0.0, busy_s - cpu_s - wrk_cpu_s - up_cpu_s) / secs, 3)
+                if secs else None,
             }
             if rc0 is not None and rc1 is not None and n:
                 # includes the INFO call itself and the warmup's trailing batches: an upper bound
@@ -527,7 +547,8 @@ class Harness:
             res["runs"][str(c)] = run
             log(f"{t.key} {t.name} c={c}: {run['rps']:.0f} req/s p50={run['p50_ms']:.2f}ms "
                 f"p99={run['p99_ms']:.2f}ms errors={errors} cpu={run['cpu_us_per_req']}us/req "
-                f"rss={sampler.max_rss // 1024}MiB load-core={run['load_core_busy']}")
+                f"rss={sampler.max_rss // 1024}MiB load-core={run['load_core_busy']} "
+                f"other={run['other_cpu_cores']} cores")
         time.sleep(s.settle)
         res["after"] = probe(t.pid)
         res["hwm_kib"] = res["after"]["hwm_kib"]
@@ -537,6 +558,10 @@ class Harness:
 
     def run(self) -> int:
         s = self.s
+        self.loadavg_start = loadavg()
+        if float(self.loadavg_start.split()[0]) > 0.5:
+            log(f"WARNING: load average {self.loadavg_start} before the run: other processes "
+                "compete for the CPUs, figures will be low and noisy (see the 'other' column)")
         log(f"tmp dir {self.tmp}; proxies on CPU {s.proxy_cpu}, wrk on CPU {s.load_cpu}, "
             f"upstream on CPU {s.upstream_cpu} (CPU {s.proxy_cpu} while it is the target)")
         self.start_upstream()
@@ -587,7 +612,7 @@ def fmt(v, spec: str) -> str:
 
 def table(results: dict, conns: list[int]) -> str:
     head = (f"{'target':<30}{'conns':>6}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'RSS MiB':>9}"
-            f"{'CPU us/req':>11}{'errors':>8}{'x nginx':>9}{'x bare':>8}{'load-core':>10}")
+            f"{'CPU us/req':>11}{'errors':>8}{'x nginx':>9}{'x bare':>8}{'load-core':>10}{'other':>7}")
     lines = [head, "-" * len(head)]
     for c in map(str, conns):
         for key, r in results.items():
@@ -599,7 +624,7 @@ def table(results: dict, conns: list[int]) -> str:
                 f"{run['p50_ms']:>9.2f}{run['p99_ms']:>9.2f}{run['peak_rss_kib'] / 1024:>9.1f}"
                 f"{fmt(run['cpu_us_per_req'], '.1f'):>11}{run['errors']:>8}"
                 f"{fmt(run.get('x_nginx'), '.2f'):>9}{fmt(run.get('x_bare'), '.2f'):>8}"
-                f"{fmt(run['load_core_busy'], '.0%'):>10}")
+                f"{fmt(run['load_core_busy'], '.0%'):>10}{fmt(run.get('other_cpu_cores'), '.0%'):>7}")
     return "\n".join(lines)
 
 
@@ -755,7 +780,14 @@ def main(argv: list[str]) -> int:
     for key, why in h.failures.items():
         print(f"\n({key}) {TARGETS.get(key, key)}: NOT MEASURED: {why}")
 
-    doc = {"settings": s.__dict__, "env": env_info(s), "results": h.results, "memory": mem,
+    max_other = max((r.get("other_cpu_cores") or 0 for x in h.results.values()
+                     for r in x["runs"].values()), default=0)
+    if max_other > 0.1:
+        print(f"\nWARNING: up to {max_other:.0%} of a core went to other processes during a run "
+              "(column 'other'): this run's figures are not clean; ratios suffer less than absolutes.")
+    info = env_info(s)
+    info["loadavg_start"], info["loadavg_end"] = h.loadavg_start, loadavg()
+    doc = {"settings": s.__dict__, "env": info, "results": h.results, "memory": mem,
            "issue_targets": checks, "failures": h.failures}
     os.makedirs(os.path.dirname(os.path.abspath(s.out)), exist_ok=True)
     with open(s.out, "w") as f:
