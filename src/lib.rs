@@ -1,1 +1,16 @@
-//! gatehouse gateway library
+//! gatehouse: a programmable edge gateway on pingora.
+//!
+//! The request's path through the modules: `router` picks a route from the pinned
+//! `state::Snapshot`, the route's filters (crate `gatehouse-filters`) run, `upstream`
+//! picks an endpoint, `resilience` decides on retries and breakers, `proxy` is the pingora
+//! glue, and `admin` serves metrics and the dashboard. See `proxy/mod.rs` for the phases.
+
+pub mod admin;
+pub mod app;
+pub mod config;
+pub mod metrics;
+pub mod proxy;
+pub mod resilience;
+pub mod router;
+pub mod state;
+pub mod upstream;

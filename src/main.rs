@@ -1,1 +1,171 @@
-fn main() {}
+//! The `gatehouse` command: run | validate | route-test | schema.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use gatehouse::config::{self, ConfigError};
+use gatehouse::router::{normalize_path, RouteRequest};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// A programmable edge gateway on pingora.
+#[derive(Parser)]
+#[command(name = "gatehouse", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Config file for the default `run` command.
+    #[arg(short = 'c', long = "config", global = true, default_value = "config/gatehouse.yaml")]
+    config: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway (the default).
+    Run,
+    /// Check a config file, like `nginx -t`: exit 0 and "configuration OK", or the errors and exit 1.
+    Validate {
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show which route a request would take, why, and the path sent upstream.
+    RouteTest {
+        /// Method.
+        #[arg(long, default_value = "GET")]
+        method: String,
+        /// Host header.
+        #[arg(long, default_value = "")]
+        host: String,
+        /// Path (with optional query).
+        #[arg(long)]
+        path: String,
+        /// Header `name:value`; repeatable.
+        #[arg(short = 'H', long = "header")]
+        headers: Vec<String>,
+    },
+    /// Print the JSON Schema of the config file.
+    Schema,
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("GATEHOUSE_LOG").unwrap_or_else(|_| EnvFilter::new("info,pingora_core=warn,pingora_proxy=warn"));
+    tracing_subscriber::fmt().json().with_env_filter(filter).with_current_span(false).with_target(true).init();
+}
+
+fn error_json(e: &ConfigError) -> serde_json::Value {
+    serde_json::json!({
+        "file": e.file.as_ref().map(|f| f.display().to_string()),
+        "line": e.line, "column": e.column, "path": e.path,
+        "message": e.message, "hint": e.hint, "text": e.to_string(),
+    })
+}
+
+fn validate(path: &std::path::Path, json: bool) -> ExitCode {
+    let result = config::load_file(path).and_then(|loaded| {
+        let runtime = std::sync::Arc::new(gatehouse_filters::FilterRuntime::default());
+        let warnings = loaded.warnings.clone();
+        gatehouse::state::compile(loaded, None, &runtime).map(|_| warnings)
+    });
+    match result {
+        Ok(warnings) => {
+            if json {
+                let out = serde_json::json!({"ok": true, "errors": [], "warnings": warnings.iter().map(error_json).collect::<Vec<_>>()});
+                println!("{out}");
+            } else {
+                for w in &warnings {
+                    eprintln!("warning: {w}");
+                }
+                println!("configuration OK: {}", path.display());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(errs) => {
+            if json {
+                let out = serde_json::json!({"ok": false, "errors": errs.0.iter().map(error_json).collect::<Vec<_>>(), "warnings": []});
+                println!("{out}");
+            } else {
+                for e in &errs.0 {
+                    eprintln!("error: {e}");
+                }
+                eprintln!("configuration test failed: {} error(s)", errs.0.len());
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn route_test(path: &std::path::Path, method: &str, host: &str, target: &str, headers: &[String]) -> anyhow::Result<ExitCode> {
+    let runtime = std::sync::Arc::new(gatehouse_filters::FilterRuntime::default());
+    let snap = match config::load_file(path).and_then(|l| gatehouse::state::compile(l, None, &runtime)) {
+        Ok(s) => s,
+        Err(errs) => {
+            for e in &errs.0 {
+                eprintln!("error: {e}");
+            }
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let (raw_path, query) = match target.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (target, None),
+    };
+    let norm = match normalize_path(raw_path.as_bytes()) {
+        Ok(p) => p,
+        Err(e) => {
+            println!("400 bad_path: {e}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let mut map = http::HeaderMap::new();
+    for h in headers {
+        let (k, v) = h.split_once(':').context("headers are name:value")?;
+        map.append(http::HeaderName::from_bytes(k.trim().as_bytes())?, v.trim().parse()?);
+    }
+    let method = http::Method::from_bytes(method.as_bytes())?;
+    let host = host.split(':').next().unwrap_or("").to_ascii_lowercase();
+    match snap.router.route_explained(&RouteRequest { host: &host, path: &norm, method: &method, headers: &map }) {
+        Some((route, why)) => {
+            let out = gatehouse::router::rewrite_path(&norm, route.strip_prefix.as_deref(), route.add_prefix.as_deref(), route.rewrite_path.as_deref());
+            println!("route:     {}", route.name);
+            println!("matched:   {why}");
+            println!("upstream:  {}", route.upstream.name);
+            if norm != raw_path {
+                println!("normalized: {raw_path} -> {norm}");
+            }
+            println!("forwarded: {out}{}", query.map(|q| format!("?{q}")).unwrap_or_default());
+            println!("filters:   [{}]", route.filters.iter().map(|f| f.kind()).collect::<Vec<_>>().join(", "));
+            Ok(ExitCode::SUCCESS)
+        }
+        None => {
+            println!("404 no_route: no route matches {method} {host}{norm}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+fn main() -> anyhow::Result<ExitCode> {
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Validate { json } => Ok(validate(&cli.config, json)),
+        Command::RouteTest { method, host, path, headers } => route_test(&cli.config, &method, &host, &path, &headers),
+        Command::Schema => {
+            println!("{}", gatehouse::config::schema_json());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run => {
+            init_logging();
+            match gatehouse::app::run(gatehouse::app::RunOptions { config_path: cli.config.clone(), exit_when_drained: true }) {
+                Ok(()) => Ok(ExitCode::SUCCESS),
+                Err(e) => {
+                    eprintln!("gatehouse: cannot start:\n{e}");
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
+    }
+}

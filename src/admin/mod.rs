@@ -1,0 +1,255 @@
+//! The admin listener: /metrics, /healthz, /readyz, /admin/* and the health dashboard.
+
+pub mod status;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use http::{Response, StatusCode};
+use pingora_core::apps::http_app::ServeHttp;
+use pingora_core::protocols::http::ServerSession;
+use serde_json::{json, Value};
+
+use crate::state::events::rfc3339;
+use crate::state::{reload, State};
+use crate::upstream::now_ms;
+
+const DASHBOARD: &str = include_str!("dashboard.html");
+
+/// Admin credentials resolved at start (from env vars named in the config).
+#[derive(Default, Clone)]
+pub struct AdminAuth {
+    bearer: Option<String>,
+    basic: Option<String>,
+}
+
+impl AdminAuth {
+    /// Reads the secrets named by the config; a named but empty variable is an error.
+    pub fn from_config(cfg: &crate::config::model::AdminConfig) -> Result<Self, String> {
+        let Some(a) = &cfg.auth else { return Ok(Self::default()) };
+        let read = |var: &str| match std::env::var(var) {
+            Ok(v) if !v.is_empty() => Ok(v),
+            _ => Err(format!("admin.auth: environment variable {var} is unset or empty")),
+        };
+        let bearer = a.bearer_token_env.as_deref().map(read).transpose()?;
+        let basic = match (&a.basic_user, &a.basic_password_env) {
+            (Some(u), Some(p)) => {
+                use base64::Engine;
+                Some(base64::engine::general_purpose::STANDARD.encode(format!("{u}:{}", read(p)?)))
+            }
+            _ => None,
+        };
+        Ok(Self { bearer, basic })
+    }
+
+    fn allows(&self, header: Option<&str>) -> bool {
+        if self.bearer.is_none() && self.basic.is_none() {
+            return true;
+        }
+        let Some(h) = header else { return false };
+        let eq = |a: &str, b: &str| a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0;
+        if let (Some(t), Some(got)) = (&self.bearer, h.strip_prefix("Bearer ")) {
+            if eq(t, got) {
+                return true;
+            }
+        }
+        if let (Some(b), Some(got)) = (&self.basic, h.strip_prefix("Basic ")) {
+            if eq(b, got) {
+                return true;
+            }
+        }
+        false
+    }
+}
+
+/// The admin HTTP app.
+pub struct Admin {
+    state: Arc<State>,
+    auth: AdminAuth,
+    sampler: Arc<status::TrafficSampler>,
+}
+
+impl Admin {
+    /// An admin app over the shared state.
+    pub fn new(state: Arc<State>, auth: AdminAuth, sampler: Arc<status::TrafficSampler>) -> Self {
+        Self { state, auth, sampler }
+    }
+}
+
+fn respond(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
+    let mut r = Response::new(body);
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    if let Ok(v) = content_type.parse() {
+        h.insert(http::header::CONTENT_TYPE, v);
+    }
+    h.insert(http::header::CACHE_CONTROL, http::HeaderValue::from_static("no-store"));
+    if let Ok(v) = r.body().len().to_string().parse() {
+        r.headers_mut().insert(http::header::CONTENT_LENGTH, v);
+    }
+    r
+}
+
+fn json_response(status: StatusCode, v: &Value) -> Response<Vec<u8>> {
+    respond(status, "application/json", serde_json::to_vec_pretty(v).unwrap_or_default())
+}
+
+/// Replaces values of secret-looking keys (`secret`, `password`, `token`, but not the
+/// `*_env` names of variables) with "<redacted>".
+pub fn redact(v: &mut Value) {
+    match v {
+        Value::Object(map) => {
+            for (k, val) in map.iter_mut() {
+                let k = k.to_ascii_lowercase();
+                let secret = (k.contains("secret") || k.contains("password") || k.contains("token") || k == "url")
+                    && !k.ends_with("_env")
+                    && val.is_string();
+                if secret {
+                    if k == "url" {
+                        if let Some(s) = val.as_str() {
+                            *val = Value::String(redact_url(s));
+                        }
+                    } else {
+                        *val = Value::String("<redacted>".into());
+                    }
+                } else {
+                    redact(val);
+                }
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(redact),
+        _ => {}
+    }
+}
+
+/// `redis://user:pass@host` -> `redis://user:<redacted>@host`.
+fn redact_url(s: &str) -> String {
+    match (s.find("://"), s.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let creds = &s[scheme + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:<redacted>{}", &s[..scheme + 3], &s[at..]),
+                None => s.to_string(),
+            }
+        }
+        _ => s.to_string(),
+    }
+}
+
+/// The endpoints of every upstream, as `/admin/upstreams` shows them.
+pub fn upstreams_json(state: &State) -> Value {
+    let snap = state.current();
+    let now = now_ms();
+    let mut out = serde_json::Map::new();
+    for (name, u) in &snap.upstreams {
+        let eps: Vec<Value> = u
+            .endpoints()
+            .iter()
+            .map(|e| {
+                json!({
+                    "address": e.address,
+                    "resolved": e.addr.to_string(),
+                    "weight": e.weight,
+                    "healthy": e.is_available(now),
+                    "health_check": if e.is_healthy() { "healthy" } else { "unhealthy" },
+                    "ejected": e.is_ejected(now),
+                    "ejections": e.ejections(),
+                    "since": rfc3339(std::time::UNIX_EPOCH + std::time::Duration::from_millis(e.since_ms())),
+                    "inflight": e.inflight.load(Ordering::Relaxed),
+                    "source": e.source.as_str(),
+                })
+            })
+            .collect();
+        out.insert(name.clone(), json!({ "endpoints": eps }));
+    }
+    Value::Object(out)
+}
+
+#[async_trait]
+impl ServeHttp for Admin {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let req = session.req_header();
+        let method = req.method.clone();
+        let path = req.uri.path().to_string();
+        let auth = req.headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let open = matches!(path.as_str(), "/metrics" | "/healthz" | "/readyz");
+        if !open && !self.auth.allows(auth.as_deref()) {
+            let mut r = json_response(StatusCode::UNAUTHORIZED, &json!({"error": "unauthorized"}));
+            r.headers_mut().insert(http::header::WWW_AUTHENTICATE, http::HeaderValue::from_static("Basic realm=\"gatehouse admin\""));
+            return r;
+        }
+        match (method.as_str(), path.as_str()) {
+            ("GET", "/metrics") => respond(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", self.state.metrics.render()),
+            ("GET", "/healthz") => json_response(StatusCode::OK, &json!({"status": "ok"})),
+            ("GET", "/readyz") => {
+                if self.state.draining.load(Ordering::Relaxed) {
+                    json_response(StatusCode::SERVICE_UNAVAILABLE, &json!({"status": "draining"}))
+                } else {
+                    json_response(StatusCode::OK, &json!({"status": "ready", "config_hash": self.state.current().loaded.hash}))
+                }
+            }
+            ("GET", "/") | ("GET", "/dashboard") => respond(StatusCode::OK, "text/html; charset=utf-8", DASHBOARD.as_bytes().to_vec()),
+            ("GET", "/admin/status") => json_response(StatusCode::OK, &status::status_json(&self.state, &self.sampler)),
+            ("GET", "/admin/upstreams") => json_response(StatusCode::OK, &upstreams_json(&self.state)),
+            ("GET", "/admin/config") => {
+                let snap = self.state.current();
+                let mut cfg = serde_json::to_value(&snap.loaded.config).unwrap_or(Value::Null);
+                redact(&mut cfg);
+                json_response(
+                    StatusCode::OK,
+                    &json!({
+                        "hash": snap.loaded.hash,
+                        "loaded_at": rfc3339(snap.loaded_at),
+                        "path": snap.loaded.file.as_ref().map(|p| p.display().to_string()),
+                        "config": cfg,
+                    }),
+                )
+            }
+            ("POST", "/admin/reload") => {
+                let state = self.state.clone();
+                let result = tokio::task::spawn_blocking(move || reload::reload(&state, "admin")).await;
+                match result {
+                    Ok(Ok(report)) => json_response(StatusCode::OK, &json!({"result": "success", "hash": report.hash, "changed": report.changed, "warnings": report.warnings})),
+                    Ok(Err(errs)) => json_response(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        &json!({"result": "failure", "errors": errs.0.iter().map(|e| json!({
+                            "file": e.file.as_ref().map(|f| f.display().to_string()),
+                            "line": e.line, "column": e.column, "path": e.path,
+                            "message": e.message, "hint": e.hint, "text": e.to_string(),
+                        })).collect::<Vec<_>>()}),
+                    ),
+                    Err(e) => json_response(StatusCode::INTERNAL_SERVER_ERROR, &json!({"result": "failure", "errors": [e.to_string()]})),
+                }
+            }
+            (_, "/admin/reload") => json_response(StatusCode::METHOD_NOT_ALLOWED, &json!({"error": "use POST"})),
+            _ => json_response(StatusCode::NOT_FOUND, &json!({"error": "not_found"})),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_secrets_but_not_env_names() {
+        let mut v = json!({"jwt": {"secret": "s3cr3t", "hs256_secret_env": "VAR", "keys": [{"secret": "x"}]},
+                           "redis": {"url": "redis://u:pw@h:6379"}, "name": "keep"});
+        redact(&mut v);
+        assert_eq!(v["jwt"]["secret"], "<redacted>");
+        assert_eq!(v["jwt"]["keys"][0]["secret"], "<redacted>");
+        assert_eq!(v["jwt"]["hs256_secret_env"], "VAR");
+        assert_eq!(v["redis"]["url"], "redis://u:<redacted>@h:6379");
+        assert_eq!(v["name"], "keep");
+    }
+
+    #[test]
+    fn auth_checks_bearer() {
+        let a = AdminAuth { bearer: Some("tok".into()), basic: None };
+        assert!(a.allows(Some("Bearer tok")));
+        assert!(!a.allows(Some("Bearer tok2")));
+        assert!(!a.allows(None));
+        assert!(AdminAuth::default().allows(None));
+    }
+}

@@ -1,0 +1,659 @@
+//! The serde model of the YAML config: the user contract. Defaults are documented here.
+
+use std::collections::BTreeMap;
+
+use gatehouse_filters::{Duration, FilterConfig};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// The whole gatehouse configuration file.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// Where the gateway accepts client traffic. Changing listeners needs a restart.
+    pub listeners: Vec<ListenerConfig>,
+    /// The admin listener: /metrics, /healthz, /readyz, /admin/*, the dashboard.
+    #[serde(default)]
+    pub admin: AdminConfig,
+    /// Optional Redis: shared rate limits and the discovery registry. Without it, rate
+    /// limits are per gateway instance, in memory.
+    #[serde(default)]
+    pub redis: Option<RedisConfig>,
+    /// Proxy runtime settings (threads, buffers). Changing them needs a restart.
+    #[serde(default)]
+    pub runtime: RuntimeConfig,
+    /// Structured JSON access log on stdout.
+    #[serde(default)]
+    pub access_log: AccessLogConfig,
+    /// Graceful shutdown settings.
+    #[serde(default)]
+    pub shutdown: ShutdownConfig,
+    /// Named upstream clusters.
+    #[serde(default)]
+    pub upstreams: BTreeMap<String, UpstreamConfig>,
+    /// Routes, matched by precedence (see the README), then declared order.
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+}
+
+/// One client-facing listener.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// A name for logs.
+    pub name: String,
+    /// `ip:port` to bind, e.g. `0.0.0.0:8080`.
+    pub address: String,
+}
+
+/// The admin listener. Binds to loopback by default.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// `ip:port`; default `127.0.0.1:9901`.
+    #[serde(default = "default_admin_address")]
+    pub address: String,
+    /// Optional auth for `/admin/*` and the dashboard (`/metrics`, `/healthz` and
+    /// `/readyz` stay open so probes and scrapers work).
+    #[serde(default)]
+    pub auth: Option<AdminAuthConfig>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            address: default_admin_address(),
+            auth: None,
+        }
+    }
+}
+
+fn default_admin_address() -> String {
+    "127.0.0.1:9901".to_string()
+}
+
+/// Admin authentication: a bearer token or basic credentials, read from env vars so
+/// that secrets stay out of the file.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AdminAuthConfig {
+    /// Env var holding a bearer token (`Authorization: Bearer <token>`).
+    #[serde(default)]
+    pub bearer_token_env: Option<String>,
+    /// Basic auth user name.
+    #[serde(default)]
+    pub basic_user: Option<String>,
+    /// Env var holding the basic auth password.
+    #[serde(default)]
+    pub basic_password_env: Option<String>,
+}
+
+/// Redis connection settings.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    /// e.g. `redis://127.0.0.1:6379`.
+    pub url: String,
+    /// Timeout of one Redis call on the request path; default 50ms.
+    #[serde(default = "default_redis_timeout")]
+    pub timeout: Duration,
+}
+
+fn default_redis_timeout() -> Duration {
+    Duration::from_millis(50)
+}
+
+/// Runtime settings of the proxy service.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// Proxy worker threads; default: the number of CPUs.
+    #[serde(default)]
+    pub threads: Option<usize>,
+    /// Tokio work stealing between proxy threads. Default false: each thread runs its own
+    /// connections, which keeps tail latency at high connection counts close to the median.
+    #[serde(default)]
+    pub work_stealing: bool,
+    /// Idle upstream connections kept per thread; default 1024 (must cover the expected
+    /// concurrency, or connections churn).
+    #[serde(default = "default_keepalive_pool")]
+    pub upstream_keepalive_pool_size: usize,
+    /// How long an idle upstream connection is kept; default 60s.
+    #[serde(default = "default_upstream_idle")]
+    pub upstream_idle_timeout: Duration,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            threads: None,
+            work_stealing: false,
+            upstream_keepalive_pool_size: default_keepalive_pool(),
+            upstream_idle_timeout: default_upstream_idle(),
+        }
+    }
+}
+
+fn default_keepalive_pool() -> usize {
+    1024
+}
+fn default_upstream_idle() -> Duration {
+    Duration::from_secs(60)
+}
+
+/// Access log settings.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLogConfig {
+    /// One JSON line per request on stdout; default true.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+}
+
+impl Default for AccessLogConfig {
+    fn default() -> Self {
+        Self { enabled: true }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// Graceful shutdown.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ShutdownConfig {
+    /// On SIGTERM, stop accepting and wait at most this long for in-flight requests;
+    /// the process exits as soon as none is left. Default 10s.
+    #[serde(default = "default_grace")]
+    pub grace_period: Duration,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        Self {
+            grace_period: default_grace(),
+        }
+    }
+}
+
+fn default_grace() -> Duration {
+    Duration::from_secs(10)
+}
+
+/// A named cluster of endpoints.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// Where the endpoints come from.
+    pub discovery: DiscoveryConfig,
+    /// Timeouts of calls to this upstream.
+    #[serde(default)]
+    pub timeouts: TimeoutsConfig,
+    /// Upstream `Host` header: `preserve` (the client's, default) or a fixed value
+    /// with `{ set: "api.internal" }`.
+    #[serde(default)]
+    pub host_header: HostHeaderPolicy,
+    /// Active health checks; none by default.
+    #[serde(default)]
+    pub health_check: Option<HealthCheckConfig>,
+    /// Passive outlier detection on real traffic; none by default.
+    #[serde(default)]
+    pub outlier_detection: Option<OutlierConfig>,
+    /// Circuit breaker for the whole upstream; none by default.
+    #[serde(default)]
+    pub circuit_breaker: Option<CircuitBreakerConfig>,
+    /// Retry policy; by default one try only.
+    #[serde(default)]
+    pub retry: Option<RetryConfig>,
+    /// Bulkhead: at most this many requests in flight to this upstream; unlimited by default.
+    #[serde(default)]
+    pub max_concurrent: Option<u32>,
+    /// How long a request may wait for a bulkhead slot before a 503; default 0 (no queue).
+    #[serde(default)]
+    pub max_wait: Option<Duration>,
+    /// Queue length of the bulkhead; default = max_concurrent.
+    #[serde(default)]
+    pub max_queue: Option<u32>,
+}
+
+/// Endpoint discovery: exactly one source.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum DiscoveryConfig {
+    /// A fixed list.
+    Static(Vec<EndpointConfig>),
+    /// A DNS name re-resolved every `refresh` (A and AAAA).
+    Dns(DnsDiscoveryConfig),
+    /// A YAML/JSON file of endpoints, watched for changes.
+    File(FileDiscoveryConfig),
+    /// The Redis registry (`gatehouse:registry:<service>`).
+    Redis(RedisDiscoveryConfig),
+}
+
+/// One static endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointConfig {
+    /// `ip:port` (or `host:port`, resolved once at load).
+    pub address: String,
+    /// Relative weight for smooth weighted round-robin; default 1, must be >= 1.
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+/// DNS discovery.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DnsDiscoveryConfig {
+    /// Name to resolve.
+    pub name: String,
+    /// Port of every resolved address.
+    pub port: u16,
+    /// Re-resolve interval; default 30s.
+    #[serde(default = "default_dns_refresh")]
+    pub refresh: Duration,
+}
+
+fn default_dns_refresh() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// File discovery.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FileDiscoveryConfig {
+    /// Path of a YAML/JSON list of `{address, weight, metadata}`; relative to the config file.
+    pub path: String,
+}
+
+/// Redis registry discovery.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RedisDiscoveryConfig {
+    /// Service name in the registry.
+    pub service: String,
+    /// Poll interval; default 2s.
+    #[serde(default = "default_registry_poll")]
+    pub refresh: Duration,
+}
+
+fn default_registry_poll() -> Duration {
+    Duration::from_secs(2)
+}
+
+/// Timeouts of calls to an upstream.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutsConfig {
+    /// TCP connect; default 1s. A connect timeout is a 504, a refused connect a 502.
+    #[serde(default = "default_connect_timeout")]
+    pub connect: Duration,
+    /// Per-try wait for each read from the upstream (header or body chunk); default 30s.
+    #[serde(default = "default_read_timeout")]
+    pub read: Duration,
+    /// Per-try wait for each write to the upstream; default 30s.
+    #[serde(default = "default_read_timeout")]
+    pub write: Duration,
+    /// Deadline for the whole request across retries and backoff (until the response
+    /// header arrives); default none.
+    #[serde(default)]
+    pub total: Option<Duration>,
+}
+
+impl Default for TimeoutsConfig {
+    fn default() -> Self {
+        Self {
+            connect: default_connect_timeout(),
+            read: default_read_timeout(),
+            write: default_read_timeout(),
+            total: None,
+        }
+    }
+}
+
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_read_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// The `Host` header sent upstream.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum HostHeaderPolicy {
+    /// Keep the client's Host header (default).
+    #[default]
+    Preserve,
+    /// Use the endpoint's `ip:port`.
+    Endpoint,
+    /// Use a fixed value.
+    Set(String),
+}
+
+/// Active health checks.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckConfig {
+    /// `http` (default) or `tcp`.
+    #[serde(default)]
+    pub kind: HealthCheckKind,
+    /// HTTP path; default `/health`.
+    #[serde(default = "default_health_path")]
+    pub path: String,
+    /// HTTP method; default GET.
+    #[serde(default = "default_health_method")]
+    pub method: String,
+    /// Host header of the check; default the endpoint address.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// Healthy status range, inclusive; default [200, 399].
+    #[serde(default = "default_health_status")]
+    pub expected_status: [u16; 2],
+    /// Optional substring the body must contain.
+    #[serde(default)]
+    pub body_contains: Option<String>,
+    /// Interval between checks; default 10s (with up to 10% jitter).
+    #[serde(default = "default_health_interval")]
+    pub interval: Duration,
+    /// Timeout of one check; default 2s.
+    #[serde(default = "default_health_timeout")]
+    pub timeout: Duration,
+    /// Consecutive successes to turn healthy; default 2.
+    #[serde(default = "default_healthy_threshold")]
+    pub healthy_threshold: u32,
+    /// Consecutive failures to turn unhealthy; default 3.
+    #[serde(default = "default_unhealthy_threshold")]
+    pub unhealthy_threshold: u32,
+    /// State of a newly discovered endpoint before its first check: `healthy` (default:
+    /// healthy-unverified, takes traffic) or `unhealthy` (waits for healthy_threshold).
+    #[serde(default)]
+    pub initial_state: InitialHealth,
+}
+
+/// Kind of active health check.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthCheckKind {
+    /// An HTTP request.
+    #[default]
+    Http,
+    /// A TCP connect.
+    Tcp,
+}
+
+/// Initial health of new endpoints.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum InitialHealth {
+    /// Takes traffic until a check says otherwise.
+    #[default]
+    Healthy,
+    /// Takes no traffic until it passes `healthy_threshold` checks.
+    Unhealthy,
+}
+
+fn default_health_path() -> String {
+    "/health".into()
+}
+fn default_health_method() -> String {
+    "GET".into()
+}
+fn default_health_status() -> [u16; 2] {
+    [200, 399]
+}
+fn default_health_interval() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_health_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_healthy_threshold() -> u32 {
+    2
+}
+fn default_unhealthy_threshold() -> u32 {
+    3
+}
+
+/// Passive outlier detection (Envoy semantics).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OutlierConfig {
+    /// Consecutive failures (connect error, timeout, 5xx) that eject an endpoint; default 5.
+    #[serde(default = "default_consecutive_failures")]
+    pub consecutive_failures: u32,
+    /// Base ejection time, multiplied by the number of times the endpoint was ejected;
+    /// default 30s.
+    #[serde(default = "default_base_ejection")]
+    pub base_ejection_time: Duration,
+    /// Upper bound of one ejection; default 300s.
+    #[serde(default = "default_max_ejection")]
+    pub max_ejection_time: Duration,
+    /// At most this percentage of the cluster is ejected at once; default 50.
+    #[serde(default = "default_max_ejection_percent")]
+    pub max_ejection_percent: u32,
+}
+
+fn default_consecutive_failures() -> u32 {
+    5
+}
+fn default_base_ejection() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_max_ejection() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_max_ejection_percent() -> u32 {
+    50
+}
+
+/// Circuit breaker of an upstream.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CircuitBreakerConfig {
+    /// Failure rate in the window (0..1) that opens the breaker; default 0.5.
+    #[serde(default = "default_failure_rate")]
+    pub failure_rate: f64,
+    /// Minimum calls in the window before the rate counts; default 20.
+    #[serde(default = "default_min_requests")]
+    pub min_requests: u32,
+    /// Rolling window; default 30s.
+    #[serde(default = "default_cb_window")]
+    pub window: Duration,
+    /// Open after this many consecutive failures, whatever the rate; default off.
+    #[serde(default)]
+    pub consecutive_failures: Option<u32>,
+    /// Time open before the first half-open probe; doubles on each re-trip up to
+    /// `max_open_for`. Default 15s.
+    #[serde(default = "default_open_for")]
+    pub open_for: Duration,
+    /// Cap of the growing open time; default 5m.
+    #[serde(default = "default_max_open_for")]
+    pub max_open_for: Duration,
+    /// Probes let through while half-open; all must succeed to close. Default 3.
+    #[serde(default = "default_half_open_probes")]
+    pub half_open_probes: u32,
+    /// Statuses counted as failures; default all 5xx.
+    #[serde(default)]
+    pub failure_statuses: Option<Vec<u16>>,
+    /// Calls slower than this count as failures; default off.
+    #[serde(default)]
+    pub slow_call: Option<Duration>,
+}
+
+fn default_failure_rate() -> f64 {
+    0.5
+}
+fn default_min_requests() -> u32 {
+    20
+}
+fn default_cb_window() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_open_for() -> Duration {
+    Duration::from_secs(15)
+}
+fn default_max_open_for() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_half_open_probes() -> u32 {
+    3
+}
+
+/// Retry policy.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetryConfig {
+    /// Tries in all, including the first (2 = one retry). Default 2.
+    #[serde(default = "default_attempts")]
+    pub attempts: u32,
+    /// Conditions: `connect_error`, `timeout`, `reset`, or a status code. Default
+    /// `[connect_error]`.
+    #[serde(default = "default_retry_on")]
+    pub on: Vec<RetryOn>,
+    /// Retry non-idempotent methods too (otherwise only with an `Idempotency-Key`).
+    #[serde(default)]
+    pub non_idempotent: bool,
+    /// Exponential backoff with full jitter.
+    #[serde(default)]
+    pub backoff: BackoffConfig,
+    /// Retries allowed as a fraction of recent requests; default 0.2.
+    #[serde(default = "default_budget")]
+    pub budget: f64,
+    /// Retries always allowed per second regardless of the budget; default 10.
+    #[serde(default = "default_min_retries_per_second")]
+    pub min_retries_per_second: u32,
+}
+
+/// One retry condition.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum RetryOn {
+    /// A response status.
+    Status(u16),
+    /// A failure kind.
+    Kind(RetryKind),
+}
+
+/// A failure kind that may be retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RetryKind {
+    /// The connection could not be established.
+    ConnectError,
+    /// The upstream did not answer in time.
+    Timeout,
+    /// The connection was reset or closed before a response.
+    Reset,
+}
+
+/// Backoff between tries.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BackoffConfig {
+    /// Base delay; default 25ms.
+    #[serde(default = "default_backoff_base")]
+    pub base: Duration,
+    /// Cap; default 250ms.
+    #[serde(default = "default_backoff_max")]
+    pub max: Duration,
+}
+
+impl Default for BackoffConfig {
+    fn default() -> Self {
+        Self {
+            base: default_backoff_base(),
+            max: default_backoff_max(),
+        }
+    }
+}
+
+fn default_attempts() -> u32 {
+    2
+}
+fn default_retry_on() -> Vec<RetryOn> {
+    vec![RetryOn::Kind(RetryKind::ConnectError)]
+}
+fn default_budget() -> f64 {
+    0.2
+}
+fn default_min_retries_per_second() -> u32 {
+    10
+}
+fn default_backoff_base() -> Duration {
+    Duration::from_millis(25)
+}
+fn default_backoff_max() -> Duration {
+    Duration::from_millis(250)
+}
+
+/// One route.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Unique name, used in metrics and logs.
+    pub name: String,
+    /// What requests this route takes.
+    #[serde(rename = "match")]
+    pub matcher: MatchConfig,
+    /// Name of the upstream that serves it.
+    pub upstream: String,
+    /// A path prefix removed before forwarding (`/api/user/login` -> `/login`).
+    #[serde(default)]
+    pub strip_prefix: Option<String>,
+    /// Prefix added after stripping (`/v2` + `/login`).
+    #[serde(default)]
+    pub add_prefix: Option<String>,
+    /// Replace the whole path sent upstream.
+    #[serde(default)]
+    pub rewrite_path: Option<String>,
+    /// Request body limit; default 10MiB. Larger bodies get a 413.
+    #[serde(default)]
+    pub max_body_bytes: Option<u64>,
+    /// Filters, run in this order.
+    #[serde(default)]
+    pub filters: Vec<FilterConfig>,
+}
+
+/// Request matching. Every given condition must hold.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MatchConfig {
+    /// Hosts: exact (`api.example.com`) or wildcard (`*.example.com`); any by default.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// Exact path.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// Path prefix on segment boundaries: `/api` matches `/api` and `/api/x`, not `/apix`.
+    #[serde(default)]
+    pub path_prefix: Option<String>,
+    /// Regex on the normalized path (anchored with ^...$ implicitly).
+    #[serde(default)]
+    pub path_regex: Option<String>,
+    /// Methods; any by default.
+    #[serde(default)]
+    pub methods: Vec<String>,
+    /// Header conditions: a value to equal, or `{present: true}`.
+    #[serde(default)]
+    pub headers: BTreeMap<String, HeaderMatch>,
+}
+
+/// A header condition.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum HeaderMatch {
+    /// The header equals this value.
+    Equals(String),
+    /// The header is present (or absent, with `present: false`).
+    Presence {
+        /// Whether it must be present.
+        present: bool,
+    },
+}

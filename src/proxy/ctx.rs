@@ -1,0 +1,106 @@
+//! The per-request context: the pinned snapshot and what each stage found.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use gatehouse_filters::BodyTransform;
+use http::{HeaderName, HeaderValue};
+
+use crate::metrics::InflightGuard;
+use crate::state::{Route, Snapshot};
+use crate::upstream::Endpoint;
+
+/// A gateway-made error: its status and stable code (`X-Gatehouse-Error`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GatewayError {
+    /// HTTP status sent.
+    pub status: u16,
+    /// Stable code.
+    pub code: &'static str,
+}
+
+/// Decrements an endpoint's in-flight count when the try ends.
+pub struct EndpointInflight(pub Arc<Endpoint>);
+
+impl Drop for EndpointInflight {
+    fn drop(&mut self) {
+        self.0.inflight.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Everything one request carries from phase to phase.
+pub struct RequestCtx {
+    /// The snapshot pinned at the start.
+    pub snap: Arc<Snapshot>,
+    /// When the request started.
+    pub started: Instant,
+    /// The matched route.
+    pub route: Option<Arc<Route>>,
+    /// Request id (kept from the client when valid, else generated).
+    pub request_id: String,
+    /// Client address (TCP peer).
+    pub client_ip: Option<IpAddr>,
+    /// Normalized path.
+    pub path: String,
+    /// Original Host header value.
+    pub host_header: Option<HeaderValue>,
+    /// Endpoint of the current try.
+    pub endpoint: Option<Arc<Endpoint>>,
+    /// Endpoints tried so far (retries prefer others).
+    pub tried: Vec<Arc<Endpoint>>,
+    /// Tries made.
+    pub tries: u32,
+    /// Set when the gateway itself produced the response status.
+    pub gateway_error: Option<GatewayError>,
+    /// Status the upstream answered, if it did.
+    pub upstream_status: Option<u16>,
+    /// Request body bytes seen.
+    pub body_bytes: u64,
+    /// Headers filters asked to add to the response.
+    pub response_headers: Vec<(HeaderName, HeaderValue)>,
+    /// Body transforms of response filters, applied in order.
+    pub body_transforms: Vec<Box<dyn BodyTransform>>,
+    /// Keeps the in-flight gauge right.
+    pub inflight: Option<InflightGuard>,
+    /// Keeps the endpoint's in-flight count right.
+    pub endpoint_inflight: Option<EndpointInflight>,
+    /// Why the last try failed (for metrics of that try).
+    pub try_outcome_recorded: bool,
+}
+
+impl RequestCtx {
+    /// A context pinned to `snap`.
+    pub fn new(snap: Arc<Snapshot>) -> Self {
+        Self {
+            snap,
+            started: Instant::now(),
+            route: None,
+            request_id: String::new(),
+            client_ip: None,
+            path: String::new(),
+            host_header: None,
+            endpoint: None,
+            tried: Vec::new(),
+            tries: 0,
+            gateway_error: None,
+            upstream_status: None,
+            body_bytes: 0,
+            response_headers: Vec::new(),
+            body_transforms: Vec::new(),
+            inflight: None,
+            endpoint_inflight: None,
+            try_outcome_recorded: false,
+        }
+    }
+
+    /// Route name, or "" before routing.
+    pub fn route_name(&self) -> &str {
+        self.route.as_ref().map_or("", |r| &r.name)
+    }
+
+    /// Upstream name, or "" before routing.
+    pub fn upstream_name(&self) -> &str {
+        self.route.as_ref().map_or("", |r| &r.upstream.name)
+    }
+}

@@ -1,0 +1,392 @@
+//! The pingora `ProxyHttp` implementation: the only code that names pingora's phases.
+//! Each phase is a few lines that delegate; read top to bottom it is the request's path:
+//!
+//! ```text
+//! new_ctx                 pin the config snapshot
+//! request_filter          request id, path normalization, route, body limit, filters
+//! upstream_peer           pick an endpoint (SWRR over healthy ones), timeouts
+//! fail_to_connect         connect failed: count it, maybe retry elsewhere
+//! upstream_request_filter rewrite path, forwarding headers, strip hop-by-hop
+//! upstream_response_filter count the try's outcome
+//! response_filter         request id, filter response headers, body transforms
+//! fail_to_proxy           the error response (see respond.rs)
+//! logging                 metrics and the access log
+//! ```
+
+pub mod ctx;
+pub mod headers;
+pub mod respond;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use gatehouse_filters::{FilterOutcome, RequestCx, ResponseCx};
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_core::{Error, ErrorType, Result};
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+
+use crate::metrics::InflightGuard;
+use crate::router::{normalize_path, rewrite_path, RouteRequest};
+use crate::state::State;
+use crate::upstream::now_ms;
+pub use ctx::RequestCtx;
+use ctx::{EndpointInflight, GatewayError};
+
+/// The gateway's proxy logic, shared by every request.
+pub struct Gateway {
+    state: Arc<State>,
+}
+
+impl Gateway {
+    /// A proxy over the shared state.
+    pub fn new(state: Arc<State>) -> Self {
+        Self { state }
+    }
+}
+
+fn host_of(req: &RequestHeader) -> String {
+    let raw = req
+        .headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri.authority().map(|a| a.as_str()))
+        .unwrap_or("");
+    let host = match raw.rfind(':') {
+        Some(i) if !raw.ends_with(']') && raw[i + 1..].bytes().all(|b| b.is_ascii_digit()) => &raw[..i],
+        _ => raw,
+    };
+    host.trim_end_matches('.').to_ascii_lowercase()
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        let mut ctx = RequestCtx::new(self.state.current());
+        ctx.inflight = Some(InflightGuard::new(&self.state.metrics.inflight));
+        ctx
+    }
+
+    /// pingora's built-in compression module stays off: the `compression` filter owns it.
+    fn init_downstream_modules(&self, _modules: &mut pingora_core::modules::http::HttpModules) {}
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        ctx.request_id = headers::request_id(session.req_header());
+        ctx.client_ip = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
+        if self.state.draining.load(std::sync::atomic::Ordering::Relaxed) {
+            session.set_keepalive(None);
+        }
+
+        ctx.path = match normalize_path(session.req_header().uri.path().as_bytes()) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::debug!(request_id = %ctx.request_id, reason = %e, "refused path");
+                respond::send_error(session, ctx, 400, "bad_path", &format!("the request path is not acceptable: {e}"), &[]).await;
+                return Ok(true);
+            }
+        };
+        let host = host_of(session.req_header());
+        ctx.host_header = session.req_header().headers.get(http::header::HOST).cloned();
+
+        let snap = ctx.snap.clone();
+        let route = {
+            let req = session.req_header();
+            snap.router
+                .route(&RouteRequest { host: &host, path: &ctx.path, method: &req.method, headers: &req.headers })
+                .cloned()
+        };
+        let Some(route) = route else {
+            respond::send_error(session, ctx, 404, "no_route", respond::message_for("no_route"), &[]).await;
+            return Ok(true);
+        };
+        ctx.route = Some(route.clone());
+
+        if let Some(len) = headers::content_length(session.req_header()) {
+            if len > route.max_body_bytes {
+                respond::send_error(session, ctx, 413, "body_too_large", respond::message_for("body_too_large"), &[]).await;
+                return Ok(true);
+            }
+        }
+
+        // Headers that only the gateway may set are never taken from the client.
+        {
+            let req = session.req_header_mut();
+            for h in &snap.owned_headers {
+                req.remove_header(h);
+            }
+        }
+
+        if route.filters.is_empty() {
+            return Ok(false);
+        }
+        let body_prefix = if route.body_prefix > 0 { read_body_prefix(session, route.body_prefix).await? } else { None };
+        let mut cx = RequestCx {
+            route: &route.name,
+            client_ip: ctx.client_ip,
+            request_id: &ctx.request_id,
+            body_prefix: body_prefix.as_deref(),
+            claims: None,
+            response_headers: Vec::new(),
+        };
+        for f in &route.filters {
+            match f.on_request(session.req_header_mut(), &mut cx).await {
+                Ok(FilterOutcome::Continue) => {}
+                Ok(FilterOutcome::Respond(resp)) => {
+                    let extra = std::mem::take(&mut cx.response_headers);
+                    drop(cx);
+                    ctx.response_headers = extra;
+                    match resp.error_code {
+                        Some(code) => {
+                            respond::send_error(session, ctx, resp.status.as_u16(), code, &resp.message, &resp.headers).await;
+                        }
+                        None => {
+                            let body = resp.body.unwrap_or_default();
+                            if let Err(e) = respond::write(session, ctx, resp.status.as_u16(), None, &resp.headers, "text/plain", body).await {
+                                tracing::debug!(error = %e, "could not send filter response");
+                            }
+                        }
+                    }
+                    return Ok(true);
+                }
+                Err(e) => {
+                    tracing::warn!(request_id = %ctx.request_id, route = %route.name, error = %e, "filter failed");
+                    drop(cx);
+                    respond::send_error(session, ctx, 500, "filter_error", "a gateway filter failed", &[]).await;
+                    return Ok(true);
+                }
+            }
+        }
+        ctx.response_headers = cx.response_headers;
+        Ok(false)
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let (Some(b), Some(route)) = (body.as_ref(), ctx.route.as_ref()) {
+            ctx.body_bytes += b.len() as u64;
+            if ctx.body_bytes > route.max_body_bytes {
+                ctx.gateway_error = Some(GatewayError { status: 413, code: "body_too_large" });
+                return Err(Error::explain(ErrorType::HTTPStatus(413), "request body exceeds the route's limit"));
+            }
+        }
+        Ok(())
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+        let Some(route) = ctx.route.clone() else {
+            return Err(Error::explain(ErrorType::InternalError, "no route"));
+        };
+        let upstream = &route.upstream;
+        let Some(ep) = upstream.pick(&ctx.tried, now_ms()) else {
+            ctx.gateway_error = Some(GatewayError { status: 503, code: "no_healthy_endpoint" });
+            return Err(Error::explain(
+                ErrorType::HTTPStatus(503),
+                format!("upstream {} has no healthy endpoint", upstream.name),
+            ));
+        };
+        ctx.tries += 1;
+        ctx.tried.push(ep.clone());
+        ctx.endpoint = Some(ep.clone());
+        ctx.try_outcome_recorded = false;
+        ep.inflight.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        ctx.endpoint_inflight = Some(EndpointInflight(ep.clone()));
+
+        let t = &upstream.config.timeouts;
+        let mut peer = HttpPeer::new(ep.addr, false, String::new());
+        peer.options.connection_timeout = Some(t.connect.get());
+        peer.options.read_timeout = Some(t.read.get());
+        peer.options.write_timeout = Some(t.write.get());
+        peer.options.idle_timeout = Some(self.state.current().loaded.config.runtime.upstream_idle_timeout.get());
+        if let Some(total) = t.total {
+            let left = total.get().saturating_sub(ctx.started.elapsed());
+            if left.is_zero() {
+                ctx.gateway_error = Some(GatewayError { status: 504, code: "upstream_timeout" });
+                return Err(Error::explain(ErrorType::HTTPStatus(504), "total deadline spent"));
+            }
+            peer.options.read_timeout = Some(t.read.get().min(left));
+            peer.options.connection_timeout = Some(t.connect.get().min(left));
+        }
+        Ok(Box::new(peer))
+    }
+
+    fn fail_to_connect(&self, _session: &mut Session, _peer: &HttpPeer, ctx: &mut RequestCtx, mut e: Box<Error>) -> Box<Error> {
+        self.record_try(ctx, respond::upstream_outcome(&e));
+        let attempts = ctx.route.as_ref().and_then(|r| r.upstream.config.retry.as_ref()).map_or(1, |r| r.attempts);
+        if ctx.tries < attempts {
+            e.set_retry(true);
+        }
+        e
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let Some(route) = ctx.route.clone() else { return Ok(()) };
+        let path = rewrite_path(&ctx.path, route.strip_prefix.as_deref(), route.add_prefix.as_deref(), route.rewrite_path.as_deref());
+        let uri = match upstream_request.uri.query() {
+            Some(q) => format!("{path}?{q}"),
+            None => path,
+        };
+        let uri: http::Uri = uri.parse().map_err(|_| Error::explain(ErrorType::InternalError, "rewritten uri invalid"))?;
+        upstream_request.set_uri(uri);
+        headers::strip_hop_by_hop_request(upstream_request, session.is_upgrade_req());
+        let endpoint = ctx.endpoint.as_ref().map(|e| e.address.as_str());
+        headers::set_forwarding(upstream_request, ctx, &route.upstream.config.host_header, endpoint)?;
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let status = upstream_response.status.as_u16();
+        ctx.upstream_status = Some(status);
+        self.record_try(ctx, if status >= 500 { "http_error" } else { "success" });
+        headers::strip_hop_by_hop_response(upstream_response);
+        Ok(())
+    }
+
+    async fn response_filter(&self, session: &mut Session, resp: &mut ResponseHeader, ctx: &mut RequestCtx) -> Result<()> {
+        resp.insert_header("x-request-id", ctx.request_id.as_str())?;
+        for (n, v) in &ctx.response_headers {
+            resp.append_header(n.clone(), v.clone())?;
+        }
+        if self.state.draining.load(std::sync::atomic::Ordering::Relaxed) {
+            session.set_keepalive(None);
+        }
+        let Some(route) = ctx.route.clone() else { return Ok(()) };
+        let cx = ResponseCx { route: &route.name, request: session.req_header() };
+        for f in &route.filters {
+            match f.on_response(resp, &cx) {
+                Ok(Some(t)) => ctx.body_transforms.push(t),
+                Ok(None) => {}
+                Err(e) => tracing::warn!(request_id = %ctx.request_id, error = %e, "response filter failed"),
+            }
+        }
+        Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Duration>> {
+        for t in &mut ctx.body_transforms {
+            *body = t.transform(body.take(), end_of_stream);
+        }
+        Ok(None)
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+        let classified = ctx.gateway_error.filter(|g| matches!(e.etype(), ErrorType::HTTPStatus(s) if *s == g.status)).or_else(|| respond::classify(e));
+        let Some(g) = classified else {
+            return FailToProxy { error_code: 0, can_reuse_downstream: false };
+        };
+        if session.response_written().is_some() {
+            // Headers already went out: all we can do is cut the stream.
+            return FailToProxy { error_code: g.status, can_reuse_downstream: false };
+        }
+        tracing::warn!(request_id = %ctx.request_id, route = ctx.route_name(), upstream = ctx.upstream_name(), code = g.code, error = %e, "request failed");
+        let msg = respond::message_for(g.code);
+        respond::send_error(session, ctx, g.status, g.code, msg, &[]).await;
+        FailToProxy { error_code: g.status, can_reuse_downstream: false }
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        if let (Some(err), false) = (e, ctx.try_outcome_recorded) {
+            if ctx.endpoint.is_some() && ctx.upstream_status.is_none() {
+                self.record_try(ctx, respond::upstream_outcome(err));
+            }
+        }
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .or(ctx.gateway_error.map(|g| g.status))
+            .unwrap_or(0);
+        let source = if ctx.gateway_error.is_some() || ctx.upstream_status.is_none() { "gateway" } else { "upstream" };
+        let m = &self.state.metrics;
+        let elapsed = ctx.started.elapsed();
+        let (route, upstream) = (ctx.route_name().to_string(), ctx.upstream_name().to_string());
+        m.requests
+            .with_label_values(&[&route, &upstream, crate::metrics::status_class(status), source])
+            .inc();
+        m.request_duration.with_label_values(&[&route]).observe(elapsed.as_secs_f64());
+        m.request_duration_all.observe(elapsed.as_secs_f64());
+        if status >= 500 {
+            m.errors_all.inc();
+        }
+        if ctx.snap.loaded.config.access_log.enabled {
+            let req = session.req_header();
+            tracing::info!(
+                target: "access",
+                request_id = %ctx.request_id,
+                method = %req.method,
+                path = %ctx.path,
+                host = ctx.host_header.as_ref().and_then(|h| h.to_str().ok()).unwrap_or(""),
+                route = %route,
+                upstream = %upstream,
+                endpoint = ctx.endpoint.as_ref().map_or("", |e| e.address.as_str()),
+                status,
+                source,
+                error = ctx.gateway_error.map_or("", |g| g.code),
+                tries = ctx.tries,
+                duration_ms = elapsed.as_secs_f64() * 1000.0,
+                bytes_in = session.body_bytes_read(),
+                bytes_out = session.body_bytes_sent(),
+                client_ip = %ctx.client_ip.map(|i| i.to_string()).unwrap_or_default(),
+            );
+        }
+        ctx.endpoint_inflight = None;
+    }
+}
+
+impl Gateway {
+    /// Counts one upstream try's outcome, once per try.
+    fn record_try(&self, ctx: &mut RequestCtx, outcome: &'static str) {
+        if ctx.try_outcome_recorded {
+            return;
+        }
+        ctx.try_outcome_recorded = true;
+        let Some(ep) = ctx.endpoint.clone() else { return };
+        self.state
+            .metrics
+            .upstream_requests
+            .with_label_values(&[ctx.upstream_name(), &ep.address, outcome])
+            .inc();
+        ctx.endpoint_inflight = None;
+    }
+}
+
+/// Reads up to `limit` body bytes for filters; pingora's retry buffer replays them to
+/// the upstream, so the body arrives unchanged.
+async fn read_body_prefix(session: &mut Session, limit: usize) -> Result<Option<Bytes>> {
+    if session.as_mut().is_body_empty() {
+        return Ok(None);
+    }
+    session.as_mut().enable_retry_buffering();
+    let mut buf = Vec::new();
+    while buf.len() < limit {
+        match session.read_request_body().await? {
+            Some(chunk) => buf.extend_from_slice(&chunk),
+            None => break,
+        }
+    }
+    buf.truncate(limit);
+    Ok(Some(Bytes::from(buf)))
+}

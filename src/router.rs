@@ -1,0 +1,494 @@
+//! Request routing: path normalization, then host / path / method / header matching
+//! with a documented precedence, in time independent of the number of routes.
+//!
+//! Precedence, first difference wins: host (exact > longest wildcard > any), path
+//! (exact > longer prefix > shorter prefix > regex in declared order), methods (a listed
+//! method > any), the number of header conditions (more > fewer), declared order.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use http::Method;
+use regex::Regex;
+
+use crate::config::model::{HeaderMatch, MatchConfig};
+
+/// Why a path was refused before routing (answered with a 400).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    /// The path does not start with `/`.
+    #[error("path must start with /")]
+    NotAbsolute,
+    /// A `%` not followed by two hex digits.
+    #[error("malformed percent-encoding")]
+    BadEncoding,
+    /// `%2F` (an encoded `/`) or `%5C` (an encoded `\`).
+    #[error("encoded path separator")]
+    EncodedSeparator,
+    /// A NUL byte, raw or encoded.
+    #[error("NUL byte in path")]
+    Nul,
+    /// `..` above the root.
+    #[error("path escapes the root")]
+    EscapesRoot,
+}
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+fn is_unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+/// Normalizes a request path (without its query): percent-encoded unreserved characters
+/// are decoded and other escapes upper-cased, `//` is collapsed, `.` and `..` segments are
+/// resolved; a path that escapes the root or holds an encoded `/`, `\` or NUL is refused.
+/// A trailing `/` is kept.
+pub fn normalize_path(raw: &[u8]) -> Result<String, PathError> {
+    if raw.first() != Some(&b'/') {
+        return Err(PathError::NotAbsolute);
+    }
+    // 1. decode unreserved escapes, validate the others
+    let mut decoded = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        let b = raw[i];
+        match b {
+            0 => return Err(PathError::Nul),
+            b'%' => {
+                let (h, l) = match (raw.get(i + 1).and_then(|b| hex(*b)), raw.get(i + 2).and_then(|b| hex(*b))) {
+                    (Some(h), Some(l)) => (h, l),
+                    _ => return Err(PathError::BadEncoding),
+                };
+                let v = h * 16 + l;
+                match v {
+                    0 => return Err(PathError::Nul),
+                    b'/' | b'\\' => return Err(PathError::EncodedSeparator),
+                    v if is_unreserved(v) => decoded.push(v),
+                    v => {
+                        const HEX: &[u8; 16] = b"0123456789ABCDEF";
+                        decoded.extend_from_slice(&[b'%', HEX[(v >> 4) as usize], HEX[(v & 15) as usize]]);
+                    }
+                }
+                i += 3;
+            }
+            _ => {
+                decoded.push(b);
+                i += 1;
+            }
+        }
+    }
+    // 2. resolve segments
+    let trailing = decoded.len() > 1 && decoded.ends_with(b"/");
+    let mut segs: Vec<&[u8]> = Vec::new();
+    for seg in decoded.split(|b| *b == b'/') {
+        match seg {
+            b"" | b"." => {}
+            b".." => {
+                if segs.pop().is_none() {
+                    return Err(PathError::EscapesRoot);
+                }
+            }
+            s => segs.push(s),
+        }
+    }
+    let last_is_dir = matches!(decoded.rsplit(|b| *b == b'/').next(), Some(b".") | Some(b".."));
+    let mut out = String::with_capacity(decoded.len());
+    for s in &segs {
+        out.push('/');
+        out.push_str(&String::from_utf8_lossy(s));
+    }
+    if out.is_empty() || ((trailing || last_is_dir) && !out.ends_with('/')) {
+        out.push('/');
+    }
+    Ok(out)
+}
+
+/// A compiled header condition.
+#[derive(Debug, Clone)]
+enum HeaderCond {
+    Equals(http::HeaderName, String),
+    Present(http::HeaderName, bool),
+}
+
+/// The compiled form of one route's `match` block.
+#[derive(Debug, Clone)]
+pub struct Matcher {
+    hosts: Vec<String>,
+    path: PathMatch,
+    methods: Vec<Method>,
+    headers: Vec<HeaderCond>,
+}
+
+#[derive(Debug, Clone)]
+enum PathMatch {
+    Exact(String),
+    Prefix(String),
+    Regex(Regex),
+}
+
+/// A config `match` block could not be compiled.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct MatcherError(String);
+
+impl Matcher {
+    /// Compiles a `match` block.
+    pub fn compile(m: &MatchConfig) -> Result<Self, MatcherError> {
+        let path = match (&m.path, &m.path_prefix, &m.path_regex) {
+            (Some(p), _, _) => PathMatch::Exact(p.clone()),
+            (None, Some(p), _) => PathMatch::Prefix(trim_prefix(p).to_string()),
+            (None, None, Some(r)) => PathMatch::Regex(
+                Regex::new(&format!("^(?:{r})$")).map_err(|e| MatcherError(format!("invalid regex: {e}")))?,
+            ),
+            (None, None, None) => PathMatch::Prefix(String::new()),
+        };
+        let methods = m
+            .methods
+            .iter()
+            .map(|s| Method::from_bytes(s.as_bytes()).map_err(|_| MatcherError(format!("bad method {s:?}"))))
+            .collect::<Result<_, _>>()?;
+        let headers = m
+            .headers
+            .iter()
+            .map(|(n, c)| {
+                let name = http::HeaderName::from_bytes(n.as_bytes()).map_err(|_| MatcherError(format!("bad header name {n:?}")))?;
+                Ok(match c {
+                    HeaderMatch::Equals(v) => HeaderCond::Equals(name, v.clone()),
+                    HeaderMatch::Presence { present } => HeaderCond::Present(name, *present),
+                })
+            })
+            .collect::<Result<_, MatcherError>>()?;
+        Ok(Self {
+            hosts: m.hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
+            path,
+            methods,
+            headers,
+        })
+    }
+
+    fn accepts(&self, req: &RouteRequest<'_>) -> bool {
+        (self.methods.is_empty() || self.methods.contains(req.method))
+            && self.headers.iter().all(|c| match c {
+                HeaderCond::Equals(n, v) => req.headers.get_all(n).iter().any(|h| h.as_bytes() == v.as_bytes()),
+                HeaderCond::Present(n, p) => req.headers.contains_key(n) == *p,
+            })
+    }
+
+    /// (methods listed, header count): the in-bucket part of the precedence.
+    fn rank(&self) -> (bool, usize) {
+        (!self.methods.is_empty(), self.headers.len())
+    }
+}
+
+/// `/api/` and `/api` are the same segment-boundary prefix; `/` is every path.
+fn trim_prefix(p: &str) -> &str {
+    p.trim_end_matches('/')
+}
+
+/// What the router looks at.
+pub struct RouteRequest<'a> {
+    /// Host without port, lower case (empty when absent).
+    pub host: &'a str,
+    /// Normalized path (see [`normalize_path`]).
+    pub path: &'a str,
+    /// Method.
+    pub method: &'a Method,
+    /// Headers.
+    pub headers: &'a http::HeaderMap,
+}
+
+/// Which tiers decided a match; printed by `gatehouse route-test`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MatchReason {
+    /// `exact host a.com`, `wildcard host *.a.com` or `any host`.
+    pub host: String,
+    /// `exact path /x`, `prefix /api`, `regex ^...$`.
+    pub path: String,
+}
+
+impl fmt::Display for MatchReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}, {}", self.host, self.path)
+    }
+}
+
+#[derive(Default)]
+struct PathTable {
+    exact: HashMap<String, Vec<usize>>,
+    prefix: HashMap<String, Vec<usize>>,
+    /// Longest prefix length in this table, to skip needless lookups.
+    regex: Vec<usize>,
+}
+
+impl PathTable {
+    fn insert(&mut self, idx: usize, m: &Matcher) {
+        match &m.path {
+            PathMatch::Exact(p) => self.exact.entry(p.clone()).or_default().push(idx),
+            PathMatch::Prefix(p) => self.prefix.entry(p.clone()).or_default().push(idx),
+            PathMatch::Regex(_) => self.regex.push(idx),
+        }
+    }
+
+    fn sort(&mut self, matchers: &[Matcher]) {
+        let key = |i: &usize| {
+            let (listed, headers) = matchers[*i].rank();
+            (std::cmp::Reverse(listed), std::cmp::Reverse(headers), *i)
+        };
+        for v in self.exact.values_mut().chain(self.prefix.values_mut()) {
+            v.sort_by_key(key);
+        }
+    }
+
+    fn lookup(&self, req: &RouteRequest<'_>, matchers: &[Matcher]) -> Option<(usize, String)> {
+        let first = |ids: &[usize]| ids.iter().copied().find(|i| matchers[*i].accepts(req));
+        if let Some(i) = self.exact.get(req.path).and_then(|ids| first(ids)) {
+            return Some((i, format!("exact path {}", req.path)));
+        }
+        if !self.prefix.is_empty() {
+            // segment-boundary prefixes of the path, longest first: /a/b/c, /a/b, /a, ""
+            let p = req.path.trim_end_matches('/');
+            let mut end = p.len();
+            loop {
+                let cand = &p[..end];
+                if let Some(i) = self.prefix.get(cand).and_then(|ids| first(ids)) {
+                    return Some((i, format!("prefix {}", if cand.is_empty() { "/" } else { cand })));
+                }
+                match cand.rfind('/') {
+                    Some(cut) => end = cut,
+                    None => break,
+                }
+            }
+        }
+        for &i in &self.regex {
+            if let PathMatch::Regex(re) = &matchers[i].path {
+                if re.is_match(req.path) && matchers[i].accepts(req) {
+                    return Some((i, format!("regex {}", re.as_str())));
+                }
+            }
+        }
+        None
+    }
+}
+
+/// Routes requests to values of type `T` (the gateway's `Route`).
+pub struct Router<T> {
+    exact_hosts: HashMap<String, PathTable>,
+    wildcard_hosts: HashMap<String, PathTable>,
+    any_host: PathTable,
+    matchers: Vec<Matcher>,
+    values: Vec<T>,
+}
+
+impl<T> Router<T> {
+    /// Builds the index; `entries` are in declared order.
+    pub fn new(entries: Vec<(Matcher, T)>) -> Self {
+        let mut r = Router {
+            exact_hosts: HashMap::new(),
+            wildcard_hosts: HashMap::new(),
+            any_host: PathTable::default(),
+            matchers: Vec::with_capacity(entries.len()),
+            values: Vec::with_capacity(entries.len()),
+        };
+        for (idx, (m, v)) in entries.into_iter().enumerate() {
+            if m.hosts.is_empty() {
+                r.any_host.insert(idx, &m);
+            }
+            for h in &m.hosts {
+                match h.strip_prefix('*') {
+                    Some(suffix) => r.wildcard_hosts.entry(suffix.to_string()).or_default().insert(idx, &m),
+                    None => r.exact_hosts.entry(h.clone()).or_default().insert(idx, &m),
+                }
+            }
+            r.matchers.push(m);
+            r.values.push(v);
+        }
+        let matchers = &r.matchers;
+        for t in r.exact_hosts.values_mut().chain(r.wildcard_hosts.values_mut()) {
+            t.sort(matchers);
+        }
+        r.any_host.sort(matchers);
+        r
+    }
+
+    /// Number of routes.
+    pub fn len(&self) -> usize {
+        self.values.len()
+    }
+
+    /// True when there is no route.
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
+
+    /// The route for a request, if any.
+    pub fn route(&self, req: &RouteRequest<'_>) -> Option<&T> {
+        self.route_explained(req).map(|(v, _)| v)
+    }
+
+    /// The route for a request and why it matched.
+    pub fn route_explained(&self, req: &RouteRequest<'_>) -> Option<(&T, MatchReason)> {
+        let found = |t: &PathTable, host: String| {
+            t.lookup(req, &self.matchers).map(|(i, path)| (&self.values[i], MatchReason { host, path }))
+        };
+        if !self.exact_hosts.is_empty() {
+            if let Some(t) = self.exact_hosts.get(req.host) {
+                if let Some(hit) = found(t, format!("exact host {}", req.host)) {
+                    return Some(hit);
+                }
+            }
+        }
+        if !self.wildcard_hosts.is_empty() {
+            // .b.example.com, .example.com, .com: longest wildcard first
+            let mut rest = req.host;
+            while let Some(dot) = rest.find('.') {
+                let suffix = &rest[dot..];
+                if let Some(t) = self.wildcard_hosts.get(suffix) {
+                    if let Some(hit) = found(t, format!("wildcard host *{suffix}")) {
+                        return Some(hit);
+                    }
+                }
+                rest = &rest[dot + 1..];
+            }
+        }
+        found(&self.any_host, "any host".to_string())
+    }
+}
+
+/// The path sent upstream: `rewrite` replaces it; else `strip` is removed (on a segment
+/// boundary) and `add` is prepended.
+pub fn rewrite_path(path: &str, strip: Option<&str>, add: Option<&str>, rewrite: Option<&str>) -> String {
+    if let Some(r) = rewrite {
+        return r.to_string();
+    }
+    let mut p = path;
+    if let Some(s) = strip.map(trim_prefix) {
+        if let Some(rest) = p.strip_prefix(s) {
+            if rest.is_empty() || rest.starts_with('/') {
+                p = rest;
+            }
+        }
+    }
+    let mut out = String::with_capacity(p.len() + add.map_or(0, str::len));
+    if let Some(a) = add {
+        out.push_str(a.trim_end_matches('/'));
+    }
+    out.push_str(p);
+    if out.is_empty() {
+        out.push('/');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalizes_paths() {
+        let ok = [
+            ("/", "/"),
+            ("/a//b", "/a/b"),
+            ("/a/./b", "/a/b"),
+            ("/a/../b", "/b"),
+            ("/%61dmin", "/admin"),
+            ("/api/%2e%2e/admin", "/admin"),
+            ("/a/b/", "/a/b/"),
+            ("/a/b/..", "/a/"),
+            ("/a%20b", "/a%20b"),
+            ("/a%7e", "/a~"),
+            ("/a%c3%a9", "/a%C3%A9"),
+            ("//", "/"),
+        ];
+        for (input, want) in ok {
+            assert_eq!(normalize_path(input.as_bytes()).as_deref(), Ok(want), "{input}");
+        }
+        let bad = [
+            ("a", PathError::NotAbsolute),
+            ("/..", PathError::EscapesRoot),
+            ("/a/../../b", PathError::EscapesRoot),
+            ("/a%2fb", PathError::EncodedSeparator),
+            ("/a%5Cb", PathError::EncodedSeparator),
+            ("/a%00", PathError::Nul),
+            ("/a%zz", PathError::BadEncoding),
+            ("/a%2", PathError::BadEncoding),
+        ];
+        for (input, want) in bad {
+            assert_eq!(normalize_path(input.as_bytes()), Err(want), "{input}");
+        }
+    }
+
+    fn m(yaml: &str) -> Matcher {
+        Matcher::compile(&serde_yaml::from_str::<MatchConfig>(yaml).unwrap()).unwrap()
+    }
+
+    fn lookup<'a>(r: &'a Router<&'static str>, host: &str, method: &str, path: &str, headers: &[(&str, &str)]) -> Option<&'a str> {
+        let mut h = http::HeaderMap::new();
+        for (k, v) in headers {
+            h.append(http::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+        }
+        let method = Method::from_bytes(method.as_bytes()).unwrap();
+        r.route(&RouteRequest { host, path, method: &method, headers: &h }).copied()
+    }
+
+    #[test]
+    fn precedence_table() {
+        let r = Router::new(vec![
+            (m("{ path_prefix: / }"), "root"),
+            (m("{ path_prefix: /api }"), "api"),
+            (m("{ path_prefix: /api/user }"), "user"),
+            (m("{ path: /api/user/login }"), "login-exact"),
+            (m("{ path: /api/user/login, methods: [POST] }"), "login-post"),
+            (m("{ path_prefix: /api, headers: { x-canary: '1' } }"), "api-canary"),
+            (m("{ path_prefix: /api, hosts: [admin.example.com] }"), "admin-host"),
+            (m("{ path_prefix: /api, hosts: ['*.example.com'] }"), "wild-host"),
+            (m("{ path_regex: '/items/[0-9]+' }"), "items"),
+            (m("{ path_prefix: /apix }"), "apix"),
+        ]);
+        let cases = [
+            ("x", "GET", "/", &[][..], "root"),
+            ("x", "GET", "/api", &[], "api"),
+            ("x", "GET", "/api/", &[], "api"),
+            ("x", "GET", "/api/other", &[], "api"),
+            ("x", "GET", "/apix/1", &[], "apix"),
+            ("x", "GET", "/apiy", &[], "root"),
+            ("x", "GET", "/api/user/9", &[], "user"),
+            ("x", "GET", "/api/user/login", &[], "login-exact"),
+            ("x", "POST", "/api/user/login", &[], "login-post"),
+            ("x", "GET", "/api/x", &[("x-canary", "1")], "api-canary"),
+            ("x", "GET", "/api/x", &[("x-canary", "2")], "api"),
+            ("admin.example.com", "GET", "/api/x", &[], "admin-host"),
+            ("a.b.example.com", "GET", "/api/x", &[], "wild-host"),
+            ("example.com", "GET", "/api/x", &[], "api"),
+            ("admin.example.com", "GET", "/other", &[], "root"),
+            ("x", "GET", "/items/42", &[], "items"),
+            ("x", "GET", "/items/4x", &[], "root"),
+        ];
+        for (host, method, path, headers, want) in cases {
+            assert_eq!(lookup(&r, host, method, path, headers), Some(want), "{method} {host}{path} {headers:?}");
+        }
+    }
+
+    #[test]
+    fn no_match_without_root() {
+        let r = Router::new(vec![(m("{ path: /only, methods: [GET] }"), "only")]);
+        assert_eq!(lookup(&r, "x", "GET", "/only", &[]), Some("only"));
+        assert_eq!(lookup(&r, "x", "POST", "/only", &[]), None);
+        assert_eq!(lookup(&r, "x", "GET", "/other", &[]), None);
+    }
+
+    #[test]
+    fn rewrites() {
+        assert_eq!(rewrite_path("/api/user/login", Some("/api/user"), None, None), "/login");
+        assert_eq!(rewrite_path("/api/user", Some("/api/user/"), None, None), "/");
+        assert_eq!(rewrite_path("/api/users", Some("/api/user"), None, None), "/api/users");
+        assert_eq!(rewrite_path("/api/user/x", Some("/api"), Some("/v2"), None), "/v2/user/x");
+        assert_eq!(rewrite_path("/anything", None, None, Some("/fixed")), "/fixed");
+    }
+}

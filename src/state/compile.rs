@@ -1,0 +1,158 @@
+//! Snapshot::compile: config -> router, upstreams and filter chains, reusing the live
+//! state of upstreams and endpoints that still exist in the previous snapshot.
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use gatehouse_filters::FilterRuntime;
+
+use super::{Route, Snapshot, DEFAULT_MAX_BODY_BYTES, MAX_BODY_PREFIX};
+use crate::config::model::{DiscoveryConfig, InitialHealth, UpstreamConfig};
+use crate::config::{ConfigError, ConfigErrors, LoadedConfig};
+use crate::router::{Matcher, Router};
+use crate::upstream::{Endpoint, Source, Upstream};
+
+/// Compile errors are config errors with their field path and location.
+pub type CompileError = ConfigErrors;
+
+/// Resolves `host:port` (IP literals without a lookup).
+pub fn resolve(address: &str) -> Result<SocketAddr, String> {
+    if let Ok(a) = address.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    address
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {address:?}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{address:?} resolved to no address"))
+}
+
+fn initial_health(cfg: &UpstreamConfig) -> bool {
+    !matches!(cfg.health_check.as_ref().map(|h| h.initial_state), Some(InitialHealth::Unhealthy))
+}
+
+/// Builds the endpoint list of a static upstream, reusing `prev`'s endpoints with the
+/// same address (and weight) so their health survives.
+fn static_endpoints(
+    list: &[crate::config::model::EndpointConfig],
+    cfg: &UpstreamConfig,
+    prev: Option<&Upstream>,
+    path: &str,
+    errs: &mut Vec<ConfigError>,
+) -> Vec<Arc<Endpoint>> {
+    let prev_eps = prev.map(|u| u.endpoints());
+    let mut out = Vec::with_capacity(list.len());
+    for (i, ep) in list.iter().enumerate() {
+        let addr = match resolve(&ep.address) {
+            Ok(a) => a,
+            Err(e) => {
+                errs.push(ConfigError::at(format!("{path}[{i}].address"), e));
+                continue;
+            }
+        };
+        let reused = prev_eps
+            .as_ref()
+            .and_then(|v| v.iter().find(|p| p.address == ep.address && p.addr == addr).cloned());
+        out.push(match reused {
+            Some(p) if p.weight == ep.weight => p,
+            Some(p) => Arc::new(p.reweighted(ep.weight)),
+            None => Arc::new(Endpoint::new(addr, ep.address.clone(), ep.weight, Source::Static, initial_health(cfg))),
+        });
+    }
+    out
+}
+
+/// Compiles a loaded config into a snapshot. `prev` donates live state.
+pub fn compile(
+    loaded: LoadedConfig,
+    prev: Option<&Snapshot>,
+    runtime: &Arc<FilterRuntime>,
+) -> Result<Snapshot, CompileError> {
+    let cfg = &loaded.config;
+    let mut errs: Vec<ConfigError> = Vec::new();
+
+    let mut upstreams: BTreeMap<String, Arc<Upstream>> = BTreeMap::new();
+    for (name, ucfg) in &cfg.upstreams {
+        let prev_up = prev.and_then(|p| p.upstreams.get(name));
+        if let Some(p) = prev_up {
+            if p.config == *ucfg {
+                upstreams.insert(name.clone(), p.clone());
+                continue;
+            }
+        }
+        let endpoints = match &ucfg.discovery {
+            DiscoveryConfig::Static(list) => static_endpoints(
+                list,
+                ucfg,
+                prev_up.map(|u| u.as_ref()),
+                &format!("upstreams.{name}.discovery.static"),
+                &mut errs,
+            ),
+            // Dynamic sources keep what the previous snapshot discovered until their own
+            // refresh replaces it.
+            _ => prev_up
+                .filter(|p| p.config.discovery == ucfg.discovery)
+                .map(|p| p.endpoints().as_ref().clone())
+                .unwrap_or_default(),
+        };
+        upstreams.insert(name.clone(), Arc::new(Upstream::new(name, ucfg.clone(), endpoints)));
+    }
+
+    let mut owned_headers: Vec<http::HeaderName> = Vec::new();
+    let mut entries = Vec::with_capacity(cfg.routes.len());
+    for (i, r) in cfg.routes.iter().enumerate() {
+        let matcher = match Matcher::compile(&r.matcher) {
+            Ok(m) => m,
+            Err(e) => {
+                errs.push(ConfigError::at(format!("routes[{i}].match"), e.to_string()));
+                continue;
+            }
+        };
+        let Some(upstream) = upstreams.get(&r.upstream).cloned() else {
+            errs.push(ConfigError::at(format!("routes[{i}].upstream"), format!("no upstream named {:?}", r.upstream)));
+            continue;
+        };
+        let mut filters = Vec::with_capacity(r.filters.len());
+        for (j, f) in r.filters.iter().enumerate() {
+            for h in f.owned_request_headers() {
+                if !owned_headers.contains(&h) {
+                    owned_headers.push(h);
+                }
+            }
+            match gatehouse_filters::build(f, &r.name, runtime) {
+                Ok(built) => filters.push(built),
+                Err(e) => errs.push(ConfigError::at(format!("routes[{i}].filters[{j}].{}", f.kind()), e.message)),
+            }
+        }
+        let body_prefix = filters
+            .iter()
+            .filter_map(|f| f.body_prefix_limit())
+            .max()
+            .unwrap_or(0)
+            .min(MAX_BODY_PREFIX);
+        let route = Route {
+            name: Arc::from(r.name.as_str()),
+            upstream,
+            strip_prefix: r.strip_prefix.clone(),
+            add_prefix: r.add_prefix.clone(),
+            rewrite_path: r.rewrite_path.clone(),
+            max_body_bytes: r.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES),
+            filters,
+            body_prefix,
+        };
+        entries.push((matcher, Arc::new(route)));
+    }
+
+    if !errs.is_empty() {
+        return Err(ConfigErrors(errs.into_iter().map(|e| loaded.locate(e)).collect()));
+    }
+    Ok(Snapshot {
+        router: Router::new(entries),
+        upstreams,
+        owned_headers,
+        loaded,
+        loaded_at: SystemTime::now(),
+    })
+}

@@ -1,0 +1,98 @@
+//! The running configuration as one immutable [`Snapshot`] behind an `ArcSwap`, plus the
+//! long-lived state that outlives snapshots (metrics, filter runtime, event history).
+
+pub mod compile;
+pub mod events;
+pub mod reload;
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
+use gatehouse_filters::{Filter, FilterRuntime};
+
+use crate::config::LoadedConfig;
+use crate::metrics::Metrics;
+use crate::router::Router;
+use crate::upstream::Upstream;
+pub use compile::{compile, CompileError};
+pub use events::{EventLog, ReloadRecord};
+
+/// Default request body limit: 10 MiB, as in the reference system.
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 10 * 1024 * 1024;
+
+/// Largest body prefix a filter may read (pingora replays at most its 64 KiB retry buffer).
+pub const MAX_BODY_PREFIX: usize = 64 * 1024;
+
+/// One route, compiled.
+pub struct Route {
+    /// Route name (metric label).
+    pub name: Arc<str>,
+    /// Where it goes.
+    pub upstream: Arc<Upstream>,
+    /// Prefix removed before forwarding.
+    pub strip_prefix: Option<String>,
+    /// Prefix added after stripping.
+    pub add_prefix: Option<String>,
+    /// Replacement path.
+    pub rewrite_path: Option<String>,
+    /// Request body limit in bytes.
+    pub max_body_bytes: u64,
+    /// Filters in order.
+    pub filters: Vec<Arc<dyn Filter>>,
+    /// Bytes of body the filters need to see before running (0: none).
+    pub body_prefix: usize,
+}
+
+/// Everything a request needs, immutable once built. A request pins one snapshot for
+/// its whole life, so a reload never changes a request half way.
+pub struct Snapshot {
+    /// The config it was compiled from.
+    pub loaded: LoadedConfig,
+    /// The router over compiled routes.
+    pub router: Router<Arc<Route>>,
+    /// Upstreams by name.
+    pub upstreams: BTreeMap<String, Arc<Upstream>>,
+    /// Request headers that filters write from verified data (JWT claim headers);
+    /// client-sent copies are removed on every route.
+    pub owned_headers: Vec<http::HeaderName>,
+    /// When it was loaded.
+    pub loaded_at: SystemTime,
+}
+
+impl Snapshot {
+    /// The set of endpoint labels per upstream, used to drop metrics of removed ones.
+    pub fn endpoint_keys(&self) -> HashSet<(String, String)> {
+        self.upstreams
+            .iter()
+            .flat_map(|(n, u)| u.endpoints().iter().map(|e| (n.clone(), e.address.clone())).collect::<Vec<_>>())
+            .collect()
+    }
+}
+
+/// Process-wide state: the current snapshot and what outlives it.
+pub struct State {
+    /// The current snapshot.
+    pub snapshot: ArcSwap<Snapshot>,
+    /// Metrics registry and gateway metrics.
+    pub metrics: Metrics,
+    /// Long-lived filter state (rate-limit counters, JWKS caches, Redis).
+    pub filter_runtime: Arc<FilterRuntime>,
+    /// Health transitions, breaker trips, reloads: for the dashboard.
+    pub events: EventLog,
+    /// The config file, when there is one (reloads read it again).
+    pub config_path: Option<PathBuf>,
+    /// Process start.
+    pub started_at: SystemTime,
+    /// Set on SIGTERM: /readyz turns 503 and responses ask clients to close.
+    pub draining: std::sync::atomic::AtomicBool,
+}
+
+impl State {
+    /// The current snapshot.
+    pub fn current(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+}

@@ -1,0 +1,242 @@
+//! Upstream clusters: endpoints with their live health, and picking one for a request.
+
+pub mod discovery;
+pub mod health;
+pub mod maintain;
+pub mod select;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+
+use crate::config::model::UpstreamConfig;
+pub use select::Swrr;
+
+/// Where an endpoint came from, shown on `/admin/upstreams`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The YAML list.
+    Static,
+    /// A DNS lookup.
+    Dns,
+    /// A discovery file.
+    File,
+    /// The Redis registry.
+    Redis,
+}
+
+impl Source {
+    /// Lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Static => "static",
+            Source::Dns => "dns",
+            Source::File => "file",
+            Source::Redis => "redis",
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// One endpoint of an upstream and its live state. Kept across reloads and discovery
+/// refreshes while its (upstream, address) stays.
+#[derive(Debug)]
+pub struct Endpoint {
+    /// Socket address connected to.
+    pub addr: SocketAddr,
+    /// The address as configured or discovered (`host:port`), used in labels.
+    pub address: String,
+    /// SWRR weight (>= 1).
+    pub weight: u32,
+    /// Discovery source.
+    pub source: Source,
+    /// Verdict of active health checks.
+    healthy: AtomicBool,
+    /// Unix ms of the last health transition (or of creation).
+    since_ms: AtomicU64,
+    /// Passive ejection: unix ms until which the endpoint takes no traffic.
+    ejected_until_ms: AtomicU64,
+    /// How many times it was ejected (the ejection time grows with it).
+    ejections: AtomicU32,
+    /// Consecutive failures seen on real traffic.
+    consecutive_failures: AtomicU32,
+    /// Consecutive active-check successes/failures (positive/negative streak).
+    check_streak: std::sync::atomic::AtomicI32,
+    /// Requests in flight to it.
+    pub inflight: AtomicU64,
+}
+
+impl Endpoint {
+    /// A new endpoint, healthy or not at start.
+    pub fn new(addr: SocketAddr, address: String, weight: u32, source: Source, healthy: bool) -> Self {
+        Self {
+            addr,
+            address,
+            weight: weight.max(1),
+            source,
+            healthy: AtomicBool::new(healthy),
+            since_ms: AtomicU64::new(now_ms()),
+            ejected_until_ms: AtomicU64::new(0),
+            ejections: AtomicU32::new(0),
+            consecutive_failures: AtomicU32::new(0),
+            check_streak: std::sync::atomic::AtomicI32::new(0),
+            inflight: AtomicU64::new(0),
+        }
+    }
+
+    /// The same live state under a new weight (weights can change by discovery).
+    pub fn reweighted(&self, weight: u32) -> Self {
+        Self {
+            addr: self.addr,
+            address: self.address.clone(),
+            weight: weight.max(1),
+            source: self.source,
+            healthy: AtomicBool::new(self.healthy.load(Ordering::Relaxed)),
+            since_ms: AtomicU64::new(self.since_ms.load(Ordering::Relaxed)),
+            ejected_until_ms: AtomicU64::new(self.ejected_until_ms.load(Ordering::Relaxed)),
+            ejections: AtomicU32::new(self.ejections.load(Ordering::Relaxed)),
+            consecutive_failures: AtomicU32::new(self.consecutive_failures.load(Ordering::Relaxed)),
+            check_streak: std::sync::atomic::AtomicI32::new(self.check_streak.load(Ordering::Relaxed)),
+            inflight: AtomicU64::new(0),
+        }
+    }
+
+    /// Active-check verdict.
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Ejected by passive outlier detection at `now_ms`.
+    pub fn is_ejected(&self, now_ms: u64) -> bool {
+        self.ejected_until_ms.load(Ordering::Relaxed) > now_ms
+    }
+
+    /// Takes traffic: healthy and not ejected.
+    pub fn is_available(&self, now_ms: u64) -> bool {
+        self.is_healthy() && !self.is_ejected(now_ms)
+    }
+
+    /// Unix ms of the last health transition.
+    pub fn since_ms(&self) -> u64 {
+        self.since_ms.load(Ordering::Relaxed)
+    }
+
+    /// Unix ms until which it is ejected (0 when never).
+    pub fn ejected_until_ms(&self) -> u64 {
+        self.ejected_until_ms.load(Ordering::Relaxed)
+    }
+
+    /// Sets the active-check verdict; returns true when it changed.
+    pub fn set_healthy(&self, healthy: bool) -> bool {
+        let changed = self.healthy.swap(healthy, Ordering::Relaxed) != healthy;
+        if changed {
+            self.since_ms.store(now_ms(), Ordering::Relaxed);
+        }
+        changed
+    }
+
+    /// Records one active-check result; returns `Some(new verdict)` on a transition.
+    pub fn record_check(&self, ok: bool, healthy_threshold: u32, unhealthy_threshold: u32) -> Option<bool> {
+        let streak = self
+            .check_streak
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |s| {
+                Some(if ok { s.max(0).saturating_add(1) } else { s.min(0).saturating_sub(1) })
+            })
+            .map(|prev| if ok { prev.max(0) + 1 } else { prev.min(0) - 1 })
+            .unwrap_or(0);
+        let healthy = self.is_healthy();
+        if ok && !healthy && streak >= healthy_threshold as i32 {
+            self.set_healthy(true);
+            return Some(true);
+        }
+        if !ok && healthy && -streak >= unhealthy_threshold as i32 {
+            self.set_healthy(false);
+            return Some(false);
+        }
+        None
+    }
+
+    /// Records a real-traffic outcome for passive outlier detection; returns the number of
+    /// consecutive failures after it (0 after a success).
+    pub fn record_traffic(&self, failure: bool) -> u32 {
+        if failure {
+            self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1
+        } else {
+            self.consecutive_failures.store(0, Ordering::Relaxed);
+            0
+        }
+    }
+
+    /// Ejects until `until_ms`; returns the ejection count including this one.
+    pub fn eject(&self, until_ms: u64) -> u32 {
+        self.ejected_until_ms.store(until_ms, Ordering::Relaxed);
+        self.consecutive_failures.store(0, Ordering::Relaxed);
+        self.since_ms.store(now_ms(), Ordering::Relaxed);
+        self.ejections.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Times ejected so far.
+    pub fn ejections(&self) -> u32 {
+        self.ejections.load(Ordering::Relaxed)
+    }
+}
+
+/// A named cluster: its endpoint set (swapped by discovery) and selection state.
+pub struct Upstream {
+    /// Name from the config.
+    pub name: Arc<str>,
+    /// The definition it was built from; a reload reuses this `Upstream` when unchanged.
+    pub config: UpstreamConfig,
+    endpoints: ArcSwap<Vec<Arc<Endpoint>>>,
+    swrr: Mutex<Swrr>,
+}
+
+impl Upstream {
+    /// A cluster with an initial endpoint set.
+    pub fn new(name: &str, config: UpstreamConfig, endpoints: Vec<Arc<Endpoint>>) -> Self {
+        Self {
+            name: Arc::from(name),
+            config,
+            endpoints: ArcSwap::from_pointee(endpoints),
+            swrr: Mutex::new(Swrr::default()),
+        }
+    }
+
+    /// The current endpoint set.
+    pub fn endpoints(&self) -> Arc<Vec<Arc<Endpoint>>> {
+        self.endpoints.load_full()
+    }
+
+    /// Replaces the endpoint set (discovery); endpoints that stay keep their state
+    /// because the caller passes the same `Arc`s.
+    pub fn set_endpoints(&self, endpoints: Vec<Arc<Endpoint>>) {
+        self.endpoints.store(Arc::new(endpoints));
+    }
+
+    /// Picks an endpoint by smooth weighted round-robin among those that take traffic,
+    /// preferring ones not in `tried` (retries go elsewhere when they can).
+    pub fn pick(&self, tried: &[Arc<Endpoint>], now_ms: u64) -> Option<Arc<Endpoint>> {
+        let eps = self.endpoints.load();
+        let fresh = |e: &Endpoint| e.is_available(now_ms) && !tried.iter().any(|t| t.addr == e.addr);
+        let mut swrr = match self.swrr.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if let Some(i) = swrr.pick(&eps, |e| fresh(e)) {
+            return eps.get(i).cloned();
+        }
+        if tried.is_empty() {
+            return None;
+        }
+        swrr.pick(&eps, |e| e.is_available(now_ms)).and_then(|i| eps.get(i).cloned())
+    }
+}
