@@ -1,1 +1,289 @@
 //! The Redis service-discovery registry: sorted set `gatehouse:registry:<service>`.
+//!
+//! Each live instance is a member `host:port` of the sorted set whose score is the
+//! instance's expiry time in unix milliseconds; a heartbeat pushes the expiry forward.
+//! Weights live beside it in the hash `gatehouse:registry:<service>:weights`.
+//! Readers ignore (and prune) members whose expiry has passed, so a crashed instance
+//! disappears after one TTL without anyone deregistering it.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::AsyncCommands;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// The default key prefix: `gatehouse:registry`.
+pub const DEFAULT_PREFIX: &str = "gatehouse:registry";
+
+/// Errors from the registry client.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// The Redis URL could not be parsed.
+    #[error("invalid redis url: {0}")]
+    InvalidUrl(#[source] redis::RedisError),
+    /// Redis could not be reached or answered with an error.
+    #[error("redis {op} failed: {source}")]
+    Redis {
+        /// The operation that failed (register, list, ...).
+        op: &'static str,
+        /// The underlying Redis error.
+        #[source]
+        source: redis::RedisError,
+    },
+    /// Redis did not answer in time.
+    #[error("redis {op} timed out after {after:?}")]
+    Timeout {
+        /// The operation that timed out.
+        op: &'static str,
+        /// How long we waited.
+        after: Duration,
+    },
+    /// A service name or address that cannot be used as a key or member.
+    #[error("invalid {what}: {value:?}")]
+    Invalid {
+        /// What was invalid (service name, address).
+        what: &'static str,
+        /// The offending value.
+        value: String,
+    },
+}
+
+/// Result alias for registry operations.
+pub type Result<T> = std::result::Result<T, RegistryError>;
+
+/// A client for the Redis registry, cheap to clone.
+#[derive(Clone)]
+pub struct Registry {
+    conn: ConnectionManager,
+    prefix: String,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry")
+            .field("prefix", &self.prefix)
+            .finish()
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn check(what: &'static str, value: &str) -> Result<()> {
+    if value.is_empty() || value.len() > 256 || value.chars().any(|c| c.is_whitespace()) {
+        return Err(RegistryError::Invalid {
+            what,
+            value: value.to_string(),
+        });
+    }
+    Ok(())
+}
+
+impl Registry {
+    /// Connects to Redis at `url` with bounded connect and response timeouts.
+    pub async fn connect(url: &str) -> Result<Self> {
+        Self::connect_with_prefix(url, DEFAULT_PREFIX).await
+    }
+
+    /// Connects with a custom key prefix (tests use a unique one each).
+    pub async fn connect_with_prefix(url: &str, prefix: &str) -> Result<Self> {
+        let client = redis::Client::open(url).map_err(RegistryError::InvalidUrl)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Duration::from_secs(2))
+            .set_response_timeout(Duration::from_secs(2))
+            .set_number_of_retries(1)
+            .set_max_delay(500);
+        let limit = Duration::from_secs(5);
+        let conn = tokio::time::timeout(limit, ConnectionManager::new_with_config(client, config))
+            .await
+            .map_err(|_| RegistryError::Timeout {
+                op: "connect",
+                after: limit,
+            })?
+            .map_err(|source| RegistryError::Redis {
+                op: "connect",
+                source,
+            })?;
+        Ok(Self {
+            conn,
+            prefix: prefix.to_string(),
+        })
+    }
+
+    /// The sorted-set key of a service.
+    pub fn members_key(&self, service: &str) -> String {
+        format!("{}:{}", self.prefix, service)
+    }
+
+    /// The weights hash key of a service.
+    pub fn weights_key(&self, service: &str) -> String {
+        format!("{}:{}:weights", self.prefix, service)
+    }
+
+    /// Registers (or refreshes) `addr` for `service` with `weight`, live for `ttl`.
+    pub async fn register(
+        &self,
+        service: &str,
+        addr: &str,
+        weight: u32,
+        ttl: Duration,
+    ) -> Result<()> {
+        check("service name", service)?;
+        check("address", addr)?;
+        let expiry = now_ms() + ttl.as_millis() as i64;
+        let mut conn = self.conn.clone();
+        redis::pipe()
+            .atomic()
+            .zadd(self.members_key(service), addr, expiry)
+            .ignore()
+            .hset(self.weights_key(service), addr, weight)
+            .ignore()
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(|source| RegistryError::Redis {
+                op: "register",
+                source,
+            })
+    }
+
+    /// Pushes the expiry of an already registered `addr` forward by `ttl`.
+    pub async fn heartbeat(&self, service: &str, addr: &str, ttl: Duration) -> Result<()> {
+        check("service name", service)?;
+        check("address", addr)?;
+        let expiry = now_ms() + ttl.as_millis() as i64;
+        let mut conn = self.conn.clone();
+        conn.zadd::<_, _, _, ()>(self.members_key(service), addr, expiry)
+            .await
+            .map_err(|source| RegistryError::Redis {
+                op: "heartbeat",
+                source,
+            })
+    }
+
+    /// Removes `addr` from `service` (member and weight).
+    pub async fn deregister(&self, service: &str, addr: &str) -> Result<()> {
+        check("service name", service)?;
+        let mut conn = self.conn.clone();
+        redis::pipe()
+            .atomic()
+            .zrem(self.members_key(service), addr)
+            .ignore()
+            .hdel(self.weights_key(service), addr)
+            .ignore()
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(|source| RegistryError::Redis {
+                op: "deregister",
+                source,
+            })
+    }
+
+    /// Lists the live instances of `service` as `(address, weight)`, sorted by address.
+    ///
+    /// Expired members are pruned (with their weights); a missing or unparsable weight is 1.
+    pub async fn list_live(&self, service: &str) -> Result<Vec<(String, u32)>> {
+        check("service name", service)?;
+        let now = now_ms();
+        let key = self.members_key(service);
+        let wkey = self.weights_key(service);
+        let mut conn = self.conn.clone();
+        let expired: Vec<String> = conn
+            .zrangebyscore(&key, "-inf", now)
+            .await
+            .map_err(|source| RegistryError::Redis { op: "list", source })?;
+        if !expired.is_empty() {
+            // Remove only what is still expired: a heartbeat may have raced us.
+            let mut pipe = redis::pipe();
+            pipe.atomic().zrembyscore(&key, "-inf", now).ignore();
+            for member in &expired {
+                pipe.hdel(&wkey, member).ignore();
+            }
+            pipe.query_async::<()>(&mut conn)
+                .await
+                .map_err(|source| RegistryError::Redis {
+                    op: "prune",
+                    source,
+                })?;
+        }
+        let live: Vec<String> = conn
+            .zrangebyscore(&key, format!("({now}"), "+inf")
+            .await
+            .map_err(|source| RegistryError::Redis { op: "list", source })?;
+        if live.is_empty() {
+            return Ok(Vec::new());
+        }
+        let weights: Vec<Option<String>> = redis::cmd("HMGET")
+            .arg(&wkey)
+            .arg(&live)
+            .query_async(&mut conn)
+            .await
+            .map_err(|source| RegistryError::Redis { op: "list", source })?;
+        let mut out: Vec<(String, u32)> = live
+            .into_iter()
+            .zip(weights)
+            .map(|(addr, w)| {
+                let weight = w.and_then(|w| w.parse::<u32>().ok()).unwrap_or(1);
+                (addr, weight)
+            })
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    /// Registers now and keeps the registration alive from a background task.
+    ///
+    /// The task re-registers every `interval` (so a pruned or flushed entry comes back),
+    /// logs failures without stopping, and deregisters when [`Heartbeat::stop`] is called.
+    pub async fn spawn_heartbeat(
+        &self,
+        service: &str,
+        addr: &str,
+        weight: u32,
+        ttl: Duration,
+        interval: Duration,
+    ) -> Result<Heartbeat> {
+        self.register(service, addr, weight, ttl).await?;
+        let (tx, mut rx) = watch::channel(false);
+        let reg = self.clone();
+        let service = service.to_string();
+        let addr = addr.to_string();
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(interval) => {}
+                    _ = rx.changed() => break,
+                }
+                if *rx.borrow() {
+                    break;
+                }
+                if let Err(e) = reg.register(&service, &addr, weight, ttl).await {
+                    tracing::warn!(%service, %addr, error = %e, "registry heartbeat failed");
+                }
+            }
+            if let Err(e) = reg.deregister(&service, &addr).await {
+                tracing::warn!(%service, %addr, error = %e, "registry deregister failed");
+            }
+        });
+        Ok(Heartbeat { stop: tx, task })
+    }
+}
+
+/// A running heartbeat task; [`Heartbeat::stop`] deregisters the instance.
+#[derive(Debug)]
+pub struct Heartbeat {
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl Heartbeat {
+    /// Stops the heartbeat and waits (at most 3 s) for the deregistration.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(3), self.task).await;
+    }
+}

@@ -1,1 +1,298 @@
-fn main() {}
+//! `gatehouse-services`: run one reference service, all of them, or the demo.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use gatehouse_services::config::{random_secret, Mode, Ports, SagaSettings, Settings};
+use gatehouse_services::faults::FaultConfig;
+use gatehouse_services::server::{Kind, System};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "gatehouse-services",
+    version,
+    about = "Reference services behind the gatehouse gateway"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Directory of the SQLite files.
+    #[arg(long, env = "GATEHOUSE_DATA_DIR", global = true)]
+    data_dir: Option<PathBuf>,
+    /// mysql://user[:password]@host:port (one database per service is created); unset = SQLite.
+    #[arg(long, env = "GATEHOUSE_DATABASE_URL", global = true)]
+    database_url: Option<String>,
+    /// Database name prefix: <prefix>_<service>.
+    #[arg(long, env = "GATEHOUSE_DB_PREFIX", default_value = "gh", global = true)]
+    db_prefix: String,
+    /// Maximum connections of each service's pool.
+    #[arg(
+        long,
+        env = "GATEHOUSE_DB_MAX_CONNECTIONS",
+        default_value_t = 10,
+        global = true
+    )]
+    db_max_connections: u32,
+    /// Redis for the registry and the event streams; unset = in-process events.
+    #[arg(long, env = "GATEHOUSE_REDIS_URL", global = true)]
+    redis_url: Option<String>,
+    /// Prefix of every Redis key.
+    #[arg(
+        long,
+        env = "GATEHOUSE_REDIS_PREFIX",
+        default_value = "gatehouse",
+        global = true
+    )]
+    redis_prefix: String,
+    /// production | test | demo (test and demo enable fault injection and opening balances).
+    #[arg(
+        long,
+        env = "GATEHOUSE_MODE",
+        default_value = "production",
+        global = true
+    )]
+    mode: String,
+    /// Address to listen on.
+    #[arg(
+        long,
+        env = "GATEHOUSE_BIND",
+        default_value = "127.0.0.1",
+        global = true
+    )]
+    bind: String,
+    /// Host advertised in the registry.
+    #[arg(
+        long,
+        env = "GATEHOUSE_ADVERTISE_HOST",
+        default_value = "127.0.0.1",
+        global = true
+    )]
+    advertise_host: String,
+    /// User service port.
+    #[arg(
+        long,
+        env = "GATEHOUSE_USER_PORT",
+        default_value_t = 3001,
+        global = true
+    )]
+    user_port: u16,
+    /// Transaction service port.
+    #[arg(
+        long,
+        env = "GATEHOUSE_TRANSACTION_PORT",
+        default_value_t = 3003,
+        global = true
+    )]
+    transaction_port: u16,
+    /// Payment service port.
+    #[arg(
+        long,
+        env = "GATEHOUSE_PAYMENT_PORT",
+        default_value_t = 3004,
+        global = true
+    )]
+    payment_port: u16,
+    /// Notification service port.
+    #[arg(
+        long,
+        env = "GATEHOUSE_NOTIFICATION_PORT",
+        default_value_t = 3005,
+        global = true
+    )]
+    notification_port: u16,
+    /// Payment base URL for the saga (default http://127.0.0.1:<payment port>).
+    #[arg(long, env = "GATEHOUSE_PAYMENT_URL", global = true)]
+    payment_url: Option<String>,
+    /// Notification base URL for the saga (default http://127.0.0.1:<notification port>).
+    #[arg(long, env = "GATEHOUSE_NOTIFICATION_URL", global = true)]
+    notification_url: Option<String>,
+    /// Payment faults, e.g. fail=0.1,drop=0.1,delay=0.05,delay_ms=300 (test/demo mode only).
+    #[arg(long, env = "GATEHOUSE_FAULTS", default_value = "", global = true)]
+    faults: String,
+    /// Tries of one saga step per run.
+    #[arg(
+        long,
+        env = "GATEHOUSE_SAGA_STEP_ATTEMPTS",
+        default_value_t = 4,
+        global = true
+    )]
+    saga_step_attempts: u32,
+    /// Timeout of one saga call, ms.
+    #[arg(
+        long,
+        env = "GATEHOUSE_SAGA_CALL_TIMEOUT_MS",
+        default_value_t = 2000,
+        global = true
+    )]
+    saga_call_timeout_ms: u64,
+    /// How often unfinished sagas are resumed, ms.
+    #[arg(
+        long,
+        env = "GATEHOUSE_SAGA_RECOVERY_INTERVAL_MS",
+        default_value_t = 2000,
+        global = true
+    )]
+    saga_recovery_interval_ms: u64,
+    /// Weight registered in the Redis registry.
+    #[arg(
+        long,
+        env = "GATEHOUSE_REGISTRY_WEIGHT",
+        default_value_t = 1,
+        global = true
+    )]
+    registry_weight: u32,
+}
+
+#[derive(Subcommand, Debug, Clone, Copy)]
+enum Command {
+    /// The user service (:3001).
+    User,
+    /// The payment service (:3004).
+    Payment,
+    /// The transaction service and saga coordinator (:3003).
+    Transaction,
+    /// The notification service (:3005).
+    Notification,
+    /// All four services in one process.
+    All,
+    /// All four services in demo mode on embedded SQLite, plus the gateway (when wired).
+    Demo,
+}
+
+fn settings(cli: &Cli) -> Result<Settings> {
+    let demo = matches!(cli.command, Command::Demo);
+    let mode = if demo {
+        Mode::Demo
+    } else {
+        Mode::parse(&cli.mode).map_err(anyhow::Error::msg)?
+    };
+    let faults = FaultConfig::parse(&cli.faults)
+        .map_err(anyhow::Error::msg)
+        .context("GATEHOUSE_FAULTS")?;
+    let jwt_secret = match std::env::var("GATEHOUSE_JWT_SECRET")
+        .ok()
+        .filter(|s| !s.is_empty())
+    {
+        Some(s) => Some(s),
+        None if demo => {
+            tracing::info!(
+                "GATEHOUSE_JWT_SECRET is unset: generated a random secret for this demo run"
+            );
+            Some(random_secret())
+        }
+        None => None,
+    };
+    let internal_token = match std::env::var("GATEHOUSE_INTERNAL_TOKEN")
+        .ok()
+        .filter(|s| !s.is_empty())
+    {
+        Some(t) => t,
+        None if matches!(cli.command, Command::All | Command::Demo) => random_secret(),
+        None => anyhow::bail!(
+            "GATEHOUSE_INTERNAL_TOKEN must be set when services run in separate processes \
+             (every service checks it on service-to-service calls)"
+        ),
+    };
+    let data_dir = cli.data_dir.clone().unwrap_or_else(|| {
+        if demo {
+            PathBuf::from("data/demo")
+        } else {
+            PathBuf::from("data")
+        }
+    });
+    Ok(Settings {
+        mode,
+        data_dir,
+        database_url: if demo {
+            None
+        } else {
+            cli.database_url.clone().filter(|s| !s.is_empty())
+        },
+        db_prefix: cli.db_prefix.clone(),
+        db_max_connections: cli.db_max_connections,
+        redis_url: cli.redis_url.clone().filter(|s| !s.is_empty()),
+        redis_prefix: cli.redis_prefix.clone(),
+        jwt_secret,
+        internal_token,
+        bind_host: cli.bind.clone(),
+        advertise_host: cli.advertise_host.clone(),
+        ports: Ports {
+            user: cli.user_port,
+            transaction: cli.transaction_port,
+            payment: cli.payment_port,
+            notification: cli.notification_port,
+        },
+        payment_url: cli
+            .payment_url
+            .clone()
+            .unwrap_or_else(|| format!("http://127.0.0.1:{}", cli.payment_port)),
+        notification_url: cli
+            .notification_url
+            .clone()
+            .unwrap_or_else(|| format!("http://127.0.0.1:{}", cli.notification_port)),
+        faults,
+        saga: SagaSettings {
+            step_attempts: cli.saga_step_attempts.max(1),
+            call_timeout: Duration::from_millis(cli.saga_call_timeout_ms.max(10)),
+            backoff: Duration::from_millis(50),
+            recovery_interval: Duration::from_millis(cli.saga_recovery_interval_ms.max(50)),
+            max_notify_attempts: 20,
+        },
+        registry_weight: cli.registry_weight.max(1),
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(t) => t,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn")),
+        )
+        .init();
+    let cli = Cli::parse();
+    let settings = settings(&cli)?;
+    let kinds: Vec<Kind> = match cli.command {
+        Command::User => vec![Kind::User],
+        Command::Payment => vec![Kind::Payment],
+        Command::Transaction => vec![Kind::Transaction],
+        Command::Notification => vec![Kind::Notification],
+        Command::All | Command::Demo => Kind::ALL.to_vec(),
+    };
+    let mut system = if matches!(cli.command, Command::Demo) {
+        gatehouse_services::demo::start(settings).await?
+    } else {
+        System::start(settings, &kinds).await?
+    };
+    tokio::select! {
+        _ = shutdown_signal() => tracing::info!("shutdown requested"),
+        _ = system.wait() => {}
+    }
+    system.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,692 @@
+//! The transfer saga coordinator: debit -> credit -> notify, compensation by void + refund.
+//!
+//! The saga log (`sagas` + `saga_log`) is the only memory: every step transition is one
+//! write transaction (with its outbox event), guarded by the step it leaves, and every
+//! call to payment carries an operation id derived from the saga id, so a step re-run
+//! after a crash or a lost answer is harmless. Money is conserved because
+//! - each op id moves money at most once (payment's unique key),
+//! - the credit is voided before the debit is refunded: a credit that did land turns the
+//!   saga into COMPLETED instead of refunding (no money is created), and
+//! - a refund of a debit that never landed voids it, so it cannot land later.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::{json, Value};
+use tokio::sync::{watch, Notify, Semaphore};
+use tokio::task::JoinHandle;
+
+use crate::auth::INTERNAL_TOKEN_HEADER;
+use crate::config::Settings;
+use crate::db::Db;
+use crate::events;
+use crate::metrics::Metrics;
+use crate::payment::OpResult;
+
+/// Saga states visible to clients.
+pub mod state {
+    /// Still running (or parked until payment answers again).
+    pub const PENDING: &str = "PENDING";
+    /// Debited and credited.
+    pub const COMPLETED: &str = "COMPLETED";
+    /// Debited, credit failed, debit refunded.
+    pub const COMPENSATED: &str = "COMPENSATED";
+    /// Nothing moved (debit refused, or voided before it landed).
+    pub const FAILED: &str = "FAILED";
+}
+
+/// Saga steps (the step still to do).
+pub mod step {
+    /// Debit the source account.
+    pub const DEBIT: &str = "DEBIT";
+    /// Credit the destination account.
+    pub const CREDIT: &str = "CREDIT";
+    /// Make sure the credit can never land (or learn that it did).
+    pub const COMPENSATE_VOID: &str = "COMPENSATE_VOID";
+    /// Give the debit back (or void it if it never landed).
+    pub const COMPENSATE_REFUND: &str = "COMPENSATE_REFUND";
+    /// Tell the users.
+    pub const NOTIFY: &str = "NOTIFY";
+    /// Nothing left to do.
+    pub const DONE: &str = "DONE";
+}
+
+/// One row of the saga log.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct Saga {
+    /// `sg_...`.
+    pub id: String,
+    /// The client's `Idempotency-Key`, if any.
+    pub idempotency_key: Option<String>,
+    /// The user who asked for the transfer (`X-User-Id`), if any.
+    pub initiator: Option<String>,
+    /// Source account.
+    pub from_account: String,
+    /// Destination account.
+    pub to_account: String,
+    /// Amount in minor units.
+    pub amount: i64,
+    /// Owner of the source account (known after the debit).
+    pub from_user: Option<String>,
+    /// Owner of the destination account (known after the credit).
+    pub to_user: Option<String>,
+    /// PENDING, COMPLETED, COMPENSATED or FAILED.
+    pub state: String,
+    /// The step still to do.
+    pub step: String,
+    /// Tries of the current step.
+    pub attempts: i64,
+    /// Tries of all steps.
+    pub total_attempts: i64,
+    /// Notification tries.
+    pub notify_attempts: i64,
+    /// The last failure seen, if any.
+    pub last_error: Option<String>,
+    /// Unix ms.
+    pub created_at: i64,
+    /// Unix ms.
+    pub updated_at: i64,
+}
+
+/// Columns of [`Saga`] in select order.
+pub const SAGA_COLUMNS: &str = "id, idempotency_key, initiator, from_account, to_account, amount, \
+    from_user, to_user, state, step, attempts, total_attempts, notify_attempts, last_error, created_at, updated_at";
+
+/// Operation ids of a saga's payment calls.
+pub fn debit_op(id: &str) -> String {
+    format!("{id}:debit")
+}
+/// See [`debit_op`].
+pub fn credit_op(id: &str) -> String {
+    format!("{id}:credit")
+}
+/// See [`debit_op`].
+pub fn refund_op(id: &str) -> String {
+    format!("{id}:refund")
+}
+
+/// What a call to another service gave.
+#[derive(Debug)]
+enum Call {
+    /// A definitive answer.
+    Answer(OpResult),
+    /// A 4xx: the request itself is refused (no retry helps).
+    Refused(String),
+    /// Timeout, connection error, 5xx: try again later.
+    Transient(String),
+}
+
+/// A transition out of the current step.
+struct Transition<'a> {
+    step: &'a str,
+    state: Option<&'a str>,
+    from_user: Option<&'a str>,
+    to_user: Option<&'a str>,
+    error: Option<&'a str>,
+    event: Option<&'a str>,
+    note: &'a str,
+}
+
+/// Runs sagas: on request, and from the recovery loop for unfinished ones.
+pub struct Coordinator {
+    db: Db,
+    http: reqwest::Client,
+    settings: Arc<Settings>,
+    metrics: Metrics,
+    wake_publisher: Arc<Notify>,
+    inflight: Mutex<HashSet<String>>,
+    permits: Semaphore,
+}
+
+impl std::fmt::Debug for Coordinator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Coordinator").finish()
+    }
+}
+
+/// Loads one saga.
+pub async fn load(db: &Db, id: &str) -> Result<Option<Saga>, sqlx::Error> {
+    sqlx::query_as::<_, Saga>(&format!("SELECT {SAGA_COLUMNS} FROM sagas WHERE id = ?"))
+        .bind(id)
+        .fetch_optional(&db.pool)
+        .await
+}
+
+/// The event payload describing a saga after a transition.
+pub fn event_payload(s: &Saga) -> Value {
+    json!({
+        "saga_id": s.id,
+        "from_account": s.from_account,
+        "to_account": s.to_account,
+        "amount": s.amount,
+        "from_user": s.from_user,
+        "to_user": s.to_user,
+        "initiator": s.initiator,
+        "state": s.state,
+        "updated_at": s.updated_at,
+    })
+}
+
+impl Coordinator {
+    /// A coordinator over the transaction database.
+    pub fn new(
+        db: Db,
+        settings: Arc<Settings>,
+        metrics: Metrics,
+        wake_publisher: Arc<Notify>,
+    ) -> Result<Self, reqwest::Error> {
+        let http = reqwest::Client::builder()
+            .timeout(settings.saga.call_timeout)
+            .connect_timeout(Duration::from_secs(1))
+            .build()?;
+        Ok(Coordinator {
+            db,
+            http,
+            settings,
+            metrics,
+            wake_publisher,
+            inflight: Mutex::new(HashSet::new()),
+            permits: Semaphore::new(64),
+        })
+    }
+
+    /// Starts running saga `id` unless it is already running in this process.
+    pub fn spawn_run(self: &Arc<Self>, id: &str) -> Option<JoinHandle<()>> {
+        {
+            let mut inflight = self.inflight.lock().ok()?;
+            if !inflight.insert(id.to_string()) {
+                return None;
+            }
+        }
+        let me = Arc::clone(self);
+        let id = id.to_string();
+        Some(tokio::spawn(async move {
+            if let Err(e) = me.run(&id).await {
+                tracing::warn!(saga = %id, error = %e, "saga run stopped on a database error; recovery resumes it");
+            }
+            if let Ok(mut inflight) = me.inflight.lock() {
+                inflight.remove(&id);
+            }
+        }))
+    }
+
+    /// Resumes unfinished sagas now and then every `recovery_interval` until shutdown.
+    pub fn spawn_recovery(self: &Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let me = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut first = true;
+            while !*shutdown.borrow() {
+                let ids: Result<Vec<(String,)>, _> = sqlx::query_as(
+                    "SELECT id FROM sagas WHERE step <> 'DONE' ORDER BY created_at LIMIT 1000",
+                )
+                .fetch_all(&me.db.pool)
+                .await;
+                match ids {
+                    Ok(ids) => {
+                        let mut resumed = 0;
+                        for (id,) in ids {
+                            if me.spawn_run(&id).is_some() {
+                                resumed += 1;
+                            }
+                        }
+                        if first && resumed > 0 {
+                            tracing::info!(resumed, "resuming unfinished sagas after start");
+                            me.metrics
+                                .operations
+                                .with_label_values(&[
+                                    me.metrics.service,
+                                    "saga_resumed_at_start",
+                                    "ok",
+                                ])
+                                .inc_by(resumed);
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "saga recovery scan failed"),
+                }
+                first = false;
+                tokio::select! {
+                    _ = tokio::time::sleep(me.settings.saga.recovery_interval) => {}
+                    _ = shutdown.changed() => {}
+                }
+            }
+        });
+    }
+
+    async fn call(&self, url: &str, body: &Value) -> Call {
+        let resp = self
+            .http
+            .post(url)
+            .header(INTERNAL_TOKEN_HEADER, &self.settings.internal_token)
+            .json(body)
+            .send()
+            .await;
+        let resp = match resp {
+            Ok(r) => r,
+            Err(e) => return Call::Transient(format!("{url}: {e}")),
+        };
+        let status = resp.status();
+        if status.is_success() {
+            return match resp.json::<OpResult>().await {
+                Ok(r) => Call::Answer(r),
+                Err(e) => Call::Transient(format!("{url}: unreadable answer: {e}")),
+            };
+        }
+        let text = resp.text().await.unwrap_or_default();
+        let text: String = text.chars().take(200).collect();
+        if status.is_client_error() && status.as_u16() != 401 && status.as_u16() != 429 {
+            Call::Refused(format!("{url}: {status} {text}"))
+        } else {
+            Call::Transient(format!("{url}: {status} {text}"))
+        }
+    }
+
+    /// Calls with up to `step_attempts` tries and jittered exponential backoff.
+    async fn call_retrying(&self, step: &str, path: &str, body: &Value) -> Call {
+        let url = format!(
+            "{}{}",
+            self.settings.payment_url.trim_end_matches('/'),
+            path
+        );
+        let mut backoff = self.settings.saga.backoff;
+        let tries = self.settings.saga.step_attempts.max(1);
+        let mut last = Call::Transient("not tried".into());
+        for attempt in 0..tries {
+            last = self.call(&url, body).await;
+            match &last {
+                Call::Transient(e) => {
+                    self.metrics
+                        .op(&format!("saga_{}", step.to_ascii_lowercase()), "retry");
+                    tracing::debug!(step, attempt, error = %e, "saga call failed");
+                    if attempt + 1 < tries {
+                        let jitter = rand::random::<u64>() % (backoff.as_millis() as u64 + 1);
+                        tokio::time::sleep(backoff + Duration::from_millis(jitter)).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(1));
+                    }
+                }
+                _ => break,
+            }
+        }
+        last
+    }
+
+    /// Moves the saga out of `from_step`; false when someone else already moved it.
+    async fn transition(
+        &self,
+        s: &Saga,
+        from_step: &str,
+        t: Transition<'_>,
+    ) -> Result<bool, sqlx::Error> {
+        let now = crate::now_ms();
+        let mut tx = self.db.begin_write().await?;
+        let new_state = t.state.unwrap_or(&s.state);
+        let n = sqlx::query(
+            "UPDATE sagas SET step = ?, state = ?, from_user = COALESCE(?, from_user), \
+             to_user = COALESCE(?, to_user), last_error = COALESCE(?, last_error), attempts = 0, \
+             total_attempts = total_attempts + 1, updated_at = ? WHERE id = ? AND step = ?",
+        )
+        .bind(t.step)
+        .bind(new_state)
+        .bind(t.from_user)
+        .bind(t.to_user)
+        .bind(t.error)
+        .bind(now)
+        .bind(&s.id)
+        .bind(from_step)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if n != 1 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        sqlx::query(
+            "INSERT INTO saga_log (saga_id, step, outcome, detail, at) VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(&s.id)
+        .bind(from_step)
+        .bind(t.note)
+        .bind(t.error.unwrap_or(""))
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        if let Some(event) = t.event {
+            let mut after = s.clone();
+            after.state = new_state.to_string();
+            after.step = t.step.to_string();
+            if let Some(u) = t.from_user {
+                after.from_user = Some(u.to_string());
+            }
+            if let Some(u) = t.to_user {
+                after.to_user = Some(u.to_string());
+            }
+            after.updated_at = now;
+            events::enqueue(&mut tx, event, &s.id, &event_payload(&after)).await?;
+        }
+        tx.commit().await?;
+        if t.event.is_some() {
+            self.wake_publisher.notify_one();
+        }
+        if let Some(st) = t.state {
+            if st != s.state {
+                self.metrics.op("saga", &st.to_ascii_lowercase());
+            }
+        }
+        Ok(true)
+    }
+
+    /// Records a failed run of the current step; the saga stays where it is.
+    async fn park(&self, s: &Saga, error: &str, notify: bool) -> Result<(), sqlx::Error> {
+        let sql = if notify {
+            "UPDATE sagas SET attempts = attempts + 1, total_attempts = total_attempts + 1, \
+             notify_attempts = notify_attempts + 1, last_error = ?, updated_at = ? WHERE id = ? AND step = ?"
+        } else {
+            "UPDATE sagas SET attempts = attempts + 1, total_attempts = total_attempts + 1, \
+             last_error = ?, updated_at = ? WHERE id = ? AND step = ?"
+        };
+        let mut tx = self.db.begin_write().await?;
+        sqlx::query(sql)
+            .bind(error)
+            .bind(crate::now_ms())
+            .bind(&s.id)
+            .bind(&s.step)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        self.metrics.op("saga_parked", &s.step.to_ascii_lowercase());
+        Ok(())
+    }
+
+    /// Drives one saga until it is done or parked (bounded number of transitions).
+    pub async fn run(&self, id: &str) -> Result<(), sqlx::Error> {
+        let _permit = self.permits.acquire().await;
+        for _ in 0..16 {
+            let Some(s) = load(&self.db, id).await? else {
+                return Ok(());
+            };
+            let keep_going = match s.step.as_str() {
+                step::DEBIT => self.debit(&s).await?,
+                step::CREDIT => self.credit(&s).await?,
+                step::COMPENSATE_VOID => self.void_credit(&s).await?,
+                step::COMPENSATE_REFUND => self.refund(&s).await?,
+                step::NOTIFY => self.notify(&s).await?,
+                _ => false,
+            };
+            if !keep_going {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    fn t<'a>(step: &'a str, note: &'a str) -> Transition<'a> {
+        Transition {
+            step,
+            state: None,
+            from_user: None,
+            to_user: None,
+            error: None,
+            event: None,
+            note,
+        }
+    }
+
+    async fn debit(&self, s: &Saga) -> Result<bool, sqlx::Error> {
+        let body = json!({
+            "op_id": debit_op(&s.id),
+            "account_id": s.from_account,
+            "amount": s.amount,
+            "expected_owner": s.initiator,
+        });
+        match self.call_retrying(step::DEBIT, "/ops/debit", &body).await {
+            Call::Answer(r) if r.status == "APPLIED" => {
+                self.transition(
+                    s,
+                    step::DEBIT,
+                    Transition {
+                        from_user: r.owner_id.as_deref(),
+                        event: Some("TransferDebited"),
+                        ..Self::t(step::CREDIT, "debited")
+                    },
+                )
+                .await?;
+            }
+            Call::Answer(r) if r.status == "REJECTED" => {
+                let reason = r.reason.unwrap_or_else(|| "rejected".into());
+                self.transition(
+                    s,
+                    step::DEBIT,
+                    Transition {
+                        state: Some(state::FAILED),
+                        from_user: r.owner_id.as_deref(),
+                        error: Some(&format!("debit rejected: {reason}")),
+                        event: Some("TransferFailed"),
+                        ..Self::t(step::NOTIFY, "debit_rejected")
+                    },
+                )
+                .await?;
+            }
+            // VOIDED/REFUNDED: an earlier run already compensated; finish the compensation.
+            Call::Answer(r) => {
+                self.transition(
+                    s,
+                    step::DEBIT,
+                    Transition {
+                        error: Some(&format!("debit answered {}", r.status)),
+                        ..Self::t(step::COMPENSATE_VOID, "debit_voided")
+                    },
+                )
+                .await?;
+            }
+            Call::Refused(e) => {
+                self.transition(
+                    s,
+                    step::DEBIT,
+                    Transition {
+                        state: Some(state::FAILED),
+                        error: Some(&e),
+                        event: Some("TransferFailed"),
+                        ..Self::t(step::NOTIFY, "debit_refused")
+                    },
+                )
+                .await?;
+            }
+            // The debit's outcome is unknown: compensate (void or refund it).
+            Call::Transient(e) => {
+                self.transition(
+                    s,
+                    step::DEBIT,
+                    Transition {
+                        error: Some(&e),
+                        ..Self::t(step::COMPENSATE_VOID, "debit_unreachable")
+                    },
+                )
+                .await?;
+            }
+        }
+        Ok(true)
+    }
+
+    async fn credit(&self, s: &Saga) -> Result<bool, sqlx::Error> {
+        let body =
+            json!({ "op_id": credit_op(&s.id), "account_id": s.to_account, "amount": s.amount });
+        match self.call_retrying(step::CREDIT, "/ops/credit", &body).await {
+            Call::Answer(r) if r.status == "APPLIED" => {
+                self.complete(s, step::CREDIT, r.owner_id.as_deref(), "credited")
+                    .await?;
+            }
+            Call::Answer(r) => {
+                let e = format!(
+                    "credit answered {} ({})",
+                    r.status,
+                    r.reason.unwrap_or_default()
+                );
+                self.transition(
+                    s,
+                    step::CREDIT,
+                    Transition {
+                        error: Some(&e),
+                        ..Self::t(step::COMPENSATE_VOID, "credit_rejected")
+                    },
+                )
+                .await?;
+            }
+            Call::Refused(e) | Call::Transient(e) => {
+                self.transition(
+                    s,
+                    step::CREDIT,
+                    Transition {
+                        error: Some(&e),
+                        ..Self::t(step::COMPENSATE_VOID, "credit_failed")
+                    },
+                )
+                .await?;
+            }
+        }
+        Ok(true)
+    }
+
+    async fn complete(
+        &self,
+        s: &Saga,
+        from: &str,
+        to_user: Option<&str>,
+        note: &str,
+    ) -> Result<bool, sqlx::Error> {
+        self.transition(
+            s,
+            from,
+            Transition {
+                state: Some(state::COMPLETED),
+                to_user,
+                event: Some("TransferCompleted"),
+                ..Self::t(step::NOTIFY, note)
+            },
+        )
+        .await
+    }
+
+    async fn void_credit(&self, s: &Saga) -> Result<bool, sqlx::Error> {
+        let body = json!({ "op_id": credit_op(&s.id) });
+        match self
+            .call_retrying(step::COMPENSATE_VOID, "/ops/void", &body)
+            .await
+        {
+            // The credit did land (its answer was lost): the transfer happened.
+            Call::Answer(r) if r.status == "APPLIED" => {
+                self.complete(
+                    s,
+                    step::COMPENSATE_VOID,
+                    r.owner_id.as_deref(),
+                    "credit_found_applied",
+                )
+                .await?;
+                Ok(true)
+            }
+            Call::Answer(_) => {
+                self.transition(
+                    s,
+                    step::COMPENSATE_VOID,
+                    Self::t(step::COMPENSATE_REFUND, "credit_voided"),
+                )
+                .await?;
+                Ok(true)
+            }
+            Call::Refused(e) | Call::Transient(e) => {
+                self.park(s, &e, false).await?;
+                Ok(false)
+            }
+        }
+    }
+
+    async fn refund(&self, s: &Saga) -> Result<bool, sqlx::Error> {
+        let body = json!({ "op_id": refund_op(&s.id), "debit_op_id": debit_op(&s.id) });
+        match self
+            .call_retrying(step::COMPENSATE_REFUND, "/ops/refund", &body)
+            .await
+        {
+            Call::Answer(r)
+                if r.status == "APPLIED" || r.reason.as_deref() == Some("already_refunded") =>
+            {
+                self.transition(
+                    s,
+                    step::COMPENSATE_REFUND,
+                    Transition {
+                        state: Some(state::COMPENSATED),
+                        event: Some("TransferCompensated"),
+                        ..Self::t(step::NOTIFY, "refunded")
+                    },
+                )
+                .await?;
+                Ok(true)
+            }
+            Call::Answer(_) => {
+                self.transition(
+                    s,
+                    step::COMPENSATE_REFUND,
+                    Transition {
+                        state: Some(state::FAILED),
+                        event: Some("TransferFailed"),
+                        ..Self::t(step::NOTIFY, "debit_voided")
+                    },
+                )
+                .await?;
+                Ok(true)
+            }
+            Call::Refused(e) | Call::Transient(e) => {
+                self.park(s, &e, false).await?;
+                Ok(false)
+            }
+        }
+    }
+
+    async fn notify(&self, s: &Saga) -> Result<bool, sqlx::Error> {
+        let event = match s.state.as_str() {
+            state::COMPLETED => "TransferCompleted",
+            state::COMPENSATED => "TransferCompensated",
+            _ => "TransferFailed",
+        };
+        let notes = crate::notification::notifications_for(event, &event_payload(s));
+        let url = format!(
+            "{}/internal/notifications",
+            self.settings.notification_url.trim_end_matches('/')
+        );
+        let resp = self
+            .http
+            .post(&url)
+            .header(INTERNAL_TOKEN_HEADER, &self.settings.internal_token)
+            .json(&json!({ "notifications": notes }))
+            .send()
+            .await;
+        let err = match resp {
+            Ok(r) if r.status().is_success() => None,
+            Ok(r) => Some(format!("{url}: {}", r.status())),
+            Err(e) => Some(format!("{url}: {e}")),
+        };
+        match err {
+            None => {
+                self.transition(s, step::NOTIFY, Self::t(step::DONE, "notified"))
+                    .await?;
+                Ok(false)
+            }
+            Some(e) if s.notify_attempts + 1 >= self.settings.saga.max_notify_attempts => {
+                // Money is settled; the outbox event still reaches notification consumers.
+                self.transition(
+                    s,
+                    step::NOTIFY,
+                    Transition {
+                        error: Some(&format!("notify abandoned: {e}")),
+                        ..Self::t(step::DONE, "notify_abandoned")
+                    },
+                )
+                .await?;
+                Ok(false)
+            }
+            Some(e) => {
+                self.park(s, &e, true).await?;
+                Ok(false)
+            }
+        }
+    }
+}

@@ -1,0 +1,356 @@
+//! Starting services: databases, event wiring, background tasks, HTTP listeners, registry.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{middleware, Json, Router};
+use gatehouse_registry::{Heartbeat, Registry};
+use serde_json::json;
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinHandle;
+
+use crate::config::Settings;
+use crate::db::{Db, DbError};
+use crate::events::{Bus, Publisher};
+use crate::faults::FaultInjector;
+use crate::metrics::{metrics_handler, track, Metrics, MetricsState};
+use crate::saga::Coordinator;
+use crate::{notification, payment, transaction, user};
+
+/// Errors starting the services.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A database could not be opened or migrated.
+    #[error(transparent)]
+    Db(#[from] DbError),
+    /// Metrics could not be registered.
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Redis is configured but unusable.
+    #[error("redis: {0}")]
+    Redis(String),
+    /// Anything else in the configuration.
+    #[error("configuration: {0}")]
+    Config(String),
+}
+
+/// One of the four services.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// User service.
+    User,
+    /// Transaction service (saga coordinator).
+    Transaction,
+    /// Payment service.
+    Payment,
+    /// Notification service.
+    Notification,
+}
+
+impl Kind {
+    /// All four, in start order (dependencies first).
+    pub const ALL: [Kind; 4] = [
+        Kind::Payment,
+        Kind::Notification,
+        Kind::User,
+        Kind::Transaction,
+    ];
+
+    /// The service name (registry key, metric label, database suffix).
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::User => user::NAME,
+            Kind::Transaction => transaction::NAME,
+            Kind::Payment => payment::NAME,
+            Kind::Notification => notification::NAME,
+        }
+    }
+
+    fn port(self, s: &Settings) -> u16 {
+        match self {
+            Kind::User => s.ports.user,
+            Kind::Transaction => s.ports.transaction,
+            Kind::Payment => s.ports.payment,
+            Kind::Notification => s.ports.notification,
+        }
+    }
+}
+
+/// A running service.
+#[derive(Debug)]
+pub struct Running {
+    /// Its name.
+    pub name: &'static str,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    task: JoinHandle<std::io::Result<()>>,
+    heartbeat: Option<Heartbeat>,
+}
+
+/// The services of this process and the switch that stops them.
+#[derive(Debug)]
+pub struct System {
+    /// The running services.
+    pub services: Vec<Running>,
+    shutdown: watch::Sender<bool>,
+}
+
+async fn health(State(db): State<Db>) -> impl IntoResponse {
+    match tokio::time::timeout(Duration::from_secs(2), db.ping()).await {
+        Ok(Ok(())) => (StatusCode::OK, Json(json!({ "status": "ok" }))),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "health: database check failed");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({ "status": "unavailable", "reason": "database" })),
+            )
+        }
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "unavailable", "reason": "database timeout" })),
+        ),
+    }
+}
+
+fn finish(routes: Router, db: &Db, metrics: &Metrics) -> Router {
+    let ops = Router::new()
+        .route("/health", get(health))
+        .with_state(db.clone())
+        .merge(
+            Router::new()
+                .route("/metrics", get(metrics_handler))
+                .with_state(MetricsState {
+                    metrics: metrics.clone(),
+                    db: db.clone(),
+                }),
+        );
+    routes
+        .merge(ops)
+        .layer(middleware::from_fn_with_state(metrics.clone(), track))
+}
+
+struct Prepared {
+    kind: Kind,
+    router: Router,
+}
+
+impl System {
+    /// Opens every database, wires events, then starts tasks and listeners of `kinds`.
+    pub async fn start(settings: Settings, kinds: &[Kind]) -> Result<System, StartError> {
+        let settings = Arc::new(settings);
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let (bus, registry) = match &settings.redis_url {
+            Some(url) => {
+                let bus = Bus::redis(url, &settings.redis_prefix)
+                    .await
+                    .map_err(|e| StartError::Redis(format!("event bus: {e}")))?;
+                let reg = Registry::connect_with_prefix(
+                    url,
+                    &format!("{}:registry", settings.redis_prefix),
+                )
+                .await
+                .map_err(|e| StartError::Redis(e.to_string()))?;
+                (bus, Some(reg))
+            }
+            None => (Bus::local(), None),
+        };
+        tracing::info!(?bus, "event delivery");
+        let mut prepared = Vec::new();
+        let mut publishers = Vec::new();
+        let mut coordinators = Vec::new();
+        for &kind in kinds {
+            let name = kind.name();
+            let metrics = Metrics::new(name)?;
+            let instance = format!("{}:{}", settings.advertise_host, kind.port(&settings));
+            let router = match kind {
+                Kind::Payment => {
+                    let db = Db::open(&settings, name, payment::MIGRATIONS).await?;
+                    let st = payment::PaymentState {
+                        db: db.clone(),
+                        metrics: metrics.clone(),
+                        faults: Arc::new(FaultInjector::new(if settings.mode.testing() {
+                            settings.faults
+                        } else {
+                            Default::default()
+                        })),
+                        settings: settings.clone(),
+                    };
+                    finish(payment::router(st), &db, &metrics)
+                }
+                Kind::Notification => {
+                    let db = Db::open(&settings, name, notification::MIGRATIONS).await?;
+                    let st = notification::NotificationState {
+                        db: db.clone(),
+                        metrics: metrics.clone(),
+                        settings: settings.clone(),
+                    };
+                    bus.subscribe(
+                        notification::CONSUMER,
+                        &instance,
+                        notification::handler(st.clone()),
+                        shutdown_rx.clone(),
+                    );
+                    finish(notification::router(st), &db, &metrics)
+                }
+                Kind::User => {
+                    let db = Db::open(&settings, name, user::MIGRATIONS).await?;
+                    let wake = Arc::new(Notify::new());
+                    publishers.push(Publisher {
+                        source: name,
+                        db: db.clone(),
+                        bus: bus.clone(),
+                        wake: wake.clone(),
+                        metrics: metrics.clone(),
+                    });
+                    let st = user::UserState {
+                        db: db.clone(),
+                        metrics: metrics.clone(),
+                        settings: settings.clone(),
+                        wake,
+                    };
+                    finish(user::router(st), &db, &metrics)
+                }
+                Kind::Transaction => {
+                    let db = Db::open(&settings, name, transaction::MIGRATIONS).await?;
+                    let wake = Arc::new(Notify::new());
+                    publishers.push(Publisher {
+                        source: name,
+                        db: db.clone(),
+                        bus: bus.clone(),
+                        wake: wake.clone(),
+                        metrics: metrics.clone(),
+                    });
+                    bus.subscribe(
+                        transaction::PROJECTION,
+                        &instance,
+                        transaction::projection_handler(db.clone(), metrics.clone()),
+                        shutdown_rx.clone(),
+                    );
+                    let coordinator = Arc::new(
+                        Coordinator::new(db.clone(), settings.clone(), metrics.clone(), wake)
+                            .map_err(|e| StartError::Config(format!("http client: {e}")))?,
+                    );
+                    coordinators.push(coordinator.clone());
+                    let st = transaction::TransactionState {
+                        db: db.clone(),
+                        metrics: metrics.clone(),
+                        coordinator,
+                        settings: settings.clone(),
+                    };
+                    finish(transaction::router(st), &db, &metrics)
+                }
+            };
+            prepared.push(Prepared { kind, router });
+        }
+        // Every consumer is subscribed before any publisher runs (matters for in-process delivery).
+        for p in publishers {
+            p.spawn(shutdown_rx.clone());
+        }
+        let mut services = Vec::new();
+        for p in prepared {
+            let port = p.kind.port(&settings);
+            let bind = format!("{}:{}", settings.bind_host, port);
+            let listener = tokio::net::TcpListener::bind(&bind)
+                .await
+                .map_err(|source| StartError::Bind {
+                    addr: bind.clone(),
+                    source,
+                })?;
+            let addr = listener.local_addr().map_err(|source| StartError::Bind {
+                addr: bind.clone(),
+                source,
+            })?;
+            let mut rx = shutdown_rx.clone();
+            let task = tokio::spawn(async move {
+                axum::serve(listener, p.router)
+                    .with_graceful_shutdown(async move {
+                        let _ = rx.wait_for(|v| *v).await;
+                    })
+                    .await
+            });
+            let heartbeat = match &registry {
+                Some(reg) => {
+                    let member = format!("{}:{}", settings.advertise_host, addr.port());
+                    match reg
+                        .spawn_heartbeat(
+                            p.kind.name(),
+                            &member,
+                            settings.registry_weight,
+                            Duration::from_secs(15),
+                            Duration::from_secs(5),
+                        )
+                        .await
+                    {
+                        Ok(h) => Some(h),
+                        Err(e) => {
+                            tracing::warn!(service = p.kind.name(), error = %e, "registry registration failed; serving anyway");
+                            None
+                        }
+                    }
+                }
+                None => None,
+            };
+            tracing::info!(service = p.kind.name(), %addr, "service listening");
+            services.push(Running {
+                name: p.kind.name(),
+                addr,
+                task,
+                heartbeat,
+            });
+        }
+        // Resume unfinished sagas only once the listeners are up.
+        for c in coordinators {
+            c.spawn_recovery(shutdown_rx.clone());
+        }
+        Ok(System { services, shutdown })
+    }
+
+    /// Waits until a listener stops on its own (an error) or shutdown is requested.
+    pub async fn wait(&mut self) {
+        let mut rx = self.shutdown.subscribe();
+        let any_task = futures_like_select(&mut self.services);
+        tokio::select! {
+            _ = rx.wait_for(|v| *v) => {}
+            name = any_task => tracing::error!(service = name, "a service stopped unexpectedly"),
+        }
+    }
+
+    /// Stops every service: deregisters, stops listeners and background tasks.
+    pub async fn shutdown(self) {
+        for s in &self.services {
+            tracing::info!(service = s.name, "stopping");
+        }
+        let _ = self.shutdown.send(true);
+        for s in self.services {
+            if let Some(h) = s.heartbeat {
+                h.stop().await;
+            }
+            let _ = tokio::time::timeout(Duration::from_secs(5), s.task).await;
+        }
+    }
+}
+
+async fn futures_like_select(services: &mut [Running]) -> &'static str {
+    loop {
+        for s in services.iter() {
+            if s.task.is_finished() {
+                return s.name;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
