@@ -61,8 +61,13 @@ impl fmt::Display for Duration {
         if ms == 0 {
             return f.write_str("0s");
         }
-        for (unit, size) in [("d", 86_400_000u128), ("h", 3_600_000), ("m", 60_000), ("s", 1_000)] {
-            if ms % size == 0 {
+        for (unit, size) in [
+            ("d", 86_400_000u128),
+            ("h", 3_600_000),
+            ("m", 60_000),
+            ("s", 1_000),
+        ] {
+            if ms.checked_rem(size) == Some(0) {
                 return write!(f, "{}{}", ms / size, unit);
             }
         }
@@ -119,7 +124,10 @@ mod tests {
     #[test]
     fn displays_round_trip() {
         for s in ["250ms", "10s", "15m", "1h", "1d", "1500ms"] {
-            assert_eq!(s.parse::<Duration>().map(|d| d.to_string()), Ok(s.to_string()));
+            assert_eq!(
+                s.parse::<Duration>().map(|d| d.to_string()),
+                Ok(s.to_string())
+            );
         }
     }
 }

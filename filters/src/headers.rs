@@ -58,10 +58,16 @@ fn compile(edits: &HeaderEdits, side: &str) -> Result<CompiledEdits, BuildError>
             .map_err(|_| BuildError::new(format!("{side}: invalid value for header {n:?}")))
     };
     let pairs = |m: &BTreeMap<String, String>| -> Result<Vec<_>, BuildError> {
-        m.iter().map(|(n, v)| Ok((name(n)?, value(n, v)?))).collect()
+        m.iter()
+            .map(|(n, v)| Ok((name(n)?, value(n, v)?)))
+            .collect()
     };
     Ok(CompiledEdits {
-        remove: edits.remove.iter().map(|n| name(n)).collect::<Result<_, _>>()?,
+        remove: edits
+            .remove
+            .iter()
+            .map(|n| name(n))
+            .collect::<Result<_, _>>()?,
         set: pairs(&edits.set)?,
         add: pairs(&edits.add)?,
     })
@@ -164,6 +170,10 @@ mod tests {
         let mut cfg = HeadersConfig::default();
         cfg.response.set.insert("bad header".into(), "v".into());
         let err = Headers::new(&cfg).err().unwrap();
-        assert!(err.message.contains("invalid header name"), "{}", err.message);
+        assert!(
+            err.message.contains("invalid header name"),
+            "{}",
+            err.message
+        );
     }
 }

@@ -7,8 +7,15 @@
 //! lives in [`FilterRuntime`], which the gateway creates once and keeps across reloads.
 #![warn(missing_docs)]
 
+pub mod compression;
+pub mod cors;
 pub mod duration;
+pub mod envelope;
 pub mod headers;
+pub mod jwt;
+pub mod metrics;
+pub mod rate_limit;
+mod util;
 
 use std::borrow::Cow;
 use std::net::IpAddr;
@@ -22,6 +29,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 pub use duration::Duration;
+pub use metrics::FilterMetrics;
+pub use rate_limit::RedisSettings;
 
 /// The YAML schema of the built-in filters: `- headers: {..}`, `- jwt: {..}`, ...
 ///
@@ -30,15 +39,30 @@ pub use duration::Duration;
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum FilterConfig {
+    /// Verify a JWT bearer token, check claims and forward them as headers.
+    Jwt(Box<jwt::JwtConfig>),
+    /// Limit requests per key (client IP, header, JWT claim, JSON body field).
+    RateLimit(rate_limit::RateLimitConfig),
     /// Add, set or remove request and response headers.
     Headers(headers::HeadersConfig),
+    /// Answer CORS preflights at the gateway and add CORS headers to responses.
+    Cors(cors::CorsConfig),
+    /// Compress response bodies with gzip or brotli.
+    Compression(compression::CompressionConfig),
+    /// Wrap JSON response bodies as `{"timestamp", "success", "data"}`.
+    Envelope(envelope::EnvelopeConfig),
 }
 
 impl FilterConfig {
     /// The filter kind as written in YAML, used in logs and metric labels.
     pub fn kind(&self) -> &'static str {
         match self {
+            FilterConfig::Jwt(_) => "jwt",
+            FilterConfig::RateLimit(_) => "rate_limit",
             FilterConfig::Headers(_) => "headers",
+            FilterConfig::Cors(_) => "cors",
+            FilterConfig::Compression(_) => "compression",
+            FilterConfig::Envelope(_) => "envelope",
         }
     }
 
@@ -46,14 +70,92 @@ impl FilterConfig {
     /// claim headers). The gateway strips client-sent copies of them on every route.
     pub fn owned_request_headers(&self) -> Vec<HeaderName> {
         match self {
-            FilterConfig::Headers(_) => Vec::new(),
+            FilterConfig::Jwt(c) => c.owned_request_headers(),
+            _ => Vec::new(),
         }
     }
 }
 
-/// Everything a filter may need when it is built: shared long-lived state.
-#[derive(Default)]
-pub struct FilterRuntime {}
+/// Long-lived state shared by the filters of every config snapshot: the Redis
+/// connection and its breaker, the in-process limiters keyed by (route, limit), the
+/// JWKS caches keyed by URL, and the metrics. The gateway creates it once at start
+/// and passes the same one to every [`build`], so that counters and caches survive
+/// config reloads.
+///
+/// ```
+/// # use gatehouse_filters::{FilterRuntime, RedisSettings};
+/// let registry = prometheus::Registry::new();
+/// let redis = RedisSettings::new("redis://127.0.0.1:6379");
+/// let runtime = FilterRuntime::new(Some(redis), &registry).unwrap();
+/// # let _ = runtime;
+/// ```
+pub struct FilterRuntime {
+    metrics: FilterMetrics,
+    redis: Option<Arc<rate_limit::redis_store::RedisStore>>,
+    local: rate_limit::local::LocalLimiters,
+    jwks: jwt::jwks::JwksCaches,
+}
+
+impl FilterRuntime {
+    /// Creates the runtime. With `redis`, rate limits are shared through Redis (the
+    /// connection is made lazily, on first use); without it they are in-process.
+    /// Registers the filters' metrics on `registry` (see [`FilterMetrics::register`]).
+    pub fn new(
+        redis: Option<RedisSettings>,
+        registry: &prometheus::Registry,
+    ) -> Result<Self, BuildError> {
+        let metrics = FilterMetrics::register(registry)
+            .map_err(|e| BuildError::new(format!("registering filter metrics: {e}")))?;
+        let redis = match redis {
+            Some(settings) => Some(Arc::new(rate_limit::redis_store::RedisStore::new(
+                settings,
+                metrics.clone(),
+            )?)),
+            None => None,
+        };
+        Ok(Self {
+            metrics,
+            redis,
+            local: Default::default(),
+            jwks: Default::default(),
+        })
+    }
+
+    /// The filters' metrics.
+    pub fn metrics(&self) -> &FilterMetrics {
+        &self.metrics
+    }
+
+    /// Whether a `redis:` section was given.
+    pub fn has_redis(&self) -> bool {
+        self.redis.is_some()
+    }
+
+    /// Pings Redis through the rate limiter's connection (same timeout and breaker)
+    /// and updates `gatehouse_redis_up`. `None` without Redis. Call it periodically
+    /// (e.g. every few seconds from a background task) so that the gauge is right
+    /// before the first rate-limited request and while there is no traffic.
+    pub async fn check_redis(&self) -> Option<bool> {
+        match &self.redis {
+            Some(r) => Some(r.ping().await),
+            None => None,
+        }
+    }
+}
+
+impl Default for FilterRuntime {
+    /// No Redis; metrics on a private registry (for `validate` and tests).
+    fn default() -> Self {
+        let metrics = FilterMetrics::register(&prometheus::Registry::new())
+            .unwrap_or_else(|_| FilterMetrics::disabled());
+        Self {
+            metrics,
+            redis: None,
+            local: Default::default(),
+            jwks: Default::default(),
+        }
+    }
+}
 
 /// Why a filter could not be built from its config (the config was valid YAML but the
 /// filter cannot run with it, e.g. an unreadable PEM file or an empty secret).
@@ -79,9 +181,13 @@ pub fn build(
     route: &str,
     runtime: &Arc<FilterRuntime>,
 ) -> Result<Arc<dyn Filter>, BuildError> {
-    let _ = (route, runtime);
     match cfg {
+        FilterConfig::Jwt(c) => Ok(Arc::new(jwt::JwtAuth::new(c, route, runtime)?)),
+        FilterConfig::RateLimit(c) => Ok(Arc::new(rate_limit::RateLimit::new(c, route, runtime)?)),
         FilterConfig::Headers(c) => Ok(Arc::new(headers::Headers::new(c)?)),
+        FilterConfig::Cors(c) => Ok(Arc::new(cors::Cors::new(c)?)),
+        FilterConfig::Compression(c) => Ok(Arc::new(compression::Compression::new(c)?)),
+        FilterConfig::Envelope(c) => Ok(Arc::new(envelope::Envelope::new(c)?)),
     }
 }
 

@@ -1,0 +1,322 @@
+//! The `jwt` filter: bearer-token authentication, claim requirements (403) and claim
+//! forwarding to the upstream as headers.
+
+pub mod claims;
+pub mod jwks;
+pub mod keys;
+mod verify;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use http::{HeaderName, HeaderValue, StatusCode};
+use pingora_http::RequestHeader;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+pub use keys::{JwtAlgorithm, KeySourceConfig};
+pub use verify::Reason;
+
+use crate::util::OneOrMany;
+use crate::{
+    BuildError, Duration, Filter, FilterError, FilterMetrics, FilterOutcome, FilterRuntime,
+    RequestCx, Response,
+};
+
+/// Config of the `jwt` filter. Keys are a list of key sources, each bound to its
+/// algorithm(s); `hs256_secret_env` is a shorthand for one HS256 secret from the
+/// environment.
+///
+/// ```yaml
+/// - jwt:
+///     issuer: gatehouse                 # one or a list; the token's iss must match
+///     audience: [gatehouse, api]        # one or a list; the token's aud must contain one
+///     keys:
+///       - secret_env: GATEHOUSE_JWT_SECRET
+///         algorithms: [HS256]
+///       - jwks_url: https://id.example.com/.well-known/jwks.json
+///         algorithms: [RS256, ES256]
+///     leeway: 30s                       # clock skew allowed on exp and nbf
+///     required_claims: [sub]
+///     require: { role: ADMIN }          # 403 unless the claim equals (or contains) one value
+///     require_scopes: [users:write]     # 403 unless every scope is in `scope`/`scp`
+///     forward_claims: { sub: X-User-Id, role: X-User-Role }
+///     cookie: session                   # also accept the token from this cookie
+/// ```
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JwtConfig {
+    /// Accepted issuers (`iss`). When set, `iss` is required.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<OneOrMany>,
+    /// Accepted audiences (`aud`, a string or a list in the token). When set, `aud` is
+    /// required and must contain one of them; when unset, `aud` is not checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audience: Option<OneOrMany>,
+    /// Shorthand for `keys: [{secret_env: <VAR>, algorithms: [HS256]}]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hs256_secret_env: Option<String>,
+    /// Key sources, each with its algorithm(s). A token is verified with the keys that
+    /// accept its header `alg` (and `kid`, when both name one).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keys: Vec<KeySourceConfig>,
+    /// Clock skew allowed on `exp` and `nbf`. Default 30s.
+    #[serde(default = "default_leeway")]
+    pub leeway: Duration,
+    /// Require an `exp` claim. Default true.
+    #[serde(default = "yes")]
+    pub require_exp: bool,
+    /// Refuse tokens whose `nbf` is in the future. Default true.
+    #[serde(default = "yes")]
+    pub validate_nbf: bool,
+    /// Claims that must be present (any value).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub required_claims: Vec<String>,
+    /// Authorization: claim name -> accepted value(s). The claim must equal one of
+    /// them, or, if it is a list, contain one. Failing it is a 403.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub require: BTreeMap<String, OneOrMany>,
+    /// Authorization: scopes that must all be granted, looked up in `scope`
+    /// (space-separated) and `scp` (list or space-separated). Failing it is a 403.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub require_scopes: Vec<String>,
+    /// Claim name -> upstream request header. Client-sent copies of these headers are
+    /// removed on every route of the gateway. Lists become comma-separated values.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub forward_claims: BTreeMap<String, String>,
+    /// Also look for the token in this cookie (after `Authorization`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cookie: Option<String>,
+    /// Also look for the token in this request header (after `Authorization`); a
+    /// `Bearer ` prefix is accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<String>,
+    /// Tokens longer than this are refused before parsing. Default 8192 bytes.
+    #[serde(default = "default_max_token_bytes")]
+    pub max_token_bytes: usize,
+}
+
+fn default_leeway() -> Duration {
+    Duration::from_secs(30)
+}
+fn yes() -> bool {
+    true
+}
+fn default_max_token_bytes() -> usize {
+    8192
+}
+
+impl JwtConfig {
+    /// A config with one HS256 secret from env var `var` and every other field at its
+    /// default (handy in code and tests).
+    pub fn hs256_from_env(var: impl Into<String>) -> Self {
+        Self {
+            issuer: None,
+            audience: None,
+            hs256_secret_env: Some(var.into()),
+            keys: Vec::new(),
+            leeway: default_leeway(),
+            require_exp: true,
+            validate_nbf: true,
+            required_claims: Vec::new(),
+            require: BTreeMap::new(),
+            require_scopes: Vec::new(),
+            forward_claims: BTreeMap::new(),
+            cookie: None,
+            header: None,
+            max_token_bytes: default_max_token_bytes(),
+        }
+    }
+
+    /// The upstream headers this filter writes (`forward_claims` values).
+    pub fn owned_request_headers(&self) -> Vec<HeaderName> {
+        self.forward_claims
+            .values()
+            .filter_map(|h| HeaderName::from_bytes(h.as_bytes()).ok())
+            .collect()
+    }
+}
+
+/// The runtime `jwt` filter.
+pub struct JwtAuth {
+    route: Arc<str>,
+    verifier: verify::Verifier,
+    requirements: claims::Requirements,
+    forward: Vec<(String, HeaderName)>,
+    cookie: Option<String>,
+    header: Option<HeaderName>,
+    max_token_bytes: usize,
+    metrics: FilterMetrics,
+}
+
+impl JwtAuth {
+    /// Builds the filter: loads secrets and PEM files, attaches JWKS caches.
+    pub fn new(cfg: &JwtConfig, route: &str, runtime: &FilterRuntime) -> Result<Self, BuildError> {
+        let mut sources = Vec::new();
+        if let Some(var) = &cfg.hs256_secret_env {
+            let ks = KeySourceConfig::secret_env(var.clone(), JwtAlgorithm::HS256);
+            sources.push(keys::build_source(&ks, "hs256_secret_env", runtime)?);
+        }
+        for (i, k) in cfg.keys.iter().enumerate() {
+            sources.push(keys::build_source(k, &format!("keys[{i}]"), runtime)?);
+        }
+        if sources.is_empty() {
+            return Err(BuildError::new(
+                "no keys: set hs256_secret_env or list keys (secret_env, pem_file, jwks_url)",
+            ));
+        }
+        if cfg.max_token_bytes == 0 {
+            return Err(BuildError::new("max_token_bytes must be positive"));
+        }
+        let mut forward = Vec::new();
+        for (claim, h) in &cfg.forward_claims {
+            let name = HeaderName::from_bytes(h.as_bytes()).map_err(|_| {
+                BuildError::new(format!("forward_claims.{claim}: invalid header name {h:?}"))
+            })?;
+            forward.push((claim.clone(), name));
+        }
+        let header = match &cfg.header {
+            Some(h) => Some(
+                HeaderName::from_bytes(h.as_bytes())
+                    .map_err(|_| BuildError::new(format!("header: invalid header name {h:?}")))?,
+            ),
+            None => None,
+        };
+        runtime.metrics.init_auth(route);
+        Ok(Self {
+            route: Arc::from(route),
+            verifier: verify::Verifier::new(cfg, sources),
+            requirements: claims::Requirements::new(cfg),
+            forward,
+            cookie: cfg.cookie.clone(),
+            header,
+            max_token_bytes: cfg.max_token_bytes,
+            metrics: runtime.metrics.clone(),
+        })
+    }
+
+    /// Verifies a token and checks the route's requirements: the verified claims, or
+    /// the reason it is refused.
+    pub async fn authenticate(&self, token: &str) -> Result<serde_json::Value, Reason> {
+        if token.len() > self.max_token_bytes {
+            return Err(Reason::TokenTooLarge);
+        }
+        let claims = self.verifier.verify(token).await?;
+        self.requirements.check(&claims)?;
+        Ok(claims)
+    }
+
+    fn token<'r>(&self, req: &'r RequestHeader) -> Option<&'r str> {
+        if let Some(t) = req
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(bearer)
+        {
+            return Some(t);
+        }
+        if let Some(h) = &self.header {
+            if let Some(v) = req.headers.get(h).and_then(|v| v.to_str().ok()) {
+                let v = v.trim();
+                let t = bearer(v).unwrap_or(v);
+                if !t.is_empty() {
+                    return Some(t);
+                }
+            }
+        }
+        if let Some(name) = &self.cookie {
+            for v in req.headers.get_all(http::header::COOKIE) {
+                let Ok(v) = v.to_str() else { continue };
+                for pair in v.split(';') {
+                    if let Some((k, val)) = pair.trim().split_once('=') {
+                        if k == name && !val.is_empty() {
+                            return Some(val.trim_matches('"'));
+                        }
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    fn refuse(&self, reason: Reason, cx: &RequestCx<'_>) -> FilterOutcome {
+        self.metrics.auth_failure(cx.route, reason.as_str());
+        tracing::info!(
+            route = %self.route,
+            request_id = %cx.request_id,
+            reason = reason.as_str(),
+            detail = %reason.detail(),
+            "jwt: request refused"
+        );
+        let resp = if matches!(reason, Reason::Forbidden(_)) {
+            Response::error(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "the token does not grant access to this resource",
+            )
+            .with_header(
+                http::header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer error=\"insufficient_scope\""),
+            )
+        } else {
+            let msg = if reason == Reason::MissingToken {
+                "a bearer token is required"
+            } else {
+                "the bearer token is invalid"
+            };
+            Response::error(StatusCode::UNAUTHORIZED, "unauthorized", msg).with_header(
+                http::header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer error=\"invalid_token\""),
+            )
+        };
+        FilterOutcome::Respond(resp)
+    }
+}
+
+/// The token of an `Authorization: Bearer <token>` value (scheme case-insensitive).
+fn bearer(v: &str) -> Option<&str> {
+    let v = v.trim();
+    let (scheme, rest) = v.split_once(' ')?;
+    if scheme.eq_ignore_ascii_case("bearer") {
+        let t = rest.trim();
+        (!t.is_empty()).then_some(t)
+    } else {
+        None
+    }
+}
+
+#[async_trait]
+impl Filter for JwtAuth {
+    fn kind(&self) -> &'static str {
+        "jwt"
+    }
+
+    async fn on_request(
+        &self,
+        req: &mut RequestHeader,
+        cx: &mut RequestCx<'_>,
+    ) -> Result<FilterOutcome, FilterError> {
+        // Forwarded headers come from verified claims only, whatever happens below.
+        for (_, h) in &self.forward {
+            req.remove_header(h);
+        }
+        let Some(token) = self.token(req) else {
+            return Ok(self.refuse(Reason::MissingToken, cx));
+        };
+        let claims = match self.authenticate(token).await {
+            Ok(c) => c,
+            Err(reason) => return Ok(self.refuse(reason, cx)),
+        };
+        for (claim, h) in &self.forward {
+            if let Some(v) = claims.get(claim).and_then(claims::header_value) {
+                req.insert_header(h.clone(), v).map_err(|e| FilterError {
+                    kind: "jwt",
+                    message: e.to_string(),
+                })?;
+            }
+        }
+        cx.claims = Some(Arc::new(claims));
+        Ok(FilterOutcome::Continue)
+    }
+}

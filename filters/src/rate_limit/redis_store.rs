@@ -1,0 +1,323 @@
+//! The shared limiter in Redis: one Lua script per algorithm (check and count in one
+//! atomic step, called by SHA), a per-call timeout, and a breaker so that a dead or
+//! black-holed Redis costs at most one timeout per breaker window.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use redis::aio::MultiplexedConnection;
+use redis::Script;
+use tokio::time::Instant;
+
+use super::{Algorithm, Decision, Policy};
+use crate::{BuildError, FilterMetrics};
+
+/// Exact sliding log in a sorted set; Redis's clock is the only clock, so gateways
+/// with skewed clocks still agree. Returns {allowed, remaining, retry_after_ms, reset_ms}.
+const SLIDING_WINDOW_LUA: &str = r"
+if redis.replicate_commands then redis.replicate_commands() end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local limit = tonumber(ARGV[1])
+local window = tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+local count = redis.call('ZCARD', KEYS[1])
+local allowed = 0
+if count < limit then
+  redis.call('ZADD', KEYS[1], now, now .. ':' .. ARGV[3])
+  count = count + 1
+  allowed = 1
+end
+redis.call('PEXPIRE', KEYS[1], window)
+local reset = window
+local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+if oldest[2] then reset = tonumber(oldest[2]) + window - now end
+local retry = 0
+if allowed == 0 then retry = reset end
+return {allowed, limit - count, retry, reset}
+";
+
+/// GCRA: one key holding the theoretical arrival time (ms, with fractions).
+/// ARGV: emission interval ms, burst. Returns {allowed, remaining, retry_after_ms, reset_ms}.
+const GCRA_LUA: &str = r"
+if redis.replicate_commands then redis.replicate_commands() end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+local interval = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local tau = interval * burst
+local tat = tonumber(redis.call('GET', KEYS[1])) or now
+if tat < now then tat = now end
+local new_tat = tat + interval
+local diff = new_tat - now
+if diff > tau then
+  return {0, 0, math.ceil(diff - tau), math.ceil(tat - now)}
+end
+redis.call('SET', KEYS[1], string.format('%.3f', new_tat), 'PX', math.ceil(diff))
+return {1, math.floor((tau - diff) / interval), 0, math.ceil(diff)}
+";
+
+/// How the gateway talks to Redis. Build it from the gateway's `redis:` section.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RedisSettings {
+    /// `redis://host:port[/db]` or `rediss://...`.
+    pub url: String,
+    /// Timeout of one call on the request path (connect included). Default 50ms.
+    pub timeout: Duration,
+    /// After a failure, Redis is not called again for this long (requests follow each
+    /// limit's failure policy); then one request probes it. Default 1s.
+    pub breaker_open_for: Duration,
+    /// Prefix of every key. Default `gatehouse:rl`.
+    pub key_prefix: String,
+}
+
+impl RedisSettings {
+    /// Settings with the defaults for `url`.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            timeout: Duration::from_millis(50),
+            breaker_open_for: Duration::from_secs(1),
+            key_prefix: "gatehouse:rl".into(),
+        }
+    }
+
+    /// With another per-call timeout.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// With another breaker window.
+    pub fn with_breaker_open_for(mut self, d: Duration) -> Self {
+        self.breaker_open_for = d;
+        self
+    }
+
+    /// With another key prefix.
+    pub fn with_key_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.key_prefix = prefix.into();
+        self
+    }
+}
+
+/// Why the shared limiter could not decide.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The breaker is open: Redis failed recently and is not called.
+    #[error("redis breaker open")]
+    BreakerOpen,
+    /// The call did not finish within the timeout.
+    #[error("redis timeout after {0:?}")]
+    Timeout(Duration),
+    /// Connecting failed.
+    #[error("redis connect: {0}")]
+    Connect(redis::RedisError),
+    /// Redis answered with an error, or the connection broke.
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// The script returned something unexpected.
+    #[error("unexpected script reply: {0}")]
+    Reply(String),
+}
+
+enum Admit {
+    Yes,
+    Probe,
+    No,
+}
+
+/// The connection, the scripts and the breaker.
+pub struct RedisStore {
+    settings: RedisSettings,
+    client: redis::Client,
+    conn: Mutex<Option<MultiplexedConnection>>,
+    connect_lock: tokio::sync::Mutex<()>,
+    sliding: Script,
+    gcra: Script,
+    base: Instant,
+    /// 0: closed; otherwise ms since `base` until which the breaker is open.
+    open_until_ms: AtomicU64,
+    probing: AtomicBool,
+    metrics: FilterMetrics,
+}
+
+impl RedisStore {
+    /// Validates the URL; connects lazily.
+    pub fn new(settings: RedisSettings, metrics: FilterMetrics) -> Result<Self, BuildError> {
+        let client = redis::Client::open(settings.url.as_str())
+            .map_err(|e| BuildError::new(format!("redis url {:?}: {e}", settings.url)))?;
+        if settings.timeout.is_zero() {
+            return Err(BuildError::new("redis timeout must be positive"));
+        }
+        metrics.redis_up(false);
+        Ok(Self {
+            settings,
+            client,
+            conn: Mutex::new(None),
+            connect_lock: tokio::sync::Mutex::new(()),
+            sliding: Script::new(SLIDING_WINDOW_LUA),
+            gcra: Script::new(GCRA_LUA),
+            base: Instant::now(),
+            open_until_ms: AtomicU64::new(0),
+            probing: AtomicBool::new(false),
+            metrics,
+        })
+    }
+
+    /// The key prefix.
+    pub fn key_prefix(&self) -> &str {
+        &self.settings.key_prefix
+    }
+
+    fn now_ms(&self) -> u64 {
+        Instant::now()
+            .saturating_duration_since(self.base)
+            .as_millis() as u64
+            + 1
+    }
+
+    fn admit(&self) -> Admit {
+        let open_until = self.open_until_ms.load(Ordering::Acquire);
+        if open_until == 0 {
+            return Admit::Yes;
+        }
+        if self.now_ms() < open_until {
+            return Admit::No;
+        }
+        // Cool-down over: exactly one caller probes; the others keep failing fast.
+        if self
+            .probing
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            Admit::Probe
+        } else {
+            Admit::No
+        }
+    }
+
+    fn on_success(&self) {
+        if self.open_until_ms.swap(0, Ordering::AcqRel) != 0 {
+            tracing::info!("redis is reachable again; shared rate limits resume");
+        }
+        self.probing.store(false, Ordering::Release);
+        self.metrics.redis_up(true);
+    }
+
+    fn on_failure(&self, op: &'static str, e: &StoreError) {
+        let until = self.now_ms() + self.settings.breaker_open_for.as_millis() as u64;
+        let was = self.open_until_ms.swap(until, Ordering::AcqRel);
+        self.probing.store(false, Ordering::Release);
+        if let Ok(mut c) = self.conn.lock() {
+            *c = None;
+        }
+        self.metrics.redis_up(false);
+        self.metrics.redis_error(op);
+        if was == 0 {
+            tracing::warn!(error = %e, op, "redis call failed; breaker open");
+        } else {
+            tracing::debug!(error = %e, op, "redis probe failed; breaker stays open");
+        }
+    }
+
+    async fn connection(&self) -> Result<MultiplexedConnection, StoreError> {
+        if let Some(c) = self.conn.lock().ok().and_then(|c| c.clone()) {
+            return Ok(c);
+        }
+        let _g = self.connect_lock.lock().await;
+        if let Some(c) = self.conn.lock().ok().and_then(|c| c.clone()) {
+            return Ok(c);
+        }
+        let c = self
+            .client
+            .get_multiplexed_async_connection()
+            .await
+            .map_err(StoreError::Connect)?;
+        if let Ok(mut slot) = self.conn.lock() {
+            *slot = Some(c.clone());
+        }
+        Ok(c)
+    }
+
+    /// Runs `f` on a connection within the timeout, through the breaker.
+    async fn call<T, F, Fut>(&self, op: &'static str, f: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(MultiplexedConnection) -> Fut,
+        Fut: std::future::Future<Output = Result<T, StoreError>>,
+    {
+        if matches!(self.admit(), Admit::No) {
+            return Err(StoreError::BreakerOpen);
+        }
+        let timeout = self.settings.timeout;
+        let result = tokio::time::timeout(timeout, async {
+            let conn = self.connection().await?;
+            f(conn).await
+        })
+        .await
+        .unwrap_or(Err(StoreError::Timeout(timeout)));
+        match &result {
+            Ok(_) => self.on_success(),
+            Err(e @ StoreError::Connect(_)) => self.on_failure("connect", e),
+            Err(e) => self.on_failure(op, e),
+        }
+        result
+    }
+
+    /// Checks and counts one request for `key` (already namespaced).
+    pub async fn check(&self, key: &str, policy: &Policy) -> Result<Decision, StoreError> {
+        let reply: Vec<i64> = self
+            .call("ratelimit", |mut conn| async move {
+                let r = match policy.algorithm {
+                    Algorithm::SlidingWindow => {
+                        let nonce: u64 = rand::random();
+                        self.sliding
+                            .key(key)
+                            .arg(policy.limit)
+                            .arg(policy.window.as_millis() as u64)
+                            .arg(nonce)
+                            .invoke_async(&mut conn)
+                            .await?
+                    }
+                    Algorithm::Gcra => {
+                        let interval = policy.emission_interval().as_secs_f64() * 1000.0;
+                        self.gcra
+                            .key(key)
+                            .arg(format!("{interval:.6}"))
+                            .arg(policy.burst)
+                            .invoke_async(&mut conn)
+                            .await?
+                    }
+                };
+                Ok(r)
+            })
+            .await?;
+        let [allowed, remaining, retry_ms, reset_ms] = reply[..] else {
+            return Err(StoreError::Reply(format!("{reply:?}")));
+        };
+        let ms = |v: i64| Duration::from_millis(v.max(0) as u64);
+        Ok(Decision {
+            allowed: allowed == 1,
+            limit: match policy.algorithm {
+                Algorithm::SlidingWindow => policy.limit,
+                Algorithm::Gcra => policy.burst,
+            },
+            remaining: remaining.max(0) as u64,
+            retry_after: ms(retry_ms),
+            reset: ms(reset_ms),
+        })
+    }
+
+    /// PING through the breaker; updates `gatehouse_redis_up`.
+    pub async fn ping(&self) -> bool {
+        self.call("ping", |mut conn| async move {
+            redis::cmd("PING")
+                .query_async::<String>(&mut conn)
+                .await
+                .map_err(StoreError::from)
+        })
+        .await
+        .is_ok()
+    }
+}

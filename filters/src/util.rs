@@ -1,0 +1,114 @@
+//! Small config types and helpers shared by several filters.
+
+use std::fmt;
+
+use schemars::JsonSchema;
+use serde::de::{self, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// A string or a list of strings in YAML (`aud: api` or `aud: [api, web]`).
+///
+/// Deserialized by hand rather than with `#[serde(untagged)]` so that errors keep
+/// their location.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct OneOrMany(pub Vec<String>);
+
+impl OneOrMany {
+    /// The values.
+    pub fn values(&self) -> &[String] {
+        &self.0
+    }
+}
+
+impl Serialize for OneOrMany {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0.as_slice() {
+            [one] => s.serialize_str(one),
+            many => many.serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for OneOrMany {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = OneOrMany;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string or a list of strings")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<OneOrMany, E> {
+                Ok(OneOrMany(vec![v.to_string()]))
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<OneOrMany, E> {
+                Ok(OneOrMany(vec![v.to_string()]))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<OneOrMany, E> {
+                Ok(OneOrMany(vec![v.to_string()]))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<OneOrMany, E> {
+                Ok(OneOrMany(vec![v.to_string()]))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<OneOrMany, A::Error> {
+                let mut out = Vec::new();
+                while let Some(v) = seq.next_element::<String>()? {
+                    out.push(v);
+                }
+                Ok(OneOrMany(out))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl JsonSchema for OneOrMany {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "StringOrList".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "A string or a list of strings.",
+            "anyOf": [
+                { "type": "string" },
+                { "type": "array", "items": { "type": "string" } }
+            ]
+        })
+    }
+}
+
+/// Seconds to announce in `Retry-After`/`RateLimit-Reset`: rounded up, at least `min`.
+pub fn ceil_secs(d: std::time::Duration, min: u64) -> u64 {
+    let s = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+    s.max(min)
+}
+
+/// Whether a comma-separated header (e.g. `Vary`) already lists `token`.
+pub fn header_lists(values: http::header::GetAll<'_, http::HeaderValue>, token: &str) -> bool {
+    values.iter().any(|v| {
+        v.to_str().is_ok_and(|s| {
+            s.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case(token) || t.trim() == "*")
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_or_many_accepts_both_shapes() {
+        let one: OneOrMany = serde_json::from_str("\"a\"").unwrap();
+        assert_eq!(one.values(), ["a"]);
+        let many: OneOrMany = serde_json::from_str("[\"a\",\"b\"]").unwrap();
+        assert_eq!(many.values(), ["a", "b"]);
+        assert!(serde_json::from_str::<OneOrMany>("{}").is_err());
+    }
+
+    #[test]
+    fn ceil_secs_rounds_up() {
+        assert_eq!(ceil_secs(std::time::Duration::from_millis(1001), 0), 2);
+        assert_eq!(ceil_secs(std::time::Duration::from_millis(0), 1), 1);
+        assert_eq!(ceil_secs(std::time::Duration::from_secs(3), 1), 3);
+    }
+}
