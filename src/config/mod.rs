@@ -111,6 +111,11 @@ fn parse(text: &str) -> Result<GatewayConfig, ConfigError> {
             Some(i) => raw[..i].to_string(),
             None => raw,
         };
+        // serde_yaml prefixes its own path ("listeners[0]: ..."); we print ours.
+        let message = match message.split_once(": ") {
+            Some((prefix, rest)) if !prefix.is_empty() && !prefix.contains(' ') && !prefix.contains('`') => rest.to_string(),
+            _ => message,
+        };
         let hint = unknown_name_hint(&message);
         let mut e = ConfigError::at(path, message);
         if let Some(loc) = location {
@@ -154,7 +159,7 @@ mod tests {
         assert!(e.message.starts_with("unknown field `upstrem`"), "{e}");
         assert_eq!(e.hint.as_deref(), Some("did you mean `upstream`?"));
         assert_eq!(e.line, Some(12));
-        assert_eq!(e.path, "routes[0]");
+        assert_eq!(e.path, "routes[0].upstrem");
         assert!(e.to_string().starts_with("gw.yaml:12:"), "{e}");
     }
 

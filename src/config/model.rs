@@ -599,8 +599,8 @@ fn default_backoff_max() -> Duration {
 pub struct RouteConfig {
     /// Unique name, used in metrics and logs.
     pub name: String,
-    /// What requests this route takes.
-    #[serde(rename = "match")]
+    /// What requests this route takes; default: every request.
+    #[serde(rename = "match", default)]
     pub matcher: MatchConfig,
     /// Name of the upstream that serves it.
     pub upstream: String,

@@ -303,9 +303,20 @@ impl ProxyHttp for Gateway {
             return FailToProxy { error_code: g.status, can_reuse_downstream: false };
         }
         tracing::warn!(request_id = %ctx.request_id, route = ctx.route_name(), upstream = ctx.upstream_name(), code = g.code, error = %e, "request failed");
+        // pingora closes the downstream connection after an error once a peer was chosen
+        // (and when the body was not read to its end); say so, so clients don't reuse it.
+        let reusable = ctx.tries == 0 && session.as_mut().is_body_done();
+        if !reusable {
+            session.set_keepalive(None);
+        }
         let msg = respond::message_for(g.code);
         respond::send_error(session, ctx, g.status, g.code, msg, &[]).await;
-        FailToProxy { error_code: g.status, can_reuse_downstream: false }
+        FailToProxy { error_code: g.status, can_reuse_downstream: reusable }
+    }
+
+    /// Our own `request failed` line (with request id and route) replaces pingora's.
+    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, _error: &Error) -> bool {
+        true
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {

@@ -1,1 +1,5 @@
-fn main(){}
+//! Integration tests: the real gateway binary against real upstream servers on loopback.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod foundation;
+mod support;
