@@ -45,7 +45,12 @@ pub struct RunOptions {
 /// Builds the long-lived state from a loaded config.
 pub fn build_state(loaded: LoadedConfig, config_path: Option<PathBuf>) -> Result<Arc<State>, StartError> {
     let metrics = Metrics::new()?;
-    let filter_runtime = Arc::new(FilterRuntime::default());
+    let redis = loaded.config.redis.as_ref().map(|r| {
+        let mut settings = gatehouse_filters::RedisSettings::new(r.url.clone());
+        settings.timeout = r.timeout.get();
+        settings
+    });
+    let filter_runtime = Arc::new(FilterRuntime::new(redis, &metrics.registry).map_err(|e| StartError::Other(e.message))?);
     let hash = loaded.hash.clone();
     for w in &loaded.warnings {
         tracing::warn!(warning = %w, "config warning");
