@@ -188,8 +188,10 @@ pub fn status_json(state: &State, sampler: &TrafficSampler) -> Value {
         "traffic": traffic,
         "upstreams": upstreams,
         "rate_limits": {
-            "allowed": metric_sum(state, "gatehouse_ratelimit_decisions_total", Some(("decision", "allowed"))),
-            "rejected": metric_sum(state, "gatehouse_ratelimit_decisions_total", Some(("decision", "rejected"))),
+            "allowed": ["allowed", "local_allowed", "fail_open", "key_missing_skipped"].iter()
+                .map(|d| metric_sum(state, "gatehouse_ratelimit_decisions_total", Some(("decision", d)))).sum::<f64>(),
+            "rejected": ["limited", "local_limited", "fail_closed", "key_missing_rejected"].iter()
+                .map(|d| metric_sum(state, "gatehouse_ratelimit_decisions_total", Some(("decision", d)))).sum::<f64>(),
         },
         "redis": { "configured": redis_configured, "up": redis_up },
         "reloads": state.events.reloads(),
