@@ -68,7 +68,9 @@ impl JwksCaches {
         let cache = Arc::new(JwksCache::new(url, settings, algorithms, metrics)?);
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             let c = cache.clone();
-            handle.spawn(async move { c.refresh().await });
+            handle.spawn(async move {
+                let _ = c.keys().await;
+            });
         }
         caches.insert(key, cache.clone());
         Ok(cache)
