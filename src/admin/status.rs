@@ -173,6 +173,11 @@ pub fn status_json(state: &State, sampler: &TrafficSampler) -> Value {
     } else {
         ("HEALTHY", "every upstream has a healthy endpoint, breakers closed, error rate <= 5%".to_string())
     };
+    let decisions = |names: &[&str]| -> f64 {
+        names.iter().map(|d| metric_sum(state, "gatehouse_ratelimit_decisions_total", Some(("decision", d)))).sum()
+    };
+    let rl_allowed = decisions(&["allowed", "local_allowed", "fail_open", "key_missing_skipped"]);
+    let rl_rejected = decisions(&["limited", "local_limited", "fail_closed", "key_missing_rejected"]);
     let uptime = SystemTime::now().duration_since(state.started_at).map(|d| d.as_secs()).unwrap_or(0);
     json!({
         "status": status,
@@ -187,12 +192,7 @@ pub fn status_json(state: &State, sampler: &TrafficSampler) -> Value {
         },
         "traffic": traffic,
         "upstreams": upstreams,
-        "rate_limits": {
-            "allowed": ["allowed", "local_allowed", "fail_open", "key_missing_skipped"].iter()
-                .map(|d| metric_sum(state, "gatehouse_ratelimit_decisions_total", Some(("decision", d)))).sum::<f64>(),
-            "rejected": ["limited", "local_limited", "fail_closed", "key_missing_rejected"].iter()
-                .map(|d| metric_sum(state, "gatehouse_ratelimit_decisions_total", Some(("decision", d)))).sum::<f64>(),
-        },
+        "rate_limits": { "allowed": rl_allowed, "rejected": rl_rejected },
         "redis": { "configured": redis_configured, "up": redis_up },
         "reloads": state.events.reloads(),
         "events": state.events.events(),
