@@ -106,6 +106,7 @@ impl TrafficSampler {
             "p95_ms": pct(0.95),
             "p99_ms": pct(0.99),
             "total_requests": now.count,
+            "total_in_window": n,
         })
     }
 }
@@ -129,18 +130,18 @@ pub fn status_json(state: &State, sampler: &TrafficSampler) -> Value {
     let now = now_ms();
     let traffic = sampler.window(state);
     let mut upstreams = Vec::new();
-    let (mut with_none, mut total_up) = (0usize, 0usize);
-    let mut breaker_problem = false;
+    let mut unavailable: Vec<String> = Vec::new();
+    let mut half_open: Vec<String> = Vec::new();
     for (name, u) in &snap.upstreams {
         let eps = u.endpoints();
         let healthy = eps.iter().filter(|e| e.is_available(now)).count();
-        total_up += 1;
-        if healthy == 0 {
-            with_none += 1;
-        }
         let breaker = crate::resilience::breaker_json(u);
-        if breaker["state"] != "CLOSED" && breaker["enabled"] == true {
-            breaker_problem = true;
+        if healthy == 0 {
+            unavailable.push(format!("{name} (no healthy endpoint)"));
+        } else if breaker["state"] == "OPEN" {
+            unavailable.push(format!("{name} (breaker OPEN)"));
+        } else if breaker["state"] == "HALF_OPEN" {
+            half_open.push(name.clone());
         }
         upstreams.push(json!({
             "name": name,
@@ -159,19 +160,34 @@ pub fn status_json(state: &State, sampler: &TrafficSampler) -> Value {
     }
     let redis_configured = snap.loaded.config.redis.is_some();
     let redis_up = if redis_configured { Some(metric_sum(state, "gatehouse_redis_up", None) >= 1.0) } else { None };
-    let error_rate = traffic["error_rate"].as_f64().unwrap_or(0.0);
-    let (status, reason) = if total_up > 0 && with_none == total_up {
-        ("DOWN", "no upstream has a healthy endpoint".to_string())
-    } else if with_none > 0 {
-        ("DEGRADED", format!("{with_none} upstream(s) without a healthy endpoint"))
-    } else if breaker_problem {
-        ("DEGRADED", "a circuit breaker is open or half-open".to_string())
-    } else if error_rate > 0.05 {
-        ("DEGRADED", format!("error rate {:.1}% over the last minute is above 5%", error_rate * 100.0))
-    } else if redis_up == Some(false) {
-        ("DEGRADED", "Redis is unreachable: rate limits run on their failure policy".to_string())
+    let reloads = state.events.reloads();
+    // The rule is documented in docs/observability.md; keep the two in step.
+    let (status, reason) = if !snap.upstreams.is_empty() && unavailable.len() == snap.upstreams.len() {
+        ("DOWN", format!("all upstreams unavailable: {}", unavailable.join(", ")))
     } else {
-        ("HEALTHY", "every upstream has a healthy endpoint, breakers closed, error rate <= 5%".to_string())
+        let mut why: Vec<String> = Vec::new();
+        for u in &unavailable {
+            why.push(format!("upstream {u} unavailable"));
+        }
+        for u in &half_open {
+            why.push(format!("breaker {u} HALF_OPEN"));
+        }
+        let n = traffic["total_in_window"].as_u64().unwrap_or(0);
+        let error_rate = traffic["error_rate"].as_f64().unwrap_or(0.0);
+        if n >= 20 && error_rate > 0.05 {
+            why.push(format!("error rate {:.1}% over the last minute is above 5%", error_rate * 100.0));
+        }
+        if redis_up == Some(false) {
+            why.push("Redis is unreachable: rate limits run on their failure policy".into());
+        }
+        if reloads.first().is_some_and(|r| r.result == "failure") {
+            why.push("the last config reload failed; the last good config is serving".into());
+        }
+        if why.is_empty() {
+            ("HEALTHY", "every upstream available, no breaker open, error rate <= 5%, last reload succeeded".to_string())
+        } else {
+            ("DEGRADED", why.join("; "))
+        }
     };
     let decisions = |names: &[&str]| -> f64 {
         names.iter().map(|d| metric_sum(state, "gatehouse_ratelimit_decisions_total", Some(("decision", d)))).sum()
@@ -194,7 +210,7 @@ pub fn status_json(state: &State, sampler: &TrafficSampler) -> Value {
         "upstreams": upstreams,
         "rate_limits": { "allowed": rl_allowed, "rejected": rl_rejected },
         "redis": { "configured": redis_configured, "up": redis_up },
-        "reloads": state.events.reloads(),
+        "reloads": reloads,
         "events": state.events.events(),
         "services": [],
     })

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Runs the dashboard's headless-Chromium test (tests/browser) against a real gateway with
+# one healthy and one failing upstream. The screenshot lands in artifacts/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/gatehouse-target}"
+GATEHOUSE_BIN="${GATEHOUSE_BIN:-$CARGO_TARGET_DIR/debug/gatehouse}"
+[ -x "$GATEHOUSE_BIN" ] || cargo build -p gatehouse
+ARTIFACT_DIR="${ARTIFACT_DIR:-$PWD/artifacts}"
+mkdir -p "$ARTIFACT_DIR"
+tmp="$(mktemp -d)"
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$tmp"; }
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
+up_port=$(free_port); dead_port=$(free_port); gw_port=$(free_port); admin_port=$(free_port)
+
+# A healthy upstream: 200 for everything, /health included.
+cat > "$tmp/upstream.py" <<'PY'
+import http.server, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = b'{"ok":true}'
+        self.send_response(200); self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body))); self.end_headers(); self.wfile.write(body)
+    def log_message(self, *a): pass
+http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+PY
+python3 "$tmp/upstream.py" "$up_port" & pids+=($!)
+
+cat > "$tmp/gatehouse.yaml" <<YAML
+listeners: [ { name: public, address: "127.0.0.1:$gw_port" } ]
+admin: { address: "127.0.0.1:$admin_port" }
+runtime: { threads: 1 }
+access_log: { enabled: false }
+upstreams:
+  user:
+    discovery: { static: [ { address: "127.0.0.1:$up_port" } ] }
+    health_check: { path: /health, interval: 1s, timeout: 500ms, healthy_threshold: 1, unhealthy_threshold: 1 }
+  payment:
+    discovery: { static: [ { address: "127.0.0.1:$dead_port" } ] }
+    health_check: { path: /health, interval: 1s, timeout: 500ms, healthy_threshold: 1, unhealthy_threshold: 1 }
+    circuit_breaker: { failure_rate: 0.5, min_requests: 3, window: 30s, open_for: 60s, half_open_probes: 1 }
+routes:
+  - { name: user, match: { path_prefix: /user }, upstream: user }
+  - { name: payment, match: { path_prefix: /payment }, upstream: payment }
+YAML
+"$GATEHOUSE_BIN" validate -c "$tmp/gatehouse.yaml"
+"$GATEHOUSE_BIN" run -c "$tmp/gatehouse.yaml" > "$ARTIFACT_DIR/browser-gateway.log" 2>&1 & pids+=($!)
+for i in $(seq 1 100); do curl -sf "http://127.0.0.1:$admin_port/readyz" >/dev/null && break; sleep 0.1; done
+
+cd tests/browser
+[ -d node_modules/playwright-core ] || npm ci --no-audit --no-fund
+ADMIN_PORT=$admin_port GATEWAY_URL="http://127.0.0.1:$gw_port" FAILING_UPSTREAM=payment HEALTHY_UPSTREAM=user \
+  TRAFFIC_PATH=/user/x FAILING_TRAFFIC_PATH=/payment/x EXPECT_STATUS=DEGRADED WAIT_SECONDS=30 \
+  ARTIFACT_DIR="$ARTIFACT_DIR" node dashboard.test.mjs

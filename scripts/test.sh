@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The test command (README): every test of the workspace against the real Redis and
+# MariaDB, the bench smoke runs, the observability checks, the dashboard in headless
+# Chromium, and a short load-harness check. Needs Redis on 127.0.0.1:6379 and MariaDB on
+# 127.0.0.1:3306 (.ci/run starts them when they are down); fails, never skips, without them.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/gatehouse-target}"
+export RUST_BACKTRACE="${RUST_BACKTRACE:-1}"
+step() { printf '\n=== %s\n' "$*"; }
+
+step "unit and integration tests (gateway, filters, registry, services)"
+# Timing-sensitive tests share 2 cores: cap the parallelism of test threads.
+cargo test --workspace --all-targets -- --test-threads="${TEST_THREADS:-4}"
+
+step "criterion benches, smoke mode"
+cargo bench --bench hot_paths -- --test
+
+step "observability: promtool rules and tests, Grafana dashboard"
+scripts/check-observability.sh
+
+step "dashboard in headless Chromium against a real gateway"
+scripts/browser-test.sh
+
+step "load harness, check mode (0 errors; no timing asserted)"
+cargo build --example bare_proxy
+GATEHOUSE_BIN="$CARGO_TARGET_DIR/debug/gatehouse" BARE_BIN="$CARGO_TARGET_DIR/debug/examples/bare_proxy" \
+  DURATION="${LOAD_DURATION:-3}" CONNS="${LOAD_CONNS:-64}" benches/load/run.sh --check
+
+echo
+echo "all tests passed"
