@@ -91,11 +91,14 @@ pub fn compile(
                 &mut errs,
             ),
             // Dynamic sources keep what the previous snapshot discovered until their own
-            // refresh replaces it.
-            _ => prev_up
-                .filter(|p| p.config.discovery == ucfg.discovery)
-                .map(|p| p.endpoints().as_ref().clone())
-                .unwrap_or_default(),
+            // refresh replaces it; a new or changed source starts from a first lookup.
+            _ => match prev_up.filter(|p| p.config.discovery == ucfg.discovery) {
+                Some(p) => p.endpoints().as_ref().clone(),
+                None => crate::upstream::discovery::initial_endpoints(ucfg, loaded.file.as_deref()).unwrap_or_else(|e| {
+                    errs.push(ConfigError::at(format!("upstreams.{name}.discovery.file.path"), e.to_string()));
+                    Vec::new()
+                }),
+            },
         };
         upstreams.insert(name.clone(), Arc::new(Upstream::new(name, ucfg.clone(), endpoints)));
     }

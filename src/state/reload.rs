@@ -2,7 +2,7 @@
 //! then swap it in atomically; a bad file is refused and the running config stays.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use super::events::{rfc3339, ReloadRecord};
@@ -25,7 +25,10 @@ fn restart_only(old: &config::GatewayConfig, new: &config::GatewayConfig) -> Vec
     let mut w = Vec::new();
     let mut check = |field: &str, differs: bool| {
         if differs {
-            w.push(config::ConfigError::at(field, "changed, but takes effect only after a restart; the running value stays"));
+            w.push(config::ConfigError::at(
+                field,
+                "changed, but takes effect only after a restart; the running value stays",
+            ));
         }
     };
     check("listeners", old.listeners != new.listeners);
@@ -36,11 +39,31 @@ fn restart_only(old: &config::GatewayConfig, new: &config::GatewayConfig) -> Vec
     w
 }
 
+/// Puts the running values of restart-only fields into a new config, so that the
+/// snapshot (and `/admin/config`) tells what actually runs, and the warning repeats on
+/// every reload until a restart.
+fn keep_restart_only(new: &mut config::GatewayConfig, running: &config::GatewayConfig) {
+    new.listeners = running.listeners.clone();
+    new.admin = running.admin.clone();
+    new.runtime = running.runtime.clone();
+    new.redis = running.redis.clone();
+    new.shutdown = running.shutdown.clone();
+}
+
+/// Reloads run one at a time: each reads the file inside the lock, so the last to run
+/// applies the newest text even when triggers (file, signal, admin) race.
+static RELOAD_LOCK: Mutex<()> = Mutex::new(());
+
 /// Reloads from the config file. `trigger` is recorded (`file`, `signal`, `admin`).
+/// Blocking (file I/O, compile): call it off the async threads.
 pub fn reload(state: &State, trigger: &str) -> Result<ReloadReport, ConfigErrors> {
     let Some(path) = state.config_path.as_deref() else {
-        return Err(ConfigErrors(vec![config::ConfigError::at("", "no config file to reload from")]));
+        return Err(ConfigErrors(vec![config::ConfigError::at(
+            "",
+            "no config file to reload from",
+        )]));
     };
+    let _serial = RELOAD_LOCK.lock().unwrap_or_else(|p| p.into_inner());
     let result = load_and_compile(state, path);
     let m = &state.metrics;
     match result {
@@ -58,7 +81,10 @@ pub fn reload(state: &State, trigger: &str) -> Result<ReloadReport, ConfigErrors
             }
             tracing::info!(trigger, hash = &hash[..16], changed, "config reloaded");
             if changed {
-                state.events.push("reload", format!("config reloaded ({trigger}), hash {}", &hash[..12]));
+                state.events.push(
+                    "reload",
+                    format!("config reloaded ({trigger}), hash {}", &hash[..12]),
+                );
             }
             state.events.push_reload(ReloadRecord {
                 time: rfc3339(SystemTime::now()),
@@ -67,14 +93,24 @@ pub fn reload(state: &State, trigger: &str) -> Result<ReloadReport, ConfigErrors
                 error: None,
                 trigger: trigger.to_string(),
             });
-            Ok(ReloadReport { hash, changed, warnings })
+            Ok(ReloadReport {
+                hash,
+                changed,
+                warnings,
+            })
         }
         Err(errs) => {
             m.config_reloads.with_label_values(&["failure"]).inc();
             for e in &errs.0 {
                 tracing::error!(trigger, error = %e, "config reload refused; the running config stays");
             }
-            state.events.push("reload", format!("config reload refused ({trigger}): {}", errs.0.first().map(|e| e.to_string()).unwrap_or_default()));
+            state.events.push(
+                "reload",
+                format!(
+                    "config reload refused ({trigger}): {}",
+                    errs.0.first().map(|e| e.to_string()).unwrap_or_default()
+                ),
+            );
             state.events.push_reload(ReloadRecord {
                 time: rfc3339(SystemTime::now()),
                 result: "failure",
@@ -87,11 +123,19 @@ pub fn reload(state: &State, trigger: &str) -> Result<ReloadReport, ConfigErrors
     }
 }
 
-fn load_and_compile(state: &State, path: &Path) -> Result<(Snapshot, Vec<ConfigWarning>), ConfigErrors> {
-    let loaded = config::load_file(path)?;
+fn load_and_compile(
+    state: &State,
+    path: &Path,
+) -> Result<(Snapshot, Vec<ConfigWarning>), ConfigErrors> {
+    let mut loaded = config::load_file(path)?;
     let current = state.current();
     let mut warnings = loaded.warnings.clone();
-    warnings.extend(restart_only(&current.loaded.config, &loaded.config).into_iter().map(|w| loaded.locate(w)));
+    warnings.extend(
+        restart_only(&current.loaded.config, &loaded.config)
+            .into_iter()
+            .map(|w| loaded.locate(w)),
+    );
+    keep_restart_only(&mut loaded.config, &current.loaded.config);
     let snap = compile(loaded, Some(&current), &state.filter_runtime)?;
     Ok((snap, warnings))
 }
@@ -102,7 +146,10 @@ pub fn after_swap(state: &State, old: &Snapshot) {
     let keep = new.endpoint_keys();
     for (u, e) in old.endpoint_keys() {
         if !keep.contains(&(u.clone(), e.clone())) {
-            let _ = state.metrics.endpoint_healthy.remove_label_values(&[&u, &e]);
+            let _ = state
+                .metrics
+                .endpoint_healthy
+                .remove_label_values(&[&u, &e]);
         }
     }
     publish_health(state, &new);
@@ -138,7 +185,11 @@ pub fn watch_file(
     on_change: impl Fn() + Send + 'static,
 ) -> Result<notify::RecommendedWatcher, notify::Error> {
     use notify::Watcher;
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .to_path_buf();
     let (tx, rx) = std::sync::mpsc::channel::<()>();
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         if let Ok(ev) = res {

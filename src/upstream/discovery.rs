@@ -1,64 +1,219 @@
-//! Endpoint discovery refreshes: DNS names, endpoint files and the Redis registry. A
-//! failed refresh keeps the last good set; endpoints that stay keep their live state.
+//! Endpoint discovery: DNS names, endpoint files and the Redis registry. A failed refresh
+//! keeps the last good set; endpoints that stay keep their live state (same `Arc`).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
+use gatehouse_registry::Registry;
 use serde::Deserialize;
 
-use crate::config::model::{DiscoveryConfig, InitialHealth};
+use crate::config::model::{DiscoveryConfig, InitialHealth, UpstreamConfig};
 use crate::state::State;
 use crate::upstream::{Endpoint, Source, Upstream};
 
-/// Replaces the endpoint set of `u` with `found` (address string, socket address, weight),
-/// reusing live endpoints with the same address.
-pub fn apply(state: &State, u: &Upstream, source: Source, found: Vec<(String, std::net::SocketAddr, u32)>) {
+/// One discovered endpoint: the address as found (`host:port`), where it connects, its weight.
+pub type Found = (String, SocketAddr, u32);
+
+/// Why a discovery refresh failed (the last good set stays).
+#[derive(Debug, thiserror::Error)]
+pub enum DiscoveryError {
+    /// The DNS lookup failed or found nothing.
+    #[error("dns lookup of {name}:{port} failed: {reason}")]
+    Dns {
+        /// Name looked up.
+        name: String,
+        /// Port.
+        port: u16,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The endpoint file could not be read.
+    #[error("{path}: {reason}")]
+    FileRead {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        reason: String,
+    },
+    /// The endpoint file was read but is not a valid endpoint list.
+    #[error("{path}: {reason}")]
+    FileInvalid {
+        /// The file.
+        path: String,
+        /// What is wrong, with the entry's index.
+        reason: String,
+    },
+    /// No `redis:` section at start (discovery uses the connection made from it).
+    #[error("redis discovery needs a top-level `redis` section at start")]
+    NoRedis,
+    /// Redis could not be reached or answered with an error.
+    #[error(transparent)]
+    Registry(#[from] gatehouse_registry::RegistryError),
+    /// A registry member is not a usable `host:port`.
+    #[error("registry member {member:?}: {reason}")]
+    Member {
+        /// The member.
+        member: String,
+        /// Why it cannot be used.
+        reason: String,
+    },
+}
+
+/// Discovery state that outlives snapshots: the one Redis registry connection (made
+/// lazily from the `redis:` section the gateway started with, then reused) and what each
+/// endpoint file looked like when last read (so an unchanged file is not parsed again and
+/// a bad one is reported once, not every second).
+pub struct Discovery {
+    redis_url: Option<String>,
+    registry: tokio::sync::OnceCell<Registry>,
+    prefix: String,
+    seen_files: Mutex<HashMap<(String, PathBuf), String>>,
+}
+
+impl Discovery {
+    /// Discovery over the Redis at `redis_url` (the start config's `redis.url`), if any.
+    pub fn new(redis_url: Option<String>) -> Self {
+        Self::with_prefix(redis_url, gatehouse_registry::DEFAULT_PREFIX)
+    }
+
+    /// Same, with another registry key prefix.
+    pub fn with_prefix(redis_url: Option<String>, prefix: &str) -> Self {
+        Self {
+            redis_url,
+            registry: tokio::sync::OnceCell::new(),
+            prefix: prefix.to_string(),
+            seen_files: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The registry client, connecting on first use; a failed connect is retried by the
+    /// next refresh. Once made, the connection manager reconnects by itself.
+    async fn registry(&self) -> Result<&Registry, DiscoveryError> {
+        let Some(url) = self.redis_url.as_deref() else {
+            return Err(DiscoveryError::NoRedis);
+        };
+        self.registry
+            .get_or_try_init(|| async {
+                let r = Registry::connect_with_prefix(url, &self.prefix).await?;
+                tracing::info!("connected to the redis registry for discovery");
+                Ok(r)
+            })
+            .await
+    }
+}
+
+/// Initial health of endpoints new to an upstream.
+fn initial_health(cfg: &UpstreamConfig) -> bool {
+    !matches!(
+        cfg.health_check.as_ref().map(|h| h.initial_state),
+        Some(InitialHealth::Unhealthy)
+    )
+}
+
+/// Builds the next endpoint list from `found`, reusing `current`'s endpoint with the same
+/// address (same `Arc`, so health, ejections and in-flight counts stay with it).
+pub fn merge(
+    current: &[Arc<Endpoint>],
+    found: Vec<Found>,
+    source: Source,
+    healthy: bool,
+) -> Vec<Arc<Endpoint>> {
+    found
+        .into_iter()
+        .map(|(address, addr, weight)| {
+            match current
+                .iter()
+                .find(|e| e.address == address && e.addr == addr)
+            {
+                Some(e) if e.weight == weight.max(1) => e.clone(),
+                Some(e) => Arc::new(e.reweighted(weight)),
+                None => Arc::new(Endpoint::new(addr, address, weight, source, healthy)),
+            }
+        })
+        .collect()
+}
+
+/// Replaces the endpoint set of `u` with `found`, reusing live endpoints with the same
+/// address. Does nothing when the set is unchanged.
+pub fn apply(state: &State, u: &Upstream, source: Source, found: Vec<Found>) {
     let current = u.endpoints();
     let same = current.len() == found.len()
-        && found.iter().all(|(a, s, w)| current.iter().any(|e| &e.address == a && e.addr == *s && e.weight == *w));
+        && found.iter().all(|(a, s, w)| {
+            current
+                .iter()
+                .any(|e| &e.address == a && e.addr == *s && e.weight == (*w).max(1))
+        });
     if same {
         return;
     }
-    let initial = !matches!(u.config.health_check.as_ref().map(|h| h.initial_state), Some(InitialHealth::Unhealthy));
-    let next: Vec<Arc<Endpoint>> = found
-        .into_iter()
-        .map(|(address, addr, weight)| match current.iter().find(|e| e.address == address && e.addr == addr) {
-            Some(e) if e.weight == weight => e.clone(),
-            Some(e) => Arc::new(e.reweighted(weight)),
-            None => Arc::new(Endpoint::new(addr, address, weight, source, initial)),
-        })
-        .collect();
-    let before: Vec<String> = current.iter().map(|e| e.address.clone()).collect();
+    let next = merge(&current, found, source, initial_health(&u.config));
     let after: Vec<String> = next.iter().map(|e| e.address.clone()).collect();
-    for gone in before.iter().filter(|a| !after.contains(a)) {
-        let _ = state.metrics.endpoint_healthy.remove_label_values(&[&*u.name, gone.as_str()]);
+    for gone in current.iter().filter(|e| !after.contains(&e.address)) {
+        let _ = state
+            .metrics
+            .endpoint_healthy
+            .remove_label_values(&[&*u.name, gone.address.as_str()]);
+    }
+    let now = crate::upstream::now_ms();
+    for e in &next {
+        state
+            .metrics
+            .endpoint_healthy
+            .with_label_values(&[&*u.name, &e.address])
+            .set(i64::from(e.is_available(now)));
     }
     tracing::info!(upstream = %u.name, source = source.as_str(), endpoints = ?after, "endpoints changed");
-    state.events.push("discovery", format!("{}: endpoints now {}", u.name, after.join(", ")));
+    state.events.push(
+        "discovery",
+        format!("{}: endpoints now [{}]", u.name, after.join(", ")),
+    );
     u.set_endpoints(next);
 }
 
-fn failed(state: &State, u: &Upstream, source: Source, err: &str) {
-    tracing::warn!(upstream = %u.name, source = source.as_str(), error = err, "discovery refresh failed; keeping the last good endpoints");
-    state.metrics.discovery_errors.with_label_values(&[&u.name, source.as_str()]).inc();
+fn failed(state: &State, u: &Upstream, source: Source, err: &DiscoveryError) {
+    tracing::warn!(upstream = %u.name, source = source.as_str(), error = %err, "discovery refresh failed; keeping the last good endpoints");
+    state
+        .metrics
+        .discovery_errors
+        .with_label_values(&[&u.name, source.as_str()])
+        .inc();
 }
 
-/// Re-resolves a DNS upstream (A and AAAA); all addresses get weight 1.
+// === DNS ===
+
+/// Resolves `name:port` (A and AAAA), sorted and deduplicated, all with weight 1.
+pub async fn lookup_dns(name: &str, port: u16) -> Result<Vec<Found>, DiscoveryError> {
+    let err = |reason: String| DiscoveryError::Dns {
+        name: name.to_string(),
+        port,
+        reason,
+    };
+    let addrs = tokio::net::lookup_host((name, port))
+        .await
+        .map_err(|e| err(e.to_string()))?;
+    let mut found: Vec<Found> = addrs.map(|a| (a.to_string(), a, 1)).collect();
+    found.sort();
+    found.dedup();
+    if found.is_empty() {
+        return Err(err("no addresses".into()));
+    }
+    Ok(found)
+}
+
+/// Re-resolves a DNS upstream; a failed lookup keeps the last set and is counted.
 pub async fn refresh_dns(state: Arc<State>, u: Arc<Upstream>) {
-    let DiscoveryConfig::Dns(d) = &u.config.discovery else { return };
-    match tokio::net::lookup_host((d.name.as_str(), d.port)).await {
-        Ok(addrs) => {
-            let mut found: Vec<_> = addrs.map(|a| (a.to_string(), a, 1)).collect();
-            found.sort();
-            found.dedup();
-            if found.is_empty() {
-                failed(&state, &u, Source::Dns, "no addresses");
-            } else {
-                apply(&state, &u, Source::Dns, found);
-            }
-        }
-        Err(e) => failed(&state, &u, Source::Dns, &e.to_string()),
+    let DiscoveryConfig::Dns(d) = &u.config.discovery else {
+        return;
+    };
+    match lookup_dns(&d.name, d.port).await {
+        Ok(found) => apply(&state, &u, Source::Dns, found),
+        Err(e) => failed(&state, &u, Source::Dns, &e),
     }
 }
+
+// === file ===
 
 /// One entry of an endpoint file.
 #[derive(Debug, Deserialize)]
@@ -78,15 +233,20 @@ fn one() -> u32 {
     1
 }
 
-/// Parses an endpoint file (YAML or JSON: a list of endpoints).
-pub fn parse_endpoint_file(text: &str) -> Result<Vec<(String, std::net::SocketAddr, u32)>, String> {
+/// Parses an endpoint file (YAML or JSON: a non-empty list of endpoints). Host names are
+/// resolved once here (blocking: call it off the async threads).
+pub fn parse_endpoint_file(text: &str) -> Result<Vec<Found>, String> {
     let list: Vec<FileEndpoint> = serde_yaml::from_str(text).map_err(|e| e.to_string())?;
-    let mut out = Vec::with_capacity(list.len());
+    let mut out: Vec<Found> = Vec::with_capacity(list.len());
     for (i, e) in list.into_iter().enumerate() {
         if e.weight == 0 {
             return Err(format!("[{i}].weight: must be at least 1"));
         }
-        let addr = crate::state::compile::resolve(&e.address).map_err(|m| format!("[{i}].address: {m}"))?;
+        let addr = crate::state::compile::resolve(&e.address)
+            .map_err(|m| format!("[{i}].address: {m}"))?;
+        if out.iter().any(|(a, _, _)| *a == e.address) {
+            return Err(format!("[{i}].address: {:?} is listed twice", e.address));
+        }
         out.push((e.address, addr, e.weight));
     }
     if out.is_empty() {
@@ -95,26 +255,237 @@ pub fn parse_endpoint_file(text: &str) -> Result<Vec<(String, std::net::SocketAd
     Ok(out)
 }
 
-/// Re-reads an endpoint file; a bad file is refused and the last good set stays.
-pub async fn refresh_file(state: Arc<State>, u: Arc<Upstream>) {
-    let DiscoveryConfig::File(f) = &u.config.discovery else { return };
-    let snap = state.current();
-    let base = snap.loaded.file.as_ref().and_then(|p| p.parent().map(|d| d.to_path_buf())).unwrap_or_default();
-    let path = base.join(&f.path);
-    let result = tokio::task::spawn_blocking(move || {
-        std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display())).and_then(|t| parse_endpoint_file(&t))
+/// The endpoint file of a file-discovery upstream: relative paths are relative to the
+/// directory of the config file.
+pub fn endpoint_file_path(config_file: Option<&Path>, path: &str) -> PathBuf {
+    let base = config_file
+        .and_then(|p| p.parent())
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    base.join(path)
+}
+
+/// Reads and parses an endpoint file (blocking).
+pub fn read_endpoint_file(path: &Path) -> Result<Vec<Found>, DiscoveryError> {
+    let shown = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| DiscoveryError::FileRead {
+        path: shown.clone(),
+        reason: e.to_string(),
+    })?;
+    parse_endpoint_file(&text).map_err(|reason| DiscoveryError::FileInvalid {
+        path: shown,
+        reason,
+    })
+}
+
+/// What one look at an endpoint file found.
+enum FileLook {
+    /// Same content (or same error) as last time: nothing to do.
+    Unchanged,
+    /// A valid list.
+    Good(Vec<Found>),
+    /// Unreadable or invalid.
+    Bad(DiscoveryError),
+}
+
+/// Re-reads an endpoint file when its content changed; a bad file is refused (logged and
+/// counted once per distinct bad content) and the last good set stays.
+pub async fn refresh_file(state: Arc<State>, u: Arc<Upstream>, disc: Arc<Discovery>) {
+    let DiscoveryConfig::File(f) = &u.config.discovery else {
+        return;
+    };
+    let path = endpoint_file_path(state.current().loaded.file.as_deref(), &f.path);
+    let key = (u.name.to_string(), path.clone());
+    let memo = disc.clone();
+    let read = tokio::task::spawn_blocking(move || {
+        let shown = path.display().to_string();
+        let (fingerprint, text) = match std::fs::read_to_string(&path) {
+            Ok(t) => (crate::config::hash_text(&t), Ok(t)),
+            Err(e) => (format!("error: {e}"), Err(e.to_string())),
+        };
+        let mut seen = memo.seen_files.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.get(&key) == Some(&fingerprint) {
+            return FileLook::Unchanged;
+        }
+        seen.insert(key, fingerprint);
+        drop(seen);
+        match text {
+            Err(reason) => FileLook::Bad(DiscoveryError::FileRead {
+                path: shown,
+                reason,
+            }),
+            Ok(t) => match parse_endpoint_file(&t) {
+                Ok(found) => FileLook::Good(found),
+                Err(reason) => FileLook::Bad(DiscoveryError::FileInvalid {
+                    path: shown,
+                    reason,
+                }),
+            },
+        }
     })
     .await;
-    match result {
-        Ok(Ok(found)) => apply(&state, &u, Source::File, found),
-        Ok(Err(e)) => failed(&state, &u, Source::File, &e),
-        Err(e) => failed(&state, &u, Source::File, &e.to_string()),
+    match read {
+        Ok(FileLook::Unchanged) => {}
+        Ok(FileLook::Good(found)) => apply(&state, &u, Source::File, found),
+        Ok(FileLook::Bad(e)) => failed(&state, &u, Source::File, &e),
+        Err(e) => tracing::error!(upstream = %u.name, error = %e, "file discovery task failed"),
     }
 }
 
-/// Polls the Redis registry for live members of the service.
-pub async fn refresh_redis(state: Arc<State>, u: Arc<Upstream>) {
-    let DiscoveryConfig::Redis(r) = &u.config.discovery else { return };
-    let _ = (&state, r);
-    failed(&state, &u, Source::Redis, "redis discovery is not wired yet");
+// === Redis registry ===
+
+/// Resolves a registry member `host:port` without blocking.
+async fn resolve_member(member: &str) -> Result<SocketAddr, DiscoveryError> {
+    if let Ok(a) = member.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    let bad = |reason: String| DiscoveryError::Member {
+        member: member.to_string(),
+        reason,
+    };
+    tokio::net::lookup_host(member)
+        .await
+        .map_err(|e| bad(e.to_string()))?
+        .next()
+        .ok_or_else(|| bad("resolved to no address".into()))
+}
+
+/// The live members of `service` in the registry (expired heartbeats are dropped and
+/// pruned by the registry client). Members that cannot be resolved are skipped with a
+/// warning rather than failing the whole refresh.
+pub async fn lookup_registry(
+    disc: &Discovery,
+    service: &str,
+) -> Result<Vec<Found>, DiscoveryError> {
+    let live = disc.registry().await?.list_live(service).await?;
+    let mut found = Vec::with_capacity(live.len());
+    for (member, weight) in live {
+        match resolve_member(&member).await {
+            Ok(addr) => found.push((member, addr, weight.max(1))),
+            Err(e) => tracing::warn!(service, error = %e, "skipping registry member"),
+        }
+    }
+    Ok(found)
+}
+
+/// Polls the Redis registry for the live members of the service. An unreachable Redis
+/// keeps the last known set; an empty registry (every heartbeat expired) empties it.
+pub async fn refresh_redis(state: Arc<State>, u: Arc<Upstream>, disc: Arc<Discovery>) {
+    let DiscoveryConfig::Redis(r) = &u.config.discovery else {
+        return;
+    };
+    match lookup_registry(&disc, &r.service).await {
+        Ok(found) => apply(&state, &u, Source::Redis, found),
+        Err(e) => {
+            if matches!(e, DiscoveryError::Registry(_)) {
+                state.filter_runtime.metrics().redis_error("discovery");
+            }
+            failed(&state, &u, Source::Redis, &e);
+        }
+    }
+}
+
+// === first endpoint set of a new upstream ===
+
+/// The endpoints a dynamic upstream starts with when a config (re)load creates it, so
+/// that it serves at once instead of after its first refresh: the endpoint file is read
+/// (a bad one refuses the config, like a bad config), the DNS name resolved (a failed
+/// lookup starts empty and is retried on every refresh). The registry is read by the
+/// first refresh, within a fraction of a second of the swap.
+pub fn initial_endpoints(
+    cfg: &UpstreamConfig,
+    config_file: Option<&Path>,
+) -> Result<Vec<Arc<Endpoint>>, DiscoveryError> {
+    let healthy = initial_health(cfg);
+    let (found, source) = match &cfg.discovery {
+        DiscoveryConfig::Static(_) | DiscoveryConfig::Redis(_) => return Ok(Vec::new()),
+        DiscoveryConfig::File(f) => (
+            read_endpoint_file(&endpoint_file_path(config_file, &f.path))?,
+            Source::File,
+        ),
+        DiscoveryConfig::Dns(d) => {
+            use std::net::ToSocketAddrs;
+            match (d.name.as_str(), d.port).to_socket_addrs() {
+                Ok(addrs) => {
+                    let mut found: Vec<Found> = addrs.map(|a| (a.to_string(), a, 1)).collect();
+                    found.sort();
+                    found.dedup();
+                    (found, Source::Dns)
+                }
+                Err(e) => {
+                    tracing::warn!(name = %d.name, error = %e, "dns lookup failed; the upstream starts empty and is retried");
+                    (Vec::new(), Source::Dns)
+                }
+            }
+        }
+    };
+    Ok(merge(&[], found, source, healthy))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_file_parses_yaml_and_json() {
+        let y = parse_endpoint_file("- { address: 127.0.0.1:1, weight: 3, metadata: { zone: a } }\n- address: 127.0.0.1:2\n").unwrap();
+        assert_eq!(
+            y.iter().map(|f| (f.0.as_str(), f.2)).collect::<Vec<_>>(),
+            [("127.0.0.1:1", 3), ("127.0.0.1:2", 1)]
+        );
+        let j = parse_endpoint_file(r#"[{"address": "127.0.0.1:1"}]"#).unwrap();
+        assert_eq!(j.len(), 1);
+    }
+
+    #[test]
+    fn endpoint_file_errors_name_the_entry() {
+        assert_eq!(
+            parse_endpoint_file("[]").unwrap_err(),
+            "the endpoint list is empty"
+        );
+        assert_eq!(
+            parse_endpoint_file("- { address: 127.0.0.1:1, weight: 0 }").unwrap_err(),
+            "[0].weight: must be at least 1"
+        );
+        assert!(
+            parse_endpoint_file("- { address: 127.0.0.1:1 }\n- { address: 127.0.0.1:1 }")
+                .unwrap_err()
+                .starts_with("[1].address")
+        );
+        assert!(parse_endpoint_file("- { adress: 127.0.0.1:1 }")
+            .unwrap_err()
+            .contains("unknown field"));
+        assert!(parse_endpoint_file("- { address: nope }")
+            .unwrap_err()
+            .starts_with("[0].address"));
+    }
+
+    #[test]
+    fn merge_keeps_live_state_of_endpoints_that_stay() {
+        let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let b: SocketAddr = "127.0.0.1:2".parse().unwrap();
+        let first = merge(
+            &[],
+            vec![(a.to_string(), a, 1), (b.to_string(), b, 1)],
+            Source::File,
+            true,
+        );
+        first[0].set_healthy(false);
+        let next = merge(&first, vec![(a.to_string(), a, 1)], Source::File, true);
+        assert!(Arc::ptr_eq(&first[0], &next[0]));
+        assert!(!next[0].is_healthy());
+        let reweighted = merge(&first, vec![(a.to_string(), a, 5)], Source::File, true);
+        assert_eq!(reweighted[0].weight, 5);
+        assert!(!reweighted[0].is_healthy(), "a new weight keeps the health");
+        let back = merge(
+            &next,
+            vec![(a.to_string(), a, 1), (b.to_string(), b, 1)],
+            Source::File,
+            false,
+        );
+        assert!(
+            !back[1].is_healthy(),
+            "a new endpoint starts in the configured initial state"
+        );
+    }
 }
