@@ -120,6 +120,18 @@ fn filter(url: &str, extra: serde_json::Value, registry: &prometheus::Registry) 
     build(&cfg, "test_route", &rt).unwrap()
 }
 
+/// Waits (up to 5s, generous for busy CI cores) until `cond` holds; fails otherwise.
+async fn wait_for(cond: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "condition not reached within 5s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn status(f: &dyn Filter, token: &str) -> u16 {
     let mut r = RequestHeader::build("GET", b"/", None).unwrap();
     r.insert_header("authorization", format!("Bearer {token}"))
@@ -228,7 +240,7 @@ async fn rotation_unknown_kid_and_endpoint_down() {
         .await,
         0
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_for(|| server.hits() > hits).await;
     assert_eq!(
         server.hits(),
         hits + 1,
@@ -261,15 +273,14 @@ async fn rotation_unknown_kid_and_endpoint_down() {
         .await,
         0
     );
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(
+    wait_for(|| {
         metric(
             &registry,
             "gatehouse_jwks_fetches_total",
-            &[("result", "error")]
-        ) > errors_before,
-        "the failed refresh is counted"
-    );
+            &[("result", "error")],
+        ) > errors_before
+    })
+    .await;
     assert_eq!(
         status(
             f.as_ref(),
@@ -324,7 +335,8 @@ async fn cache_control_max_age_is_respected() {
     assert_eq!(server.hits(), hits, "fresh: served from cache");
     tokio::time::sleep(Duration::from_millis(1200)).await;
     assert_eq!(status(f.as_ref(), &t).await, 0);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_for(|| server.hits() > hits).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(
         server.hits(),
         hits + 1,

@@ -334,8 +334,9 @@ async fn check_policies(url: &str, timeout: Duration) {
         "local keeps the same limit in memory"
     );
     let rest = started.elapsed();
+    // Generous (busy CI cores), yet far below one timeout per request (23 x timeout).
     assert!(
-        rest < timeout,
+        rest < timeout * 23 / 2,
         "23 requests while the breaker is open took {rest:?}"
     );
     assert_eq!(
