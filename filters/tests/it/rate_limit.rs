@@ -460,6 +460,23 @@ async fn redis_stopped_then_back_resumes_global_limiting() {
     assert_eq!(call(fa.clone(), "k1").await, 0);
     assert_eq!(call(fb.clone(), "k1").await, 429);
 
+    // Scripts are called by SHA; after SCRIPT FLUSH (or a Redis restart) the NOSCRIPT
+    // reply makes the client load them again, and the counts are still shared.
+    let mut conn = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(call(fa.clone(), "k1").await, 429);
+    assert_eq!(call(fb.clone(), "k4").await, 0);
+    assert_eq!(a.redis_errors(), 0.0);
+    drop(conn);
+
     // Redis stops: each gateway limits locally (3 each), within the timeout.
     redis.stop();
     let started = Instant::now();
