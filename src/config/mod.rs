@@ -59,7 +59,7 @@ pub fn load_file(path: &Path) -> Result<LoadedConfig, ConfigErrors> {
 /// relative paths.
 pub fn load_str(text: &str, file: Option<&Path>) -> Result<LoadedConfig, ConfigErrors> {
     let positions = Positions::index(text);
-    let config = parse(text).map_err(|mut e| {
+    let config = parse(text, &positions).map_err(|mut e| {
         e.file = file.map(Path::to_path_buf);
         ConfigErrors(vec![e])
     })?;
@@ -89,28 +89,31 @@ pub fn hash_text(text: &str) -> String {
 }
 
 /// Deserializes, keeping the path and location of the first syntax or type error.
-fn parse(text: &str) -> Result<GatewayConfig, ConfigError> {
+fn parse(text: &str, positions: &Positions) -> Result<GatewayConfig, ConfigError> {
     if text.trim().is_empty() {
         return Err(ConfigError::at("", "the config file is empty")
             .with_hint("at least `listeners` and `routes` are needed; see config/gatehouse.yaml"));
     }
-    let de = serde_yaml::Deserializer::from_str(text);
+    // Parse to a value first: that resolves anchors and `<<` merge keys; positions for
+    // type errors then come from the position index, by field path.
+    let mut value: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| {
+        let mut err = ConfigError::at("", strip_location(&e.to_string()));
+        if let Some(loc) = e.location() {
+            err.line = Some(loc.line());
+            err.column = Some(loc.column());
+        }
+        err
+    })?;
+    value.apply_merge().map_err(|e| ConfigError::at("", strip_location(&e.to_string())))?;
     let mut track = serde_path_to_error::Track::new();
     // Enums are written as single-key maps (`static: [...]`, `- jwt: {...}`), not YAML tags.
     let result: Result<GatewayConfig, _> =
-        serde_yaml::with::singleton_map_recursive::deserialize(serde_path_to_error::Deserializer::new(de, &mut track));
+        serde_yaml::with::singleton_map_recursive::deserialize(serde_path_to_error::Deserializer::new(value, &mut track));
     result.map_err(|inner| {
         let err = serde_path_to_error::Error::new(track.path(), inner);
         let path = err.path().to_string();
         let path = if path == "." { String::new() } else { path };
-        let inner = err.into_inner();
-        let location = inner.location();
-        let raw = inner.to_string();
-        // serde_yaml appends " at line X column Y"; we print the location ourselves.
-        let message = match raw.find(" at line ") {
-            Some(i) => raw[..i].to_string(),
-            None => raw,
-        };
+        let message = strip_location(&err.into_inner().to_string());
         // serde_yaml prefixes its own path ("listeners[0]: ..."); we print ours.
         let message = match message.split_once(": ") {
             Some((prefix, rest)) if !prefix.is_empty() && !prefix.contains(' ') && !prefix.contains('`') => rest.to_string(),
@@ -118,13 +121,21 @@ fn parse(text: &str) -> Result<GatewayConfig, ConfigError> {
         };
         let hint = unknown_name_hint(&message);
         let mut e = ConfigError::at(path, message);
-        if let Some(loc) = location {
-            e.line = Some(loc.line());
-            e.column = Some(loc.column());
+        if let Some((line, col)) = positions.locate(&e.path) {
+            e.line = Some(line);
+            e.column = Some(col);
         }
         e.hint = hint;
         e
     })
+}
+
+/// serde_yaml appends " at line X column Y"; we print the location ourselves.
+fn strip_location(raw: &str) -> String {
+    match raw.find(" at line ") {
+        Some(i) => raw[..i].to_string(),
+        None => raw.to_string(),
+    }
 }
 
 /// For serde's "unknown field `x`, expected one of `a`, `b`" (and variants), suggests

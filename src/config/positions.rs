@@ -69,7 +69,8 @@ impl Builder {
             Some(Frame::Map { path, key }) => match key.take() {
                 Some(k) => Some(join(path, &k)),
                 None => {
-                    *key = Some(scalar.unwrap_or("?").to_string());
+                    let k = scalar.unwrap_or("?").to_string();
+                    *key = Some(k);
                     None
                 }
             },
@@ -87,11 +88,16 @@ impl Builder {
 impl MarkedEventReceiver for Builder {
     fn on_event(&mut self, ev: Event, mark: Marker) {
         match ev {
-            Event::Scalar(value, ..) => {
-                if let Some(p) = self.node_path(Some(&value)) {
-                    self.record(&p, mark);
+            Event::Scalar(value, ..) => match self.node_path(Some(&value)) {
+                Some(p) => self.record(&p, mark),
+                None => {
+                    // A mapping key: errors about the field point at its key.
+                    if let Some(Frame::Map { path, .. }) = self.stack.last() {
+                        let p = join(path, &value);
+                        self.record(&p, mark);
+                    }
                 }
-            }
+            },
             Event::Alias(_) => {
                 if let Some(p) = self.node_path(None) {
                     self.record(&p, mark);
@@ -123,9 +129,9 @@ mod tests {
     fn indexes_nested_paths() {
         let src = "listeners:\n  - name: a\n    address: x\nroutes:\n  - name: r\n    upstream: nope\n";
         let p = Positions::index(src);
-        assert_eq!(p.locate("routes[0].upstream"), Some((6, 15)));
-        assert_eq!(p.locate("listeners[0].address"), Some((3, 14)));
+        assert_eq!(p.locate("routes[0].upstream"), Some((6, 5)));
+        assert_eq!(p.locate("listeners[0].address"), Some((3, 5)));
         // an unknown child falls back to its parent
-        assert_eq!(p.locate("routes[0].upstream.deeper"), Some((6, 15)));
+        assert_eq!(p.locate("routes[0].upstream.deeper"), Some((6, 5)));
     }
 }

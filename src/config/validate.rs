@@ -386,7 +386,7 @@ routes:
         let e = &errs.0[0];
         assert_eq!(e.path, "routes[0].upstream");
         assert_eq!(e.hint.as_deref(), Some("did you mean `payment`?"));
-        assert_eq!((e.line, e.column), (Some(6), Some(15)));
+        assert_eq!((e.line, e.column), (Some(6), Some(5)));
     }
 
     #[test]

@@ -247,9 +247,9 @@ fn validate_reports_errors_with_locations() {
             "semantic.yaml",
             "listeners:\n  - { name: a, address: \"127.0.0.1:1\" }\n  - { name: b, address: \"nope\" }\nupstreams:\n  u: { discovery: { static: [ { address: \"127.0.0.1:2\", weight: 0 } ] } }\nroutes:\n  - name: r\n    upstream: v\n",
             &[
-                "semantic.yaml:3:25: listeners[1].address: \"nope\" is not an ip:port address",
-                "semantic.yaml:5:65: upstreams.u.discovery.static[0].weight: weight must be at least 1",
-                "semantic.yaml:8:15: routes[0].upstream: no upstream named \"v\" (defined: u)",
+                "semantic.yaml:3:16: listeners[1].address: \"nope\" is not an ip:port address",
+                "semantic.yaml:5:57: upstreams.u.discovery.static[0].weight: weight must be at least 1",
+                "semantic.yaml:8:5: routes[0].upstream: no upstream named \"v\" (defined: u)",
             ],
         ),
         ("duration.yaml", "listeners: [ { name: a, address: \"127.0.0.1:1\" } ]\nshutdown: { grace_period: 10 parsecs }\n", &["duration.yaml:2:", "shutdown.grace_period", "invalid duration"]),
