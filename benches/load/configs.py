@@ -35,15 +35,22 @@ upstreams:
 
 # The full stack of (e) and (f): JWT HS256 + a rate limit that never rejects
 # (the bench measures its cost, not its 429s) + a response header. Metrics are
-# always on (the admin listener serves /metrics).
+# always on (the admin listener serves /metrics). `on_redis_error: fail_closed`:
+# in (f) a Redis failure must show as errors (503), not fall back to counting in
+# process (the default `local`), which would measure (e) again under (f)'s name.
 _FULL_FILTERS = """\
     filters:
       - jwt:
           keys:
-            - { algorithm: HS256, secret: "$jwt_secret" }
+            - { secret: "$jwt_secret", algorithms: [HS256] }
           issuer: $jwt_issuer
           audience: $jwt_audience
-      - rate_limit: { name: per_client, key: client_ip, limit: 100000000, window: 1m }
+      - rate_limit:
+          name: per_client
+          key: client_ip
+          limit: 100000000
+          window: 1m
+          on_redis_error: fail_closed
       - headers:
           response:
             set: { x-bench: "1" }
