@@ -144,7 +144,14 @@ impl BackgroundService for Maintenance {
         loop {
             tokio::select! {
                 _ = shutdown.changed() => return,
-                _ = tick.tick() => self.sampler.sample(&self.state),
+                _ = tick.tick() => {
+                    self.sampler.sample(&self.state);
+                    if self.state.current().loaded.config.redis.is_some() {
+                        // Keeps gatehouse_redis_up true to life even without rate-limited traffic.
+                        let rt = self.state.filter_runtime.clone();
+                        tokio::spawn(async move { rt.check_redis().await });
+                    }
+                }
                 Some(_) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
                     let state = self.state.clone();
                     let _ = tokio::task::spawn_blocking(move || reload::reload(&state, "signal")).await;
