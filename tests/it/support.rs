@@ -1,3 +1,4 @@
+#![allow(dead_code)]
 //! Test support: free ports, real upstream HTTP servers that misbehave on command, and
 //! the real gateway binary started from a YAML string.
 
