@@ -196,7 +196,9 @@ pub fn run(opts: RunOptions) -> Result<(), StartError> {
 
     let mut proxy = pingora_proxy::http_proxy_service_with_name(&server.configuration, Gateway::new(state.clone()), "gatehouse proxy");
     for l in &cfg.listeners {
-        proxy.add_tcp(&l.address);
+        use pingora_core::listeners::{L4BufferSettings, ListenerConfig};
+        let buffers = L4BufferSettings::default().read(cfg.runtime.downstream_read_buffer.max(1024));
+        proxy.add_listener(ListenerConfig::tcp(l.address.clone()).l4_buffer(buffers));
     }
     let sampler = Arc::new(TrafficSampler::default());
     let mut admin = ListeningService::new("gatehouse admin".to_string(), Admin::new(state.clone(), auth, sampler.clone()));

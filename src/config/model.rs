@@ -121,6 +121,14 @@ pub struct RuntimeConfig {
     /// How long an idle upstream connection is kept; default 60s.
     #[serde(default = "default_upstream_idle")]
     pub upstream_idle_timeout: Duration,
+    /// Read buffer per client connection in bytes; default 16384. pingora's own default
+    /// (64 KiB, zero-filled) dominates memory per idle keep-alive connection.
+    #[serde(default = "default_downstream_read_buffer")]
+    pub downstream_read_buffer: usize,
+}
+
+fn default_downstream_read_buffer() -> usize {
+    16 * 1024
 }
 
 impl Default for RuntimeConfig {
@@ -130,6 +138,7 @@ impl Default for RuntimeConfig {
             work_stealing: false,
             upstream_keepalive_pool_size: default_keepalive_pool(),
             upstream_idle_timeout: default_upstream_idle(),
+            downstream_read_buffer: default_downstream_read_buffer(),
         }
     }
 }

@@ -18,6 +18,9 @@ pub fn validate(cfg: &GatewayConfig) -> (Vec<ConfigError>, Vec<ConfigWarning>) {
             errs.push(ConfigError::at("redis.url", format!("{:?} is not a redis:// URL", r.url)));
         }
     }
+    if cfg.runtime.downstream_read_buffer < 1024 {
+        errs.push(ConfigError::at("runtime.downstream_read_buffer", "must be at least 1024 bytes"));
+    }
     if cfg.runtime.threads == Some(0) {
         errs.push(ConfigError::at("runtime.threads", "must be at least 1"));
     }
