@@ -161,7 +161,7 @@ pub fn upstreams_json(state: &State) -> Value {
                 })
             })
             .collect();
-        out.insert(name.clone(), json!({ "endpoints": eps }));
+        out.insert(name.clone(), json!({ "endpoints": eps, "breaker": crate::resilience::breaker_json(u) }));
     }
     Value::Object(out)
 }

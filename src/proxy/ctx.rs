@@ -67,6 +67,8 @@ pub struct RequestCtx {
     pub endpoint_inflight: Option<EndpointInflight>,
     /// Why the last try failed (for metrics of that try).
     pub try_outcome_recorded: bool,
+    /// Breaker admission, bulkhead slot and retry state (see `resilience::hooks`).
+    pub resilience: crate::resilience::RequestResilience,
 }
 
 impl RequestCtx {
@@ -91,6 +93,7 @@ impl RequestCtx {
             inflight: None,
             endpoint_inflight: None,
             try_outcome_recorded: false,
+            resilience: Default::default(),
         }
     }
 

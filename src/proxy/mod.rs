@@ -4,10 +4,11 @@
 //! ```text
 //! new_ctx                 pin the config snapshot
 //! request_filter          request id, path normalization, route, body limit, filters
-//! upstream_peer           pick an endpoint (SWRR over healthy ones), timeouts
+//! upstream_peer           backoff, breaker, bulkhead, then pick an endpoint (SWRR), timeouts
 //! fail_to_connect         connect failed: count it, maybe retry elsewhere
+//! error_while_proxy       a try failed after connecting: count it, retry per policy + budget
 //! upstream_request_filter rewrite path, forwarding headers, strip hop-by-hop
-//! upstream_response_filter count the try's outcome
+//! upstream_response_filter count the try's outcome; retry on a listed status
 //! response_filter         request id, filter response headers, body transforms
 //! fail_to_proxy           the error response (see respond.rs)
 //! logging                 metrics and the access log
@@ -186,6 +187,8 @@ impl ProxyHttp for Gateway {
             return Err(Error::explain(ErrorType::InternalError, "no route"));
         };
         let upstream = &route.upstream;
+        // Backoff of a retry, breaker, bulkhead slot: cheap refusals before the call.
+        crate::resilience::hooks::before_try(&self.state, ctx).await?;
         let Some(ep) = upstream.pick(&ctx.tried, now_ms()) else {
             ctx.gateway_error = Some(GatewayError { status: 503, code: "no_healthy_endpoint" });
             return Err(Error::explain(
@@ -218,12 +221,25 @@ impl ProxyHttp for Gateway {
         Ok(Box::new(peer))
     }
 
-    fn fail_to_connect(&self, _session: &mut Session, _peer: &HttpPeer, ctx: &mut RequestCtx, mut e: Box<Error>) -> Box<Error> {
-        self.record_try(ctx, respond::upstream_outcome(&e));
-        let attempts = ctx.route.as_ref().and_then(|r| r.upstream.config.retry.as_ref()).map_or(1, |r| r.attempts);
-        if ctx.tries < attempts {
-            e.set_retry(true);
-        }
+    fn fail_to_connect(&self, session: &mut Session, _peer: &HttpPeer, ctx: &mut RequestCtx, e: Box<Error>) -> Box<Error> {
+        let truncated = session.as_ref().retry_buffer_truncated();
+        crate::resilience::hooks::on_connect_error(&self.state, ctx, session.req_header(), truncated, e)
+    }
+
+    /// Replaces pingora's default (idempotent methods on reused connections only) with
+    /// the route's retry policy and budget; see `resilience::hooks`.
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut RequestCtx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        let truncated = session.as_ref().retry_buffer_truncated();
+        let written = session.response_written().is_some();
+        crate::resilience::hooks::on_proxy_error(&self.state, ctx, &mut e, session.req_header(), truncated, written, client_reused);
         e
     }
 
@@ -244,18 +260,22 @@ impl ProxyHttp for Gateway {
         headers::strip_hop_by_hop_request(upstream_request, session.is_upgrade_req());
         let endpoint = ctx.endpoint.as_ref().map(|e| e.address.as_str());
         headers::set_forwarding(upstream_request, ctx, &route.upstream.config.host_header, endpoint)?;
+        crate::resilience::hooks::deadline_header(ctx, upstream_request)?;
         Ok(())
     }
 
     async fn upstream_response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         let status = upstream_response.status.as_u16();
         ctx.upstream_status = Some(status);
-        self.record_try(ctx, if status >= 500 { "http_error" } else { "success" });
+        let outcome = crate::resilience::hooks::response_outcome(ctx, status);
+        self.record_try(ctx, outcome);
+        let (truncated, written) = (session.as_ref().retry_buffer_truncated(), session.response_written().is_some());
+        crate::resilience::hooks::retry_on_status(&self.state, ctx, status, session.req_header(), truncated, written)?;
         headers::strip_hop_by_hop_response(upstream_response);
         Ok(())
     }
@@ -309,8 +329,8 @@ impl ProxyHttp for Gateway {
         if !reusable {
             session.set_keepalive(None);
         }
-        let msg = respond::message_for(g.code);
-        respond::send_error(session, ctx, g.status, g.code, msg, &[]).await;
+        let msg = ctx.resilience.message().map_or_else(|| respond::message_for(g.code).to_string(), str::to_string);
+        respond::send_error(session, ctx, g.status, g.code, &msg, &[]).await;
         FailToProxy { error_code: g.status, can_reuse_downstream: reusable }
     }
 
@@ -322,7 +342,7 @@ impl ProxyHttp for Gateway {
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         if let (Some(err), false) = (e, ctx.try_outcome_recorded) {
             if ctx.endpoint.is_some() && ctx.upstream_status.is_none() {
-                self.record_try(ctx, respond::upstream_outcome(err));
+                self.record_try(ctx, crate::resilience::Outcome::of_error(err));
             }
         }
         let status = session
@@ -368,19 +388,9 @@ impl ProxyHttp for Gateway {
 }
 
 impl Gateway {
-    /// Counts one upstream try's outcome, once per try.
-    fn record_try(&self, ctx: &mut RequestCtx, outcome: &'static str) {
-        if ctx.try_outcome_recorded {
-            return;
-        }
-        ctx.try_outcome_recorded = true;
-        let Some(ep) = ctx.endpoint.clone() else { return };
-        self.state
-            .metrics
-            .upstream_requests
-            .with_label_values(&[ctx.upstream_name(), &ep.address, outcome])
-            .inc();
-        ctx.endpoint_inflight = None;
+    /// Counts one upstream try's outcome, once per try (metrics, breaker, outlier detection).
+    fn record_try(&self, ctx: &mut RequestCtx, outcome: Option<crate::resilience::Outcome>) {
+        crate::resilience::hooks::record_try(&self.state, ctx, outcome);
     }
 }
 

@@ -131,6 +131,8 @@ pub fn message_for(code: &str) -> &'static str {
         "upstream_timeout" => "the upstream did not answer in time",
         "upstream_reset" => "the upstream closed the connection before answering",
         "no_healthy_endpoint" => "no healthy endpoint is available for this upstream",
+        "circuit_open" => "the upstream's circuit breaker is open",
+        "bulkhead_full" => "the upstream is at its concurrency limit",
         "bad_request" => "the request could not be parsed",
         _ => "the gateway could not complete the request",
     }

@@ -1,17 +1,394 @@
-//! Upstream resilience: the outcome classifier, circuit breaker, retry policy and budget,
-//! and the bulkhead.
+//! Upstream resilience: the one outcome classifier, the circuit breaker, the retry policy
+//! and budget, the bulkhead and passive outlier detection.
+//!
+//! Where each counts (DESIGN.md, "Which mechanism counts a failure"): outlier detection
+//! per endpoint, the breaker per upstream, both fed by the same [`Outcome`] of each try.
+//! Their long-lived state lives in [`Resilience`], one per `Upstream`; a reload that keeps
+//! an upstream's name carries the breaker, the retry budget and (when its limits are
+//! unchanged) the bulkhead over to the new definition ([`Resilience::inherit`]).
 
+pub mod breaker;
+pub mod bulkhead;
+pub mod hooks;
+pub mod outlier;
+pub mod retry;
+pub mod window;
+
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use pingora_core::{Error, ErrorSource, ErrorType};
 use serde_json::{json, Value};
 
-use crate::upstream::Upstream;
+pub use breaker::{Breaker, BreakerState, Transition};
+pub use bulkhead::Bulkhead;
+pub use hooks::RequestResilience;
+pub use outlier::OutlierPolicy;
+pub use retry::{RetryBudget, RetryPolicy, RetryReason};
 
-/// The breaker of an upstream as the dashboard shows it.
+use crate::config::model::UpstreamConfig;
+use crate::state::{Snapshot, State};
+use crate::upstream::{now_ms, Upstream};
+
+/// Milliseconds of a process-wide monotonic clock: the time base of breakers and budgets
+/// (wall-clock jumps must not open or close a breaker).
+pub fn mono_ms() -> u64 {
+    static BASE: OnceLock<Instant> = OnceLock::new();
+    BASE.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
+/// What kind of end one upstream try had; the `outcome` label of
+/// `gatehouse_upstream_requests_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutcomeKind {
+    /// A response with a status outside the failure set.
+    Success,
+    /// A response with a status in the failure set (default: 5xx).
+    HttpError,
+    /// The connection could not be made.
+    ConnectError,
+    /// The connection was not made in time.
+    ConnectTimeout,
+    /// No answer in time after connecting.
+    Timeout,
+    /// The connection broke before a complete response header.
+    Reset,
+}
+
+impl OutcomeKind {
+    /// Metric label (a connect timeout is a `timeout`).
+    pub fn label(self) -> &'static str {
+        match self {
+            OutcomeKind::Success => "success",
+            OutcomeKind::HttpError => "http_error",
+            OutcomeKind::ConnectError => "connect_error",
+            OutcomeKind::ConnectTimeout | OutcomeKind::Timeout => "timeout",
+            OutcomeKind::Reset => "reset",
+        }
+    }
+}
+
+/// The verdict on one upstream try, shared by the breaker, outlier detection, retries and
+/// metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    /// What happened.
+    pub kind: OutcomeKind,
+    /// The response status, when there was one.
+    pub status: Option<u16>,
+    /// Whether it counts as a failure (an error, a failure status, or a slow call).
+    pub failure: bool,
+}
+
+impl Outcome {
+    /// The outcome of a try that ended in a pingora error; `None` when the error is not the
+    /// upstream's doing (the client went away, a gateway-internal error): those never
+    /// count against an upstream and are never retried.
+    pub fn of_error(e: &Error) -> Option<Outcome> {
+        use ErrorType::*;
+        if *e.esource() != ErrorSource::Upstream {
+            return None;
+        }
+        let kind = match e.etype() {
+            ConnectTimedout | TLSHandshakeTimedout => OutcomeKind::ConnectTimeout,
+            ConnectRefused | ConnectNoRoute | ConnectError | SocketError | BindError
+            | ConnectProxyFailure | TLSHandshakeFailure | InvalidCert | HandshakeError => {
+                OutcomeKind::ConnectError
+            }
+            ReadTimedout | WriteTimedout => OutcomeKind::Timeout,
+            _ => OutcomeKind::Reset,
+        };
+        Some(Outcome {
+            kind,
+            status: None,
+            failure: true,
+        })
+    }
+
+    /// The retry condition this outcome matches.
+    pub fn retry_reason(&self) -> Option<RetryReason> {
+        match self.kind {
+            OutcomeKind::ConnectError | OutcomeKind::ConnectTimeout => {
+                Some(RetryReason::ConnectError)
+            }
+            OutcomeKind::Timeout => Some(RetryReason::Timeout),
+            OutcomeKind::Reset => Some(RetryReason::Reset),
+            OutcomeKind::Success | OutcomeKind::HttpError => self.status.map(RetryReason::Status),
+        }
+    }
+}
+
+/// Decides which responses are failures: statuses in `circuit_breaker.failure_statuses`
+/// (default every 5xx) and, when `circuit_breaker.slow_call` is set, responses whose
+/// header took longer than that.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Classifier {
+    failure_statuses: Option<Vec<u16>>,
+    slow_call: Option<Duration>,
+}
+
+impl Classifier {
+    /// The classifier of an upstream.
+    pub fn new(cfg: &UpstreamConfig) -> Self {
+        let b = cfg.circuit_breaker.as_ref();
+        Self {
+            failure_statuses: b.and_then(|b| b.failure_statuses.clone()),
+            slow_call: b.and_then(|b| b.slow_call.map(|d| d.get())),
+        }
+    }
+
+    /// Whether a status is a failure.
+    pub fn is_failure_status(&self, status: u16) -> bool {
+        match &self.failure_statuses {
+            Some(list) => list.contains(&status),
+            None => (500..=599).contains(&status),
+        }
+    }
+
+    /// The outcome of a response header that arrived `elapsed` after the try started.
+    pub fn response(&self, status: u16, elapsed: Duration) -> Outcome {
+        if self.is_failure_status(status) {
+            return Outcome {
+                kind: OutcomeKind::HttpError,
+                status: Some(status),
+                failure: true,
+            };
+        }
+        let slow = self.slow_call.is_some_and(|s| elapsed > s);
+        Outcome {
+            kind: OutcomeKind::Success,
+            status: Some(status),
+            failure: slow,
+        }
+    }
+}
+
+/// The long-lived resilience state of one upstream.
+#[derive(Debug)]
+pub struct Resilience {
+    /// What counts as a failure.
+    pub classifier: Classifier,
+    /// The circuit breaker, when configured.
+    pub breaker: Option<Arc<Breaker>>,
+    /// The retry policy, when configured.
+    pub retry: Option<RetryPolicy>,
+    /// The retry budget (kept even without a policy, so that adding one later starts with
+    /// the recent request count).
+    pub budget: Arc<RetryBudget>,
+    /// The concurrency limit, when configured.
+    pub bulkhead: Option<Arc<Bulkhead>>,
+    /// Passive outlier detection, when configured.
+    pub outlier: Option<OutlierPolicy>,
+}
+
+fn bulkhead_settings(cfg: &UpstreamConfig) -> Option<bulkhead::BulkheadSettings> {
+    cfg.max_concurrent.map(|n| bulkhead::BulkheadSettings {
+        max_concurrent: n.max(1),
+        max_wait: cfg.max_wait.map_or(Duration::ZERO, |d| d.get()),
+        max_queue: cfg.max_queue.unwrap_or(n),
+    })
+}
+
+impl Resilience {
+    /// Fresh state for a new upstream.
+    pub fn new(cfg: &UpstreamConfig) -> Self {
+        Self {
+            classifier: Classifier::new(cfg),
+            breaker: cfg
+                .circuit_breaker
+                .as_ref()
+                .map(|b| Arc::new(Breaker::new(b.into()))),
+            retry: cfg.retry.as_ref().map(RetryPolicy::from),
+            budget: Arc::new(RetryBudget::default()),
+            bulkhead: bulkhead_settings(cfg).map(|s| Arc::new(Bulkhead::new(s))),
+            outlier: cfg.outlier_detection.as_ref().map(OutlierPolicy::from),
+        }
+    }
+
+    /// State for a changed definition of an upstream that existed before under the same
+    /// name: the breaker keeps its state (the same breaker when its settings are
+    /// unchanged, else a new one that inherits state and open time), the retry budget is
+    /// the same, and the bulkhead is the same when its limits are unchanged (a new limit
+    /// starts a new bulkhead: requests in flight finish under the old one).
+    pub fn inherit(cfg: &UpstreamConfig, prev: &Resilience) -> Self {
+        let mut r = Self::new(cfg);
+        if let (Some(c), Some(p)) = (&cfg.circuit_breaker, &prev.breaker) {
+            let settings = breaker::BreakerSettings::from(c);
+            r.breaker = Some(if *p.settings() == settings {
+                p.clone()
+            } else {
+                Arc::new(Breaker::inherit(settings, p))
+            });
+        }
+        r.budget = prev.budget.clone();
+        if let (Some(s), Some(p)) = (bulkhead_settings(cfg), &prev.bulkhead) {
+            if p.settings() == s {
+                r.bulkhead = Some(p.clone());
+            }
+        }
+        r
+    }
+}
+
+/// The breaker of an upstream as `/admin/status` and `/admin/upstreams` show it.
 pub fn breaker_json(u: &Upstream) -> Value {
-    let _ = u;
-    json!({"state": "CLOSED", "enabled": false, "error_rate": null})
+    let Some(b) = &u.resilience.breaker else {
+        return json!({"state": "CLOSED", "enabled": false, "error_rate": null});
+    };
+    let now = mono_ms();
+    json!({
+        "state": b.state().as_upper(),
+        "enabled": true,
+        "error_rate": b.error_rate(now),
+        "calls": b.calls(now),
+        "open_for_ms": b.open_for().as_millis() as u64,
+        "retry_after_ms": b.retry_after(now).map(|d| d.as_millis() as u64),
+    })
+}
+
+/// Publishes a breaker transition once: log line, event, metrics.
+pub fn announce_breaker(state: &State, upstream: &str, t: &Transition) {
+    if t.to == BreakerState::Open {
+        tracing::warn!(upstream, from = t.from.as_upper(), to = t.to.as_upper(), reason = %t.reason, "circuit breaker state change");
+    } else {
+        tracing::info!(upstream, from = t.from.as_upper(), to = t.to.as_upper(), reason = %t.reason, "circuit breaker state change");
+    }
+    state.events.push(
+        "breaker",
+        format!(
+            "{upstream} breaker {} -> {} ({})",
+            t.from.as_upper(),
+            t.to.as_upper(),
+            t.reason
+        ),
+    );
+    state
+        .metrics
+        .breaker_transitions
+        .with_label_values(&[upstream, t.to.as_label()])
+        .inc();
+    set_breaker_gauge(state, upstream, t.to);
+}
+
+fn set_breaker_gauge(state: &State, upstream: &str, current: BreakerState) {
+    for s in BreakerState::ALL {
+        state
+            .metrics
+            .breaker_state
+            .with_label_values(&[upstream, s.as_label()])
+            .set(i64::from(s == current));
+    }
 }
 
 /// An active health check result, fed to the upstream's breaker.
-pub fn on_health_check(state: &crate::state::State, u: &Upstream, ok: bool) {
-    let _ = (state, u, ok);
+pub fn on_health_check(state: &State, u: &Upstream, ok: bool) {
+    if let Some(b) = &u.resilience.breaker {
+        if let Some(mut t) = b.record_health_check(ok, mono_ms()) {
+            t.reason = format!("health check: {}", t.reason);
+            announce_breaker(state, &u.name, &t);
+        }
+    }
+}
+
+/// Brings resilience metrics and announcements in line with `snap` (called at start, after
+/// each reload and periodically): the one-hot breaker gauge of every upstream with a
+/// breaker (series of others dropped), and the return of endpoints whose ejection is over.
+pub fn publish(state: &State, snap: &Snapshot) {
+    for (name, u) in &snap.upstreams {
+        if let Some(b) = &u.resilience.breaker {
+            set_breaker_gauge(state, name, b.state());
+        }
+        if u.resilience.outlier.is_some() {
+            let now = now_ms();
+            for ep in u.endpoints().iter() {
+                if ep.end_ejection(now) && ep.is_healthy() {
+                    crate::upstream::maintain::announce(
+                        state,
+                        name,
+                        ep,
+                        true,
+                        "outlier ejection time is over",
+                    );
+                }
+            }
+        }
+    }
+    use prometheus::core::Collector;
+    let stale: Vec<(String, String)> = state
+        .metrics
+        .breaker_state
+        .collect()
+        .iter()
+        .flat_map(|mf| mf.get_metric().iter())
+        .filter_map(|m| {
+            let label = |k: &str| {
+                m.get_label()
+                    .iter()
+                    .find(|l| l.name() == k)
+                    .map(|l| l.value().to_string())
+            };
+            let (u, s) = (label("upstream")?, label("state")?);
+            let keep = snap
+                .upstreams
+                .get(&u)
+                .is_some_and(|up| up.resilience.breaker.is_some());
+            (!keep).then_some((u, s))
+        })
+        .collect();
+    for (u, s) in stale {
+        let _ = state.metrics.breaker_state.remove_label_values(&[&u, &s]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifier_defaults_to_5xx_and_counts_slow_calls_when_asked() {
+        let c = Classifier::default();
+        assert_eq!(c.response(503, Duration::ZERO).kind, OutcomeKind::HttpError);
+        assert!(c.response(503, Duration::ZERO).failure);
+        assert!(!c.response(404, Duration::from_secs(100)).failure);
+        let c = Classifier {
+            failure_statuses: Some(vec![429, 503]),
+            slow_call: Some(Duration::from_millis(100)),
+        };
+        assert!(c.response(429, Duration::ZERO).failure);
+        assert!(!c.response(500, Duration::ZERO).failure);
+        let slow = c.response(200, Duration::from_millis(150));
+        assert_eq!((slow.kind.label(), slow.failure), ("success", true));
+        assert_eq!(
+            c.response(503, Duration::ZERO).retry_reason(),
+            Some(RetryReason::Status(503))
+        );
+    }
+
+    #[test]
+    fn errors_are_classified_by_type_and_only_upstream_ones_count() {
+        let up = |t| Outcome::of_error(&Error::new_up(t)).map(|o| o.kind);
+        assert_eq!(
+            up(ErrorType::ConnectRefused),
+            Some(OutcomeKind::ConnectError)
+        );
+        assert_eq!(
+            up(ErrorType::ConnectTimedout),
+            Some(OutcomeKind::ConnectTimeout)
+        );
+        assert_eq!(up(ErrorType::ReadTimedout), Some(OutcomeKind::Timeout));
+        assert_eq!(up(ErrorType::ConnectionClosed), Some(OutcomeKind::Reset));
+        assert_eq!(
+            Outcome::of_error(&Error::new_down(ErrorType::ConnectionClosed)),
+            None
+        );
+        assert_eq!(
+            Outcome::of_error(&Error::new_in(ErrorType::InternalError)),
+            None
+        );
+        let o = Outcome::of_error(&Error::new_up(ErrorType::ConnectTimedout)).unwrap();
+        assert_eq!(
+            (o.kind.label(), o.retry_reason()),
+            ("timeout", Some(RetryReason::ConnectError))
+        );
+    }
 }

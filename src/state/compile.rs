@@ -100,7 +100,9 @@ pub fn compile(
                 }),
             },
         };
-        upstreams.insert(name.clone(), Arc::new(Upstream::new(name, ucfg.clone(), endpoints)));
+        // A changed upstream that still exists keeps its breaker state and retry budget.
+        let upstream = Upstream::new(name, ucfg.clone(), endpoints).inherit_resilience(prev_up.map(|u| u.as_ref()));
+        upstreams.insert(name.clone(), Arc::new(upstream));
     }
 
     let mut owned_headers: Vec<http::HeaderName> = Vec::new();

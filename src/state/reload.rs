@@ -167,6 +167,7 @@ pub fn publish_health(state: &State, snap: &Snapshot) {
                 .set(i64::from(e.is_available(now)));
         }
     }
+    crate::resilience::publish(state, snap);
 }
 
 /// Unix time in seconds.

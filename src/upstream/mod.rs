@@ -188,6 +188,15 @@ impl Endpoint {
     pub fn ejections(&self) -> u32 {
         self.ejections.load(Ordering::Relaxed)
     }
+
+    /// Clears an ejection whose time is over at `now_ms`; true once per ejection, so that
+    /// the return is announced once.
+    pub fn end_ejection(&self, now_ms: u64) -> bool {
+        let until = self.ejected_until_ms.load(Ordering::Relaxed);
+        until != 0
+            && until <= now_ms
+            && self.ejected_until_ms.compare_exchange(until, 0, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+    }
 }
 
 /// A named cluster: its endpoint set (swapped by discovery) and selection state.
@@ -198,6 +207,8 @@ pub struct Upstream {
     pub config: UpstreamConfig,
     endpoints: ArcSwap<Vec<Arc<Endpoint>>>,
     swrr: Mutex<Swrr>,
+    /// Breaker, retry policy and budget, bulkhead, outlier detection (see `resilience`).
+    pub resilience: crate::resilience::Resilience,
 }
 
 impl Upstream {
@@ -205,10 +216,20 @@ impl Upstream {
     pub fn new(name: &str, config: UpstreamConfig, endpoints: Vec<Arc<Endpoint>>) -> Self {
         Self {
             name: Arc::from(name),
-            config,
             endpoints: ArcSwap::from_pointee(endpoints),
             swrr: Mutex::new(Swrr::default()),
+            resilience: crate::resilience::Resilience::new(&config),
+            config,
         }
+    }
+
+    /// Carries the resilience state (breaker, retry budget, bulkhead) of the previous
+    /// definition of this upstream over to this one; see `Resilience::inherit`.
+    pub fn inherit_resilience(mut self, prev: Option<&Upstream>) -> Self {
+        if let Some(p) = prev {
+            self.resilience = crate::resilience::Resilience::inherit(&self.config, &p.resilience);
+        }
+        self
     }
 
     /// The current endpoint set.

@@ -1,0 +1,381 @@
+//! The resilience steps of one request, each called from one proxy phase (see
+//! `proxy/mod.rs`): admission before a try (backoff, breaker, bulkhead), the verdict on a
+//! try (breaker, outlier detection, metrics), and whether to retry it.
+//!
+//! Retries use pingora's own loop: a retryable error from `fail_to_connect` or
+//! `error_while_proxy` brings the request back to `upstream_peer`. A retry on a status is
+//! an error returned from `upstream_response_filter` before the response header went
+//! downstream; pingora then calls `error_while_proxy`, which we override so that the
+//! decision made here stands (pingora's default would refuse non-idempotent methods and
+//! fresh connections).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pingora_core::{Error, ErrorType, Result};
+use pingora_http::RequestHeader;
+use tokio::sync::OwnedSemaphorePermit;
+
+use super::breaker::{Admission, Breaker, Ticket};
+use super::{announce_breaker, mono_ms, Outcome, RetryReason};
+use crate::proxy::ctx::{GatewayError, RequestCtx};
+use crate::state::State;
+use crate::upstream::now_ms;
+
+/// Header that tells the upstream how many milliseconds of the total deadline are left.
+pub const DEADLINE_HEADER: &str = "x-gatehouse-deadline-ms";
+
+/// Per-request resilience state, kept in the request context.
+#[derive(Default)]
+pub struct RequestResilience {
+    /// The breaker's admission of the current try.
+    ticket: Option<(Arc<Breaker>, Ticket)>,
+    /// The bulkhead slot, held until the request ends (the context drops).
+    permit: Option<OwnedSemaphorePermit>,
+    /// When the current try started (slow-call detection).
+    try_started: Option<Instant>,
+    /// Set when `upstream_response_filter` decided to retry on a status.
+    status_retry: bool,
+    /// Retries of a failure on a reused pooled connection (pingora's default, once).
+    stale_retries: u32,
+    /// The message of a gateway error made here (names the upstream).
+    message: Option<String>,
+}
+
+impl RequestResilience {
+    /// The message of a gateway error produced by a resilience step, if any.
+    pub fn message(&self) -> Option<&str> {
+        self.message.as_deref()
+    }
+
+    /// Whether the request holds a bulkhead slot.
+    pub fn holds_slot(&self) -> bool {
+        self.permit.is_some()
+    }
+
+    fn release_ticket(&mut self) {
+        if let Some((b, t)) = self.ticket.take() {
+            b.release(t);
+        }
+    }
+}
+
+impl Drop for RequestResilience {
+    fn drop(&mut self) {
+        // A probe whose request ended without a verdict gives its slot back.
+        self.release_ticket();
+    }
+}
+
+fn refuse(
+    ctx: &mut RequestCtx,
+    status: u16,
+    code: &'static str,
+    retry_after: Option<Duration>,
+    message: String,
+) -> Box<Error> {
+    ctx.gateway_error = Some(GatewayError { status, code });
+    if let Some(d) = retry_after {
+        // Whole seconds, rounded up, at least 1.
+        let secs = d.as_millis().div_ceil(1000).max(1);
+        if let Ok(v) = http::HeaderValue::from_str(&secs.to_string()) {
+            ctx.response_headers.push((http::header::RETRY_AFTER, v));
+        }
+    }
+    let e = Error::explain(ErrorType::HTTPStatus(status), message.clone());
+    ctx.resilience.message = Some(message);
+    e
+}
+
+/// Time left of the route's total deadline, when there is one.
+fn time_left(ctx: &RequestCtx) -> Option<Duration> {
+    let route = ctx.route.as_ref()?;
+    let total = route.upstream.config.timeouts.total?;
+    Some(total.get().saturating_sub(ctx.started.elapsed()))
+}
+
+/// Before each try, in `upstream_peer` before an endpoint is picked: the backoff of a
+/// retry (within the total deadline), the breaker, and on the first try the retry budget's
+/// deposit and the bulkhead slot. An `Err` is the gateway's answer (503 `circuit_open`,
+/// 503 `bulkhead_full`, 504 when the deadline leaves no room for another try).
+pub async fn before_try(state: &State, ctx: &mut RequestCtx) -> Result<()> {
+    let Some(route) = ctx.route.clone() else {
+        return Ok(());
+    };
+    let u = &route.upstream;
+    let r = &u.resilience;
+    ctx.resilience.release_ticket();
+
+    if ctx.tries > 0 {
+        if let Some(p) = &r.retry {
+            let delay = p.backoff.delay(ctx.tries);
+            if time_left(ctx).is_some_and(|left| left <= delay) {
+                let msg = format!(
+                    "the total deadline for upstream {:?} leaves no time for another try",
+                    u.name
+                );
+                return Err(refuse(ctx, 504, "upstream_timeout", None, msg));
+            }
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    if let Some(b) = &r.breaker {
+        let (admission, transition) = b.admit(mono_ms());
+        if let Some(t) = transition {
+            announce_breaker(state, &u.name, &t);
+        }
+        match admission {
+            Admission::Admit(t) => ctx.resilience.ticket = Some((b.clone(), t)),
+            Admission::Reject { retry_after } => {
+                state
+                    .metrics
+                    .breaker_rejections
+                    .with_label_values(&[&u.name])
+                    .inc();
+                let msg = format!(
+                    "the circuit breaker of upstream {:?} is open: it is failing, so the gateway does not call it for now",
+                    u.name
+                );
+                return Err(refuse(ctx, 503, "circuit_open", Some(retry_after), msg));
+            }
+        }
+    }
+
+    if ctx.tries == 0 {
+        r.budget.deposit(mono_ms());
+        if let Some(bh) = &r.bulkhead {
+            match bh.acquire(time_left(ctx)).await {
+                Ok(p) => ctx.resilience.permit = Some(p),
+                Err(e) => {
+                    ctx.resilience.release_ticket();
+                    state
+                        .metrics
+                        .bulkhead_rejections
+                        .with_label_values(&[&u.name])
+                        .inc();
+                    let msg = format!("upstream {:?} is at its concurrency limit: {e}", u.name);
+                    return Err(refuse(
+                        ctx,
+                        503,
+                        "bulkhead_full",
+                        Some(Duration::from_secs(1)),
+                        msg,
+                    ));
+                }
+            }
+        }
+    }
+    ctx.resilience.try_started = Some(Instant::now());
+    Ok(())
+}
+
+/// Counts one try's outcome, once per try: metrics, the breaker and outlier detection.
+/// `None` (the client went away, a gateway-internal error) only ends the try.
+pub fn record_try(state: &State, ctx: &mut RequestCtx, outcome: Option<Outcome>) {
+    if ctx.try_outcome_recorded {
+        return;
+    }
+    ctx.try_outcome_recorded = true;
+    let Some(ep) = ctx.endpoint.clone() else {
+        return;
+    };
+    ctx.endpoint_inflight = None;
+    let ticket = ctx.resilience.ticket.take();
+    let (Some(o), Some(route)) = (outcome, ctx.route.clone()) else {
+        if let Some((b, t)) = ticket {
+            b.release(t);
+        }
+        return;
+    };
+    let u = &route.upstream;
+    state
+        .metrics
+        .upstream_requests
+        .with_label_values(&[u.name.as_ref(), ep.address.as_str(), o.kind.label()])
+        .inc();
+    if let Some((b, t)) = ticket {
+        if let Some(tr) = b.record(t, o.failure, mono_ms()) {
+            announce_breaker(state, &u.name, &tr);
+        }
+    }
+    if let Some(op) = &u.resilience.outlier {
+        if let Some(time) = op.record(&u.endpoints(), &ep, o.failure, now_ms()) {
+            let why = format!(
+                "{} consecutive failures, ejected for {}s (ejection #{})",
+                op.consecutive_failures,
+                time.as_secs_f64(),
+                ep.ejections()
+            );
+            crate::upstream::maintain::announce(state, &u.name, &ep, false, &why);
+        }
+    }
+}
+
+/// The outcome of a response header (the classifier, with slow-call timing).
+pub fn response_outcome(ctx: &RequestCtx, status: u16) -> Option<Outcome> {
+    let route = ctx.route.as_ref()?;
+    let elapsed = ctx
+        .resilience
+        .try_started
+        .map_or(Duration::ZERO, |t| t.elapsed());
+    Some(
+        route
+            .upstream
+            .resilience
+            .classifier
+            .response(status, elapsed),
+    )
+}
+
+/// Whether the policy, the method, the body, the deadline and the budget allow another
+/// try for `reason`. Takes the retry from the budget and counts it when they do.
+fn allow_retry(
+    state: &State,
+    ctx: &RequestCtx,
+    reason: RetryReason,
+    req: &RequestHeader,
+    body_truncated: bool,
+) -> bool {
+    let Some(route) = ctx.route.as_ref() else {
+        return false;
+    };
+    let u = &route.upstream;
+    let Some(p) = &u.resilience.retry else {
+        return false;
+    };
+    if !p.covers(reason) || ctx.tries >= p.attempts {
+        return false;
+    }
+    if body_truncated {
+        tracing::debug!(request_id = %ctx.request_id, upstream = %u.name, "not retried: the request body went beyond the retry buffer");
+        return false;
+    }
+    if reason.needs_idempotency() && !p.method_allowed(&req.method, &req.headers) {
+        return false;
+    }
+    if time_left(ctx).is_some_and(|l| l.is_zero()) {
+        return false;
+    }
+    if !u
+        .resilience
+        .budget
+        .try_withdraw(p.budget_ratio, p.min_retries_per_second, mono_ms())
+    {
+        state
+            .metrics
+            .retry_budget_exhausted
+            .with_label_values(&[&u.name])
+            .inc();
+        tracing::debug!(request_id = %ctx.request_id, upstream = %u.name, "not retried: retry budget exhausted");
+        return false;
+    }
+    state
+        .metrics
+        .retries
+        .with_label_values(&[&u.name, reason.label()])
+        .inc();
+    true
+}
+
+/// `fail_to_connect`: counts the failed try and marks the error retryable when allowed.
+/// Nothing reached the upstream, so any method may be retried.
+pub fn on_connect_error(
+    state: &State,
+    ctx: &mut RequestCtx,
+    req: &RequestHeader,
+    body_truncated: bool,
+    mut e: Box<Error>,
+) -> Box<Error> {
+    let outcome = Outcome::of_error(&e);
+    record_try(state, ctx, outcome);
+    let retry = outcome.is_some()
+        && allow_retry(state, ctx, RetryReason::ConnectError, req, body_truncated);
+    e.set_retry(retry);
+    e
+}
+
+/// `upstream_response_filter`, after the try was recorded: when the status is one to retry
+/// and nothing went downstream yet, returns the error that makes pingora try again.
+pub fn retry_on_status(
+    state: &State,
+    ctx: &mut RequestCtx,
+    status: u16,
+    req: &RequestHeader,
+    body_truncated: bool,
+    response_written: bool,
+) -> Result<()> {
+    if status < 200 || response_written {
+        return Ok(());
+    }
+    let listed = ctx
+        .route
+        .as_ref()
+        .and_then(|r| r.upstream.resilience.retry.as_ref())
+        .is_some_and(|p| p.covers(RetryReason::Status(status)));
+    if !listed || !allow_retry(state, ctx, RetryReason::Status(status), req, body_truncated) {
+        return Ok(());
+    }
+    ctx.resilience.status_retry = true;
+    ctx.upstream_status = None;
+    let mut e = Error::explain(
+        ErrorType::HTTPStatus(status),
+        format!("upstream answered {status}; retrying"),
+    )
+    .into_up();
+    e.set_retry(true);
+    Err(e)
+}
+
+/// `error_while_proxy`: counts the failed try (unless it was a status retry, already
+/// counted) and decides whether to retry.
+pub fn on_proxy_error(
+    state: &State,
+    ctx: &mut RequestCtx,
+    e: &mut Error,
+    req: &RequestHeader,
+    body_truncated: bool,
+    response_written: bool,
+    client_reused: bool,
+) {
+    if std::mem::take(&mut ctx.resilience.status_retry) {
+        e.set_retry(true);
+        return;
+    }
+    let outcome = Outcome::of_error(e);
+    if ctx.endpoint.is_some() && ctx.upstream_status.is_none() {
+        record_try(state, ctx, outcome);
+    }
+    let Some(reason) = outcome.and_then(|o| o.retry_reason()) else {
+        e.set_retry(false);
+        return;
+    };
+    if response_written {
+        e.set_retry(false);
+        return;
+    }
+    if allow_retry(state, ctx, reason, req, body_truncated) {
+        e.set_retry(true);
+        return;
+    }
+    // pingora's own default: a failure on a reused pooled connection is most likely a
+    // connection the upstream had closed; an idempotent request gets one more try.
+    let stale = client_reused
+        && ctx.resilience.stale_retries == 0
+        && req.method.is_idempotent()
+        && !body_truncated;
+    if stale {
+        ctx.resilience.stale_retries += 1;
+    }
+    e.set_retry(stale);
+}
+
+/// `upstream_request_filter`: tells the upstream how much of the total deadline is left
+/// (`X-Gatehouse-Deadline-Ms`), and never forwards a client's copy of the header.
+pub fn deadline_header(ctx: &RequestCtx, req: &mut RequestHeader) -> Result<()> {
+    req.remove_header(DEADLINE_HEADER);
+    if let Some(left) = time_left(ctx) {
+        req.insert_header(DEADLINE_HEADER, left.as_millis().to_string())?;
+    }
+    Ok(())
+}
