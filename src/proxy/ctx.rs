@@ -25,7 +25,9 @@ pub struct EndpointInflight(pub Arc<Endpoint>);
 
 impl Drop for EndpointInflight {
     fn drop(&mut self) {
-        self.0.inflight.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        self.0
+            .inflight
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -51,6 +53,9 @@ pub struct RequestCtx {
     pub tried: Vec<Arc<Endpoint>>,
     /// Tries made.
     pub tries: u32,
+    /// Set once pingora asked for a peer: after that, pingora never keeps the downstream
+    /// connection after an error (even when no peer could be chosen).
+    pub upstream_phase: bool,
     /// Set when the gateway itself produced the response status.
     pub gateway_error: Option<GatewayError>,
     /// Status the upstream answered, if it did.
@@ -85,6 +90,7 @@ impl RequestCtx {
             endpoint: None,
             tried: Vec::new(),
             tries: 0,
+            upstream_phase: false,
             gateway_error: None,
             upstream_status: None,
             body_bytes: 0,

@@ -183,6 +183,7 @@ impl ProxyHttp for Gateway {
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+        ctx.upstream_phase = true;
         let Some(route) = ctx.route.clone() else {
             return Err(Error::explain(ErrorType::InternalError, "no route"));
         };
@@ -323,9 +324,10 @@ impl ProxyHttp for Gateway {
             return FailToProxy { error_code: g.status, can_reuse_downstream: false };
         }
         tracing::warn!(request_id = %ctx.request_id, route = ctx.route_name(), upstream = ctx.upstream_name(), code = g.code, error = %e, "request failed");
-        // pingora closes the downstream connection after an error once a peer was chosen
-        // (and when the body was not read to its end); say so, so clients don't reuse it.
-        let reusable = ctx.tries == 0 && session.as_mut().is_body_done();
+        // pingora closes the downstream connection after any error once it asked for a
+        // peer (even when none was chosen: proxy_to_upstream ignores `can_reuse_downstream`)
+        // and when the body was not read to its end; say so, so clients don't reuse it.
+        let reusable = !ctx.upstream_phase && session.as_mut().is_body_done();
         if !reusable {
             session.set_keepalive(None);
         }
