@@ -43,14 +43,19 @@ pub struct RunOptions {
 }
 
 /// Builds the long-lived state from a loaded config.
-pub fn build_state(loaded: LoadedConfig, config_path: Option<PathBuf>) -> Result<Arc<State>, StartError> {
+pub fn build_state(
+    loaded: LoadedConfig,
+    config_path: Option<PathBuf>,
+) -> Result<Arc<State>, StartError> {
     let metrics = Metrics::new()?;
     let redis = loaded.config.redis.as_ref().map(|r| {
         let mut settings = gatehouse_filters::RedisSettings::new(r.url.clone());
         settings.timeout = r.timeout.get();
         settings
     });
-    let filter_runtime = Arc::new(FilterRuntime::new(redis, &metrics.registry).map_err(|e| StartError::Other(e.message))?);
+    let filter_runtime = Arc::new(
+        FilterRuntime::new(redis, &metrics.registry).map_err(|e| StartError::Other(e.message))?,
+    );
     let hash = loaded.hash.clone();
     for w in &loaded.warnings {
         tracing::warn!(warning = %w, "config warning");
@@ -92,9 +97,11 @@ struct Signals {
 impl ShutdownSignalWatch for Signals {
     async fn recv(&self) -> ShutdownSignal {
         use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int), Ok(mut quit)) =
-            (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::quit()))
-        else {
+        let (Ok(mut term), Ok(mut int), Ok(mut quit)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::quit()),
+        ) else {
             tracing::error!("cannot install signal handlers; shutting down");
             return ShutdownSignal::FastShutdown;
         };
@@ -104,7 +111,10 @@ impl ShutdownSignalWatch for Signals {
             _ = quit.recv() => ShutdownSignal::GracefulUpgrade,
         };
         if matches!(sig, ShutdownSignal::GracefulTerminate) {
-            tracing::info!(grace_seconds = self.grace.as_secs_f64(), "SIGTERM: draining");
+            tracing::info!(
+                grace_seconds = self.grace.as_secs_f64(),
+                "SIGTERM: draining"
+            );
             self.state.draining.store(true, Ordering::Relaxed);
             if self.exit_when_drained {
                 let state = self.state.clone();
@@ -115,7 +125,10 @@ impl ShutdownSignalWatch for Signals {
                     std::thread::sleep(Duration::from_millis(100));
                     while start.elapsed() < grace {
                         if state.metrics.inflight.get() <= 0 {
-                            tracing::info!(after_ms = start.elapsed().as_millis() as u64, "drained; exiting");
+                            tracing::info!(
+                                after_ms = start.elapsed().as_millis() as u64,
+                                "drained; exiting"
+                            );
                             std::process::exit(0);
                         }
                         std::thread::sleep(Duration::from_millis(20));
@@ -182,29 +195,52 @@ pub fn run(opts: RunOptions) -> Result<(), StartError> {
     let auth = AdminAuth::from_config(&cfg.admin).map_err(StartError::Other)?;
 
     let mut conf = ServerConf {
-        threads: cfg.runtime.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+        threads: cfg
+            .runtime
+            .threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
         work_stealing: cfg.runtime.work_stealing,
         upstream_keepalive_pool_size: cfg.runtime.upstream_keepalive_pool_size,
         grace_period_seconds: Some(cfg.shutdown.grace_period.get().as_secs().max(1)),
         graceful_shutdown_timeout_seconds: Some(1),
         ..ServerConf::default()
     };
-    conf.pid_file = std::env::temp_dir().join(format!("gatehouse-{}.pid", std::process::id())).display().to_string();
-    conf.upgrade_sock = std::env::temp_dir().join(format!("gatehouse-{}.sock", std::process::id())).display().to_string();
+    conf.pid_file = std::env::temp_dir()
+        .join(format!("gatehouse-{}.pid", std::process::id()))
+        .display()
+        .to_string();
+    conf.upgrade_sock = std::env::temp_dir()
+        .join(format!("gatehouse-{}.sock", std::process::id()))
+        .display()
+        .to_string();
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    let mut proxy = pingora_proxy::http_proxy_service_with_name(&server.configuration, Gateway::new(state.clone()), "gatehouse proxy");
+    let mut proxy = pingora_proxy::http_proxy_service_with_name(
+        &server.configuration,
+        Gateway::new(state.clone()),
+        "gatehouse proxy",
+    );
     for l in &cfg.listeners {
         use pingora_core::listeners::{L4BufferSettings, ListenerConfig};
-        let buffers = L4BufferSettings::default().read(cfg.runtime.downstream_read_buffer.max(1024));
+        let buffers =
+            L4BufferSettings::default().read(cfg.runtime.downstream_read_buffer.max(1024));
         proxy.add_listener(ListenerConfig::tcp(l.address.clone()).l4_buffer(buffers));
     }
     let sampler = Arc::new(TrafficSampler::default());
-    let mut admin = ListeningService::new("gatehouse admin".to_string(), Admin::new(state.clone(), auth, sampler.clone()));
+    let mut admin = ListeningService::new(
+        "gatehouse admin".to_string(),
+        Admin::new(state.clone(), auth, sampler.clone()),
+    );
     admin.add_tcp(&cfg.admin.address);
     admin.threads = Some(1);
-    let mut maintenance = background_service("gatehouse maintenance", Maintenance { state: state.clone(), sampler });
+    let mut maintenance = background_service(
+        "gatehouse maintenance",
+        Maintenance {
+            state: state.clone(),
+            sampler,
+        },
+    );
     maintenance.threads = Some(1);
     server.add_service(proxy);
     server.add_service(admin);
@@ -223,7 +259,11 @@ pub fn run(opts: RunOptions) -> Result<(), StartError> {
         "gatehouse starting"
     );
     server.run(RunArgs {
-        shutdown_signal: Box::new(Signals { state, exit_when_drained: opts.exit_when_drained, grace: cfg.shutdown.grace_period.get() }),
+        shutdown_signal: Box::new(Signals {
+            state,
+            exit_when_drained: opts.exit_when_drained,
+            grace: cfg.shutdown.grace_period.get(),
+        }),
     });
     Ok(())
 }

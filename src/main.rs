@@ -18,7 +18,12 @@ struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
     /// Config file for the default `run` command.
-    #[arg(short = 'c', long = "config", global = true, default_value = "config/gatehouse.yaml")]
+    #[arg(
+        short = 'c',
+        long = "config",
+        global = true,
+        default_value = "config/gatehouse.yaml"
+    )]
     config: PathBuf,
 }
 
@@ -53,8 +58,14 @@ enum Command {
 
 fn init_logging() {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("GATEHOUSE_LOG").unwrap_or_else(|_| EnvFilter::new("info,pingora_core=warn,pingora_proxy=warn"));
-    tracing_subscriber::fmt().json().with_env_filter(filter).with_current_span(false).with_target(true).init();
+    let filter = EnvFilter::try_from_env("GATEHOUSE_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("info,pingora_core=warn,pingora_proxy=warn"));
+    tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(filter)
+        .with_current_span(false)
+        .with_target(true)
+        .init();
 }
 
 fn error_json(e: &ConfigError) -> serde_json::Value {
@@ -99,17 +110,24 @@ fn validate(path: &std::path::Path, json: bool) -> ExitCode {
     }
 }
 
-fn route_test(path: &std::path::Path, method: &str, host: &str, target: &str, headers: &[String]) -> anyhow::Result<ExitCode> {
+fn route_test(
+    path: &std::path::Path,
+    method: &str,
+    host: &str,
+    target: &str,
+    headers: &[String],
+) -> anyhow::Result<ExitCode> {
     let runtime = std::sync::Arc::new(gatehouse_filters::FilterRuntime::default());
-    let snap = match config::load_file(path).and_then(|l| gatehouse::state::compile(l, None, &runtime)) {
-        Ok(s) => s,
-        Err(errs) => {
-            for e in &errs.0 {
-                eprintln!("error: {e}");
+    let snap =
+        match config::load_file(path).and_then(|l| gatehouse::state::compile(l, None, &runtime)) {
+            Ok(s) => s,
+            Err(errs) => {
+                for e in &errs.0 {
+                    eprintln!("error: {e}");
+                }
+                return Ok(ExitCode::FAILURE);
             }
-            return Ok(ExitCode::FAILURE);
-        }
-    };
+        };
     let (raw_path, query) = match target.split_once('?') {
         Some((p, q)) => (p, Some(q)),
         None => (target, None),
@@ -124,21 +142,45 @@ fn route_test(path: &std::path::Path, method: &str, host: &str, target: &str, he
     let mut map = http::HeaderMap::new();
     for h in headers {
         let (k, v) = h.split_once(':').context("headers are name:value")?;
-        map.append(http::HeaderName::from_bytes(k.trim().as_bytes())?, v.trim().parse()?);
+        map.append(
+            http::HeaderName::from_bytes(k.trim().as_bytes())?,
+            v.trim().parse()?,
+        );
     }
     let method = http::Method::from_bytes(method.as_bytes())?;
     let host = host.split(':').next().unwrap_or("").to_ascii_lowercase();
-    match snap.router.route_explained(&RouteRequest { host: &host, path: &norm, method: &method, headers: &map }) {
+    match snap.router.route_explained(&RouteRequest {
+        host: &host,
+        path: &norm,
+        method: &method,
+        headers: &map,
+    }) {
         Some((route, why)) => {
-            let out = gatehouse::router::rewrite_path(&norm, route.strip_prefix.as_deref(), route.add_prefix.as_deref(), route.rewrite_path.as_deref());
+            let out = gatehouse::router::rewrite_path(
+                &norm,
+                route.strip_prefix.as_deref(),
+                route.add_prefix.as_deref(),
+                route.rewrite_path.as_deref(),
+            );
             println!("route:     {}", route.name);
             println!("matched:   {why}");
             println!("upstream:  {}", route.upstream.name);
             if norm != raw_path {
                 println!("normalized: {raw_path} -> {norm}");
             }
-            println!("forwarded: {out}{}", query.map(|q| format!("?{q}")).unwrap_or_default());
-            println!("filters:   [{}]", route.filters.iter().map(|f| f.kind()).collect::<Vec<_>>().join(", "));
+            println!(
+                "forwarded: {out}{}",
+                query.map(|q| format!("?{q}")).unwrap_or_default()
+            );
+            println!(
+                "filters:   [{}]",
+                route
+                    .filters
+                    .iter()
+                    .map(|f| f.kind())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
             Ok(ExitCode::SUCCESS)
         }
         None => {
@@ -152,14 +194,22 @@ fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Run) {
         Command::Validate { json } => Ok(validate(&cli.config, json)),
-        Command::RouteTest { method, host, path, headers } => route_test(&cli.config, &method, &host, &path, &headers),
+        Command::RouteTest {
+            method,
+            host,
+            path,
+            headers,
+        } => route_test(&cli.config, &method, &host, &path, &headers),
         Command::Schema => {
             println!("{}", gatehouse::config::schema_json());
             Ok(ExitCode::SUCCESS)
         }
         Command::Run => {
             init_logging();
-            match gatehouse::app::run(gatehouse::app::RunOptions { config_path: cli.config.clone(), exit_when_drained: true }) {
+            match gatehouse::app::run(gatehouse::app::RunOptions {
+                config_path: cli.config.clone(),
+                exit_when_drained: true,
+            }) {
                 Ok(()) => Ok(ExitCode::SUCCESS),
                 Err(e) => {
                     eprintln!("gatehouse: cannot start:\n{e}");

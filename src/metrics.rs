@@ -1,8 +1,8 @@
 //! Gateway metric definitions, registered once on one registry that `/metrics` serves.
 
 use prometheus::{
-    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
 /// Latency buckets in seconds: 0.5 ms .. 30 s.
@@ -68,8 +68,12 @@ impl Metrics {
                 m
             }};
         }
-        let counter = |name: &str, help: &str, labels: &[&str]| IntCounterVec::new(Opts::new(name, help), labels);
-        let gauge = |name: &str, help: &str, labels: &[&str]| IntGaugeVec::new(Opts::new(name, help), labels);
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            IntCounterVec::new(Opts::new(name, help), labels)
+        };
+        let gauge = |name: &str, help: &str, labels: &[&str]| {
+            IntGaugeVec::new(Opts::new(name, help), labels)
+        };
         let m = Metrics {
             requests: reg!(counter(
                 "gatehouse_requests_total",
@@ -141,7 +145,9 @@ impl Metrics {
             build_info: reg!(gauge("gatehouse_build_info", "Build information; always 1.", &["version"])?),
             registry,
         };
-        m.build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        m.build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
         for result in ["success", "failure"] {
             m.config_reloads.with_label_values(&[result]);
         }
@@ -162,7 +168,9 @@ impl Metrics {
     /// Records the loaded config's hash, replacing the previous one.
     pub fn set_config_hash(&self, hash: &str) {
         self.config_info.reset();
-        self.config_info.with_label_values(&[&hash[..hash.len().min(16)]]).set(1);
+        self.config_info
+            .with_label_values(&[&hash[..hash.len().min(16)]])
+            .set(1);
     }
 }
 
@@ -193,4 +201,3 @@ impl Drop for InflightGuard {
         self.0.dec();
     }
 }
-

@@ -62,7 +62,10 @@ pub fn normalize_path(raw: &[u8]) -> Result<String, PathError> {
         match b {
             0 => return Err(PathError::Nul),
             b'%' => {
-                let (h, l) = match (raw.get(i + 1).and_then(|b| hex(*b)), raw.get(i + 2).and_then(|b| hex(*b))) {
+                let (h, l) = match (
+                    raw.get(i + 1).and_then(|b| hex(*b)),
+                    raw.get(i + 2).and_then(|b| hex(*b)),
+                ) {
                     (Some(h), Some(l)) => (h, l),
                     _ => return Err(PathError::BadEncoding),
                 };
@@ -73,7 +76,11 @@ pub fn normalize_path(raw: &[u8]) -> Result<String, PathError> {
                     v if is_unreserved(v) => decoded.push(v),
                     v => {
                         const HEX: &[u8; 16] = b"0123456789ABCDEF";
-                        decoded.extend_from_slice(&[b'%', HEX[(v >> 4) as usize], HEX[(v & 15) as usize]]);
+                        decoded.extend_from_slice(&[
+                            b'%',
+                            HEX[(v >> 4) as usize],
+                            HEX[(v & 15) as usize],
+                        ]);
                     }
                 }
                 i += 3;
@@ -98,7 +105,10 @@ pub fn normalize_path(raw: &[u8]) -> Result<String, PathError> {
             s => segs.push(s),
         }
     }
-    let last_is_dir = matches!(decoded.rsplit(|b| *b == b'/').next(), Some(b".") | Some(b".."));
+    let last_is_dir = matches!(
+        decoded.rsplit(|b| *b == b'/').next(),
+        Some(b".") | Some(b"..")
+    );
     let mut out = String::with_capacity(decoded.len());
     for s in &segs {
         out.push('/');
@@ -145,20 +155,25 @@ impl Matcher {
             (Some(p), _, _) => PathMatch::Exact(p.clone()),
             (None, Some(p), _) => PathMatch::Prefix(trim_prefix(p).to_string()),
             (None, None, Some(r)) => PathMatch::Regex(
-                Regex::new(&format!("^(?:{r})$")).map_err(|e| MatcherError(format!("invalid regex: {e}")))?,
+                Regex::new(&format!("^(?:{r})$"))
+                    .map_err(|e| MatcherError(format!("invalid regex: {e}")))?,
             ),
             (None, None, None) => PathMatch::Prefix(String::new()),
         };
         let methods = m
             .methods
             .iter()
-            .map(|s| Method::from_bytes(s.as_bytes()).map_err(|_| MatcherError(format!("bad method {s:?}"))))
+            .map(|s| {
+                Method::from_bytes(s.as_bytes())
+                    .map_err(|_| MatcherError(format!("bad method {s:?}")))
+            })
             .collect::<Result<_, _>>()?;
         let headers = m
             .headers
             .iter()
             .map(|(n, c)| {
-                let name = http::HeaderName::from_bytes(n.as_bytes()).map_err(|_| MatcherError(format!("bad header name {n:?}")))?;
+                let name = http::HeaderName::from_bytes(n.as_bytes())
+                    .map_err(|_| MatcherError(format!("bad header name {n:?}")))?;
                 Ok(match c {
                     HeaderMatch::Equals(v) => HeaderCond::Equals(name, v.clone()),
                     HeaderMatch::Presence { present } => HeaderCond::Present(name, *present),
@@ -176,7 +191,11 @@ impl Matcher {
     fn accepts(&self, req: &RouteRequest<'_>) -> bool {
         (self.methods.is_empty() || self.methods.contains(req.method))
             && self.headers.iter().all(|c| match c {
-                HeaderCond::Equals(n, v) => req.headers.get_all(n).iter().any(|h| h.as_bytes() == v.as_bytes()),
+                HeaderCond::Equals(n, v) => req
+                    .headers
+                    .get_all(n)
+                    .iter()
+                    .any(|h| h.as_bytes() == v.as_bytes()),
                 HeaderCond::Present(n, p) => req.headers.contains_key(n) == *p,
             })
     }
@@ -258,7 +277,10 @@ impl PathTable {
             loop {
                 let cand = &p[..end];
                 if let Some(i) = self.prefix.get(cand).and_then(|ids| first(ids)) {
-                    return Some((i, format!("prefix {}", if cand.is_empty() { "/" } else { cand })));
+                    return Some((
+                        i,
+                        format!("prefix {}", if cand.is_empty() { "/" } else { cand }),
+                    ));
                 }
                 match cand.rfind('/') {
                     Some(cut) => end = cut,
@@ -302,7 +324,11 @@ impl<T> Router<T> {
             }
             for h in &m.hosts {
                 match h.strip_prefix('*') {
-                    Some(suffix) => r.wildcard_hosts.entry(suffix.to_string()).or_default().insert(idx, &m),
+                    Some(suffix) => r
+                        .wildcard_hosts
+                        .entry(suffix.to_string())
+                        .or_default()
+                        .insert(idx, &m),
                     None => r.exact_hosts.entry(h.clone()).or_default().insert(idx, &m),
                 }
             }
@@ -310,7 +336,11 @@ impl<T> Router<T> {
             r.values.push(v);
         }
         let matchers = &r.matchers;
-        for t in r.exact_hosts.values_mut().chain(r.wildcard_hosts.values_mut()) {
+        for t in r
+            .exact_hosts
+            .values_mut()
+            .chain(r.wildcard_hosts.values_mut())
+        {
             t.sort(matchers);
         }
         r.any_host.sort(matchers);
@@ -335,7 +365,8 @@ impl<T> Router<T> {
     /// The route for a request and why it matched.
     pub fn route_explained(&self, req: &RouteRequest<'_>) -> Option<(&T, MatchReason)> {
         let found = |t: &PathTable, host: String| {
-            t.lookup(req, &self.matchers).map(|(i, path)| (&self.values[i], MatchReason { host, path }))
+            t.lookup(req, &self.matchers)
+                .map(|(i, path)| (&self.values[i], MatchReason { host, path }))
         };
         if !self.exact_hosts.is_empty() {
             if let Some(t) = self.exact_hosts.get(req.host) {
@@ -363,7 +394,12 @@ impl<T> Router<T> {
 
 /// The path sent upstream: `rewrite` replaces it; else `strip` is removed (on a segment
 /// boundary) and `add` is prepended.
-pub fn rewrite_path(path: &str, strip: Option<&str>, add: Option<&str>, rewrite: Option<&str>) -> String {
+pub fn rewrite_path(
+    path: &str,
+    strip: Option<&str>,
+    add: Option<&str>,
+    rewrite: Option<&str>,
+) -> String {
     if let Some(r) = rewrite {
         return r.to_string();
     }
@@ -407,7 +443,11 @@ mod tests {
             ("//", "/"),
         ];
         for (input, want) in ok {
-            assert_eq!(normalize_path(input.as_bytes()).as_deref(), Ok(want), "{input}");
+            assert_eq!(
+                normalize_path(input.as_bytes()).as_deref(),
+                Ok(want),
+                "{input}"
+            );
         }
         let bad = [
             ("a", PathError::NotAbsolute),
@@ -428,13 +468,28 @@ mod tests {
         Matcher::compile(&serde_yaml::from_str::<MatchConfig>(yaml).unwrap()).unwrap()
     }
 
-    fn lookup<'a>(r: &'a Router<&'static str>, host: &str, method: &str, path: &str, headers: &[(&str, &str)]) -> Option<&'a str> {
+    fn lookup<'a>(
+        r: &'a Router<&'static str>,
+        host: &str,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Option<&'a str> {
         let mut h = http::HeaderMap::new();
         for (k, v) in headers {
-            h.append(http::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+            h.append(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
         }
         let method = Method::from_bytes(method.as_bytes()).unwrap();
-        r.route(&RouteRequest { host, path, method: &method, headers: &h }).copied()
+        r.route(&RouteRequest {
+            host,
+            path,
+            method: &method,
+            headers: &h,
+        })
+        .copied()
     }
 
     #[test]
@@ -444,10 +499,22 @@ mod tests {
             (m("{ path_prefix: /api }"), "api"),
             (m("{ path_prefix: /api/user }"), "user"),
             (m("{ path: /api/user/login }"), "login-exact"),
-            (m("{ path: /api/user/login, methods: [POST] }"), "login-post"),
-            (m("{ path_prefix: /api, headers: { x-canary: '1' } }"), "api-canary"),
-            (m("{ path_prefix: /api, hosts: [admin.example.com] }"), "admin-host"),
-            (m("{ path_prefix: /api, hosts: ['*.example.com'] }"), "wild-host"),
+            (
+                m("{ path: /api/user/login, methods: [POST] }"),
+                "login-post",
+            ),
+            (
+                m("{ path_prefix: /api, headers: { x-canary: '1' } }"),
+                "api-canary",
+            ),
+            (
+                m("{ path_prefix: /api, hosts: [admin.example.com] }"),
+                "admin-host",
+            ),
+            (
+                m("{ path_prefix: /api, hosts: ['*.example.com'] }"),
+                "wild-host",
+            ),
             (m("{ path_regex: '/items/[0-9]+' }"), "items"),
             (m("{ path_prefix: /apix }"), "apix"),
         ]);
@@ -471,7 +538,11 @@ mod tests {
             ("x", "GET", "/items/4x", &[], "root"),
         ];
         for (host, method, path, headers, want) in cases {
-            assert_eq!(lookup(&r, host, method, path, headers), Some(want), "{method} {host}{path} {headers:?}");
+            assert_eq!(
+                lookup(&r, host, method, path, headers),
+                Some(want),
+                "{method} {host}{path} {headers:?}"
+            );
         }
     }
 
@@ -485,10 +556,25 @@ mod tests {
 
     #[test]
     fn rewrites() {
-        assert_eq!(rewrite_path("/api/user/login", Some("/api/user"), None, None), "/login");
-        assert_eq!(rewrite_path("/api/user", Some("/api/user/"), None, None), "/");
-        assert_eq!(rewrite_path("/api/users", Some("/api/user"), None, None), "/api/users");
-        assert_eq!(rewrite_path("/api/user/x", Some("/api"), Some("/v2"), None), "/v2/user/x");
-        assert_eq!(rewrite_path("/anything", None, None, Some("/fixed")), "/fixed");
+        assert_eq!(
+            rewrite_path("/api/user/login", Some("/api/user"), None, None),
+            "/login"
+        );
+        assert_eq!(
+            rewrite_path("/api/user", Some("/api/user/"), None, None),
+            "/"
+        );
+        assert_eq!(
+            rewrite_path("/api/users", Some("/api/user"), None, None),
+            "/api/users"
+        );
+        assert_eq!(
+            rewrite_path("/api/user/x", Some("/api"), Some("/v2"), None),
+            "/v2/user/x"
+        );
+        assert_eq!(
+            rewrite_path("/anything", None, None, Some("/fixed")),
+            "/fixed"
+        );
     }
 }

@@ -27,10 +27,14 @@ pub struct AdminAuth {
 impl AdminAuth {
     /// Reads the secrets named by the config; a named but empty variable is an error.
     pub fn from_config(cfg: &crate::config::model::AdminConfig) -> Result<Self, String> {
-        let Some(a) = &cfg.auth else { return Ok(Self::default()) };
+        let Some(a) = &cfg.auth else {
+            return Ok(Self::default());
+        };
         let read = |var: &str| match std::env::var(var) {
             Ok(v) if !v.is_empty() => Ok(v),
-            _ => Err(format!("admin.auth: environment variable {var} is unset or empty")),
+            _ => Err(format!(
+                "admin.auth: environment variable {var} is unset or empty"
+            )),
         };
         let bearer = a.bearer_token_env.as_deref().map(read).transpose()?;
         let basic = match (&a.basic_user, &a.basic_password_env) {
@@ -48,7 +52,13 @@ impl AdminAuth {
             return true;
         }
         let Some(h) = header else { return false };
-        let eq = |a: &str, b: &str| a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0;
+        let eq = |a: &str, b: &str| {
+            a.len() == b.len()
+                && a.bytes()
+                    .zip(b.bytes())
+                    .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+                    == 0
+        };
         if let (Some(t), Some(got)) = (&self.bearer, h.strip_prefix("Bearer ")) {
             if eq(t, got) {
                 return true;
@@ -73,7 +83,11 @@ pub struct Admin {
 impl Admin {
     /// An admin app over the shared state.
     pub fn new(state: Arc<State>, auth: AdminAuth, sampler: Arc<status::TrafficSampler>) -> Self {
-        Self { state, auth, sampler }
+        Self {
+            state,
+            auth,
+            sampler,
+        }
     }
 }
 
@@ -84,7 +98,10 @@ fn respond(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Ve
     if let Ok(v) = content_type.parse() {
         h.insert(http::header::CONTENT_TYPE, v);
     }
-    h.insert(http::header::CACHE_CONTROL, http::HeaderValue::from_static("no-store"));
+    h.insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-store"),
+    );
     if let Ok(v) = r.body().len().to_string().parse() {
         r.headers_mut().insert(http::header::CONTENT_LENGTH, v);
     }
@@ -92,7 +109,11 @@ fn respond(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Ve
 }
 
 fn json_response(status: StatusCode, v: &Value) -> Response<Vec<u8>> {
-    respond(status, "application/json", serde_json::to_vec_pretty(v).unwrap_or_default())
+    respond(
+        status,
+        "application/json",
+        serde_json::to_vec_pretty(v).unwrap_or_default(),
+    )
 }
 
 /// Replaces values of secret-looking keys (`secret`, `password`, `token`, but not the
@@ -102,7 +123,10 @@ pub fn redact(v: &mut Value) {
         Value::Object(map) => {
             for (k, val) in map.iter_mut() {
                 let k = k.to_ascii_lowercase();
-                let secret = (k.contains("secret") || k.contains("password") || k.contains("token") || k == "url")
+                let secret = (k.contains("secret")
+                    || k.contains("password")
+                    || k.contains("token")
+                    || k == "url")
                     && !k.ends_with("_env")
                     && val.is_string();
                 if secret {
@@ -161,7 +185,10 @@ pub fn upstreams_json(state: &State) -> Value {
                 })
             })
             .collect();
-        out.insert(name.clone(), json!({ "endpoints": eps, "breaker": crate::resilience::breaker_json(u) }));
+        out.insert(
+            name.clone(),
+            json!({ "endpoints": eps, "breaker": crate::resilience::breaker_json(u) }),
+        );
     }
     Value::Object(out)
 }
@@ -172,26 +199,52 @@ impl ServeHttp for Admin {
         let req = session.req_header();
         let method = req.method.clone();
         let path = req.uri.path().to_string();
-        let auth = req.headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let auth = req
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
         let open = matches!(path.as_str(), "/metrics" | "/healthz" | "/readyz");
         if !open && !self.auth.allows(auth.as_deref()) {
             let mut r = json_response(StatusCode::UNAUTHORIZED, &json!({"error": "unauthorized"}));
-            r.headers_mut().insert(http::header::WWW_AUTHENTICATE, http::HeaderValue::from_static("Basic realm=\"gatehouse admin\""));
+            r.headers_mut().insert(
+                http::header::WWW_AUTHENTICATE,
+                http::HeaderValue::from_static("Basic realm=\"gatehouse admin\""),
+            );
             return r;
         }
         match (method.as_str(), path.as_str()) {
-            ("GET", "/metrics") => respond(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", self.state.metrics.render()),
+            ("GET", "/metrics") => respond(
+                StatusCode::OK,
+                "text/plain; version=0.0.4; charset=utf-8",
+                self.state.metrics.render(),
+            ),
             ("GET", "/healthz") => json_response(StatusCode::OK, &json!({"status": "ok"})),
             ("GET", "/readyz") => {
                 if self.state.draining.load(Ordering::Relaxed) {
-                    json_response(StatusCode::SERVICE_UNAVAILABLE, &json!({"status": "draining"}))
+                    json_response(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        &json!({"status": "draining"}),
+                    )
                 } else {
-                    json_response(StatusCode::OK, &json!({"status": "ready", "config_hash": self.state.current().loaded.hash}))
+                    json_response(
+                        StatusCode::OK,
+                        &json!({"status": "ready", "config_hash": self.state.current().loaded.hash}),
+                    )
                 }
             }
-            ("GET", "/") | ("GET", "/dashboard") => respond(StatusCode::OK, "text/html; charset=utf-8", DASHBOARD.as_bytes().to_vec()),
-            ("GET", "/admin/status") => json_response(StatusCode::OK, &status::status_json(&self.state, &self.sampler)),
-            ("GET", "/admin/upstreams") => json_response(StatusCode::OK, &upstreams_json(&self.state)),
+            ("GET", "/") | ("GET", "/dashboard") => respond(
+                StatusCode::OK,
+                "text/html; charset=utf-8",
+                DASHBOARD.as_bytes().to_vec(),
+            ),
+            ("GET", "/admin/status") => json_response(
+                StatusCode::OK,
+                &status::status_json(&self.state, &self.sampler),
+            ),
+            ("GET", "/admin/upstreams") => {
+                json_response(StatusCode::OK, &upstreams_json(&self.state))
+            }
             ("GET", "/admin/config") => {
                 let snap = self.state.current();
                 let mut cfg = serde_json::to_value(&snap.loaded.config).unwrap_or(Value::Null);
@@ -208,9 +261,13 @@ impl ServeHttp for Admin {
             }
             ("POST", "/admin/reload") => {
                 let state = self.state.clone();
-                let result = tokio::task::spawn_blocking(move || reload::reload(&state, "admin")).await;
+                let result =
+                    tokio::task::spawn_blocking(move || reload::reload(&state, "admin")).await;
                 match result {
-                    Ok(Ok(report)) => json_response(StatusCode::OK, &json!({"result": "success", "hash": report.hash, "changed": report.changed, "warnings": report.warnings})),
+                    Ok(Ok(report)) => json_response(
+                        StatusCode::OK,
+                        &json!({"result": "success", "hash": report.hash, "changed": report.changed, "warnings": report.warnings}),
+                    ),
                     Ok(Err(errs)) => json_response(
                         StatusCode::UNPROCESSABLE_ENTITY,
                         &json!({"result": "failure", "errors": errs.0.iter().map(|e| json!({
@@ -219,10 +276,16 @@ impl ServeHttp for Admin {
                             "message": e.message, "hint": e.hint, "text": e.to_string(),
                         })).collect::<Vec<_>>()}),
                     ),
-                    Err(e) => json_response(StatusCode::INTERNAL_SERVER_ERROR, &json!({"result": "failure", "errors": [e.to_string()]})),
+                    Err(e) => json_response(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        &json!({"result": "failure", "errors": [e.to_string()]}),
+                    ),
                 }
             }
-            (_, "/admin/reload") => json_response(StatusCode::METHOD_NOT_ALLOWED, &json!({"error": "use POST"})),
+            (_, "/admin/reload") => json_response(
+                StatusCode::METHOD_NOT_ALLOWED,
+                &json!({"error": "use POST"}),
+            ),
             _ => json_response(StatusCode::NOT_FOUND, &json!({"error": "not_found"})),
         }
     }
@@ -246,7 +309,10 @@ mod tests {
 
     #[test]
     fn auth_checks_bearer() {
-        let a = AdminAuth { bearer: Some("tok".into()), basic: None };
+        let a = AdminAuth {
+            bearer: Some("tok".into()),
+            basic: None,
+        };
         assert!(a.allows(Some("Bearer tok")));
         assert!(!a.allows(Some("Bearer tok2")));
         assert!(!a.allows(None));

@@ -59,7 +59,10 @@ impl TrafficSampler {
     pub fn sample(&self, state: &State) {
         let (s, _) = take(state);
         let mut q = self.samples.lock().unwrap_or_else(|p| p.into_inner());
-        while q.front().is_some_and(|f| s.at.duration_since(f.at) > WINDOW + Duration::from_secs(10)) {
+        while q
+            .front()
+            .is_some_and(|f| s.at.duration_since(f.at) > WINDOW + Duration::from_secs(10))
+        {
             q.pop_front();
         }
         q.push_back(s);
@@ -69,7 +72,9 @@ impl TrafficSampler {
         let (now, bounds) = take(state);
         let base = {
             let q = self.samples.lock().unwrap_or_else(|p| p.into_inner());
-            q.iter().find(|s| now.at.duration_since(s.at) <= WINDOW).cloned()
+            q.iter()
+                .find(|s| now.at.duration_since(s.at) <= WINDOW)
+                .cloned()
         };
         let Some(base) = base else {
             return json!({"window_seconds": WINDOW.as_secs(), "total_requests": now.count});
@@ -77,7 +82,12 @@ impl TrafficSampler {
         let secs = now.at.duration_since(base.at).as_secs_f64().max(1.0);
         let n = now.count.saturating_sub(base.count);
         let errors = now.errors.saturating_sub(base.errors);
-        let diff: Vec<u64> = now.buckets.iter().zip(base.buckets.iter().chain(std::iter::repeat(&0))).map(|(a, b)| a.saturating_sub(*b)).collect();
+        let diff: Vec<u64> = now
+            .buckets
+            .iter()
+            .zip(base.buckets.iter().chain(std::iter::repeat(&0)))
+            .map(|(a, b)| a.saturating_sub(*b))
+            .collect();
         let pct = |q: f64| -> Value {
             if n == 0 {
                 return Value::Null;
@@ -91,7 +101,10 @@ impl TrafficSampler {
                     // linear interpolation inside the bucket, as histogram_quantile does
                     let in_bucket = (*c - prev_count).max(1) as f64;
                     let frac = (rank - prev_count) as f64 / in_bucket;
-                    return json!(((prev_bound + (bound - prev_bound) * frac) * 1000.0 * 100.0).round() / 100.0);
+                    return json!(
+                        ((prev_bound + (bound - prev_bound) * frac) * 1000.0 * 100.0).round()
+                            / 100.0
+                    );
                 }
                 prev_bound = bounds[i];
                 prev_count = *c;
@@ -119,7 +132,13 @@ fn metric_sum(state: &State, name: &str, label: Option<(&str, &str)>) -> f64 {
         .iter()
         .filter(|mf| mf.name() == name)
         .flat_map(|mf| mf.get_metric().iter())
-        .filter(|m| label.is_none_or(|(k, v)| m.get_label().iter().any(|l| l.name() == k && l.value() == v)))
+        .filter(|m| {
+            label.is_none_or(|(k, v)| {
+                m.get_label()
+                    .iter()
+                    .any(|l| l.name() == k && l.value() == v)
+            })
+        })
         .map(|m| m.get_counter().get_value() + m.get_gauge().get_value())
         .sum()
 }
@@ -159,11 +178,20 @@ pub fn status_json(state: &State, sampler: &TrafficSampler) -> Value {
         }));
     }
     let redis_configured = snap.loaded.config.redis.is_some();
-    let redis_up = if redis_configured { Some(metric_sum(state, "gatehouse_redis_up", None) >= 1.0) } else { None };
+    let redis_up = if redis_configured {
+        Some(metric_sum(state, "gatehouse_redis_up", None) >= 1.0)
+    } else {
+        None
+    };
     let reloads = state.events.reloads();
     // The rule is documented in docs/observability.md; keep the two in step.
-    let (status, reason) = if !snap.upstreams.is_empty() && unavailable.len() == snap.upstreams.len() {
-        ("DOWN", format!("all upstreams unavailable: {}", unavailable.join(", ")))
+    let (status, reason) = if !snap.upstreams.is_empty()
+        && unavailable.len() == snap.upstreams.len()
+    {
+        (
+            "DOWN",
+            format!("all upstreams unavailable: {}", unavailable.join(", ")),
+        )
     } else {
         let mut why: Vec<String> = Vec::new();
         for u in &unavailable {
@@ -175,7 +203,10 @@ pub fn status_json(state: &State, sampler: &TrafficSampler) -> Value {
         let n = traffic["total_in_window"].as_u64().unwrap_or(0);
         let error_rate = traffic["error_rate"].as_f64().unwrap_or(0.0);
         if n >= 20 && error_rate > 0.05 {
-            why.push(format!("error rate {:.1}% over the last minute is above 5%", error_rate * 100.0));
+            why.push(format!(
+                "error rate {:.1}% over the last minute is above 5%",
+                error_rate * 100.0
+            ));
         }
         if redis_up == Some(false) {
             why.push("Redis is unreachable: rate limits run on their failure policy".into());
@@ -190,11 +221,33 @@ pub fn status_json(state: &State, sampler: &TrafficSampler) -> Value {
         }
     };
     let decisions = |names: &[&str]| -> f64 {
-        names.iter().map(|d| metric_sum(state, "gatehouse_ratelimit_decisions_total", Some(("decision", d)))).sum()
+        names
+            .iter()
+            .map(|d| {
+                metric_sum(
+                    state,
+                    "gatehouse_ratelimit_decisions_total",
+                    Some(("decision", d)),
+                )
+            })
+            .sum()
     };
-    let rl_allowed = decisions(&["allowed", "local_allowed", "fail_open", "key_missing_skipped"]);
-    let rl_rejected = decisions(&["limited", "local_limited", "fail_closed", "key_missing_rejected"]);
-    let uptime = SystemTime::now().duration_since(state.started_at).map(|d| d.as_secs()).unwrap_or(0);
+    let rl_allowed = decisions(&[
+        "allowed",
+        "local_allowed",
+        "fail_open",
+        "key_missing_skipped",
+    ]);
+    let rl_rejected = decisions(&[
+        "limited",
+        "local_limited",
+        "fail_closed",
+        "key_missing_rejected",
+    ]);
+    let uptime = SystemTime::now()
+        .duration_since(state.started_at)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     json!({
         "status": status,
         "status_reason": reason,

@@ -85,7 +85,10 @@ impl fmt::Display for ConfigErrors {
 pub type ConfigWarning = ConfigError;
 
 /// Suggests the closest of `candidates` to `input`, when one is close enough.
-pub fn did_you_mean<'a>(input: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<String> {
+pub fn did_you_mean<'a>(
+    input: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<String> {
     candidates
         .into_iter()
         .map(|c| (strsim::jaro_winkler(input, c), c))

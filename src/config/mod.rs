@@ -89,6 +89,7 @@ pub fn hash_text(text: &str) -> String {
 }
 
 /// Deserializes, keeping the path and location of the first syntax or type error.
+#[allow(clippy::result_large_err)] // off the request path; one error per load
 fn parse(text: &str, positions: &Positions) -> Result<GatewayConfig, ConfigError> {
     if text.trim().is_empty() {
         return Err(ConfigError::at("", "the config file is empty")
@@ -104,11 +105,14 @@ fn parse(text: &str, positions: &Positions) -> Result<GatewayConfig, ConfigError
         }
         err
     })?;
-    value.apply_merge().map_err(|e| ConfigError::at("", strip_location(&e.to_string())))?;
+    value
+        .apply_merge()
+        .map_err(|e| ConfigError::at("", strip_location(&e.to_string())))?;
     let mut track = serde_path_to_error::Track::new();
     // Enums are written as single-key maps (`static: [...]`, `- jwt: {...}`), not YAML tags.
-    let result: Result<GatewayConfig, _> =
-        serde_yaml::with::singleton_map_recursive::deserialize(serde_path_to_error::Deserializer::new(value, &mut track));
+    let result: Result<GatewayConfig, _> = serde_yaml::with::singleton_map_recursive::deserialize(
+        serde_path_to_error::Deserializer::new(value, &mut track),
+    );
     result.map_err(|inner| {
         let err = serde_path_to_error::Error::new(track.path(), inner);
         let path = err.path().to_string();
@@ -116,7 +120,11 @@ fn parse(text: &str, positions: &Positions) -> Result<GatewayConfig, ConfigError
         let message = strip_location(&err.into_inner().to_string());
         // serde_yaml prefixes its own path ("listeners[0]: ..."); we print ours.
         let message = match message.split_once(": ") {
-            Some((prefix, rest)) if !prefix.is_empty() && !prefix.contains(' ') && !prefix.contains('`') => rest.to_string(),
+            Some((prefix, rest))
+                if !prefix.is_empty() && !prefix.contains(' ') && !prefix.contains('`') =>
+            {
+                rest.to_string()
+            }
             _ => message,
         };
         let hint = unknown_name_hint(&message);
@@ -149,6 +157,12 @@ fn unknown_name_hint(message: &str) -> Option<String> {
     error::did_you_mean(input, names.iter().copied())
 }
 
+/// The JSON Schema of the config file, generated from the serde types.
+pub fn schema_json() -> String {
+    let schema = schemars::schema_for!(GatewayConfig);
+    serde_json::to_string_pretty(&schema).unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -176,15 +190,12 @@ mod tests {
 
     #[test]
     fn type_error_has_path() {
-        let text = MINIMAL.replace("address: 127.0.0.1:3001", "address: 127.0.0.1:3001\n          weight: heavy");
+        let text = MINIMAL.replace(
+            "address: 127.0.0.1:3001",
+            "address: 127.0.0.1:3001\n          weight: heavy",
+        );
         let errs = load_str(&text, None).unwrap_err();
         assert_eq!(errs.0[0].path, "upstreams.app.discovery.static[0].weight");
         assert_eq!(errs.0[0].line, Some(9));
     }
-}
-
-/// The JSON Schema of the config file, generated from the serde types.
-pub fn schema_json() -> String {
-    let schema = schemars::schema_for!(GatewayConfig);
-    serde_json::to_string_pretty(&schema).unwrap_or_default()
 }

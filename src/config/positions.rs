@@ -127,7 +127,8 @@ mod tests {
 
     #[test]
     fn indexes_nested_paths() {
-        let src = "listeners:\n  - name: a\n    address: x\nroutes:\n  - name: r\n    upstream: nope\n";
+        let src =
+            "listeners:\n  - name: a\n    address: x\nroutes:\n  - name: r\n    upstream: nope\n";
         let p = Positions::index(src);
         assert_eq!(p.locate("routes[0].upstream"), Some((6, 5)));
         assert_eq!(p.locate("listeners[0].address"), Some((3, 5)));

@@ -15,11 +15,17 @@ pub fn validate(cfg: &GatewayConfig) -> (Vec<ConfigError>, Vec<ConfigWarning>) {
     routes(cfg, &mut errs, &mut warns);
     if let Some(r) = &cfg.redis {
         if !(r.url.starts_with("redis://") || r.url.starts_with("rediss://")) {
-            errs.push(ConfigError::at("redis.url", format!("{:?} is not a redis:// URL", r.url)));
+            errs.push(ConfigError::at(
+                "redis.url",
+                format!("{:?} is not a redis:// URL", r.url),
+            ));
         }
     }
     if cfg.runtime.downstream_read_buffer < 1024 {
-        errs.push(ConfigError::at("runtime.downstream_read_buffer", "must be at least 1024 bytes"));
+        errs.push(ConfigError::at(
+            "runtime.downstream_read_buffer",
+            "must be at least 1024 bytes",
+        ));
     }
     if cfg.runtime.threads == Some(0) {
         errs.push(ConfigError::at("runtime.threads", "must be at least 1"));
@@ -46,7 +52,10 @@ fn overlaps(a: &SocketAddr, b: &SocketAddr) -> bool {
 
 fn listeners(cfg: &GatewayConfig, errs: &mut Vec<ConfigError>) {
     if cfg.listeners.is_empty() {
-        errs.push(ConfigError::at("listeners", "at least one listener is needed"));
+        errs.push(ConfigError::at(
+            "listeners",
+            "at least one listener is needed",
+        ));
     }
     let mut names = HashMap::new();
     let mut bound: Vec<(String, SocketAddr)> = Vec::new();
@@ -54,28 +63,43 @@ fn listeners(cfg: &GatewayConfig, errs: &mut Vec<ConfigError>) {
         if let Some(first) = names.insert(l.name.as_str(), i) {
             errs.push(ConfigError::at(
                 format!("listeners[{i}].name"),
-                format!("duplicate listener name {:?} (also listeners[{first}])", l.name),
+                format!(
+                    "duplicate listener name {:?} (also listeners[{first}])",
+                    l.name
+                ),
             ));
         }
         let path = format!("listeners[{i}].address");
         if let Some(a) = parse_addr(&l.address, path.clone(), errs) {
             if let Some((other, _)) = bound.iter().find(|(_, b)| overlaps(&a, b)) {
-                errs.push(ConfigError::at(path.clone(), format!("{a} overlaps {other}")));
+                errs.push(ConfigError::at(
+                    path.clone(),
+                    format!("{a} overlaps {other}"),
+                ));
             }
             bound.push((path, a));
         }
     }
     if let Some(a) = parse_addr(&cfg.admin.address, "admin.address".into(), errs) {
         if let Some((other, _)) = bound.iter().find(|(_, b)| overlaps(&a, b)) {
-            errs.push(ConfigError::at("admin.address", format!("{a} overlaps {other}")));
+            errs.push(ConfigError::at(
+                "admin.address",
+                format!("{a} overlaps {other}"),
+            ));
         }
     }
     if let Some(auth) = &cfg.admin.auth {
         if auth.bearer_token_env.is_none() && auth.basic_user.is_none() {
-            errs.push(ConfigError::at("admin.auth", "set bearer_token_env or basic_user + basic_password_env"));
+            errs.push(ConfigError::at(
+                "admin.auth",
+                "set bearer_token_env or basic_user + basic_password_env",
+            ));
         }
         if auth.basic_user.is_some() != auth.basic_password_env.is_some() {
-            errs.push(ConfigError::at("admin.auth", "basic_user and basic_password_env go together"));
+            errs.push(ConfigError::at(
+                "admin.auth",
+                "basic_user and basic_password_env go together",
+            ));
         }
     }
 }
@@ -93,12 +117,18 @@ fn upstreams(cfg: &GatewayConfig, errs: &mut Vec<ConfigError>) {
                 for (i, ep) in list.iter().enumerate() {
                     let p = format!("{path}[{i}]");
                     if ep.weight == 0 {
-                        errs.push(ConfigError::at(format!("{p}.weight"), "weight must be at least 1"));
+                        errs.push(ConfigError::at(
+                            format!("{p}.weight"),
+                            "weight must be at least 1",
+                        ));
                     }
                     if !valid_host_port(&ep.address) {
                         errs.push(
-                            ConfigError::at(format!("{p}.address"), format!("{:?} is not a host:port address", ep.address))
-                                .with_hint("write it like 127.0.0.1:3001"),
+                            ConfigError::at(
+                                format!("{p}.address"),
+                                format!("{:?} is not a host:port address", ep.address),
+                            )
+                            .with_hint("write it like 127.0.0.1:3001"),
                         );
                     }
                     if let Some(first) = seen.insert(ep.address.as_str(), i) {
@@ -111,36 +141,57 @@ fn upstreams(cfg: &GatewayConfig, errs: &mut Vec<ConfigError>) {
             }
             DiscoveryConfig::Dns(d) => {
                 if d.name.is_empty() {
-                    errs.push(ConfigError::at(format!("{base}.discovery.dns.name"), "must not be empty"));
+                    errs.push(ConfigError::at(
+                        format!("{base}.discovery.dns.name"),
+                        "must not be empty",
+                    ));
                 }
                 if d.port == 0 {
-                    errs.push(ConfigError::at(format!("{base}.discovery.dns.port"), "must not be 0"));
+                    errs.push(ConfigError::at(
+                        format!("{base}.discovery.dns.port"),
+                        "must not be 0",
+                    ));
                 }
                 if d.refresh.get().is_zero() {
-                    errs.push(ConfigError::at(format!("{base}.discovery.dns.refresh"), "must be more than 0"));
+                    errs.push(ConfigError::at(
+                        format!("{base}.discovery.dns.refresh"),
+                        "must be more than 0",
+                    ));
                 }
             }
             DiscoveryConfig::File(f) => {
                 if f.path.is_empty() {
-                    errs.push(ConfigError::at(format!("{base}.discovery.file.path"), "must not be empty"));
+                    errs.push(ConfigError::at(
+                        format!("{base}.discovery.file.path"),
+                        "must not be empty",
+                    ));
                 }
             }
             DiscoveryConfig::Redis(r) => {
                 if cfg.redis.is_none() {
                     errs.push(
-                        ConfigError::at(format!("{base}.discovery.redis"), "redis discovery needs a top-level `redis` section")
-                            .with_hint("add `redis: { url: redis://127.0.0.1:6379 }`"),
+                        ConfigError::at(
+                            format!("{base}.discovery.redis"),
+                            "redis discovery needs a top-level `redis` section",
+                        )
+                        .with_hint("add `redis: { url: redis://127.0.0.1:6379 }`"),
                     );
                 }
                 if r.service.is_empty() {
-                    errs.push(ConfigError::at(format!("{base}.discovery.redis.service"), "must not be empty"));
+                    errs.push(ConfigError::at(
+                        format!("{base}.discovery.redis.service"),
+                        "must not be empty",
+                    ));
                 }
             }
         }
         let t = &u.timeouts;
         for (field, d) in [("connect", t.connect), ("read", t.read), ("write", t.write)] {
             if d.get().is_zero() {
-                errs.push(ConfigError::at(format!("{base}.timeouts.{field}"), "must be more than 0"));
+                errs.push(ConfigError::at(
+                    format!("{base}.timeouts.{field}"),
+                    "must be more than 0",
+                ));
             }
         }
         if let Some(h) = &u.health_check {
@@ -149,63 +200,108 @@ fn upstreams(cfg: &GatewayConfig, errs: &mut Vec<ConfigError>) {
                 errs.push(ConfigError::at(p.clone(), "thresholds must be at least 1"));
             }
             if h.interval.get().is_zero() || h.timeout.get().is_zero() {
-                errs.push(ConfigError::at(p.clone(), "interval and timeout must be more than 0"));
+                errs.push(ConfigError::at(
+                    p.clone(),
+                    "interval and timeout must be more than 0",
+                ));
             }
             if !h.path.starts_with('/') {
                 errs.push(ConfigError::at(format!("{p}.path"), "must start with /"));
             }
-            if h.expected_status[0] > h.expected_status[1] || h.expected_status[0] < 100 || h.expected_status[1] > 599 {
-                errs.push(ConfigError::at(format!("{p}.expected_status"), "must be [low, high] within 100..599"));
+            if h.expected_status[0] > h.expected_status[1]
+                || h.expected_status[0] < 100
+                || h.expected_status[1] > 599
+            {
+                errs.push(ConfigError::at(
+                    format!("{p}.expected_status"),
+                    "must be [low, high] within 100..599",
+                ));
             }
             if http::Method::from_bytes(h.method.as_bytes()).is_err() {
-                errs.push(ConfigError::at(format!("{p}.method"), format!("{:?} is not an HTTP method", h.method)));
+                errs.push(ConfigError::at(
+                    format!("{p}.method"),
+                    format!("{:?} is not an HTTP method", h.method),
+                ));
             }
         }
         if let Some(o) = &u.outlier_detection {
             let p = format!("{base}.outlier_detection");
             if o.consecutive_failures == 0 {
-                errs.push(ConfigError::at(format!("{p}.consecutive_failures"), "must be at least 1"));
+                errs.push(ConfigError::at(
+                    format!("{p}.consecutive_failures"),
+                    "must be at least 1",
+                ));
             }
             if o.max_ejection_percent > 100 {
-                errs.push(ConfigError::at(format!("{p}.max_ejection_percent"), "must be within 0..100"));
+                errs.push(ConfigError::at(
+                    format!("{p}.max_ejection_percent"),
+                    "must be within 0..100",
+                ));
             }
         }
         if let Some(b) = &u.circuit_breaker {
             let p = format!("{base}.circuit_breaker");
             if !(b.failure_rate > 0.0 && b.failure_rate <= 1.0) {
-                errs.push(ConfigError::at(format!("{p}.failure_rate"), "must be within (0, 1]"));
+                errs.push(ConfigError::at(
+                    format!("{p}.failure_rate"),
+                    "must be within (0, 1]",
+                ));
             }
             if b.half_open_probes == 0 {
-                errs.push(ConfigError::at(format!("{p}.half_open_probes"), "must be at least 1"));
+                errs.push(ConfigError::at(
+                    format!("{p}.half_open_probes"),
+                    "must be at least 1",
+                ));
             }
             if b.window.get().is_zero() || b.open_for.get().is_zero() {
-                errs.push(ConfigError::at(p.clone(), "window and open_for must be more than 0"));
+                errs.push(ConfigError::at(
+                    p.clone(),
+                    "window and open_for must be more than 0",
+                ));
             }
             if b.max_open_for < b.open_for {
-                errs.push(ConfigError::at(format!("{p}.max_open_for"), "must be at least open_for"));
+                errs.push(ConfigError::at(
+                    format!("{p}.max_open_for"),
+                    "must be at least open_for",
+                ));
             }
         }
         if let Some(r) = &u.retry {
             let p = format!("{base}.retry");
             if r.attempts == 0 || r.attempts > 10 {
-                errs.push(ConfigError::at(format!("{p}.attempts"), "must be within 1..10 (it counts the first try)"));
+                errs.push(ConfigError::at(
+                    format!("{p}.attempts"),
+                    "must be within 1..10 (it counts the first try)",
+                ));
             }
             if !(0.0..=1.0).contains(&r.budget) {
-                errs.push(ConfigError::at(format!("{p}.budget"), "must be within [0, 1]"));
+                errs.push(ConfigError::at(
+                    format!("{p}.budget"),
+                    "must be within [0, 1]",
+                ));
             }
             for (i, on) in r.on.iter().enumerate() {
                 if let RetryOn::Status(s) = on {
                     if !(100..=599).contains(s) {
-                        errs.push(ConfigError::at(format!("{p}.on[{i}]"), format!("{s} is not an HTTP status")));
+                        errs.push(ConfigError::at(
+                            format!("{p}.on[{i}]"),
+                            format!("{s} is not an HTTP status"),
+                        ));
                     }
                 }
             }
             if r.backoff.max < r.backoff.base {
-                errs.push(ConfigError::at(format!("{p}.backoff.max"), "must be at least backoff.base"));
+                errs.push(ConfigError::at(
+                    format!("{p}.backoff.max"),
+                    "must be at least backoff.base",
+                ));
             }
         }
         if u.max_concurrent == Some(0) {
-            errs.push(ConfigError::at(format!("{base}.max_concurrent"), "must be at least 1"));
+            errs.push(ConfigError::at(
+                format!("{base}.max_concurrent"),
+                "must be at least 1",
+            ));
         }
     }
 }
@@ -218,7 +314,9 @@ fn valid_host_port(addr: &str) -> bool {
         Some((host, port)) => {
             !host.is_empty()
                 && port.parse::<u16>().is_ok_and(|p| p > 0)
-                && host.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+                && host
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
         }
         None => false,
     }
@@ -241,37 +339,69 @@ fn routes(cfg: &GatewayConfig, errs: &mut Vec<ConfigError>, warns: &mut Vec<Conf
             let defined: Vec<&str> = cfg.upstreams.keys().map(String::as_str).collect();
             let mut e = ConfigError::at(
                 format!("{base}.upstream"),
-                format!("no upstream named {:?} (defined: {})", r.upstream, if defined.is_empty() { "none".to_string() } else { defined.join(", ") }),
+                format!(
+                    "no upstream named {:?} (defined: {})",
+                    r.upstream,
+                    if defined.is_empty() {
+                        "none".to_string()
+                    } else {
+                        defined.join(", ")
+                    }
+                ),
             );
             e.hint = did_you_mean(&r.upstream, defined.iter().copied());
             errs.push(e);
         }
         matcher(&r.matcher, &format!("{base}.match"), errs);
-        for (field, v) in [("strip_prefix", &r.strip_prefix), ("add_prefix", &r.add_prefix), ("rewrite_path", &r.rewrite_path)] {
+        for (field, v) in [
+            ("strip_prefix", &r.strip_prefix),
+            ("add_prefix", &r.add_prefix),
+            ("rewrite_path", &r.rewrite_path),
+        ] {
             if let Some(v) = v {
                 if !v.starts_with('/') {
-                    errs.push(ConfigError::at(format!("{base}.{field}"), format!("{v:?} must start with /")));
+                    errs.push(ConfigError::at(
+                        format!("{base}.{field}"),
+                        format!("{v:?} must start with /"),
+                    ));
                 }
             }
         }
         if r.max_body_bytes == Some(0) {
-            errs.push(ConfigError::at(format!("{base}.max_body_bytes"), "must be more than 0"));
+            errs.push(ConfigError::at(
+                format!("{base}.max_body_bytes"),
+                "must be more than 0",
+            ));
         }
     }
     shadowed(cfg, warns);
 }
 
 fn matcher(m: &MatchConfig, base: &str, errs: &mut Vec<ConfigError>) {
-    let given = [m.path.is_some(), m.path_prefix.is_some(), m.path_regex.is_some()];
+    let given = [
+        m.path.is_some(),
+        m.path_prefix.is_some(),
+        m.path_regex.is_some(),
+    ];
     if given.iter().filter(|g| **g).count() > 1 {
-        errs.push(ConfigError::at(base, "use only one of path, path_prefix, path_regex"));
+        errs.push(ConfigError::at(
+            base,
+            "use only one of path, path_prefix, path_regex",
+        ));
     }
     for (field, v) in [("path", &m.path), ("path_prefix", &m.path_prefix)] {
         if let Some(v) = v {
             if !v.starts_with('/') {
-                errs.push(ConfigError::at(format!("{base}.{field}"), format!("{v:?} must start with /")));
+                errs.push(ConfigError::at(
+                    format!("{base}.{field}"),
+                    format!("{v:?} must start with /"),
+                ));
             } else {
-                let core = if field == "path_prefix" { v.trim_end_matches('/') } else { v.as_str() };
+                let core = if field == "path_prefix" {
+                    v.trim_end_matches('/')
+                } else {
+                    v.as_str()
+                };
                 let core = if core.is_empty() { "/" } else { core };
                 if crate::router::normalize_path(core.as_bytes()).as_deref() != Ok(core) {
                     errs.push(ConfigError::at(
@@ -284,23 +414,42 @@ fn matcher(m: &MatchConfig, base: &str, errs: &mut Vec<ConfigError>) {
     }
     if let Some(re) = &m.path_regex {
         if let Err(e) = regex::Regex::new(&format!("^(?:{re})$")) {
-            errs.push(ConfigError::at(format!("{base}.path_regex"), format!("invalid regex: {e}")));
+            errs.push(ConfigError::at(
+                format!("{base}.path_regex"),
+                format!("invalid regex: {e}"),
+            ));
         }
     }
     for (i, meth) in m.methods.iter().enumerate() {
-        if http::Method::from_bytes(meth.as_bytes()).is_err() || meth.chars().any(|c| c.is_ascii_lowercase()) {
-            errs.push(ConfigError::at(format!("{base}.methods[{i}]"), format!("{meth:?} is not an HTTP method (use upper case, e.g. GET)")));
+        if http::Method::from_bytes(meth.as_bytes()).is_err()
+            || meth.chars().any(|c| c.is_ascii_lowercase())
+        {
+            errs.push(ConfigError::at(
+                format!("{base}.methods[{i}]"),
+                format!("{meth:?} is not an HTTP method (use upper case, e.g. GET)"),
+            ));
         }
     }
     for (i, h) in m.hosts.iter().enumerate() {
         let bare = h.strip_prefix("*.").unwrap_or(h);
-        if bare.is_empty() || bare.contains('*') || !bare.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == ':') {
-            errs.push(ConfigError::at(format!("{base}.hosts[{i}]"), format!("{h:?} is not a host name or *.wildcard")));
+        if bare.is_empty()
+            || bare.contains('*')
+            || !bare
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == ':')
+        {
+            errs.push(ConfigError::at(
+                format!("{base}.hosts[{i}]"),
+                format!("{h:?} is not a host name or *.wildcard"),
+            ));
         }
     }
     for name in m.headers.keys() {
         if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
-            errs.push(ConfigError::at(format!("{base}.headers.{name}"), format!("{name:?} is not a header name")));
+            errs.push(ConfigError::at(
+                format!("{base}.headers.{name}"),
+                format!("{name:?} is not a header name"),
+            ));
         }
     }
 }
@@ -331,7 +480,11 @@ fn shadowed(cfg: &GatewayConfig, warns: &mut Vec<ConfigWarning>) {
             let methods_cover = if a.matcher.methods.is_empty() {
                 b.matcher.methods.is_empty()
             } else {
-                !b.matcher.methods.is_empty() && b.matcher.methods.iter().all(|m| a.matcher.methods.contains(m))
+                !b.matcher.methods.is_empty()
+                    && b.matcher
+                        .methods
+                        .iter()
+                        .all(|m| a.matcher.methods.contains(m))
             };
             if methods_cover {
                 warns.push(ConfigError::at(
@@ -349,7 +502,12 @@ mod tests {
     use crate::config::load_str;
 
     fn errors(yaml: &str) -> Vec<String> {
-        load_str(yaml, None).unwrap_err().0.iter().map(|e| format!("{}: {}", e.path, e.message)).collect()
+        load_str(yaml, None)
+            .unwrap_err()
+            .0
+            .iter()
+            .map(|e| format!("{}: {}", e.path, e.message))
+            .collect()
     }
 
     #[test]
@@ -379,7 +537,12 @@ routes:
         for e in expect {
             assert!(errs.iter().any(|x| x == e), "missing {e:?} in {errs:#?}");
         }
-        assert!(errs.iter().any(|x| x.starts_with("routes[1].match.path: \"/a/../b\" is not a normalized path")), "{errs:#?}");
+        assert!(
+            errs.iter().any(
+                |x| x.starts_with("routes[1].match.path: \"/a/../b\" is not a normalized path")
+            ),
+            "{errs:#?}"
+        );
     }
 
     #[test]
@@ -397,6 +560,8 @@ routes:
         let yaml = "listeners: [ { name: a, address: \"127.0.0.1:8080\" } ]\nupstreams:\n  app: { discovery: { static: [ { address: \"127.0.0.1:1\" } ] } }\nroutes:\n  - { name: first, match: { path_prefix: /api, methods: [GET, POST] }, upstream: app }\n  - { name: second, match: { path_prefix: /api/, methods: [GET] }, upstream: app }\n  - { name: third, match: { path_prefix: /api, methods: [DELETE] }, upstream: app }\n";
         let c = load_str(yaml, None).unwrap();
         assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
-        assert!(c.warnings[0].message.contains("\"second\" can never match: route \"first\""));
+        assert!(c.warnings[0]
+            .message
+            .contains("\"second\" can never match: route \"first\""));
     }
 }

@@ -13,7 +13,11 @@ use crate::config::model::HostHeaderPolicy;
 pub fn request_id(req: &RequestHeader) -> String {
     if let Some(v) = req.headers.get("x-request-id") {
         let b = v.as_bytes();
-        if !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b':' | b'-')) {
+        if !b.is_empty()
+            && b.len() <= 128
+            && b.iter()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b':' | b'-'))
+        {
             // Checked ASCII above.
             return String::from_utf8_lossy(b).into_owned();
         }
@@ -35,7 +39,14 @@ pub fn content_length(req: &RequestHeader) -> Option<u64> {
 }
 
 /// RFC 9110 7.6.1 hop-by-hop headers (framing headers are pingora's business).
-const HOP_BY_HOP: &[&str] = &["keep-alive", "proxy-connection", "te", "trailer", "proxy-authenticate", "proxy-authorization"];
+const HOP_BY_HOP: &[&str] = &[
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "proxy-authenticate",
+    "proxy-authorization",
+];
 
 fn connection_listed(h: &http::HeaderMap) -> Vec<http::HeaderName> {
     h.get_all(http::header::CONNECTION)
@@ -98,7 +109,10 @@ pub fn set_forwarding(
         }
     }
     req.remove_header("forwarded");
-    req.insert_header("x-request-timestamp", crate::state::events::rfc3339(SystemTime::now()))?;
+    req.insert_header(
+        "x-request-timestamp",
+        crate::state::events::rfc3339(SystemTime::now()),
+    )?;
     match host_policy {
         HostHeaderPolicy::Preserve => {}
         HostHeaderPolicy::Endpoint => {
@@ -131,7 +145,8 @@ mod tests {
     #[test]
     fn strips_hop_by_hop() {
         let mut req = RequestHeader::build("GET", b"/", None).unwrap();
-        req.insert_header("connection", "keep-alive, x-secret").unwrap();
+        req.insert_header("connection", "keep-alive, x-secret")
+            .unwrap();
         req.insert_header("x-secret", "1").unwrap();
         req.insert_header("keep-alive", "timeout=5").unwrap();
         req.insert_header("te", "trailers").unwrap();

@@ -22,13 +22,15 @@ pub fn classify(e: &Error) -> Option<GatewayError> {
         HTTPStatus(504) => (504, "upstream_timeout"),
         HTTPStatus(s) => (*s, "gateway_error"),
         ConnectTimedout => (504, "upstream_connect_timeout"),
-        ConnectRefused | ConnectNoRoute | ConnectError | SocketError | BindError | ConnectProxyFailure
-        | TLSHandshakeFailure | TLSHandshakeTimedout | InvalidCert | HandshakeError => (502, "upstream_connect_failed"),
+        ConnectRefused | ConnectNoRoute | ConnectError | SocketError | BindError
+        | ConnectProxyFailure | TLSHandshakeFailure | TLSHandshakeTimedout | InvalidCert
+        | HandshakeError => (502, "upstream_connect_failed"),
         ReadTimedout | WriteTimedout => match e.esource() {
             ErrorSource::Downstream => return None,
             _ => (504, "upstream_timeout"),
         },
-        ReadError | WriteError | ConnectionClosed | H1Error | H2Error | InvalidHTTPHeader | InvalidH2 => match e.esource() {
+        ReadError | WriteError | ConnectionClosed | H1Error | H2Error | InvalidHTTPHeader
+        | InvalidH2 => match e.esource() {
             ErrorSource::Upstream => (502, "upstream_reset"),
             ErrorSource::Downstream => match e.etype() {
                 InvalidHTTPHeader | H1Error | H2Error | InvalidH2 => (400, "bad_request"),
@@ -50,8 +52,9 @@ pub fn upstream_outcome(e: &Error) -> &'static str {
     use ErrorType::*;
     match e.etype() {
         ConnectTimedout | ReadTimedout | WriteTimedout => "timeout",
-        ConnectRefused | ConnectNoRoute | ConnectError | SocketError | BindError | ConnectProxyFailure
-        | TLSHandshakeFailure | TLSHandshakeTimedout | InvalidCert | HandshakeError => "connect_error",
+        ConnectRefused | ConnectNoRoute | ConnectError | SocketError | BindError
+        | ConnectProxyFailure | TLSHandshakeFailure | TLSHandshakeTimedout | InvalidCert
+        | HandshakeError => "connect_error",
         _ => "reset",
     }
 }
@@ -82,7 +85,17 @@ pub async fn send_error(
 ) {
     ctx.gateway_error = Some(GatewayError { status, code });
     let body = error_body(code, message, &ctx.request_id);
-    if let Err(e) = write(session, ctx, status, Some(code), extra, "application/json", body).await {
+    if let Err(e) = write(
+        session,
+        ctx,
+        status,
+        Some(code),
+        extra,
+        "application/json",
+        body,
+    )
+    .await
+    {
         tracing::debug!(error = %e, "could not send error response");
     }
 }
@@ -113,7 +126,9 @@ pub async fn write(
         resp.append_header(n.clone(), v.clone())?;
     }
     let head_only = session.req_header().method == http::Method::HEAD;
-    session.write_response_header(Box::new(resp), head_only || body.is_empty()).await?;
+    session
+        .write_response_header(Box::new(resp), head_only || body.is_empty())
+        .await?;
     if !head_only && !body.is_empty() {
         session.write_response_body(Some(body), true).await?;
     }

@@ -30,7 +30,10 @@ pub fn resolve(address: &str) -> Result<SocketAddr, String> {
 }
 
 fn initial_health(cfg: &UpstreamConfig) -> bool {
-    !matches!(cfg.health_check.as_ref().map(|h| h.initial_state), Some(InitialHealth::Unhealthy))
+    !matches!(
+        cfg.health_check.as_ref().map(|h| h.initial_state),
+        Some(InitialHealth::Unhealthy)
+    )
 }
 
 /// Builds the endpoint list of a static upstream, reusing `prev`'s endpoints with the
@@ -52,13 +55,21 @@ fn static_endpoints(
                 continue;
             }
         };
-        let reused = prev_eps
-            .as_ref()
-            .and_then(|v| v.iter().find(|p| p.address == ep.address && p.addr == addr).cloned());
+        let reused = prev_eps.as_ref().and_then(|v| {
+            v.iter()
+                .find(|p| p.address == ep.address && p.addr == addr)
+                .cloned()
+        });
         out.push(match reused {
             Some(p) if p.weight == ep.weight => p,
             Some(p) => Arc::new(p.reweighted(ep.weight)),
-            None => Arc::new(Endpoint::new(addr, ep.address.clone(), ep.weight, Source::Static, initial_health(cfg))),
+            None => Arc::new(Endpoint::new(
+                addr,
+                ep.address.clone(),
+                ep.weight,
+                Source::Static,
+                initial_health(cfg),
+            )),
         });
     }
     out
@@ -94,14 +105,19 @@ pub fn compile(
             // refresh replaces it; a new or changed source starts from a first lookup.
             _ => match prev_up.filter(|p| p.config.discovery == ucfg.discovery) {
                 Some(p) => p.endpoints().as_ref().clone(),
-                None => crate::upstream::discovery::initial_endpoints(ucfg, loaded.file.as_deref()).unwrap_or_else(|e| {
-                    errs.push(ConfigError::at(format!("upstreams.{name}.discovery.file.path"), e.to_string()));
-                    Vec::new()
-                }),
+                None => crate::upstream::discovery::initial_endpoints(ucfg, loaded.file.as_deref())
+                    .unwrap_or_else(|e| {
+                        errs.push(ConfigError::at(
+                            format!("upstreams.{name}.discovery.file.path"),
+                            e.to_string(),
+                        ));
+                        Vec::new()
+                    }),
             },
         };
         // A changed upstream that still exists keeps its breaker state and retry budget.
-        let upstream = Upstream::new(name, ucfg.clone(), endpoints).inherit_resilience(prev_up.map(|u| u.as_ref()));
+        let upstream = Upstream::new(name, ucfg.clone(), endpoints)
+            .inherit_resilience(prev_up.map(|u| u.as_ref()));
         upstreams.insert(name.clone(), Arc::new(upstream));
     }
 
@@ -116,7 +132,10 @@ pub fn compile(
             }
         };
         let Some(upstream) = upstreams.get(&r.upstream).cloned() else {
-            errs.push(ConfigError::at(format!("routes[{i}].upstream"), format!("no upstream named {:?}", r.upstream)));
+            errs.push(ConfigError::at(
+                format!("routes[{i}].upstream"),
+                format!("no upstream named {:?}", r.upstream),
+            ));
             continue;
         };
         let mut filters = Vec::with_capacity(r.filters.len());
@@ -128,7 +147,10 @@ pub fn compile(
             }
             match gatehouse_filters::build(f, &r.name, runtime) {
                 Ok(built) => filters.push(built),
-                Err(e) => errs.push(ConfigError::at(format!("routes[{i}].filters[{j}].{}", f.kind()), e.message)),
+                Err(e) => errs.push(ConfigError::at(
+                    format!("routes[{i}].filters[{j}].{}", f.kind()),
+                    e.message,
+                )),
             }
         }
         let body_prefix = filters
@@ -151,7 +173,9 @@ pub fn compile(
     }
 
     if !errs.is_empty() {
-        return Err(ConfigErrors(errs.into_iter().map(|e| loaded.locate(e)).collect()));
+        return Err(ConfigErrors(
+            errs.into_iter().map(|e| loaded.locate(e)).collect(),
+        ));
     }
     Ok(Snapshot {
         router: Router::new(entries),

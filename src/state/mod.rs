@@ -67,7 +67,12 @@ impl Snapshot {
     pub fn endpoint_keys(&self) -> HashSet<(String, String)> {
         self.upstreams
             .iter()
-            .flat_map(|(n, u)| u.endpoints().iter().map(|e| (n.clone(), e.address.clone())).collect::<Vec<_>>())
+            .flat_map(|(n, u)| {
+                u.endpoints()
+                    .iter()
+                    .map(|e| (n.clone(), e.address.clone()))
+                    .collect::<Vec<_>>()
+            })
             .collect()
     }
 }

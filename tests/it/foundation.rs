@@ -7,7 +7,10 @@ use std::time::Duration;
 use crate::support::*;
 
 fn upstream_yaml(name: &str, eps: &[(&std::net::SocketAddr, u32)]) -> String {
-    let list: Vec<String> = eps.iter().map(|(a, w)| format!("{{ address: \"{a}\", weight: {w} }}")).collect();
+    let list: Vec<String> = eps
+        .iter()
+        .map(|(a, w)| format!("{{ address: \"{a}\", weight: {w} }}"))
+        .collect();
     format!("  {name}:\n    discovery: {{ static: [ {} ] }}\n    timeouts: {{ connect: 500ms, read: 1s }}\n", list.join(", "))
 }
 
@@ -24,26 +27,50 @@ async fn get(gw: &TestGateway, path: &str) -> reqwest::Response {
 /// Sends `GET <path>` byte for byte and returns the status and the response head.
 async fn raw_get(port: u16, path: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
     let mut buf = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await;
     let text = String::from_utf8_lossy(&buf).to_string();
-    let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let head = text.split("\r\n\r\n").next().unwrap_or("").to_ascii_lowercase();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let head = text
+        .split("\r\n\r\n")
+        .next()
+        .unwrap_or("")
+        .to_ascii_lowercase();
     (status, head)
 }
 
 async fn upstream_of(resp: reqwest::Response) -> (u16, String) {
     let status = resp.status().as_u16();
-    let name = resp.headers().get("x-upstream").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
+    let name = resp
+        .headers()
+        .get("x-upstream")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
     (status, name)
 }
 
 #[tokio::test]
 async fn routes_by_precedence_and_rewrites() {
-    let (a, b, c, d) = (TestUpstream::start("a").await, TestUpstream::start("b").await, TestUpstream::start("c").await, TestUpstream::start("d").await);
-    let ups = [("a", &a), ("b", &b), ("c", &c), ("d", &d)].iter().map(|(n, u)| upstream_yaml(n, &[(&u.addr, 1)])).collect::<String>();
+    let (a, b, c, d) = (
+        TestUpstream::start("a").await,
+        TestUpstream::start("b").await,
+        TestUpstream::start("c").await,
+        TestUpstream::start("d").await,
+    );
+    let ups = [("a", &a), ("b", &b), ("c", &c), ("d", &d)]
+        .iter()
+        .map(|(n, u)| upstream_yaml(n, &[(&u.addr, 1)]))
+        .collect::<String>();
     let routes = r#"  - { name: root, match: { path_prefix: / }, upstream: a }
   - { name: api, match: { path_prefix: /api }, upstream: b, strip_prefix: /api }
   - { name: login, match: { path: /api/user/login, methods: [POST] }, upstream: c, rewrite_path: /auth/login }
@@ -54,21 +81,48 @@ async fn routes_by_precedence_and_rewrites() {
     let gw = TestGateway::start(&base(&ups, routes)).await;
 
     assert_eq!(upstream_of(get(&gw, "/").await).await, (200, "a".into()));
-    assert_eq!(upstream_of(get(&gw, "/apis").await).await, (200, "a".into()));
-    assert_eq!(upstream_of(get(&gw, "/api/user/login").await).await, (200, "b".into()));
+    assert_eq!(
+        upstream_of(get(&gw, "/apis").await).await,
+        (200, "a".into())
+    );
+    assert_eq!(
+        upstream_of(get(&gw, "/api/user/login").await).await,
+        (200, "b".into())
+    );
     assert_eq!(b.last_path(), "/user/login");
-    let r = client().post(gw.url("/api/user/login")).body("x").send().await.unwrap();
+    let r = client()
+        .post(gw.url("/api/user/login"))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(upstream_of(r).await, (200, "c".into()));
     assert_eq!(c.last_path(), "/auth/login");
-    let r = client().get(gw.url("/api/items?q=1&r=2")).header("x-canary", "1").send().await.unwrap();
+    let r = client()
+        .get(gw.url("/api/items?q=1&r=2"))
+        .header("x-canary", "1")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(upstream_of(r).await, (200, "c".into()));
-    let r = client().get(gw.url("/api/items?q=1")).header("host", "shop.example.com").send().await.unwrap();
+    let r = client()
+        .get(gw.url("/api/items?q=1"))
+        .header("host", "shop.example.com")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(upstream_of(r).await, (200, "d".into()));
     assert_eq!(d.last_path(), "/v2/items?q=1");
 
     // Path tricks cannot slip past the /admin route, and escapes are refused. Sent raw:
     // HTTP clients would normalize these paths themselves.
-    for tricky in ["/%61dmin/x", "/api/../admin/x", "/api/%2e%2e/admin/x", "//admin//x", "/admin/./x"] {
+    for tricky in [
+        "/%61dmin/x",
+        "/api/../admin/x",
+        "/api/%2e%2e/admin/x",
+        "//admin//x",
+        "/admin/./x",
+    ] {
         let (status, head) = raw_get(gw.port, tricky).await;
         assert_eq!(status, 200, "{tricky}");
         assert!(head.contains("x-upstream: d"), "{tricky}: {head}");
@@ -77,14 +131,21 @@ async fn routes_by_precedence_and_rewrites() {
     for bad in ["/../etc/passwd", "/a/../../b", "/a%2fb", "/a%00b", "/a%zz"] {
         let (status, head) = raw_get(gw.port, bad).await;
         assert_eq!(status, 400, "{bad}");
-        assert!(head.contains("x-gatehouse-error: bad_path"), "{bad}: {head}");
+        assert!(
+            head.contains("x-gatehouse-error: bad_path"),
+            "{bad}: {head}"
+        );
     }
 }
 
 #[tokio::test]
 async fn no_route_is_404_json() {
     let a = TestUpstream::start("a").await;
-    let gw = TestGateway::start(&base(&upstream_yaml("a", &[(&a.addr, 1)]), "  - { name: only, match: { path: /only }, upstream: a }\n")).await;
+    let gw = TestGateway::start(&base(
+        &upstream_yaml("a", &[(&a.addr, 1)]),
+        "  - { name: only, match: { path: /only }, upstream: a }\n",
+    ))
+    .await;
     let r = get(&gw, "/other").await;
     assert_eq!(r.status(), 404);
     assert_eq!(r.headers()["x-gatehouse-error"], "no_route");
@@ -99,20 +160,41 @@ async fn no_route_is_404_json() {
 #[tokio::test]
 async fn body_limit_is_413_for_declared_and_streamed_bodies() {
     let a = TestUpstream::start("a").await;
-    let routes = "  - { name: small, match: { path_prefix: / }, upstream: a, max_body_bytes: 1024 }\n";
+    let routes =
+        "  - { name: small, match: { path_prefix: / }, upstream: a, max_body_bytes: 1024 }\n";
     let gw = TestGateway::start(&base(&upstream_yaml("a", &[(&a.addr, 1)]), routes)).await;
-    let r = client().post(gw.url("/x")).body(vec![b'x'; 2048]).send().await.unwrap();
+    let r = client()
+        .post(gw.url("/x"))
+        .body(vec![b'x'; 2048])
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 413);
     assert_eq!(r.headers()["x-gatehouse-error"], "body_too_large");
-    assert_eq!(a.hits(), 0, "a declared oversized body is refused before the upstream");
+    assert_eq!(
+        a.hits(),
+        0,
+        "a declared oversized body is refused before the upstream"
+    );
     // chunked: no content-length, the limit is enforced while streaming
-    let chunks = futures_util::stream::iter((0..8).map(|_| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![b'y'; 512]))));
-    let r = client().post(gw.url("/x")).body(reqwest::Body::wrap_stream(chunks)).send().await;
+    let chunks = futures_util::stream::iter(
+        (0..8).map(|_| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![b'y'; 512]))),
+    );
+    let r = client()
+        .post(gw.url("/x"))
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await;
     match r {
         Ok(r) => assert_eq!(r.status(), 413),
         Err(e) => assert!(e.is_request() || e.is_body(), "unexpected error {e}"),
     }
-    let ok = client().post(gw.url("/x")).body(vec![b'x'; 1000]).send().await.unwrap();
+    let ok = client()
+        .post(gw.url("/x"))
+        .body(vec![b'x'; 1000])
+        .send()
+        .await
+        .unwrap();
     assert_eq!(ok.status(), 200);
 }
 
@@ -137,19 +219,55 @@ async fn dead_upstream_is_502_and_slow_one_504() {
     let r = get(&gw, "/slow").await;
     assert_eq!(r.status(), 504);
     assert_eq!(r.headers()["x-gatehouse-error"], "upstream_timeout");
-    assert!(started.elapsed() < Duration::from_millis(2500), "the read timeout cut the wait");
+    assert!(
+        started.elapsed() < Duration::from_millis(2500),
+        "the read timeout cut the wait"
+    );
 
     let m = gw.metrics().await;
-    assert_eq!(metric_value(&m, "gatehouse_requests_total", &[("route", "dead"), ("status_class", "5xx"), ("source", "gateway")]), Some(1.0));
-    assert_eq!(metric_value(&m, "gatehouse_upstream_requests_total", &[("upstream", "slow"), ("outcome", "timeout")]), Some(1.0));
-    assert_eq!(metric_value(&m, "gatehouse_upstream_requests_total", &[("upstream", "dead"), ("outcome", "connect_error")]), Some(1.0));
+    assert_eq!(
+        metric_value(
+            &m,
+            "gatehouse_requests_total",
+            &[
+                ("route", "dead"),
+                ("status_class", "5xx"),
+                ("source", "gateway")
+            ]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric_value(
+            &m,
+            "gatehouse_upstream_requests_total",
+            &[("upstream", "slow"), ("outcome", "timeout")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric_value(
+            &m,
+            "gatehouse_upstream_requests_total",
+            &[("upstream", "dead"), ("outcome", "connect_error")]
+        ),
+        Some(1.0)
+    );
 }
 
 #[tokio::test]
 async fn smooth_weighted_round_robin_is_exact() {
-    let (a, b, c) = (TestUpstream::start("a").await, TestUpstream::start("b").await, TestUpstream::start("c").await);
+    let (a, b, c) = (
+        TestUpstream::start("a").await,
+        TestUpstream::start("b").await,
+        TestUpstream::start("c").await,
+    );
     let ups = upstream_yaml("pool", &[(&a.addr, 5), (&b.addr, 1), (&c.addr, 1)]);
-    let gw = TestGateway::start(&base(&ups, "  - { name: all, match: { path_prefix: / }, upstream: pool }\n")).await;
+    let gw = TestGateway::start(&base(
+        &ups,
+        "  - { name: all, match: { path_prefix: / }, upstream: pool }\n",
+    ))
+    .await;
     let mut seq = String::new();
     for _ in 0..(7 * 20) {
         let (_, name) = upstream_of(get(&gw, "/").await).await;
@@ -166,31 +284,50 @@ async fn smooth_weighted_round_robin_is_exact() {
 
 fn rss_kib(pid: u32, field: &str) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    s.lines().find(|l| l.starts_with(field)).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()).unwrap()
+    s.lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap()
 }
 
 #[tokio::test]
 async fn streams_large_bodies_without_buffering() {
     let a = TestUpstream::start("a").await;
-    let routes = "  - { name: up, match: { path_prefix: / }, upstream: a, max_body_bytes: 2147483648 }\n";
+    let routes =
+        "  - { name: up, match: { path_prefix: / }, upstream: a, max_body_bytes: 2147483648 }\n";
     let gw = TestGateway::start(&base(&upstream_yaml("a", &[(&a.addr, 1)]), routes)).await;
     get(&gw, "/warm").await;
     let before = rss_kib(gw.pid(), "VmRSS:");
     const CHUNK: usize = 1 << 20;
     const CHUNKS: usize = 512; // 512 MiB
-    let stream = futures_util::stream::iter((0..CHUNKS).map(|_| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![7u8; CHUNK]))));
-    let r = client().post(gw.url("/upload")).body(reqwest::Body::wrap_stream(stream)).send().await.unwrap();
+    let stream = futures_util::stream::iter(
+        (0..CHUNKS).map(|_| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![7u8; CHUNK]))),
+    );
+    let r = client()
+        .post(gw.url("/upload"))
+        .body(reqwest::Body::wrap_stream(stream))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let v: serde_json::Value = r.json().await.unwrap();
     assert_eq!(v["body_bytes"], (CHUNK * CHUNKS) as u64);
     let peak = rss_kib(gw.pid(), "VmHWM:");
-    assert!(peak < before + 64 * 1024, "gateway RSS grew from {before} KiB to a peak of {peak} KiB for a 512 MiB upload");
+    assert!(
+        peak < before + 64 * 1024,
+        "gateway RSS grew from {before} KiB to a peak of {peak} KiB for a 512 MiB upload"
+    );
 }
 
 #[tokio::test]
 async fn request_context_headers_are_owned_by_the_gateway() {
     let a = TestUpstream::start("a").await;
-    let gw = TestGateway::start(&base(&upstream_yaml("a", &[(&a.addr, 1)]), "  - { name: all, match: { path_prefix: / }, upstream: a }\n")).await;
+    let gw = TestGateway::start(&base(
+        &upstream_yaml("a", &[(&a.addr, 1)]),
+        "  - { name: all, match: { path_prefix: / }, upstream: a }\n",
+    ))
+    .await;
     let r = client()
         .get(gw.url("/x"))
         .header("x-request-id", "client-id-123")
@@ -208,20 +345,37 @@ async fn request_context_headers_are_owned_by_the_gateway() {
     assert_eq!(h["x-forwarded-for"], "127.0.0.1");
     assert_eq!(h["x-client-ip"], "127.0.0.1");
     assert_eq!(h["x-forwarded-proto"], "http");
-    assert!(h["x-forwarded-host"].to_str().unwrap().starts_with("127.0.0.1:"));
-    assert!(h.get("x-hop").is_none(), "headers named in Connection are hop-by-hop");
+    assert!(h["x-forwarded-host"]
+        .to_str()
+        .unwrap()
+        .starts_with("127.0.0.1:"));
+    assert!(
+        h.get("x-hop").is_none(),
+        "headers named in Connection are hop-by-hop"
+    );
     let ts = h["x-request-timestamp"].to_str().unwrap();
-    assert!(ts.len() >= 20 && ts.contains('T') && ts.ends_with('Z'), "{ts}");
+    assert!(
+        ts.len() >= 20 && ts.contains('T') && ts.ends_with('Z'),
+        "{ts}"
+    );
 
     // an invalid client id is replaced, and the new one is echoed
-    let r = client().get(gw.url("/x")).header("x-request-id", "bad id with spaces").send().await.unwrap();
+    let r = client()
+        .get(gw.url("/x"))
+        .header("x-request-id", "bad id with spaces")
+        .send()
+        .await
+        .unwrap();
     let id = r.headers()["x-request-id"].to_str().unwrap().to_string();
     assert_eq!(id.len(), 32);
     assert_eq!(a.last_headers()["x-request-id"], id.as_str());
 }
 
 fn gatehouse(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_gatehouse")).args(args).output().unwrap()
+    Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+        .args(args)
+        .output()
+        .unwrap()
 }
 
 #[test]
@@ -287,7 +441,11 @@ fn validate_accepts_the_shipped_configs_and_warns_on_shadowing() {
     }
     for f in &files {
         let out = gatehouse(&["validate", "-c", f]);
-        assert!(out.status.success(), "{f}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{f}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert!(String::from_utf8_lossy(&out.stdout).contains("configuration OK"));
     }
     let dir = tempfile::tempdir().unwrap();
@@ -296,17 +454,35 @@ fn validate_accepts_the_shipped_configs_and_warns_on_shadowing() {
     let out = gatehouse(&["validate", "-c", p.to_str().unwrap()]);
     assert!(out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("warning:") && stderr.contains("route \"never\" can never match"), "{stderr}");
+    assert!(
+        stderr.contains("warning:") && stderr.contains("route \"never\" can never match"),
+        "{stderr}"
+    );
 }
 
 #[test]
 fn route_test_explains_the_match() {
     let root = env!("CARGO_MANIFEST_DIR");
     let cfg = format!("{root}/config/gatehouse.yaml");
-    let out = gatehouse(&["route-test", "-c", &cfg, "--method", "GET", "--host", "x", "--path", "/api/a/../b?q=1"]);
+    let out = gatehouse(&[
+        "route-test",
+        "-c",
+        &cfg,
+        "--method",
+        "GET",
+        "--host",
+        "x",
+        "--path",
+        "/api/a/../b?q=1",
+    ]);
     let s = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{s}");
-    assert!(s.contains("route:     api") && s.contains("prefix /api") && s.contains("forwarded: /b?q=1"), "{s}");
+    assert!(
+        s.contains("route:     api")
+            && s.contains("prefix /api")
+            && s.contains("forwarded: /b?q=1"),
+        "{s}"
+    );
     let out = gatehouse(&["route-test", "-c", &cfg, "--path", "/nothing"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stdout).contains("404 no_route"));
@@ -316,7 +492,11 @@ fn route_test_explains_the_match() {
 fn committed_schema_is_current() {
     let out = gatehouse(&["schema"]);
     assert!(out.status.success());
-    let committed = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/gatehouse.schema.json")).unwrap();
+    let committed = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/gatehouse.schema.json"
+    ))
+    .unwrap();
     assert!(
         String::from_utf8_lossy(&out.stdout).trim() == committed.trim(),
         "config/gatehouse.schema.json is stale: run `gatehouse schema > config/gatehouse.schema.json`"
@@ -326,7 +506,11 @@ fn committed_schema_is_current() {
 #[tokio::test]
 async fn metrics_pass_promtool() {
     let a = TestUpstream::start("a").await;
-    let gw = TestGateway::start(&base(&upstream_yaml("a", &[(&a.addr, 1)]), "  - { name: all, match: { path_prefix: / }, upstream: a }\n")).await;
+    let gw = TestGateway::start(&base(
+        &upstream_yaml("a", &[(&a.addr, 1)]),
+        "  - { name: all, match: { path_prefix: / }, upstream: a }\n",
+    ))
+    .await;
     for _ in 0..3 {
         get(&gw, "/x").await;
     }
@@ -341,7 +525,18 @@ async fn metrics_pass_promtool() {
     ] {
         assert!(text.contains(name), "{name} missing");
     }
-    assert_eq!(metric_value(&text, "gatehouse_requests_total", &[("route", "all"), ("status_class", "2xx"), ("source", "upstream")]), Some(3.0));
+    assert_eq!(
+        metric_value(
+            &text,
+            "gatehouse_requests_total",
+            &[
+                ("route", "all"),
+                ("status_class", "2xx"),
+                ("source", "upstream")
+            ]
+        ),
+        Some(3.0)
+    );
     let mut child = Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(std::process::Stdio::piped())
@@ -350,25 +545,48 @@ async fn metrics_pass_promtool() {
         .spawn()
         .expect("promtool is installed by .ci/run (Debian package prometheus)");
     use std::io::Write;
-    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "promtool: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[tokio::test]
 async fn sigterm_finishes_in_flight_requests_then_exits() {
     let a = TestUpstream::start("a").await;
     a.set_mode(Mode::Sleep(1000));
-    let mut gw = TestGateway::start(&base(&upstream_yaml("a", &[(&a.addr, 1)]).replace("read: 1s", "read: 5s"), "  - { name: all, match: { path_prefix: / }, upstream: a }\n")).await;
+    let mut gw = TestGateway::start(&base(
+        &upstream_yaml("a", &[(&a.addr, 1)]).replace("read: 1s", "read: 5s"),
+        "  - { name: all, match: { path_prefix: / }, upstream: a }\n",
+    ))
+    .await;
     let url = gw.url("/slow");
-    let inflight = tokio::spawn(async move { client().get(url).send().await.map(|r| r.status().as_u16()) });
+    let inflight =
+        tokio::spawn(async move { client().get(url).send().await.map(|r| r.status().as_u16()) });
     tokio::time::sleep(Duration::from_millis(300)).await;
     gw.signal(15);
-    assert_eq!(inflight.await.unwrap().unwrap(), 200, "the in-flight request finished");
+    assert_eq!(
+        inflight.await.unwrap().unwrap(),
+        200,
+        "the in-flight request finished"
+    );
     let started = std::time::Instant::now();
-    let status = gw.wait_exit(Duration::from_secs(4)).expect("exited before the 5s grace period because nothing was in flight");
+    let status = gw
+        .wait_exit(Duration::from_secs(4))
+        .expect("exited before the 5s grace period because nothing was in flight");
     assert!(status.success());
     assert!(started.elapsed() < Duration::from_secs(4));
     // and it no longer accepts
-    assert!(tokio::net::TcpStream::connect(("127.0.0.1", gw.port)).await.is_err());
+    assert!(tokio::net::TcpStream::connect(("127.0.0.1", gw.port))
+        .await
+        .is_err());
 }

@@ -20,7 +20,11 @@ pub fn free_port() -> u16 {
     static GIVEN: OnceLock<Mutex<HashSet<u16>>> = OnceLock::new();
     let given = GIVEN.get_or_init(|| Mutex::new(HashSet::new()));
     for _ in 0..200 {
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         if given.lock().unwrap().insert(port) {
             return port;
         }
@@ -75,7 +79,11 @@ impl Drop for TestUpstream {
 }
 
 async fn handle(State(st): State<Arc<UpstreamState>>, req: Request) -> Response {
-    let path = req.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default();
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.to_string())
+        .unwrap_or_default();
     if req.uri().path() == "/health" {
         let code = *st.health.lock().unwrap();
         return (StatusCode::from_u16(code).unwrap(), "health").into_response();
@@ -87,7 +95,12 @@ async fn handle(State(st): State<Arc<UpstreamState>>, req: Request) -> Response 
     let headers: serde_json::Map<String, serde_json::Value> = req
         .headers()
         .iter()
-        .map(|(k, v)| (k.to_string(), serde_json::Value::String(v.to_str().unwrap_or("").to_string())))
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                serde_json::Value::String(v.to_str().unwrap_or("").to_string()),
+            )
+        })
         .collect();
     let mode = *st.mode.lock().unwrap();
     // Stream the body in, counting bytes, without keeping it.
@@ -119,8 +132,14 @@ async fn handle(State(st): State<Arc<UpstreamState>>, req: Request) -> Response 
         }
         Mode::Drop => {
             // Returning an error from a body stream makes hyper abort the connection.
-            let stream = futures_util::stream::once(async { Err::<Bytes, std::io::Error>(std::io::Error::other("drop")) });
-            Response::builder().status(200).header("content-length", "100").body(Body::from_stream(stream)).unwrap()
+            let stream = futures_util::stream::once(async {
+                Err::<Bytes, std::io::Error>(std::io::Error::other("drop"))
+            });
+            Response::builder()
+                .status(200)
+                .header("content-length", "100")
+                .body(Body::from_stream(stream))
+                .unwrap()
         }
     }
 }
@@ -144,7 +163,9 @@ impl TestUpstream {
         });
         let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let app = axum::Router::new().fallback(handle).with_state(state.clone());
+        let app = axum::Router::new()
+            .fallback(handle)
+            .with_state(state.clone());
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
@@ -168,7 +189,12 @@ impl TestUpstream {
 
     /// Headers of the last request.
     pub fn last_headers(&self) -> HeaderMap {
-        self.state.last_headers.lock().unwrap().clone().unwrap_or_default()
+        self.state
+            .last_headers
+            .lock()
+            .unwrap()
+            .clone()
+            .unwrap_or_default()
     }
 
     /// Path and query of the last request.
@@ -244,13 +270,23 @@ impl TestGateway {
             cmd.env(k, v);
         }
         let child = cmd.spawn().unwrap();
-        let mut gw = TestGateway { port, admin_port, config_path, log_path, child, _dir: dir };
+        let mut gw = TestGateway {
+            port,
+            admin_port,
+            config_path,
+            log_path,
+            child,
+            _dir: dir,
+        };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok(r) = client().get(gw.admin_url("/readyz")).send().await {
                 if r.status() == 200 {
                     // The proxy listener starts beside the admin one; wait for it too.
-                    if tokio::net::TcpStream::connect(("127.0.0.1", gw.port)).await.is_ok() {
+                    if tokio::net::TcpStream::connect(("127.0.0.1", gw.port))
+                        .await
+                        .is_ok()
+                    {
                         return gw;
                     }
                 }
@@ -311,27 +347,55 @@ impl TestGateway {
 
     /// The current config hash the gateway reports.
     pub async fn config_hash(&self) -> String {
-        let v: serde_json::Value = client().get(self.admin_url("/readyz")).send().await.unwrap().json().await.unwrap();
+        let v: serde_json::Value = client()
+            .get(self.admin_url("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         v["config_hash"].as_str().unwrap_or_default().to_string()
     }
 
     /// Scrapes /metrics.
     pub async fn metrics(&self) -> String {
-        client().get(self.admin_url("/metrics")).send().await.unwrap().text().await.unwrap()
+        client()
+            .get(self.admin_url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
     }
 }
 
 /// `kill(2)` through the `kill` command, so the test crate needs no unsafe code.
 fn unsafe_free_kill(pid: i32, sig: i32) -> i32 {
-    let status = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status().unwrap();
-    if status.success() { 0 } else { 1 }
+    let status = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    if status.success() {
+        0
+    } else {
+        1
+    }
 }
 
 /// A shared HTTP client without proxies.
 pub fn client() -> reqwest::Client {
     static C: OnceLock<reqwest::Client> = OnceLock::new();
-    C.get_or_init(|| reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(30)).build().unwrap())
-        .clone()
+    C.get_or_init(|| {
+        reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap()
+    })
+    .clone()
 }
 
 /// The value of one sample line of a metric with all the given labels, if present.
@@ -339,7 +403,11 @@ pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f
     text.lines()
         .filter(|l| !l.starts_with('#'))
         .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-        .find(|l| labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
+        .find(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
 }
