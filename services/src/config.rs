@@ -70,6 +70,8 @@ pub struct Settings {
     pub saga: SagaSettings,
     /// Weight registered in the registry.
     pub registry_weight: u32,
+    /// Test mode only: do not run the history projection (to exercise the write-model fallback).
+    pub disable_projection: bool,
 }
 
 /// The listening ports of the four services.

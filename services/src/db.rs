@@ -45,6 +45,14 @@ pub enum Dialect {
     MySql,
 }
 
+/// Cuts a string to at most `max` characters (for bounded VARCHAR columns).
+///
+/// Columns are VARCHAR, never TEXT: through sqlx's `Any` driver MySQL reports TEXT as BLOB,
+/// which does not decode as a string.
+pub fn clip(s: &str, max: usize) -> String {
+    s.chars().take(max).collect()
+}
+
 /// One schema step; `{ID}` in the SQL becomes the dialect's auto-increment primary key.
 #[derive(Debug, Clone, Copy)]
 pub struct Migration {
@@ -59,7 +67,7 @@ pub const OUTBOX_DDL: &str = "CREATE TABLE IF NOT EXISTS outbox (
     id {ID},
     event_type VARCHAR(64) NOT NULL,
     aggregate_id VARCHAR(128) NOT NULL,
-    payload TEXT NOT NULL,
+    payload VARCHAR(4000) NOT NULL,
     created_at BIGINT NOT NULL,
     published_at BIGINT NULL
 );

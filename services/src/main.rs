@@ -135,6 +135,9 @@ struct Cli {
         global = true
     )]
     saga_recovery_interval_ms: u64,
+    /// Test mode only: do not run the history projection (exercises the write-model fallback).
+    #[arg(long, env = "GATEHOUSE_DISABLE_PROJECTION", global = true)]
+    disable_projection: bool,
     /// Weight registered in the Redis registry.
     #[arg(
         long,
@@ -241,6 +244,7 @@ fn settings(cli: &Cli) -> Result<Settings> {
             max_notify_attempts: 20,
         },
         registry_weight: cli.registry_weight.max(1),
+        disable_projection: cli.disable_projection,
     })
 }
 

@@ -30,8 +30,8 @@ pub const MIGRATIONS: &[Migration] = &[
             dedup_key VARCHAR(190) NOT NULL UNIQUE,
             user_id VARCHAR(64) NOT NULL,
             kind VARCHAR(64) NOT NULL,
-            message TEXT NOT NULL,
-            payload TEXT NOT NULL,
+            message VARCHAR(1000) NOT NULL,
+            payload VARCHAR(4000) NOT NULL,
             created_at BIGINT NOT NULL
         );
         CREATE INDEX IF NOT EXISTS notifications_user ON notifications (user_id, id)",
@@ -219,6 +219,11 @@ async fn internal_notify(
         {
             return Err(ApiError::BadRequest(
                 "dedup_key (1..=190) and user_id (1..=64) are required".into(),
+            ));
+        }
+        if n.message.chars().count() > 1000 || n.payload.to_string().chars().count() > 4000 {
+            return Err(ApiError::BadRequest(
+                "message (max 1000) or payload (max 4000 characters) too long".into(),
             ));
         }
     }

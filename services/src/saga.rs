@@ -319,6 +319,7 @@ impl Coordinator {
         t: Transition<'_>,
     ) -> Result<bool, sqlx::Error> {
         let now = crate::now_ms();
+        let error = t.error.map(|e| crate::db::clip(e, 900));
         let mut tx = self.db.begin_write().await?;
         let new_state = t.state.unwrap_or(&s.state);
         let n = sqlx::query(
@@ -330,7 +331,7 @@ impl Coordinator {
         .bind(new_state)
         .bind(t.from_user)
         .bind(t.to_user)
-        .bind(t.error)
+        .bind(&error)
         .bind(now)
         .bind(&s.id)
         .bind(from_step)
@@ -387,7 +388,7 @@ impl Coordinator {
         };
         let mut tx = self.db.begin_write().await?;
         sqlx::query(sql)
-            .bind(error)
+            .bind(crate::db::clip(error, 900))
             .bind(crate::now_ms())
             .bind(&s.id)
             .bind(&s.step)

@@ -234,12 +234,16 @@ impl System {
                         wake: wake.clone(),
                         metrics: metrics.clone(),
                     });
-                    bus.subscribe(
-                        transaction::PROJECTION,
-                        &instance,
-                        transaction::projection_handler(db.clone(), metrics.clone()),
-                        shutdown_rx.clone(),
-                    );
+                    if settings.disable_projection && settings.mode.testing() {
+                        tracing::warn!("history projection disabled (test mode): history reads fall back to the write model");
+                    } else {
+                        bus.subscribe(
+                            transaction::PROJECTION,
+                            &instance,
+                            transaction::projection_handler(db.clone(), metrics.clone()),
+                            shutdown_rx.clone(),
+                        );
+                    }
                     let coordinator = Arc::new(
                         Coordinator::new(db.clone(), settings.clone(), metrics.clone(), wake)
                             .map_err(|e| StartError::Config(format!("http client: {e}")))?,

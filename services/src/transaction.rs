@@ -43,7 +43,7 @@ pub const MIGRATIONS: &[Migration] = &[
             attempts BIGINT NOT NULL,
             total_attempts BIGINT NOT NULL,
             notify_attempts BIGINT NOT NULL,
-            last_error TEXT NULL,
+            last_error VARCHAR(1000) NULL,
             created_at BIGINT NOT NULL,
             updated_at BIGINT NOT NULL
         );
@@ -55,7 +55,7 @@ pub const MIGRATIONS: &[Migration] = &[
             saga_id VARCHAR(64) NOT NULL,
             step VARCHAR(24) NOT NULL,
             outcome VARCHAR(64) NOT NULL,
-            detail TEXT NOT NULL,
+            detail VARCHAR(1000) NOT NULL,
             at BIGINT NOT NULL
         );
         CREATE INDEX IF NOT EXISTS saga_log_saga ON saga_log (saga_id, id)",
