@@ -178,8 +178,28 @@ pub fn unix_now() -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Longest wait between the first event of a burst and the reload, however long the
+/// burst goes on.
+const MAX_DEBOUNCE: Duration = Duration::from_secs(1);
+
+/// Whether an event in the watched directory may concern the config file: the file itself
+/// (written in place, or the target of a rename-over) or a `..name` entry (Kubernetes
+/// ConfigMaps swap a `..data` symlink to a `..<timestamp>` directory). Other files in
+/// the directory (logs, editors' swap files) are ignored, so they cannot keep the
+/// debounce from ever ending.
+fn concerns(ev: &notify::Event, name: &std::ffi::OsStr) -> bool {
+    !ev.kind.is_access()
+        && ev.paths.iter().any(|p| {
+            p.file_name()
+                .is_some_and(|n| n == name || n.to_string_lossy().starts_with(".."))
+        })
+}
+
 /// Watches the config file's directory (so write-and-rename and symlink swaps are seen)
-/// and calls `on_change` once per burst of events, after `debounce` of quiet.
+/// and calls `on_change` once per burst of events that concern the file, after
+/// `debounce` of quiet (at most [`MAX_DEBOUNCE`] after the burst began). A config that
+/// is a symlink to a file elsewhere is not followed there: edits of the target need
+/// SIGHUP or `POST /admin/reload`.
 pub fn watch_file(
     path: &Path,
     debounce: Duration,
@@ -191,24 +211,79 @@ pub fn watch_file(
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."))
         .to_path_buf();
+    let name = path
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
     let (tx, rx) = std::sync::mpsc::channel::<()>();
-    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        if let Ok(ev) = res {
-            if !ev.kind.is_access() {
+    let mut watcher =
+        notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
+            Ok(ev) if concerns(&ev, &name) => {
                 let _ = tx.send(());
             }
-        }
-    })?;
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "config watcher error"),
+        })?;
     watcher.watch(&dir, notify::RecursiveMode::NonRecursive)?;
     std::thread::Builder::new()
         .name("gatehouse-config-watch".into())
         .spawn(move || {
             while rx.recv().is_ok() {
-                // debounce: wait until the burst is over
-                while rx.recv_timeout(debounce).is_ok() {}
+                let first = std::time::Instant::now();
+                while first.elapsed() < MAX_DEBOUNCE && rx.recv_timeout(debounce).is_ok() {}
                 on_change();
             }
         })
         .map_err(|e| notify::Error::generic(&e.to_string()))?;
     Ok(watcher)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use notify::event::{CreateKind, DataChange, EventKind, ModifyKind, RenameMode};
+
+    fn ev(kind: EventKind, paths: &[&str]) -> notify::Event {
+        let mut e = notify::Event::new(kind);
+        e.paths = paths.iter().map(std::path::PathBuf::from).collect();
+        e
+    }
+
+    #[test]
+    fn only_events_about_the_config_file_count() {
+        let name = std::ffi::OsStr::new("gatehouse.yaml");
+        let write = EventKind::Modify(ModifyKind::Data(DataChange::Any));
+        assert!(concerns(&ev(write, &["/etc/gh/gatehouse.yaml"]), name));
+        assert!(!concerns(&ev(write, &["/etc/gh/gateway.log"]), name));
+        assert!(!concerns(
+            &ev(write, &["/etc/gh/.gatehouse.yaml.swp"]),
+            name
+        ));
+        let rename = EventKind::Modify(ModifyKind::Name(RenameMode::Both));
+        assert!(concerns(
+            &ev(
+                rename,
+                &["/etc/gh/gatehouse.yaml.tmp", "/etc/gh/gatehouse.yaml"]
+            ),
+            name
+        ));
+        assert!(concerns(
+            &ev(rename, &["/etc/gh/..data_tmp", "/etc/gh/..data"]),
+            name
+        ));
+        assert!(concerns(
+            &ev(
+                EventKind::Create(CreateKind::Folder),
+                &["/etc/gh/..2026_01_01"]
+            ),
+            name
+        ));
+        assert!(!concerns(
+            &ev(
+                EventKind::Access(notify::event::AccessKind::Any),
+                &["/etc/gh/gatehouse.yaml"]
+            ),
+            name
+        ));
+    }
 }

@@ -37,7 +37,9 @@ pub async fn check(addr: SocketAddr, cfg: &HealthCheckConfig) -> Result<(), Chec
 }
 
 async fn check_inner(addr: SocketAddr, cfg: &HealthCheckConfig) -> Result<(), CheckFailure> {
-    let mut stream = TcpStream::connect(addr).await.map_err(|e| CheckFailure::Connect(e.to_string()))?;
+    let mut stream = TcpStream::connect(addr)
+        .await
+        .map_err(|e| CheckFailure::Connect(e.to_string()))?;
     if cfg.kind == HealthCheckKind::Tcp {
         return Ok(());
     }
@@ -46,12 +48,18 @@ async fn check_inner(addr: SocketAddr, cfg: &HealthCheckConfig) -> Result<(), Ch
         "{} {} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: gatehouse-health-check\r\nConnection: close\r\n\r\n",
         cfg.method, cfg.path
     );
-    stream.write_all(req.as_bytes()).await.map_err(|e| CheckFailure::Connect(e.to_string()))?;
+    stream
+        .write_all(req.as_bytes())
+        .await
+        .map_err(|e| CheckFailure::Connect(e.to_string()))?;
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 4096];
     // Read to EOF (Connection: close), at most 64 KiB.
     loop {
-        let n = stream.read(&mut chunk).await.map_err(|_| CheckFailure::Malformed)?;
+        let n = stream
+            .read(&mut chunk)
+            .await
+            .map_err(|_| CheckFailure::Malformed)?;
         if n == 0 || buf.len() >= 64 * 1024 {
             break;
         }
@@ -65,7 +73,10 @@ async fn check_inner(addr: SocketAddr, cfg: &HealthCheckConfig) -> Result<(), Ch
         return Err(CheckFailure::Status(status));
     }
     if let Some(want) = &cfg.body_contains {
-        let body_start = buf.windows(4).position(|w| w == b"\r\n\r\n").map_or(buf.len(), |p| p + 4);
+        let body_start = buf
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map_or(buf.len(), |p| p + 4);
         if !String::from_utf8_lossy(&buf[body_start..]).contains(want.as_str()) {
             return Err(CheckFailure::Body);
         }

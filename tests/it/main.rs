@@ -3,4 +3,6 @@
 
 mod filters;
 mod foundation;
+mod live_ops;
+mod resilience;
 mod support;
