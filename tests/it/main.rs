@@ -3,6 +3,7 @@
 
 mod filters;
 mod foundation;
+mod resilience;
 mod live_ops;
 mod resilience;
 mod support;
