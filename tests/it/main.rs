@@ -3,7 +3,5 @@
 
 mod filters;
 mod foundation;
-mod resilience;
 mod live_ops;
-mod resilience;
 mod support;
