@@ -4,4 +4,5 @@
 mod filters;
 mod foundation;
 mod live_ops;
+mod resilience;
 mod support;
