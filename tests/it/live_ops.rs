@@ -507,11 +507,12 @@ async fn redis_registry_unreachable_keeps_the_last_set_on_one_connection() {
     };
     let first = accepted().await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    // Only our own probe connection was added.
-    assert_eq!(
-        accepted().await,
-        first + 1,
-        "discovery opened new Redis connections"
+    // ~10 refreshes happened; only our own probe connection (and at most the rate
+    // limiter's lazily made one) were added.
+    let added = accepted().await - first;
+    assert!(
+        added <= 2,
+        "discovery opened {added} new Redis connections in 10 refreshes"
     );
 
     // Redis goes away: past the member's TTL, the last known set still serves.
@@ -1172,7 +1173,9 @@ async fn load_while_reloading_50_times_drops_nothing() {
             "    health_check: { path: /health, interval: 500ms, timeout: 300ms }\n",
         );
         let mut routes = route("stable", "/stable", "stable");
-        let live: Vec<usize> = (0..dynamic.len()).filter(|k| (i + k) % 3 != 0).collect();
+        let live: Vec<usize> = (0..dynamic.len())
+            .filter(|k| !(i + k).is_multiple_of(3))
+            .collect();
         for &k in &live {
             ups += &static_upstream(&format!("dyn{k}"), &[dynamic[k].addr], "");
             routes += &route(&format!("dyn{k}"), &format!("/dyn/{k}"), &format!("dyn{k}"));
@@ -1298,15 +1301,15 @@ async fn load_while_reloading_50_times_drops_nothing() {
             l.retain(|k| next_live.contains(k));
         }
         let text = fill(&next, gw.port, gw.admin_port);
-        if i % 2 == 0 {
+        if i.is_multiple_of(2) {
             std::fs::write(&gw.config_path, &text).unwrap();
         } else {
             rename_over(&gw.config_path, &text);
         }
-        if i % 10 == 0 {
+        if i.is_multiple_of(10) {
             gw.signal(1);
             by_signal += 1;
-        } else if i % 7 == 0 {
+        } else if i.is_multiple_of(7) {
             let r = client()
                 .post(gw.admin_url("/admin/reload"))
                 .send()
