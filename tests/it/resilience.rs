@@ -92,7 +92,7 @@ async fn closer() -> (SocketAddr, Arc<AtomicUsize>, tokio::task::JoinHandle<()>)
 async fn breaker_opens_then_sends_nothing_upstream_survives_a_reload_and_recovers() {
     let app = TestUpstream::start("app").await;
     app.set_mode(Mode::Status(500));
-    let cb = "    circuit_breaker: { failure_rate: 0.5, min_requests: 5, window: 10s, open_for: 2s, half_open_probes: 2 }\n";
+    let cb = "    circuit_breaker: { failure_rate: 0.5, min_requests: 5, window: 10s, open_for: 4s, half_open_probes: 2 }\n";
     let yaml = config(&upstream("app", &[app.addr], cb), ROOT_TO_APP);
     let gw = TestGateway::start(&yaml).await;
 
@@ -128,7 +128,7 @@ async fn breaker_opens_then_sends_nothing_upstream_survives_a_reload_and_recover
             .unwrap()
             .parse()
             .unwrap();
-        assert!((1..=2).contains(&retry_after), "Retry-After {retry_after}");
+        assert!((1..=4).contains(&retry_after), "Retry-After {retry_after}");
         let v: Value = r.json().await.unwrap();
         assert_eq!(v["error"], "circuit_open");
         assert!(v["message"].as_str().unwrap().contains("\"app\""), "{v}");
@@ -198,10 +198,19 @@ async fn breaker_opens_then_sends_nothing_upstream_survives_a_reload_and_recover
     );
     assert_eq!(app.hits(), 5);
 
-    // The upstream recovers; after open_for, two probes close the breaker.
+    // The upstream recovers; after open_for (4s), two probes close the breaker.
     app.set_mode(Mode::Echo);
-    tokio::time::sleep(Duration::from_millis(2200)).await;
-    assert_eq!(get(&gw, "/x").await.status(), 200);
+    let mut refused = 0;
+    let recovered = eventually(Duration::from_secs(8), async || {
+        let r = get(&gw, "/x").await;
+        if r.status() == 503 {
+            assert_eq!(error_code(&r), "circuit_open");
+            refused += 1;
+        }
+        r.status() == 200
+    })
+    .await;
+    assert!(recovered && refused > 0, "{}", gw.logs());
     assert_eq!(breaker_of(&gw, "app").await["state"], "HALF_OPEN");
     assert_eq!(get(&gw, "/x").await.status(), 200);
     assert_eq!(breaker_of(&gw, "app").await["state"], "CLOSED");
