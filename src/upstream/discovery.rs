@@ -460,6 +460,69 @@ mod tests {
             .starts_with("[0].address"));
     }
 
+    /// A gateway state with one DNS upstream `app` on a name that never resolves.
+    fn state_with_unresolvable_dns() -> Arc<State> {
+        let yaml = "listeners: [ { name: p, address: \"127.0.0.1:1\" } ]\nupstreams:\n  app: { discovery: { dns: { name: no-such-host.invalid, port: 80, refresh: 1s } } }\nroutes:\n  - { name: r, match: { path_prefix: / }, upstream: app }\n";
+        let loaded = crate::config::load_str(yaml, None).unwrap();
+        crate::app::build_state(loaded, None).unwrap()
+    }
+
+    #[tokio::test]
+    async fn failed_dns_lookup_keeps_the_last_set_and_counts() {
+        let state = state_with_unresolvable_dns();
+        let u = state.current().upstreams["app"].clone();
+        assert!(
+            u.endpoints().is_empty(),
+            "an unresolvable name starts empty"
+        );
+        let a: SocketAddr = "127.0.0.1:8081".parse().unwrap();
+        u.set_endpoints(merge(&[], vec![(a.to_string(), a, 1)], Source::Dns, true));
+        let before = u.endpoints();
+        refresh_dns(state.clone(), u.clone()).await;
+        refresh_dns(state.clone(), u.clone()).await;
+        assert!(
+            Arc::ptr_eq(&before, &u.endpoints()),
+            "the last good set stays"
+        );
+        let errors = state
+            .metrics
+            .discovery_errors
+            .with_label_values(&["app", "dns"])
+            .get();
+        assert_eq!(errors, 2);
+    }
+
+    #[tokio::test]
+    async fn unreachable_registry_keeps_the_last_set() {
+        // Nothing listens on port 1: every connect fails fast.
+        let yaml = "listeners: [ { name: p, address: \"127.0.0.1:1\" } ]\nredis: { url: \"redis://127.0.0.1:1\" }\nupstreams:\n  app: { discovery: { redis: { service: svc } } }\nroutes:\n  - { name: r, match: { path_prefix: / }, upstream: app }\n";
+        let state =
+            crate::app::build_state(crate::config::load_str(yaml, None).unwrap(), None).unwrap();
+        let u = state.current().upstreams["app"].clone();
+        let a: SocketAddr = "127.0.0.1:8081".parse().unwrap();
+        u.set_endpoints(merge(&[], vec![(a.to_string(), a, 1)], Source::Redis, true));
+        let before = u.endpoints();
+        let disc = Arc::new(Discovery::new(Some("redis://127.0.0.1:1".into())));
+        refresh_redis(state.clone(), u.clone(), disc.clone()).await;
+        refresh_redis(state.clone(), u.clone(), disc).await;
+        assert!(
+            Arc::ptr_eq(&before, &u.endpoints()),
+            "the last known set stays"
+        );
+        assert_eq!(
+            state
+                .metrics
+                .discovery_errors
+                .with_label_values(&["app", "redis"])
+                .get(),
+            2
+        );
+        assert!(matches!(
+            lookup_registry(&Discovery::new(None), "svc").await,
+            Err(DiscoveryError::NoRedis)
+        ));
+    }
+
     #[test]
     fn merge_keeps_live_state_of_endpoints_that_stay() {
         let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
