@@ -109,4 +109,80 @@ mod tests {
         assert_eq!(parse_status(b"HTTP/1.1 204 No Content\r\n\r\n"), Some(204));
         assert_eq!(parse_status(b"SSH-2.0\r\n"), None);
     }
+
+    /// A one-shot-per-connection server answering every request with `answer`.
+    async fn server(answer: &'static str) -> SocketAddr {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 1024];
+                    let _ = s.read(&mut buf).await;
+                    if !answer.is_empty() {
+                        let _ = s.write_all(answer.as_bytes()).await;
+                    } else {
+                        tokio::time::sleep(Duration::from_secs(5)).await;
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    fn cfg(yaml: &str) -> HealthCheckConfig {
+        serde_yaml::from_str(yaml).unwrap()
+    }
+
+    #[tokio::test]
+    async fn http_checks_status_range_and_body() {
+        let ok = server("HTTP/1.1 200 OK\r\nContent-Length: 7\r\nConnection: close\r\n\r\nhealthy")
+            .await;
+        let bad = server(
+            "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        let junk = server("SSH-2.0-OpenSSH\r\n").await;
+        let silent = server("").await;
+        let c = cfg("{ interval: 1s, timeout: 300ms }");
+        assert_eq!(check(ok, &c).await, Ok(()));
+        assert_eq!(check(bad, &c).await, Err(CheckFailure::Status(503)));
+        assert_eq!(check(junk, &c).await, Err(CheckFailure::Malformed));
+        assert_eq!(check(silent, &c).await, Err(CheckFailure::Timeout));
+        assert_eq!(check(ok, &cfg("{ body_contains: healthy }")).await, Ok(()));
+        assert_eq!(
+            check(ok, &cfg("{ body_contains: READY }")).await,
+            Err(CheckFailure::Body)
+        );
+        assert_eq!(
+            check(bad, &cfg("{ expected_status: [200, 599] }")).await,
+            Ok(())
+        );
+    }
+
+    #[tokio::test]
+    async fn tcp_check_only_connects() {
+        let silent = server("").await;
+        let c = cfg("{ kind: tcp, timeout: 300ms }");
+        assert_eq!(check(silent, &c).await, Ok(()));
+        let closed = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap()
+        };
+        assert!(matches!(
+            check(closed, &c).await,
+            Err(CheckFailure::Connect(_))
+        ));
+    }
+
+    #[test]
+    fn jitter_stays_within_ten_percent() {
+        for _ in 0..100 {
+            let j = jittered(Duration::from_secs(10));
+            assert!(
+                j >= Duration::from_secs(10) && j <= Duration::from_secs(11),
+                "{j:?}"
+            );
+        }
+    }
 }
