@@ -289,10 +289,17 @@ impl Db {
     /// Begins a write transaction: `BEGIN IMMEDIATE` on SQLite so the write lock is taken
     /// up front (a deferred transaction that upgrades later fails with SQLITE_BUSY).
     pub async fn begin_write(&self) -> Result<Transaction<'static, Any>, sqlx::Error> {
-        match self.dialect {
+        let r = match self.dialect {
             Dialect::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
             Dialect::MySql => self.pool.begin().await,
+        };
+        if let Err(sqlx::Error::InvalidSavePointStatement) = &r {
+            // A pooled connection was left inside a transaction by a cancelled future.
+            // Handlers run to completion (see server::run_to_completion) so this should not
+            // happen; say it loudly if it does.
+            tracing::error!("a pooled database connection is stuck inside a transaction");
         }
+        r
     }
 
     /// `INSERT OR IGNORE` / `INSERT IGNORE`.

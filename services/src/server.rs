@@ -4,9 +4,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::StatusCode;
-use axum::response::IntoResponse;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{middleware, Json, Router};
 use gatehouse_registry::{Heartbeat, Registry};
@@ -126,6 +127,27 @@ async fn health(State(db): State<Db>) -> impl IntoResponse {
     }
 }
 
+/// Runs each request's handler in its own task, so that a client that disconnects (or a
+/// caller that times out) cannot cancel a handler half way through a database transaction.
+///
+/// A future dropped right after sqlx's `BEGIN` was executed but before it was acknowledged
+/// leaves a pooled connection inside a transaction forever (holding SQLite's write lock,
+/// and refusing every later `BEGIN IMMEDIATE`): we saw exactly that in the bank test when
+/// the coordinator was SIGKILLed with calls in flight.
+async fn run_to_completion(req: Request, next: Next) -> Response {
+    match tokio::spawn(next.run(req)).await {
+        Ok(resp) => resp,
+        Err(e) => {
+            tracing::error!(error = %e, "request handler panicked");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                Json(json!({ "error": { "code": "internal", "message": "internal error" } })),
+            )
+                .into_response()
+        }
+    }
+}
+
 fn finish(routes: Router, db: &Db, metrics: &Metrics) -> Router {
     let ops = Router::new()
         .route("/health", get(health))
@@ -140,6 +162,7 @@ fn finish(routes: Router, db: &Db, metrics: &Metrics) -> Router {
         );
     routes
         .merge(ops)
+        .layer(middleware::from_fn(run_to_completion))
         .layer(middleware::from_fn_with_state(metrics.clone(), track))
 }
 

@@ -12,9 +12,9 @@ use crate::harness::*;
 
 const ACCOUNTS: usize = 5;
 const INITIAL: i64 = 10_000;
-const WORKERS: usize = 12;
-const PER_WORKER: usize = 25;
-const RESTARTS: usize = 2;
+const WORKERS: usize = 16;
+const PER_WORKER: usize = 40;
+const RESTARTS: usize = 3;
 
 #[derive(Default)]
 struct ClientStats {
