@@ -1375,4 +1375,17 @@ async fn load_while_reloading_50_times_drops_nothing() {
         extra_hits.iter().all(|h| *h > 0),
         "every extra endpoint took traffic while present"
     );
+    // In-flight accounting survived every swap: nothing is left counted.
+    let idle = async || {
+        let ups = admin_json(&gw, "/admin/upstreams").await;
+        ups.as_object().unwrap().values().all(|u| {
+            u["endpoints"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|e| e["inflight"] == 0)
+        })
+    };
+    assert!(eventually(Duration::from_secs(5), idle).await);
+    assert_eq!(metric(&gw, "gatehouse_inflight_requests", &[]).await, 0.0);
 }
