@@ -159,7 +159,9 @@ async fn dns_discovery_resolves_localhost() {
     tokio::time::sleep(Duration::from_millis(1200)).await;
     assert_eq!(endpoints(&gw, "app").await[0]["since"], since);
     assert!(
-        !gw.logs().contains("upstream=app source=dns endpoints"),
+        !gw.logs()
+            .lines()
+            .any(|l| l.contains("endpoints changed") && l.contains(r#""upstream":"app""#)),
         "no change was logged:\n{}",
         gw.logs()
     );
@@ -231,6 +233,13 @@ async fn file_discovery_follows_edits_and_refuses_a_bad_file() {
             .await
             == set_of(&[a.addr, b.addr]))
         .await
+    );
+    assert!(
+        gw.logs()
+            .lines()
+            .any(|l| l.contains("endpoints changed") && l.contains(r#""upstream":"app""#)),
+        "the change is logged:\n{}",
+        gw.logs()
     );
     let hits_b = b.hits();
     for _ in 0..6 {
@@ -405,14 +414,9 @@ async fn redis_registry_register_heartbeat_expire() {
     assert_eq!(status_of(&gw, "/x").await, 200);
 
     // b registers with a short TTL and one heartbeat, then stops beating: it is dropped.
-    reg.register(
-        &service,
-        &b.addr.to_string(),
-        1,
-        Duration::from_millis(1500),
-    )
-    .await
-    .unwrap();
+    reg.register(&service, &b.addr.to_string(), 1, Duration::from_secs(3))
+        .await
+        .unwrap();
     assert!(
         eventually(Duration::from_secs(10), async || addresses(&gw, "app")
             .await
@@ -425,7 +429,7 @@ async fn redis_registry_register_heartbeat_expire() {
         .find(|e| e["address"] == a.addr.to_string())
         .unwrap()["since"]
         .clone();
-    reg.heartbeat(&service, &b.addr.to_string(), Duration::from_millis(1500))
+    reg.heartbeat(&service, &b.addr.to_string(), Duration::from_secs(3))
         .await
         .unwrap();
     let hits_b = b.hits();
@@ -440,7 +444,7 @@ async fn redis_registry_register_heartbeat_expire() {
             == set_of(&[a.addr]))
         .await
     );
-    assert!(dropped_at.elapsed() < Duration::from_secs(5));
+    assert!(dropped_at.elapsed() < Duration::from_secs(8));
     let kept = endpoints(&gw, "app")
         .await
         .into_iter()
@@ -581,7 +585,7 @@ async fn failing_health_check_removes_and_restores_an_endpoint() {
     assert!(eventually(Duration::from_secs(10), async || healthy(&ea).await == 0.0).await);
     // interval 300ms x threshold 2 (+10% jitter, +a tick); generous for 2 busy cores.
     let took = t0.elapsed();
-    assert!(took < Duration::from_millis(2500), "removed after {took:?}");
+    assert!(took < Duration::from_secs(3), "removed after {took:?}");
     let hits_a = a.hits();
     for _ in 0..6 {
         let r = client().get(gw.url("/x")).send().await.unwrap();
