@@ -136,7 +136,7 @@ struct Cli {
     )]
     saga_recovery_interval_ms: u64,
     /// Test mode only: do not run the history projection (exercises the write-model fallback).
-    #[arg(long, env = "GATEHOUSE_DISABLE_PROJECTION", global = true)]
+    #[arg(long, env = "GATEHOUSE_DISABLE_PROJECTION", global = true, value_parser = clap::builder::BoolishValueParser::new())]
     disable_projection: bool,
     /// Weight registered in the Redis registry.
     #[arg(

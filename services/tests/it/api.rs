@@ -1,1 +1,780 @@
-//! API behaviour tests.
+//! API behaviour: payment idempotency, Idempotency-Key, users and roles, events over Redis
+//! Streams across processes, the read-model fallback, metrics, and the demo command.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::harness::*;
+
+async fn account(c: &reqwest::Client, pay: &str, owner: &str, balance: i64) -> String {
+    let (st, v) = post(
+        c,
+        &format!("{pay}/accounts"),
+        &json!({ "owner_id": owner, "initial_balance": balance }),
+    )
+    .await;
+    assert_eq!(st, 201, "{v}");
+    v["id"].as_str().unwrap().to_string()
+}
+
+async fn balance(c: &reqwest::Client, pay: &str, id: &str) -> i64 {
+    let (st, v) = get(c, &format!("{pay}/accounts/{id}")).await;
+    assert_eq!(st, 200, "{v}");
+    v["balance"].as_i64().unwrap()
+}
+
+#[tokio::test]
+async fn payment_operations_are_idempotent_and_never_negative() {
+    let dep = Deployment::new("payops", false);
+    let _p = dep.start("payment", &["payment"]).await;
+    let c = http();
+    let pay = dep.url("payment");
+    let a = account(&c, &pay, "alice", 1000).await;
+
+    // The internal token is required on operations.
+    let r = c
+        .post(format!("{pay}/ops/debit"))
+        .json(&json!({"op_id": "x", "account_id": a, "amount": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = c
+        .post(format!("{pay}/ops/debit"))
+        .header("x-internal-token", "wrong")
+        .json(&json!({"op_id": "x", "account_id": a, "amount": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+
+    // 20 concurrent debits with one op id debit once.
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let (c, pay, a) = (c.clone(), pay.clone(), a.clone());
+        tasks.push(tokio::spawn(async move {
+            post(
+                &c,
+                &format!("{pay}/ops/debit"),
+                &json!({"op_id": "op-1", "account_id": a, "amount": 300}),
+            )
+            .await
+        }));
+    }
+    for t in tasks {
+        let (st, v) = t.await.unwrap();
+        assert_eq!(st, 200, "{v}");
+        assert_eq!(v["status"], "APPLIED", "{v}");
+    }
+    assert_eq!(balance(&c, &pay, &a).await, 700);
+
+    // Refused when it would go negative, and the refusal is final for that op id.
+    let (_, v) = post(
+        &c,
+        &format!("{pay}/ops/debit"),
+        &json!({"op_id": "op-big", "account_id": a, "amount": 701}),
+    )
+    .await;
+    assert_eq!(v["status"], "REJECTED");
+    assert_eq!(v["reason"], "insufficient_funds");
+    post(
+        &c,
+        &format!("{pay}/ops/credit"),
+        &json!({"op_id": "op-c", "account_id": a, "amount": 5000}),
+    )
+    .await;
+    let (_, v) = post(
+        &c,
+        &format!("{pay}/ops/debit"),
+        &json!({"op_id": "op-big", "account_id": a, "amount": 701}),
+    )
+    .await;
+    assert_eq!(v["status"], "REJECTED");
+    assert_eq!(v["replayed"], true);
+    assert_eq!(balance(&c, &pay, &a).await, 5700);
+
+    // Refund gives a debit back once, whatever the refund ids.
+    let (_, v) = post(
+        &c,
+        &format!("{pay}/ops/refund"),
+        &json!({"op_id": "rf-1", "debit_op_id": "op-1"}),
+    )
+    .await;
+    assert_eq!(v["status"], "APPLIED", "{v}");
+    let (_, v) = post(
+        &c,
+        &format!("{pay}/ops/refund"),
+        &json!({"op_id": "rf-1", "debit_op_id": "op-1"}),
+    )
+    .await;
+    assert_eq!(v["status"], "APPLIED");
+    assert_eq!(v["replayed"], true);
+    let (_, v) = post(
+        &c,
+        &format!("{pay}/ops/refund"),
+        &json!({"op_id": "rf-2", "debit_op_id": "op-1"}),
+    )
+    .await;
+    assert_eq!(v["status"], "NOOP");
+    assert_eq!(v["reason"], "already_refunded");
+    assert_eq!(balance(&c, &pay, &a).await, 6000);
+
+    // A void (or a refund) of an op that never landed blocks it from landing later.
+    let (_, v) = post(
+        &c,
+        &format!("{pay}/ops/void"),
+        &json!({"op_id": "late-credit"}),
+    )
+    .await;
+    assert_eq!(v["status"], "VOIDED");
+    let (_, v) = post(
+        &c,
+        &format!("{pay}/ops/credit"),
+        &json!({"op_id": "late-credit", "account_id": a, "amount": 10}),
+    )
+    .await;
+    assert_eq!(v["status"], "VOIDED");
+    let (_, v) = post(
+        &c,
+        &format!("{pay}/ops/refund"),
+        &json!({"op_id": "rf-3", "debit_op_id": "late-debit"}),
+    )
+    .await;
+    assert_eq!(v["status"], "NOOP");
+    let (_, v) = post(
+        &c,
+        &format!("{pay}/ops/debit"),
+        &json!({"op_id": "late-debit", "account_id": a, "amount": 10}),
+    )
+    .await;
+    assert_eq!(v["status"], "VOIDED");
+    // A void of an applied op reports it applied and changes nothing.
+    let (_, v) = post(&c, &format!("{pay}/ops/void"), &json!({"op_id": "op-c"})).await;
+    assert_eq!(v["status"], "APPLIED");
+    assert_eq!(balance(&c, &pay, &a).await, 6000);
+
+    // Bad input is a 400; unknown accounts are a definitive rejection.
+    let (st, _) = post(
+        &c,
+        &format!("{pay}/ops/credit"),
+        &json!({"op_id": "z", "account_id": a, "amount": 0}),
+    )
+    .await;
+    assert_eq!(st, 400);
+    let (_, v) = post(
+        &c,
+        &format!("{pay}/ops/credit"),
+        &json!({"op_id": "z2", "account_id": "acc_nope", "amount": 5}),
+    )
+    .await;
+    assert_eq!(v["reason"], "unknown_account");
+
+    // Users see their own accounts only.
+    let r = c
+        .get(format!("{pay}/accounts/{a}"))
+        .header("x-user-id", "mallory")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let r = c
+        .get(format!("{pay}/accounts/{a}"))
+        .header("x-user-id", "alice")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test]
+async fn fault_injection_admin_endpoint_changes_behaviour() {
+    let dep = Deployment::new("faults", false);
+    let _p = dep.start("payment", &["payment"]).await;
+    let c = http();
+    let pay = dep.url("payment");
+    let a = account(&c, &pay, "u", 100).await;
+    let r = c
+        .put(format!("{pay}/admin/faults"))
+        .header("x-user-id", "u")
+        .json(&json!({"fail": 1.0}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let r = c
+        .put(format!("{pay}/admin/faults"))
+        .header("x-internal-token", TOKEN)
+        .json(&json!({"fail": 1.0}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let (st, _) = post(
+        &c,
+        &format!("{pay}/ops/credit"),
+        &json!({"op_id": "f1", "account_id": a, "amount": 5}),
+    )
+    .await;
+    assert_eq!(st, 503);
+    assert_eq!(
+        balance(&c, &pay, &a).await,
+        100,
+        "a failed op applies nothing"
+    );
+    c.put(format!("{pay}/admin/faults"))
+        .header("x-internal-token", TOKEN)
+        .json(&json!({"drop": 1.0}))
+        .send()
+        .await
+        .unwrap();
+    let (st, _) = post(
+        &c,
+        &format!("{pay}/ops/credit"),
+        &json!({"op_id": "f2", "account_id": a, "amount": 5}),
+    )
+    .await;
+    assert_eq!(st, 503);
+    assert_eq!(
+        balance(&c, &pay, &a).await,
+        105,
+        "a dropped op is applied, its answer lost"
+    );
+    let (_, v) = get(&c, &format!("{pay}/admin/faults")).await;
+    assert_eq!(v["injected"]["fail"], 1);
+    assert_eq!(v["injected"]["drop"], 1);
+    let r = c
+        .put(format!("{pay}/admin/faults"))
+        .header("x-internal-token", TOKEN)
+        .json(&json!({"fail": 2.0}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+}
+
+#[tokio::test]
+async fn fault_injection_is_off_in_production_mode() {
+    let mut dep = Deployment::new("prodfaults", false);
+    dep.set("GATEHOUSE_MODE", "production")
+        .set("GATEHOUSE_FAULTS", "fail=1");
+    let _p = dep.start("payment", &["payment"]).await;
+    let c = http();
+    let pay = dep.url("payment");
+    let (st, _) = get(&c, &format!("{pay}/admin/faults")).await;
+    assert_eq!(st, 404);
+    // Opening balances need an admin in production; the internal token counts as one.
+    let a = account(&c, &pay, "u", 10).await;
+    let (st, v) = post(
+        &c,
+        &format!("{pay}/ops/credit"),
+        &json!({"op_id": "p1", "account_id": a, "amount": 5}),
+    )
+    .await;
+    assert_eq!(st, 200, "{v}");
+    let r = c
+        .post(format!("{pay}/accounts"))
+        .header("x-user-id", "u")
+        .json(&json!({"initial_balance": 5}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+}
+
+#[tokio::test]
+async fn idempotency_key_starts_one_saga() {
+    let dep = Deployment::new("idem", false);
+    let _all = dep
+        .start("all", &["payment", "notification", "user", "transaction"])
+        .await;
+    let c = http();
+    let (pay, tx) = (dep.url("payment"), dep.url("transaction"));
+    let a = account(&c, &pay, "alice", 1000).await;
+    let b = account(&c, &pay, "bob", 0).await;
+    let body = json!({"from_account": a, "to_account": b, "amount": 100});
+    let mut tasks = Vec::new();
+    for _ in 0..10 {
+        let (c, tx, body) = (c.clone(), tx.clone(), body.clone());
+        tasks.push(tokio::spawn(async move {
+            let r = c
+                .post(format!("{tx}/transfers"))
+                .header("x-user-id", "alice")
+                .header("idempotency-key", "same-key")
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            let st = r.status().as_u16();
+            (st, r.json::<Value>().await.unwrap())
+        }));
+    }
+    let mut ids = std::collections::HashSet::new();
+    let mut created = 0;
+    for t in tasks {
+        let (st, v) = t.await.unwrap();
+        assert!([200, 201, 202].contains(&st), "{st} {v}");
+        if st != 200 {
+            created += 1;
+        }
+        ids.insert(v["id"].as_str().unwrap().to_string());
+    }
+    assert_eq!(ids.len(), 1, "one saga for one key");
+    assert_eq!(created, 1, "exactly one request created it");
+    let id = ids.into_iter().next().unwrap();
+    let v = eventually("transfer completed", Duration::from_secs(20), || {
+        let (c, url) = (c.clone(), format!("{tx}/transfers/{id}"));
+        async move {
+            let (_, v) = get(&c, &url).await;
+            (v["status"] == "COMPLETED").then_some(v)
+        }
+    })
+    .await;
+    assert_eq!(v["amount"], 100);
+    assert_eq!(balance(&c, &pay, &a).await, 900);
+    assert_eq!(balance(&c, &pay, &b).await, 100);
+    // Same key, different transfer: refused.
+    let r = c
+        .post(format!("{tx}/transfers"))
+        .header("x-user-id", "alice")
+        .header("idempotency-key", "same-key")
+        .json(&json!({"from_account": a, "to_account": b, "amount": 999}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    // Someone else's account cannot be debited through a user's transfer.
+    let r = c
+        .post(format!("{tx}/transfers"))
+        .header("x-user-id", "mallory")
+        .json(&json!({"from_account": a, "to_account": b, "amount": 1}))
+        .send()
+        .await
+        .unwrap();
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["status"], "FAILED", "{v}");
+    assert!(
+        v["last_error"].as_str().unwrap().contains("not_owner"),
+        "{v}"
+    );
+    assert_eq!(balance(&c, &pay, &a).await, 900);
+    // Users only see their own transfers; anonymous calls are refused.
+    let r = c
+        .get(format!("{tx}/transfers/{id}"))
+        .header("x-user-id", "mallory")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let r = c
+        .post(format!("{tx}/transfers"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+}
+
+#[tokio::test]
+async fn users_register_login_profile_and_admin() {
+    let mut dep = Deployment::new("users", false);
+    dep.set("GATEHOUSE_MODE", "production");
+    let _u = dep.start("user", &["user"]).await;
+    let c = http();
+    let user = dep.url("user");
+    let reg = |email: &str, role: Option<&str>| {
+        let mut b = json!({"email": email, "password": "correct horse"});
+        if let Some(r) = role {
+            b["role"] = json!(r);
+        }
+        c.post(format!("{user}/register")).json(&b).send()
+    };
+    let r = reg("Ann@Example.com", None).await.unwrap();
+    assert_eq!(r.status(), 201);
+    let ann: Value = r.json().await.unwrap();
+    assert_eq!(ann["role"], "USER");
+    assert!(ann.get("password_hash").is_none());
+    assert_eq!(reg("ann@example.com", None).await.unwrap().status(), 409);
+    assert_eq!(reg("not-an-email", None).await.unwrap().status(), 400);
+    // Self-made admins are refused outside test/demo mode.
+    assert_eq!(
+        reg("boss@example.com", Some("ADMIN"))
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
+    let r = c
+        .post(format!("{user}/register"))
+        .header("x-internal-token", TOKEN)
+        .json(&json!({"email": "boss@example.com", "password": "correct horse", "role": "ADMIN"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+
+    let login = |email: &str, pw: &str| {
+        c.post(format!("{user}/login"))
+            .json(&json!({"email": email, "password": pw}))
+            .send()
+    };
+    assert_eq!(
+        login("ann@example.com", "wrong password")
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    assert_eq!(
+        login("nobody@example.com", "correct horse")
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    let v: Value = login("ann@example.com", "correct horse")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = v["token"].as_str().unwrap().to_string();
+    assert_eq!(v["expires_in"], 86400);
+
+    // The token's claims: sub, email, role, iss, aud, exp = iat + 24 h.
+    let payload = token.split('.').nth(1).unwrap();
+    let claims: Value = serde_json::from_slice(&b64url(payload)).unwrap();
+    assert_eq!(claims["sub"], ann["id"]);
+    assert_eq!(claims["email"], "ann@example.com");
+    assert_eq!(claims["role"], "USER");
+    assert_eq!(claims["iss"], "gatehouse");
+    assert_eq!(claims["aud"], "gatehouse");
+    assert_eq!(
+        claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap(),
+        86400
+    );
+
+    // Profile by bearer token, or by the gateway's X-User-Id.
+    let r = c
+        .get(format!("{user}/profile"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = c
+        .get(format!("{user}/profile"))
+        .bearer_auth("not.a.token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = c
+        .put(format!("{user}/profile"))
+        .header("x-user-id", ann["id"].as_str().unwrap())
+        .json(&json!({"display_name": "Ann"}))
+        .send()
+        .await
+        .unwrap();
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["display_name"], "Ann");
+    assert_eq!(
+        c.get(format!("{user}/profile"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+
+    // Admin listing: 403 for a user, 200 for role ADMIN.
+    let r = c
+        .get(format!("{user}/admin/users"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let r = c
+        .get(format!("{user}/admin/users"))
+        .header("x-user-id", "x")
+        .header("x-user-role", "ADMIN")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["users"].as_array().unwrap().len(), 2);
+    // The password is never in the logs.
+    let logs = std::fs::read_to_string(&_u.log).unwrap();
+    assert!(!logs.contains("correct horse"));
+}
+
+fn b64url(s: &str) -> Vec<u8> {
+    let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = Vec::new();
+    let (mut buf, mut bits) = (0u32, 0);
+    for ch in s.bytes() {
+        let v = alphabet.iter().position(|&a| a == ch).unwrap() as u32;
+        buf = (buf << 6) | v;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((buf >> bits) as u8);
+            buf &= (1 << bits) - 1;
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_over_redis_streams_across_processes_and_registry() {
+    let _heavy = HEAVY.lock().await;
+    let mut dep = Deployment::new("redis", false);
+    let prefix = format!("test:{}", unique("svc"));
+    dep.set("GATEHOUSE_REDIS_URL", REDIS)
+        .set("GATEHOUSE_REDIS_PREFIX", &prefix);
+    // Four separate processes: only Redis can carry events between them.
+    let _p = dep.start("payment", &["payment"]).await;
+    let _n = dep.start("notification", &["notification"]).await;
+    let _u = dep.start("user", &["user"]).await;
+    let _t = dep.start("transaction", &["transaction"]).await;
+    let c = http();
+
+    // Each service registered itself in the registry.
+    let reg =
+        gatehouse_registry::Registry::connect_with_prefix(REDIS, &format!("{prefix}:registry"))
+            .await
+            .expect("the shared Redis at 127.0.0.1:6379 must be running");
+    for s in ["user", "payment", "transaction", "notification"] {
+        let live = reg.list_live(s).await.unwrap();
+        assert_eq!(
+            live,
+            vec![(format!("127.0.0.1:{}", dep.ports[s]), 1)],
+            "{s}"
+        );
+    }
+
+    // UserRegistered travels user -> stream -> notification (no direct call exists).
+    let r = c
+        .post(format!("{}/register", dep.url("user")))
+        .json(&json!({"email": "r@example.com", "password": "password123"}))
+        .send()
+        .await
+        .unwrap();
+    let uid = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let notes_url = format!("{}/notifications?user_id={uid}", dep.url("notification"));
+    eventually(
+        "welcome notification via Redis Streams",
+        Duration::from_secs(20),
+        || {
+            let (c, url) = (c.clone(), notes_url.clone());
+            async move {
+                let (_, v) = get(&c, &url).await;
+                v["notifications"]
+                    .as_array()
+                    .and_then(|n| n.iter().find(|n| n["kind"] == "welcome").cloned())
+            }
+        },
+    )
+    .await;
+
+    // A transfer: the history read model is built from the stream and used once caught up.
+    let pay = dep.url("payment");
+    let a = account(&c, &pay, &uid, 500).await;
+    let b = account(&c, &pay, "other", 0).await;
+    let r = c
+        .post(format!("{}/transfers", dep.url("transaction")))
+        .header("x-user-id", &uid)
+        .json(&json!({"from_account": a, "to_account": b, "amount": 200}))
+        .send()
+        .await
+        .unwrap();
+    let saga = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let hist_url = format!("{}/history", dep.url("transaction"));
+    let v = eventually(
+        "history from the read model",
+        Duration::from_secs(20),
+        || {
+            let (c, url, uid) = (c.clone(), hist_url.clone(), uid.clone());
+            async move {
+                let r = c.get(&url).header("x-user-id", &uid).send().await.ok()?;
+                let v: Value = r.json().await.ok()?;
+                (v["source"] == "read_model"
+                    && v["items"]
+                        .as_array()?
+                        .iter()
+                        .any(|i| i["state"] == "COMPLETED"))
+                .then_some(v)
+            }
+        },
+    )
+    .await;
+    assert_eq!(v["items"][0]["saga_id"], saga.as_str());
+    assert_eq!(v["items"][0]["direction"], "out");
+
+    // The stream and its consumer groups exist under the test's prefix.
+    let client = redis::Client::open(REDIS).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let len: i64 = redis::cmd("XLEN")
+        .arg(format!("{prefix}:events"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(len >= 3, "stream length {len}");
+    let groups: Vec<redis::Value> = redis::cmd("XINFO")
+        .arg("GROUPS")
+        .arg(format!("{prefix}:events"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(groups.len(), 2, "notification + transaction-history groups");
+    let _: () = redis::cmd("DEL")
+        .arg(format!("{prefix}:events"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn history_falls_back_to_the_write_model_when_the_read_model_lags() {
+    let mut dep = Deployment::new("lag", false);
+    dep.set("GATEHOUSE_DISABLE_PROJECTION", "1");
+    let _all = dep
+        .start("all", &["payment", "notification", "user", "transaction"])
+        .await;
+    let c = http();
+    let pay = dep.url("payment");
+    let a = account(&c, &pay, "ul", 500).await;
+    let b = account(&c, &pay, "um", 0).await;
+    let r = c
+        .post(format!("{}/transfers", dep.url("transaction")))
+        .header("x-user-id", "ul")
+        .json(&json!({"from_account": a, "to_account": b, "amount": 75}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let hist = format!("{}/history", dep.url("transaction"));
+    let v: Value = c
+        .get(&hist)
+        .header("x-user-id", "ul")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["source"], "write_model", "{v}");
+    assert!(
+        v["write_model_position"].as_i64().unwrap() > v["read_model_position"].as_i64().unwrap()
+    );
+    assert_eq!(v["items"][0]["amount"], 75);
+    assert_eq!(v["items"][0]["state"], "COMPLETED");
+    // The receiver sees it too, as incoming.
+    let v: Value = c
+        .get(&hist)
+        .header("x-user-id", "um")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["items"][0]["direction"], "in");
+    // The lagging read model itself is empty.
+    let v: Value = c
+        .get(format!("{hist}?source=read"))
+        .header("x-user-id", "ul")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["items"].as_array().unwrap().len(), 0);
+    // In-process delivery still reached the notification service.
+    let (_, v) = get(
+        &c,
+        &format!("{}/notifications?user_id=um", dep.url("notification")),
+    )
+    .await;
+    assert_eq!(v["notifications"][0]["kind"], "transfer_received", "{v}");
+}
+
+#[tokio::test]
+async fn metrics_expose_pool_gauges_and_request_counts() {
+    let dep = Deployment::new("metrics", false);
+    let _all = dep
+        .start("all", &["payment", "notification", "user", "transaction"])
+        .await;
+    let c = http();
+    for s in ["user", "payment", "transaction", "notification"] {
+        c.get(format!("{}/health", dep.url(s)))
+            .send()
+            .await
+            .unwrap();
+        let r = c
+            .get(format!("{}/metrics", dep.url(s)))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain"));
+        let m = r.text().await.unwrap();
+        for state in ["in_use", "idle", "max"] {
+            let line = format!(
+                "gatehouse_service_db_pool_connections{{service=\"{s}\",state=\"{state}\"}}"
+            );
+            assert!(m.contains(&line), "{s}: missing {line}\n{m}");
+        }
+        assert!(m.contains(&format!(
+            "gatehouse_service_db_pool_connections{{service=\"{s}\",state=\"max\"}} 10"
+        )));
+        assert!(m.contains("route=\"/health\""), "{m}");
+    }
+}
+
+#[tokio::test]
+async fn demo_starts_all_services_with_a_generated_secret() {
+    let mut dep = Deployment::new("demo", false);
+    dep.env.remove("GATEHOUSE_JWT_SECRET");
+    dep.env.remove("GATEHOUSE_INTERNAL_TOKEN");
+    dep.env.remove("GATEHOUSE_MODE");
+    let d = dep
+        .start("demo", &["payment", "notification", "user", "transaction"])
+        .await;
+    let c = http();
+    let user = dep.url("user");
+    let r = c
+        .post(format!("{user}/register"))
+        .json(&json!({"email": "d@example.com", "password": "password123", "role": "ADMIN"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        201,
+        "demo mode allows an ADMIN for the walk-through"
+    );
+    let r = c
+        .post(format!("{user}/login"))
+        .json(&json!({"email": "d@example.com", "password": "password123"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "login works with the generated secret");
+    let logs = std::fs::read_to_string(&d.log).unwrap();
+    assert!(
+        logs.contains("start_gateway"),
+        "the gateway hook ran:\n{logs}"
+    );
+}
