@@ -53,5 +53,5 @@ for i in $(seq 1 100); do curl -sf "http://127.0.0.1:$admin_port/readyz" >/dev/n
 cd tests/browser
 [ -d node_modules/playwright-core ] || npm ci --no-audit --no-fund
 ADMIN_PORT=$admin_port GATEWAY_URL="http://127.0.0.1:$gw_port" FAILING_UPSTREAM=payment HEALTHY_UPSTREAM=user \
-  TRAFFIC_PATH=/user/x FAILING_TRAFFIC_PATH=/payment/x EXPECT_STATUS=DEGRADED WAIT_SECONDS=30 \
+  TRAFFIC_PATH=/user/x FAILING_TRAFFIC_PATH=/payment/x EXPECT_STATUS=DEGRADED EXPECT_BREAKER_STATE=OPEN WAIT_SECONDS=30 \
   ARTIFACT_DIR="$ARTIFACT_DIR" node dashboard.test.mjs
