@@ -376,8 +376,17 @@ async fn idempotency_key_starts_one_saga() {
 }
 
 #[tokio::test]
-async fn users_register_login_profile_and_admin() {
-    let mut dep = Deployment::new("users", false);
+async fn users_register_login_profile_and_admin_sqlite() {
+    users_flow(false).await;
+}
+
+#[tokio::test]
+async fn users_register_login_profile_and_admin_mariadb() {
+    users_flow(true).await;
+}
+
+async fn users_flow(mariadb: bool) {
+    let mut dep = Deployment::new("users", mariadb);
     dep.set("GATEHOUSE_MODE", "production");
     let _u = dep.start("user", &["user"]).await;
     let c = http();
@@ -508,6 +517,10 @@ async fn users_register_login_profile_and_admin() {
     // The password is never in the logs.
     let logs = std::fs::read_to_string(&_u.log).unwrap();
     assert!(!logs.contains("correct horse"));
+    drop(_u);
+    if mariadb {
+        dep.drop_mariadb();
+    }
 }
 
 fn b64url(s: &str) -> Vec<u8> {

@@ -242,7 +242,7 @@ async fn run_bank(mariadb: bool) {
         .sum();
     assert!(fault_total > 0, "no fault was injected: {faults}");
     assert!(restarts >= 1);
-    println!(
+    let line = format!(
         "BANK[{label}]: transfers={} sagas={} outcomes={:?} faults_injected={} ({}) coordinator_sigkills_and_restarts={} \
          sagas_resumed_at_restart={} client_retries={} max_saga_attempts={} total_before={} total_after={} elapsed={:.1}s",
         total,
@@ -258,6 +258,17 @@ async fn run_bank(mariadb: bool) {
         total_now,
         started.elapsed().as_secs_f64()
     );
+    println!("{line}");
+    // Also kept beside the build, so CI output need not be captured to read the figures.
+    let figures = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("bank-figures.txt");
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&figures)
+    {
+        use std::io::Write;
+        let _ = writeln!(f, "{line}");
+    }
     drop((payment, notification, transaction));
     if mariadb {
         dep.drop_mariadb();
