@@ -62,11 +62,20 @@ async fn transfer(
     None
 }
 
-async fn run_bank(mariadb: bool) {
+async fn run_bank(mariadb: bool, redis: bool) {
     let _heavy = HEAVY.lock().await;
     let started = Instant::now();
-    let label = if mariadb { "mariadb" } else { "sqlite" };
-    let mut dep = Deployment::new(&format!("bank{label}"), mariadb);
+    let label = match (mariadb, redis) {
+        (true, _) => "mariadb",
+        (false, true) => "sqlite+redis-streams",
+        (false, false) => "sqlite",
+    };
+    let mut dep = Deployment::new(&format!("bank{}", label.len()), mariadb);
+    let redis_prefix = format!("test:{}", unique("bank"));
+    if redis {
+        dep.set("GATEHOUSE_REDIS_URL", REDIS)
+            .set("GATEHOUSE_REDIS_PREFIX", &redis_prefix);
+    }
     dep.set(
         "GATEHOUSE_FAULTS",
         "fail=0.15,drop=0.15,delay=0.05,delay_ms=300",
@@ -235,6 +244,48 @@ async fn run_bank(mariadb: bool) {
     }
     assert_eq!(total_now, initial_total, "money was created or destroyed");
 
+    // The history read model catches up through the kills and agrees with the write model.
+    let owners: HashSet<String> = acc["accounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["owner_id"].as_str().unwrap().to_string())
+        .collect();
+    for owner in owners {
+        let key = |v: &Value| -> Vec<(String, String, String)> {
+            let mut k: Vec<_> = v["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|i| {
+                    (
+                        i["saga_id"].as_str().unwrap().to_string(),
+                        i["direction"].as_str().unwrap().to_string(),
+                        i["state"].as_str().unwrap().to_string(),
+                    )
+                })
+                .collect();
+            k.sort();
+            k
+        };
+        let url = format!("{tx_base}/history?user_id={owner}&limit=1000");
+        let read = eventually("read model caught up", Duration::from_secs(60), || {
+            let (c, url) = (c.clone(), url.clone());
+            async move {
+                let (_, v) = get(&c, &url).await;
+                (v["source"] == "read_model").then_some(v)
+            }
+        })
+        .await;
+        let (_, write) = get(&c, &format!("{url}&source=write")).await;
+        assert_eq!(
+            key(&read),
+            key(&write),
+            "read model of {owner} differs from the write model"
+        );
+        assert!(!key(&read).is_empty());
+    }
+
     let injected = &faults["injected"];
     let fault_total: u64 = ["fail", "drop", "delay"]
         .iter()
@@ -273,14 +324,27 @@ async fn run_bank(mariadb: bool) {
     if mariadb {
         dep.drop_mariadb();
     }
+    if redis {
+        let client = redis::Client::open(REDIS).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let _: Result<(), _> = redis::cmd("DEL")
+            .arg(format!("{redis_prefix}:events"))
+            .query_async(&mut conn)
+            .await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bank_invariant_sqlite() {
-    run_bank(false).await;
+    run_bank(false, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bank_invariant_sqlite_with_redis_streams() {
+    run_bank(false, true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bank_invariant_mariadb() {
-    run_bank(true).await;
+    run_bank(true, false).await;
 }
