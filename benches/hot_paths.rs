@@ -20,6 +20,8 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use futures_util::FutureExt;
 use gatehouse::config::{self, LoadedConfig};
 use gatehouse::router::{Matcher, RouteRequest, Router};
+use gatehouse::resilience::breaker::{Admission, BreakerSettings};
+use gatehouse::resilience::Breaker;
 use gatehouse::state;
 use gatehouse::upstream::{Endpoint, Source, Swrr, Upstream};
 use gatehouse_filters::rate_limit::local::LocalLimiter;
@@ -312,5 +314,50 @@ fn bench_rate_limit(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_router, bench_config, bench_swrr, bench_jwt, bench_rate_limit);
+fn bench_breaker(c: &mut Criterion) {
+    let settings = BreakerSettings {
+        failure_rate: 0.5,
+        min_requests: 20,
+        window: Duration::from_secs(30),
+        consecutive_failures: None,
+        open_for: Duration::from_secs(15),
+        max_open_for: Duration::from_secs(300),
+        half_open_probes: 3,
+    };
+    let mut g = c.benchmark_group("breaker");
+    g.warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
+    // The CLOSED fast path every proxied request takes: admit, then record a success.
+    let closed = Breaker::new(settings.clone());
+    let now = gatehouse::upstream::now_ms();
+    g.bench_function("admit_record_closed", |b| {
+        b.iter(|| match closed.admit(black_box(now)).0 {
+            Admission::Admit(t) => closed.record(t, false, now).is_some(),
+            Admission::Reject { .. } => panic!("a closed breaker rejected"),
+        })
+    });
+    // One failure in ten: still closed (50 % opens it), more window bookkeeping.
+    let mixed = Breaker::new(settings.clone());
+    let mut i = 0u32;
+    g.bench_function("admit_record_10pct_failures", |b| {
+        b.iter(|| {
+            i = i.wrapping_add(1);
+            match mixed.admit(black_box(now)).0 {
+                Admission::Admit(t) => mixed.record(t, i % 10 == 0, now).is_some(),
+                Admission::Reject { .. } => true,
+            }
+        })
+    });
+    // An OPEN breaker: the fail-fast answer.
+    let open = Breaker::new(settings);
+    for _ in 0..100 {
+        if let Admission::Admit(t) = open.admit(now).0 {
+            open.record(t, true, now);
+        }
+    }
+    assert!(matches!(open.admit(now).0, Admission::Reject { .. }), "breaker did not open");
+    g.bench_function("reject_open", |b| b.iter(|| matches!(open.admit(black_box(now)).0, Admission::Reject { .. })));
+    g.finish();
+}
+
+criterion_group!(benches, bench_router, bench_config, bench_swrr, bench_jwt, bench_rate_limit, bench_breaker);
 criterion_main!(benches);

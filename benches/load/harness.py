@@ -487,7 +487,8 @@ class Harness:
             f.write(configs.GATEHOUSE[variant].substitute(
                 port=port, admin_port=admin_port, upstream_port=self.upstream_port,
                 jwt_secret=self.secret, jwt_issuer=configs.JWT_ISSUER,
-                jwt_audience=configs.JWT_AUDIENCE, redis_addr=self.redis_addr))
+                jwt_audience=configs.JWT_AUDIENCE, redis_addr=self.redis_addr,
+                rl_algorithm=configs.RL_ALGORITHM))
         v = subprocess.run([s.gatehouse_bin, "validate", "-c", conf], capture_output=True, text=True,
                            timeout=30)
         if v.returncode != 0:
@@ -807,8 +808,13 @@ def main(argv: list[str]) -> int:
     checks = issue_targets(h.results, mem, s.conns)
     print()
     print(f"wrk -t1, {s.duration}s per run after {s.warmup}s warmup; proxy/target on CPU {s.proxy_cpu}, "
-          f"wrk on CPU {s.load_cpu}, upstream on CPU {s.upstream_cpu}")
+          f"wrk on CPU {s.load_cpu}, upstream on CPU {s.upstream_cpu}; rate limit algorithm "
+          f"{configs.RL_ALGORITHM}; Redis {h.redis_addr or '-'}")
     print(tbl)
+    for c, run in h.results.get("f", {}).get("runs", {}).items():
+        print(f"  (f) @{c}: Redis round trips (script calls)/request "
+              f"{fmt(run.get('redis_script_calls_per_req'), '')}, commands/request incl. inside scripts "
+              f"{fmt(run.get('redis_cmds_per_req'), '')}, Redis CPU us/request {fmt(run.get('redis_cpu_us_per_req'), '')}")
     print()
     print("memory / fds (peak while loaded; 'after' = " + f"{s.settle:g}s after the last run)")
     print(mtbl)
@@ -828,6 +834,7 @@ def main(argv: list[str]) -> int:
               "(column 'other'): this run's figures are not clean; ratios suffer less than absolutes.")
     info = env_info(s)
     info["loadavg_start"], info["loadavg_end"] = h.loadavg_start, loadavg()
+    info["rl_algorithm"] = configs.RL_ALGORITHM
     doc = {"settings": s.__dict__, "env": info, "results": h.results, "memory": mem,
            "issue_targets": checks, "failures": h.failures}
     os.makedirs(os.path.dirname(os.path.abspath(s.out)), exist_ok=True)
