@@ -61,6 +61,13 @@ pub enum DiscoveryError {
     },
 }
 
+/// What an endpoint file held when last read: its content hash (or read error) and, when
+/// valid, the endpoints it listed.
+struct SeenFile {
+    fingerprint: String,
+    found: Option<Vec<Found>>,
+}
+
 /// Discovery state that outlives snapshots: the one Redis registry connection (made
 /// lazily from the `redis:` section the gateway started with, then reused) and what each
 /// endpoint file looked like when last read (so an unchanged file is not parsed again and
@@ -69,7 +76,7 @@ pub struct Discovery {
     redis_url: Option<String>,
     registry: tokio::sync::OnceCell<Registry>,
     prefix: String,
-    seen_files: Mutex<HashMap<(String, PathBuf), String>>,
+    seen_files: Mutex<HashMap<(String, PathBuf), SeenFile>>,
 }
 
 impl Discovery {
@@ -304,12 +311,15 @@ pub async fn refresh_file(state: Arc<State>, u: Arc<Upstream>, disc: Arc<Discove
             Err(e) => (format!("error: {e}"), Err(e.to_string())),
         };
         let mut seen = memo.seen_files.lock().unwrap_or_else(|p| p.into_inner());
-        if seen.get(&key) == Some(&fingerprint) {
-            return FileLook::Unchanged;
+        if let Some(last) = seen.get(&key).filter(|l| l.fingerprint == fingerprint) {
+            // Re-applied (a no-op when nothing changed): a reload may have built this
+            // upstream from a copy taken just before the last change was applied.
+            return last
+                .found
+                .clone()
+                .map_or(FileLook::Unchanged, FileLook::Good);
         }
-        seen.insert(key, fingerprint);
-        drop(seen);
-        match text {
+        let look = match text {
             Err(reason) => FileLook::Bad(DiscoveryError::FileRead {
                 path: shown,
                 reason,
@@ -321,7 +331,13 @@ pub async fn refresh_file(state: Arc<State>, u: Arc<Upstream>, disc: Arc<Discove
                     reason,
                 }),
             },
-        }
+        };
+        let found = match &look {
+            FileLook::Good(f) => Some(f.clone()),
+            _ => None,
+        };
+        seen.insert(key, SeenFile { fingerprint, found });
+        look
     })
     .await;
     match read {

@@ -320,6 +320,32 @@ async fn file_discovery_follows_edits_and_refuses_a_bad_file() {
             == set_of(&[a.addr]))
         .await
     );
+
+    // A reload that changes the upstream (not its discovery) keeps the discovered set and
+    // its state; later file edits apply to the new definition.
+    let since = endpoints(&gw, "app").await[0]["since"].clone();
+    let v2 = yaml.replace(
+        "    discovery: { file:",
+        "    timeouts: { connect: 700ms }\n    discovery: { file:",
+    );
+    gw.write_config(&v2);
+    assert!(
+        wait_applied(&gw, &v2, Duration::from_secs(10)).await,
+        "{}",
+        gw.logs()
+    );
+    assert_eq!(endpoints(&gw, "app").await[0]["since"], since);
+    std::fs::write(
+        &file,
+        format!("- address: \"{}\"\n- address: \"{}\"\n", a.addr, b.addr),
+    )
+    .unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), async || addresses(&gw, "app")
+            .await
+            == set_of(&[a.addr, b.addr]))
+        .await
+    );
 }
 
 /// A private Redis (the shared one is never stopped), killed on drop.
