@@ -16,6 +16,23 @@ use tokio::task::JoinHandle;
 /// The default key prefix: `gatehouse:registry`.
 pub const DEFAULT_PREFIX: &str = "gatehouse:registry";
 
+/// Prunes expired members and returns the live ones as a flat `[addr, weight, ...]` list.
+const LIST_LIVE: &str = r"
+local now = tonumber(ARGV[1])
+local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
+if #expired > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+  for _, m in ipairs(expired) do redis.call('HDEL', KEYS[2], m) end
+end
+local live = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf')
+local out = {}
+for _, m in ipairs(live) do
+  out[#out + 1] = m
+  out[#out + 1] = redis.call('HGET', KEYS[2], m) or ''
+end
+return out
+";
+
 /// Errors from the registry client.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -185,50 +202,23 @@ impl Registry {
 
     /// Lists the live instances of `service` as `(address, weight)`, sorted by address.
     ///
-    /// Expired members are pruned (with their weights); a missing or unparsable weight is 1.
+    /// Expired members are pruned (with their weights) in the same atomic script, so a
+    /// heartbeat racing the prune never loses its weight; a missing or unparsable weight is 1.
     pub async fn list_live(&self, service: &str) -> Result<Vec<(String, u32)>> {
         check("service name", service)?;
-        let now = now_ms();
-        let key = self.members_key(service);
-        let wkey = self.weights_key(service);
         let mut conn = self.conn.clone();
-        let expired: Vec<String> = conn
-            .zrangebyscore(&key, "-inf", now)
+        let flat: Vec<String> = redis::Script::new(LIST_LIVE)
+            .key(self.members_key(service))
+            .key(self.weights_key(service))
+            .arg(now_ms())
+            .invoke_async(&mut conn)
             .await
             .map_err(|source| RegistryError::Redis { op: "list", source })?;
-        if !expired.is_empty() {
-            // Remove only what is still expired: a heartbeat may have raced us.
-            let mut pipe = redis::pipe();
-            pipe.atomic().zrembyscore(&key, "-inf", now).ignore();
-            for member in &expired {
-                pipe.hdel(&wkey, member).ignore();
-            }
-            pipe.query_async::<()>(&mut conn)
-                .await
-                .map_err(|source| RegistryError::Redis {
-                    op: "prune",
-                    source,
-                })?;
-        }
-        let live: Vec<String> = conn
-            .zrangebyscore(&key, format!("({now}"), "+inf")
-            .await
-            .map_err(|source| RegistryError::Redis { op: "list", source })?;
-        if live.is_empty() {
-            return Ok(Vec::new());
-        }
-        let weights: Vec<Option<String>> = redis::cmd("HMGET")
-            .arg(&wkey)
-            .arg(&live)
-            .query_async(&mut conn)
-            .await
-            .map_err(|source| RegistryError::Redis { op: "list", source })?;
-        let mut out: Vec<(String, u32)> = live
-            .into_iter()
-            .zip(weights)
-            .map(|(addr, w)| {
-                let weight = w.and_then(|w| w.parse::<u32>().ok()).unwrap_or(1);
-                (addr, weight)
+        let mut out: Vec<(String, u32)> = flat
+            .chunks(2)
+            .filter_map(|pair| match pair {
+                [addr, w] => Some((addr.clone(), w.parse::<u32>().unwrap_or(1))),
+                _ => None,
             })
             .collect();
         out.sort();

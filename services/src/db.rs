@@ -146,6 +146,7 @@ impl Db {
             Some(url) => Self::open_mysql(url, &name, max).await?,
         };
         db.migrate(service, migrations).await?;
+        tracing::info!(service, database = %name, dialect = ?db.dialect, "database ready");
         Ok(db)
     }
 

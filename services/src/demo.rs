@@ -23,6 +23,9 @@ pub async fn start(settings: Settings) -> Result<System, StartError> {
         .clone()
         .ok_or_else(|| StartError::Config("the demo needs a JWT secret".into()))?;
     let system = System::start(settings, &Kind::ALL).await?;
+    for s in &system.services {
+        tracing::info!(service = s.name, url = %format!("http://{}", s.addr), "demo service up");
+    }
     start_gateway(&secret).await;
     Ok(system)
 }

@@ -349,7 +349,7 @@ impl System {
     /// Waits until a listener stops on its own (an error) or shutdown is requested.
     pub async fn wait(&mut self) {
         let mut rx = self.shutdown.subscribe();
-        let any_task = futures_like_select(&mut self.services);
+        let any_task = first_finished(&mut self.services);
         tokio::select! {
             _ = rx.wait_for(|v| *v) => {}
             name = any_task => tracing::error!(service = name, "a service stopped unexpectedly"),
@@ -371,7 +371,7 @@ impl System {
     }
 }
 
-async fn futures_like_select(services: &mut [Running]) -> &'static str {
+async fn first_finished(services: &mut [Running]) -> &'static str {
     loop {
         for s in services.iter() {
             if s.task.is_finished() {

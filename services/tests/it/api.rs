@@ -25,8 +25,17 @@ async fn balance(c: &reqwest::Client, pay: &str, id: &str) -> i64 {
 }
 
 #[tokio::test]
-async fn payment_operations_are_idempotent_and_never_negative() {
-    let dep = Deployment::new("payops", false);
+async fn payment_operations_are_idempotent_and_never_negative_sqlite() {
+    payment_ops(false).await;
+}
+
+#[tokio::test]
+async fn payment_operations_are_idempotent_and_never_negative_mariadb() {
+    payment_ops(true).await;
+}
+
+async fn payment_ops(mariadb: bool) {
+    let dep = Deployment::new("payops", mariadb);
     let _p = dep.start("payment", &["payment"]).await;
     let c = http();
     let pay = dep.url("payment");
@@ -185,6 +194,10 @@ async fn payment_operations_are_idempotent_and_never_negative() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
+    drop(_p);
+    if mariadb {
+        dep.drop_mariadb();
+    }
 }
 
 #[tokio::test]
@@ -653,6 +666,16 @@ async fn events_over_redis_streams_across_processes_and_registry() {
         .query_async(&mut conn)
         .await
         .unwrap();
+
+    // SIGTERM: a graceful exit that deregisters the instance.
+    let mut u = _u;
+    assert!(
+        u.terminate(),
+        "user service did not exit cleanly on SIGTERM:\n{}",
+        u.log_tail()
+    );
+    assert!(reg.list_live("user").await.unwrap().is_empty());
+    assert_eq!(reg.list_live("payment").await.unwrap().len(), 1);
 }
 
 #[tokio::test]

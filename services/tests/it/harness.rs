@@ -189,6 +189,22 @@ impl Proc {
         }
     }
 
+    /// SIGTERM, then wait (at most 20 s) for a graceful exit; returns whether it exited 0.
+    pub fn terminate(&mut self) -> bool {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
     /// SIGKILL, no goodbye.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
