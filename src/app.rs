@@ -213,6 +213,16 @@ pub fn run(opts: RunOptions) -> Result<(), StartError> {
         .join(format!("gatehouse-{}.sock", std::process::id()))
         .display()
         .to_string();
+    // SIGHUP's default action kills the process; take it over now, before the maintenance
+    // service listens for it (a handler once installed stays for the process's life).
+    if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        rt.block_on(async {
+            let _ = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
+        });
+    }
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 

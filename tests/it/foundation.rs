@@ -224,7 +224,16 @@ async fn dead_upstream_is_502_and_slow_one_504() {
         "the read timeout cut the wait"
     );
 
-    let m = gw.metrics().await;
+    let m = gw
+        .metrics_when(|m| {
+            metric_value(
+                m,
+                "gatehouse_upstream_requests_total",
+                &[("upstream", "slow"), ("outcome", "timeout")],
+            )
+            .is_some()
+        })
+        .await;
     assert_eq!(
         metric_value(
             &m,
@@ -514,7 +523,20 @@ async fn metrics_pass_promtool() {
     for _ in 0..3 {
         get(&gw, "/x").await;
     }
-    let text = gw.metrics().await;
+    // Requests are counted in the logging phase, just after the client got its answer.
+    let mut text = String::new();
+    for _ in 0..100 {
+        text = gw.metrics().await;
+        if metric_value(
+            &text,
+            "gatehouse_requests_total",
+            &[("route", "all"), ("status_class", "2xx")],
+        ) == Some(3.0)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     for name in [
         "gatehouse_requests_total",
         "gatehouse_request_duration_seconds_bucket",

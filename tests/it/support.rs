@@ -358,6 +358,19 @@ impl TestGateway {
         v["config_hash"].as_str().unwrap_or_default().to_string()
     }
 
+    /// Scrapes /metrics until `ready(text)` holds (requests are counted in the logging
+    /// phase, just after the client got its answer), at most 3 s; returns the last scrape.
+    pub async fn metrics_when(&self, ready: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(3);
+        loop {
+            let text = self.metrics().await;
+            if ready(&text) || Instant::now() > deadline {
+                return text;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Scrapes /metrics.
     pub async fn metrics(&self) -> String {
         client()
