@@ -118,8 +118,17 @@ async fn redis_conn(url: &str) -> Result<ConnectionManager, redis::RedisError> {
     let cfg = ConnectionManagerConfig::new()
         .set_connection_timeout(Duration::from_secs(2))
         .set_response_timeout(Duration::from_secs(5))
-        .set_number_of_retries(2);
-    ConnectionManager::new_with_config(client, cfg).await
+        .set_number_of_retries(1)
+        .set_max_delay(500);
+    // The manager's own retries can take long against a dead server: bound the whole connect.
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        ConnectionManager::new_with_config(client, cfg),
+    )
+    .await
+    .map_err(|_| {
+        redis::RedisError::from((redis::ErrorKind::IoError, "connect timed out after 5s"))
+    })?
 }
 
 impl Bus {
