@@ -327,26 +327,36 @@ fn bench_breaker(c: &mut Criterion) {
     let mut g = c.benchmark_group("breaker");
     g.warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
     // The CLOSED fast path every proxied request takes: admit, then record a success.
+    // The clock advances 1 ms per call so that the rolling window's buckets rotate as
+    // in real traffic (with a frozen clock every call lands in one bucket, whose 20-bit
+    // counters saturate after ~10^6 calls).
     let closed = Breaker::new(settings.clone());
-    let now = gatehouse::upstream::now_ms();
+    let start = gatehouse::upstream::now_ms();
+    let mut now = start;
     g.bench_function("admit_record_closed", |b| {
-        b.iter(|| match closed.admit(black_box(now)).0 {
-            Admission::Admit(t) => closed.record(t, false, now).is_some(),
-            Admission::Reject { .. } => panic!("a closed breaker rejected"),
-        })
-    });
-    // One failure in ten: still closed (50 % opens it), more window bookkeeping.
-    let mixed = Breaker::new(settings.clone());
-    let mut i = 0u32;
-    g.bench_function("admit_record_10pct_failures", |b| {
         b.iter(|| {
-            i = i.wrapping_add(1);
-            match mixed.admit(black_box(now)).0 {
-                Admission::Admit(t) => mixed.record(t, i % 10 == 0, now).is_some(),
-                Admission::Reject { .. } => true,
+            now += 1;
+            match closed.admit(black_box(now)).0 {
+                Admission::Admit(t) => closed.record(t, false, now).is_some(),
+                Admission::Reject { .. } => panic!("a closed breaker rejected"),
             }
         })
     });
+    // One failure in ten: stays closed (50 % opens it), and counts failures too.
+    let mixed = Breaker::new(settings.clone());
+    let mut now = start;
+    let mut i = 0u64;
+    g.bench_function("admit_record_10pct_failures", |b| {
+        b.iter(|| {
+            i += 1;
+            now += 1;
+            match mixed.admit(black_box(now)).0 {
+                Admission::Admit(t) => mixed.record(t, i % 10 == 0, now).is_some(),
+                Admission::Reject { .. } => panic!("10 % failures opened the breaker"),
+            }
+        })
+    });
+    let now = start;
     // An OPEN breaker: the fail-fast answer.
     let open = Breaker::new(settings);
     for _ in 0..100 {
