@@ -79,6 +79,7 @@ pub fn build_state(
         events,
         config_path,
         started_at: SystemTime::now(),
+        service_pools: Default::default(),
         draining: std::sync::atomic::AtomicBool::new(false),
     });
     reload::publish_health(&state, &state.current());

@@ -534,7 +534,8 @@ mod tests {
             ("a.b.example.com", "GET", "/api/x", &[], "wild-host"),
             ("example.com", "GET", "/api/x", &[], "api"),
             ("admin.example.com", "GET", "/other", &[], "root"),
-            ("x", "GET", "/items/42", &[], "items"),
+            // any prefix, even `/`, outranks a regex (documented precedence)
+            ("x", "GET", "/items/42", &[], "root"),
             ("x", "GET", "/items/4x", &[], "root"),
         ];
         for (host, method, path, headers, want) in cases {
@@ -548,7 +549,12 @@ mod tests {
 
     #[test]
     fn no_match_without_root() {
-        let r = Router::new(vec![(m("{ path: /only, methods: [GET] }"), "only")]);
+        let r = Router::new(vec![
+            (m("{ path: /only, methods: [GET] }"), "only"),
+            (m("{ path_regex: '/items/[0-9]+' }"), "items"),
+        ]);
+        assert_eq!(lookup(&r, "x", "GET", "/items/42", &[]), Some("items"));
+        assert_eq!(lookup(&r, "x", "GET", "/items/4x", &[]), None);
         assert_eq!(lookup(&r, "x", "GET", "/only", &[]), Some("only"));
         assert_eq!(lookup(&r, "x", "POST", "/only", &[]), None);
         assert_eq!(lookup(&r, "x", "GET", "/other", &[]), None);

@@ -265,6 +265,10 @@ pub fn status_json(state: &State, sampler: &TrafficSampler) -> Value {
         "redis": { "configured": redis_configured, "up": redis_up },
         "reloads": reloads,
         "events": state.events.events(),
-        "services": [],
+        "services": state.service_pools.snapshot().into_iter().map(|(name, p)| json!({
+            "name": name,
+            "endpoint": p.endpoint,
+            "db_pool": { "in_use": p.in_use, "idle": p.idle, "max": p.max },
+        })).collect::<Vec<_>>(),
     })
 }

@@ -225,6 +225,11 @@ pub struct UpstreamConfig {
     /// Queue length of the bulkhead; default = max_concurrent.
     #[serde(default)]
     pub max_queue: Option<u32>,
+    /// Path of the endpoints' Prometheus metrics (e.g. `/metrics`). When set, the gateway
+    /// reads `gatehouse_service_db_pool_connections` from each endpoint every 10s and shows
+    /// the services' DB pools on the dashboard. Off by default.
+    #[serde(default)]
+    pub metrics_path: Option<String>,
 }
 
 /// Endpoint discovery: exactly one source.

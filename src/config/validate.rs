@@ -297,6 +297,14 @@ fn upstreams(cfg: &GatewayConfig, errs: &mut Vec<ConfigError>) {
                 ));
             }
         }
+        if let Some(p) = &u.metrics_path {
+            if !p.starts_with('/') {
+                errs.push(ConfigError::at(
+                    format!("{base}.metrics_path"),
+                    "must start with /",
+                ));
+            }
+        }
         if u.max_concurrent == Some(0) {
             errs.push(ConfigError::at(
                 format!("{base}.max_concurrent"),

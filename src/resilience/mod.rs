@@ -297,6 +297,25 @@ pub fn publish(state: &State, snap: &Snapshot) {
     for (name, u) in &snap.upstreams {
         if let Some(b) = &u.resilience.breaker {
             set_breaker_gauge(state, name, b.state());
+            // Series known at start exist at 0, so rate() and alerts see them before traffic.
+            let m = &state.metrics;
+            for to in ["closed", "open", "half_open"] {
+                m.breaker_transitions
+                    .with_label_values(&[name.as_str(), to]);
+            }
+            m.breaker_rejections.with_label_values(&[name.as_str()]);
+        }
+        if u.resilience.retry.is_some() {
+            state
+                .metrics
+                .retry_budget_exhausted
+                .with_label_values(&[name.as_str()]);
+        }
+        if u.resilience.bulkhead.is_some() {
+            state
+                .metrics
+                .bulkhead_rejections
+                .with_label_values(&[name.as_str()]);
         }
         if u.resilience.outlier.is_some() {
             let now = now_ms();

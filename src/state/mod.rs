@@ -91,6 +91,8 @@ pub struct State {
     pub config_path: Option<PathBuf>,
     /// Process start.
     pub started_at: SystemTime,
+    /// DB pools read from the services' metrics (upstreams with `metrics_path`).
+    pub service_pools: crate::upstream::pools::Pools,
     /// Set on SIGTERM: /readyz turns 503 and responses ask clients to close.
     pub draining: std::sync::atomic::AtomicBool,
 }

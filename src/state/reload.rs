@@ -158,13 +158,35 @@ pub fn after_swap(state: &State, old: &Snapshot) {
 /// Sets `gatehouse_upstream_endpoint_healthy` for every endpoint of `snap`.
 pub fn publish_health(state: &State, snap: &Snapshot) {
     let now = crate::upstream::now_ms();
+    use crate::config::model::DiscoveryConfig;
+    let m = &state.metrics;
     for (name, u) in &snap.upstreams {
+        let checked = u.config.health_check.is_some() || u.config.outlier_detection.is_some();
         for e in u.endpoints().iter() {
-            state
-                .metrics
-                .endpoint_healthy
+            m.endpoint_healthy
                 .with_label_values(&[name, &e.address])
                 .set(i64::from(e.is_available(now)));
+            // Series known now exist at 0, so rate() and alerts see them before traffic.
+            if checked {
+                for to in ["healthy", "unhealthy"] {
+                    m.health_transitions
+                        .with_label_values(&[name, &e.address, to]);
+                }
+            }
+        }
+        let source = match &u.config.discovery {
+            DiscoveryConfig::Static(_) => None,
+            DiscoveryConfig::Dns(_) => Some("dns"),
+            DiscoveryConfig::File(_) => Some("file"),
+            DiscoveryConfig::Redis(_) => Some("redis"),
+        };
+        if let Some(source) = source {
+            m.discovery_errors.with_label_values(&[name, source]);
+        }
+        if u.config.retry.is_some() {
+            for reason in ["connect_error", "timeout", "reset", "status"] {
+                m.retries.with_label_values(&[name, reason]);
+            }
         }
     }
     crate::resilience::publish(state, snap);

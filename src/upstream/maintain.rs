@@ -109,6 +109,21 @@ impl Maintainer {
                     }
                 }
             }
+            if let Some(path) = &u.config.metrics_path {
+                if self.take_due(
+                    &mut seen,
+                    format!("pools|{name}|{path}"),
+                    super::pools::SCRAPE_EVERY,
+                ) {
+                    for ep in u.endpoints().iter() {
+                        let (state, ep, path) = (self.state.clone(), ep.clone(), path.clone());
+                        self.spawn_once(&format!("pools|{name}|{}", ep.address), async move {
+                            super::pools::scrape(&state.service_pools, ep.addr, &ep.address, &path)
+                                .await
+                        });
+                    }
+                }
+            }
             let (state, up, disc) = (self.state.clone(), u.clone(), self.discovery.clone());
             match &u.config.discovery {
                 DiscoveryConfig::Static(_) => {}

@@ -3,6 +3,7 @@
 pub mod discovery;
 pub mod health;
 pub mod maintain;
+pub mod pools;
 pub mod select;
 
 use std::net::SocketAddr;

@@ -3,6 +3,7 @@
 
 mod filters;
 mod foundation;
+mod observability;
 mod live_ops;
 mod resilience;
 mod support;

@@ -84,6 +84,15 @@ async fn handle(State(st): State<Arc<UpstreamState>>, req: Request) -> Response 
         .path_and_query()
         .map(|p| p.to_string())
         .unwrap_or_default();
+    if req.uri().path() == "/metrics" {
+        let body = format!(
+            "gatehouse_service_db_pool_connections{{service=\"{0}\",state=\"in_use\"}} 3\n\
+             gatehouse_service_db_pool_connections{{service=\"{0}\",state=\"idle\"}} 5\n\
+             gatehouse_service_db_pool_connections{{service=\"{0}\",state=\"max\"}} 10\n",
+            st.name
+        );
+        return (StatusCode::OK, body).into_response();
+    }
     if req.uri().path() == "/health" {
         let code = *st.health.lock().unwrap();
         return (StatusCode::from_u16(code).unwrap(), "health").into_response();

@@ -1,0 +1,141 @@
+//! Reads the reference services' DB pool gauges from their `/metrics`, so the dashboard
+//! can show pool usage (in use / max) of the services behind the gateway.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// The metric the services export (`state` is in_use, idle or max).
+pub const POOL_METRIC: &str = "gatehouse_service_db_pool_connections";
+
+/// How often each endpoint's metrics are read.
+pub const SCRAPE_EVERY: Duration = Duration::from_secs(10);
+
+/// One service's pool as last read.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Pool {
+    /// Connections in use.
+    pub in_use: f64,
+    /// Idle connections.
+    pub idle: f64,
+    /// Pool size.
+    pub max: f64,
+    /// The endpoint it was read from.
+    pub endpoint: String,
+}
+
+/// Last known pools by service name.
+#[derive(Default)]
+pub struct Pools(Mutex<BTreeMap<String, Pool>>);
+
+impl Pools {
+    /// Every pool, by service name.
+    pub fn snapshot(&self) -> BTreeMap<String, Pool> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn store(&self, found: BTreeMap<String, Pool>) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(found);
+    }
+}
+
+/// Parses the pool gauges out of a Prometheus text exposition.
+pub fn parse(text: &str, endpoint: &str) -> BTreeMap<String, Pool> {
+    let mut out: BTreeMap<String, Pool> = BTreeMap::new();
+    for line in text
+        .lines()
+        .filter(|l| l.starts_with(POOL_METRIC) && l[POOL_METRIC.len()..].starts_with('{'))
+    {
+        let (Some(open), Some(close)) = (line.find('{'), line.rfind('}')) else {
+            continue;
+        };
+        let labels = &line[open + 1..close];
+        let label = |k: &str| {
+            labels
+                .split(',')
+                .filter_map(|kv| kv.split_once('='))
+                .find(|(n, _)| n.trim() == k)
+                .map(|(_, v)| v.trim().trim_matches('"').to_string())
+        };
+        let (Some(service), Some(state)) = (label("service"), label("state")) else {
+            continue;
+        };
+        let Some(value) = line[close + 1..]
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<f64>().ok())
+        else {
+            continue;
+        };
+        let pool = out.entry(service).or_insert_with(|| Pool {
+            endpoint: endpoint.to_string(),
+            ..Pool::default()
+        });
+        match state.as_str() {
+            "in_use" => pool.in_use = value,
+            "idle" => pool.idle = value,
+            "max" => pool.max = value,
+            _ => {}
+        }
+    }
+    out
+}
+
+/// GETs `path` from `addr` (HTTP/1.1, `Connection: close`), at most 1 MiB.
+async fn fetch(addr: SocketAddr, path: &str) -> std::io::Result<String> {
+    let mut s = TcpStream::connect(addr).await?;
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: gatehouse\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await?;
+    let mut buf = Vec::new();
+    s.take(1 << 20).read_to_end(&mut buf).await?;
+    let text = String::from_utf8_lossy(&buf);
+    Ok(text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default())
+}
+
+/// Reads one endpoint's pools into `pools`; failures are only logged at debug level (the
+/// dashboard shows the last known value, health checks report the endpoint itself).
+pub async fn scrape(pools: &Pools, addr: SocketAddr, endpoint: &str, path: &str) {
+    match tokio::time::timeout(Duration::from_secs(2), fetch(addr, path)).await {
+        Ok(Ok(text)) => pools.store(parse(&text, endpoint)),
+        Ok(Err(e)) => tracing::debug!(endpoint, error = %e, "reading service metrics failed"),
+        Err(_) => tracing::debug!(endpoint, "reading service metrics timed out"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_pool_gauges() {
+        let text = "# HELP x\n# TYPE gatehouse_service_db_pool_connections gauge\n\
+            gatehouse_service_db_pool_connections{service=\"payment\",state=\"in_use\"} 3\n\
+            gatehouse_service_db_pool_connections{service=\"payment\",state=\"idle\"} 2\n\
+            gatehouse_service_db_pool_connections{service=\"payment\",state=\"max\"} 10\n\
+            gatehouse_service_db_pool_connections_other{service=\"x\",state=\"max\"} 1\n";
+        let p = parse(text, "127.0.0.1:3004");
+        assert_eq!(p.len(), 1);
+        assert_eq!(
+            p["payment"],
+            Pool {
+                in_use: 3.0,
+                idle: 2.0,
+                max: 10.0,
+                endpoint: "127.0.0.1:3004".into()
+            }
+        );
+    }
+}

@@ -1,0 +1,97 @@
+//! Observability: the dashboard's status JSON with the services' DB pools, and the Grafana
+//! dashboard and alert rules checked against a real scrape of this gateway's /metrics.
+
+use std::time::Duration;
+
+use crate::support::*;
+
+const SECRET: &str = "observability-test-secret-32-bytes!!";
+
+fn full_config(ok: &std::net::SocketAddr, dead: u16) -> String {
+    format!(
+        r#"listeners: [ {{ name: public, address: "{{listen}}" }} ]
+admin: {{ address: "{{admin}}" }}
+runtime: {{ threads: 1 }}
+redis: {{ url: "redis://127.0.0.1:6379" }}
+upstreams:
+  payment:
+    discovery: {{ static: [ {{ address: "{ok}" }} ] }}
+    metrics_path: /metrics
+    health_check: {{ path: /health, interval: 1s, timeout: 500ms }}
+    circuit_breaker: {{ min_requests: 5 }}
+    retry: {{ attempts: 2 }}
+    outlier_detection: {{ consecutive_failures: 3 }}
+    max_concurrent: 10
+  dead:
+    discovery: {{ dns: {{ name: localhost, port: {dead} }} }}
+    circuit_breaker: {{ min_requests: 5 }}
+routes:
+  - name: pay
+    match: {{ path_prefix: /pay }}
+    upstream: payment
+    filters:
+      - jwt: {{ keys: [ {{ secret_env: OBS_SECRET, algorithms: [HS256] }} ] }}
+      - rate_limit: {{ name: per_ip, key: client_ip, limit: 1000, window: 1m }}
+  - name: dead
+    match: {{ path_prefix: /dead }}
+    upstream: dead
+"#
+    )
+}
+
+#[tokio::test]
+async fn status_shows_service_pools_and_queries_match_a_real_scrape() {
+    let ok = TestUpstream::start("payment").await;
+    let gw = TestGateway::start_with_env(
+        &full_config(&ok.addr, free_port()),
+        &[("OBS_SECRET", SECRET)],
+    )
+    .await;
+    for path in ["/pay/x", "/dead/x", "/nothing"] {
+        client().get(gw.url(path)).send().await.unwrap();
+    }
+
+    let pools_seen = eventually(Duration::from_secs(5), async || {
+        let v: serde_json::Value = client()
+            .get(gw.admin_url("/admin/status"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["services"].as_array().is_some_and(|s| {
+            s.iter().any(|p| {
+                p["name"] == "payment"
+                    && p["db_pool"]["in_use"] == 3.0
+                    && p["db_pool"]["max"] == 10.0
+            })
+        })
+    })
+    .await;
+    assert!(
+        pools_seen,
+        "the payment service's DB pool appears on /admin/status"
+    );
+
+    let scrape = gw.metrics_when(|m| m.contains("route=\"dead\"")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("scrape.txt");
+    std::fs::write(&file, &scrape).unwrap();
+    let root = env!("CARGO_MANIFEST_DIR");
+    let out = std::process::Command::new("python3")
+        .arg(format!("{root}/scripts/grafana_metrics.py"))
+        .arg(format!("{root}/config/grafana/gatehouse.json"))
+        .args(["--rules", &format!("{root}/config/prometheus/alerts.yml")])
+        .args(["--check-scrape", file.to_str().unwrap()])
+        .arg("--check-scrape")
+        .arg(format!("{root}/tests/it/data/services-metrics.txt"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "every metric the Grafana dashboard and the alert rules query must be exported:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
