@@ -412,9 +412,21 @@ async fn saga_stats(State(s): State<TransactionState>, h: HeaderMap) -> ApiResul
     let (attempts,): (i64,) = sqlx::query_as("SELECT COALESCE(MAX(total_attempts), 0) FROM sagas")
         .fetch_one(&s.db.pool)
         .await?;
-    Ok(Json(
-        json!({ "by_state": by_state, "by_step": by_step, "unfinished": unfinished, "max_attempts": attempts }),
-    ))
+    // How the sagas got where they are: one count per saga-log outcome
+    // (debited, credit_failed, credit_found_applied, refunded, ...).
+    let outcomes: Vec<(String, i64)> =
+        sqlx::query_as("SELECT outcome, COUNT(*) FROM saga_log GROUP BY outcome")
+            .fetch_all(&s.db.pool)
+            .await?;
+    let by_outcome: serde_json::Map<String, Value> =
+        outcomes.into_iter().map(|(o, n)| (o, json!(n))).collect();
+    Ok(Json(json!({
+        "by_state": by_state,
+        "by_step": by_step,
+        "by_log_outcome": by_outcome,
+        "unfinished": unfinished,
+        "max_attempts": attempts,
+    })))
 }
 
 /// One entry of a user's history.

@@ -293,12 +293,22 @@ async fn run_bank(mariadb: bool, redis: bool) {
         .sum();
     assert!(fault_total > 0, "no fault was injected: {faults}");
     assert!(restarts >= 1);
+    let insufficient = sagas
+        .iter()
+        .filter(|s| {
+            s["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("insufficient_funds"))
+        })
+        .count();
     let line = format!(
-        "BANK[{label}]: transfers={} sagas={} outcomes={:?} faults_injected={} ({}) coordinator_sigkills_and_restarts={} \
+        "BANK[{label}]: transfers={} sagas={} outcomes={:?} failed_for_insufficient_funds={insufficient} \
+         saga_log={} faults_injected={} ({}) coordinator_sigkills_and_restarts={} \
          sagas_resumed_at_restart={} client_retries={} max_saga_attempts={} total_before={} total_after={} elapsed={:.1}s",
         total,
         sagas.len(),
         outcomes,
+        stats_v["by_log_outcome"],
         fault_total,
         injected,
         restarts,
