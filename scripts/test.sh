@@ -9,12 +9,10 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/gatehouse-target}"
 export RUST_BACKTRACE="${RUST_BACKTRACE:-1}"
 step() { printf '\n=== %s\n' "$*"; }
 
-step "unit and integration tests (gateway, filters, registry, services)"
+step "unit and integration tests (gateway, filters, registry, services), benches in smoke mode"
+# --all-targets also runs every criterion bench once in test mode (debug build, no timing).
 # Timing-sensitive tests share 2 cores: cap the parallelism of test threads.
 cargo test --workspace --all-targets -- --test-threads="${TEST_THREADS:-4}"
-
-step "criterion benches, smoke mode"
-cargo bench --bench hot_paths -- --test
 
 step "observability: promtool rules and tests, Grafana dashboard"
 scripts/check-observability.sh
@@ -23,7 +21,7 @@ step "dashboard in headless Chromium against a real gateway"
 scripts/browser-test.sh
 
 step "load harness, check mode (0 errors; no timing asserted)"
-cargo build --example bare_proxy
+cargo build -p gatehouse --bins --example bare_proxy
 GATEHOUSE_BIN="$CARGO_TARGET_DIR/debug/gatehouse" BARE_BIN="$CARGO_TARGET_DIR/debug/examples/bare_proxy" \
   DURATION="${LOAD_DURATION:-3}" CONNS="${LOAD_CONNS:-64}" benches/load/run.sh --check
 
