@@ -294,13 +294,16 @@ async fn create_transfer(
         })
         .transpose()?;
     if let Some(k) = key {
-        if k.is_empty() || k.len() > 190 {
+        if k.is_empty() || k.len() > 120 {
             return Err(ApiError::BadRequest(
-                "Idempotency-Key must be 1..=190 characters".into(),
+                "Idempotency-Key must be 1..=120 characters".into(),
             ));
         }
     }
-    let (saga, created) = find_or_create(&s, key, caller.user_id.as_deref(), &req).await?;
+    // Keys are scoped to the caller: two users choosing the same key do not collide.
+    let scoped = key.map(|k| format!("{}|{k}", caller.user_id.as_deref().unwrap_or("-")));
+    let (saga, created) =
+        find_or_create(&s, scoped.as_deref(), caller.user_id.as_deref(), &req).await?;
     s.metrics.op(
         "transfer_request",
         if created { "created" } else { "replayed" },

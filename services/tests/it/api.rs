@@ -356,6 +356,20 @@ async fn idempotency_key_starts_one_saga() {
         .await
         .unwrap();
     assert_eq!(r.status(), 422);
+    // Keys are per user: bob's identical key is bob's own transfer, never a replay of alice's.
+    let r = c
+        .post(format!("{tx}/transfers"))
+        .header("x-user-id", "bob")
+        .header("idempotency-key", "same-key")
+        .json(&json!({"from_account": b, "to_account": a, "amount": 10}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let v: Value = r.json().await.unwrap();
+    assert_ne!(v["id"].as_str().unwrap(), id);
+    assert_eq!(v["status"], "COMPLETED", "{v}");
+    assert_eq!(balance(&c, &pay, &a).await, 910);
     // Someone else's account cannot be debited through a user's transfer.
     let r = c
         .post(format!("{tx}/transfers"))
@@ -370,7 +384,7 @@ async fn idempotency_key_starts_one_saga() {
         v["last_error"].as_str().unwrap().contains("not_owner"),
         "{v}"
     );
-    assert_eq!(balance(&c, &pay, &a).await, 900);
+    assert_eq!(balance(&c, &pay, &a).await, 910);
     // Users only see their own transfers; anonymous calls are refused.
     let r = c
         .get(format!("{tx}/transfers/{id}"))
