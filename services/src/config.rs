@@ -64,6 +64,9 @@ pub struct Settings {
     pub payment_url: String,
     /// Base URL of the notification service, for the saga coordinator.
     pub notification_url: String,
+    /// Find payment and notification in the Redis registry (the URLs above are then the
+    /// fallback when no instance is live). On when Redis is configured and no URL was given.
+    pub peer_discovery: bool,
     /// Fault injection in the payment service (test/demo mode only).
     pub faults: FaultConfig,
     /// Saga tuning.

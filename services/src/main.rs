@@ -235,6 +235,9 @@ fn settings(cli: &Cli) -> Result<Settings> {
             .notification_url
             .clone()
             .unwrap_or_else(|| format!("http://127.0.0.1:{}", cli.notification_port)),
+        peer_discovery: cli.redis_url.as_deref().is_some_and(|u| !u.is_empty())
+            && cli.payment_url.is_none()
+            && cli.notification_url.is_none(),
         faults,
         saga: SagaSettings {
             step_attempts: cli.saga_step_attempts.max(1),

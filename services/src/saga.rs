@@ -9,9 +9,11 @@
 //!   saga into COMPLETED instead of refunding (no money is created), and
 //! - a refund of a debit that never landed voids it, so it cannot land later.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use gatehouse_registry::Registry;
 
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -138,7 +140,11 @@ pub struct Coordinator {
     wake_publisher: Arc<Notify>,
     inflight: Mutex<HashSet<String>>,
     permits: Semaphore,
+    registry: Option<Registry>,
+    peers: Mutex<PeerCache>,
 }
+
+type PeerCache = HashMap<&'static str, (Instant, Vec<(String, u32)>)>;
 
 impl std::fmt::Debug for Coordinator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -176,6 +182,7 @@ impl Coordinator {
         settings: Arc<Settings>,
         metrics: Metrics,
         wake_publisher: Arc<Notify>,
+        registry: Option<Registry>,
     ) -> Result<Self, reqwest::Error> {
         let http = reqwest::Client::builder()
             .timeout(settings.saga.call_timeout)
@@ -189,7 +196,50 @@ impl Coordinator {
             wake_publisher,
             inflight: Mutex::new(HashSet::new()),
             permits: Semaphore::new(64),
+            registry,
+            peers: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The base URL of a peer service: a weighted pick among its live registry entries
+    /// (cached 2 s) when discovery is on, else (or when none is live) `fallback`.
+    async fn peer(&self, service: &'static str, fallback: &str) -> String {
+        let Some(reg) = &self.registry else {
+            return fallback.to_string();
+        };
+        let cached = self.peers.lock().ok().and_then(|p| {
+            p.get(service)
+                .filter(|(at, _)| at.elapsed() < Duration::from_secs(2))
+                .map(|(_, l)| l.clone())
+        });
+        let live = match cached {
+            Some(l) => l,
+            None => {
+                let l = match reg.list_live(service).await {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::warn!(service, error = %e, "registry lookup failed; using the configured address");
+                        Vec::new()
+                    }
+                };
+                if let Ok(mut p) = self.peers.lock() {
+                    p.insert(service, (Instant::now(), l.clone()));
+                }
+                l
+            }
+        };
+        let total: u64 = live.iter().map(|(_, w)| u64::from(*w)).sum();
+        if total == 0 {
+            return fallback.to_string();
+        }
+        let mut r = rand::random::<u64>() % total;
+        for (addr, w) in &live {
+            if r < u64::from(*w) {
+                return format!("http://{addr}");
+            }
+            r -= u64::from(*w);
+        }
+        fallback.to_string()
     }
 
     /// Starts running saga `id` unless it is already running in this process.
@@ -284,15 +334,13 @@ impl Coordinator {
 
     /// Calls with up to `step_attempts` tries and jittered exponential backoff.
     async fn call_retrying(&self, step: &str, path: &str, body: &Value) -> Call {
-        let url = format!(
-            "{}{}",
-            self.settings.payment_url.trim_end_matches('/'),
-            path
-        );
         let mut backoff = self.settings.saga.backoff;
         let tries = self.settings.saga.step_attempts.max(1);
         let mut last = Call::Transient("not tried".into());
         for attempt in 0..tries {
+            // Resolved per try: a retry may go to another payment instance.
+            let base = self.peer("payment", &self.settings.payment_url).await;
+            let url = format!("{}{}", base.trim_end_matches('/'), path);
             last = self.call(&url, body).await;
             match &last {
                 Call::Transient(e) => {
@@ -649,10 +697,10 @@ impl Coordinator {
             _ => "TransferFailed",
         };
         let notes = crate::notification::notifications_for(event, &event_payload(s));
-        let url = format!(
-            "{}/internal/notifications",
-            self.settings.notification_url.trim_end_matches('/')
-        );
+        let base = self
+            .peer("notification", &self.settings.notification_url)
+            .await;
+        let url = format!("{}/internal/notifications", base.trim_end_matches('/'));
         let resp = self
             .http
             .post(&url)

@@ -268,8 +268,14 @@ impl System {
                         );
                     }
                     let coordinator = Arc::new(
-                        Coordinator::new(db.clone(), settings.clone(), metrics.clone(), wake)
-                            .map_err(|e| StartError::Config(format!("http client: {e}")))?,
+                        Coordinator::new(
+                            db.clone(),
+                            settings.clone(),
+                            metrics.clone(),
+                            wake,
+                            registry.clone().filter(|_| settings.peer_discovery),
+                        )
+                        .map_err(|e| StartError::Config(format!("http client: {e}")))?,
                     );
                     coordinators.push(coordinator.clone());
                     let st = transaction::TransactionState {
