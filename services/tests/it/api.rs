@@ -834,3 +834,23 @@ async fn demo_starts_all_services_with_a_generated_secret() {
         "the gateway hook ran:\n{logs}"
     );
 }
+
+#[test]
+fn openapi_lists_every_route() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let spec = std::fs::read_to_string(root.join("openapi.yaml")).unwrap();
+    let mut routes = vec!["/health".to_string(), "/metrics".to_string()];
+    for f in ["user.rs", "payment.rs", "transaction.rs", "notification.rs"] {
+        let src = std::fs::read_to_string(root.join("src").join(f)).unwrap();
+        for part in src.split(".route(\"").skip(1) {
+            routes.push(part.split('"').next().unwrap().to_string());
+        }
+    }
+    assert!(routes.len() > 15, "{routes:?}");
+    for r in routes {
+        assert!(
+            spec.contains(&format!("\n  {r}:\n")),
+            "openapi.yaml misses {r}"
+        );
+    }
+}
