@@ -72,10 +72,15 @@ routes:
     upstream: app
 """
 
+# The gateway's default Redis call timeout (50ms) unless REDIS_TIMEOUT is set (e.g.
+# `1s`): at 1000 connections one proxy thread queues requests for longer than 50ms,
+# so the default measures the limiter's failure policy rather than Redis.
+REDIS_TIMEOUT = os.environ.get("REDIS_TIMEOUT", "")
+
 _REDIS = """\
 redis:
   url: redis://$redis_addr
-"""
+""" + (f"  timeout: {REDIS_TIMEOUT}\n" if REDIS_TIMEOUT else "")
 
 GATEHOUSE = {
     # (d) one plain route, no filters

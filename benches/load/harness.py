@@ -809,7 +809,7 @@ def main(argv: list[str]) -> int:
     print()
     print(f"wrk -t1, {s.duration}s per run after {s.warmup}s warmup; proxy/target on CPU {s.proxy_cpu}, "
           f"wrk on CPU {s.load_cpu}, upstream on CPU {s.upstream_cpu}; rate limit algorithm "
-          f"{configs.RL_ALGORITHM}; Redis {h.redis_addr or '-'}")
+          f"{configs.RL_ALGORITHM}; Redis {h.redis_addr or '-'} timeout {configs.REDIS_TIMEOUT or 'default'}")
     print(tbl)
     for c, run in h.results.get("f", {}).get("runs", {}).items():
         print(f"  (f) @{c}: Redis round trips (script calls)/request "
@@ -835,6 +835,7 @@ def main(argv: list[str]) -> int:
     info = env_info(s)
     info["loadavg_start"], info["loadavg_end"] = h.loadavg_start, loadavg()
     info["rl_algorithm"] = configs.RL_ALGORITHM
+    info["redis_timeout"] = configs.REDIS_TIMEOUT or "gateway default"
     doc = {"settings": s.__dict__, "env": info, "results": h.results, "memory": mem,
            "issue_targets": checks, "failures": h.failures}
     os.makedirs(os.path.dirname(os.path.abspath(s.out)), exist_ok=True)
