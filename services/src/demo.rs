@@ -3,17 +3,39 @@
 use crate::config::Settings;
 use crate::server::{Kind, StartError, System};
 
-/// HOOK POINT for the gateway: start gatehouse in-process on :3000 with `config/demo.yaml`,
-/// handing it the JWT `secret` the user service signs with.
-///
-/// Not wired yet: the gateway library is being built beside this crate. Until then the demo
-/// runs the services only, and this logs what it would do.
+/// Starts gatehouse in-process on :3000 with `config/demo.yaml` (or the file named by
+/// `GATEHOUSE_DEMO_CONFIG`), on its own threads: pingora runs its own runtimes. The
+/// config verifies tokens with the secret in `GATEHOUSE_JWT_SECRET`, the one the user
+/// service signs with (`main` sets it before any thread starts when it was unset).
 pub async fn start_gateway(secret: &str) {
-    let _ = secret; // never logged
-    tracing::warn!(
-        "start_gateway: the gateway is not wired into the demo yet; \
-         the services are reachable directly on 127.0.0.1:3001/3003/3004/3005"
-    );
+    let _ = secret; // handed over through GATEHOUSE_JWT_SECRET; never logged
+    let config_path = std::env::var("GATEHOUSE_DEMO_CONFIG")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| std::path::PathBuf::from("config/demo.yaml"));
+    if !config_path.exists() {
+        tracing::error!(
+            path = %config_path.display(),
+            "demo gateway config not found: run the demo from the repository root or set GATEHOUSE_DEMO_CONFIG"
+        );
+        return;
+    }
+    let spawned = std::thread::Builder::new()
+        .name("gatehouse-gateway".into())
+        .spawn(move || {
+            let opts = gatehouse::app::RunOptions {
+                config_path,
+                exit_when_drained: false,
+            };
+            if let Err(e) = gatehouse::app::run(opts) {
+                tracing::error!(error = %e, "the demo gateway could not start");
+            }
+        });
+    match spawned {
+        Ok(_) => tracing::info!(
+            "gateway starting on http://127.0.0.1:3000 (admin and dashboard on http://127.0.0.1:9901/)"
+        ),
+        Err(e) => tracing::error!(error = %e, "could not start the gateway thread"),
+    }
 }
 
 /// Starts the demo system; the caller waits on it and shuts it down.

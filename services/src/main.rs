@@ -160,7 +160,7 @@ enum Command {
     Notification,
     /// All four services in one process.
     All,
-    /// All four services in demo mode on embedded SQLite, plus the gateway (when wired).
+    /// All four services in demo mode on embedded SQLite, plus the gateway on :3000.
     Demo,
 }
 
@@ -274,15 +274,31 @@ async fn shutdown_signal() {
     }
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    if matches!(cli.command, Command::Demo)
+        && std::env::var("GATEHOUSE_JWT_SECRET").map_or(true, |s| s.is_empty())
+    {
+        // The demo's gateway verifies tokens with the secret named in config/demo.yaml
+        // (`hs256_secret_env: GATEHOUSE_JWT_SECRET`); set it while the process is still
+        // single-threaded, before any runtime starts.
+        std::env::set_var("GATEHOUSE_JWT_SECRET", random_secret());
+        eprintln!("gatehouse demo: GATEHOUSE_JWT_SECRET was unset; generated a random one for this run");
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?
+        .block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn")),
         )
         .init();
-    let cli = Cli::parse();
     let settings = settings(&cli)?;
     let kinds: Vec<Kind> = match cli.command {
         Command::User => vec![Kind::User],
