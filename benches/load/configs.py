@@ -72,15 +72,17 @@ routes:
     upstream: app
 """
 
-# The gateway's default Redis call timeout (50ms) unless REDIS_TIMEOUT is set (e.g.
-# `1s`): at 1000 connections one proxy thread queues requests for longer than 50ms,
-# so the default measures the limiter's failure policy rather than Redis.
+# `redis.timeout` for (f): the gateway's default (50ms) unless REDIS_TIMEOUT is set
+# (e.g. `1s`; `--check` sets 1s). At 1000 connections one proxy thread queues requests
+# for longer than 50ms, so the default then measures the limiter's failure policy
+# rather than Redis. The driver fills `$redis_timeout_line` from this.
 REDIS_TIMEOUT = os.environ.get("REDIS_TIMEOUT", "")
 
 _REDIS = """\
 redis:
   url: redis://$redis_addr
-""" + (f"  timeout: {REDIS_TIMEOUT}\n" if REDIS_TIMEOUT else "")
+${redis_timeout_line}"""
+
 
 GATEHOUSE = {
     # (d) one plain route, no filters
