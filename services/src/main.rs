@@ -283,7 +283,9 @@ fn main() -> Result<()> {
         // (`hs256_secret_env: GATEHOUSE_JWT_SECRET`); set it while the process is still
         // single-threaded, before any runtime starts.
         std::env::set_var("GATEHOUSE_JWT_SECRET", random_secret());
-        eprintln!("gatehouse demo: GATEHOUSE_JWT_SECRET was unset; generated a random one for this run");
+        eprintln!(
+            "gatehouse demo: GATEHOUSE_JWT_SECRET was unset; generated a random one for this run"
+        );
     }
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()

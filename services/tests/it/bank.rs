@@ -62,13 +62,57 @@ async fn transfer(
     None
 }
 
+/// Starts the gateway in this test process (its own threads and runtimes), in front of the
+/// transaction service, with connect-error retries; returns the base URL of its route.
+async fn start_gateway(dir: &std::path::Path, transaction_port: u16) -> String {
+    let ports = free_ports(2);
+    let (listen, admin) = (ports[0], ports[1]);
+    let config = dir.join("gatehouse.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "listeners: [ {{ name: public, address: \"127.0.0.1:{listen}\" }} ]\n\
+             admin: {{ address: \"127.0.0.1:{admin}\" }}\n\
+             runtime: {{ threads: 2 }}\n\
+             access_log: {{ enabled: false }}\n\
+             upstreams:\n  transaction:\n    discovery: {{ static: [ {{ address: \"127.0.0.1:{transaction_port}\" }} ] }}\n\
+             \x20   timeouts: {{ connect: 500ms, read: 10s }}\n\
+             \x20   retry: {{ attempts: 3, on: [connect_error], backoff: {{ base: 50ms, max: 200ms }} }}\n\
+             routes:\n  - {{ name: transaction, match: {{ path_prefix: /api/transaction }}, upstream: transaction, strip_prefix: /api/transaction }}\n"
+        ),
+    )
+    .unwrap();
+    std::thread::spawn(move || {
+        let opts = gatehouse::app::RunOptions {
+            config_path: config,
+            exit_when_drained: false,
+        };
+        gatehouse::app::run(opts).expect("the gateway starts");
+    });
+    let ready = format!("http://127.0.0.1:{admin}/readyz");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while reqwest::get(&ready).await.map(|r| r.status().as_u16()).ok() != Some(200) {
+        assert!(
+            Instant::now() < deadline,
+            "the gateway did not become ready"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    format!("http://127.0.0.1:{listen}/api/transaction")
+}
+
 async fn run_bank(mariadb: bool, redis: bool) {
+    run_bank_via(mariadb, redis, false).await
+}
+
+async fn run_bank_via(mariadb: bool, redis: bool, via_gateway: bool) {
     let _heavy = HEAVY.lock().await;
     let started = Instant::now();
-    let label = match (mariadb, redis) {
-        (true, _) => "mariadb",
-        (false, true) => "sqlite+redis-streams",
-        (false, false) => "sqlite",
+    let label = match (mariadb, redis, via_gateway) {
+        (_, _, true) => "sqlite+gateway",
+        (true, _, _) => "mariadb",
+        (false, true, _) => "sqlite+redis-streams",
+        (false, false, _) => "sqlite",
     };
     let mut dep = Deployment::new(&format!("bank{}", label.len()), mariadb);
     let redis_prefix = format!("test:{}", unique("bank"));
@@ -89,6 +133,12 @@ async fn run_bank(mariadb: bool, redis: bool) {
     let c = http();
     let pay = dep.url("payment");
     let tx_base = dep.url("transaction");
+    // Clients send their transfers through the gateway when asked; checks go direct.
+    let client_base = if via_gateway {
+        start_gateway(&dep.dir, dep.ports["transaction"]).await
+    } else {
+        tx_base.clone()
+    };
 
     let mut accounts = Vec::new();
     for i in 0..ACCOUNTS {
@@ -110,7 +160,7 @@ async fn run_bank(mariadb: bool, redis: bool) {
     for w in 0..WORKERS {
         let (c, base, accounts, stats, received, run_id) = (
             c.clone(),
-            tx_base.clone(),
+            client_base.clone(),
             accounts.clone(),
             stats.clone(),
             received.clone(),
@@ -352,6 +402,11 @@ async fn bank_invariant_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bank_invariant_sqlite_with_redis_streams() {
     run_bank(false, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bank_invariant_sqlite_through_the_gateway() {
+    run_bank_via(false, false, true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
