@@ -89,6 +89,7 @@ class Settings:
     build: bool
     wrk_timeout: str
     keep_tmp: bool
+    rounds: int
 
     @staticmethod
     def from_env(argv: list[str]) -> "Settings":
@@ -116,6 +117,7 @@ class Settings:
             build=env_bool("BUILD"),
             wrk_timeout=os.environ.get("WRK_TIMEOUT", "5s"),
             keep_tmp=env_bool("KEEP_TMP"),
+            rounds=max(1, int(os.environ.get("ROUNDS", "1"))),
         )
 
 
@@ -607,26 +609,46 @@ class Harness:
         log(f"tmp dir {self.tmp}; proxies on CPU {s.proxy_cpu}, wrk on CPU {s.load_cpu}, "
             f"upstream on CPU {s.upstream_cpu} (CPU {s.proxy_cpu} while it is the target)")
         self.start_upstream()
-        for key in s.targets:
-            if key not in TARGETS:
-                self.failures[key] = "unknown target"
-                continue
-            t = None
-            try:
-                t = self.start_target(key)
-                self.sanity(t)
-                self.results[key] = self.measure(t)
-            except Exception as e:
-                name = {"b": "nginx-proxy", "c": "bare-proxy", "d": "gatehouse-plain",
-                        "e": "gatehouse-full", "f": "gatehouse-full_redis"}.get(key, "upstream")
-                tail = log_tail(self.tmp, name)
-                self.failures[key] = f"{e}" + (f"\n--- log tail ---\n{tail}" if tail else "")
-                log(f"target {key} ({TARGETS[key]}) FAILED: {self.failures[key]}")
-            finally:
-                if t is not None and t.proc is not None:
-                    PROCS.stop(t.proc)
-                if key == "a" and self.upstream is not None:
-                    pin_all_threads(self.upstream.pid, s.upstream_cpu)
+        per_round: dict[str, list[dict]] = {}
+        for rnd in range(s.rounds):
+            if s.rounds > 1:
+                log(f"round {rnd + 1} of {s.rounds}")
+            for key in s.targets:
+                if key not in TARGETS:
+                    self.failures[key] = "unknown target"
+                    continue
+                if key in self.failures:
+                    continue
+                t = None
+                try:
+                    t = self.start_target(key)
+                    self.sanity(t)
+                    per_round.setdefault(key, []).append(self.measure(t))
+                except Exception as e:
+                    name = {"b": "nginx-proxy", "c": "bare-proxy", "d": "gatehouse-plain",
+                            "e": "gatehouse-full", "f": "gatehouse-full_redis"}.get(key, "upstream")
+                    tail = log_tail(self.tmp, name)
+                    self.failures[key] = f"{e}" + (f"\n--- log tail ---\n{tail}" if tail else "")
+                    log(f"target {key} ({TARGETS[key]}) FAILED: {self.failures[key]}")
+                finally:
+                    if t is not None and t.proc is not None:
+                        PROCS.stop(t.proc)
+                    if key == "a" and self.upstream is not None:
+                        pin_all_threads(self.upstream.pid, s.upstream_cpu)
+        # Several rounds (targets interleaved, so that background load hits all alike):
+        # each (target, connections) row is the round with the median req/s; every
+        # round's req/s is kept beside it. Memory probes come from the first round.
+        for key, rounds in per_round.items():
+            res = rounds[0]
+            if len(rounds) > 1:
+                for c in res["runs"]:
+                    runs = sorted((r["runs"][c] for r in rounds if c in r["runs"]), key=lambda x: x["rps"])
+                    med = dict(runs[(len(runs) - 1) // 2])
+                    med["rps_rounds"] = [x["rps"] for x in runs]
+                    med["errors"] = sum(x["errors"] for x in runs)
+                    med["other_cpu_cores_max"] = max(x.get("other_cpu_cores") or 0 for x in runs)
+                    res["runs"][c] = med
+            self.results[key] = res
         return 0
 
 
