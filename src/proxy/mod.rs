@@ -56,7 +56,9 @@ fn host_of(req: &RequestHeader) -> String {
         .or_else(|| req.uri.authority().map(|a| a.as_str()))
         .unwrap_or("");
     let host = match raw.rfind(':') {
-        Some(i) if !raw.ends_with(']') && raw[i + 1..].bytes().all(|b| b.is_ascii_digit()) => &raw[..i],
+        Some(i) if !raw.ends_with(']') && raw[i + 1..].bytes().all(|b| b.is_ascii_digit()) => {
+            &raw[..i]
+        }
         _ => raw,
     };
     host.trim_end_matches('.').to_ascii_lowercase()
@@ -77,8 +79,15 @@ impl ProxyHttp for Gateway {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         ctx.request_id = headers::request_id(session.req_header());
-        ctx.client_ip = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
-        if self.state.draining.load(std::sync::atomic::Ordering::Relaxed) {
+        ctx.client_ip = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        if self
+            .state
+            .draining
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
             session.set_keepalive(None);
         }
 
@@ -86,29 +95,62 @@ impl ProxyHttp for Gateway {
             Ok(p) => p,
             Err(e) => {
                 tracing::debug!(request_id = %ctx.request_id, reason = %e, "refused path");
-                respond::send_error(session, ctx, 400, "bad_path", &format!("the request path is not acceptable: {e}"), &[]).await;
+                respond::send_error(
+                    session,
+                    ctx,
+                    400,
+                    "bad_path",
+                    &format!("the request path is not acceptable: {e}"),
+                    &[],
+                )
+                .await;
                 return Ok(true);
             }
         };
         let host = host_of(session.req_header());
-        ctx.host_header = session.req_header().headers.get(http::header::HOST).cloned();
+        ctx.host_header = session
+            .req_header()
+            .headers
+            .get(http::header::HOST)
+            .cloned();
 
         let snap = ctx.snap.clone();
         let route = {
             let req = session.req_header();
             snap.router
-                .route(&RouteRequest { host: &host, path: &ctx.path, method: &req.method, headers: &req.headers })
+                .route(&RouteRequest {
+                    host: &host,
+                    path: &ctx.path,
+                    method: &req.method,
+                    headers: &req.headers,
+                })
                 .cloned()
         };
         let Some(route) = route else {
-            respond::send_error(session, ctx, 404, "no_route", respond::message_for("no_route"), &[]).await;
+            respond::send_error(
+                session,
+                ctx,
+                404,
+                "no_route",
+                respond::message_for("no_route"),
+                &[],
+            )
+            .await;
             return Ok(true);
         };
         ctx.route = Some(route.clone());
 
         if let Some(len) = headers::content_length(session.req_header()) {
             if len > route.max_body_bytes {
-                respond::send_error(session, ctx, 413, "body_too_large", respond::message_for("body_too_large"), &[]).await;
+                respond::send_error(
+                    session,
+                    ctx,
+                    413,
+                    "body_too_large",
+                    respond::message_for("body_too_large"),
+                    &[],
+                )
+                .await;
                 return Ok(true);
             }
         }
@@ -124,7 +166,11 @@ impl ProxyHttp for Gateway {
         if route.filters.is_empty() {
             return Ok(false);
         }
-        let body_prefix = if route.body_prefix > 0 { read_body_prefix(session, route.body_prefix).await? } else { None };
+        let body_prefix = if route.body_prefix > 0 {
+            read_body_prefix(session, route.body_prefix).await?
+        } else {
+            None
+        };
         let mut cx = RequestCx {
             route: &route.name,
             client_ip: ctx.client_ip,
@@ -142,11 +188,29 @@ impl ProxyHttp for Gateway {
                     ctx.response_headers = extra;
                     match resp.error_code {
                         Some(code) => {
-                            respond::send_error(session, ctx, resp.status.as_u16(), code, &resp.message, &resp.headers).await;
+                            respond::send_error(
+                                session,
+                                ctx,
+                                resp.status.as_u16(),
+                                code,
+                                &resp.message,
+                                &resp.headers,
+                            )
+                            .await;
                         }
                         None => {
                             let body = resp.body.unwrap_or_default();
-                            if let Err(e) = respond::write(session, ctx, resp.status.as_u16(), None, &resp.headers, "text/plain", body).await {
+                            if let Err(e) = respond::write(
+                                session,
+                                ctx,
+                                resp.status.as_u16(),
+                                None,
+                                &resp.headers,
+                                "text/plain",
+                                body,
+                            )
+                            .await
+                            {
                                 tracing::debug!(error = %e, "could not send filter response");
                             }
                         }
@@ -156,7 +220,15 @@ impl ProxyHttp for Gateway {
                 Err(e) => {
                     tracing::warn!(request_id = %ctx.request_id, route = %route.name, error = %e, "filter failed");
                     drop(cx);
-                    respond::send_error(session, ctx, 500, "filter_error", "a gateway filter failed", &[]).await;
+                    respond::send_error(
+                        session,
+                        ctx,
+                        500,
+                        "filter_error",
+                        "a gateway filter failed",
+                        &[],
+                    )
+                    .await;
                     return Ok(true);
                 }
             }
@@ -175,14 +247,24 @@ impl ProxyHttp for Gateway {
         if let (Some(b), Some(route)) = (body.as_ref(), ctx.route.as_ref()) {
             ctx.body_bytes += b.len() as u64;
             if ctx.body_bytes > route.max_body_bytes {
-                ctx.gateway_error = Some(GatewayError { status: 413, code: "body_too_large" });
-                return Err(Error::explain(ErrorType::HTTPStatus(413), "request body exceeds the route's limit"));
+                ctx.gateway_error = Some(GatewayError {
+                    status: 413,
+                    code: "body_too_large",
+                });
+                return Err(Error::explain(
+                    ErrorType::HTTPStatus(413),
+                    "request body exceeds the route's limit",
+                ));
             }
         }
         Ok(())
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
         ctx.upstream_phase = true;
         let Some(route) = ctx.route.clone() else {
             return Err(Error::explain(ErrorType::InternalError, "no route"));
@@ -191,7 +273,10 @@ impl ProxyHttp for Gateway {
         // Backoff of a retry, breaker, bulkhead slot: cheap refusals before the call.
         crate::resilience::hooks::before_try(&self.state, ctx).await?;
         let Some(ep) = upstream.pick(&ctx.tried, now_ms()) else {
-            ctx.gateway_error = Some(GatewayError { status: 503, code: "no_healthy_endpoint" });
+            ctx.gateway_error = Some(GatewayError {
+                status: 503,
+                code: "no_healthy_endpoint",
+            });
             return Err(Error::explain(
                 ErrorType::HTTPStatus(503),
                 format!("upstream {} has no healthy endpoint", upstream.name),
@@ -201,7 +286,8 @@ impl ProxyHttp for Gateway {
         ctx.tried.push(ep.clone());
         ctx.endpoint = Some(ep.clone());
         ctx.try_outcome_recorded = false;
-        ep.inflight.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        ep.inflight
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         ctx.endpoint_inflight = Some(EndpointInflight(ep.clone()));
 
         let t = &upstream.config.timeouts;
@@ -209,12 +295,26 @@ impl ProxyHttp for Gateway {
         peer.options.connection_timeout = Some(t.connect.get());
         peer.options.read_timeout = Some(t.read.get());
         peer.options.write_timeout = Some(t.write.get());
-        peer.options.idle_timeout = Some(self.state.current().loaded.config.runtime.upstream_idle_timeout.get());
+        peer.options.idle_timeout = Some(
+            self.state
+                .current()
+                .loaded
+                .config
+                .runtime
+                .upstream_idle_timeout
+                .get(),
+        );
         if let Some(total) = t.total {
             let left = total.get().saturating_sub(ctx.started.elapsed());
             if left.is_zero() {
-                ctx.gateway_error = Some(GatewayError { status: 504, code: "upstream_timeout" });
-                return Err(Error::explain(ErrorType::HTTPStatus(504), "total deadline spent"));
+                ctx.gateway_error = Some(GatewayError {
+                    status: 504,
+                    code: "upstream_timeout",
+                });
+                return Err(Error::explain(
+                    ErrorType::HTTPStatus(504),
+                    "total deadline spent",
+                ));
             }
             peer.options.read_timeout = Some(t.read.get().min(left));
             peer.options.connection_timeout = Some(t.connect.get().min(left));
@@ -222,9 +322,21 @@ impl ProxyHttp for Gateway {
         Ok(Box::new(peer))
     }
 
-    fn fail_to_connect(&self, session: &mut Session, _peer: &HttpPeer, ctx: &mut RequestCtx, e: Box<Error>) -> Box<Error> {
+    fn fail_to_connect(
+        &self,
+        session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        e: Box<Error>,
+    ) -> Box<Error> {
         let truncated = session.as_ref().retry_buffer_truncated();
-        crate::resilience::hooks::on_connect_error(&self.state, ctx, session.req_header(), truncated, e)
+        crate::resilience::hooks::on_connect_error(
+            &self.state,
+            ctx,
+            session.req_header(),
+            truncated,
+            e,
+        )
     }
 
     /// Replaces pingora's default (idempotent methods on reused connections only) with
@@ -240,7 +352,15 @@ impl ProxyHttp for Gateway {
         let mut e = e.more_context(format!("Peer: {peer}"));
         let truncated = session.as_ref().retry_buffer_truncated();
         let written = session.response_written().is_some();
-        crate::resilience::hooks::on_proxy_error(&self.state, ctx, &mut e, session.req_header(), truncated, written, client_reused);
+        crate::resilience::hooks::on_proxy_error(
+            &self.state,
+            ctx,
+            &mut e,
+            session.req_header(),
+            truncated,
+            written,
+            client_reused,
+        );
         e
     }
 
@@ -250,17 +370,31 @@ impl ProxyHttp for Gateway {
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        let Some(route) = ctx.route.clone() else { return Ok(()) };
-        let path = rewrite_path(&ctx.path, route.strip_prefix.as_deref(), route.add_prefix.as_deref(), route.rewrite_path.as_deref());
+        let Some(route) = ctx.route.clone() else {
+            return Ok(());
+        };
+        let path = rewrite_path(
+            &ctx.path,
+            route.strip_prefix.as_deref(),
+            route.add_prefix.as_deref(),
+            route.rewrite_path.as_deref(),
+        );
         let uri = match upstream_request.uri.query() {
             Some(q) => format!("{path}?{q}"),
             None => path,
         };
-        let uri: http::Uri = uri.parse().map_err(|_| Error::explain(ErrorType::InternalError, "rewritten uri invalid"))?;
+        let uri: http::Uri = uri
+            .parse()
+            .map_err(|_| Error::explain(ErrorType::InternalError, "rewritten uri invalid"))?;
         upstream_request.set_uri(uri);
         headers::strip_hop_by_hop_request(upstream_request, session.is_upgrade_req());
         let endpoint = ctx.endpoint.as_ref().map(|e| e.address.as_str());
-        headers::set_forwarding(upstream_request, ctx, &route.upstream.config.host_header, endpoint)?;
+        headers::set_forwarding(
+            upstream_request,
+            ctx,
+            &route.upstream.config.host_header,
+            endpoint,
+        )?;
         crate::resilience::hooks::deadline_header(ctx, upstream_request)?;
         Ok(())
     }
@@ -275,27 +409,53 @@ impl ProxyHttp for Gateway {
         ctx.upstream_status = Some(status);
         let outcome = crate::resilience::hooks::response_outcome(ctx, status);
         self.record_try(ctx, outcome);
-        let (truncated, written) = (session.as_ref().retry_buffer_truncated(), session.response_written().is_some());
-        crate::resilience::hooks::retry_on_status(&self.state, ctx, status, session.req_header(), truncated, written)?;
+        let (truncated, written) = (
+            session.as_ref().retry_buffer_truncated(),
+            session.response_written().is_some(),
+        );
+        crate::resilience::hooks::retry_on_status(
+            &self.state,
+            ctx,
+            status,
+            session.req_header(),
+            truncated,
+            written,
+        )?;
         headers::strip_hop_by_hop_response(upstream_response);
         Ok(())
     }
 
-    async fn response_filter(&self, session: &mut Session, resp: &mut ResponseHeader, ctx: &mut RequestCtx) -> Result<()> {
+    async fn response_filter(
+        &self,
+        session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
         resp.insert_header("x-request-id", ctx.request_id.as_str())?;
         for (n, v) in &ctx.response_headers {
             resp.append_header(n.clone(), v.clone())?;
         }
-        if self.state.draining.load(std::sync::atomic::Ordering::Relaxed) {
+        if self
+            .state
+            .draining
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
             session.set_keepalive(None);
         }
-        let Some(route) = ctx.route.clone() else { return Ok(()) };
-        let cx = ResponseCx { route: &route.name, request: session.req_header() };
+        let Some(route) = ctx.route.clone() else {
+            return Ok(());
+        };
+        let cx = ResponseCx {
+            route: &route.name,
+            request: session.req_header(),
+        };
         for f in &route.filters {
             match f.on_response(resp, &cx) {
                 Ok(Some(t)) => ctx.body_transforms.push(t),
                 Ok(None) => {}
-                Err(e) => tracing::warn!(request_id = %ctx.request_id, error = %e, "response filter failed"),
+                Err(e) => {
+                    tracing::warn!(request_id = %ctx.request_id, error = %e, "response filter failed")
+                }
             }
         }
         Ok(())
@@ -314,14 +474,28 @@ impl ProxyHttp for Gateway {
         Ok(None)
     }
 
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
-        let classified = ctx.gateway_error.filter(|g| matches!(e.etype(), ErrorType::HTTPStatus(s) if *s == g.status)).or_else(|| respond::classify(e));
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        let classified = ctx
+            .gateway_error
+            .filter(|g| matches!(e.etype(), ErrorType::HTTPStatus(s) if *s == g.status))
+            .or_else(|| respond::classify(e));
         let Some(g) = classified else {
-            return FailToProxy { error_code: 0, can_reuse_downstream: false };
+            return FailToProxy {
+                error_code: 0,
+                can_reuse_downstream: false,
+            };
         };
         if session.response_written().is_some() {
             // Headers already went out: all we can do is cut the stream.
-            return FailToProxy { error_code: g.status, can_reuse_downstream: false };
+            return FailToProxy {
+                error_code: g.status,
+                can_reuse_downstream: false,
+            };
         }
         tracing::warn!(request_id = %ctx.request_id, route = ctx.route_name(), upstream = ctx.upstream_name(), code = g.code, error = %e, "request failed");
         // pingora closes the downstream connection after any error once it asked for a
@@ -331,9 +505,15 @@ impl ProxyHttp for Gateway {
         if !reusable {
             session.set_keepalive(None);
         }
-        let msg = ctx.resilience.message().map_or_else(|| respond::message_for(g.code).to_string(), str::to_string);
+        let msg = ctx
+            .resilience
+            .message()
+            .map_or_else(|| respond::message_for(g.code).to_string(), str::to_string);
         respond::send_error(session, ctx, g.status, g.code, &msg, &[]).await;
-        FailToProxy { error_code: g.status, can_reuse_downstream: reusable }
+        FailToProxy {
+            error_code: g.status,
+            can_reuse_downstream: reusable,
+        }
     }
 
     /// Our own `request failed` line (with request id and route) replaces pingora's.
@@ -352,14 +532,28 @@ impl ProxyHttp for Gateway {
             .map(|r| r.status.as_u16())
             .or(ctx.gateway_error.map(|g| g.status))
             .unwrap_or(0);
-        let source = if ctx.gateway_error.is_some() || ctx.upstream_status.is_none() { "gateway" } else { "upstream" };
+        let source = if ctx.gateway_error.is_some() || ctx.upstream_status.is_none() {
+            "gateway"
+        } else {
+            "upstream"
+        };
         let m = &self.state.metrics;
         let elapsed = ctx.started.elapsed();
-        let (route, upstream) = (ctx.route_name().to_string(), ctx.upstream_name().to_string());
+        let (route, upstream) = (
+            ctx.route_name().to_string(),
+            ctx.upstream_name().to_string(),
+        );
         m.requests
-            .with_label_values(&[&route, &upstream, crate::metrics::status_class(status), source])
+            .with_label_values(&[
+                &route,
+                &upstream,
+                crate::metrics::status_class(status),
+                source,
+            ])
             .inc();
-        m.request_duration.with_label_values(&[&route]).observe(elapsed.as_secs_f64());
+        m.request_duration
+            .with_label_values(&[&route])
+            .observe(elapsed.as_secs_f64());
         m.request_duration_all.observe(elapsed.as_secs_f64());
         if status >= 500 {
             m.errors_all.inc();

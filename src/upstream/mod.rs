@@ -78,7 +78,13 @@ pub struct Endpoint {
 
 impl Endpoint {
     /// A new endpoint, healthy or not at start.
-    pub fn new(addr: SocketAddr, address: String, weight: u32, source: Source, healthy: bool) -> Self {
+    pub fn new(
+        addr: SocketAddr,
+        address: String,
+        weight: u32,
+        source: Source,
+        healthy: bool,
+    ) -> Self {
         Self {
             addr,
             address,
@@ -106,7 +112,9 @@ impl Endpoint {
             ejected_until_ms: AtomicU64::new(self.ejected_until_ms.load(Ordering::Relaxed)),
             ejections: AtomicU32::new(self.ejections.load(Ordering::Relaxed)),
             consecutive_failures: AtomicU32::new(self.consecutive_failures.load(Ordering::Relaxed)),
-            check_streak: std::sync::atomic::AtomicI32::new(self.check_streak.load(Ordering::Relaxed)),
+            check_streak: std::sync::atomic::AtomicI32::new(
+                self.check_streak.load(Ordering::Relaxed),
+            ),
             inflight: AtomicU64::new(0),
         }
     }
@@ -146,11 +154,20 @@ impl Endpoint {
     }
 
     /// Records one active-check result; returns `Some(new verdict)` on a transition.
-    pub fn record_check(&self, ok: bool, healthy_threshold: u32, unhealthy_threshold: u32) -> Option<bool> {
+    pub fn record_check(
+        &self,
+        ok: bool,
+        healthy_threshold: u32,
+        unhealthy_threshold: u32,
+    ) -> Option<bool> {
         let streak = self
             .check_streak
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |s| {
-                Some(if ok { s.max(0).saturating_add(1) } else { s.min(0).saturating_sub(1) })
+                Some(if ok {
+                    s.max(0).saturating_add(1)
+                } else {
+                    s.min(0).saturating_sub(1)
+                })
             })
             .map(|prev| if ok { prev.max(0) + 1 } else { prev.min(0) - 1 })
             .unwrap_or(0);
@@ -196,7 +213,10 @@ impl Endpoint {
         let until = self.ejected_until_ms.load(Ordering::Relaxed);
         until != 0
             && until <= now_ms
-            && self.ejected_until_ms.compare_exchange(until, 0, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+            && self
+                .ejected_until_ms
+                .compare_exchange(until, 0, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
     }
 }
 
@@ -248,7 +268,8 @@ impl Upstream {
     /// preferring ones not in `tried` (retries go elsewhere when they can).
     pub fn pick(&self, tried: &[Arc<Endpoint>], now_ms: u64) -> Option<Arc<Endpoint>> {
         let eps = self.endpoints.load();
-        let fresh = |e: &Endpoint| e.is_available(now_ms) && !tried.iter().any(|t| t.addr == e.addr);
+        let fresh =
+            |e: &Endpoint| e.is_available(now_ms) && !tried.iter().any(|t| t.addr == e.addr);
         let mut swrr = match self.swrr.lock() {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),
@@ -259,6 +280,7 @@ impl Upstream {
         if tried.is_empty() {
             return None;
         }
-        swrr.pick(&eps, |e| e.is_available(now_ms)).and_then(|i| eps.get(i).cloned())
+        swrr.pick(&eps, |e| e.is_available(now_ms))
+            .and_then(|i| eps.get(i).cloned())
     }
 }

@@ -15,7 +15,11 @@ pub struct Swrr {
 
 impl Swrr {
     /// Picks the index of an eligible endpoint, or `None` when none is eligible.
-    pub fn pick(&mut self, eps: &Arc<Vec<Arc<Endpoint>>>, eligible: impl Fn(&Endpoint) -> bool) -> Option<usize> {
+    pub fn pick(
+        &mut self,
+        eps: &Arc<Vec<Arc<Endpoint>>>,
+        eligible: impl Fn(&Endpoint) -> bool,
+    ) -> Option<usize> {
         let id = Arc::as_ptr(eps) as usize;
         if self.set_id != id || self.current.len() != eps.len() {
             self.set_id = id;
@@ -52,7 +56,13 @@ mod tests {
                 .enumerate()
                 .map(|(i, w)| {
                     let addr = format!("127.0.0.1:{}", 1000 + i);
-                    Arc::new(Endpoint::new(addr.parse().unwrap(), addr, *w, Source::Static, true))
+                    Arc::new(Endpoint::new(
+                        addr.parse().unwrap(),
+                        addr,
+                        *w,
+                        Source::Static,
+                        true,
+                    ))
                 })
                 .collect(),
         )

@@ -3,7 +3,7 @@
 
 mod filters;
 mod foundation;
-mod observability;
 mod live_ops;
+mod observability;
 mod resilience;
 mod support;
