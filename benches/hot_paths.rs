@@ -16,12 +16,12 @@ use std::time::Duration;
 use std::net::{IpAddr, Ipv4Addr};
 use tokio::time::Instant;
 
-use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
+use criterion::{criterion_group, BatchSize, Criterion};
 use futures_util::FutureExt;
 use gatehouse::config::{self, LoadedConfig};
-use gatehouse::router::{Matcher, RouteRequest, Router};
 use gatehouse::resilience::breaker::{Admission, BreakerSettings};
 use gatehouse::resilience::Breaker;
+use gatehouse::router::{Matcher, RouteRequest, Router};
 use gatehouse::state;
 use gatehouse::upstream::{Endpoint, Source, Swrr, Upstream};
 use gatehouse_filters::rate_limit::local::LocalLimiter;
@@ -64,7 +64,9 @@ fn config_text(n: usize) -> String {
             2 => format!("{{ hosts: [ h{i}.example.com ], path_prefix: /x }}"),
             _ => format!("{{ hosts: [ \"*.w{i}.example.com\" ], methods: [GET] }}"),
         };
-        s.push_str(&format!("  - {{ name: r{i}, match: {m}, upstream: app }}\n"));
+        s.push_str(&format!(
+            "  - {{ name: r{i}, match: {m}, upstream: app }}\n"
+        ));
     }
     s.push_str("  - { name: fallback, match: { path_prefix: / }, upstream: app }\n");
     s
@@ -107,15 +109,41 @@ fn bench_router(c: &mut Criterion) {
         let (e, p, h, w) = (mid(n, 0), mid(n, 1), mid(n, 2), mid(n, 3));
         let cases: Vec<(&str, String, String, Option<usize>)> = vec![
             ("exact", String::new(), format!("/svc{e}/items"), Some(e)),
-            ("prefix_deep", String::new(), format!("/api/v{p}/users/42/orders/7"), Some(p)),
-            ("host_exact", format!("h{h}.example.com"), "/x/y".into(), Some(h)),
-            ("host_wildcard", format!("a.b.w{w}.example.com"), "/any/path".into(), Some(w)),
-            ("fallback", "unknown.example.org".into(), "/no/such/route/here".into(), Some(n - 1)),
+            (
+                "prefix_deep",
+                String::new(),
+                format!("/api/v{p}/users/42/orders/7"),
+                Some(p),
+            ),
+            (
+                "host_exact",
+                format!("h{h}.example.com"),
+                "/x/y".into(),
+                Some(h),
+            ),
+            (
+                "host_wildcard",
+                format!("a.b.w{w}.example.com"),
+                "/any/path".into(),
+                Some(w),
+            ),
+            (
+                "fallback",
+                "unknown.example.org".into(),
+                "/no/such/route/here".into(),
+                Some(n - 1),
+            ),
         ];
         let mut g = c.benchmark_group(format!("router/{n}"));
-        g.warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
+        g.warm_up_time(Duration::from_millis(500))
+            .measurement_time(Duration::from_secs(2));
         for (name, host, path, want) in &cases {
-            let req = RouteRequest { host, path, method: &get, headers: &headers };
+            let req = RouteRequest {
+                host,
+                path,
+                method: &get,
+                headers: &headers,
+            };
             assert_eq!(router.route(&req).copied(), *want, "{name} with {n} routes");
             g.bench_function(*name, |b| b.iter(|| router.route(black_box(&req)).copied()));
         }
@@ -128,9 +156,13 @@ fn bench_config(c: &mut Criterion) {
     let text = config_text(n);
     let rt = Arc::new(FilterRuntime::default());
     let mut g = c.benchmark_group(format!("config/{n}_routes"));
-    g.sample_size(10).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(5));
+    g.sample_size(10)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(5));
     // YAML parse + validation + the position index (`gatehouse validate`).
-    g.bench_function("load", |b| b.iter(|| config::load_str(black_box(&text), None).map(|l| l.config.routes.len())));
+    g.bench_function("load", |b| {
+        b.iter(|| config::load_str(black_box(&text), None).map(|l| l.config.routes.len()))
+    });
     // LoadedConfig -> Snapshot (router, upstreams, filter chains).
     let loaded = load(n);
     g.bench_function("compile", |b| {
@@ -148,7 +180,9 @@ fn bench_config(c: &mut Criterion) {
     g.bench_function("reload", |b| {
         b.iter(|| {
             let l = config::load_str(black_box(&text), None).map_err(|e| format!("{e:?}"))?;
-            state::compile(l, Some(&prev), &rt).map(|s| s.router.len()).map_err(|e| format!("{e:?}"))
+            state::compile(l, Some(&prev), &rt)
+                .map(|s| s.router.len())
+                .map_err(|e| format!("{e:?}"))
         })
     });
     g.finish();
@@ -176,17 +210,22 @@ fn bench_swrr(c: &mut Criterion) {
         None => panic!("no upstream app"),
     };
     let mut g = c.benchmark_group("swrr");
-    g.warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
+    g.warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2));
     for weights in [vec![5u32, 1, 1], vec![1; 16]] {
         let label = format!("{}_endpoints", weights.len());
         // The bare algorithm.
         let eps = Arc::new(endpoints(&weights));
         let mut swrr = Swrr::default();
-        g.bench_function(format!("pick/{label}"), |b| b.iter(|| swrr.pick(black_box(&eps), |_| true)));
+        g.bench_function(format!("pick/{label}"), |b| {
+            b.iter(|| swrr.pick(black_box(&eps), |_| true))
+        });
         // What the proxy calls: availability checks, the lock, the Arc clone.
         let up = Upstream::new("app", ucfg.clone(), endpoints(&weights));
         let now = gatehouse::upstream::now_ms();
-        g.bench_function(format!("upstream_pick/{label}"), |b| b.iter(|| up.pick(&[], black_box(now))));
+        g.bench_function(format!("upstream_pick/{label}"), |b| {
+            b.iter(|| up.pick(&[], black_box(now)))
+        });
     }
     g.finish();
 }
@@ -219,7 +258,10 @@ fn run_filter(f: &dyn Filter, req: &mut RequestHeader) -> bool {
         claims: None,
         response_headers: Vec::new(),
     };
-    matches!(f.on_request(req, &mut cx).now_or_never(), Some(Ok(FilterOutcome::Continue)))
+    matches!(
+        f.on_request(req, &mut cx).now_or_never(),
+        Some(Ok(FilterOutcome::Continue))
+    )
 }
 
 fn key_path(name: &str) -> String {
@@ -236,7 +278,9 @@ fn read_key(name: &str) -> Vec<u8> {
 fn bench_jwt(c: &mut Criterion) {
     use jsonwebtoken::{encode, Algorithm as Alg, EncodingKey, Header};
     let rt = Arc::new(FilterRuntime::default());
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
     let claims = serde_json::json!({
         "iss": "bench", "aud": "bench", "sub": "user-42", "role": "USER",
         "iat": now, "nbf": now, "exp": now + 86_400,
@@ -263,16 +307,27 @@ fn bench_jwt(c: &mut Criterion) {
         ),
     ];
     let mut g = c.benchmark_group("jwt_verify");
-    g.warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
+    g.warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2));
     for (name, yaml, key, alg) in cases {
         let filter = filter_of(&yaml, &rt);
-        let token = encode(&Header::new(alg), &claims, &key).unwrap_or_else(|e| panic!("sign {name}: {e}"));
-        let mut req = RequestHeader::build("GET", b"/api/users/42", None).unwrap_or_else(|e| panic!("{e}"));
-        req.insert_header("authorization", format!("Bearer {token}")).unwrap_or_else(|e| panic!("{e}"));
-        assert!(run_filter(filter.as_ref(), &mut req.clone()), "{name}: a valid token was refused");
+        let token =
+            encode(&Header::new(alg), &claims, &key).unwrap_or_else(|e| panic!("sign {name}: {e}"));
+        let mut req =
+            RequestHeader::build("GET", b"/api/users/42", None).unwrap_or_else(|e| panic!("{e}"));
+        req.insert_header("authorization", format!("Bearer {token}"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            run_filter(filter.as_ref(), &mut req.clone()),
+            "{name}: a valid token was refused"
+        );
         // The whole filter: header lookup, parse, signature, claims (what a request pays).
         g.bench_function(name, |b| {
-            b.iter_batched_ref(|| req.clone(), |r| run_filter(filter.as_ref(), r), BatchSize::SmallInput)
+            b.iter_batched_ref(
+                || req.clone(),
+                |r| run_filter(filter.as_ref(), r),
+                BatchSize::SmallInput,
+            )
         });
     }
     g.finish();
@@ -280,22 +335,41 @@ fn bench_jwt(c: &mut Criterion) {
 
 fn bench_rate_limit(c: &mut Criterion) {
     let mut g = c.benchmark_group("rate_limit_local");
-    g.warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
-    let gcra = Policy { algorithm: Algorithm::Gcra, limit: 1_000_000_000, window: Duration::from_secs(60), burst: 1_000_000_000 };
+    g.warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2));
+    let gcra = Policy {
+        algorithm: Algorithm::Gcra,
+        limit: 1_000_000_000,
+        window: Duration::from_secs(60),
+        burst: 1_000_000_000,
+    };
     // The sliding window keeps one timestamp per admitted request (an exact log): a
     // short window keeps the log, and the bench's memory, bounded.
-    let sliding = Policy { algorithm: Algorithm::SlidingWindow, limit: 1_000_000_000, window: Duration::from_millis(100), burst: 1_000_000_000 };
-    let keys: Vec<String> = (0..10_000).map(|i| format!("10.0.{}.{}", i / 256, i % 256)).collect();
+    let sliding = Policy {
+        algorithm: Algorithm::SlidingWindow,
+        limit: 1_000_000_000,
+        window: Duration::from_millis(100),
+        burst: 1_000_000_000,
+    };
+    let keys: Vec<String> = (0..10_000)
+        .map(|i| format!("10.0.{}.{}", i / 256, i % 256))
+        .collect();
     for (name, policy) in [("gcra", gcra), ("sliding_window", sliding)] {
         let lim = LocalLimiter::default();
         assert!(lim.check("127.0.0.1", &policy, Instant::now()).allowed);
-        g.bench_function(format!("{name}/one_key"), |b| b.iter(|| lim.check(black_box("127.0.0.1"), &policy, Instant::now()).allowed));
+        g.bench_function(format!("{name}/one_key"), |b| {
+            b.iter(|| {
+                lim.check(black_box("127.0.0.1"), &policy, Instant::now())
+                    .allowed
+            })
+        });
         let lim = LocalLimiter::default();
         let mut i = 0usize;
         g.bench_function(format!("{name}/10k_keys"), |b| {
             b.iter(|| {
                 i = (i + 1) % keys.len();
-                lim.check(black_box(&keys[i]), &policy, Instant::now()).allowed
+                lim.check(black_box(&keys[i]), &policy, Instant::now())
+                    .allowed
             })
         });
     }
@@ -306,9 +380,16 @@ fn bench_rate_limit(c: &mut Criterion) {
         let window = if alg == "gcra" { "1m" } else { "100ms" };
         let f = filter_of(&format!("rate_limit: {{ name: per_client, key: client_ip, limit: 1000000000, window: {window}, algorithm: {alg} }}"), &rt);
         let req = RequestHeader::build("GET", b"/", None).unwrap_or_else(|e| panic!("{e}"));
-        assert!(run_filter(f.as_ref(), &mut req.clone()), "rate limit refused");
+        assert!(
+            run_filter(f.as_ref(), &mut req.clone()),
+            "rate limit refused"
+        );
         g.bench_function(format!("filter_client_ip/{alg}"), |b| {
-            b.iter_batched_ref(|| req.clone(), |r| run_filter(f.as_ref(), r), BatchSize::SmallInput)
+            b.iter_batched_ref(
+                || req.clone(),
+                |r| run_filter(f.as_ref(), r),
+                BatchSize::SmallInput,
+            )
         });
     }
     g.finish();
@@ -325,7 +406,8 @@ fn bench_breaker(c: &mut Criterion) {
         half_open_probes: 3,
     };
     let mut g = c.benchmark_group("breaker");
-    g.warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
+    g.warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2));
     // The CLOSED fast path every proxied request takes: admit, then record a success.
     // The clock advances 1 ms per call so that the rolling window's buckets rotate as
     // in real traffic (with a frozen clock every call lands in one bucket, whose 20-bit
@@ -345,13 +427,13 @@ fn bench_breaker(c: &mut Criterion) {
     // One failure in ten: stays closed (50 % opens it), and counts failures too.
     let mixed = Breaker::new(settings.clone());
     let mut now = start;
-    let mut i = 0u64;
+    let mut i = 0u8;
     g.bench_function("admit_record_10pct_failures", |b| {
         b.iter(|| {
-            i += 1;
+            i = if i == 9 { 0 } else { i + 1 };
             now += 1;
             match mixed.admit(black_box(now)).0 {
-                Admission::Admit(t) => mixed.record(t, i % 10 == 0, now).is_some(),
+                Admission::Admit(t) => mixed.record(t, i == 0, now).is_some(),
                 Admission::Reject { .. } => panic!("10 % failures opened the breaker"),
             }
         })
@@ -364,10 +446,57 @@ fn bench_breaker(c: &mut Criterion) {
             open.record(t, true, now);
         }
     }
-    assert!(matches!(open.admit(now).0, Admission::Reject { .. }), "breaker did not open");
-    g.bench_function("reject_open", |b| b.iter(|| matches!(open.admit(black_box(now)).0, Admission::Reject { .. })));
+    assert!(
+        matches!(open.admit(now).0, Admission::Reject { .. }),
+        "breaker did not open"
+    );
+    g.bench_function("reject_open", |b| {
+        b.iter(|| matches!(open.admit(black_box(now)).0, Admission::Reject { .. }))
+    });
     g.finish();
 }
 
-criterion_group!(benches, bench_router, bench_config, bench_swrr, bench_jwt, bench_rate_limit, bench_breaker);
-criterion_main!(benches);
+criterion_group!(
+    benches,
+    bench_router,
+    bench_config,
+    bench_swrr,
+    bench_jwt,
+    bench_rate_limit,
+    bench_breaker
+);
+
+/// `cargo test --all-targets -- --test-threads=N` hands libtest's flags to every target;
+/// criterion's parser refuses `--test-threads` (exit 2). Drop it (and its value) and run
+/// this binary again with the rest, so the smoke run works beside the unit tests.
+fn without_libtest_flags() -> Option<Vec<std::ffi::OsString>> {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    let mut kept = Vec::with_capacity(args.len());
+    let mut it = args.iter();
+    let mut dropped = false;
+    while let Some(a) = it.next() {
+        let text = a.to_string_lossy();
+        if text == "--test-threads" {
+            it.next();
+            dropped = true;
+        } else if text.starts_with("--test-threads=") {
+            dropped = true;
+        } else {
+            kept.push(a.clone());
+        }
+    }
+    dropped.then_some(kept)
+}
+
+fn main() {
+    if let Some(args) = without_libtest_flags() {
+        let status = std::env::current_exe()
+            .and_then(|exe| std::process::Command::new(exe).args(args).status());
+        match status {
+            Ok(s) => std::process::exit(s.code().unwrap_or(1)),
+            Err(e) => panic!("re-running the bench without --test-threads: {e}"),
+        }
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}
