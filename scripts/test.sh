@@ -12,7 +12,7 @@ step() { printf '\n=== %s\n' "$*"; }
 step "unit and integration tests (gateway, filters, registry, services), benches in smoke mode"
 # --all-targets also runs every criterion bench once in test mode (debug build, no timing).
 # Timing-sensitive tests share 2 cores: cap the parallelism of test threads.
-cargo test --workspace --all-targets -- --test-threads="${TEST_THREADS:-4}"
+RUST_TEST_THREADS="${TEST_THREADS:-4}" cargo test --workspace --all-targets
 
 step "observability: promtool rules and tests, Grafana dashboard"
 scripts/check-observability.sh

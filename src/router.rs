@@ -265,10 +265,10 @@ impl PathTable {
         }
     }
 
-    fn lookup(&self, req: &RouteRequest<'_>, matchers: &[Matcher]) -> Option<(usize, String)> {
+    fn lookup(&self, req: &RouteRequest<'_>, matchers: &[Matcher]) -> Option<(usize, PathHit)> {
         let first = |ids: &[usize]| ids.iter().copied().find(|i| matchers[*i].accepts(req));
         if let Some(i) = self.exact.get(req.path).and_then(|ids| first(ids)) {
-            return Some((i, format!("exact path {}", req.path)));
+            return Some((i, PathHit::Exact));
         }
         if !self.prefix.is_empty() {
             // segment-boundary prefixes of the path, longest first: /a/b/c, /a/b, /a, ""
@@ -277,10 +277,7 @@ impl PathTable {
             loop {
                 let cand = &p[..end];
                 if let Some(i) = self.prefix.get(cand).and_then(|ids| first(ids)) {
-                    return Some((
-                        i,
-                        format!("prefix {}", if cand.is_empty() { "/" } else { cand }),
-                    ));
+                    return Some((i, PathHit::Prefix(end)));
                 }
                 match cand.rfind('/') {
                     Some(cut) => end = cut,
@@ -291,12 +288,30 @@ impl PathTable {
         for &i in &self.regex {
             if let PathMatch::Regex(re) = &matchers[i].path {
                 if re.is_match(req.path) && matchers[i].accepts(req) {
-                    return Some((i, format!("regex {}", re.as_str())));
+                    return Some((i, PathHit::Regex));
                 }
             }
         }
         None
     }
+}
+
+/// Which path tier matched (kept allocation-free; explained only on demand).
+#[derive(Clone, Copy)]
+enum PathHit {
+    Exact,
+    /// Length of the matched prefix of the (trailing-slash-trimmed) path.
+    Prefix(usize),
+    Regex,
+}
+
+/// Which host tier matched.
+#[derive(Clone, Copy)]
+enum HostHit {
+    Exact,
+    /// Byte offset of the matched `.suffix` in the host.
+    Wildcard(usize),
+    Any,
 }
 
 /// Routes requests to values of type `T` (the gateway's `Route`).
@@ -357,38 +372,55 @@ impl<T> Router<T> {
         self.values.is_empty()
     }
 
-    /// The route for a request, if any.
+    /// The route for a request, if any. The hot path: no allocation.
     pub fn route(&self, req: &RouteRequest<'_>) -> Option<&T> {
-        self.route_explained(req).map(|(v, _)| v)
+        self.find(req).map(|(i, _, _)| &self.values[i])
     }
 
-    /// The route for a request and why it matched.
-    pub fn route_explained(&self, req: &RouteRequest<'_>) -> Option<(&T, MatchReason)> {
-        let found = |t: &PathTable, host: String| {
-            t.lookup(req, &self.matchers)
-                .map(|(i, path)| (&self.values[i], MatchReason { host, path }))
-        };
+    fn find(&self, req: &RouteRequest<'_>) -> Option<(usize, HostHit, PathHit)> {
         if !self.exact_hosts.is_empty() {
             if let Some(t) = self.exact_hosts.get(req.host) {
-                if let Some(hit) = found(t, format!("exact host {}", req.host)) {
-                    return Some(hit);
+                if let Some((i, p)) = t.lookup(req, &self.matchers) {
+                    return Some((i, HostHit::Exact, p));
                 }
             }
         }
         if !self.wildcard_hosts.is_empty() {
             // .b.example.com, .example.com, .com: longest wildcard first
-            let mut rest = req.host;
-            while let Some(dot) = rest.find('.') {
-                let suffix = &rest[dot..];
-                if let Some(t) = self.wildcard_hosts.get(suffix) {
-                    if let Some(hit) = found(t, format!("wildcard host *{suffix}")) {
-                        return Some(hit);
+            let mut offset = 0;
+            while let Some(dot) = req.host[offset..].find('.') {
+                let at = offset + dot;
+                if let Some(t) = self.wildcard_hosts.get(&req.host[at..]) {
+                    if let Some((i, p)) = t.lookup(req, &self.matchers) {
+                        return Some((i, HostHit::Wildcard(at), p));
                     }
                 }
-                rest = &rest[dot + 1..];
+                offset = at + 1;
             }
         }
-        found(&self.any_host, "any host".to_string())
+        self.any_host
+            .lookup(req, &self.matchers)
+            .map(|(i, p)| (i, HostHit::Any, p))
+    }
+
+    /// The route for a request and why it matched (for `gatehouse route-test`).
+    pub fn route_explained(&self, req: &RouteRequest<'_>) -> Option<(&T, MatchReason)> {
+        let (i, host, path) = self.find(req)?;
+        let host = match host {
+            HostHit::Exact => format!("exact host {}", req.host),
+            HostHit::Wildcard(at) => format!("wildcard host *{}", &req.host[at..]),
+            HostHit::Any => "any host".to_string(),
+        };
+        let path = match path {
+            PathHit::Exact => format!("exact path {}", req.path),
+            PathHit::Prefix(0) => "prefix /".to_string(),
+            PathHit::Prefix(end) => format!("prefix {}", &req.path[..end]),
+            PathHit::Regex => match &self.matchers[i].path {
+                PathMatch::Regex(re) => format!("regex {}", re.as_str()),
+                _ => "regex".to_string(),
+            },
+        };
+        Some((&self.values[i], MatchReason { host, path }))
     }
 }
 

@@ -466,7 +466,8 @@ fn matcher(m: &MatchConfig, base: &str, errs: &mut Vec<ConfigError>) {
 /// would. Covers hosts, exact and prefix paths, methods and header sets; regex paths are
 /// out of scope (a regex's language cannot be compared cheaply).
 fn shadowed(cfg: &GatewayConfig, warns: &mut Vec<ConfigWarning>) {
-    fn key(m: &MatchConfig) -> Option<(BTreeSet<String>, String)> {
+    type Key = (BTreeSet<String>, String, Vec<(String, String)>);
+    fn key(m: &MatchConfig) -> Option<Key> {
         if m.path_regex.is_some() {
             return None;
         }
@@ -476,15 +477,21 @@ fn shadowed(cfg: &GatewayConfig, warns: &mut Vec<ConfigWarning>) {
             (None, Some(p)) => format!("^ {}", p.trim_end_matches('/')),
             (None, None) => "^ ".to_string(),
         };
-        Some((hosts, path))
+        let headers = m
+            .headers
+            .iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), format!("{v:?}")))
+            .collect();
+        Some((hosts, path, headers))
     }
+    // Only routes with the same hosts, path and header conditions can shadow each other:
+    // group them once (linear), then compare methods inside each group.
+    let mut groups: std::collections::HashMap<Key, Vec<usize>> = std::collections::HashMap::new();
     for (j, b) in cfg.routes.iter().enumerate() {
         let Some(kb) = key(&b.matcher) else { continue };
-        for (i, a) in cfg.routes[..j].iter().enumerate() {
-            let Some(ka) = key(&a.matcher) else { continue };
-            if ka != kb || a.matcher.headers != b.matcher.headers {
-                continue;
-            }
+        let earlier = groups.entry(kb).or_default();
+        for &i in earlier.iter() {
+            let a = &cfg.routes[i];
             let methods_cover = if a.matcher.methods.is_empty() {
                 b.matcher.methods.is_empty()
             } else {
@@ -497,11 +504,15 @@ fn shadowed(cfg: &GatewayConfig, warns: &mut Vec<ConfigWarning>) {
             if methods_cover {
                 warns.push(ConfigError::at(
                     format!("routes[{j}].match"),
-                    format!("route {:?} can never match: route {:?} (routes[{i}]) takes every request it would", b.name, a.name),
+                    format!(
+                        "route {:?} can never match: route {:?} (routes[{i}]) takes every request it would",
+                        b.name, a.name
+                    ),
                 ));
                 break;
             }
         }
+        earlier.push(j);
     }
 }
 

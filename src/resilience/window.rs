@@ -49,7 +49,8 @@ impl RollingPair {
         self.bucket_ms * self.buckets.len() as u64
     }
 
-    /// Adds `a` and `b` at `now_ms`. Counts saturate at about a million per bucket.
+    /// Adds `a` and `b` at `now_ms`. Past about a million per bucket both counts are halved,
+    /// which keeps their ratio.
     pub fn add(&self, now_ms: u64, a: u64, b: u64) {
         let idx = now_ms / self.bucket_ms;
         let tag = idx & EPOCH_MASK;
@@ -57,11 +58,14 @@ impl RollingPair {
         // fetch_update retries the CAS until it lands; the closure always returns Some.
         let _ = slot.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
             let (epoch, x, y) = unpack(v);
-            Some(if epoch == tag {
-                pack(tag, x + a, y + b)
-            } else {
-                pack(tag, a, b)
-            })
+            let (mut x, mut y) = if epoch == tag { (x + a, y + b) } else { (a, b) };
+            // Near saturation, halve both counts: the bucket keeps its ratio (what the
+            // breaker reads) instead of pinning one count while the other grows.
+            while x > COUNT_MAX || y > COUNT_MAX {
+                x /= 2;
+                y /= 2;
+            }
+            Some(pack(tag, x, y))
         });
     }
 
@@ -110,6 +114,21 @@ mod tests {
         assert_eq!(w.sums(20_500), (1, 0));
         w.clear();
         assert_eq!(w.sums(20_500), (0, 0));
+    }
+
+    #[test]
+    fn a_saturated_bucket_keeps_its_ratio() {
+        let w = RollingPair::new(Duration::from_secs(10), 10);
+        for i in 0..3_000_000u64 {
+            w.add(100, 1, u64::from(i % 10 == 0));
+        }
+        let (calls, failures) = w.sums(100);
+        assert!(calls > 500_000, "{calls}");
+        let rate = failures as f64 / calls as f64;
+        assert!(
+            (rate - 0.1).abs() < 0.01,
+            "failure rate {rate} drifted from 0.1"
+        );
     }
 
     #[test]
