@@ -47,17 +47,6 @@ async fn wait_applied(gw: &TestGateway, yaml: &str, within: Duration) -> bool {
     eventually(within, async || gw.config_hash().await == want).await
 }
 
-async fn admin_json(gw: &TestGateway, path: &str) -> Value {
-    client()
-        .get(gw.admin_url(path))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
 /// The endpoints of an upstream as `/admin/upstreams` shows them.
 async fn endpoints(gw: &TestGateway, upstream: &str) -> Vec<Value> {
     admin_json(gw, "/admin/upstreams").await[upstream]["endpoints"]

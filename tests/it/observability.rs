@@ -52,14 +52,7 @@ async fn status_shows_service_pools_and_queries_match_a_real_scrape() {
     }
 
     let pools_seen = eventually(Duration::from_secs(5), async || {
-        let v: serde_json::Value = client()
-            .get(gw.admin_url("/admin/status"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v = admin_json(&gw, "/admin/status").await;
         v["services"].as_array().is_some_and(|s| {
             s.iter().any(|p| {
                 p["name"] == "payment"

@@ -36,17 +36,6 @@ async fn get(gw: &TestGateway, path: &str) -> reqwest::Response {
     client().get(gw.url(path)).send().await.unwrap()
 }
 
-async fn admin_json(gw: &TestGateway, path: &str) -> Value {
-    client()
-        .get(gw.admin_url(path))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
 async fn breaker_of(gw: &TestGateway, upstream: &str) -> Value {
     admin_json(gw, "/admin/upstreams").await[upstream]["breaker"].clone()
 }

@@ -407,6 +407,18 @@ fn unsafe_free_kill(pid: i32, sig: i32) -> i32 {
     }
 }
 
+/// GETs a JSON document from the gateway's admin listener.
+pub async fn admin_json(gw: &TestGateway, path: &str) -> serde_json::Value {
+    client()
+        .get(gw.admin_url(path))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 /// A shared HTTP client without proxies.
 pub fn client() -> reqwest::Client {
     static C: OnceLock<reqwest::Client> = OnceLock::new();
