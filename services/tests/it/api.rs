@@ -805,9 +805,39 @@ async fn demo_starts_all_services_with_a_generated_secret() {
     dep.env.remove("GATEHOUSE_JWT_SECRET");
     dep.env.remove("GATEHOUSE_INTERNAL_TOKEN");
     dep.env.remove("GATEHOUSE_MODE");
+    // The demo's gateway, on free ports in front of this deployment's services: the shipped
+    // config/demo.yaml with its ports replaced.
+    let gw_ports = free_ports(2);
+    let shipped = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/demo.yaml"),
+    )
+    .unwrap();
+    let config = shipped
+        .replace("127.0.0.1:3000", &format!("127.0.0.1:{}", gw_ports[0]))
+        .replace("127.0.0.1:9901", &format!("127.0.0.1:{}", gw_ports[1]))
+        .replace(
+            "127.0.0.1:3001",
+            &format!("127.0.0.1:{}", dep.ports["user"]),
+        )
+        .replace(
+            "127.0.0.1:3003",
+            &format!("127.0.0.1:{}", dep.ports["transaction"]),
+        )
+        .replace(
+            "127.0.0.1:3004",
+            &format!("127.0.0.1:{}", dep.ports["payment"]),
+        )
+        .replace(
+            "127.0.0.1:3005",
+            &format!("127.0.0.1:{}", dep.ports["notification"]),
+        );
+    let config_path = dep.dir.join("demo.yaml");
+    std::fs::write(&config_path, config).unwrap();
+    dep.set("GATEHOUSE_DEMO_CONFIG", config_path.to_str().unwrap());
     let d = dep
         .start("demo", &["payment", "notification", "user", "transaction"])
         .await;
+    let gateway = format!("http://127.0.0.1:{}", gw_ports[0]);
     let c = http();
     let user = dep.url("user");
     let r = c
@@ -828,11 +858,61 @@ async fn demo_starts_all_services_with_a_generated_secret() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200, "login works with the generated secret");
+
+    // Through the demo's gateway: login issues a token the gateway accepts.
+    let mut ready = false;
+    for _ in 0..200 {
+        if c.get(format!("http://127.0.0.1:{}/readyz", gw_ports[1]))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+        {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     let logs = std::fs::read_to_string(&d.log).unwrap();
-    assert!(
-        logs.contains("start_gateway"),
-        "the gateway hook ran:\n{logs}"
+    assert!(ready, "the demo's gateway became ready:\n{logs}");
+    let r = c
+        .post(format!("{gateway}/api/user/login"))
+        .json(&json!({"email": "d@example.com", "password": "password123"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let token = r.json::<serde_json::Value>().await.unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = c
+        .get(format!("{gateway}/api/user/profile"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        401,
+        "the gateway refuses a request without a token"
     );
+    let r = c
+        .get(format!("{gateway}/api/user/profile"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        200,
+        "the gateway verifies the user service's token"
+    );
+    let r = c
+        .get(format!("{gateway}/api/admin/users"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "an ADMIN passes the gateway's role check");
 }
 
 #[test]
