@@ -174,6 +174,45 @@ impl Metrics {
     }
 }
 
+/// A route's request metrics, resolved once per route so that the request path does not
+/// hash label strings: `requests[class][source]` and the duration histogram.
+pub struct RouteMetrics {
+    requests: [[prometheus::IntCounter; 2]; 5],
+    duration: prometheus::Histogram,
+}
+
+/// Index of a status class (1xx..5xx) in [`RouteMetrics`].
+fn class_index(status: u16) -> usize {
+    match status {
+        100..=199 => 0,
+        200..=299 => 1,
+        300..=399 => 2,
+        400..=499 => 3,
+        _ => 4,
+    }
+}
+
+impl RouteMetrics {
+    /// The handles of one route (labels `route` and `upstream`).
+    pub fn new(m: &Metrics, route: &str, upstream: &str) -> Self {
+        let counter = |status: u16, source: &str| {
+            m.requests
+                .with_label_values(&[route, upstream, status_class(status), source])
+        };
+        let pair = |status: u16| [counter(status, "gateway"), counter(status, "upstream")];
+        Self {
+            requests: [pair(100), pair(200), pair(300), pair(400), pair(500)],
+            duration: m.request_duration.with_label_values(&[route]),
+        }
+    }
+
+    /// Counts one finished request.
+    pub fn observe(&self, status: u16, from_upstream: bool, seconds: f64) {
+        self.requests[class_index(status)][usize::from(from_upstream)].inc();
+        self.duration.observe(seconds);
+    }
+}
+
 /// `2xx`-style label of a status code.
 pub fn status_class(status: u16) -> &'static str {
     match status {

@@ -539,21 +539,20 @@ impl ProxyHttp for Gateway {
         };
         let m = &self.state.metrics;
         let elapsed = ctx.started.elapsed();
-        let (route, upstream) = (
-            ctx.route_name().to_string(),
-            ctx.upstream_name().to_string(),
-        );
-        m.requests
-            .with_label_values(&[
-                &route,
-                &upstream,
-                crate::metrics::status_class(status),
-                source,
-            ])
-            .inc();
-        m.request_duration
-            .with_label_values(&[&route])
-            .observe(elapsed.as_secs_f64());
+        match &ctx.route {
+            Some(r) => r
+                .metrics
+                .get_or_init(|| crate::metrics::RouteMetrics::new(m, &r.name, &r.upstream.name))
+                .observe(status, source == "upstream", elapsed.as_secs_f64()),
+            None => {
+                m.requests
+                    .with_label_values(&["", "", crate::metrics::status_class(status), source])
+                    .inc();
+                m.request_duration
+                    .with_label_values(&[""])
+                    .observe(elapsed.as_secs_f64());
+            }
+        }
         m.request_duration_all.observe(elapsed.as_secs_f64());
         if status >= 500 {
             m.errors_all.inc();
@@ -566,8 +565,8 @@ impl ProxyHttp for Gateway {
                 method = %req.method,
                 path = %ctx.path,
                 host = ctx.host_header.as_ref().and_then(|h| h.to_str().ok()).unwrap_or(""),
-                route = %route,
-                upstream = %upstream,
+                route = ctx.route_name(),
+                upstream = ctx.upstream_name(),
                 endpoint = ctx.endpoint.as_ref().map_or("", |e| e.address.as_str()),
                 status,
                 source,

@@ -189,11 +189,7 @@ pub fn record_try(state: &State, ctx: &mut RequestCtx, outcome: Option<Outcome>)
         return;
     };
     let u = &route.upstream;
-    state
-        .metrics
-        .upstream_requests
-        .with_label_values(&[u.name.as_ref(), ep.address.as_str(), o.kind.label()])
-        .inc();
+    ep.count_outcome(&state.metrics, &u.name, o.kind.label());
     if let Some((b, t)) = ticket {
         if let Some(tr) = b.record(t, o.failure, mono_ms()) {
             announce_breaker(state, &u.name, &tr);

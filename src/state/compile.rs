@@ -168,6 +168,7 @@ pub fn compile(
             max_body_bytes: r.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES),
             filters,
             body_prefix,
+            metrics: std::sync::OnceLock::new(),
         };
         entries.push((matcher, Arc::new(route)));
     }

@@ -44,6 +44,8 @@ pub struct Route {
     pub filters: Vec<Arc<dyn Filter>>,
     /// Bytes of body the filters need to see before running (0: none).
     pub body_prefix: usize,
+    /// This route's metric handles, resolved on first use.
+    pub metrics: std::sync::OnceLock<crate::metrics::RouteMetrics>,
 }
 
 /// Everything a request needs, immutable once built. A request pins one snapshot for

@@ -74,6 +74,8 @@ pub struct Endpoint {
     check_streak: std::sync::atomic::AtomicI32,
     /// Requests in flight to it.
     pub inflight: AtomicU64,
+    /// `gatehouse_upstream_requests_total` handles by outcome, resolved on first use.
+    outcome_counters: std::sync::OnceLock<[prometheus::IntCounter; 5]>,
 }
 
 impl Endpoint {
@@ -97,6 +99,7 @@ impl Endpoint {
             consecutive_failures: AtomicU32::new(0),
             check_streak: std::sync::atomic::AtomicI32::new(0),
             inflight: AtomicU64::new(0),
+            outcome_counters: std::sync::OnceLock::new(),
         }
     }
 
@@ -116,6 +119,27 @@ impl Endpoint {
                 self.check_streak.load(Ordering::Relaxed),
             ),
             inflight: AtomicU64::new(0),
+            outcome_counters: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Counts one try's outcome (`success`, `http_error`, `connect_error`, `timeout`,
+    /// `reset`) without hashing labels on the request path.
+    pub fn count_outcome(&self, metrics: &crate::metrics::Metrics, upstream: &str, outcome: &str) {
+        const OUTCOMES: [&str; 5] = ["success", "http_error", "connect_error", "timeout", "reset"];
+        let counters = self.outcome_counters.get_or_init(|| {
+            OUTCOMES.map(|o| {
+                metrics
+                    .upstream_requests
+                    .with_label_values(&[upstream, &self.address, o])
+            })
+        });
+        match OUTCOMES.iter().position(|o| *o == outcome) {
+            Some(i) => counters[i].inc(),
+            None => metrics
+                .upstream_requests
+                .with_label_values(&[upstream, &self.address, outcome])
+                .inc(),
         }
     }
 
