@@ -497,7 +497,17 @@ impl ProxyHttp for Gateway {
                 can_reuse_downstream: false,
             };
         }
-        tracing::warn!(request_id = %ctx.request_id, route = ctx.route_name(), upstream = ctx.upstream_name(), code = g.code, error = %e, "request failed");
+        // Fast refusals (breaker open, bulkhead full, no healthy endpoint) come from a state
+        // change that is logged once; one warning per refused request would flood the log in
+        // an outage (the access log still records each request).
+        if matches!(
+            g.code,
+            "circuit_open" | "bulkhead_full" | "no_healthy_endpoint"
+        ) {
+            tracing::debug!(request_id = %ctx.request_id, route = ctx.route_name(), upstream = ctx.upstream_name(), code = g.code, error = %e, "request refused");
+        } else {
+            tracing::warn!(request_id = %ctx.request_id, route = ctx.route_name(), upstream = ctx.upstream_name(), code = g.code, error = %e, "request failed");
+        }
         // pingora closes the downstream connection after any error once it asked for a
         // peer (even when none was chosen: proxy_to_upstream ignores `can_reuse_downstream`)
         // and when the body was not read to its end; say so, so clients don't reuse it.
