@@ -236,10 +236,7 @@ impl Filter for Compression {
         resp: &mut ResponseHeader,
         cx: &ResponseCx<'_>,
     ) -> Result<Option<Box<dyn BodyTransform>>, FilterError> {
-        let err = |e: pingora_error::BError| FilterError {
-            kind: "compression",
-            message: e.to_string(),
-        };
+        let err = FilterError::header("compression");
         let status = resp.status.as_u16();
         if cx.request.method == Method::HEAD
             || status < 200

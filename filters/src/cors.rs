@@ -270,10 +270,7 @@ impl Filter for Cors {
         resp: &mut ResponseHeader,
         cx: &ResponseCx<'_>,
     ) -> Result<Option<Box<dyn BodyTransform>>, FilterError> {
-        let err = |e: pingora_error::BError| FilterError {
-            kind: "cors",
-            message: e.to_string(),
-        };
+        let err = FilterError::header("cors");
         let Some(origin) = self.allowed_origin(cx.request) else {
             return Ok(None);
         };

@@ -91,10 +91,7 @@ impl Headers {
 
 macro_rules! apply_edits {
     ($edits:expr, $h:expr, $kind:expr) => {{
-        let err = |e: pingora_error::BError| FilterError {
-            kind: $kind,
-            message: e.to_string(),
-        };
+        let err = FilterError::header($kind);
         for n in &$edits.remove {
             $h.remove_header(n);
         }

@@ -286,6 +286,17 @@ pub struct FilterError {
     pub message: String,
 }
 
+impl FilterError {
+    /// Maps a header-edit error of pingora to a [`FilterError`] of filter `kind`, e.g.
+    /// `resp.insert_header(n, v).map_err(FilterError::header(kind))?`.
+    pub fn header(kind: &'static str) -> impl Fn(pingora_error::BError) -> FilterError + Copy {
+        move |e| FilterError {
+            kind,
+            message: e.to_string(),
+        }
+    }
+}
+
 /// A request/response filter, built once per config snapshot.
 #[async_trait]
 pub trait Filter: Send + Sync + 'static {
