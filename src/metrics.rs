@@ -181,7 +181,10 @@ pub struct RouteMetrics {
     duration: prometheus::Histogram,
 }
 
-/// Index of a status class (1xx..5xx) in [`RouteMetrics`].
+/// The `status_class` label values, in [`class_index`] order.
+const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// Index of a status's class in [`STATUS_CLASSES`] (anything else counts as 5xx).
 fn class_index(status: u16) -> usize {
     match status {
         100..=199 => 0,
@@ -195,13 +198,12 @@ fn class_index(status: u16) -> usize {
 impl RouteMetrics {
     /// The handles of one route (labels `route` and `upstream`).
     pub fn new(m: &Metrics, route: &str, upstream: &str) -> Self {
-        let counter = |status: u16, source: &str| {
+        let counter = |class: &str, source: &str| {
             m.requests
-                .with_label_values(&[route, upstream, status_class(status), source])
+                .with_label_values(&[route, upstream, class, source])
         };
-        let pair = |status: u16| [counter(status, "gateway"), counter(status, "upstream")];
         Self {
-            requests: [pair(100), pair(200), pair(300), pair(400), pair(500)],
+            requests: STATUS_CLASSES.map(|c| [counter(c, "gateway"), counter(c, "upstream")]),
             duration: m.request_duration.with_label_values(&[route]),
         }
     }
@@ -215,13 +217,7 @@ impl RouteMetrics {
 
 /// `2xx`-style label of a status code.
 pub fn status_class(status: u16) -> &'static str {
-    match status {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
-    }
+    STATUS_CLASSES[class_index(status)]
 }
 
 /// Keeps `gatehouse_inflight_requests` right even when a request is dropped midway.

@@ -47,18 +47,6 @@ pub fn classify(e: &Error) -> Option<GatewayError> {
     Some(GatewayError { status, code })
 }
 
-/// The outcome label of a failed upstream try.
-pub fn upstream_outcome(e: &Error) -> &'static str {
-    use ErrorType::*;
-    match e.etype() {
-        ConnectTimedout | ReadTimedout | WriteTimedout => "timeout",
-        ConnectRefused | ConnectNoRoute | ConnectError | SocketError | BindError
-        | ConnectProxyFailure | TLSHandshakeFailure | TLSHandshakeTimedout | InvalidCert
-        | HandshakeError => "connect_error",
-        _ => "reset",
-    }
-}
-
 fn json_escape(s: &str) -> String {
     serde_json::to_string(s).unwrap_or_else(|_| "\"\"".to_string())
 }
