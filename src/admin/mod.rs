@@ -161,6 +161,22 @@ fn redact_url(s: &str) -> String {
     }
 }
 
+/// One endpoint as `/admin/upstreams` and `/admin/status` show it.
+pub fn endpoint_json(e: &crate::upstream::Endpoint, now: u64) -> Value {
+    json!({
+        "address": e.address,
+        "resolved": e.addr.to_string(),
+        "weight": e.weight,
+        "healthy": e.is_available(now),
+        "health_check": if e.is_healthy() { "healthy" } else { "unhealthy" },
+        "ejected": e.is_ejected(now),
+        "ejections": e.ejections(),
+        "since": rfc3339(std::time::UNIX_EPOCH + std::time::Duration::from_millis(e.since_ms())),
+        "inflight": e.inflight.load(Ordering::Relaxed),
+        "source": e.source.as_str(),
+    })
+}
+
 /// The endpoints of every upstream, as `/admin/upstreams` shows them.
 pub fn upstreams_json(state: &State) -> Value {
     let snap = state.current();
@@ -170,20 +186,7 @@ pub fn upstreams_json(state: &State) -> Value {
         let eps: Vec<Value> = u
             .endpoints()
             .iter()
-            .map(|e| {
-                json!({
-                    "address": e.address,
-                    "resolved": e.addr.to_string(),
-                    "weight": e.weight,
-                    "healthy": e.is_available(now),
-                    "health_check": if e.is_healthy() { "healthy" } else { "unhealthy" },
-                    "ejected": e.is_ejected(now),
-                    "ejections": e.ejections(),
-                    "since": rfc3339(std::time::UNIX_EPOCH + std::time::Duration::from_millis(e.since_ms())),
-                    "inflight": e.inflight.load(Ordering::Relaxed),
-                    "source": e.source.as_str(),
-                })
-            })
+            .map(|e| endpoint_json(e, now))
             .collect();
         out.insert(
             name.clone(),

@@ -167,14 +167,7 @@ pub fn status_json(state: &State, sampler: &TrafficSampler) -> Value {
             "healthy_endpoints": healthy,
             "total_endpoints": eps.len(),
             "breaker": breaker,
-            "endpoints": eps.iter().map(|e| json!({
-                "address": e.address,
-                "weight": e.weight,
-                "healthy": e.is_available(now),
-                "since": rfc3339(std::time::UNIX_EPOCH + Duration::from_millis(e.since_ms())),
-                "inflight": e.inflight.load(std::sync::atomic::Ordering::Relaxed),
-                "source": e.source.as_str(),
-            })).collect::<Vec<_>>(),
+            "endpoints": eps.iter().map(|e| super::endpoint_json(e, now)).collect::<Vec<_>>(),
         }));
     }
     let redis_configured = snap.loaded.config.redis.is_some();
