@@ -17,7 +17,7 @@ use crate::admin::{status::TrafficSampler, Admin, AdminAuth};
 use crate::config::{self, ConfigErrors, LoadedConfig};
 use crate::metrics::Metrics;
 use crate::proxy::Gateway;
-use crate::state::events::{rfc3339, EventLog, ReloadRecord};
+use crate::state::events::EventLog;
 use crate::state::{compile, reload, State};
 
 /// Why the gateway could not start.
@@ -61,17 +61,8 @@ pub fn build_state(
         tracing::warn!(warning = %w, "config warning");
     }
     let snap = compile(loaded, None, &filter_runtime)?;
-    metrics.set_config_hash(&hash);
-    metrics.config_reloads.with_label_values(&["success"]).inc();
-    metrics.config_last_success.set(reload::unix_now());
     let events = EventLog::default();
-    events.push_reload(ReloadRecord {
-        time: rfc3339(SystemTime::now()),
-        result: "success",
-        hash: Some(hash),
-        error: None,
-        trigger: "start".into(),
-    });
+    reload::record_success(&metrics, &events, &hash, "start");
     let state = Arc::new(State {
         snapshot: arc_swap::ArcSwap::from_pointee(snap),
         metrics,

@@ -5,9 +5,10 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use super::events::{rfc3339, ReloadRecord};
+use super::events::{rfc3339, EventLog, ReloadRecord};
 use super::{compile, Snapshot, State};
 use crate::config::{self, ConfigErrors, ConfigWarning};
+use crate::metrics::Metrics;
 
 /// What a successful reload changed.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -72,9 +73,6 @@ pub fn reload(state: &State, trigger: &str) -> Result<ReloadReport, ConfigErrors
             let changed = hash != state.current().loaded.hash;
             let old = state.snapshot.swap(Arc::new(snap));
             after_swap(state, &old);
-            m.config_reloads.with_label_values(&["success"]).inc();
-            m.config_last_success.set(unix_now());
-            m.set_config_hash(&hash);
             let warnings: Vec<String> = warnings.iter().map(|w| w.to_string()).collect();
             for w in &warnings {
                 tracing::warn!(warning = %w, "config warning");
@@ -86,13 +84,7 @@ pub fn reload(state: &State, trigger: &str) -> Result<ReloadReport, ConfigErrors
                     format!("config reloaded ({trigger}), hash {}", &hash[..12]),
                 );
             }
-            state.events.push_reload(ReloadRecord {
-                time: rfc3339(SystemTime::now()),
-                result: "success",
-                hash: Some(hash.clone()),
-                error: None,
-                trigger: trigger.to_string(),
-            });
+            record_success(m, &state.events, &hash, trigger);
             Ok(ReloadReport {
                 hash,
                 changed,
@@ -138,6 +130,21 @@ fn load_and_compile(
     keep_restart_only(&mut loaded.config, &current.loaded.config);
     let snap = compile(loaded, Some(&current), &state.filter_runtime)?;
     Ok((snap, warnings))
+}
+
+/// Records a config that loaded (at start or by a reload): its hash in
+/// `gatehouse_config_info`, the success counter and timestamp, and the reload history.
+pub fn record_success(m: &Metrics, events: &EventLog, hash: &str, trigger: &str) {
+    m.config_reloads.with_label_values(&["success"]).inc();
+    m.config_last_success.set(unix_now());
+    m.set_config_hash(hash);
+    events.push_reload(ReloadRecord {
+        time: rfc3339(SystemTime::now()),
+        result: "success",
+        hash: Some(hash.to_string()),
+        error: None,
+        trigger: trigger.to_string(),
+    });
 }
 
 /// Drops metric series of endpoints that no longer exist and publishes the health of new ones.
