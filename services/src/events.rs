@@ -318,6 +318,17 @@ pub struct Publisher {
 type OutboxRow = (i64, String, String, String, i64);
 
 impl Publisher {
+    /// The outbox publisher of service `source`, with a fresh wake-up handle.
+    pub fn new(source: &'static str, db: &Db, bus: &Bus, metrics: &Metrics) -> Self {
+        Self {
+            source,
+            db: db.clone(),
+            bus: bus.clone(),
+            wake: Arc::new(Notify::new()),
+            metrics: metrics.clone(),
+        }
+    }
+
     /// Publishes what is pending now; returns how many were published.
     pub async fn publish_pending(&self) -> Result<usize, String> {
         let rows: Vec<OutboxRow> = sqlx::query_as(

@@ -12,7 +12,7 @@ use axum::routing::get;
 use axum::{middleware, Json, Router};
 use gatehouse_registry::{Heartbeat, Registry};
 use serde_json::json;
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::Settings;
@@ -231,14 +231,9 @@ impl System {
                 }
                 Kind::User => {
                     let db = Db::open(&settings, name, user::MIGRATIONS).await?;
-                    let wake = Arc::new(Notify::new());
-                    publishers.push(Publisher {
-                        source: name,
-                        db: db.clone(),
-                        bus: bus.clone(),
-                        wake: wake.clone(),
-                        metrics: metrics.clone(),
-                    });
+                    let publisher = Publisher::new(name, &db, &bus, &metrics);
+                    let wake = publisher.wake.clone();
+                    publishers.push(publisher);
                     let st = user::UserState {
                         db: db.clone(),
                         metrics: metrics.clone(),
@@ -249,14 +244,9 @@ impl System {
                 }
                 Kind::Transaction => {
                     let db = Db::open(&settings, name, transaction::MIGRATIONS).await?;
-                    let wake = Arc::new(Notify::new());
-                    publishers.push(Publisher {
-                        source: name,
-                        db: db.clone(),
-                        bus: bus.clone(),
-                        wake: wake.clone(),
-                        metrics: metrics.clone(),
-                    });
+                    let publisher = Publisher::new(name, &db, &bus, &metrics);
+                    let wake = publisher.wake.clone();
+                    publishers.push(publisher);
                     if settings.disable_projection && settings.mode.testing() {
                         tracing::warn!("history projection disabled (test mode): history reads fall back to the write model");
                     } else {
