@@ -273,7 +273,12 @@ impl RateLimit {
         let mut h = Sha256::new();
         h.update(value.as_bytes());
         let digest = h.finalize();
-        let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut hex = String::with_capacity(32);
+        for b in &digest[..16] {
+            hex.push(char::from(HEX[usize::from(b >> 4)]));
+            hex.push(char::from(HEX[usize::from(b & 0xf)]));
+        }
         let algo = match self.policy.algorithm {
             Algorithm::SlidingWindow => "sw",
             Algorithm::Gcra => "gcra",

@@ -516,3 +516,134 @@ async fn redis_stopped_then_back_resumes_global_limiting() {
     );
     assert_eq!(a.redis_up(), 1.0);
 }
+
+/// Number of script calls a Redis has run (EVALSHA + EVAL), from INFO commandstats.
+async fn script_calls(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(conn)
+        .await
+        .unwrap();
+    info.lines()
+        .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+        .filter_map(|l| {
+            l.split("calls=")
+                .nth(1)?
+                .split(',')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
+
+/// Sends `n` concurrent requests with the same key through `f`; returns the statuses
+/// and the `RateLimit-Remaining` of each admitted one.
+async fn burst(f: &Arc<dyn Filter>, n: usize) -> (Vec<u16>, Vec<u64>) {
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let f = Arc::clone(f);
+            tokio::spawn(async move {
+                let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+                req.insert_header("x-api-key", "hot").unwrap();
+                let out = run(f.as_ref(), req, None, None).await;
+                let remaining = header(&out, "ratelimit-remaining").map(|v| v.parse().unwrap());
+                (out.status(), remaining)
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    let mut remaining = Vec::new();
+    for t in tasks {
+        let (status, rem) = t.await.unwrap();
+        statuses.push(status);
+        if status == 0 {
+            remaining.push(rem.unwrap());
+        }
+    }
+    remaining.sort_unstable();
+    (statuses, remaining)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hot_key_is_counted_in_batches_and_stays_exact() {
+    let port = free_port();
+    let _redis = PrivateRedis::start(port);
+    let url = format!("redis://127.0.0.1:{port}");
+    let mut conn = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let gw = gateway(Some(
+        RedisSettings::new(&url).with_timeout(Duration::from_secs(2)),
+    ));
+
+    // Sliding window: 300 at once against a limit of 100.
+    let f = gw.filter(json!({"name": "sw", "key": "header:x-api-key", "limit": 100, "window": "1m", "on_redis_error": "fail_closed"}));
+    let before = script_calls(&mut conn).await;
+    let (statuses, remaining) = burst(&f, 300).await;
+    let calls = script_calls(&mut conn).await - before;
+    assert_eq!(statuses.iter().filter(|s| **s == 0).count(), 100);
+    assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 200);
+    // Each admitted request saw its own place in the count.
+    assert_eq!(remaining, (0..100).collect::<Vec<u64>>());
+    assert!(
+        calls < 300 / 4,
+        "300 requests of one key made {calls} script calls"
+    );
+    let stored: u64 = redis::cmd("EVAL")
+        .arg("local n = 0 for _, k in ipairs(redis.call('KEYS', ARGV[1])) do n = n + redis.call('ZCARD', k) end return n")
+        .arg(0)
+        .arg("gatehouse:rl:test_route:sw:*")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(stored, 100, "one sorted-set member per admitted request");
+    assert_eq!(gw.decisions("sw", "allowed"), 100.0);
+    assert_eq!(gw.decisions("sw", "limited"), 200.0);
+
+    // GCRA: a burst of 10, then nothing for an hour.
+    let g = gw.filter(json!({"name": "gcra", "key": "header:x-api-key", "limit": 1, "window": "1h", "algorithm": "gcra", "burst": 10, "on_redis_error": "fail_closed"}));
+    let (statuses, remaining) = burst(&g, 60).await;
+    assert_eq!(statuses.iter().filter(|s| **s == 0).count(), 10);
+    assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 50);
+    assert_eq!(remaining, (0..10).collect::<Vec<u64>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_queued_behind_a_cancelled_request_still_get_decisions() {
+    shared_redis().await;
+    let p = prefix("cancel");
+    let gw = gateway(Some(
+        RedisSettings::new(SHARED_REDIS)
+            .with_key_prefix(&p)
+            .with_timeout(Duration::from_secs(2)),
+    ));
+    let f = gw.filter(json!({"name": "c", "key": "header:x-api-key", "limit": 1000, "window": "1m", "on_redis_error": "fail_closed"}));
+    for round in 0..20 {
+        // The first request leads the key's call and is dropped (the client went away)
+        // while the others wait behind it.
+        let lead = {
+            let f = Arc::clone(&f);
+            tokio::spawn(async move {
+                let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+                req.insert_header("x-api-key", "hot").unwrap();
+                run(f.as_ref(), req, None, None).await.status()
+            })
+        };
+        let followers = tokio::spawn({
+            let f = Arc::clone(&f);
+            async move { burst(&f, 20).await }
+        });
+        tokio::task::yield_now().await;
+        lead.abort();
+        let started = Instant::now();
+        let (statuses, _) = followers.await.unwrap();
+        assert!(
+            statuses.iter().all(|s| *s == 0),
+            "round {round}: {statuses:?}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(2), "round {round}");
+    }
+}
