@@ -1,6 +1,7 @@
 //! The `jwt` filter: bearer-token authentication, claim requirements (403) and claim
 //! forwarding to the upstream as headers.
 
+pub mod cache;
 pub mod claims;
 pub mod jwks;
 pub mod keys;
@@ -95,6 +96,11 @@ pub struct JwtConfig {
     /// Tokens longer than this are refused before parsing. Default 8192 bytes.
     #[serde(default = "default_max_token_bytes")]
     pub max_token_bytes: usize,
+    /// How many accepted tokens to remember, so a repeated token skips the signature
+    /// check (its `exp`/`nbf` are still honoured on every request, and it is verified
+    /// again at least once a minute). 0 turns the cache off. Default 4096.
+    #[serde(default = "default_token_cache_size")]
+    pub token_cache_size: usize,
 }
 
 fn default_leeway() -> Duration {
@@ -105,6 +111,9 @@ fn yes() -> bool {
 }
 fn default_max_token_bytes() -> usize {
     8192
+}
+fn default_token_cache_size() -> usize {
+    4096
 }
 
 impl JwtConfig {
@@ -126,6 +135,7 @@ impl JwtConfig {
             cookie: None,
             header: None,
             max_token_bytes: default_max_token_bytes(),
+            token_cache_size: default_token_cache_size(),
         }
     }
 
@@ -147,6 +157,7 @@ pub struct JwtAuth {
     cookie: Option<String>,
     header: Option<HeaderName>,
     max_token_bytes: usize,
+    cache: Option<cache::TokenCache>,
     metrics: FilterMetrics,
 }
 
@@ -192,6 +203,9 @@ impl JwtAuth {
             cookie: cfg.cookie.clone(),
             header,
             max_token_bytes: cfg.max_token_bytes,
+            cache: (cfg.token_cache_size > 0).then(|| {
+                cache::TokenCache::new(cfg.token_cache_size, cfg.leeway.get(), cfg.validate_nbf)
+            }),
             metrics: runtime.metrics.clone(),
         })
     }
@@ -304,9 +318,19 @@ impl Filter for JwtAuth {
         let Some(token) = self.token(req) else {
             return Ok(self.refuse(Reason::MissingToken, cx));
         };
-        let claims = match self.authenticate(token).await {
-            Ok(c) => c,
-            Err(reason) => return Ok(self.refuse(reason, cx)),
+        let now = cache::unix_now();
+        let claims = match self.cache.as_ref().and_then(|c| c.get(token, now)) {
+            Some(claims) => claims,
+            None => match self.authenticate(token).await {
+                Ok(c) => {
+                    let c = Arc::new(c);
+                    if let Some(cache) = &self.cache {
+                        cache.insert(token, Arc::clone(&c), now);
+                    }
+                    c
+                }
+                Err(reason) => return Ok(self.refuse(reason, cx)),
+            },
         };
         for (claim, h) in &self.forward {
             if let Some(v) = claims.get(claim).and_then(claims::header_value) {
@@ -316,7 +340,7 @@ impl Filter for JwtAuth {
                 })?;
             }
         }
-        cx.claims = Some(Arc::new(claims));
+        cx.claims = Some(claims);
         Ok(FilterOutcome::Continue)
     }
 }

@@ -483,3 +483,32 @@ fn base64_url(b: &[u8]) -> String {
     use base64::Engine;
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
 }
+
+#[tokio::test]
+async fn a_cached_token_still_expires_and_a_tampered_copy_is_refused() {
+    let f = fixture(json!({"leeway": "0s"}));
+    let mut c = claims();
+    c["exp"] = json!(now() + 2);
+    let token = sign(Algorithm::HS256, None, &c);
+    for _ in 0..3 {
+        let out = f.call(bearer(&token)).await;
+        assert_eq!(out.status(), 0);
+        assert_eq!(out.request.headers.get("x-user-id").unwrap(), "user-42");
+    }
+    // Same header and claims, another signature: not the cached token.
+    let (body, sig) = token.rsplit_once('.').unwrap();
+    let flipped = if sig.starts_with('A') { "B" } else { "A" };
+    f.assert_401(&format!("{body}.{flipped}{}", &sig[1..]), "bad_signature")
+        .await;
+    // The cache honours exp: once it passes, the same token is refused as expired.
+    tokio::time::sleep(std::time::Duration::from_millis(3100)).await;
+    f.assert_401(&token, "expired").await;
+}
+
+#[tokio::test]
+async fn the_token_cache_can_be_turned_off() {
+    let f = fixture(json!({"token_cache_size": 0}));
+    let token = sign(Algorithm::HS256, None, &claims());
+    assert_eq!(f.call(bearer(&token)).await.status(), 0);
+    assert_eq!(f.call(bearer(&token)).await.status(), 0);
+}

@@ -1,0 +1,168 @@
+//! A bounded cache of tokens the filter fully accepted (signature, registered claims
+//! and requirements), so a client that sends the same token on every request pays for
+//! the verification once per minute instead of once per request.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+const SHARDS: usize = 8;
+
+/// How long an accepted token is trusted without verifying it again. Bounds how long a
+/// key removed from a JWKS keeps admitting the tokens it signed (the JWKS refresh
+/// interval bounds it too).
+pub const MAX_AGE: Duration = Duration::from_secs(60);
+
+struct Entry {
+    claims: Arc<serde_json::Value>,
+    /// Unix seconds: the entry is used while `not_before <= now < valid_until`.
+    not_before: u64,
+    valid_until: u64,
+}
+
+/// Accepted tokens, keyed by the whole token text.
+pub struct TokenCache {
+    shards: Vec<Mutex<HashMap<Box<str>, Entry>>>,
+    per_shard: usize,
+    hasher: RandomState,
+    leeway: u64,
+    validate_nbf: bool,
+}
+
+/// Unix seconds now.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl TokenCache {
+    /// A cache of at most `capacity` tokens (rounded up to a multiple of the shard
+    /// count), honouring `exp`/`nbf` with `leeway` exactly like the verifier.
+    pub fn new(capacity: usize, leeway: Duration, validate_nbf: bool) -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            per_shard: capacity.div_ceil(SHARDS).max(1),
+            hasher: RandomState::new(),
+            leeway: leeway.as_secs(),
+            validate_nbf,
+        }
+    }
+
+    fn shard(&self, token: &str) -> &Mutex<HashMap<Box<str>, Entry>> {
+        let i = self.hasher.hash_one(token) as usize % SHARDS;
+        &self.shards[i]
+    }
+
+    /// The claims of `token` if it was accepted and is still inside its validity.
+    pub fn get(&self, token: &str, now: u64) -> Option<Arc<serde_json::Value>> {
+        let mut map = self.shard(token).lock().ok()?;
+        let e = map.get(token)?;
+        if e.not_before <= now && now < e.valid_until {
+            return Some(Arc::clone(&e.claims));
+        }
+        if now >= e.valid_until {
+            map.remove(token);
+        }
+        None
+    }
+
+    /// Remembers an accepted token with its verified claims.
+    pub fn insert(&self, token: &str, claims: Arc<serde_json::Value>, now: u64) {
+        let num = |k: &str| claims.get(k).and_then(serde_json::Value::as_u64);
+        let mut valid_until = now + MAX_AGE.as_secs();
+        if let Some(exp) = num("exp") {
+            valid_until = valid_until.min(exp.saturating_add(self.leeway));
+        }
+        let not_before = match num("nbf") {
+            Some(nbf) if self.validate_nbf => nbf.saturating_sub(self.leeway),
+            _ => 0,
+        };
+        if now >= valid_until {
+            return;
+        }
+        let Ok(mut map) = self.shard(token).lock() else {
+            return;
+        };
+        if map.len() >= self.per_shard && !map.contains_key(token) {
+            map.retain(|_, e| now < e.valid_until);
+            if map.len() >= self.per_shard {
+                // Still full of live tokens: drop an arbitrary one (the map's order).
+                if let Some(k) = map.keys().next().cloned() {
+                    map.remove(&k);
+                }
+            }
+        }
+        map.insert(
+            token.into(),
+            Entry {
+                claims,
+                not_before,
+                valid_until,
+            },
+        );
+    }
+
+    /// Number of cached tokens.
+    pub fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().map_or(0, |m| m.len()))
+            .sum()
+    }
+
+    /// Whether no token is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn honours_exp_nbf_leeway_and_the_max_age() {
+        let c = TokenCache::new(16, Duration::from_secs(30), true);
+        let now = 1_000_000;
+        c.insert("a", Arc::new(json!({"exp": now + 10})), now);
+        assert!(c.get("a", now).is_some());
+        assert!(c.get("a", now + 39).is_some(), "inside the leeway");
+        assert!(c.get("a", now + 40).is_none(), "past exp + leeway");
+        assert!(c.get("a", now).is_none(), "expired entries are dropped");
+
+        c.insert(
+            "b",
+            Arc::new(json!({"exp": now + 3600, "nbf": now + 50})),
+            now,
+        );
+        assert!(c.get("b", now).is_none(), "not yet valid");
+        assert!(c.get("b", now + 20).is_some(), "nbf - leeway reached");
+
+        c.insert("c", Arc::new(json!({"exp": now + 3600})), now);
+        assert!(c.get("c", now + MAX_AGE.as_secs() - 1).is_some());
+        assert!(
+            c.get("c", now + MAX_AGE.as_secs()).is_none(),
+            "re-verified after MAX_AGE"
+        );
+
+        c.insert("d", Arc::new(json!({"exp": now - 100})), now);
+        assert!(
+            c.get("d", now).is_none(),
+            "an expired token is never cached"
+        );
+        assert!(c.get("unknown", now).is_none());
+    }
+
+    #[test]
+    fn stays_within_its_capacity() {
+        let c = TokenCache::new(16, Duration::ZERO, true);
+        for i in 0..1000 {
+            c.insert(&format!("t{i}"), Arc::new(json!({})), 5);
+        }
+        assert!(c.len() <= 16, "{}", c.len());
+        assert!(c.get("t999", 5).is_some(), "the newest is kept");
+    }
+}
