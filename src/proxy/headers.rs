@@ -2,7 +2,8 @@
 
 use std::time::SystemTime;
 
-use pingora_core::Result;
+use http::HeaderValue;
+use pingora_core::{Error, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 
 use super::ctx::RequestCtx;
@@ -27,7 +28,14 @@ pub fn request_id(req: &RequestHeader) -> String {
 
 /// A random 128-bit id as 32 hex digits.
 pub fn new_request_id() -> String {
-    format!("{:032x}", rand::random::<u128>())
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut v = rand::random::<u128>();
+    let mut out = [0u8; 32];
+    for b in out.iter_mut().rev() {
+        *b = HEX[(v & 0xf) as usize];
+        v >>= 4;
+    }
+    out.iter().map(|&b| char::from(b)).collect()
 }
 
 /// The declared body length, if any and parsable.
@@ -48,6 +56,19 @@ const HOP_BY_HOP: &[&str] = &[
     "proxy-authorization",
 ];
 
+/// Whether `n` is a hop-by-hop header or may name one (`Connection`).
+fn is_hop_by_hop(n: &http::HeaderName) -> bool {
+    use http::header;
+    n == header::CONNECTION
+        || n == header::UPGRADE
+        || n == header::TE
+        || n == header::TRAILER
+        || n == header::PROXY_AUTHENTICATE
+        || n == header::PROXY_AUTHORIZATION
+        || n.as_str() == "keep-alive"
+        || n.as_str() == "proxy-connection"
+}
+
 fn connection_listed(h: &http::HeaderMap) -> Vec<http::HeaderName> {
     h.get_all(http::header::CONNECTION)
         .iter()
@@ -63,6 +84,10 @@ fn connection_listed(h: &http::HeaderMap) -> Vec<http::HeaderName> {
 /// Removes hop-by-hop headers from the request sent upstream; `Upgrade` and `Connection`
 /// survive only on an upgrade request (WebSocket).
 pub fn strip_hop_by_hop_request(req: &mut RequestHeader, upgrade: bool) {
+    // Most requests carry none: one pass over the names instead of a removal per name.
+    if !req.headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     for n in connection_listed(&req.headers) {
         req.remove_header(&n);
     }
@@ -77,12 +102,61 @@ pub fn strip_hop_by_hop_request(req: &mut RequestHeader, upgrade: bool) {
 
 /// Removes hop-by-hop headers from the upstream's response.
 pub fn strip_hop_by_hop_response(resp: &mut ResponseHeader) {
+    if !resp.headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     for n in connection_listed(&resp.headers) {
         resp.remove_header(&n);
     }
     for n in HOP_BY_HOP {
         resp.remove_header(*n);
     }
+}
+
+/// Removes from a client's request every header in `owned` (the gateway sets them).
+pub fn remove_owned(req: &mut RequestHeader, owned: &[http::HeaderName]) {
+    let present: Vec<http::HeaderName> = req
+        .headers
+        .keys()
+        .filter(|n| owned.contains(n))
+        .cloned()
+        .collect();
+    for n in &present {
+        req.remove_header(n);
+    }
+}
+
+/// `t` as `2026-11-25T15:42:47.123Z` (UTC, milliseconds, like JavaScript's
+/// `toISOString`), without a formatting library on the request path.
+pub fn iso8601_millis(t: SystemTime) -> [u8; 24] {
+    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Howard Hinnant's civil_from_days, for days since 1970-01-01 (never negative here).
+    let z = days as i64 + 719_468;
+    let era = z / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let mut out = *b"0000-00-00T00:00:00.000Z";
+    let mut put = |at: usize, width: usize, mut v: u64| {
+        for i in (at..at + width).rev() {
+            out[i] = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+    };
+    put(0, 4, year.clamp(0, 9999) as u64);
+    put(5, 2, month as u64);
+    put(8, 2, day as u64);
+    put(11, 2, rem / 3_600);
+    put(14, 2, rem % 3_600 / 60);
+    put(17, 2, rem % 60);
+    put(20, 3, u64::from(d.subsec_millis()));
+    out
 }
 
 /// Sets the forwarding headers, replacing whatever the client sent: the gateway owns them.
@@ -92,26 +166,34 @@ pub fn set_forwarding(
     host_policy: &HostHeaderPolicy,
     endpoint: Option<&str>,
 ) -> Result<()> {
-    let ip = ctx.client_ip.map(|i| i.to_string()).unwrap_or_default();
     req.insert_header("x-request-id", ctx.request_id.as_str())?;
-    if !ip.is_empty() {
-        req.insert_header("x-forwarded-for", ip.as_str())?;
-        req.insert_header("x-client-ip", ip.as_str())?;
-    } else {
-        req.remove_header("x-forwarded-for");
-        req.remove_header("x-client-ip");
+    match ctx.client_ip {
+        Some(ip) => {
+            let ip = HeaderValue::from_str(&ip.to_string())
+                .map_err(|_| Error::explain(ErrorType::InternalError, "client ip header"))?;
+            req.insert_header("x-forwarded-for", ip.clone())?;
+            req.insert_header("x-client-ip", ip)?;
+        }
+        None => {
+            req.remove_header("x-forwarded-for");
+            req.remove_header("x-client-ip");
+        }
     }
-    req.insert_header("x-forwarded-proto", "http")?;
+    req.insert_header("x-forwarded-proto", HeaderValue::from_static("http"))?;
     match &ctx.host_header {
         Some(h) => req.insert_header("x-forwarded-host", h.clone())?,
         None => {
             req.remove_header("x-forwarded-host");
         }
     }
-    req.remove_header("forwarded");
+    if req.headers.contains_key("forwarded") {
+        req.remove_header("forwarded");
+    }
+    let now = iso8601_millis(SystemTime::now());
     req.insert_header(
         "x-request-timestamp",
-        crate::state::events::rfc3339(SystemTime::now()),
+        HeaderValue::from_bytes(&now)
+            .map_err(|_| Error::explain(ErrorType::InternalError, "timestamp header"))?,
     )?;
     match host_policy {
         HostHeaderPolicy::Preserve => {}
@@ -156,5 +238,64 @@ mod tests {
             assert!(req.headers.get(h).is_none(), "{h} survived");
         }
         assert!(req.headers.get("x-fine").is_some());
+    }
+
+    #[test]
+    fn strips_a_lone_hop_by_hop_header_and_keeps_ordinary_requests_intact() {
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        req.insert_header("proxy-authorization", "Basic x").unwrap();
+        req.insert_header("x-fine", "1").unwrap();
+        strip_hop_by_hop_request(&mut req, false);
+        assert!(req.headers.get("proxy-authorization").is_none());
+        assert_eq!(req.headers.len(), 1);
+
+        let mut resp = ResponseHeader::build(200, None).unwrap();
+        resp.insert_header("trailer", "x-checksum").unwrap();
+        resp.insert_header("content-type", "text/plain").unwrap();
+        strip_hop_by_hop_response(&mut resp);
+        assert!(resp.headers.get("trailer").is_none());
+        assert_eq!(resp.headers.len(), 1);
+    }
+
+    #[test]
+    fn removes_owned_headers_only() {
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        req.insert_header("x-user-id", "spoofed").unwrap();
+        req.insert_header("x-other", "1").unwrap();
+        let owned = [
+            http::HeaderName::from_static("x-user-id"),
+            http::HeaderName::from_static("x-roles"),
+        ];
+        remove_owned(&mut req, &owned);
+        assert!(req.headers.get("x-user-id").is_none());
+        assert_eq!(req.headers.get("x-other").unwrap(), "1");
+    }
+
+    #[test]
+    fn timestamps_match_rfc3339_with_milliseconds() {
+        use std::time::Duration;
+        let cases = [
+            0u64,
+            951_782_400_123,   // 2000-02-29 (leap day)
+            1_709_251_199_999, // 2024-02-29T23:59:59.999
+            1_795_622_567_042, // 2026-11-25
+            4_102_444_800_000, // 2100-01-01 (not a leap year)
+        ];
+        for ms in cases {
+            let t = SystemTime::UNIX_EPOCH + Duration::from_millis(ms);
+            let ours = String::from_utf8(iso8601_millis(t).to_vec()).unwrap();
+            let dt: time::OffsetDateTime = t.into();
+            let want = format!(
+                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+                dt.year(),
+                u8::from(dt.month()),
+                dt.day(),
+                dt.hour(),
+                dt.minute(),
+                dt.second(),
+                dt.millisecond()
+            );
+            assert_eq!(ours, want, "{ms}");
+        }
     }
 }

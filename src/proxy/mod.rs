@@ -18,6 +18,7 @@ pub mod ctx;
 pub mod headers;
 pub mod respond;
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -48,7 +49,8 @@ impl Gateway {
     }
 }
 
-fn host_of(req: &RequestHeader) -> String {
+/// The request's host for routing: lowercase, without port or trailing dot.
+fn host_of(req: &RequestHeader) -> Cow<'_, str> {
     let raw = req
         .headers
         .get(http::header::HOST)
@@ -61,7 +63,12 @@ fn host_of(req: &RequestHeader) -> String {
         }
         _ => raw,
     };
-    host.trim_end_matches('.').to_ascii_lowercase()
+    let host = host.trim_end_matches('.');
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(host)
+    }
 }
 
 #[async_trait]
@@ -156,12 +163,7 @@ impl ProxyHttp for Gateway {
         }
 
         // Headers that only the gateway may set are never taken from the client.
-        {
-            let req = session.req_header_mut();
-            for h in &snap.owned_headers {
-                req.remove_header(h);
-            }
-        }
+        headers::remove_owned(session.req_header_mut(), &snap.owned_headers);
 
         if route.filters.is_empty() {
             return Ok(false);
@@ -295,15 +297,8 @@ impl ProxyHttp for Gateway {
         peer.options.connection_timeout = Some(t.connect.get());
         peer.options.read_timeout = Some(t.read.get());
         peer.options.write_timeout = Some(t.write.get());
-        peer.options.idle_timeout = Some(
-            self.state
-                .current()
-                .loaded
-                .config
-                .runtime
-                .upstream_idle_timeout
-                .get(),
-        );
+        peer.options.idle_timeout =
+            Some(ctx.snap.loaded.config.runtime.upstream_idle_timeout.get());
         if let Some(total) = t.total {
             let left = total.get().saturating_sub(ctx.started.elapsed());
             if left.is_zero() {
@@ -379,14 +374,19 @@ impl ProxyHttp for Gateway {
             route.add_prefix.as_deref(),
             route.rewrite_path.as_deref(),
         );
-        let uri = match upstream_request.uri.query() {
-            Some(q) => format!("{path}?{q}"),
-            None => path,
-        };
-        let uri: http::Uri = uri
-            .parse()
-            .map_err(|_| Error::explain(ErrorType::InternalError, "rewritten uri invalid"))?;
-        upstream_request.set_uri(uri);
+        // Most requests go upstream with the path they came with, in origin form: keep
+        // the parsed URI.
+        let uri = &upstream_request.uri;
+        if path != uri.path() || uri.scheme().is_some() || uri.authority().is_some() {
+            let uri = match upstream_request.uri.query() {
+                Some(q) => format!("{path}?{q}"),
+                None => path,
+            };
+            let uri: http::Uri = uri
+                .parse()
+                .map_err(|_| Error::explain(ErrorType::InternalError, "rewritten uri invalid"))?;
+            upstream_request.set_uri(uri);
+        }
         headers::strip_hop_by_hop_request(upstream_request, session.is_upgrade_req());
         let endpoint = ctx.endpoint.as_ref().map(|e| e.address.as_str());
         headers::set_forwarding(
