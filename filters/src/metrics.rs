@@ -45,6 +45,20 @@ struct Inner {
     jwks_fetches: IntCounterVec,
 }
 
+/// One limit's `gatehouse_ratelimit_decisions_total` series, by decision label.
+pub struct RatelimitCounters {
+    counters: Vec<(&'static str, prometheus::IntCounter)>,
+}
+
+impl RatelimitCounters {
+    /// Counts one decision (a label of `RATELIMIT_DECISIONS`; others are ignored).
+    pub fn inc(&self, decision: &str) {
+        if let Some((_, c)) = self.counters.iter().find(|(d, _)| *d == decision) {
+            c.inc();
+        }
+    }
+}
+
 /// The filters' metrics. Cheap to clone (the prometheus handles are `Arc`s inside).
 #[derive(Clone)]
 pub struct FilterMetrics {
@@ -132,22 +146,22 @@ impl FilterMetrics {
         }
     }
 
-    /// Creates the series of every decision of limit `limit` on `route` (at 0).
-    pub fn init_ratelimit(&self, route: &str, limit: &str) {
-        if let Some(m) = &self.inner {
-            for d in RATELIMIT_DECISIONS {
-                m.ratelimit_decisions.with_label_values(&[route, limit, d]);
-            }
-        }
-    }
-
-    /// Counts one rate-limit decision.
-    pub fn ratelimit_decision(&self, route: &str, limit: &str, decision: &str) {
-        if let Some(m) = &self.inner {
-            m.ratelimit_decisions
-                .with_label_values(&[route, limit, decision])
-                .inc();
-        }
+    /// The counters of every decision of limit `limit` on `route` (created at 0),
+    /// resolved once so that counting a decision hashes no labels.
+    pub fn ratelimit_counters(&self, route: &str, limit: &str) -> RatelimitCounters {
+        let counters = match &self.inner {
+            Some(m) => RATELIMIT_DECISIONS
+                .iter()
+                .map(|d| {
+                    (
+                        *d,
+                        m.ratelimit_decisions.with_label_values(&[route, limit, d]),
+                    )
+                })
+                .collect(),
+            None => Vec::new(),
+        };
+        RatelimitCounters { counters }
     }
 
     /// Sets `gatehouse_redis_up`.

@@ -49,11 +49,19 @@ impl LocalLimiter {
             // A panic while holding the lock: count nothing rather than refuse all.
             return Decision::allow_unknown(policy);
         };
+        // A known key (the common case) is found without allocating its text.
+        if !map.contains_key(key) {
+            let fresh = match policy.algorithm {
+                Algorithm::SlidingWindow => Entry::Log(VecDeque::new()),
+                Algorithm::Gcra => Entry::Tat(now),
+            };
+            map.insert(key.to_string(), fresh);
+        }
+        let Some(entry) = map.get_mut(key) else {
+            return Decision::allow_unknown(policy);
+        };
         match policy.algorithm {
             Algorithm::SlidingWindow => {
-                let entry = map
-                    .entry(key.to_string())
-                    .or_insert_with(|| Entry::Log(VecDeque::new()));
                 if !matches!(entry, Entry::Log(_)) {
                     *entry = Entry::Log(VecDeque::new());
                 }
@@ -63,7 +71,6 @@ impl LocalLimiter {
                 sliding(log, policy, now)
             }
             Algorithm::Gcra => {
-                let entry = map.entry(key.to_string()).or_insert(Entry::Tat(now));
                 let tat = match entry {
                     Entry::Tat(t) => *t,
                     Entry::Log(_) => now,

@@ -18,10 +18,10 @@ use sha2::{Digest, Sha256};
 pub use key::RateLimitKey;
 pub use redis_store::RedisSettings;
 
+use crate::metrics::RatelimitCounters;
 use crate::util::ceil_secs;
 use crate::{
-    BuildError, Duration, Filter, FilterError, FilterMetrics, FilterOutcome, FilterRuntime,
-    RequestCx, Response,
+    BuildError, Duration, Filter, FilterError, FilterOutcome, FilterRuntime, RequestCx, Response,
 };
 
 /// Largest body prefix a `body.<field>` key reads (pingora's retry buffer).
@@ -194,7 +194,7 @@ pub struct RateLimit {
     body_limit: Option<usize>,
     local: Arc<local::LocalLimiter>,
     redis: Option<Arc<redis_store::RedisStore>>,
-    metrics: FilterMetrics,
+    decisions: RatelimitCounters,
 }
 
 impl RateLimit {
@@ -246,8 +246,8 @@ impl RateLimit {
             window: cfg.window.get(),
             burst,
         };
-        runtime.metrics.init_ratelimit(route, &name);
         Ok(Self {
+            decisions: runtime.metrics.ratelimit_counters(route, &name),
             route: Arc::from(route),
             local: runtime.local.get(route, &name, &policy),
             name: Arc::from(name.as_str()),
@@ -258,7 +258,6 @@ impl RateLimit {
             headers: cfg.headers,
             body_limit,
             redis: runtime.redis.clone(),
-            metrics: runtime.metrics.clone(),
         })
     }
 
@@ -287,8 +286,7 @@ impl RateLimit {
     }
 
     fn count(&self, decision: &str) {
-        self.metrics
-            .ratelimit_decision(&self.route, &self.name, decision);
+        self.decisions.inc(decision);
     }
 
     /// Decides for one key value: the decision (`None` = let through uncounted) and
