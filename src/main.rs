@@ -11,6 +11,38 @@ use gatehouse::router::{normalize_path, RouteRequest};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// `mi_option_arena_eager_commit` in mimalloc v3's `mimalloc.h` (the crate names only
+/// the options v2 and v3 share).
+const MI_OPTION_ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
+
+/// Lets mimalloc commit its arena on demand instead of all at once: on Linux an eagerly
+/// committed arena is re-populated in large steps by small allocations after a purge,
+/// so RSS creeps back up while idle. It must run before the first allocation, which
+/// reserves the arena, and Rust's runtime allocates before `main`: so it runs as an ELF
+/// constructor.
+#[cfg(target_os = "linux")]
+#[used]
+#[link_section = ".init_array"]
+static TUNE_ALLOCATOR: extern "C" fn() = tune_allocator;
+
+extern "C" fn tune_allocator() {
+    // SAFETY: mi_version and mi_option_set only read and write mimalloc's option table.
+    unsafe {
+        if libmimalloc_sys::mi_version() >= 30000 {
+            libmimalloc_sys::mi_option_set(MI_OPTION_ARENA_EAGER_COMMIT, 0);
+        }
+    }
+}
+
+/// Gives memory that mimalloc holds free back to the OS. mimalloc purges lazily, on
+/// later allocations of the thread that freed it, so after a burst an idle proxy
+/// thread would keep its peak RSS for good.
+fn release_free_memory() {
+    // SAFETY: mi_collect only walks mimalloc's own heaps and arenas; it is safe to
+    // call from any thread at any time.
+    unsafe { libmimalloc_sys::mi_collect(true) }
+}
+
 /// A programmable edge gateway on pingora.
 #[derive(Parser)]
 #[command(name = "gatehouse", version, about)]
@@ -209,6 +241,7 @@ fn main() -> anyhow::Result<ExitCode> {
             match gatehouse::app::run(gatehouse::app::RunOptions {
                 config_path: cli.config.clone(),
                 exit_when_drained: true,
+                release_free_memory: Some(release_free_memory),
             }) {
                 Ok(()) => Ok(ExitCode::SUCCESS),
                 Err(e) => {

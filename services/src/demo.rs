@@ -25,6 +25,7 @@ pub async fn start_gateway(secret: &str) {
             let opts = gatehouse::app::RunOptions {
                 config_path,
                 exit_when_drained: false,
+                release_free_memory: None,
             };
             if let Err(e) = gatehouse::app::run(opts) {
                 tracing::error!(error = %e, "the demo gateway could not start");

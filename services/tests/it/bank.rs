@@ -86,6 +86,7 @@ async fn start_gateway(dir: &std::path::Path, transaction_port: u16) -> String {
         let opts = gatehouse::app::RunOptions {
             config_path: config,
             exit_when_drained: false,
+            release_free_memory: None,
         };
         gatehouse::app::run(opts).expect("the gateway starts");
     });
