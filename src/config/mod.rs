@@ -6,6 +6,7 @@ pub mod positions;
 pub mod validate;
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 
 pub use error::{ConfigError, ConfigErrors, ConfigWarning};
 pub use model::GatewayConfig;
@@ -22,14 +23,40 @@ pub struct LoadedConfig {
     pub hash: String,
     /// Non-fatal findings (shadowed routes, ...).
     pub warnings: Vec<ConfigWarning>,
-    /// Field path -> position, to locate errors found later (e.g. when compiling filters).
-    pub positions: Positions,
+    /// Field path -> position, to locate errors found later (e.g. when compiling
+    /// filters). Built from the source on first use: a config without errors never
+    /// needs it, and indexing a large file costs as much as parsing it.
+    positions: LazyPositions,
+}
+
+/// A position index built from the source text when first asked for.
+#[derive(Debug, Clone)]
+struct LazyPositions {
+    source: Arc<str>,
+    index: Arc<OnceLock<Positions>>,
+}
+
+impl LazyPositions {
+    fn new(source: &str) -> Self {
+        Self {
+            source: Arc::from(source),
+            index: Arc::new(OnceLock::new()),
+        }
+    }
+
+    fn get(&self) -> &Positions {
+        self.index.get_or_init(|| Positions::index(&self.source))
+    }
 }
 
 impl LoadedConfig {
     /// Fills in file and line:column of errors that only carry a field path.
     pub fn locate(&self, mut e: ConfigError) -> ConfigError {
-        locate(&mut e, self.file.as_deref(), &self.positions);
+        if e.line.is_none() {
+            locate(&mut e, self.file.as_deref(), self.positions.get());
+        } else {
+            e.file = self.file.clone();
+        }
         e
     }
 }
@@ -58,15 +85,15 @@ pub fn load_file(path: &Path) -> Result<LoadedConfig, ConfigErrors> {
 /// Loads a config from YAML text; `file` is only used in messages and to resolve
 /// relative paths.
 pub fn load_str(text: &str, file: Option<&Path>) -> Result<LoadedConfig, ConfigErrors> {
-    let positions = Positions::index(text);
-    let config = parse(text, &positions).map_err(|mut e| {
-        e.file = file.map(Path::to_path_buf);
+    let positions = LazyPositions::new(text);
+    let config = parse(text).map_err(|mut e| {
+        locate(&mut e, file, positions.get());
         ConfigErrors(vec![e])
     })?;
     let (errors, warnings) = validate::validate(&config);
     let fix = |mut list: Vec<ConfigError>| {
         for e in &mut list {
-            locate(e, file, &positions);
+            locate(e, file, positions.get());
         }
         list
     };
@@ -90,13 +117,13 @@ pub fn hash_text(text: &str) -> String {
 
 /// Deserializes, keeping the path and location of the first syntax or type error.
 #[allow(clippy::result_large_err)] // off the request path; one error per load
-fn parse(text: &str, positions: &Positions) -> Result<GatewayConfig, ConfigError> {
+fn parse(text: &str) -> Result<GatewayConfig, ConfigError> {
     if text.trim().is_empty() {
         return Err(ConfigError::at("", "the config file is empty")
             .with_hint("at least `listeners` and `routes` are needed; see config/gatehouse.yaml"));
     }
     // Parse to a value first: that resolves anchors and `<<` merge keys; positions for
-    // type errors then come from the position index, by field path.
+    // type errors then come from the position index, by field path (the caller's).
     let mut value: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| {
         let mut err = ConfigError::at("", strip_location(&e.to_string()));
         if let Some(loc) = e.location() {
@@ -129,10 +156,6 @@ fn parse(text: &str, positions: &Positions) -> Result<GatewayConfig, ConfigError
         };
         let hint = unknown_name_hint(&message);
         let mut e = ConfigError::at(path, message);
-        if let Some((line, col)) = positions.locate(&e.path) {
-            e.line = Some(line);
-            e.column = Some(col);
-        }
         e.hint = hint;
         e
     })
