@@ -9,6 +9,9 @@ use std::time::{Duration, SystemTime};
 
 const SHARDS: usize = 8;
 
+/// Longer tokens are not cached, so that the cache's memory stays small.
+pub const MAX_CACHED_TOKEN_BYTES: usize = 2048;
+
 /// How long an accepted token is trusted without verifying it again. Bounds how long a
 /// key removed from a JWKS keeps admitting the tokens it signed (the JWKS refresh
 /// interval bounds it too).
@@ -79,7 +82,7 @@ impl TokenCache {
             Some(nbf) if self.validate_nbf => nbf.saturating_sub(self.leeway),
             _ => 0,
         };
-        if now >= valid_until {
+        if now >= valid_until || token.len() > MAX_CACHED_TOKEN_BYTES {
             return;
         }
         let Ok(mut map) = self.shard(token).lock() else {
@@ -153,6 +156,9 @@ mod tests {
             c.get("d", now).is_none(),
             "an expired token is never cached"
         );
+        let long = "x".repeat(MAX_CACHED_TOKEN_BYTES + 1);
+        c.insert(&long, Arc::new(json!({"exp": now + 100})), now);
+        assert!(c.get(&long, now).is_none(), "a long token is never cached");
         assert!(c.get("unknown", now).is_none());
     }
 

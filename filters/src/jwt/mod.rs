@@ -98,7 +98,9 @@ pub struct JwtConfig {
     pub max_token_bytes: usize,
     /// How many accepted tokens to remember, so a repeated token skips the signature
     /// check (its `exp`/`nbf` are still honoured on every request, and it is verified
-    /// again at least once a minute). 0 turns the cache off. Default 4096.
+    /// again at least once a minute). Tokens over 2 KiB are not cached, which bounds
+    /// the cache at 2 MiB of token text per 1024 entries. 0 turns the cache off.
+    /// Default 1024.
     #[serde(default = "default_token_cache_size")]
     pub token_cache_size: usize,
 }
@@ -113,7 +115,7 @@ fn default_max_token_bytes() -> usize {
     8192
 }
 fn default_token_cache_size() -> usize {
-    4096
+    1024
 }
 
 impl JwtConfig {
