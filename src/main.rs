@@ -26,9 +26,16 @@ const MI_OPTION_ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
 static TUNE_ALLOCATOR: extern "C" fn() = tune_allocator;
 
 extern "C" fn tune_allocator() {
-    // SAFETY: mi_version and mi_option_set only read and write mimalloc's option table.
+    extern "C" {
+        // libc's; std's `env::var_os` would allocate, which is what must not happen yet.
+        fn getenv(name: *const std::ffi::c_char) -> *mut std::ffi::c_char;
+    }
+    // SAFETY: getenv reads the environment with a NUL-terminated name; mi_version and
+    // mi_option_set only read and write mimalloc's option table.
     unsafe {
-        if libmimalloc_sys::mi_version() >= 30000 {
+        // An operator's own MIMALLOC_ARENA_EAGER_COMMIT wins (mimalloc reads it itself).
+        let set_by_operator = !getenv(c"MIMALLOC_ARENA_EAGER_COMMIT".as_ptr()).is_null();
+        if !set_by_operator && libmimalloc_sys::mi_version() >= 30000 {
             libmimalloc_sys::mi_option_set(MI_OPTION_ARENA_EAGER_COMMIT, 0);
         }
     }
