@@ -28,14 +28,7 @@ pub fn request_id(req: &RequestHeader) -> String {
 
 /// A random 128-bit id as 32 hex digits.
 pub fn new_request_id() -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut v = rand::random::<u128>();
-    let mut out = [0u8; 32];
-    for b in out.iter_mut().rev() {
-        *b = HEX[(v & 0xf) as usize];
-        v >>= 4;
-    }
-    out.iter().map(|&b| char::from(b)).collect()
+    hex::encode(rand::random::<u128>().to_be_bytes())
 }
 
 /// The declared body length, if any and parsable.
@@ -127,35 +120,24 @@ pub fn remove_owned(req: &mut RequestHeader, owned: &[http::HeaderName]) {
 }
 
 /// `t` as `2026-11-25T15:42:47.123Z` (UTC, milliseconds, like JavaScript's
-/// `toISOString`), without a formatting library on the request path.
+/// `toISOString`): the calendar fields from `time`, the digits written directly rather
+/// than through a format description on the request path.
 pub fn iso8601_millis(t: SystemTime) -> [u8; 24] {
-    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-    let secs = d.as_secs();
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Howard Hinnant's civil_from_days, for days since 1970-01-01 (never negative here).
-    let z = days as i64 + 719_468;
-    let era = z / 146_097;
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    let dt: time::OffsetDateTime = t.into();
     let mut out = *b"0000-00-00T00:00:00.000Z";
-    let mut put = |at: usize, width: usize, mut v: u64| {
+    let mut put = |at: usize, width: usize, mut v: u32| {
         for i in (at..at + width).rev() {
             out[i] = b'0' + (v % 10) as u8;
             v /= 10;
         }
     };
-    put(0, 4, year.clamp(0, 9999) as u64);
-    put(5, 2, month as u64);
-    put(8, 2, day as u64);
-    put(11, 2, rem / 3_600);
-    put(14, 2, rem % 3_600 / 60);
-    put(17, 2, rem % 60);
-    put(20, 3, u64::from(d.subsec_millis()));
+    put(0, 4, dt.year().clamp(0, 9999) as u32);
+    put(5, 2, u32::from(u8::from(dt.month())));
+    put(8, 2, u32::from(dt.day()));
+    put(11, 2, u32::from(dt.hour()));
+    put(14, 2, u32::from(dt.minute()));
+    put(17, 2, u32::from(dt.second()));
+    put(20, 3, u32::from(dt.millisecond()));
     out
 }
 

@@ -272,12 +272,7 @@ impl RateLimit {
         let mut h = Sha256::new();
         h.update(value.as_bytes());
         let digest = h.finalize();
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        let mut hex = String::with_capacity(32);
-        for b in &digest[..16] {
-            hex.push(char::from(HEX[usize::from(b >> 4)]));
-            hex.push(char::from(HEX[usize::from(b & 0xf)]));
-        }
+        let hex = hex::encode(&digest[..16]);
         let algo = match self.policy.algorithm {
             Algorithm::SlidingWindow => "sw",
             Algorithm::Gcra => "gcra",
