@@ -52,19 +52,17 @@ impl LazyPositions {
 impl LoadedConfig {
     /// Fills in file and line:column of errors that only carry a field path.
     pub fn locate(&self, mut e: ConfigError) -> ConfigError {
-        if e.line.is_none() {
-            locate(&mut e, self.file.as_deref(), self.positions.get());
-        } else {
-            e.file = self.file.clone();
-        }
+        locate(&mut e, self.file.as_deref(), &self.positions);
         e
     }
 }
 
-fn locate(e: &mut ConfigError, file: Option<&Path>, positions: &Positions) {
+/// Sets `e`'s file, and its line:column from the index unless it has them already
+/// (the index is only built when an error needs it).
+fn locate(e: &mut ConfigError, file: Option<&Path>, positions: &LazyPositions) {
     e.file = file.map(Path::to_path_buf);
     if e.line.is_none() {
-        if let Some((line, col)) = positions.locate(&e.path) {
+        if let Some((line, col)) = positions.get().locate(&e.path) {
             e.line = Some(line);
             e.column = Some(col);
         }
@@ -87,13 +85,13 @@ pub fn load_file(path: &Path) -> Result<LoadedConfig, ConfigErrors> {
 pub fn load_str(text: &str, file: Option<&Path>) -> Result<LoadedConfig, ConfigErrors> {
     let positions = LazyPositions::new(text);
     let config = parse(text).map_err(|mut e| {
-        locate(&mut e, file, positions.get());
+        locate(&mut e, file, &positions);
         ConfigErrors(vec![e])
     })?;
     let (errors, warnings) = validate::validate(&config);
     let fix = |mut list: Vec<ConfigError>| {
         for e in &mut list {
-            locate(e, file, positions.get());
+            locate(e, file, &positions);
         }
         list
     };
