@@ -89,6 +89,26 @@ pub struct HttpServerOptions {
     ///
     /// Default: `None`
     pub h2_idle_timeout: Option<Duration>,
+
+    /// Largest HTTP/1 request header section, in bytes; a larger one is refused with 431.
+    ///
+    /// Default: `None` (the built-in 1 MiB cap, refused with 400).
+    pub max_request_header_bytes: Option<usize>,
+
+    /// Time allowed for a whole HTTP/1 request header, counted from its first byte; a client
+    /// that has not finished by then is disconnected (nginx `client_header_timeout`, Envoy
+    /// `request_headers_timeout`).
+    ///
+    /// Default: `None` (only the per-read timeouts apply).
+    pub request_header_timeout: Option<Duration>,
+}
+
+impl HttpServerOptions {
+    fn apply_request_header_limits(&self, session: &mut ServerSession) {
+        if let ServerSession::H1(s) = session {
+            s.set_request_header_limits(self.max_request_header_bytes, self.request_header_timeout);
+        }
+    }
 }
 
 /// Settings persisted across HTTP/1.x keepalive requests on the same downstream connection.
@@ -356,12 +376,18 @@ where
                 self.server_options()
                     .and_then(|opts| opts.keepalive_request_limit),
             );
+            if let Some(opts) = self.server_options() {
+                opts.apply_request_header_limits(&mut session);
+            }
 
             let mut result = self.process_new_http(session, shutdown).await;
             while let Some((stream, persistent_settings)) = result.map(|r| r.consume()) {
                 let mut session = ServerSession::new_http1(stream);
                 if let Some(persistent_settings) = persistent_settings {
                     persistent_settings.apply_to_session(&mut session);
+                }
+                if let Some(opts) = self.server_options() {
+                    opts.apply_request_header_limits(&mut session);
                 }
 
                 result = self.process_new_http(session, shutdown).await;

@@ -476,6 +476,9 @@ fn test_reusable_stream(stream: &mut Stream, unexpected_data_conn_count: &Atomic
     let mut buf = [0; 1];
     // tokio::task::unconstrained because now_or_never may yield None when the future is ready
     let result = tokio::task::unconstrained(stream.read(&mut buf[..])).now_or_never();
+    // tokio reports a socket readable only after its reactor has seen the event, so a FIN
+    // that already arrived can still look "pending" above; ask the kernel directly.
+    let result = result.or_else(|| peek_closed(stream));
     if let Some(data_result) = result {
         match data_result {
             Ok(n) => {
@@ -494,6 +497,26 @@ fn test_reusable_stream(stream: &mut Stream, unexpected_data_conn_count: &Atomic
     } else {
         true
     }
+}
+
+/// `Some` when the kernel already holds data, EOF or an error for this socket (a
+/// non-blocking `MSG_PEEK`), `None` when a read would block.
+#[cfg(unix)]
+fn peek_closed(stream: &Stream) -> Option<std::io::Result<usize>> {
+    use std::os::fd::BorrowedFd;
+    // SAFETY: the descriptor belongs to `stream`, which outlives this call.
+    let fd = unsafe { BorrowedFd::borrow_raw(stream.id()) };
+    let sock = socket2::SockRef::from(&fd);
+    let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+    match sock.peek(&mut buf) {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => None,
+        other => Some(other),
+    }
+}
+
+#[cfg(not(unix))]
+fn peek_closed(_stream: &Stream) -> Option<std::io::Result<usize>> {
+    None
 }
 
 /// Test utilities for creating mock acceptors.

@@ -158,6 +158,10 @@ pub struct HttpSession {
     /// [`super::super::HttpPersistentSettings`] into the next session.
     /// Scoped narrowly so it cannot affect FIN / `abort_on_close` semantics.
     pipelined_idle_bytes_stashed: bool,
+    /// Largest request header section accepted, in bytes (gatehouse patch, see vendor/PATCHES.md).
+    max_request_header_size: usize,
+    /// Deadline for the whole request header, counted from its first byte (gatehouse patch).
+    request_header_timeout: Option<Duration>,
 }
 
 impl HttpSession {
@@ -206,7 +210,17 @@ impl HttpSession {
             pipelining_enabled: false,
             pipelined_prefix: None,
             pipelined_idle_bytes_stashed: false,
+            max_request_header_size: MAX_HEADER_SIZE,
+            request_header_timeout: None,
         }
+    }
+
+    /// Limit the request header section to `bytes` (at most the built-in 1 MiB cap) and give
+    /// the whole header `timeout` from its first byte. Beyond the size the read fails with
+    /// `HTTPStatus(431)` (RFC 6585 §5); past the deadline with `ReadTimedout`.
+    pub fn set_request_header_limits(&mut self, bytes: Option<usize>, timeout: Option<Duration>) {
+        self.max_request_header_size = bytes.map_or(MAX_HEADER_SIZE, |b| b.min(MAX_HEADER_SIZE));
+        self.request_header_timeout = timeout;
     }
 
     async fn read_request_buf(
@@ -304,15 +318,23 @@ impl HttpSession {
         let mut already_read = buf.len();
         let mut skip_next_read = already_read != 0;
         let mut detached_suffix = None;
+        // Counted from the request's first byte, so an idle keep-alive wait is not cut by it.
+        let mut header_deadline = self
+            .request_header_timeout
+            .filter(|_| already_read != 0)
+            .map(|t| tokio::time::Instant::now() + t);
         loop {
-            if already_read > MAX_HEADER_SIZE {
+            if already_read > self.max_request_header_size {
                 /* NOTE: this check only blocks second read. The first large read is allowed
                 since the buf is already allocated. The goal is to avoid slowly bloating
                 this buffer */
-                return Error::e_explain(
-                    InvalidHTTPHeader,
-                    format!("Request header larger than {MAX_HEADER_SIZE}"),
-                );
+                let max = self.max_request_header_size;
+                let etype = if max < MAX_HEADER_SIZE {
+                    HTTPStatus(431)
+                } else {
+                    InvalidHTTPHeader
+                };
+                return Error::e_explain(etype, format!("Request header larger than {max}"));
             }
 
             // On the first iteration after a pipelined prefix was injected,
@@ -323,10 +345,34 @@ impl HttpSession {
             // this request and is waiting for our response).
             if skip_next_read {
                 skip_next_read = false;
-            } else if let Some(n) = self.read_request_buf(&mut buf, already_read).await? {
+            } else if let Some(n) = match header_deadline {
+                Some(deadline) => tokio::time::timeout_at(
+                    deadline,
+                    self.read_request_buf(&mut buf, already_read),
+                )
+                .await
+                .or_else(|_| {
+                    Error::e_explain(ReadTimedout, "request header not complete in time")
+                })??,
+                None => self.read_request_buf(&mut buf, already_read).await?,
+            } {
                 already_read += n;
+                if header_deadline.is_none() {
+                    header_deadline = self
+                        .request_header_timeout
+                        .map(|t| tokio::time::Instant::now() + t);
+                }
             } else {
                 return Ok(None);
+            }
+            // A configured limit also holds for a header that arrived in one large read.
+            if self.max_request_header_size < MAX_HEADER_SIZE
+                && already_read > self.max_request_header_size
+                && buf
+                    .find(HEADER_SECTION_END)
+                    .is_none_or(|end| end > self.max_request_header_size)
+            {
+                continue; // the size check above refuses it
             }
 
             // Use loop as GOTO to retry escaped request buffer, not a real loop
@@ -465,8 +511,14 @@ impl HttpSession {
                         _ => {
                             debug!("Invalid request header from {:?}", self.underlying_stream);
                             buf.truncate(MAX_ERR_BUF_LEN);
+                            // RFC 6585 §5: too many header fields is 431, not 400.
+                            let etype = if e == httparse::Error::TooManyHeaders {
+                                HTTPStatus(431)
+                            } else {
+                                InvalidHTTPHeader
+                            };
                             return Error::e_because(
-                                InvalidHTTPHeader,
+                                etype,
                                 format!("buf: {:?}", buf.as_bstr()),
                                 e,
                             );
