@@ -16,7 +16,6 @@ use pingora_core::services::listening::Service as ListeningService;
 use crate::admin::{status::TrafficSampler, Admin, AdminAuth};
 use crate::config::{self, ConfigErrors, LoadedConfig};
 use crate::metrics::Metrics;
-use crate::proxy::Gateway;
 use crate::state::events::EventLog;
 use crate::state::{compile, reload, State};
 
@@ -250,17 +249,19 @@ pub fn run(opts: RunOptions) -> Result<(), StartError> {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    let mut proxy = pingora_proxy::http_proxy_service_with_name(
-        &server.configuration,
-        Gateway::new(state.clone()),
-        "gatehouse proxy",
-    );
-    for l in &cfg.listeners {
-        use pingora_core::listeners::{L4BufferSettings, ListenerConfig};
-        let buffers =
-            L4BufferSettings::default().read(cfg.runtime.downstream_read_buffer.max(1024));
-        proxy.add_listener(ListenerConfig::tcp(l.address.clone()).l4_buffer(buffers));
-    }
+    // One service per listener: each has its own request limits and connection cap.
+    let proxies: Vec<_> = cfg
+        .listeners
+        .iter()
+        .map(|l| {
+            crate::proxy::listener::service(
+                &server.configuration,
+                state.clone(),
+                l,
+                cfg.runtime.downstream_read_buffer,
+            )
+        })
+        .collect();
     let sampler = Arc::new(TrafficSampler::default());
     let mut admin = ListeningService::new(
         "gatehouse admin".to_string(),
@@ -277,7 +278,9 @@ pub fn run(opts: RunOptions) -> Result<(), StartError> {
         },
     );
     maintenance.threads = Some(1);
-    server.add_service(proxy);
+    for proxy in proxies {
+        server.add_service(proxy);
+    }
     server.add_service(admin);
     server.add_service(maintenance);
 

@@ -44,6 +44,79 @@ pub struct ListenerConfig {
     pub name: String,
     /// `ip:port` to bind, e.g. `0.0.0.0:8080`.
     pub address: String,
+    /// HTTP/1 limits and connection handling of this listener (see the README's "HTTP
+    /// handling"); every field has a default.
+    #[serde(default)]
+    pub http: HttpListenerConfig,
+}
+
+/// Request-header limits, timeouts and connection handling of one listener. Defaults sit in
+/// the range nginx and Envoy use.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HttpListenerConfig {
+    /// Largest request header section (request line and all fields), in bytes; default
+    /// 32768 (nginx's `large_client_header_buffers 4 8k`; Envoy allows 60 KiB). Larger: 431.
+    #[serde(default = "default_max_request_header_bytes")]
+    pub max_request_header_bytes: usize,
+    /// Largest single header field line (name, colon, value), in bytes; default 8192 (one
+    /// nginx large buffer). Larger: 431.
+    #[serde(default = "default_max_header_line_bytes")]
+    pub max_header_line_bytes: usize,
+    /// Most header fields in one request; default 100 (Envoy's `max_headers_count`).
+    /// More: 431. pingora's parser refuses more than 256 whatever this says.
+    #[serde(default = "default_max_headers")]
+    pub max_headers: usize,
+    /// Longest request-target, in bytes; default 8192 (nginx: one large buffer). Longer: 414.
+    #[serde(default = "default_max_uri_bytes")]
+    pub max_uri_bytes: usize,
+    /// Time a client has to send its whole request header, counted from its first byte;
+    /// default 10s (HAProxy's usual `timeout http-request`; nginx's `client_header_timeout`
+    /// is 60s). Past it the connection is closed without a response, as nginx does.
+    #[serde(default = "default_header_read_timeout")]
+    pub header_read_timeout: Duration,
+    /// Most client connections open at once on this listener; default 10000. A connection
+    /// beyond it is accepted and closed at once, before any byte is read.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Serve HTTP/1.1 requests a client sends before its previous answer (RFC 9112 §9.3.2),
+    /// one at a time and in order; default true (nginx and Envoy do). With false, a
+    /// pipelined request closes the connection after the first answer.
+    #[serde(default = "default_true")]
+    pub pipelining: bool,
+}
+
+impl Default for HttpListenerConfig {
+    fn default() -> Self {
+        Self {
+            max_request_header_bytes: default_max_request_header_bytes(),
+            max_header_line_bytes: default_max_header_line_bytes(),
+            max_headers: default_max_headers(),
+            max_uri_bytes: default_max_uri_bytes(),
+            header_read_timeout: default_header_read_timeout(),
+            max_connections: default_max_connections(),
+            pipelining: true,
+        }
+    }
+}
+
+fn default_max_request_header_bytes() -> usize {
+    32 * 1024
+}
+fn default_max_header_line_bytes() -> usize {
+    8 * 1024
+}
+fn default_max_headers() -> usize {
+    100
+}
+fn default_max_uri_bytes() -> usize {
+    8 * 1024
+}
+fn default_header_read_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_max_connections() -> usize {
+    10_000
 }
 
 /// The admin listener. Binds to loopback by default.
@@ -630,9 +703,29 @@ pub struct RouteConfig {
     /// Request body limit; default 10MiB. Larger bodies get a 413.
     #[serde(default)]
     pub max_body_bytes: Option<u64>,
+    /// Read the whole request body before connecting upstream (nginx
+    /// `proxy_request_buffering`, Envoy's buffer filter); default off: bodies stream.
+    #[serde(default)]
+    pub request_buffering: Option<RequestBufferingConfig>,
     /// Filters, run in this order.
     #[serde(default)]
     pub filters: Vec<FilterConfig>,
+}
+
+/// Whole-body buffering of a route's requests. A body that is malformed (bad chunked
+/// framing) is refused with 400, and one larger than `max_bytes` with 413, before any byte
+/// goes upstream.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RequestBufferingConfig {
+    /// Largest body held, in bytes: 1..=65536 (pingora replays at most 64 KiB of a request
+    /// body to the upstream); default 65536.
+    #[serde(default = "default_buffer_bytes")]
+    pub max_bytes: usize,
+}
+
+fn default_buffer_bytes() -> usize {
+    64 * 1024
 }
 
 /// Request matching. Every given condition must hold.

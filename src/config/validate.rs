@@ -79,6 +79,27 @@ fn listeners(cfg: &GatewayConfig, errs: &mut Vec<ConfigError>) {
             }
             bound.push((path, a));
         }
+        let h = &l.http;
+        for (field, v, min) in [
+            ("max_request_header_bytes", h.max_request_header_bytes, 1024),
+            ("max_header_line_bytes", h.max_header_line_bytes, 64),
+            ("max_headers", h.max_headers, 1),
+            ("max_uri_bytes", h.max_uri_bytes, 16),
+            ("max_connections", h.max_connections, 1),
+        ] {
+            if v < min {
+                errs.push(ConfigError::at(
+                    format!("listeners[{i}].http.{field}"),
+                    format!("must be at least {min}"),
+                ));
+            }
+        }
+        if h.header_read_timeout.0.is_zero() {
+            errs.push(ConfigError::at(
+                format!("listeners[{i}].http.header_read_timeout"),
+                "must be more than 0",
+            ));
+        }
     }
     if let Some(a) = parse_addr(&cfg.admin.address, "admin.address".into(), errs) {
         if let Some((other, _)) = bound.iter().find(|(_, b)| overlaps(&a, b)) {
@@ -373,6 +394,14 @@ fn routes(cfg: &GatewayConfig, errs: &mut Vec<ConfigError>, warns: &mut Vec<Conf
                         format!("{v:?} must start with /"),
                     ));
                 }
+            }
+        }
+        if let Some(b) = &r.request_buffering {
+            if !(1..=65536).contains(&b.max_bytes) {
+                errs.push(ConfigError::at(
+                    format!("{base}.request_buffering.max_bytes"),
+                    "must be 1..=65536 (pingora replays at most 64 KiB of a body)",
+                ));
             }
         }
         if r.max_body_bytes == Some(0) {

@@ -49,6 +49,8 @@ pub struct RequestCtx {
     pub host_header: Option<HeaderValue>,
     /// Endpoint of the current try.
     pub endpoint: Option<Arc<Endpoint>>,
+    /// The first try's peer, chosen in `proxy_upstream_filter` for `upstream_peer`.
+    pub next_peer: Option<Box<pingora_core::upstreams::peer::HttpPeer>>,
     /// Endpoints tried so far (retries prefer others).
     pub tried: Vec<Arc<Endpoint>>,
     /// Tries made.
@@ -83,6 +85,7 @@ impl RequestCtx {
             snap,
             started: Instant::now(),
             route: None,
+            next_peer: None,
             request_id: String::new(),
             client_ip: None,
             path: String::new(),

@@ -62,7 +62,8 @@ fn is_hop_by_hop(n: &http::HeaderName) -> bool {
         || n.as_str() == "proxy-connection"
 }
 
-fn connection_listed(h: &http::HeaderMap) -> Vec<http::HeaderName> {
+/// Header names a `Connection` header nominates, framing headers excepted.
+pub(super) fn connection_listed(h: &http::HeaderMap) -> Vec<http::HeaderName> {
     h.get_all(http::header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())

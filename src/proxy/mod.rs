@@ -3,7 +3,11 @@
 //!
 //! ```text
 //! new_ctx                 pin the config snapshot
-//! request_filter          request id, path normalization, route, body limit, filters
+//! early_request_filter    pipelining per listener
+//! request_filter          request id, edge checks (Host, limits, hop-by-hop: edge.rs),
+//!                         path normalization, route, body limit, body read, filters
+//! proxy_upstream_filter   first try's breaker, bulkhead and endpoint: a refusal here keeps
+//!                         the client's connection
 //! upstream_peer           backoff, breaker, bulkhead, then pick an endpoint (SWRR), timeouts
 //! fail_to_connect         connect failed: count it, maybe retry elsewhere
 //! error_while_proxy       a try failed after connecting: count it, retry per policy + budget
@@ -15,7 +19,9 @@
 //! ```
 
 pub mod ctx;
+pub mod edge;
 pub mod headers;
+pub mod listener;
 pub mod respond;
 
 use std::borrow::Cow;
@@ -37,19 +43,21 @@ use crate::upstream::now_ms;
 pub use ctx::RequestCtx;
 use ctx::{EndpointInflight, GatewayError};
 
-/// The gateway's proxy logic, shared by every request.
+/// The gateway's proxy logic for one listener, shared by its requests.
 pub struct Gateway {
     state: Arc<State>,
+    edge: edge::EdgeLimits,
 }
 
 impl Gateway {
-    /// A proxy over the shared state.
-    pub fn new(state: Arc<State>) -> Self {
-        Self { state }
+    /// A proxy over the shared state with a listener's request limits.
+    pub fn new(state: Arc<State>, edge: edge::EdgeLimits) -> Self {
+        Self { state, edge }
     }
 }
 
-/// The request's host for routing: lowercase, without port or trailing dot.
+/// The request's host for routing: lowercase, without port or trailing dot. An
+/// absolute-form target's authority is already its Host (`edge::absolute_to_origin`).
 fn host_of(req: &RequestHeader) -> Cow<'_, str> {
     let raw = req
         .headers
@@ -84,6 +92,18 @@ impl ProxyHttp for Gateway {
     /// pingora's built-in compression module stays off: the `compression` filter owns it.
     fn init_downstream_modules(&self, _modules: &mut pingora_core::modules::http::HttpModules) {}
 
+    async fn early_request_filter(
+        &self,
+        session: &mut Session,
+        _ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        // pingora carries the flag across the connection's later requests.
+        session
+            .as_mut()
+            .set_pipelining_enabled(self.edge.pipelining);
+        Ok(())
+    }
+
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         ctx.request_id = headers::request_id(session.req_header());
         ctx.client_ip = session
@@ -97,6 +117,13 @@ impl ProxyHttp for Gateway {
         {
             session.set_keepalive(None);
         }
+
+        if let Err(r) = edge::check_request(session.req_header(), &self.edge) {
+            respond::send_error(session, ctx, r.status, r.code, r.message, &[]).await;
+            return Ok(true);
+        }
+        edge::absolute_to_origin(session.req_header_mut());
+        edge::strip_client_nominated(session.req_header_mut());
 
         ctx.path = match normalize_path(session.req_header().uri.path().as_bytes()) {
             Ok(p) => p,
@@ -165,14 +192,21 @@ impl ProxyHttp for Gateway {
         // Headers that only the gateway may set are never taken from the client.
         headers::remove_owned(session.req_header_mut(), &snap.owned_headers);
 
+        let prefix = if route.filters.is_empty() {
+            0
+        } else {
+            route.body_prefix
+        };
+        let body_prefix = match edge::read_body(session, prefix, route.buffer_body).await {
+            Ok(b) => b,
+            Err(r) => {
+                respond::send_error(session, ctx, r.status, r.code, r.message, &[]).await;
+                return Ok(true);
+            }
+        };
         if route.filters.is_empty() {
             return Ok(false);
         }
-        let body_prefix = if route.body_prefix > 0 {
-            read_body_prefix(session, route.body_prefix).await?
-        } else {
-            None
-        };
         let mut cx = RequestCx {
             route: &route.name,
             client_ip: ctx.client_ip,
@@ -262,59 +296,39 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
+    /// The first try's admission (breaker, bulkhead, endpoint) runs here rather than in
+    /// `upstream_peer`: pingora closes the client's connection after any error from
+    /// `upstream_peer`, but keeps it after a response written here. A refusal that never
+    /// reached an upstream keeps the connection (the request body, if small, is drained).
+    async fn proxy_upstream_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<bool> {
+        match self.prepare_try(ctx).await {
+            Ok(peer) => {
+                ctx.next_peer = Some(peer);
+                Ok(true)
+            }
+            Err(e) => {
+                ctx.upstream_phase = false;
+                edge::discard_small_body(session).await;
+                self.fail_to_proxy(session, &e, ctx).await;
+                Ok(false)
+            }
+        }
+    }
+
     async fn upstream_peer(
         &self,
         _session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
         ctx.upstream_phase = true;
-        let Some(route) = ctx.route.clone() else {
-            return Err(Error::explain(ErrorType::InternalError, "no route"));
-        };
-        let upstream = &route.upstream;
-        // Backoff of a retry, breaker, bulkhead slot: cheap refusals before the call.
-        crate::resilience::hooks::before_try(&self.state, ctx).await?;
-        let Some(ep) = upstream.pick(&ctx.tried, now_ms()) else {
-            ctx.gateway_error = Some(GatewayError {
-                status: 503,
-                code: "no_healthy_endpoint",
-            });
-            return Err(Error::explain(
-                ErrorType::HTTPStatus(503),
-                format!("upstream {} has no healthy endpoint", upstream.name),
-            ));
-        };
-        ctx.tries += 1;
-        ctx.tried.push(ep.clone());
-        ctx.endpoint = Some(ep.clone());
-        ctx.try_outcome_recorded = false;
-        ep.inflight
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        ctx.endpoint_inflight = Some(EndpointInflight(ep.clone()));
-
-        let t = &upstream.config.timeouts;
-        let mut peer = HttpPeer::new(ep.addr, false, String::new());
-        peer.options.connection_timeout = Some(t.connect.get());
-        peer.options.read_timeout = Some(t.read.get());
-        peer.options.write_timeout = Some(t.write.get());
-        peer.options.idle_timeout =
-            Some(ctx.snap.loaded.config.runtime.upstream_idle_timeout.get());
-        if let Some(total) = t.total {
-            let left = total.get().saturating_sub(ctx.started.elapsed());
-            if left.is_zero() {
-                ctx.gateway_error = Some(GatewayError {
-                    status: 504,
-                    code: "upstream_timeout",
-                });
-                return Err(Error::explain(
-                    ErrorType::HTTPStatus(504),
-                    "total deadline spent",
-                ));
-            }
-            peer.options.read_timeout = Some(t.read.get().min(left));
-            peer.options.connection_timeout = Some(t.connect.get().min(left));
+        match ctx.next_peer.take() {
+            Some(peer) => Ok(peer),
+            None => self.prepare_try(ctx).await,
         }
-        Ok(Box::new(peer))
     }
 
     fn fail_to_connect(
@@ -431,6 +445,7 @@ impl ProxyHttp for Gateway {
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        edge::downstream_version(session, resp);
         resp.insert_header("x-request-id", ctx.request_id.as_str())?;
         for (n, v) in &ctx.response_headers {
             resp.append_header(n.clone(), v.clone())?;
@@ -593,26 +608,60 @@ impl ProxyHttp for Gateway {
 }
 
 impl Gateway {
+    /// Admission and endpoint choice of one try: backoff of a retry, breaker, bulkhead
+    /// slot, then an endpoint (SWRR) with the upstream's timeouts.
+    async fn prepare_try(&self, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+        let Some(route) = ctx.route.clone() else {
+            return Err(Error::explain(ErrorType::InternalError, "no route"));
+        };
+        let upstream = &route.upstream;
+        // Backoff of a retry, breaker, bulkhead slot: cheap refusals before the call.
+        crate::resilience::hooks::before_try(&self.state, ctx).await?;
+        let Some(ep) = upstream.pick(&ctx.tried, now_ms()) else {
+            ctx.gateway_error = Some(GatewayError {
+                status: 503,
+                code: "no_healthy_endpoint",
+            });
+            return Err(Error::explain(
+                ErrorType::HTTPStatus(503),
+                format!("upstream {} has no healthy endpoint", upstream.name),
+            ));
+        };
+        ctx.tries += 1;
+        ctx.tried.push(ep.clone());
+        ctx.endpoint = Some(ep.clone());
+        ctx.try_outcome_recorded = false;
+        ep.inflight
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        ctx.endpoint_inflight = Some(EndpointInflight(ep.clone()));
+
+        let t = &upstream.config.timeouts;
+        let mut peer = HttpPeer::new(ep.addr, false, String::new());
+        peer.options.connection_timeout = Some(t.connect.get());
+        peer.options.read_timeout = Some(t.read.get());
+        peer.options.write_timeout = Some(t.write.get());
+        peer.options.idle_timeout =
+            Some(ctx.snap.loaded.config.runtime.upstream_idle_timeout.get());
+        if let Some(total) = t.total {
+            let left = total.get().saturating_sub(ctx.started.elapsed());
+            if left.is_zero() {
+                ctx.gateway_error = Some(GatewayError {
+                    status: 504,
+                    code: "upstream_timeout",
+                });
+                return Err(Error::explain(
+                    ErrorType::HTTPStatus(504),
+                    "total deadline spent",
+                ));
+            }
+            peer.options.read_timeout = Some(t.read.get().min(left));
+            peer.options.connection_timeout = Some(t.connect.get().min(left));
+        }
+        Ok(Box::new(peer))
+    }
+
     /// Counts one upstream try's outcome, once per try (metrics, breaker, outlier detection).
     fn record_try(&self, ctx: &mut RequestCtx, outcome: Option<crate::resilience::Outcome>) {
         crate::resilience::hooks::record_try(&self.state, ctx, outcome);
     }
-}
-
-/// Reads up to `limit` body bytes for filters; pingora's retry buffer replays them to
-/// the upstream, so the body arrives unchanged.
-async fn read_body_prefix(session: &mut Session, limit: usize) -> Result<Option<Bytes>> {
-    if session.as_mut().is_body_empty() {
-        return Ok(None);
-    }
-    session.as_mut().enable_retry_buffering();
-    let mut buf = Vec::new();
-    while buf.len() < limit {
-        match session.read_request_body().await? {
-            Some(chunk) => buf.extend_from_slice(&chunk),
-            None => break,
-        }
-    }
-    buf.truncate(limit);
-    Ok(Some(Bytes::from(buf)))
 }

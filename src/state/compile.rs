@@ -168,6 +168,7 @@ pub fn compile(
             max_body_bytes: r.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES),
             filters,
             body_prefix,
+            buffer_body: r.request_buffering.as_ref().map_or(0, |b| b.max_bytes),
             metrics: std::sync::OnceLock::new(),
         };
         entries.push((matcher, Arc::new(route)));

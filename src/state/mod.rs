@@ -44,6 +44,9 @@ pub struct Route {
     pub filters: Vec<Arc<dyn Filter>>,
     /// Bytes of body the filters need to see before running (0: none).
     pub body_prefix: usize,
+    /// Whole bodies up to this many bytes are read before connecting upstream (0: bodies
+    /// stream; `request_buffering`).
+    pub buffer_body: usize,
     /// This route's metric handles, resolved on first use.
     pub metrics: std::sync::OnceLock<crate::metrics::RouteMetrics>,
 }

@@ -3,6 +3,7 @@
 
 mod filters;
 mod foundation;
+mod http_edge;
 mod live_ops;
 mod observability;
 mod resilience;

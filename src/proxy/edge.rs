@@ -1,0 +1,423 @@
+//! HTTP/1 conformance at the edge: the checks and rewrites of a client's request before it
+//! is routed (Host, absolute-form targets, header limits, client-nominated hop-by-hop
+//! headers), `Expect: 100-continue` and request buffering, and the HTTP version of
+//! forwarded responses. The limits of the read itself (header bytes, header deadline,
+//! connection cap) are pingora's, set per listener in `app.rs`.
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Version};
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::Session;
+
+use crate::config::model::HttpListenerConfig;
+
+/// Per-listener request limits checked on the parsed header (RFC 6585 §5, RFC 9110 §15.5.15).
+#[derive(Debug, Clone)]
+pub struct EdgeLimits {
+    /// Largest header section in bytes (431).
+    pub max_header_bytes: usize,
+    /// Largest header field line in bytes (431).
+    pub max_line_bytes: usize,
+    /// Most header fields (431).
+    pub max_headers: usize,
+    /// Longest request-target in bytes (414).
+    pub max_uri_bytes: usize,
+    /// Serve pipelined HTTP/1.1 requests in order (RFC 9112 §9.3.2).
+    pub pipelining: bool,
+}
+
+impl From<&HttpListenerConfig> for EdgeLimits {
+    fn from(c: &HttpListenerConfig) -> Self {
+        Self {
+            max_header_bytes: c.max_request_header_bytes,
+            max_line_bytes: c.max_header_line_bytes,
+            max_headers: c.max_headers,
+            max_uri_bytes: c.max_uri_bytes,
+            pipelining: c.pipelining,
+        }
+    }
+}
+
+impl Default for EdgeLimits {
+    fn default() -> Self {
+        Self::from(&HttpListenerConfig::default())
+    }
+}
+
+/// A request the gateway refuses at the edge: status, stable error code, message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EdgeRefusal {
+    /// HTTP status.
+    pub status: u16,
+    /// `X-Gatehouse-Error` code.
+    pub code: &'static str,
+    /// Message for the client.
+    pub message: &'static str,
+}
+
+const fn refusal(status: u16, code: &'static str, message: &'static str) -> EdgeRefusal {
+    EdgeRefusal {
+        status,
+        code,
+        message,
+    }
+}
+
+/// Checks a parsed request against the listener's limits and RFC 9112 §3.2's Host rules:
+/// an HTTP/1.1 request needs exactly one Host whose value is a valid `uri-host[:port]`
+/// (a list, an empty value or junk is 400), unless its target is in absolute form (whose
+/// authority pingora has already matched against any Host).
+pub fn check_request(req: &RequestHeader, limits: &EdgeLimits) -> Result<(), EdgeRefusal> {
+    let uri_len = req.raw_path().len();
+    if uri_len > limits.max_uri_bytes {
+        return Err(refusal(
+            414,
+            "uri_too_long",
+            "the request target is too long",
+        ));
+    }
+    if req.headers.len() > limits.max_headers {
+        return Err(refusal(
+            431,
+            "header_fields_too_large",
+            "the request has too many header fields",
+        ));
+    }
+    let mut total = req.method.as_str().len() + uri_len + 12;
+    for (n, v) in &req.headers {
+        let line = n.as_str().len() + 2 + v.len();
+        if line > limits.max_line_bytes {
+            return Err(refusal(
+                431,
+                "header_fields_too_large",
+                "a request header field is too large",
+            ));
+        }
+        total += line + 2;
+    }
+    if total > limits.max_header_bytes {
+        return Err(refusal(
+            431,
+            "header_fields_too_large",
+            "the request header section is too large",
+        ));
+    }
+    if req.version != Version::HTTP_11 {
+        return Ok(()); // HTTP/1.0 needs no Host; HTTP/2 carries :authority
+    }
+    let mut hosts = req.headers.get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (None, _) if absolute_target(req).is_some() => Ok(()),
+        (None, _) => Err(refusal(
+            400,
+            "bad_host",
+            "an HTTP/1.1 request needs a Host header",
+        )),
+        (Some(_), Some(_)) => Err(refusal(400, "bad_host", "more than one Host header")),
+        (Some(h), None) if valid_host(h) => Ok(()),
+        (Some(_), None) => Err(refusal(
+            400,
+            "bad_host",
+            "the Host header is not a valid host",
+        )),
+    }
+}
+
+/// `uri-host [ ":" port ]` (RFC 9110 §7.2): parsable as an authority, without userinfo and
+/// without the comma of a combined list.
+fn valid_host(v: &HeaderValue) -> bool {
+    let b = v.as_bytes();
+    !b.is_empty()
+        && !b.contains(&b',')
+        && !b.contains(&b'@')
+        && http::uri::Authority::try_from(b).is_ok()
+}
+
+/// The parsed target of an absolute-form request (`GET http://h/p`). pingora keeps such a
+/// target verbatim and gives the URI only its path.
+fn absolute_target(req: &RequestHeader) -> Option<http::Uri> {
+    let raw = req.raw_path();
+    let scheme_end = raw.windows(3).position(|w| w == b"://")?;
+    if !raw[..scheme_end].eq_ignore_ascii_case(b"http")
+        && !raw[..scheme_end].eq_ignore_ascii_case(b"https")
+    {
+        return None;
+    }
+    http::Uri::try_from(raw)
+        .ok()
+        .filter(|u| u.authority().is_some())
+}
+
+/// Turns an absolute-form request into origin form before it is routed: the target's
+/// authority becomes `Host` (pingora has already refused a differing Host), so routing,
+/// filters, logs and the upstream all see one host, and the upstream gets `/path?query`
+/// (RFC 9112 §3.2.2: the target's authority wins; an origin server expects origin form).
+pub fn absolute_to_origin(req: &mut RequestHeader) {
+    let Some(target) = absolute_target(req) else {
+        return;
+    };
+    if !req.headers.contains_key(header::HOST) {
+        if let Some(v) = target
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        {
+            let _ = req.insert_header(header::HOST, v);
+        }
+    }
+    let pq = target.path_and_query().map_or("/", |p| p.as_str());
+    if let Ok(origin) = http::Uri::builder().path_and_query(pq).build() {
+        req.set_uri(origin);
+    }
+}
+
+/// Removes the headers the client's `Connection` header nominates, before any filter runs
+/// (RFC 9110 §7.6.1; DESIGN.md: nothing the gateway sets is ever removed by a client's
+/// `Connection`). `Connection` keeps only the options pingora reads (`close`, `keep-alive`,
+/// `upgrade`); `Host` and the framing headers are never removed this way.
+pub fn strip_client_nominated(req: &mut RequestHeader) {
+    if !req.headers.contains_key(header::CONNECTION) {
+        return;
+    }
+    for n in super::headers::connection_listed(&req.headers) {
+        if n != header::HOST {
+            req.remove_header(&n);
+        }
+    }
+    let kept: Vec<String> = req
+        .headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .filter(|t| matches!(t.as_str(), "close" | "keep-alive" | "upgrade"))
+        .collect();
+    req.remove_header(&header::CONNECTION);
+    if let Ok(v) = HeaderValue::from_str(&kept.join(", ")) {
+        if !kept.is_empty() {
+            let _ = req.insert_header(header::CONNECTION, v);
+        }
+    }
+}
+
+/// Reads the request body before the request goes upstream: the first `prefix` bytes for
+/// filters, or, with `whole` > 0, the complete body (request buffering). A client that
+/// sent `Expect: 100-continue` is answered `100 Continue` first (RFC 9110 §10.1.1) and the
+/// expectation is not forwarded: the gateway met it. pingora's retry buffer replays what
+/// was read to the upstream. Errors: 400 for a malformed body, 413 beyond `whole`.
+pub async fn read_body(
+    session: &mut Session,
+    prefix: usize,
+    whole: usize,
+) -> Result<Option<Bytes>, EdgeRefusal> {
+    if prefix == 0 && whole == 0 {
+        return Ok(None);
+    }
+    if session.as_mut().is_body_empty() {
+        return Ok(None);
+    }
+    answer_expect_continue(session).await;
+    session.as_mut().enable_retry_buffering();
+    let limit = if whole > 0 { whole } else { prefix };
+    let mut buf = Vec::new();
+    loop {
+        if whole == 0 && buf.len() >= prefix {
+            break;
+        }
+        match session.read_request_body().await {
+            Ok(Some(chunk)) => {
+                buf.extend_from_slice(&chunk);
+                if whole > 0 && buf.len() > limit {
+                    return Err(refusal(
+                        413,
+                        "body_too_large",
+                        "the request body is larger than the route buffers",
+                    ));
+                }
+            }
+            Ok(None) => break,
+            Err(e) => {
+                tracing::debug!(error = %e, "request body refused");
+                return Err(refusal(
+                    400,
+                    "bad_request_body",
+                    "the request body is malformed",
+                ));
+            }
+        }
+    }
+    if prefix == 0 {
+        return Ok(None);
+    }
+    buf.truncate(prefix);
+    Ok(Some(Bytes::from(buf)))
+}
+
+/// Largest request body read and dropped so that a refused request keeps its connection
+/// (nginx discards a refused request's body the same way); a larger one closes it.
+const DISCARD_BODY_BYTES: u64 = 64 * 1024;
+
+/// Reads and drops a refused request's body when it is small and already on its way, so
+/// that the connection can serve the client's next request.
+pub async fn discard_small_body(session: &mut Session) {
+    if session.as_mut().is_body_done() {
+        return;
+    }
+    let small = super::headers::content_length(session.req_header())
+        .is_some_and(|n| n <= DISCARD_BODY_BYTES);
+    let expects = session.req_header().headers.contains_key(header::EXPECT);
+    if !small || expects {
+        return; // the response closes the connection instead
+    }
+    let drain = session.as_mut().drain_request_body();
+    if tokio::time::timeout(std::time::Duration::from_secs(5), drain)
+        .await
+        .is_err()
+    {
+        tracing::debug!("request body not discarded in time");
+    }
+}
+
+async fn answer_expect_continue(session: &mut Session) {
+    let req = session.req_header();
+    let expects = req.version == Version::HTTP_11
+        && req
+            .headers
+            .get(header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if !expects {
+        return;
+    }
+    session.req_header_mut().remove_header(&header::EXPECT);
+    if session.as_ref().body_bytes_read() == 0 {
+        if let Err(e) = session.as_mut().write_continue_response().await {
+            tracing::debug!(error = %e, "could not send 100 Continue");
+        }
+    }
+}
+
+/// An intermediary sends its own HTTP version (RFC 9110 §6.2): HTTP/1.1 on HTTP/1
+/// connections whatever the upstream spoke. An HTTP/1.0 client cannot take chunked coding
+/// (RFC 9112 §6.1), so a body without a length goes to it close-delimited.
+pub fn downstream_version(session: &Session, resp: &mut ResponseHeader) {
+    if session.as_ref().is_http2() {
+        return;
+    }
+    resp.set_version(Version::HTTP_11);
+    if session.req_header().version == Version::HTTP_10
+        && resp.headers.contains_key(header::TRANSFER_ENCODING)
+        && !resp.headers.contains_key(header::CONTENT_LENGTH)
+    {
+        resp.remove_header(&header::TRANSFER_ENCODING);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(raw: &[(&str, &str)], target: &str, version: Version) -> RequestHeader {
+        let mut r = RequestHeader::build("GET", target.as_bytes(), None).unwrap();
+        r.set_version(version);
+        for (n, v) in raw {
+            r.append_header(n.to_string(), *v).unwrap();
+        }
+        r
+    }
+
+    #[test]
+    fn host_rules() {
+        let l = EdgeLimits::default();
+        let v11 = Version::HTTP_11;
+        assert!(check_request(&req(&[("host", "a.example.com:8080")], "/", v11), &l).is_ok());
+        assert!(check_request(&req(&[("host", "[::1]:80")], "/", v11), &l).is_ok());
+        for bad in ["", "a.example.com, b.example.com", "a,b", "u@h", "a b"] {
+            let r = check_request(&req(&[("host", bad)], "/", v11), &l);
+            assert_eq!(r.map_err(|e| e.status), Err(400), "{bad:?}");
+        }
+        assert_eq!(
+            check_request(&req(&[], "/", v11), &l).map_err(|e| e.status),
+            Err(400)
+        );
+        assert!(check_request(&req(&[], "http://a.example.com/x", v11), &l).is_ok());
+        assert!(check_request(&req(&[], "/", Version::HTTP_10), &l).is_ok());
+    }
+
+    #[test]
+    fn limits() {
+        let l = EdgeLimits {
+            max_header_bytes: 200,
+            max_line_bytes: 50,
+            max_headers: 3,
+            max_uri_bytes: 20,
+            pipelining: true,
+        };
+        let ok = req(&[("host", "h")], "/", Version::HTTP_11);
+        assert!(check_request(&ok, &l).is_ok());
+        let long_uri = req(
+            &[("host", "h")],
+            &format!("/{}", "a".repeat(20)),
+            Version::HTTP_11,
+        );
+        assert_eq!(check_request(&long_uri, &l).map_err(|e| e.status), Err(414));
+        let long_line = req(
+            &[("host", "h"), ("x", &"a".repeat(50))],
+            "/",
+            Version::HTTP_11,
+        );
+        assert_eq!(
+            check_request(&long_line, &l).map_err(|e| e.status),
+            Err(431)
+        );
+        let many = req(
+            &[("host", "h"), ("a", "1"), ("b", "1"), ("c", "1")],
+            "/",
+            Version::HTTP_11,
+        );
+        assert_eq!(check_request(&many, &l).map_err(|e| e.status), Err(431));
+        let big = req(
+            &[
+                ("host", "h"),
+                ("a", &"a".repeat(45)),
+                ("b", &"b".repeat(45)),
+                ("c", &"c".repeat(45)),
+            ],
+            "/",
+            Version::HTTP_11,
+        );
+        let l2 = EdgeLimits {
+            max_headers: 10,
+            ..l
+        };
+        assert_eq!(check_request(&big, &l2).map_err(|e| e.status), Err(431));
+    }
+
+    #[test]
+    fn nominated_headers_go_and_options_stay() {
+        let mut r = req(
+            &[
+                ("host", "h"),
+                ("connection", "keep-alive, X-User-Id, Host, Content-Length"),
+                ("x-user-id", "forged"),
+                ("content-length", "0"),
+            ],
+            "/",
+            Version::HTTP_11,
+        );
+        strip_client_nominated(&mut r);
+        assert!(r.headers.get("x-user-id").is_none());
+        assert_eq!(r.headers["host"], "h");
+        assert_eq!(r.headers["content-length"], "0");
+        assert_eq!(r.headers["connection"], "keep-alive");
+    }
+
+    #[test]
+    fn absolute_form_becomes_origin_form_with_its_authority_as_host() {
+        let mut r = req(&[], "http://admin.example.com/whoami?x=1", Version::HTTP_11);
+        assert!(check_request(&r, &EdgeLimits::default()).is_ok());
+        absolute_to_origin(&mut r);
+        assert_eq!(r.headers["host"], "admin.example.com");
+        assert_eq!(r.raw_path(), b"/whoami?x=1");
+        assert_eq!(r.uri.path(), "/whoami");
+    }
+}

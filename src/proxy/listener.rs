@@ -1,0 +1,87 @@
+//! One pingora service per client listener: its read buffer, request-header limits and
+//! deadline (pingora's `HttpServerOptions`), and its cap on open connections.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use pingora_core::apps::{HttpServerOptions, ServerApp};
+use pingora_core::listeners::{L4BufferSettings, ListenerConfig as PingoraListener};
+use pingora_core::protocols::Stream;
+use pingora_core::server::configuration::ServerConf;
+use pingora_core::server::ShutdownWatch;
+use pingora_core::services::listening::Service;
+use pingora_proxy::HttpProxy;
+
+use super::edge::EdgeLimits;
+use super::Gateway;
+use crate::config::model::ListenerConfig;
+use crate::state::State;
+
+/// The proxy service of one listener: `Gateway` behind a connection cap.
+pub type ListenerService = Service<Capped<HttpProxy<Gateway>>>;
+
+/// Builds listener `l`'s service. `read_buffer` is the per-connection read buffer in bytes.
+pub fn service(
+    conf: &Arc<ServerConf>,
+    state: Arc<State>,
+    l: &ListenerConfig,
+    read_buffer: usize,
+) -> ListenerService {
+    let h = &l.http;
+    let mut proxy = pingora_proxy::http_proxy(conf, Gateway::new(state, EdgeLimits::from(h)));
+    let mut opts = HttpServerOptions::default();
+    opts.max_request_header_bytes = Some(h.max_request_header_bytes);
+    opts.request_header_timeout = Some(h.header_read_timeout.0);
+    proxy.server_options = Some(opts);
+    let app = Capped {
+        inner: Arc::new(proxy),
+        open: Arc::new(AtomicUsize::new(0)),
+        max: h.max_connections,
+        listener: l.name.clone(),
+    };
+    let mut service = Service::new(format!("gatehouse proxy {}", l.name), app);
+    let buffers = L4BufferSettings::default().read(read_buffer.max(1024));
+    service.add_listener(PingoraListener::tcp(l.address.clone()).l4_buffer(buffers));
+    service
+}
+
+/// A server app that serves at most `max` connections at once; one beyond is closed as
+/// soon as it is accepted, before a byte is read (nginx answers `worker_connections`
+/// exhaustion the same way), so idle sockets cannot starve the listener's memory.
+pub struct Capped<A> {
+    inner: Arc<A>,
+    open: Arc<AtomicUsize>,
+    max: usize,
+    listener: String,
+}
+
+/// One open connection's place under the cap, given back on drop.
+struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[async_trait]
+impl<A: ServerApp + Send + Sync + 'static> ServerApp for Capped<A> {
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        if self.open.fetch_add(1, Ordering::AcqRel) >= self.max {
+            self.open.fetch_sub(1, Ordering::AcqRel);
+            tracing::debug!(listener = %self.listener, max = self.max, "connection refused: listener at its connection cap");
+            return None; // dropping the stream closes it
+        }
+        let _slot = Slot(self.open.clone());
+        self.inner.process_new(stream, shutdown).await
+    }
+
+    async fn cleanup(&self) {
+        self.inner.cleanup().await;
+    }
+}

@@ -1,0 +1,974 @@
+//! HTTP edge conformance on raw sockets: a client that writes exact bytes, and an upstream
+//! that records exactly what arrived on each of its connections. Each test asserts the
+//! value RFC 9110/9112 (or nginx/Envoy) gives for one class of input: hop-by-hop headers,
+//! Host and absolute-form targets, `Expect: 100-continue`, pipelining, pooled connections
+//! closed by the upstream, malformed chunked bodies, header limits and slow clients,
+//! keep-alive after the gateway's own refusals, the HTTP version of forwarded responses,
+//! and request smuggling.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::support::*;
+
+// === recording upstream ===
+
+/// How the recording upstream answers each complete request it parsed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Answer {
+    /// `HTTP/1.1 200` with a 2-byte body; the connection stays open.
+    Ok11,
+    /// `HTTP/1.0 200` with `Content-Length` and `Connection: keep-alive`.
+    Ok10,
+    /// `HEAD`: `200` without `Content-Length`, then the connection is closed at once.
+    /// Other methods: `Ok11`.
+    HeadThenClose,
+}
+
+/// One request the upstream parsed: its head as text and its decoded body.
+#[derive(Clone, Debug)]
+struct Recorded {
+    head: String,
+    body: Vec<u8>,
+}
+
+impl Recorded {
+    fn request_line(&self) -> &str {
+        self.head.lines().next().unwrap_or("")
+    }
+    /// Every value of header `name` (case-insensitive).
+    fn header(&self, name: &str) -> Vec<String> {
+        self.head
+            .split("\r\n")
+            .skip(1)
+            .filter_map(|l| l.split_once(':'))
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.trim().to_string())
+            .collect()
+    }
+}
+
+/// What arrived on one upstream connection.
+#[derive(Clone, Debug, Default)]
+struct Conn {
+    bytes: Vec<u8>,
+    requests: Vec<Recorded>,
+    /// Bytes after the last parsed request that do not form (the start of) a request.
+    garbage: bool,
+    /// The gateway closed this connection.
+    eof: bool,
+}
+
+/// A raw HTTP/1.1 server on 127.0.0.1 that stores every byte per connection.
+struct RecordingUpstream {
+    addr: SocketAddr,
+    conns: Arc<Mutex<Vec<Conn>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for RecordingUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl RecordingUpstream {
+    async fn start(answer: Answer) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let conns: Arc<Mutex<Vec<Conn>>> = Arc::default();
+        let c = conns.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((sock, _)) = listener.accept().await {
+                let idx = {
+                    let mut all = c.lock().unwrap();
+                    all.push(Conn::default());
+                    all.len() - 1
+                };
+                tokio::spawn(serve_conn(sock, idx, c.clone(), answer));
+            }
+        });
+        Self { addr, conns, task }
+    }
+
+    fn conns(&self) -> Vec<Conn> {
+        self.conns.lock().unwrap().clone()
+    }
+
+    fn requests(&self) -> Vec<Recorded> {
+        self.conns().into_iter().flat_map(|c| c.requests).collect()
+    }
+
+    fn total_bytes(&self) -> usize {
+        self.conns().iter().map(|c| c.bytes.len()).sum()
+    }
+}
+
+async fn serve_conn(mut sock: TcpStream, idx: usize, conns: Arc<Mutex<Vec<Conn>>>, answer: Answer) {
+    let mut pending = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = sock.read(&mut buf).await.unwrap_or(0);
+        if n == 0 {
+            conns.lock().unwrap()[idx].eof = true;
+            return;
+        }
+        conns.lock().unwrap()[idx]
+            .bytes
+            .extend_from_slice(&buf[..n]);
+        pending.extend_from_slice(&buf[..n]);
+        loop {
+            match parse_request(&pending) {
+                Parsed::Complete(rec, used) => {
+                    pending.drain(..used);
+                    let head = rec.head.clone();
+                    conns.lock().unwrap()[idx].requests.push(rec);
+                    let is_head = head.starts_with("HEAD ");
+                    let (resp, close): (&[u8], bool) = match answer {
+                        Answer::Ok10 => (
+                            b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\nok",
+                            false,
+                        ),
+                        Answer::HeadThenClose if is_head => (b"HTTP/1.1 200 OK\r\n\r\n", true),
+                        _ if is_head => (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n", false),
+                        _ => (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", false),
+                    };
+                    if sock.write_all(resp).await.is_err() {
+                        return;
+                    }
+                    if close {
+                        conns.lock().unwrap()[idx].eof = true;
+                        return;
+                    }
+                }
+                Parsed::Partial => break,
+                Parsed::Invalid => {
+                    conns.lock().unwrap()[idx].garbage = true;
+                    break;
+                }
+            }
+        }
+    }
+}
+
+enum Parsed {
+    Complete(Recorded, usize),
+    Partial,
+    Invalid,
+}
+
+/// A strict RFC 9112 request parser: CRLF lines, one framing header, chunked per §7.1.
+fn parse_request(b: &[u8]) -> Parsed {
+    let Some(end) = b.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return Parsed::Partial;
+    };
+    let head = &b[..end];
+    if head.iter().any(|&c| c == 0 || c >= 0x80) {
+        return Parsed::Invalid;
+    }
+    let head = String::from_utf8_lossy(head).into_owned();
+    let mut lines = head.split("\r\n");
+    let line = lines.next().unwrap_or("");
+    let parts: Vec<&str> = line.split(' ').collect();
+    if parts.len() != 3 || !parts[2].starts_with("HTTP/1.") {
+        return Parsed::Invalid;
+    }
+    let (mut cl, mut te) = (Vec::new(), Vec::new());
+    for l in lines {
+        if l.contains('\r') || l.contains('\n') || l.starts_with(' ') || l.starts_with('\t') {
+            return Parsed::Invalid;
+        }
+        let Some((n, v)) = l.split_once(':') else {
+            return Parsed::Invalid;
+        };
+        if n.is_empty() || n.ends_with(' ') {
+            return Parsed::Invalid;
+        }
+        if n.eq_ignore_ascii_case("content-length") {
+            cl.push(v.trim().to_string());
+        }
+        if n.eq_ignore_ascii_case("transfer-encoding") {
+            te.push(v.trim().to_ascii_lowercase());
+        }
+    }
+    let body_start = end + 4;
+    let rest = &b[body_start..];
+    if !cl.is_empty() && !te.is_empty() || cl.len() > 1 || te.len() > 1 {
+        return Parsed::Invalid;
+    }
+    if let Some(te) = te.first() {
+        if te != "chunked" {
+            return Parsed::Invalid;
+        }
+        let mut pos = 0;
+        let mut body = Vec::new();
+        loop {
+            let Some(le) = rest[pos..].windows(2).position(|w| w == b"\r\n") else {
+                return Parsed::Partial;
+            };
+            let size_s = String::from_utf8_lossy(&rest[pos..pos + le]).into_owned();
+            let Ok(size) = usize::from_str_radix(size_s.split(';').next().unwrap_or(""), 16) else {
+                return Parsed::Invalid;
+            };
+            pos += le + 2;
+            if size == 0 {
+                // no trailers expected from the gateway
+                if rest.len() < pos + 2 {
+                    return Parsed::Partial;
+                }
+                if &rest[pos..pos + 2] != b"\r\n" {
+                    return Parsed::Invalid;
+                }
+                pos += 2;
+                break;
+            }
+            if rest.len() < pos + size + 2 {
+                return Parsed::Partial;
+            }
+            body.extend_from_slice(&rest[pos..pos + size]);
+            if &rest[pos + size..pos + size + 2] != b"\r\n" {
+                return Parsed::Invalid;
+            }
+            pos += size + 2;
+        }
+        return Parsed::Complete(Recorded { head, body }, body_start + pos);
+    }
+    let len = match cl.first() {
+        Some(v) => match v.parse::<usize>() {
+            Ok(n) if v.bytes().all(|c| c.is_ascii_digit()) => n,
+            _ => return Parsed::Invalid,
+        },
+        None => 0,
+    };
+    if rest.len() < len {
+        return Parsed::Partial;
+    }
+    Parsed::Complete(
+        Recorded {
+            head,
+            body: rest[..len].to_vec(),
+        },
+        body_start + len,
+    )
+}
+
+// === raw client ===
+
+/// One response as the client saw it.
+#[derive(Debug, Clone)]
+struct Resp {
+    version: String,
+    status: u16,
+    head: String,
+    body: Vec<u8>,
+}
+
+impl Resp {
+    fn header(&self, name: &str) -> Option<String> {
+        self.head
+            .split("\r\n")
+            .skip(1)
+            .filter_map(|l| l.split_once(':'))
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.trim().to_string())
+    }
+}
+
+/// A raw client connection.
+struct Raw {
+    sock: TcpStream,
+    buf: Vec<u8>,
+    eof: bool,
+}
+
+impl Raw {
+    async fn connect(port: u16) -> Self {
+        let sock = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        Self {
+            sock,
+            buf: Vec::new(),
+            eof: false,
+        }
+    }
+
+    async fn send(&mut self, bytes: &[u8]) {
+        // The gateway may already have closed (it refused the request): that is an answer.
+        let _ = self.sock.write_all(bytes).await;
+    }
+
+    /// Reads more bytes; false on EOF, error or `idle` without a byte.
+    async fn fill(&mut self, idle: Duration) -> bool {
+        let mut b = [0u8; 16384];
+        match tokio::time::timeout(idle, self.sock.read(&mut b)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                self.eof = true;
+                false
+            }
+            Ok(Ok(n)) => {
+                self.buf.extend_from_slice(&b[..n]);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// The next response (1xx included), or None if the connection ended or stayed quiet
+    /// for `idle` first.
+    async fn response(&mut self, idle: Duration) -> Option<Resp> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some((r, used)) = parse_response(&self.buf) {
+                self.buf.drain(..used);
+                return Some(r);
+            }
+            if self.eof || Instant::now() > deadline || !self.fill(idle).await {
+                return None;
+            }
+        }
+    }
+
+    /// Every response until the connection ends or is quiet for `idle`.
+    async fn responses(&mut self, idle: Duration) -> Vec<Resp> {
+        let mut out = Vec::new();
+        for _ in 0..16 {
+            match self.response(idle).await {
+                Some(r) => out.push(r),
+                None => break,
+            }
+        }
+        out
+    }
+
+    /// Whether the gateway closed the connection (EOF within `within`).
+    async fn closed_within(&mut self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while !self.eof && Instant::now() < deadline {
+            self.fill(Duration::from_millis(200)).await;
+        }
+        self.eof
+    }
+}
+
+/// Parses one response with a `Content-Length` body (or none for 1xx/204/304 and bodies
+/// this suite's gateway never sends chunked to the raw client).
+fn parse_response(b: &[u8]) -> Option<(Resp, usize)> {
+    let end = b.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = String::from_utf8_lossy(&b[..end]).into_owned();
+    let line = head.lines().next()?.to_string();
+    let mut parts = line.splitn(3, ' ');
+    let version = parts.next()?.to_string();
+    let status: u16 = parts.next()?.parse().ok()?;
+    let mut r = Resp {
+        version,
+        status,
+        head,
+        body: Vec::new(),
+    };
+    let start = end + 4;
+    let len = if status < 200 || status == 204 || status == 304 {
+        0
+    } else {
+        r.header("content-length")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    if b.len() < start + len {
+        return None;
+    }
+    r.body = b[start..start + len].to_vec();
+    Some((r, start + len))
+}
+
+const IDLE: Duration = Duration::from_millis(1500);
+
+// === gateway configs ===
+
+fn config(upstream: SocketAddr, listener_http: &str, routes: &str) -> String {
+    format!(
+        "listeners: [ {{ name: public, address: \"{{listen}}\"{listener_http} }} ]\n\
+         admin: {{ address: \"{{admin}}\" }}\nruntime: {{ threads: 1 }}\nshutdown: {{ grace_period: 1s }}\n\
+         upstreams:\n  app: {{ discovery: {{ static: [ {{ address: \"{upstream}\" }} ] }} }}\n\
+         routes:\n{routes}"
+    )
+}
+
+const CATCH_ALL: &str = "  - { name: all, upstream: app }\n";
+
+async fn plain_gateway(up: &RecordingUpstream) -> TestGateway {
+    TestGateway::start(&config(up.addr, "", CATCH_ALL)).await
+}
+
+/// Sends `bytes` on a fresh connection and returns every response.
+async fn exchange(gw: &TestGateway, bytes: &[u8]) -> Vec<Resp> {
+    let mut c = Raw::connect(gw.port).await;
+    c.send(bytes).await;
+    c.responses(IDLE).await
+}
+
+fn statuses(rs: &[Resp]) -> Vec<u16> {
+    rs.iter().map(|r| r.status).collect()
+}
+
+// === 1. hop-by-hop headers named by the client ===
+
+#[tokio::test]
+async fn client_connection_header_cannot_remove_gateway_headers() {
+    use jsonwebtoken::{encode, EncodingKey, Header};
+    const SECRET: &str = "edge-test-secret-at-least-32-bytes!!";
+    let up = RecordingUpstream::start(Answer::Ok11).await;
+    let routes = "  - name: me\n    upstream: app\n    filters:\n      - jwt:\n          issuer: gatehouse\n          audience: gatehouse\n          keys: [ { secret_env: EDGE_JWT_SECRET, algorithms: [HS256] } ]\n          forward_claims: { sub: X-User-Id, role: X-User-Role }\n      - headers: { request: { set: { x-gateway-verified: \"yes\" } } }\n";
+    let gw =
+        TestGateway::start_with_env(&config(up.addr, "", routes), &[("EDGE_JWT_SECRET", SECRET)])
+            .await;
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 600;
+    let token = encode(
+        &Header::new(jsonwebtoken::Algorithm::HS256),
+        &serde_json::json!({"sub": "u-42", "role": "USER", "iss": "gatehouse", "aud": "gatehouse", "exp": exp}),
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap();
+    let req = format!(
+        "GET /api/me HTTP/1.1\r\nHost: h\r\nAuthorization: Bearer {token}\r\n\
+         Connection: keep-alive, X-User-Id, X-User-Role, X-Gateway-Verified, X-Client-Hop\r\n\
+         X-User-Id: forged\r\nX-Client-Hop: 1\r\nX-Kept: 1\r\n\r\n"
+    );
+    let rs = exchange(&gw, req.as_bytes()).await;
+    assert_eq!(statuses(&rs), vec![200], "{}", gw.logs());
+    let reqs = up.requests();
+    assert_eq!(reqs.len(), 1);
+    let r = &reqs[0];
+    assert_eq!(r.header("x-user-id"), vec!["u-42"], "{}", r.head);
+    assert_eq!(r.header("x-user-role"), vec!["USER"], "{}", r.head);
+    assert_eq!(r.header("x-gateway-verified"), vec!["yes"], "{}", r.head);
+    // What the client nominated and sent itself is hop-by-hop: gone (RFC 9110 §7.6.1).
+    assert!(r.header("x-client-hop").is_empty(), "{}", r.head);
+    assert!(
+        r.header("connection")
+            .iter()
+            .all(|v| !v.to_ascii_lowercase().contains("x-")),
+        "{}",
+        r.head
+    );
+    assert_eq!(r.header("x-kept"), vec!["1"]);
+}
+
+// === 2. Host ===
+
+#[tokio::test]
+async fn http11_requests_need_exactly_one_valid_host() {
+    let up = RecordingUpstream::start(Answer::Ok11).await;
+    let gw = plain_gateway(&up).await;
+    for bad in [
+        "GET / HTTP/1.1\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost:\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: a.example.com, b.example.com\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: a.example.com\r\nHost: b.example.com\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: a b\r\n\r\n",
+    ] {
+        let rs = exchange(&gw, bad.as_bytes()).await;
+        assert_eq!(statuses(&rs), vec![400], "{bad:?}");
+    }
+    assert_eq!(up.total_bytes(), 0, "nothing reached the upstream");
+    // HTTP/1.0 has no Host requirement (RFC 9112 §3.2 is for HTTP/1.1).
+    let rs = exchange(&gw, b"GET /ten HTTP/1.0\r\n\r\n").await;
+    assert_eq!(statuses(&rs), vec![200]);
+    assert_eq!(up.requests().len(), 1);
+}
+
+// === 3. absolute-form targets ===
+
+#[tokio::test]
+async fn absolute_form_target_is_routed_on_its_authority_and_sent_in_origin_form() {
+    let up = RecordingUpstream::start(Answer::Ok11).await;
+    let routes = "  - name: admin\n    match: { hosts: [admin.example.com] }\n    upstream: app\n    filters:\n      - jwt:\n          issuer: gatehouse\n          audience: gatehouse\n          keys: [ { secret_env: EDGE_JWT_SECRET, algorithms: [HS256] } ]\n  - { name: all, upstream: app }\n";
+    let gw = TestGateway::start_with_env(
+        &config(up.addr, "", routes),
+        &[("EDGE_JWT_SECRET", "edge-test-secret-at-least-32-bytes!!")],
+    )
+    .await;
+    // No Host: the target's authority routes it, to the admin route's JWT check.
+    let rs = exchange(&gw, b"GET http://admin.example.com/whoami HTTP/1.1\r\n\r\n").await;
+    assert_eq!(statuses(&rs), vec![401]);
+    // A Host that differs from the authority is refused, never routed on either.
+    let rs = exchange(
+        &gw,
+        b"GET http://admin.example.com/whoami HTTP/1.1\r\nHost: public.example.com\r\n\r\n",
+    )
+    .await;
+    assert_eq!(statuses(&rs), vec![400]);
+    assert_eq!(up.total_bytes(), 0);
+    // On the catch-all host: forwarded in origin form with the authority as Host.
+    let rs = exchange(
+        &gw,
+        b"GET http://www.example.com/whoami?x=1 HTTP/1.1\r\n\r\n",
+    )
+    .await;
+    assert_eq!(statuses(&rs), vec![200]);
+    let reqs = up.requests();
+    assert_eq!(reqs[0].request_line(), "GET /whoami?x=1 HTTP/1.1");
+    assert_eq!(reqs[0].header("host"), vec!["www.example.com"]);
+}
+
+// === 4. Expect: 100-continue ===
+
+#[tokio::test]
+async fn expect_continue_is_answered_before_the_gateway_reads_the_body() {
+    let up = RecordingUpstream::start(Answer::Ok11).await;
+    let routes = "  - name: login\n    upstream: app\n    filters:\n      - rate_limit: { name: per_email, key: body.email, limit: 100, window: 1m }\n";
+    let gw = TestGateway::start(&config(up.addr, "", routes)).await;
+    let body = br#"{"email":"a@example.com"}"#;
+    let mut c = Raw::connect(gw.port).await;
+    c.send(
+        format!(
+            "POST /login HTTP/1.1\r\nHost: h\r\nContent-Type: application/json\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await;
+    // The client waits for 100 before it sends the body (generous bound: no timing asserted).
+    let first = c
+        .response(Duration::from_secs(10))
+        .await
+        .expect("an interim response");
+    assert_eq!(first.status, 100);
+    c.send(body).await;
+    let last = c
+        .response(Duration::from_secs(10))
+        .await
+        .expect("a final response");
+    assert_eq!(last.status, 200);
+    let reqs = up.requests();
+    assert_eq!(reqs.len(), 1);
+    assert_eq!(reqs[0].body, body);
+    // The expectation was met by the gateway: the upstream is not asked again.
+    assert!(reqs[0].header("expect").is_empty(), "{}", reqs[0].head);
+}
+
+// === 5. pipelining ===
+
+#[tokio::test]
+async fn pipelined_requests_are_answered_in_order() {
+    let up = RecordingUpstream::start(Answer::Ok11).await;
+    let gw = plain_gateway(&up).await;
+    let rs = exchange(
+        &gw,
+        b"GET /one HTTP/1.1\r\nHost: h\r\n\r\nGET /two HTTP/1.1\r\nHost: h\r\n\r\nGET /three HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(statuses(&rs), vec![200, 200, 200]);
+    let lines: Vec<String> = up
+        .requests()
+        .iter()
+        .map(|r| r.request_line().to_string())
+        .collect();
+    assert_eq!(
+        lines,
+        vec![
+            "GET /one HTTP/1.1",
+            "GET /two HTTP/1.1",
+            "GET /three HTTP/1.1"
+        ]
+    );
+    assert_eq!(rs[2].header("connection").as_deref(), Some("close"));
+}
+
+// === 6. pooled connections the upstream closed ===
+
+#[tokio::test]
+async fn pooled_connection_closed_by_the_upstream_is_never_reused() {
+    let up = RecordingUpstream::start(Answer::HeadThenClose).await;
+    let gw = plain_gateway(&up).await;
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let port = gw.port;
+        tasks.push(tokio::spawn(async move {
+            let mut failed = 0;
+            let mut c = Raw::connect(port).await;
+            for i in 0..250 {
+                c.send(b"HEAD /h HTTP/1.1\r\nHost: h\r\n\r\n").await;
+                let h = c.response(Duration::from_secs(10)).await.map(|r| r.status);
+                c.send(
+                    format!("POST /p{i} HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nhi")
+                        .as_bytes(),
+                )
+                .await;
+                let p = c.response(Duration::from_secs(10)).await.map(|r| r.status);
+                if h != Some(200) || p != Some(200) {
+                    failed += 1;
+                    c = Raw::connect(port).await;
+                }
+            }
+            failed
+        }));
+    }
+    let mut failed = 0;
+    for t in tasks {
+        failed += t.await.unwrap();
+    }
+    assert_eq!(failed, 0, "of 1000 HEAD+POST pairs; {}", gw.logs());
+    let posts = up
+        .requests()
+        .iter()
+        .filter(|r| r.head.starts_with("POST"))
+        .count();
+    assert_eq!(posts, 1000);
+}
+
+// === 7. malformed chunked bodies ===
+
+const OVERFLOW_CHUNK: &[u8] =
+    b"POST /c HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nfffffffffffffffff1\r\nx\r\n0\r\n\r\n";
+const UNTERMINATED_CHUNK: &[u8] =
+    b"POST /c HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhelloXX3\r\nabc\r\n0\r\n\r\n";
+
+#[tokio::test]
+async fn malformed_chunked_body_closes_the_upstream_connection_that_carried_it() {
+    let up = RecordingUpstream::start(Answer::Ok11).await;
+    let gw = plain_gateway(&up).await;
+    for (i, bad) in [OVERFLOW_CHUNK, UNTERMINATED_CHUNK].into_iter().enumerate() {
+        let rs = exchange(&gw, bad).await;
+        assert!(rs.iter().all(|r| r.status == 400), "{:?}", statuses(&rs));
+        let rs = exchange(
+            &gw,
+            b"GET /after HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert_eq!(statuses(&rs), vec![200]);
+        // The upstream connection that got the head and part of the body is closed by the
+        // gateway and never carries another request.
+        let carried: Vec<Conn> = up
+            .conns()
+            .into_iter()
+            .filter(|c| find(&c.bytes, b"POST /c").is_some())
+            .collect();
+        assert_eq!(
+            carried.len(),
+            i + 1,
+            "case {i}: the streamed request reached no upstream connection"
+        );
+        for c in &carried {
+            let after_bad = &c.bytes[find(&c.bytes, b"POST /c").unwrap_or(0)..];
+            assert!(
+                find(after_bad, b"GET /after").is_none(),
+                "case {i}: reused after a half-sent body"
+            );
+        }
+        assert!(
+            eventually(Duration::from_secs(10), async || up
+                .conns()
+                .iter()
+                .filter(|c| find(&c.bytes, b"POST /c").is_some())
+                .all(|c| c.eof))
+            .await,
+            "case {i}: a connection with a half-sent body was left open"
+        );
+        assert!(up
+            .requests()
+            .iter()
+            .any(|r| r.request_line() == "GET /after HTTP/1.1"));
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+#[tokio::test]
+async fn request_buffering_refuses_malformed_bodies_before_any_byte_goes_upstream() {
+    let up = RecordingUpstream::start(Answer::Ok11).await;
+    let routes = "  - { name: buffered, upstream: app, request_buffering: { max_bytes: 1024 } }\n";
+    let gw = TestGateway::start(&config(up.addr, "", routes)).await;
+    for bad in [OVERFLOW_CHUNK, UNTERMINATED_CHUNK] {
+        let rs = exchange(&gw, bad).await;
+        assert_eq!(statuses(&rs), vec![400]);
+    }
+    let big = format!(
+        "POST /big HTTP/1.1\r\nHost: h\r\nContent-Length: 2000\r\n\r\n{}",
+        "x".repeat(2000)
+    );
+    let rs = exchange(&gw, big.as_bytes()).await;
+    assert_eq!(statuses(&rs), vec![413]);
+    assert_eq!(up.total_bytes(), 0, "nothing reached the upstream");
+    let rs = exchange(
+        &gw,
+        b"POST /ok HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    )
+    .await;
+    assert_eq!(statuses(&rs), vec![200]);
+    assert_eq!(up.requests()[0].body, b"hello");
+}
+
+// === 8. limits ===
+
+#[tokio::test]
+async fn header_limits_answer_431_and_414() {
+    let up = RecordingUpstream::start(Answer::Ok11).await;
+    let http = ", http: { max_request_header_bytes: 4096, max_header_line_bytes: 1024, max_headers: 20, max_uri_bytes: 512 }";
+    let gw = TestGateway::start(&config(up.addr, http, CATCH_ALL)).await;
+    let total = format!(
+        "GET / HTTP/1.1\r\nHost: h\r\n{}\r\n",
+        (0..8)
+            .map(|i| format!("X-H{i}: {}\r\n", "a".repeat(900)))
+            .collect::<String>()
+    );
+    let line = format!(
+        "GET / HTTP/1.1\r\nHost: h\r\nX-Long: {}\r\n\r\n",
+        "a".repeat(1100)
+    );
+    let count = format!(
+        "GET / HTTP/1.1\r\nHost: h\r\n{}\r\n",
+        (0..25)
+            .map(|i| format!("X-H{i}: 1\r\n"))
+            .collect::<String>()
+    );
+    let uri = format!("GET /{} HTTP/1.1\r\nHost: h\r\n\r\n", "u".repeat(600));
+    assert_eq!(statuses(&exchange(&gw, total.as_bytes()).await), vec![431]);
+    assert_eq!(statuses(&exchange(&gw, line.as_bytes()).await), vec![431]);
+    assert_eq!(statuses(&exchange(&gw, count.as_bytes()).await), vec![431]);
+    assert_eq!(statuses(&exchange(&gw, uri.as_bytes()).await), vec![414]);
+    assert_eq!(up.total_bytes(), 0);
+    let ok = exchange(&gw, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n").await;
+    assert_eq!(statuses(&ok), vec![200]);
+}
+
+#[tokio::test]
+async fn default_limits_refuse_a_64k_header() {
+    let up = RecordingUpstream::start(Answer::Ok11).await;
+    let gw = plain_gateway(&up).await;
+    let big = format!(
+        "GET / HTTP/1.1\r\nHost: h\r\n{}\r\n",
+        (0..16)
+            .map(|i| format!("X-H{i}: {}\r\n", "a".repeat(4090)))
+            .collect::<String>()
+    );
+    assert_eq!(statuses(&exchange(&gw, big.as_bytes()).await), vec![431]);
+    let one = format!(
+        "GET / HTTP/1.1\r\nHost: h\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(65536)
+    );
+    assert_eq!(statuses(&exchange(&gw, one.as_bytes()).await), vec![431]);
+    assert_eq!(up.total_bytes(), 0);
+}
+
+#[tokio::test]
+async fn slow_header_is_cut_and_others_are_served() {
+    let up = RecordingUpstream::start(Answer::Ok11).await;
+    let http = ", http: { header_read_timeout: 1s }";
+    let gw = TestGateway::start(&config(up.addr, http, CATCH_ALL)).await;
+    let mut slow = Raw::connect(gw.port).await;
+    slow.send(b"GET / HTTP/1.1\r\nHost: h\r\n").await;
+    let mut sent = 0;
+    // One header line per 300 ms: every read is quick, the header never ends.
+    for _ in 0..30 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        slow.send(format!("X-S{sent}: 1\r\n").as_bytes()).await;
+        sent += 1;
+        if slow.closed_within(Duration::from_millis(1)).await {
+            break;
+        }
+    }
+    assert!(
+        slow.closed_within(Duration::from_secs(10)).await,
+        "slow client still connected after {sent} lines"
+    );
+    assert!(slow.buf.is_empty() || !String::from_utf8_lossy(&slow.buf).contains(" 200 "));
+    let ok = exchange(&gw, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n").await;
+    assert_eq!(statuses(&ok), vec![200]);
+    assert_eq!(up.requests().len(), 1);
+}
+
+#[tokio::test]
+async fn connection_cap_refuses_beyond_the_limit_and_frees_slots() {
+    let up = RecordingUpstream::start(Answer::Ok11).await;
+    let http = ", http: { max_connections: 3 }";
+    let gw = TestGateway::start(&config(up.addr, http, CATCH_ALL)).await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut c = Raw::connect(gw.port).await;
+        c.send(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n").await;
+        assert_eq!(
+            c.response(Duration::from_secs(10)).await.map(|r| r.status),
+            Some(200)
+        );
+        held.push(c);
+    }
+    let mut extra = Raw::connect(gw.port).await;
+    extra.send(b"GET /extra HTTP/1.1\r\nHost: h\r\n\r\n").await;
+    assert!(extra.response(Duration::from_secs(5)).await.is_none());
+    assert!(extra.closed_within(Duration::from_secs(10)).await);
+    drop(held.pop());
+    assert!(
+        eventually(Duration::from_secs(10), async || {
+            exchange(&gw, b"GET /later HTTP/1.1\r\nHost: h\r\n\r\n")
+                .await
+                .first()
+                .map(|r| r.status)
+                == Some(200)
+        })
+        .await
+    );
+    assert!(up
+        .requests()
+        .iter()
+        .all(|r| !r.request_line().contains("/extra")));
+}
+
+// === 9. keep-alive after the gateway's own refusals ===
+
+#[tokio::test]
+async fn gateway_refusal_keeps_the_client_connection() {
+    // Nothing listens there: the health check keeps the endpoint unhealthy.
+    let dead = format!("127.0.0.1:{}", free_port());
+    let yaml = format!(
+        "listeners: [ {{ name: public, address: \"{{listen}}\" }} ]\nadmin: {{ address: \"{{admin}}\" }}\nruntime: {{ threads: 1 }}\n\
+         upstreams:\n  down:\n    discovery: {{ static: [ {{ address: \"{}\" }} ] }}\n    health_check: {{ path: /health, interval: 60s, timeout: 1s, healthy_threshold: 1, unhealthy_threshold: 1, initial_state: unhealthy }}\n\
+         routes:\n  - {{ name: down, upstream: down }}\n",
+        dead
+    );
+    let gw = TestGateway::start(&yaml).await;
+    let mut c = Raw::connect(gw.port).await;
+    for i in 0..3 {
+        c.send(format!("GET /r{i} HTTP/1.1\r\nHost: h\r\n\r\n").as_bytes())
+            .await;
+        let r = c
+            .response(Duration::from_secs(10))
+            .await
+            .expect("a response on the same connection");
+        assert_eq!(r.status, 503);
+        assert_eq!(
+            r.header("x-gatehouse-error").as_deref(),
+            Some("no_healthy_endpoint")
+        );
+        assert_eq!(
+            r.header("connection").as_deref(),
+            Some("keep-alive"),
+            "{}",
+            r.head
+        );
+    }
+    // A POST whose body was sent is refused the same way, and the connection stays usable.
+    c.send(b"POST /p HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nabcGET /after HTTP/1.1\r\nHost: h\r\n\r\n").await;
+    let rs = c.responses(IDLE).await;
+    assert_eq!(statuses(&rs), vec![503, 503]);
+}
+
+// === 10. HTTP version of forwarded responses ===
+
+#[tokio::test]
+async fn forwarded_responses_carry_the_gateways_http_version() {
+    let up = RecordingUpstream::start(Answer::Ok10).await;
+    let gw = plain_gateway(&up).await;
+    let mut c = Raw::connect(gw.port).await;
+    for _ in 0..2 {
+        c.send(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n").await;
+        let r = c
+            .response(Duration::from_secs(10))
+            .await
+            .expect("response on the same connection");
+        assert_eq!(
+            (r.version.as_str(), r.status),
+            ("HTTP/1.1", 200),
+            "{}",
+            r.head
+        );
+        assert_eq!(r.header("connection").as_deref(), Some("keep-alive"));
+        assert_eq!(r.body, b"ok");
+    }
+    // An HTTP/1.0 client without keep-alive gets HTTP/1.1 (RFC 9110 §6.2) and a close.
+    let rs = exchange(&gw, b"GET / HTTP/1.0\r\nHost: h\r\n\r\n").await;
+    assert_eq!(rs.len(), 1);
+    assert_eq!(rs[0].version, "HTTP/1.1");
+    assert_eq!(rs[0].header("connection").as_deref(), Some("close"));
+}
+
+// === request smuggling ===
+
+/// Sends one vector; the gateway must answer 400 with nothing upstream, or forward exactly
+/// the requests the client gets answers for, each well-formed, and never `/smuggled` alone.
+async fn assert_not_smuggled(gw: &TestGateway, up: &RecordingUpstream, name: &str, v: &[u8]) {
+    let before = up.conns().len();
+    let before_reqs = up.requests().len();
+    let rs = exchange(gw, v).await;
+    // Let the upstream side settle before reading what it got.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let conns = up.conns();
+    let new_reqs: Vec<Recorded> = up.requests()[before_reqs..].to_vec();
+    let sts = statuses(&rs);
+    assert!(!sts.is_empty(), "{name}: no answer");
+    if sts[0] == 400 {
+        assert_eq!(
+            new_reqs.len(),
+            0,
+            "{name}: refused yet forwarded {new_reqs:?}"
+        );
+    } else {
+        assert!(
+            new_reqs.len() <= sts.iter().filter(|s| **s != 400).count(),
+            "{name}: upstream got {} requests for answers {sts:?}: {new_reqs:?}",
+            new_reqs.len()
+        );
+    }
+    for c in &conns[before.min(conns.len())..] {
+        assert!(
+            !c.garbage,
+            "{name}: upstream received bytes that are no request: {:?}",
+            String::from_utf8_lossy(&c.bytes)
+        );
+    }
+    for c in &conns {
+        assert!(!c.garbage, "{name}: an upstream connection got garbage");
+    }
+    if !sts.iter().any(|s| *s != 400) || sts.len() < 2 {
+        assert!(
+            new_reqs
+                .iter()
+                .all(|r| !r.request_line().contains("/smuggled")),
+            "{name}: /smuggled reached the upstream: {new_reqs:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn smuggling_vectors_are_refused_or_forwarded_as_one_request() {
+    let up = RecordingUpstream::start(Answer::Ok11).await;
+    let gw = plain_gateway(&up).await;
+    const S: &str = "GET /smuggled HTTP/1.1\r\nHost: h\r\n\r\n";
+    let vectors: Vec<(&str, String)> = vec![
+        ("cl+te", format!("POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n{S}")),
+        ("te+cl", format!("POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nContent-Length: 40\r\n\r\n0\r\n\r\n{S}")),
+        ("cl duplicate differing", format!("POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\nContent-Length: 38\r\n\r\n{S}")),
+        ("cl list differing", format!("POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 0, 38\r\n\r\n{S}")),
+        ("cl plus sign", format!("POST / HTTP/1.1\r\nHost: h\r\nContent-Length: +38\r\n\r\n{S}")),
+        ("cl hex", format!("POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 0x26\r\n\r\n{S}")),
+        ("cl space before colon", format!("POST / HTTP/1.1\r\nHost: h\r\nContent-Length : 38\r\n\r\n{S}")),
+        ("te xchunked", format!("POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n{S}")),
+        ("te space before colon", format!("POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding : chunked\r\n\r\n0\r\n\r\n{S}")),
+        ("te chunked, identity", format!("POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n{S}")),
+        ("te duplicate", format!("POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: x\r\n\r\n0\r\n\r\n{S}")),
+        ("te vertical tab", format!("POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding:\x0bchunked\r\n\r\n0\r\n\r\n{S}")),
+        ("te obs-fold", format!("POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding:\r\n chunked\r\n\r\n0\r\n\r\n{S}")),
+        ("chunk size overflow", format!("POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n10000000000000000000000000026\r\n{S}\r\n0\r\n\r\n")),
+        ("chunk size 0x prefix", format!("POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n0x26\r\n{S}\r\n0\r\n\r\n")),
+        ("bare cr in header", format!("GET / HTTP/1.1\r\nHost: h\r\nX-A: a\rb\r\n\r\n{S}")),
+        ("nul in header", format!("GET / HTTP/1.1\r\nHost: h\r\nX-A: a\0b\r\n\r\n{S}")),
+        ("bare lf line endings", format!("GET / HTTP/1.1\nHost: h\nX-A: 1\n\n")),
+        ("obs-fold header", format!("GET / HTTP/1.1\r\nHost: h\r\nX-A: a\r\n b\r\n\r\n")),
+        ("http/1.0 + te", format!("POST / HTTP/1.0\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n{S}")),
+        ("upgrade without 101 then pipelined", format!("GET / HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n{S}")),
+        ("space in request line", format!("GET / HTTP/1.1 x\r\nHost: h\r\n\r\n{S}")),
+    ];
+    for (name, v) in &vectors {
+        assert_not_smuggled(&gw, &up, name, v.as_bytes()).await;
+    }
+    // What passed went as exactly one well-formed request each (the parser above is strict).
+    assert!(up.conns().iter().all(|c| !c.garbage));
+}
