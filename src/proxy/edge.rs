@@ -378,15 +378,16 @@ mod tests {
         let big = req(
             &[
                 ("host", "h"),
-                ("a", &"a".repeat(45)),
-                ("b", &"b".repeat(45)),
-                ("c", &"c".repeat(45)),
+                ("a", &"a".repeat(60)),
+                ("b", &"b".repeat(60)),
+                ("c", &"c".repeat(60)),
             ],
             "/",
             Version::HTTP_11,
         );
         let l2 = EdgeLimits {
             max_headers: 10,
+            max_line_bytes: 100,
             ..l
         };
         assert_eq!(check_request(&big, &l2).map_err(|e| e.status), Err(431));
