@@ -1,10 +1,21 @@
-//! Integration tests: the real gateway binary against real upstream servers on loopback.
+//! Integration tests: the real gateway binary against real upstream servers on loopback,
+//! one file per behaviour.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod filters;
-mod foundation;
+mod bodies;
+mod cli;
+mod context_headers;
+mod discovery;
+mod health;
 mod http_edge;
-mod live_ops;
+mod jwt;
+mod load;
+mod load_balancing;
 mod observability;
+mod rate_limits;
+mod reload;
 mod resilience;
+mod routing;
+mod shutdown;
 mod support;
+mod upstream_errors;

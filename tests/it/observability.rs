@@ -1,6 +1,8 @@
-//! Observability: the dashboard's status JSON with the services' DB pools, and the Grafana
-//! dashboard and alert rules checked against a real scrape of this gateway's /metrics.
+//! Observability: the dashboard's status JSON with the services' DB pools, the Grafana
+//! dashboard and alert rules checked against a real scrape of this gateway's /metrics, and
+//! that scrape passing `promtool check metrics`.
 
+use std::process::Command;
 use std::time::Duration;
 
 use crate::support::*;
@@ -84,6 +86,76 @@ async fn status_shows_service_pools_and_queries_match_a_real_scrape() {
     assert!(
         out.status.success(),
         "every metric the Grafana dashboard and the alert rules query must be exported:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn metrics_pass_promtool() {
+    let a = TestUpstream::start("a").await;
+    let gw = TestGateway::start(&base(
+        &upstream_yaml("a", &[(&a.addr, 1)]),
+        "  - { name: all, match: { path_prefix: / }, upstream: a }\n",
+    ))
+    .await;
+    for _ in 0..3 {
+        get(&gw, "/x").await;
+    }
+    // Requests are counted in the logging phase, just after the client got its answer.
+    let mut text = String::new();
+    for _ in 0..100 {
+        text = gw.metrics().await;
+        if metric_value(
+            &text,
+            "gatehouse_requests_total",
+            &[("route", "all"), ("status_class", "2xx")],
+        ) == Some(3.0)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for name in [
+        "gatehouse_requests_total",
+        "gatehouse_request_duration_seconds_bucket",
+        "gatehouse_upstream_requests_total",
+        "gatehouse_inflight_requests",
+        "gatehouse_config_info",
+        "gatehouse_build_info",
+    ] {
+        assert!(text.contains(name), "{name} missing");
+    }
+    assert_eq!(
+        metric_value(
+            &text,
+            "gatehouse_requests_total",
+            &[
+                ("route", "all"),
+                ("status_class", "2xx"),
+                ("source", "upstream")
+            ]
+        ),
+        Some(3.0)
+    );
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool is installed by .ci/run (Debian package prometheus)");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool: {}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );

@@ -32,10 +32,6 @@ fn upstream(name: &str, addrs: &[SocketAddr], extra: &str) -> String {
 
 const ROOT_TO_APP: &str = "  - { name: app, match: { path_prefix: / }, upstream: app }\n";
 
-async fn get(gw: &TestGateway, path: &str) -> reqwest::Response {
-    client().get(gw.url(path)).send().await.unwrap()
-}
-
 async fn breaker_of(gw: &TestGateway, upstream: &str) -> Value {
     admin_json(gw, "/admin/upstreams").await[upstream]["breaker"].clone()
 }

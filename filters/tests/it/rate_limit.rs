@@ -2,11 +2,11 @@
 //! a private `redis-server` that is stopped and started again, a port where nothing
 //! listens, and a server that accepts and never answers.
 
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use gatehouse_filters::{build, Filter, FilterConfig, FilterRuntime, RedisSettings};
+use gatehouse_testkit::{free_port, PrivateRedis};
 use pingora_http::RequestHeader;
 use serde_json::json;
 
@@ -283,12 +283,6 @@ async fn without_redis_the_limit_is_in_process() {
     assert_eq!(out.status(), 429);
 }
 
-/// A free port on 127.0.0.1 (bind :0, read, release).
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
-
 /// Each failure policy against a dead Redis, each request within the timeout, and at
 /// most one Redis attempt per breaker window.
 async fn check_policies(url: &str, timeout: Duration) {
@@ -379,63 +373,11 @@ async fn black_holed_redis_costs_one_timeout() {
     hold.abort();
 }
 
-/// A private redis-server, stopped and started by this test only.
-struct PrivateRedis {
-    port: u16,
-    child: Option<Child>,
-}
-
-impl PrivateRedis {
-    fn start(port: u16) -> Self {
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--bind",
-                "127.0.0.1",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server must be installed");
-        let me = Self {
-            port,
-            child: Some(child),
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "private redis-server did not start"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        me
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
 #[tokio::test]
 async fn redis_stopped_then_back_resumes_global_limiting() {
     let port = free_port();
-    let mut redis = PrivateRedis::start(port);
-    let url = format!("redis://127.0.0.1:{}", redis.port);
+    let mut redis = PrivateRedis::start_on(port);
+    let url = format!("redis://127.0.0.1:{}", redis.port());
     let p = prefix("restart");
     let settings = || {
         RedisSettings::new(&url)
@@ -496,7 +438,7 @@ async fn redis_stopped_then_back_resumes_global_limiting() {
 
     // Redis is back (empty: it saved nothing). After the breaker window both
     // gateways reconnect by themselves and the limit is global again.
-    let _redis = PrivateRedis::start(port);
+    let _redis = PrivateRedis::start_on(port);
     tokio::time::sleep(Duration::from_millis(400)).await;
     let deadline = Instant::now() + Duration::from_secs(5);
     while a.runtime.check_redis().await != Some(true) || b.runtime.check_redis().await != Some(true)
@@ -567,9 +509,8 @@ async fn burst(f: &Arc<dyn Filter>, n: usize) -> (Vec<u16>, Vec<u64>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hot_key_is_counted_in_batches_and_stays_exact() {
-    let port = free_port();
-    let _redis = PrivateRedis::start(port);
-    let url = format!("redis://127.0.0.1:{port}");
+    let private = PrivateRedis::start();
+    let url = private.url();
     let mut conn = redis::Client::open(url.as_str())
         .unwrap()
         .get_multiplexed_async_connection()

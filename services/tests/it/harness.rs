@@ -1,12 +1,13 @@
-//! Test harness: free ports, service child processes (killable with SIGKILL), HTTP helpers.
+//! Test harness: service child processes (killable with SIGKILL), HTTP helpers.
 
 use std::collections::HashMap;
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+pub use gatehouse_testkit::free_ports;
+use gatehouse_testkit::send;
 use serde_json::Value;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_gatehouse-services");
@@ -32,17 +33,6 @@ pub fn unique(tag: &str) -> String {
         std::process::id(),
         SEQ.fetch_add(1, Ordering::Relaxed)
     )
-}
-
-/// Distinct free loopback ports (bind :0, read, release).
-pub fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().unwrap().port())
-        .collect()
 }
 
 /// Where a test's services keep their files and logs.
@@ -227,27 +217,14 @@ pub fn http() -> reqwest::Client {
 
 /// POST with the internal token; returns (status, json body or Null).
 pub async fn post(c: &reqwest::Client, url: &str, body: &Value) -> (u16, Value) {
-    let r = c
-        .post(url)
-        .header("x-internal-token", TOKEN)
-        .json(body)
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
+    let r = send(c.post(url).header("x-internal-token", TOKEN).json(body)).await;
+    (r.status, r.body)
 }
 
 /// GET with the internal token.
 pub async fn get(c: &reqwest::Client, url: &str) -> (u16, Value) {
-    let r = c
-        .get(url)
-        .header("x-internal-token", TOKEN)
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
+    let r = send(c.get(url).header("x-internal-token", TOKEN)).await;
+    (r.status, r.body)
 }
 
 /// Polls `f` every 200 ms until it returns Some, failing after `limit`.

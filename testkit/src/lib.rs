@@ -1,0 +1,22 @@
+//! Test support shared by the integration tests of every crate in the workspace (dev-only,
+//! never published): a process-wide port registry, a private `redis-server` the test may
+//! stop, real HTTP upstreams that misbehave on command, the real gateway binary started
+//! from YAML, and a JSON client that reads a response in one call.
+//!
+//! Everything here panics on a failed setup: a test that cannot set up is a failed test,
+//! never a skipped one.
+
+// Panicking is how test setup reports failure (see the module doc).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod gateway;
+mod http;
+mod ports;
+mod redis;
+mod upstream;
+
+pub use gateway::{fill, gatehouse_bin, TestGateway};
+pub use http::{admin_json, client, eventually, get_json, metric_value, send, JsonResponse};
+pub use ports::{free_port, free_ports, is_listening};
+pub use redis::PrivateRedis;
+pub use upstream::{black_hole, Mode, TestUpstream, UpstreamState};

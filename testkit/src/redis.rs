@@ -1,0 +1,95 @@
+//! A private `redis-server` on a loopback port of its own, for tests that stop Redis or
+//! start it again (the shared one on 127.0.0.1:6379 is never stopped by a test).
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::ports::{free_port, is_listening};
+
+/// How long a fresh redis-server may take to accept connections.
+const START_WITHIN: Duration = Duration::from_secs(10);
+
+/// A `redis-server` child process without persistence, killed on drop.
+pub struct PrivateRedis {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl PrivateRedis {
+    /// Starts one on a fresh port, trying another port when the chosen one was taken
+    /// meanwhile (the server then exits at once). Panics when redis-server is missing.
+    pub fn start() -> Self {
+        for _ in 0..3 {
+            if let Some(redis) = Self::try_start_on(free_port()) {
+                return redis;
+            }
+        }
+        panic!("private redis-server did not start on three fresh ports");
+    }
+
+    /// Starts one on `port` (to bring a stopped one back where clients expect it) and
+    /// waits until it accepts connections. Panics when it does not start.
+    pub fn start_on(port: u16) -> Self {
+        Self::try_start_on(port)
+            .unwrap_or_else(|| panic!("private redis-server did not start on port {port}"))
+    }
+
+    fn try_start_on(port: u16) -> Option<Self> {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--bind",
+                "127.0.0.1",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (the tests need a real Redis)");
+        let mut me = Self {
+            port,
+            child: Some(child),
+        };
+        let deadline = Instant::now() + START_WITHIN;
+        while !is_listening(port) {
+            let exited = me
+                .child
+                .as_mut()
+                .is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))));
+            if exited || Instant::now() > deadline {
+                me.stop();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some(me)
+    }
+
+    /// Its port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Its `redis://` URL.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills it (SIGKILL, no goodbye) and waits for the exit; a no-op when stopped.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

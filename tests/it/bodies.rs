@@ -1,0 +1,83 @@
+//! Request bodies: the body limit (413 for a declared and for a streamed body) and streaming of
+//! large bodies without buffering them (bounded resident memory).
+
+use crate::support::*;
+
+#[tokio::test]
+async fn body_limit_is_413_for_declared_and_streamed_bodies() {
+    let a = TestUpstream::start("a").await;
+    let routes =
+        "  - { name: small, match: { path_prefix: / }, upstream: a, max_body_bytes: 1024 }\n";
+    let gw = TestGateway::start(&base(&upstream_yaml("a", &[(&a.addr, 1)]), routes)).await;
+    let r = client()
+        .post(gw.url("/x"))
+        .body(vec![b'x'; 2048])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    assert_eq!(r.headers()["x-gatehouse-error"], "body_too_large");
+    assert_eq!(
+        a.hits(),
+        0,
+        "a declared oversized body is refused before the upstream"
+    );
+    // chunked: no content-length, the limit is enforced while streaming
+    let chunks = futures_util::stream::iter(
+        (0..8).map(|_| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![b'y'; 512]))),
+    );
+    let r = client()
+        .post(gw.url("/x"))
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await;
+    match r {
+        Ok(r) => assert_eq!(r.status(), 413),
+        Err(e) => assert!(e.is_request() || e.is_body(), "unexpected error {e}"),
+    }
+    let ok = client()
+        .post(gw.url("/x"))
+        .body(vec![b'x'; 1000])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+}
+
+fn rss_kib(pid: u32, field: &str) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn streams_large_bodies_without_buffering() {
+    let a = TestUpstream::start("a").await;
+    let routes =
+        "  - { name: up, match: { path_prefix: / }, upstream: a, max_body_bytes: 2147483648 }\n";
+    let gw = TestGateway::start(&base(&upstream_yaml("a", &[(&a.addr, 1)]), routes)).await;
+    get(&gw, "/warm").await;
+    let before = rss_kib(gw.pid(), "VmRSS:");
+    const CHUNK: usize = 1 << 20;
+    const CHUNKS: usize = 512; // 512 MiB
+    let stream = futures_util::stream::iter(
+        (0..CHUNKS).map(|_| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![7u8; CHUNK]))),
+    );
+    let r = client()
+        .post(gw.url("/upload"))
+        .body(reqwest::Body::wrap_stream(stream))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["body_bytes"], (CHUNK * CHUNKS) as u64);
+    let peak = rss_kib(gw.pid(), "VmHWM:");
+    assert!(
+        peak < before + 64 * 1024,
+        "gateway RSS grew from {before} KiB to a peak of {peak} KiB for a 512 MiB upload"
+    );
+}

@@ -1,0 +1,426 @@
+//! Hot reload by every trigger (file edit, rename, ConfigMap symlink swap, SIGHUP, the admin
+//! endpoint), a broken file that keeps the old routes, restart-only fields, and the state a
+//! reload carries over (endpoint health, rate-limit counters).
+
+use std::time::Duration;
+
+use crate::support::*;
+
+fn two_routes(a: &TestUpstream, b: &TestUpstream, with_b_route: bool) -> String {
+    let ups = static_upstream("a", &[a.addr], "") + &static_upstream("b", &[b.addr], "");
+    let mut routes = route("a", "/a", "a");
+    if with_b_route {
+        routes += &route("b", "/b", "b");
+    }
+    config(&ups, &routes)
+}
+
+#[tokio::test]
+async fn reload_by_file_edit_rename_and_configmap_symlink_swap() {
+    let (a, b) = (
+        TestUpstream::start("a").await,
+        TestUpstream::start("b").await,
+    );
+    let v1 = two_routes(&a, &b, false);
+    let v2 = two_routes(&a, &b, true);
+    let gw = TestGateway::start(&v1).await;
+    assert_eq!(status_of(&gw, "/b").await, 404);
+
+    // In-place edit.
+    gw.write_config(&v2);
+    assert!(
+        wait_applied(&gw, &v2, Duration::from_secs(10)).await,
+        "{}",
+        gw.logs()
+    );
+    assert_eq!(status_of(&gw, "/b").await, 200);
+    // Write a temporary file and rename it over.
+    rename_over(&gw.config_path, &fill(&v1, gw.port, gw.admin_port));
+    assert!(
+        wait_applied(&gw, &v1, Duration::from_secs(10)).await,
+        "{}",
+        gw.logs()
+    );
+    assert_eq!(status_of(&gw, "/b").await, 404);
+
+    // Kubernetes ConfigMap: gatehouse.yaml -> ..data/gatehouse.yaml, ..data -> ..v1;
+    // an update writes ..v2 and renames a new ..data link over the old one.
+    let dir = gw.config_path.parent().unwrap().to_path_buf();
+    let publish = |version: &str, yaml: &str| {
+        std::fs::create_dir(dir.join(version)).unwrap();
+        std::fs::write(
+            dir.join(version).join("gatehouse.yaml"),
+            fill(yaml, gw.port, gw.admin_port),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink(version, dir.join("..data_tmp")).unwrap();
+        std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
+    };
+    publish("..v1", &v1);
+    std::os::unix::fs::symlink("..data/gatehouse.yaml", dir.join("link~")).unwrap();
+    std::fs::rename(dir.join("link~"), &gw.config_path).unwrap();
+    publish("..v2", &v2);
+    assert!(
+        wait_applied(&gw, &v2, Duration::from_secs(10)).await,
+        "{}",
+        gw.logs()
+    );
+    assert_eq!(status_of(&gw, "/b").await, 200);
+    publish("..v3", &v1);
+    assert!(
+        wait_applied(&gw, &v1, Duration::from_secs(10)).await,
+        "{}",
+        gw.logs()
+    );
+    assert_eq!(status_of(&gw, "/b").await, 404);
+    let m = gw.metrics().await;
+    assert_eq!(
+        metric_value(
+            &m,
+            "gatehouse_config_reloads_total",
+            &[("result", "failure")]
+        ),
+        Some(0.0)
+    );
+    assert!(
+        metric_value(
+            &m,
+            "gatehouse_config_reloads_total",
+            &[("result", "success")]
+        )
+        .unwrap()
+            >= 5.0
+    );
+    let h = hash_of(&gw, &v1);
+    assert_eq!(
+        metric_value(&m, "gatehouse_config_info", &[("hash", &h[..16])]),
+        Some(1.0)
+    );
+}
+
+#[tokio::test]
+async fn reload_by_sighup_and_admin_endpoint() {
+    let (a, b) = (
+        TestUpstream::start("a").await,
+        TestUpstream::start("b").await,
+    );
+    let v1 = two_routes(&a, &b, false);
+    let v2 = two_routes(&a, &b, true);
+    let gw = TestGateway::start(&v1).await;
+    let outside = tempfile::tempdir().unwrap();
+    let real = detach_config(&gw, &outside);
+    // Let the watcher see the link swap (same content: no reload) before editing.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let ts0 = metric(
+        &gw,
+        "gatehouse_config_last_reload_success_timestamp_seconds",
+        &[],
+    )
+    .await;
+    assert!(ts0 > 1.0e9);
+
+    // An edit the watcher cannot see stays unapplied...
+    std::fs::write(&real, fill(&v2, gw.port, gw.admin_port)).unwrap();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(gw.config_hash().await, hash_of(&gw, &v1));
+    // ...until SIGHUP.
+    gw.signal(1);
+    assert!(
+        wait_applied(&gw, &v2, Duration::from_secs(10)).await,
+        "{}",
+        gw.logs()
+    );
+    assert_eq!(status_of(&gw, "/b").await, 200);
+    assert!(gw.logs().contains(r#""trigger":"signal""#), "{}", gw.logs());
+
+    // The admin endpoint.
+    std::fs::write(&real, fill(&v1, gw.port, gw.admin_port)).unwrap();
+    let r = send(client().post(gw.admin_url("/admin/reload"))).await;
+    assert_eq!(r.status, 200);
+    let body = r.body;
+    assert_eq!(
+        (body["result"].as_str(), body["changed"].as_bool()),
+        (Some("success"), Some(true))
+    );
+    assert_eq!(body["hash"], hash_of(&gw, &v1));
+    assert_eq!(status_of(&gw, "/b").await, 404);
+    // Nothing changed: still a success, `changed: false`.
+    let body = send(client().post(gw.admin_url("/admin/reload")))
+        .await
+        .body;
+    assert_eq!(body["changed"], false);
+    assert_eq!(
+        client()
+            .get(gw.admin_url("/admin/reload"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        405
+    );
+    let ts1 = metric(
+        &gw,
+        "gatehouse_config_last_reload_success_timestamp_seconds",
+        &[],
+    )
+    .await;
+    assert!(ts1 > ts0);
+}
+
+#[tokio::test]
+async fn broken_file_keeps_the_old_routes_and_admin_returns_the_errors() {
+    let (a, b) = (
+        TestUpstream::start("a").await,
+        TestUpstream::start("b").await,
+    );
+    let v2 = two_routes(&a, &b, true);
+    let gw = TestGateway::start(&v2).await;
+    let failures = async || {
+        metric(
+            &gw,
+            "gatehouse_config_reloads_total",
+            &[("result", "failure")],
+        )
+        .await
+    };
+    let ts = metric(
+        &gw,
+        "gatehouse_config_last_reload_success_timestamp_seconds",
+        &[],
+    )
+    .await;
+
+    // A syntax error (watched file): refused with file:line:column; old routes serve.
+    let broken = v2.replace(
+        "routes:\n",
+        "routes:\n  - { name: x, match: { path_prefix: /x }\n",
+    );
+    gw.write_config(&broken);
+    assert!(
+        eventually(Duration::from_secs(10), async || failures().await >= 1.0).await,
+        "{}",
+        gw.logs()
+    );
+    assert_eq!(gw.config_hash().await, hash_of(&gw, &v2));
+    assert_eq!(
+        (status_of(&gw, "/a").await, status_of(&gw, "/b").await),
+        (200, 200)
+    );
+    assert!(gw.logs().contains("config reload refused"), "{}", gw.logs());
+    assert!(
+        gw.logs().contains("gatehouse.yaml:"),
+        "the log names file:line:column:\n{}",
+        gw.logs()
+    );
+
+    // A semantic error through the admin endpoint: 422 with every error as JSON.
+    let bad = v2.replace("upstream: b }", "upstream: nope }");
+    gw.write_config(&bad);
+    let r = send(client().post(gw.admin_url("/admin/reload"))).await;
+    assert_eq!(r.status, 422);
+    let body = r.body;
+    assert_eq!(body["result"], "failure");
+    let e = &body["errors"][0];
+    assert_eq!(e["path"], "routes[1].upstream");
+    assert!(e["message"].as_str().unwrap().contains("nope"), "{body}");
+    assert!(
+        e["line"].as_u64().unwrap() > 0 && e["column"].as_u64().unwrap() > 0,
+        "{body}"
+    );
+    assert!(e["file"].as_str().unwrap().ends_with("gatehouse.yaml"));
+    assert_eq!(
+        (status_of(&gw, "/a").await, status_of(&gw, "/b").await),
+        (200, 200)
+    );
+    assert_eq!(
+        metric(
+            &gw,
+            "gatehouse_config_last_reload_success_timestamp_seconds",
+            &[]
+        )
+        .await,
+        ts
+    );
+    let h = hash_of(&gw, &v2);
+    assert_eq!(
+        metric(&gw, "gatehouse_config_info", &[("hash", &h[..16])]).await,
+        1.0
+    );
+
+    // A bad endpoint file named by a reload refuses the config too.
+    let with_file = v2.replace(
+        "  b:\n    discovery: { static:",
+        "  b:\n    discovery: { file: { path: missing.yaml } }\n    x_static:",
+    );
+    let with_file = with_file
+        .lines()
+        .filter(|l| !l.contains("x_static"))
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n";
+    gw.write_config(&with_file);
+    let r = client()
+        .post(gw.admin_url("/admin/reload"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422, "{}", r.text().await.unwrap());
+    assert_eq!(status_of(&gw, "/b").await, 200);
+}
+
+#[tokio::test]
+async fn restart_only_fields_are_reported_and_admin_config_shows_the_running_one() {
+    let a = TestUpstream::start("a").await;
+    let ups = static_upstream("a", &[a.addr], "");
+    let v1 = String::from("redis: { url: \"redis://user:hunter2@127.0.0.1:6379\" }\n")
+        + &config(&ups, &route("a", "/a", "a"));
+    let gw = TestGateway::start(&v1).await;
+    let cfg = admin_json(&gw, "/admin/config").await;
+    assert_eq!(cfg["hash"], hash_of(&gw, &v1));
+    assert!(cfg["loaded_at"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(
+        cfg["config"]["redis"]["url"],
+        "redis://user:<redacted>@127.0.0.1:6379"
+    );
+    assert!(!cfg.to_string().contains("hunter2"));
+
+    let other = free_port();
+    let v2 = v1
+        .replace(
+            "address: \"{listen}\"",
+            &format!("address: \"127.0.0.1:{other}\""),
+        )
+        .replace("threads: 1", "threads: 2")
+        + &route("a2", "/a2", "a");
+    gw.write_config(&v2);
+    let r = send(client().post(gw.admin_url("/admin/reload"))).await;
+    let body = r.body;
+    assert_eq!(body["result"], "success", "{body}");
+    let warnings: Vec<String> = body["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w.as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("listeners") && w.contains("restart")),
+        "{warnings:?}"
+    );
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("runtime") && w.contains("restart")),
+        "{warnings:?}"
+    );
+    assert!(
+        gw.logs().contains("takes effect only after a restart"),
+        "{}",
+        gw.logs()
+    );
+    // The rest applied; the listener did not move, and /admin/config says so.
+    assert_eq!(status_of(&gw, "/a2").await, 200);
+    assert!(tokio::net::TcpStream::connect(("127.0.0.1", other))
+        .await
+        .is_err());
+    let cfg = admin_json(&gw, "/admin/config").await;
+    assert_eq!(
+        cfg["config"]["listeners"][0]["address"],
+        format!("127.0.0.1:{}", gw.port)
+    );
+    assert_eq!(cfg["config"]["runtime"]["threads"], 1);
+}
+
+#[tokio::test]
+async fn reload_carries_endpoint_state_and_drops_removed_endpoints() {
+    let (a, b, c) = (
+        TestUpstream::start("a").await,
+        TestUpstream::start("b").await,
+        TestUpstream::start("c").await,
+    );
+    let v = |eps: &[std::net::SocketAddr], interval: &str| {
+        config(
+            &checked_upstream("app", eps, interval, "healthy"),
+            &route("app", "/", "app"),
+        )
+    };
+    let v1 = v(&[a.addr, b.addr], "300ms");
+    let gw = TestGateway::start(&v1).await;
+    let ea = a.addr.to_string();
+    let find = async |addr: &str| {
+        endpoints(&gw, "app")
+            .await
+            .into_iter()
+            .find(|e| e["address"] == addr)
+    };
+    a.set_health(500);
+    assert!(
+        eventually(Duration::from_secs(10), async || find(&ea)
+            .await
+            .is_some_and(|e| e["healthy"] == false))
+        .await
+    );
+    let since = find(&ea).await.unwrap()["since"].clone();
+
+    // Add c and change the check interval: a is still unhealthy right after the swap
+    // (a fresh endpoint would start healthy and need 2 failed checks).
+    let v2 = v(&[a.addr, b.addr, c.addr], "350ms");
+    gw.write_config(&v2);
+    assert!(wait_applied(&gw, &v2, Duration::from_secs(10)).await);
+    let ja = find(&ea).await.unwrap();
+    assert_eq!(
+        (ja["healthy"].as_bool(), &ja["since"]),
+        (Some(false), &since)
+    );
+    assert_eq!(find(&c.addr.to_string()).await.unwrap()["healthy"], true);
+
+    // Remove a: its series is gone. Bring it back: fresh state (healthy-unverified).
+    a.set_health(200);
+    let v3 = v(&[b.addr, c.addr], "350ms");
+    gw.write_config(&v3);
+    assert!(wait_applied(&gw, &v3, Duration::from_secs(10)).await);
+    assert!(find(&ea).await.is_none());
+    assert_eq!(
+        metric_value(
+            &gw.metrics().await,
+            "gatehouse_upstream_endpoint_healthy",
+            &[("endpoint", &ea)]
+        ),
+        None
+    );
+    gw.write_config(&v2);
+    assert!(wait_applied(&gw, &v2, Duration::from_secs(10)).await);
+    let ja = find(&ea).await.unwrap();
+    assert_eq!(ja["healthy"], true);
+    assert_ne!(ja["since"], since);
+}
+
+#[tokio::test]
+async fn reload_keeps_rate_limit_counters_of_routes_that_stay() {
+    let a = TestUpstream::start("a").await;
+    let ups = static_upstream("a", &[a.addr], "");
+    let limited = "  - name: limited\n    match: { path_prefix: /l }\n    upstream: a\n    filters:\n      - rate_limit: { name: per_user, key: \"header:x-user\", limit: 3, window: 1m }\n";
+    let v1 = config(&ups, limited);
+    let v2 = config(&ups, &(limited.to_string() + &route("other", "/o", "a")));
+    let gw = TestGateway::start(&v1).await;
+    let send = async || {
+        client()
+            .get(gw.url("/l"))
+            .header("x-user", "u1")
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    assert_eq!((send().await, send().await), (200, 200));
+    gw.write_config(&v2);
+    assert!(wait_applied(&gw, &v2, Duration::from_secs(10)).await);
+    assert_eq!(send().await, 200);
+    assert_eq!(
+        send().await,
+        429,
+        "the count of the route's limit survived the reload"
+    );
+}

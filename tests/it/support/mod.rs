@@ -1,0 +1,166 @@
+//! Support for the gateway's integration tests: the workspace's shared test kit
+//! (ports, private Redis, test upstreams, the gateway launcher, the JSON client) and the
+//! gateway-specific helpers (YAML builders, admin queries, config file operations).
+
+#![allow(dead_code)]
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use serde_json::Value;
+
+pub use gatehouse_testkit::*;
+
+pub fn upstream_yaml(name: &str, eps: &[(&std::net::SocketAddr, u32)]) -> String {
+    let list: Vec<String> = eps
+        .iter()
+        .map(|(a, w)| format!("{{ address: \"{a}\", weight: {w} }}"))
+        .collect();
+    format!("  {name}:\n    discovery: {{ static: [ {} ] }}\n    timeouts: {{ connect: 500ms, read: 1s }}\n", list.join(", "))
+}
+
+pub fn base(upstreams: &str, routes: &str) -> String {
+    format!(
+        "listeners: [ {{ name: public, address: \"{{listen}}\" }} ]\nadmin: {{ address: \"{{admin}}\" }}\nruntime: {{ threads: 1 }}\nshutdown: {{ grace_period: 5s }}\nupstreams:\n{upstreams}routes:\n{routes}"
+    )
+}
+
+pub async fn get(gw: &TestGateway, path: &str) -> reqwest::Response {
+    client().get(gw.url(path)).send().await.unwrap()
+}
+
+/// Sends `GET <path>` byte for byte and returns the status and the response head.
+pub async fn raw_get(port: u16, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await;
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let head = text
+        .split("\r\n\r\n")
+        .next()
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    (status, head)
+}
+
+pub async fn upstream_of(resp: reqwest::Response) -> (u16, String) {
+    let status = resp.status().as_u16();
+    let name = resp
+        .headers()
+        .get("x-upstream")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    (status, name)
+}
+
+/// A config with the test's listener and admin placeholders, one thread, short grace.
+pub fn config(upstreams: &str, routes: &str) -> String {
+    let mut s = String::from(
+        "listeners: [ { name: public, address: \"{listen}\" } ]\nadmin: { address: \"{admin}\" }\nruntime: { threads: 1 }\nshutdown: { grace_period: 2s }\n",
+    );
+    s.push_str("upstreams:\n");
+    s.push_str(upstreams);
+    s.push_str("routes:\n");
+    s.push_str(routes);
+    s
+}
+
+pub fn static_upstream(name: &str, eps: &[std::net::SocketAddr], extra: &str) -> String {
+    let list: Vec<String> = eps
+        .iter()
+        .map(|a| format!("{{ address: \"{a}\" }}"))
+        .collect();
+    format!("  {name}:\n    discovery: {{ static: [ {} ] }}\n    timeouts: {{ connect: 500ms, read: 5s }}\n{extra}", list.join(", "))
+}
+
+pub fn route(name: &str, prefix: &str, upstream: &str) -> String {
+    format!("  - {{ name: {name}, match: {{ path_prefix: {prefix} }}, upstream: {upstream} }}\n")
+}
+
+/// The hash the gateway reports once it runs `yaml` (placeholders filled).
+pub fn hash_of(gw: &TestGateway, yaml: &str) -> String {
+    gatehouse::config::hash_text(&fill(yaml, gw.port, gw.admin_port))
+}
+
+/// Waits until the gateway runs exactly `yaml`.
+pub async fn wait_applied(gw: &TestGateway, yaml: &str, within: Duration) -> bool {
+    let want = hash_of(gw, yaml);
+    eventually(within, async || gw.config_hash().await == want).await
+}
+
+/// The endpoints of an upstream as `/admin/upstreams` shows them.
+pub async fn endpoints(gw: &TestGateway, upstream: &str) -> Vec<Value> {
+    admin_json(gw, "/admin/upstreams").await[upstream]["endpoints"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+pub async fn addresses(gw: &TestGateway, upstream: &str) -> BTreeSet<String> {
+    endpoints(gw, upstream)
+        .await
+        .iter()
+        .map(|e| e["address"].as_str().unwrap().to_string())
+        .collect()
+}
+
+pub fn set_of(addrs: &[std::net::SocketAddr]) -> BTreeSet<String> {
+    addrs.iter().map(|a| a.to_string()).collect()
+}
+
+pub async fn status_of(gw: &TestGateway, path: &str) -> u16 {
+    match client().get(gw.url(path)).send().await {
+        Ok(r) => r.status().as_u16(),
+        Err(e) => panic!("GET {path}: {e:?}"),
+    }
+}
+
+pub async fn metric(gw: &TestGateway, name: &str, labels: &[(&str, &str)]) -> f64 {
+    metric_value(&gw.metrics().await, name, labels).unwrap_or(0.0)
+}
+
+/// Writes `text` to `path` by writing a temporary file beside it and renaming it over
+/// (what most editors and config tools do).
+pub fn rename_over(path: &std::path::Path, text: &str) {
+    let tmp = path.with_extension("tmp~");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// Replaces the gateway's config file by a symlink to a file in another directory, so
+/// that edits of that file are invisible to the directory watcher: only SIGHUP or the
+/// admin endpoint can apply them. Returns the real file.
+pub fn detach_config(gw: &TestGateway, outside: &tempfile::TempDir) -> std::path::PathBuf {
+    let real = outside.path().join("real.yaml");
+    std::fs::copy(&gw.config_path, &real).unwrap();
+    let link = gw.config_path.with_extension("link~");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    std::fs::rename(&link, &gw.config_path).unwrap();
+    real
+}
+
+pub fn checked_upstream(
+    name: &str,
+    eps: &[std::net::SocketAddr],
+    interval: &str,
+    initial: &str,
+) -> String {
+    static_upstream(
+        name,
+        eps,
+        &format!(
+            "    health_check: {{ path: /health, interval: {interval}, timeout: 300ms, healthy_threshold: 2, unhealthy_threshold: 2, initial_state: {initial} }}\n"
+        ),
+    )
+}
