@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod client_addr;
 pub mod config;
 pub mod metrics;
 pub mod proxy;

@@ -48,6 +48,19 @@ pub struct ListenerConfig {
     /// handling"); every field has a default.
     #[serde(default)]
     pub http: HttpListenerConfig,
+    /// Load balancers and TLS terminators in front of this listener, as CIDR blocks or
+    /// addresses (`10.0.0.0/8`, `fd00::/8`, `192.0.2.10`). From these peers the client is
+    /// the rightmost untrusted `X-Forwarded-For` (or `Forwarded`) address and their
+    /// `X-Forwarded-Proto`/`-Host` are kept; from any other peer the client is the peer and
+    /// its forwarding headers are replaced. Empty by default: nobody is trusted. Reloadable.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+    /// Expect a PROXY protocol header (v1 text or v2 binary, HAProxy's `accept-proxy`) at
+    /// the start of every connection; its source address becomes the connection's peer.
+    /// Accepted only from `trusted_proxies`: a connection from any other address, or
+    /// without a valid header, is closed. Default false. Changing it needs a restart.
+    #[serde(default)]
+    pub proxy_protocol: bool,
 }
 
 /// Request-header limits, timeouts and connection handling of one listener. Defaults sit in

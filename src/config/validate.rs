@@ -4,13 +4,14 @@ use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 
 use super::error::{did_you_mean, ConfigError, ConfigWarning};
-use super::model::{DiscoveryConfig, GatewayConfig, MatchConfig, RetryOn};
+use super::model::{DiscoveryConfig, GatewayConfig, ListenerConfig, MatchConfig, RetryOn};
+use crate::client_addr::TrustedProxies;
 
 /// Returns (errors, warnings); the config is usable only when `errors` is empty.
 pub fn validate(cfg: &GatewayConfig) -> (Vec<ConfigError>, Vec<ConfigWarning>) {
     let mut errs = Vec::new();
     let mut warns = Vec::new();
-    listeners(cfg, &mut errs);
+    listeners(cfg, &mut errs, &mut warns);
     upstreams(cfg, &mut errs);
     routes(cfg, &mut errs, &mut warns);
     if let Some(r) = &cfg.redis {
@@ -50,7 +51,7 @@ fn overlaps(a: &SocketAddr, b: &SocketAddr) -> bool {
     a.port() == b.port() && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
 }
 
-fn listeners(cfg: &GatewayConfig, errs: &mut Vec<ConfigError>) {
+fn listeners(cfg: &GatewayConfig, errs: &mut Vec<ConfigError>, warns: &mut Vec<ConfigWarning>) {
     if cfg.listeners.is_empty() {
         errs.push(ConfigError::at(
             "listeners",
@@ -100,6 +101,7 @@ fn listeners(cfg: &GatewayConfig, errs: &mut Vec<ConfigError>) {
                 "must be more than 0",
             ));
         }
+        trust(l, &format!("listeners[{i}]"), errs, warns);
     }
     if let Some(a) = parse_addr(&cfg.admin.address, "admin.address".into(), errs) {
         if let Some((other, _)) = bound.iter().find(|(_, b)| overlaps(&a, b)) {
@@ -122,6 +124,43 @@ fn listeners(cfg: &GatewayConfig, errs: &mut Vec<ConfigError>) {
                 "basic_user and basic_password_env go together",
             ));
         }
+    }
+}
+
+/// A listener's `trusted_proxies` and `proxy_protocol` (see `client_addr`).
+fn trust(
+    l: &ListenerConfig,
+    base: &str,
+    errs: &mut Vec<ConfigError>,
+    warns: &mut Vec<ConfigWarning>,
+) {
+    let mut all_parse = true;
+    for (j, entry) in l.trusted_proxies.iter().enumerate() {
+        if let Err(e) = TrustedProxies::parse(std::slice::from_ref(entry)) {
+            errs.push(ConfigError::at(
+                format!("{base}.trusted_proxies[{j}]"),
+                e.to_string(),
+            ));
+            all_parse = false;
+        }
+    }
+    if all_parse && TrustedProxies::parse(&l.trusted_proxies).is_ok_and(|t| t.trusts_everyone()) {
+        warns.push(
+            ConfigError::at(
+                format!("{base}.trusted_proxies"),
+                "trusts every address: any client can choose the address it is seen with",
+            )
+            .with_hint("list only the load balancers in front of the gateway"),
+        );
+    }
+    if l.proxy_protocol && l.trusted_proxies.is_empty() {
+        errs.push(
+            ConfigError::at(
+                format!("{base}.proxy_protocol"),
+                "PROXY protocol headers are accepted only from trusted_proxies, and none are listed",
+            )
+            .with_hint("add the load balancer's address to trusted_proxies"),
+        );
     }
 }
 
@@ -601,6 +640,27 @@ routes:
         assert_eq!(e.path, "routes[0].upstream");
         assert_eq!(e.hint.as_deref(), Some("did you mean `payment`?"));
         assert_eq!((e.line, e.column), (Some(6), Some(5)));
+    }
+
+    #[test]
+    fn checks_trusted_proxies_and_proxy_protocol() {
+        let yaml = "listeners:\n  - { name: a, address: \"127.0.0.1:8080\", trusted_proxies: [10.0.0.0/8, 10.0.0.0/33, nonsense] }\n  - { name: b, address: \"127.0.0.1:8081\", proxy_protocol: true }\n";
+        let errs = errors(yaml);
+        for e in [
+            "listeners[0].trusted_proxies[1]: \"10.0.0.0/33\" is not a CIDR block (10.0.0.0/8, fd00::/8) or an IP address",
+            "listeners[0].trusted_proxies[2]: \"nonsense\" is not a CIDR block (10.0.0.0/8, fd00::/8) or an IP address",
+            "listeners[1].proxy_protocol: PROXY protocol headers are accepted only from trusted_proxies, and none are listed",
+        ] {
+            assert!(errs.iter().any(|x| x == e), "missing {e:?} in {errs:#?}");
+        }
+        let c = load_str(
+            "listeners: [ { name: a, address: \"127.0.0.1:8080\", trusted_proxies: [\"0.0.0.0/0\"], proxy_protocol: true } ]\n",
+            None,
+        )
+        .unwrap();
+        assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+        assert_eq!(c.warnings[0].path, "listeners[0].trusted_proxies");
+        assert!(c.warnings[0].message.starts_with("trusts every address"));
     }
 
     #[test]

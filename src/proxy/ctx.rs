@@ -7,6 +7,7 @@ use std::time::Instant;
 use gatehouse_filters::BodyTransform;
 use http::{HeaderName, HeaderValue};
 
+use crate::client_addr::ClientAddr;
 use crate::metrics::InflightGuard;
 use crate::state::{Route, Snapshot};
 use crate::upstream::Endpoint;
@@ -41,8 +42,11 @@ pub struct RequestCtx {
     pub route: Option<Arc<Route>>,
     /// Request id (kept from the client when valid, else generated).
     pub request_id: String,
-    /// Client address (TCP peer).
+    /// The client's address: resolved once from the peer and the listener's trusted
+    /// proxies; feeds `client_ip` rate limits and the access log.
     pub client_ip: Option<IpAddr>,
+    /// The connection's peer and whether it is a trusted proxy.
+    pub client: Option<ClientAddr>,
     /// Normalized path.
     pub path: String,
     /// Original Host header value.
@@ -88,6 +92,7 @@ impl RequestCtx {
             next_peer: None,
             request_id: String::new(),
             client_ip: None,
+            client: None,
             path: String::new(),
             host_header: None,
             endpoint: None,

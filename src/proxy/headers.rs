@@ -142,7 +142,8 @@ pub fn iso8601_millis(t: SystemTime) -> [u8; 24] {
     out
 }
 
-/// Sets the forwarding headers, replacing whatever the client sent: the gateway owns them.
+/// Sets the headers the gateway owns on the upstream request: request id, forwarding
+/// headers (see `client_addr`), timestamp and `Host`.
 pub fn set_forwarding(
     req: &mut RequestHeader,
     ctx: &RequestCtx,
@@ -150,28 +151,7 @@ pub fn set_forwarding(
     endpoint: Option<&str>,
 ) -> Result<()> {
     req.insert_header("x-request-id", ctx.request_id.as_str())?;
-    match ctx.client_ip {
-        Some(ip) => {
-            let ip = HeaderValue::from_str(&ip.to_string())
-                .map_err(|_| Error::explain(ErrorType::InternalError, "client ip header"))?;
-            req.insert_header("x-forwarded-for", ip.clone())?;
-            req.insert_header("x-client-ip", ip)?;
-        }
-        None => {
-            req.remove_header("x-forwarded-for");
-            req.remove_header("x-client-ip");
-        }
-    }
-    req.insert_header("x-forwarded-proto", HeaderValue::from_static("http"))?;
-    match &ctx.host_header {
-        Some(h) => req.insert_header("x-forwarded-host", h.clone())?,
-        None => {
-            req.remove_header("x-forwarded-host");
-        }
-    }
-    if req.headers.contains_key("forwarded") {
-        req.remove_header("forwarded");
-    }
+    super::client_addr::set_forwarding_headers(req, ctx.client.as_ref(), ctx.host_header.as_ref())?;
     let now = iso8601_millis(SystemTime::now());
     req.insert_header(
         "x-request-timestamp",

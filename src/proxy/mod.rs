@@ -18,6 +18,7 @@
 //! logging                 metrics and the access log
 //! ```
 
+pub mod client_addr;
 pub mod ctx;
 pub mod edge;
 pub mod headers;
@@ -106,10 +107,8 @@ impl ProxyHttp for Gateway {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         ctx.request_id = headers::request_id(session.req_header());
-        ctx.client_ip = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip());
+        ctx.client = client_addr::resolve(session, &ctx.snap);
+        ctx.client_ip = ctx.client.map(|c| c.client);
         if self
             .state
             .draining
@@ -601,6 +600,7 @@ impl ProxyHttp for Gateway {
                 bytes_in = session.body_bytes_read(),
                 bytes_out = session.body_bytes_sent(),
                 client_ip = %ctx.client_ip.map(|i| i.to_string()).unwrap_or_default(),
+                peer_ip = %ctx.client.map(|c| c.peer.to_string()).unwrap_or_default(),
             );
         }
         ctx.endpoint_inflight = None;

@@ -9,6 +9,7 @@ use std::time::SystemTime;
 use gatehouse_filters::FilterRuntime;
 
 use super::{Route, Snapshot, DEFAULT_MAX_BODY_BYTES, MAX_BODY_PREFIX};
+use crate::client_addr::{ListenerTrust, TrustedProxies};
 use crate::config::model::{DiscoveryConfig, InitialHealth, UpstreamConfig};
 use crate::config::{ConfigError, ConfigErrors, LoadedConfig};
 use crate::router::{Matcher, Router};
@@ -174,6 +175,28 @@ pub fn compile(
         entries.push((matcher, Arc::new(route)));
     }
 
+    let mut listeners = Vec::with_capacity(cfg.listeners.len());
+    for (i, l) in cfg.listeners.iter().enumerate() {
+        match (
+            l.address.parse::<SocketAddr>(),
+            TrustedProxies::parse(&l.trusted_proxies),
+        ) {
+            (Ok(address), Ok(trusted)) => listeners.push(ListenerTrust {
+                address,
+                trusted,
+                proxy_protocol: l.proxy_protocol,
+            }),
+            (Err(e), _) => errs.push(ConfigError::at(
+                format!("listeners[{i}].address"),
+                e.to_string(),
+            )),
+            (_, Err(e)) => errs.push(ConfigError::at(
+                format!("listeners[{i}].trusted_proxies"),
+                e.to_string(),
+            )),
+        }
+    }
+
     if !errs.is_empty() {
         return Err(ConfigErrors(
             errs.into_iter().map(|e| loaded.locate(e)).collect(),
@@ -183,6 +206,7 @@ pub fn compile(
         router: Router::new(entries),
         upstreams,
         owned_headers,
+        listeners,
         loaded,
         loaded_at: SystemTime::now(),
     })

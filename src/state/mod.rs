@@ -13,6 +13,7 @@ use std::time::SystemTime;
 use arc_swap::ArcSwap;
 use gatehouse_filters::{Filter, FilterRuntime};
 
+use crate::client_addr::ListenerTrust;
 use crate::config::LoadedConfig;
 use crate::metrics::Metrics;
 use crate::router::Router;
@@ -63,6 +64,8 @@ pub struct Snapshot {
     /// Request headers that filters write from verified data (JWT claim headers);
     /// client-sent copies are removed on every route.
     pub owned_headers: Vec<http::HeaderName>,
+    /// Each listener's trusted proxies and PROXY protocol setting.
+    pub listeners: Vec<ListenerTrust>,
     /// When it was loaded.
     pub loaded_at: SystemTime,
 }

@@ -32,7 +32,7 @@ fn restart_only(old: &config::GatewayConfig, new: &config::GatewayConfig) -> Vec
             ));
         }
     };
-    check("listeners", old.listeners != new.listeners);
+    check("listeners", !same_sockets(old, new));
     check("admin", old.admin != new.admin);
     check("runtime", old.runtime != new.runtime);
     check("redis", old.redis != new.redis);
@@ -40,11 +40,29 @@ fn restart_only(old: &config::GatewayConfig, new: &config::GatewayConfig) -> Vec
     w
 }
 
+/// Whether both configs have the same listeners but for what is read per connection from
+/// the snapshot (`trusted_proxies`, `proxy_protocol`).
+fn same_sockets(a: &config::GatewayConfig, b: &config::GatewayConfig) -> bool {
+    let shape = |c: &config::GatewayConfig| {
+        let mut l = c.listeners.clone();
+        for x in &mut l {
+            x.trusted_proxies.clear();
+            x.proxy_protocol = false;
+        }
+        l
+    };
+    shape(a) == shape(b)
+}
+
 /// Puts the running values of restart-only fields into a new config, so that the
 /// snapshot (and `/admin/config`) tells what actually runs, and the warning repeats on
 /// every reload until a restart.
 fn keep_restart_only(new: &mut config::GatewayConfig, running: &config::GatewayConfig) {
-    new.listeners = running.listeners.clone();
+    // A listener's trusted_proxies and proxy_protocol are read per connection from the
+    // snapshot: they reload; the sockets themselves do not.
+    if !same_sockets(new, running) {
+        new.listeners = running.listeners.clone();
+    }
     new.admin = running.admin.clone();
     new.runtime = running.runtime.clone();
     new.redis = running.redis.clone();

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod bodies;
+mod client_addr;
 mod cli;
 mod context_headers;
 mod discovery;
