@@ -58,7 +58,7 @@ pub struct ListenerConfig {
     /// Expect a PROXY protocol header (v1 text or v2 binary, HAProxy's `accept-proxy`) at
     /// the start of every connection; its source address becomes the connection's peer.
     /// Accepted only from `trusted_proxies`: a connection from any other address, or
-    /// without a valid header, is closed. Default false. Changing it needs a restart.
+    /// without a valid header, is closed. Default false. Reloadable.
     #[serde(default)]
     pub proxy_protocol: bool,
 }

@@ -14,12 +14,13 @@ use pingora_core::services::listening::Service;
 use pingora_proxy::HttpProxy;
 
 use super::edge::EdgeLimits;
+use super::proxy_protocol::ProxyProtocol;
 use super::Gateway;
 use crate::config::model::ListenerConfig;
 use crate::state::State;
 
 /// The proxy service of one listener: `Gateway` behind a connection cap.
-pub type ListenerService = Service<Capped<HttpProxy<Gateway>>>;
+pub type ListenerService = Service<Capped<ProxyProtocol<HttpProxy<Gateway>>>>;
 
 /// Builds listener `l`'s service. `read_buffer` is the per-connection read buffer in bytes.
 pub fn service(
@@ -29,13 +30,18 @@ pub fn service(
     read_buffer: usize,
 ) -> ListenerService {
     let h = &l.http;
-    let mut proxy = pingora_proxy::http_proxy(conf, Gateway::new(state, EdgeLimits::from(h)));
+    let mut proxy =
+        pingora_proxy::http_proxy(conf, Gateway::new(state.clone(), EdgeLimits::from(h)));
     let mut opts = HttpServerOptions::default();
     opts.max_request_header_bytes = Some(h.max_request_header_bytes);
     opts.request_header_timeout = Some(h.header_read_timeout.0);
     proxy.server_options = Some(opts);
     let app = Capped {
-        inner: Arc::new(proxy),
+        inner: Arc::new(ProxyProtocol {
+            inner: Arc::new(proxy),
+            state,
+            timeout: h.header_read_timeout.0,
+        }),
         open: Arc::new(AtomicUsize::new(0)),
         max: h.max_connections,
         listener: l.name.clone(),

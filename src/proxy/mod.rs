@@ -23,6 +23,7 @@ pub mod ctx;
 pub mod edge;
 pub mod headers;
 pub mod listener;
+pub mod proxy_protocol;
 pub mod respond;
 
 use std::borrow::Cow;

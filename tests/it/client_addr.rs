@@ -220,3 +220,146 @@ async fn without_trusted_proxies_the_peer_is_the_client() {
     assert_eq!(header(&h, "x-real-ip"), ["127.0.0.1"]);
     assert_eq!(header(&h, "x-forwarded-proto"), ["http"]);
 }
+
+/// A PROXY protocol v2 header for TCP over IPv4 or IPv6 (spec section 2.2).
+fn proxy_v2(src: std::net::SocketAddr, dst: std::net::SocketAddr) -> Vec<u8> {
+    let mut h = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    match (src, dst) {
+        (std::net::SocketAddr::V4(s), std::net::SocketAddr::V4(d)) => {
+            h.extend_from_slice(&[0x21, 0x11, 0, 12]);
+            h.extend_from_slice(&s.ip().octets());
+            h.extend_from_slice(&d.ip().octets());
+        }
+        (std::net::SocketAddr::V6(s), std::net::SocketAddr::V6(d)) => {
+            h.extend_from_slice(&[0x21, 0x21, 0, 36]);
+            h.extend_from_slice(&s.ip().octets());
+            h.extend_from_slice(&d.ip().octets());
+        }
+        _ => panic!("mixed families"),
+    }
+    h.extend_from_slice(&src.port().to_be_bytes());
+    h.extend_from_slice(&dst.port().to_be_bytes());
+    h
+}
+
+#[tokio::test]
+async fn proxy_protocol_v1_and_v2_from_trusted_peers_only() {
+    let app = TestUpstream::start("app").await;
+    let gw = TestGateway::start(&config(&app.addr.to_string(), "    proxy_protocol: true\n")).await;
+    let port = gw.port;
+    let v1 = |src: &str| format!("PROXY TCP4 {src} 127.0.0.1 40000 {port}\r\n").into_bytes();
+
+    // v1 from the trusted balancer: the header's source is the client.
+    let (status, _) = raw(
+        "127.0.0.1",
+        port,
+        &v1("198.51.100.7"),
+        "GET /who HTTP/1.1\r\nHost: a\r\nX-Request-Id: pp-v1\r\nX-Forwarded-For: 6.6.6.6\r\n",
+    )
+    .await;
+    assert_eq!(status, 200);
+    let h = app.last_headers();
+    assert_eq!(header(&h, "x-real-ip"), ["198.51.100.7"]);
+    assert_eq!(
+        header(&h, "x-forwarded-for"),
+        ["198.51.100.7"],
+        "the client's own XFF is not believed"
+    );
+    let log = access_line(&gw, "pp-v1").await;
+    assert_eq!(log["client_ip"], "198.51.100.7");
+    assert_eq!(log["peer_ip"], "198.51.100.7");
+
+    // v2 over IPv6.
+    let (status, _) = raw(
+        "127.0.0.1",
+        port,
+        &proxy_v2(
+            "[2001:db8::7]:40000".parse().unwrap(),
+            "[2001:db8::1]:443".parse().unwrap(),
+        ),
+        "GET /who HTTP/1.1\r\nHost: a\r\n",
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(header(&app.last_headers(), "x-real-ip"), ["2001:db8::7"]);
+
+    // The header names a trusted inner proxy: its X-Forwarded-For is walked.
+    raw(
+        "127.0.0.1",
+        port,
+        &proxy_v2(
+            "10.0.0.9:40000".parse().unwrap(),
+            "127.0.0.1:443".parse().unwrap(),
+        ),
+        "GET /who HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 6.6.6.6, 198.51.100.8\r\n",
+    )
+    .await;
+    let h = app.last_headers();
+    assert_eq!(header(&h, "x-real-ip"), ["198.51.100.8"]);
+    assert_eq!(
+        header(&h, "x-forwarded-for"),
+        ["6.6.6.6, 198.51.100.8, 10.0.0.9"]
+    );
+
+    // v2 LOCAL (a balancer's own health check): the connection's address stays.
+    let mut local = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    local.extend_from_slice(&[0x20, 0x00, 0, 0]);
+    let (status, _) = raw(
+        "127.0.0.1",
+        port,
+        &local,
+        "GET /who HTTP/1.1\r\nHost: a\r\n",
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(header(&app.last_headers(), "x-real-ip"), ["127.0.0.1"]);
+
+    // The client_ip limit counts the header's source.
+    let hits = app.hits();
+    for want in [200, 200, 429] {
+        let (status, _) = raw(
+            "127.0.0.1",
+            port,
+            &v1("198.51.100.20"),
+            "GET /limited HTTP/1.1\r\nHost: a\r\n",
+        )
+        .await;
+        assert_eq!(status, want);
+    }
+    let (status, _) = raw(
+        "127.0.0.1",
+        port,
+        &v1("198.51.100.21"),
+        "GET /limited HTTP/1.1\r\nHost: a\r\n",
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(app.hits(), hits + 3);
+
+    // Refused without a response: a PROXY header from an untrusted peer, a trusted peer
+    // without a header, a garbled header.
+    let hits = app.hits();
+    let (status, text) = raw(
+        "127.0.0.2",
+        port,
+        &v1("198.51.100.7"),
+        "GET /who HTTP/1.1\r\nHost: a\r\n",
+    )
+    .await;
+    assert_eq!((status, text.as_str()), (0, ""));
+    let (status, text) = raw("127.0.0.1", port, b"", "GET /who HTTP/1.1\r\nHost: a\r\n").await;
+    assert_eq!((status, text.as_str()), (0, ""));
+    let (status, _) = raw(
+        "127.0.0.1",
+        port,
+        b"PROXY TCP4 nonsense\r\n",
+        "GET /who HTTP/1.1\r\nHost: a\r\n",
+    )
+    .await;
+    assert_eq!(status, 0);
+    assert_eq!(
+        app.hits(),
+        hits,
+        "no refused connection reached the upstream"
+    );
+}
