@@ -3,8 +3,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod bodies;
-mod client_addr;
 mod cli;
+mod client_addr;
 mod context_headers;
 mod discovery;
 mod health;
