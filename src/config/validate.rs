@@ -12,7 +12,7 @@ pub fn validate(cfg: &GatewayConfig) -> (Vec<ConfigError>, Vec<ConfigWarning>) {
     let mut errs = Vec::new();
     let mut warns = Vec::new();
     listeners(cfg, &mut errs, &mut warns);
-    upstreams(cfg, &mut errs);
+    upstreams(cfg, &mut errs, &mut warns);
     routes(cfg, &mut errs, &mut warns);
     if let Some(r) = &cfg.redis {
         if !(r.url.starts_with("redis://") || r.url.starts_with("rediss://")) {
@@ -164,7 +164,7 @@ fn trust(
     }
 }
 
-fn upstreams(cfg: &GatewayConfig, errs: &mut Vec<ConfigError>) {
+fn upstreams(cfg: &GatewayConfig, errs: &mut Vec<ConfigError>, warns: &mut Vec<ConfigWarning>) {
     for (name, u) in &cfg.upstreams {
         let base = format!("upstreams.{name}");
         match &u.discovery {
@@ -173,15 +173,18 @@ fn upstreams(cfg: &GatewayConfig, errs: &mut Vec<ConfigError>) {
                 if list.is_empty() {
                     errs.push(ConfigError::at(path.clone(), "the endpoint list is empty"));
                 }
+                if !list.is_empty() && list.iter().all(|ep| ep.weight == 0) {
+                    warns.push(
+                        ConfigError::at(
+                            path.clone(),
+                            "every endpoint has weight 0 (drained): the upstream takes no new requests (503)",
+                        )
+                        .with_hint("give at least one endpoint a weight of 1 or more"),
+                    );
+                }
                 let mut seen = HashMap::new();
                 for (i, ep) in list.iter().enumerate() {
                     let p = format!("{path}[{i}]");
-                    if ep.weight == 0 {
-                        errs.push(ConfigError::at(
-                            format!("{p}.weight"),
-                            "weight must be at least 1",
-                        ));
-                    }
                     if !valid_host_port(&ep.address) {
                         errs.push(
                             ConfigError::at(
@@ -616,7 +619,6 @@ routes:
             "listeners[1].name: duplicate listener name \"a\" (also listeners[0])",
             "listeners[1].address: 0.0.0.0:8080 overlaps listeners[0].address",
             "listeners[2].address: \"nonsense\" is not an ip:port address",
-            "upstreams.app.discovery.static[0].weight: weight must be at least 1",
             "upstreams.empty.discovery.static: the endpoint list is empty",
             "routes[0].upstream: no upstream named \"apq\" (defined: app, empty)",
             "routes[1].name: duplicate route name \"r\" (also routes[0])",

@@ -56,7 +56,7 @@ pub struct Endpoint {
     pub addr: SocketAddr,
     /// The address as configured or discovered (`host:port`), used in labels.
     pub address: String,
-    /// SWRR weight (>= 1).
+    /// SWRR weight; 0 drains the endpoint (no new requests, in-flight ones finish).
     pub weight: u32,
     /// Discovery source.
     pub source: Source,
@@ -90,7 +90,7 @@ impl Endpoint {
         Self {
             addr,
             address,
-            weight: weight.max(1),
+            weight,
             source,
             healthy: AtomicBool::new(healthy),
             since_ms: AtomicU64::new(now_ms()),
@@ -108,7 +108,7 @@ impl Endpoint {
         Self {
             addr: self.addr,
             address: self.address.clone(),
-            weight: weight.max(1),
+            weight,
             source: self.source,
             healthy: AtomicBool::new(self.healthy.load(Ordering::Relaxed)),
             since_ms: AtomicU64::new(self.since_ms.load(Ordering::Relaxed)),

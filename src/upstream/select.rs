@@ -28,7 +28,8 @@ impl Swrr {
         let mut total = 0i64;
         let mut best: Option<usize> = None;
         for (i, ep) in eps.iter().enumerate() {
-            if !eligible(ep) {
+            // Weight 0 drains an endpoint: it is never picked, even as a last resort.
+            if ep.weight == 0 || !eligible(ep) {
                 continue;
             }
             let w = i64::from(ep.weight);
@@ -98,5 +99,17 @@ mod tests {
             assert_ne!(s.pick(&eps, |e| e.addr.port() != 1000), Some(0));
         }
         assert_eq!(s.pick(&eps, |_| false), None);
+    }
+
+    #[test]
+    fn weight_zero_is_never_picked() {
+        let eps = set(&[0, 2, 1]);
+        let mut s = Swrr::default();
+        let mut counts = [0; 3];
+        for _ in 0..30 {
+            counts[s.pick(&eps, |_| true).unwrap()] += 1;
+        }
+        assert_eq!(counts, [0, 20, 10]);
+        assert_eq!(s.pick(&set(&[0, 0]), |_| true), None);
     }
 }

@@ -31,10 +31,11 @@ fn validate_reports_errors_with_locations() {
         ),
         (
             "semantic.yaml",
-            "listeners:\n  - { name: a, address: \"127.0.0.1:1\" }\n  - { name: b, address: \"nope\" }\nupstreams:\n  u: { discovery: { static: [ { address: \"127.0.0.1:2\", weight: 0 } ] } }\nroutes:\n  - name: r\n    upstream: v\n",
+            "listeners:\n  - { name: a, address: \"127.0.0.1:1\" }\n  - { name: b, address: \"nope\" }\nupstreams:\n  u: { discovery: { static: [] } }\nroutes:\n  - name: r\n    upstream: v\n",
             &[
                 "semantic.yaml:3:16: listeners[1].address: \"nope\" is not an ip:port address",
-                "semantic.yaml:5:57: upstreams.u.discovery.static[0].weight: weight must be at least 1",
+                "semantic.yaml:5:",
+                "upstreams.u.discovery.static: the endpoint list is empty",
                 "semantic.yaml:8:5: routes[0].upstream: no upstream named \"v\" (defined: u)",
             ],
         ),

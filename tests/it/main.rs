@@ -7,6 +7,7 @@ mod cli;
 mod client_addr;
 mod context_headers;
 mod discovery;
+mod drain;
 mod health;
 mod http_edge;
 mod jwt;
