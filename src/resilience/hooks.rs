@@ -355,15 +355,30 @@ pub fn on_proxy_error(
         return;
     }
     // pingora's own default: a failure on a reused pooled connection is most likely a
-    // connection the upstream had closed; an idempotent request gets one more try.
+    // connection the upstream had closed; an idempotent request gets one more try. Any
+    // method gets it when the upstream reset the connection before any response byte: a
+    // reset means our bytes reached a socket that was closed or never read them, so the
+    // request was not acted on (the keep-alive race; Chromium resends any method then).
     let stale = client_reused
         && ctx.resilience.stale_retries == 0
-        && req.method.is_idempotent()
+        && (req.method.is_idempotent() || reset_unread(e))
         && !body_truncated;
     if stale {
         ctx.resilience.stale_retries += 1;
     }
     e.set_retry(stale);
+}
+
+/// Whether `e` is a connection reset by the upstream while the gateway waited for the
+/// response header (pingora's `ReadError`/`ConnectionClosed` with an io reset as cause).
+fn reset_unread(e: &Error) -> bool {
+    matches!(
+        e.etype(),
+        ErrorType::ReadError | ErrorType::ConnectionClosed
+    ) && e
+        .root_cause()
+        .downcast_ref::<std::io::Error>()
+        .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionReset)
 }
 
 /// `upstream_request_filter`: tells the upstream how much of the total deadline is left

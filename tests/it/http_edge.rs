@@ -586,7 +586,9 @@ async fn pipelined_requests_are_answered_in_order() {
 #[tokio::test]
 async fn pooled_connection_closed_by_the_upstream_is_never_reused() {
     let up = RecordingUpstream::start(Answer::HeadThenClose).await;
-    let gw = plain_gateway(&up).await;
+    // Two proxy threads share one upstream pool, as in the reproduction.
+    let yaml = config(up.addr, "", CATCH_ALL).replace("threads: 1", "threads: 2");
+    let gw = TestGateway::start(&yaml).await;
     let mut tasks = Vec::new();
     for _ in 0..4 {
         let port = gw.port;
