@@ -905,6 +905,10 @@ async fn assert_not_smuggled(gw: &TestGateway, up: &RecordingUpstream, name: &st
     let conns = up.conns();
     let new_reqs: Vec<Recorded> = up.requests()[before_reqs..].to_vec();
     let sts = statuses(&rs);
+    eprintln!(
+        "smuggling vector {name:?}: answers {sts:?}, upstream requests {}",
+        new_reqs.len()
+    );
     assert!(!sts.is_empty(), "{name}: no answer");
     if sts[0] == 400 {
         assert_eq!(
