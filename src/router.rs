@@ -1,17 +1,23 @@
 //! Request routing: path normalization, then host / path / method / header matching
-//! with a documented precedence, in time independent of the number of routes.
+//! with a documented precedence (DESIGN.md "Route precedence", nginx's order), in time
+//! independent of the number of exact and prefix routes.
 //!
-//! Precedence, first difference wins: host (exact > longest wildcard > any), path
-//! (exact > longer prefix > shorter prefix > regex in declared order), methods (a listed
-//! method > any), the number of header conditions (more > fewer), declared order.
+//! Precedence, first difference wins: `priority` (higher first), host (exact > longest
+//! wildcard > any), path (exact > template, more literal segments first > regex in declared
+//! order > longer prefix > shorter prefix), methods (a listed method > any), the number of
+//! header conditions (more > fewer), declared order.
+
+pub mod template;
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::Arc;
 
 use http::Method;
 use regex::Regex;
 
 use crate::config::model::{HeaderMatch, MatchConfig};
+pub use template::{PathTemplate, TemplateError};
 
 /// Why a path was refused before routing (answered with a 400).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -130,6 +136,7 @@ enum HeaderCond {
 /// The compiled form of one route's `match` block.
 #[derive(Debug, Clone)]
 pub struct Matcher {
+    priority: i32,
     hosts: Vec<String>,
     path: PathMatch,
     methods: Vec<Method>,
@@ -140,6 +147,7 @@ pub struct Matcher {
 enum PathMatch {
     Exact(String),
     Prefix(String),
+    Template(PathTemplate),
     Regex(Regex),
 }
 
@@ -151,14 +159,17 @@ pub struct MatcherError(String);
 impl Matcher {
     /// Compiles a `match` block.
     pub fn compile(m: &MatchConfig) -> Result<Self, MatcherError> {
-        let path = match (&m.path, &m.path_prefix, &m.path_regex) {
-            (Some(p), _, _) => PathMatch::Exact(p.clone()),
-            (None, Some(p), _) => PathMatch::Prefix(trim_prefix(p).to_string()),
-            (None, None, Some(r)) => PathMatch::Regex(
+        let path = match (&m.path, &m.path_prefix, &m.path_template, &m.path_regex) {
+            (Some(p), ..) => PathMatch::Exact(p.clone()),
+            (None, Some(p), ..) => PathMatch::Prefix(trim_prefix(p).to_string()),
+            (None, None, Some(t), _) => PathMatch::Template(
+                PathTemplate::parse(t).map_err(|e| MatcherError(e.to_string()))?,
+            ),
+            (None, None, None, Some(r)) => PathMatch::Regex(
                 Regex::new(&format!("^(?:{r})$"))
                     .map_err(|e| MatcherError(format!("invalid regex: {e}")))?,
             ),
-            (None, None, None) => PathMatch::Prefix(String::new()),
+            (None, None, None, None) => PathMatch::Prefix(String::new()),
         };
         let methods = m
             .methods
@@ -181,11 +192,26 @@ impl Matcher {
             })
             .collect::<Result<_, MatcherError>>()?;
         Ok(Self {
+            priority: 0,
             hosts: m.hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
             path,
             methods,
             headers,
         })
+    }
+
+    /// Sets the route's `priority` (higher wins before any other rule; default 0).
+    pub fn with_priority(mut self, priority: i32) -> Self {
+        self.priority = priority;
+        self
+    }
+
+    /// The path template, for routes matched by one.
+    pub fn template(&self) -> Option<&PathTemplate> {
+        match &self.path {
+            PathMatch::Template(t) => Some(t),
+            _ => None,
+        }
     }
 
     fn accepts(&self, req: &RouteRequest<'_>) -> bool {
@@ -242,7 +268,9 @@ impl fmt::Display for MatchReason {
 struct PathTable {
     exact: HashMap<String, Vec<usize>>,
     prefix: HashMap<String, Vec<usize>>,
-    /// Longest prefix length in this table, to skip needless lookups.
+    /// Templates, more literal segments first, then by rank.
+    template: Vec<usize>,
+    /// Regexes in declared order.
     regex: Vec<usize>,
 }
 
@@ -251,6 +279,7 @@ impl PathTable {
         match &m.path {
             PathMatch::Exact(p) => self.exact.entry(p.clone()).or_default().push(idx),
             PathMatch::Prefix(p) => self.prefix.entry(p.clone()).or_default().push(idx),
+            PathMatch::Template(_) => self.template.push(idx),
             PathMatch::Regex(_) => self.regex.push(idx),
         }
     }
@@ -263,12 +292,38 @@ impl PathTable {
         for v in self.exact.values_mut().chain(self.prefix.values_mut()) {
             v.sort_by_key(key);
         }
+        self.template.sort_by_key(|i| {
+            let literals = matchers[*i]
+                .template()
+                .map_or(0, PathTemplate::literal_segments);
+            (std::cmp::Reverse(literals), key(i))
+        });
     }
 
-    fn lookup(&self, req: &RouteRequest<'_>, matchers: &[Matcher]) -> Option<(usize, PathHit)> {
+    fn lookup<'p>(
+        &self,
+        req: &RouteRequest<'p>,
+        matchers: &[Matcher],
+    ) -> Option<(usize, PathHit<'p>)> {
         let first = |ids: &[usize]| ids.iter().copied().find(|i| matchers[*i].accepts(req));
         if let Some(i) = self.exact.get(req.path).and_then(|ids| first(ids)) {
             return Some((i, PathHit::Exact));
+        }
+        for &i in &self.template {
+            if let PathMatch::Template(t) = &matchers[i].path {
+                if let Some(params) = t.matches(req.path) {
+                    if matchers[i].accepts(req) {
+                        return Some((i, PathHit::Template(params)));
+                    }
+                }
+            }
+        }
+        for &i in &self.regex {
+            if let PathMatch::Regex(re) = &matchers[i].path {
+                if re.is_match(req.path) && matchers[i].accepts(req) {
+                    return Some((i, PathHit::Regex));
+                }
+            }
         }
         if !self.prefix.is_empty() {
             // segment-boundary prefixes of the path, longest first: /a/b/c, /a/b, /a, ""
@@ -285,24 +340,19 @@ impl PathTable {
                 }
             }
         }
-        for &i in &self.regex {
-            if let PathMatch::Regex(re) = &matchers[i].path {
-                if re.is_match(req.path) && matchers[i].accepts(req) {
-                    return Some((i, PathHit::Regex));
-                }
-            }
-        }
         None
     }
 }
 
-/// Which path tier matched (kept allocation-free; explained only on demand).
-#[derive(Clone, Copy)]
-enum PathHit {
+/// Which path tier matched (allocation-free but for a template's captures; explained
+/// only on demand).
+enum PathHit<'p> {
     Exact,
+    /// Captured parameters, in template order.
+    Template(Vec<(Arc<str>, &'p str)>),
+    Regex,
     /// Length of the matched prefix of the (trailing-slash-trimmed) path.
     Prefix(usize),
-    Regex,
 }
 
 /// Which host tier matched.
@@ -314,11 +364,28 @@ enum HostHit {
     Any,
 }
 
-/// Routes requests to values of type `T` (the gateway's `Route`).
-pub struct Router<T> {
+/// The routes of one `priority`, indexed by host tier.
+#[derive(Default)]
+struct Level {
+    priority: i32,
     exact_hosts: HashMap<String, PathTable>,
     wildcard_hosts: HashMap<String, PathTable>,
     any_host: PathTable,
+}
+
+/// A matched route and the parameters its path template captured (empty for other
+/// routes), still percent-encoded as in the normalized path.
+pub struct RouteMatch<'r, 'p, T> {
+    /// The route.
+    pub value: &'r T,
+    /// `(name, value)` per template parameter, in template order.
+    pub params: Vec<(Arc<str>, &'p str)>,
+}
+
+/// Routes requests to values of type `T` (the gateway's `Route`).
+pub struct Router<T> {
+    /// One per distinct priority, highest first (usually just one, priority 0).
+    levels: Vec<Level>,
     matchers: Vec<Matcher>,
     values: Vec<T>,
 }
@@ -326,39 +393,54 @@ pub struct Router<T> {
 impl<T> Router<T> {
     /// Builds the index; `entries` are in declared order.
     pub fn new(entries: Vec<(Matcher, T)>) -> Self {
+        let mut priorities: Vec<i32> = entries.iter().map(|(m, _)| m.priority).collect();
+        priorities.sort_unstable_by(|a, b| b.cmp(a));
+        priorities.dedup();
         let mut r = Router {
-            exact_hosts: HashMap::new(),
-            wildcard_hosts: HashMap::new(),
-            any_host: PathTable::default(),
+            levels: priorities
+                .into_iter()
+                .map(|priority| Level {
+                    priority,
+                    ..Level::default()
+                })
+                .collect(),
             matchers: Vec::with_capacity(entries.len()),
             values: Vec::with_capacity(entries.len()),
         };
         for (idx, (m, v)) in entries.into_iter().enumerate() {
-            if m.hosts.is_empty() {
-                r.any_host.insert(idx, &m);
-            }
-            for h in &m.hosts {
-                match h.strip_prefix('*') {
-                    Some(suffix) => r
-                        .wildcard_hosts
-                        .entry(suffix.to_string())
-                        .or_default()
-                        .insert(idx, &m),
-                    None => r.exact_hosts.entry(h.clone()).or_default().insert(idx, &m),
+            if let Some(level) = r.levels.iter_mut().find(|l| l.priority == m.priority) {
+                if m.hosts.is_empty() {
+                    level.any_host.insert(idx, &m);
+                }
+                for h in &m.hosts {
+                    match h.strip_prefix('*') {
+                        Some(suffix) => level
+                            .wildcard_hosts
+                            .entry(suffix.to_string())
+                            .or_default()
+                            .insert(idx, &m),
+                        None => level
+                            .exact_hosts
+                            .entry(h.clone())
+                            .or_default()
+                            .insert(idx, &m),
+                    }
                 }
             }
             r.matchers.push(m);
             r.values.push(v);
         }
         let matchers = &r.matchers;
-        for t in r
-            .exact_hosts
-            .values_mut()
-            .chain(r.wildcard_hosts.values_mut())
-        {
-            t.sort(matchers);
+        for level in &mut r.levels {
+            for t in level
+                .exact_hosts
+                .values_mut()
+                .chain(level.wildcard_hosts.values_mut())
+            {
+                t.sort(matchers);
+            }
+            level.any_host.sort(matchers);
         }
-        r.any_host.sort(matchers);
         r
     }
 
@@ -372,25 +454,49 @@ impl<T> Router<T> {
         self.values.is_empty()
     }
 
-    /// The route for a request, if any. The hot path: no allocation.
+    /// The route for a request, if any. The hot path: no allocation (but for a template
+    /// route's captures).
     pub fn route(&self, req: &RouteRequest<'_>) -> Option<&T> {
         self.find(req).map(|(i, _, _)| &self.values[i])
     }
 
-    fn find(&self, req: &RouteRequest<'_>) -> Option<(usize, HostHit, PathHit)> {
-        if !self.exact_hosts.is_empty() {
-            if let Some(t) = self.exact_hosts.get(req.host) {
+    /// The route for a request with its template's captured parameters.
+    pub fn route_match<'r, 'p>(&'r self, req: &RouteRequest<'p>) -> Option<RouteMatch<'r, 'p, T>> {
+        let (i, _, path) = self.find(req)?;
+        let params = match path {
+            PathHit::Template(p) => p,
+            _ => Vec::new(),
+        };
+        Some(RouteMatch {
+            value: &self.values[i],
+            params,
+        })
+    }
+
+    fn find<'p>(&self, req: &RouteRequest<'p>) -> Option<(usize, HostHit, PathHit<'p>)> {
+        self.levels
+            .iter()
+            .find_map(|level| self.find_in(level, req))
+    }
+
+    fn find_in<'p>(
+        &self,
+        level: &Level,
+        req: &RouteRequest<'p>,
+    ) -> Option<(usize, HostHit, PathHit<'p>)> {
+        if !level.exact_hosts.is_empty() {
+            if let Some(t) = level.exact_hosts.get(req.host) {
                 if let Some((i, p)) = t.lookup(req, &self.matchers) {
                     return Some((i, HostHit::Exact, p));
                 }
             }
         }
-        if !self.wildcard_hosts.is_empty() {
+        if !level.wildcard_hosts.is_empty() {
             // .b.example.com, .example.com, .com: longest wildcard first
             let mut offset = 0;
             while let Some(dot) = req.host[offset..].find('.') {
                 let at = offset + dot;
-                if let Some(t) = self.wildcard_hosts.get(&req.host[at..]) {
+                if let Some(t) = level.wildcard_hosts.get(&req.host[at..]) {
                     if let Some((i, p)) = t.lookup(req, &self.matchers) {
                         return Some((i, HostHit::Wildcard(at), p));
                     }
@@ -398,7 +504,8 @@ impl<T> Router<T> {
                 offset = at + 1;
             }
         }
-        self.any_host
+        level
+            .any_host
             .lookup(req, &self.matchers)
             .map(|(i, p)| (i, HostHit::Any, p))
     }
@@ -411,8 +518,13 @@ impl<T> Router<T> {
             HostHit::Wildcard(at) => format!("wildcard host *{}", &req.host[at..]),
             HostHit::Any => "any host".to_string(),
         };
-        let path = match path {
+        let mut path = match path {
             PathHit::Exact => format!("exact path {}", req.path),
+            PathHit::Template(params) => {
+                let t = self.matchers[i].template().map_or("", PathTemplate::as_str);
+                let caps: Vec<String> = params.iter().map(|(n, v)| format!("{n}={v}")).collect();
+                format!("template {t} ({})", caps.join(", "))
+            }
             PathHit::Prefix(0) => "prefix /".to_string(),
             PathHit::Prefix(end) => format!("prefix {}", &req.path[..end]),
             PathHit::Regex => match &self.matchers[i].path {
@@ -420,6 +532,9 @@ impl<T> Router<T> {
                 _ => "regex".to_string(),
             },
         };
+        if self.matchers[i].priority != 0 {
+            path.push_str(&format!(", priority {}", self.matchers[i].priority));
+        }
         Some((&self.values[i], MatchReason { host, path }))
     }
 }
@@ -566,8 +681,8 @@ mod tests {
             ("a.b.example.com", "GET", "/api/x", &[], "wild-host"),
             ("example.com", "GET", "/api/x", &[], "api"),
             ("admin.example.com", "GET", "/other", &[], "root"),
-            // any prefix, even `/`, outranks a regex (documented precedence)
-            ("x", "GET", "/items/42", &[], "root"),
+            // a regex outranks any prefix, so `/` never hides it (DESIGN precedence)
+            ("x", "GET", "/items/42", &[], "items"),
             ("x", "GET", "/items/4x", &[], "root"),
         ];
         for (host, method, path, headers, want) in cases {
@@ -577,6 +692,59 @@ mod tests {
                 "{method} {host}{path} {headers:?}"
             );
         }
+    }
+
+    #[test]
+    fn templates_priority_and_captures() {
+        let r = Router::new(vec![
+            (m("{ path_prefix: / }"), "root"),
+            (m("{ path_prefix: /users }"), "users-prefix"),
+            (m("{ path_regex: '/users/[0-9]+' }"), "users-regex"),
+            (m("{ path_template: '/users/{id}' }"), "user"),
+            (m("{ path_template: '/users/me' }"), "me-template"),
+            (m("{ path_template: '/users/{id}/posts/{post}' }"), "post"),
+            (m("{ path_template: '/files/{*rest}' }"), "files"),
+            (m("{ path: /users/42 }"), "exact-42"),
+            (
+                m("{ path_prefix: /admin }").with_priority(10),
+                "admin-first",
+            ),
+            (
+                m("{ path_template: '/admin/{x}', hosts: [a.example] }"),
+                "admin-host",
+            ),
+        ]);
+        let cases = [
+            ("/users/42", "exact-42"),
+            ("/users/7", "user"),
+            ("/users/me", "me-template"),
+            ("/users/7/posts/9", "post"),
+            ("/users/7/other", "users-prefix"),
+            ("/files/a/b.txt", "files"),
+            ("/files", "root"),
+            ("/other", "root"),
+        ];
+        for (path, want) in cases {
+            assert_eq!(lookup(&r, "x", "GET", path, &[]), Some(want), "{path}");
+        }
+        // priority beats an exact host and a template
+        assert_eq!(
+            lookup(&r, "a.example", "GET", "/admin/x", &[]),
+            Some("admin-first")
+        );
+        let method = Method::GET;
+        let h = http::HeaderMap::new();
+        let req = RouteRequest {
+            host: "x",
+            path: "/users/7/posts/9",
+            method: &method,
+            headers: &h,
+        };
+        let got = r.route_match(&req).unwrap();
+        let params: Vec<(&str, &str)> = got.params.iter().map(|(n, v)| (&**n, *v)).collect();
+        assert_eq!(params, [("id", "7"), ("post", "9")]);
+        let (_, why) = r.route_explained(&req).unwrap();
+        assert_eq!(why.path, "template /users/{id}/posts/{post} (id=7, post=9)");
     }
 
     #[test]

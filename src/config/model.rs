@@ -704,13 +704,18 @@ pub struct RouteConfig {
     pub matcher: MatchConfig,
     /// Name of the upstream that serves it.
     pub upstream: String,
+    /// Precedence before every other rule: a higher priority wins whatever its host or path
+    /// (see the README's precedence rule). Default 0; may be negative.
+    #[serde(default)]
+    pub priority: i32,
     /// A path prefix removed before forwarding (`/api/user/login` -> `/login`).
     #[serde(default)]
     pub strip_prefix: Option<String>,
     /// Prefix added after stripping (`/v2` + `/login`).
     #[serde(default)]
     pub add_prefix: Option<String>,
-    /// Replace the whole path sent upstream.
+    /// Replace the whole path sent upstream. `{name}` inserts a parameter captured by the
+    /// route's `path_template` (`/v2/users/{id}`, `/blobs/{rest}`).
     #[serde(default)]
     pub rewrite_path: Option<String>,
     /// Request body limit; default 10MiB. Larger bodies get a 413.
@@ -754,6 +759,10 @@ pub struct MatchConfig {
     /// Path prefix on segment boundaries: `/api` matches `/api` and `/api/x`, not `/apix`.
     #[serde(default)]
     pub path_prefix: Option<String>,
+    /// Path template: `{name}` matches one segment, a last `{*name}` the rest of the path
+    /// (`/users/{id}`, `/files/{*rest}`); captures are usable in `rewrite_path`.
+    #[serde(default)]
+    pub path_template: Option<String>,
     /// Regex on the normalized path (anchored with ^...$ implicitly).
     #[serde(default)]
     pub path_regex: Option<String>,

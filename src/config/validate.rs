@@ -423,7 +423,7 @@ fn routes(cfg: &GatewayConfig, errs: &mut Vec<ConfigError>, warns: &mut Vec<Conf
             e.hint = did_you_mean(&r.upstream, defined.iter().copied());
             errs.push(e);
         }
-        matcher(&r.matcher, &format!("{base}.match"), errs);
+        matcher(&r.matcher, &format!("{base}.match"), errs, warns);
         for (field, v) in [
             ("strip_prefix", &r.strip_prefix),
             ("add_prefix", &r.add_prefix),
@@ -446,6 +446,22 @@ fn routes(cfg: &GatewayConfig, errs: &mut Vec<ConfigError>, warns: &mut Vec<Conf
                 ));
             }
         }
+        if let Some(rw) = r.rewrite_path.as_deref().filter(|rw| rw.contains('{')) {
+            let template = r
+                .matcher
+                .path_template
+                .as_deref()
+                .and_then(|t| crate::router::PathTemplate::parse(t).ok());
+            let names: Vec<&str> = template
+                .as_ref()
+                .map_or(Vec::new(), |t| t.names().collect());
+            if let Err(e) = crate::router::template::check_rewrite(rw, &names) {
+                errs.push(ConfigError::at(
+                    format!("{base}.rewrite_path"),
+                    e.to_string(),
+                ));
+            }
+        }
         if r.max_body_bytes == Some(0) {
             errs.push(ConfigError::at(
                 format!("{base}.max_body_bytes"),
@@ -456,17 +472,42 @@ fn routes(cfg: &GatewayConfig, errs: &mut Vec<ConfigError>, warns: &mut Vec<Conf
     shadowed(cfg, warns);
 }
 
-fn matcher(m: &MatchConfig, base: &str, errs: &mut Vec<ConfigError>) {
+fn matcher(
+    m: &MatchConfig,
+    base: &str,
+    errs: &mut Vec<ConfigError>,
+    warns: &mut Vec<ConfigWarning>,
+) {
     let given = [
         m.path.is_some(),
         m.path_prefix.is_some(),
+        m.path_template.is_some(),
         m.path_regex.is_some(),
     ];
     if given.iter().filter(|g| **g).count() > 1 {
         errs.push(ConfigError::at(
             base,
-            "use only one of path, path_prefix, path_regex",
+            "use only one of path, path_prefix, path_template, path_regex",
         ));
+    }
+    if let Some(t) = &m.path_template {
+        if let Err(e) = crate::router::PathTemplate::parse(t) {
+            errs.push(ConfigError::at(
+                format!("{base}.path_template"),
+                e.to_string(),
+            ));
+        }
+    }
+    for (field, v) in [("path", &m.path), ("path_prefix", &m.path_prefix)] {
+        if v.as_deref().is_some_and(|v| v.contains('{')) {
+            errs.push(
+                ConfigError::at(
+                    format!("{base}.{field}"),
+                    "`{` is not allowed in a plain path",
+                )
+                .with_hint("for parameters use path_template: /users/{id}"),
+            );
+        }
     }
     for (field, v) in [("path", &m.path), ("path_prefix", &m.path_prefix)] {
         if let Some(v) = v {
@@ -523,6 +564,32 @@ fn matcher(m: &MatchConfig, base: &str, errs: &mut Vec<ConfigError>) {
             ));
         }
     }
+    for (i, h) in m.hosts.iter().enumerate() {
+        if let Some((host, port)) = h.rsplit_once(':') {
+            if !host.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) {
+                warns.push(
+                    ConfigError::at(
+                        format!("{base}.hosts[{i}]"),
+                        format!("{h:?} can never match: the port is not part of the host a request is matched on"),
+                    )
+                    .with_hint(format!("write {host:?}")),
+                );
+            }
+        }
+    }
+    const STANDARD: [&str; 9] = [
+        "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+    ];
+    for (i, meth) in m.methods.iter().enumerate() {
+        if !STANDARD.contains(&meth.as_str()) && http::Method::from_bytes(meth.as_bytes()).is_ok() {
+            let mut w = ConfigError::at(
+                format!("{base}.methods[{i}]"),
+                format!("{meth:?} is not a standard method (RFC 9110, PATCH): only a client that sends exactly it matches"),
+            );
+            w.hint = did_you_mean(meth, STANDARD.iter().copied());
+            warns.push(w);
+        }
+    }
     for name in m.headers.keys() {
         if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
             errs.push(ConfigError::at(
@@ -533,20 +600,31 @@ fn matcher(m: &MatchConfig, base: &str, errs: &mut Vec<ConfigError>) {
     }
 }
 
-/// Routes that can never match because one declared earlier takes every request they
-/// would. Covers hosts, exact and prefix paths, methods and header sets; regex paths are
-/// out of scope (a regex's language cannot be compared cheaply).
+/// Routes that can never match because one of the same priority declared earlier takes
+/// every request they would: same hosts, same exact path, prefix, template shape or regex
+/// pattern, same header conditions, and a superset of methods.
 fn shadowed(cfg: &GatewayConfig, warns: &mut Vec<ConfigWarning>) {
     type Key = (BTreeSet<String>, String, Vec<(String, String)>);
     fn key(m: &MatchConfig) -> Option<Key> {
-        if m.path_regex.is_some() {
-            return None;
-        }
         let hosts = m.hosts.iter().map(|h| h.to_ascii_lowercase()).collect();
-        let path = match (&m.path, &m.path_prefix) {
-            (Some(p), _) => format!("= {p}"),
-            (None, Some(p)) => format!("^ {}", p.trim_end_matches('/')),
-            (None, None) => "^ ".to_string(),
+        let path = match (&m.path, &m.path_prefix, &m.path_template, &m.path_regex) {
+            (Some(p), ..) => format!("= {p}"),
+            (None, Some(p), ..) => format!("^ {}", p.trim_end_matches('/')),
+            // Templates of the same shape (parameter names aside) take the same paths.
+            (None, None, Some(t), _) => format!(
+                "{{}} {}",
+                t.split('/')
+                    .map(|seg| match seg.strip_prefix("{*") {
+                        Some(_) => "{*}",
+                        None if seg.starts_with('{') => "{}",
+                        None => seg,
+                    })
+                    .collect::<Vec<_>>()
+                    .join("/")
+            ),
+            // A regex's language cannot be compared cheaply: only the same pattern.
+            (None, None, None, Some(r)) => format!("~ {r}"),
+            (None, None, None, None) => "^ ".to_string(),
         };
         let headers = m
             .headers
@@ -557,10 +635,12 @@ fn shadowed(cfg: &GatewayConfig, warns: &mut Vec<ConfigWarning>) {
     }
     // Only routes with the same hosts, path and header conditions can shadow each other:
     // group them once (linear), then compare methods inside each group.
-    let mut groups: std::collections::HashMap<Key, Vec<usize>> = std::collections::HashMap::new();
+    let mut groups: std::collections::HashMap<(i32, Key), Vec<usize>> =
+        std::collections::HashMap::new();
     for (j, b) in cfg.routes.iter().enumerate() {
         let Some(kb) = key(&b.matcher) else { continue };
-        let earlier = groups.entry(kb).or_default();
+        // Only routes of the same priority compete on declared order.
+        let earlier = groups.entry((b.priority, kb)).or_default();
         for &i in earlier.iter() {
             let a = &cfg.routes[i];
             let methods_cover = if a.matcher.methods.is_empty() {
@@ -663,6 +743,47 @@ routes:
         assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
         assert_eq!(c.warnings[0].path, "listeners[0].trusted_proxies");
         assert!(c.warnings[0].message.starts_with("trusts every address"));
+    }
+
+    #[test]
+    fn warns_about_routes_that_can_never_match() {
+        let yaml = "listeners: [ { name: a, address: \"127.0.0.1:8080\" } ]\nupstreams:\n  app: { discovery: { static: [ { address: \"127.0.0.1:1\" } ] } }\nroutes:\n  - { name: t1, match: { path_template: \"/users/{id}\" }, upstream: app }\n  - { name: t2, match: { path_template: \"/users/{name}\" }, upstream: app }\n  - { name: r1, match: { path_regex: \"/x/[0-9]+\" }, upstream: app }\n  - { name: r2, match: { path_regex: \"/x/[0-9]+\" }, upstream: app }\n  - { name: hp, match: { hosts: [\"api.example.com:8080\"] }, upstream: app }\n  - { name: m, match: { path: /m, methods: [PSOT] }, upstream: app }\n  - { name: t3, priority: 5, match: { path_template: \"/users/{x}\" }, upstream: app }\n";
+        let c = load_str(yaml, None).unwrap();
+        let w: Vec<String> = c
+            .warnings
+            .iter()
+            .map(|w| {
+                format!(
+                    "{}: {} {}",
+                    w.path,
+                    w.message,
+                    w.hint.clone().unwrap_or_default()
+                )
+            })
+            .collect();
+        let expect = [
+            "routes[1].match: route \"t2\" can never match: route \"t1\" (routes[0])",
+            "routes[3].match: route \"r2\" can never match: route \"r1\" (routes[2])",
+            "routes[4].match.hosts[0]: \"api.example.com:8080\" can never match",
+            "write \"api.example.com\"",
+            "routes[5].match.methods[0]: \"PSOT\" is not a standard method",
+            "did you mean `POST`?",
+        ];
+        for e in expect {
+            assert!(w.iter().any(|x| x.contains(e)), "missing {e:?} in {w:#?}");
+        }
+        assert_eq!(w.len(), 4, "t3 has its own priority: {w:#?}");
+        let errs = errors("listeners: [ { name: a, address: \"127.0.0.1:8080\" } ]\nupstreams:\n  app: { discovery: { static: [ { address: \"127.0.0.1:1\" } ] } }\nroutes:\n  - { name: a, match: { path_template: \"/u/{id\" }, upstream: app }\n  - { name: b, match: { path_template: \"/u/{id}\" }, rewrite_path: \"/v/{user}\", upstream: app }\n  - { name: c, match: { path: \"/u/{id}\" }, upstream: app }\n");
+        for e in [
+            "routes[0].match.path_template: segment \"{id\"",
+            "routes[1].rewrite_path: {user} is not a parameter of the route's path_template",
+            "routes[2].match.path: `{` is not allowed in a plain path",
+        ] {
+            assert!(
+                errs.iter().any(|x| x.starts_with(e)),
+                "missing {e:?} in {errs:#?}"
+            );
+        }
     }
 
     #[test]

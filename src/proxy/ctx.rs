@@ -49,6 +49,9 @@ pub struct RequestCtx {
     pub client: Option<ClientAddr>,
     /// Normalized path.
     pub path: String,
+    /// Parameters the route's path template captured (`{id}` -> `42`), still
+    /// percent-encoded; empty for other routes.
+    pub path_params: Vec<(Arc<str>, String)>,
     /// Original Host header value.
     pub host_header: Option<HeaderValue>,
     /// Endpoint of the current try.
@@ -94,6 +97,7 @@ impl RequestCtx {
             client_ip: None,
             client: None,
             path: String::new(),
+            path_params: Vec::new(),
             host_header: None,
             endpoint: None,
             tried: Vec::new(),

@@ -152,13 +152,20 @@ impl ProxyHttp for Gateway {
         let route = {
             let req = session.req_header();
             snap.router
-                .route(&RouteRequest {
+                .route_match(&RouteRequest {
                     host: &host,
                     path: &ctx.path,
                     method: &req.method,
                     headers: &req.headers,
                 })
-                .cloned()
+                .map(|m| {
+                    ctx.path_params = m
+                        .params
+                        .into_iter()
+                        .map(|(n, v)| (n, v.to_string()))
+                        .collect();
+                    m.value.clone()
+                })
         };
         let Some(route) = route else {
             respond::send_error(
@@ -382,11 +389,19 @@ impl ProxyHttp for Gateway {
         let Some(route) = ctx.route.clone() else {
             return Ok(());
         };
+        // `{name}` in a rewrite takes the route template's captured parameter.
+        let rewrite = route.rewrite_path.as_deref().map(|r| {
+            if ctx.path_params.is_empty() {
+                Cow::Borrowed(r)
+            } else {
+                Cow::Owned(crate::router::template::expand(r, &ctx.path_params))
+            }
+        });
         let path = rewrite_path(
             &ctx.path,
             route.strip_prefix.as_deref(),
             route.add_prefix.as_deref(),
-            route.rewrite_path.as_deref(),
+            rewrite.as_deref(),
         );
         // Most requests go upstream with the path they came with, in origin form: keep
         // the parsed URI.

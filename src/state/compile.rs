@@ -126,7 +126,7 @@ pub fn compile(
     let mut entries = Vec::with_capacity(cfg.routes.len());
     for (i, r) in cfg.routes.iter().enumerate() {
         let matcher = match Matcher::compile(&r.matcher) {
-            Ok(m) => m,
+            Ok(m) => m.with_priority(r.priority),
             Err(e) => {
                 errs.push(ConfigError::at(format!("routes[{i}].match"), e.to_string()));
                 continue;

@@ -18,6 +18,7 @@ mod rate_limits;
 mod reload;
 mod resilience;
 mod routing;
+mod routing_templates;
 mod shutdown;
 mod support;
 mod upstream_errors;
