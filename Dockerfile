@@ -1,8 +1,14 @@
-# gatehouse: a static-ish gateway binary on a small Debian runtime image.
+# gatehouse: the gateway binary on a small Debian runtime image.
 # Build: docker build -t gatehouse .
-# Run:   docker run -p 8080:8080 -v $PWD/config:/etc/gatehouse gatehouse
-#        (the admin listener binds 127.0.0.1 by default; set admin.address: 0.0.0.0:9901 in
-#        the file and publish the port only on a trusted network, or enable admin.auth)
+# Run with the image's default config (config/examples/container.yaml: proxy on 0.0.0.0:8080,
+# probes and /metrics on 0.0.0.0:9902, admin API on loopback inside the container):
+#   docker run -p 8080:8080 -p 9902:9902 gatehouse
+# Run with your own config: put it in a directory as gatehouse.yaml (start from
+# config/examples/container.yaml: listeners on 0.0.0.0, a probe_address) and mount the
+# directory; edits are applied without a restart:
+#   mkdir -p gw && cp config/examples/container.yaml gw/gatehouse.yaml
+#   docker run -p 8080:8080 -p 9902:9902 -v "$PWD/gw:/etc/gatehouse:ro" gatehouse
+# Check a file before mounting it: docker run --rm -v "$PWD/gw:/etc/gatehouse:ro" gatehouse validate -c /etc/gatehouse/gatehouse.yaml
 FROM rust:1-bookworm AS build
 RUN apt-get update && apt-get install -y --no-install-recommends cmake clang && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
@@ -16,21 +22,29 @@ RUN mkdir -p src filters/src registry/src services/src benches examples tests/it
  && echo 'fn main() {}' > services/src/main.rs && touch services/src/lib.rs \
  && echo 'fn main() {}' > benches/hot_paths.rs && echo 'fn main() {}' > examples/bare_proxy.rs \
  && echo 'fn main() {}' > tests/it/main.rs \
- && cargo build --release -p gatehouse --locked || true
+ && (cargo build --release -p gatehouse --locked || true)
 COPY . .
 RUN touch src/main.rs src/lib.rs filters/src/lib.rs registry/src/lib.rs \
  && cargo build --release -p gatehouse --locked \
  && cp target/release/gatehouse /usr/local/bin/gatehouse \
- && gatehouse validate -c config/examples/minimal.yaml
+ && gatehouse validate -c config/examples/container.yaml
 
 FROM debian:bookworm-slim
-RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates && rm -rf /var/lib/apt/lists/* \
- && useradd --system --uid 10001 --no-create-home gatehouse
+# ca-certificates: upstream TLS verification. The binary links only glibc, libm and
+# libgcc_s (tests/it/deploy.rs checks its ldd output against this list).
+RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates libgcc-s1 \
+ && rm -rf /var/lib/apt/lists/* \
+ && useradd --system --uid 10001 --user-group --no-create-home gatehouse
 COPY --from=build /usr/local/bin/gatehouse /usr/local/bin/gatehouse
 COPY config/examples/container.yaml /etc/gatehouse/gatehouse.yaml
-COPY config/gatehouse.schema.json /etc/gatehouse/gatehouse.schema.json
-USER gatehouse
-EXPOSE 8080 9901
+COPY config/gatehouse.schema.json /usr/share/gatehouse/gatehouse.schema.json
+USER 10001:10001
+# 8080: the proxy listener; 9902: the probe listener (/metrics, /healthz, /readyz).
+# The admin API (127.0.0.1:9901) stays inside the container.
+EXPOSE 8080 9902
+# The slim image has no curl: the gateway probes its own readiness.
+HEALTHCHECK --interval=10s --timeout=5s --start-period=10s --retries=3 \
+  CMD ["/usr/local/bin/gatehouse", "health", "--url", "http://127.0.0.1:9902/readyz"]
 # SIGTERM drains in-flight requests for shutdown.grace_period, then exits.
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["/usr/local/bin/gatehouse"]

@@ -14,6 +14,10 @@ step "unit and integration tests (gateway, filters, registry, services), benches
 # Timing-sensitive tests share 2 cores: cap the parallelism of test threads.
 RUST_TEST_THREADS="${TEST_THREADS:-4}" cargo test --workspace --all-targets
 
+step "deployment files: systemd-analyze verify on the unit, hadolint on the Dockerfile"
+cargo build -p gatehouse --bins
+scripts/check-deploy.sh
+
 step "observability: promtool rules and tests, Grafana dashboard"
 scripts/check-observability.sh
 

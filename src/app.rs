@@ -1,5 +1,6 @@
-//! Assembles and runs the pingora server: proxy listeners, the admin listener, and the
-//! maintenance task (reload triggers, traffic sampling, health checks, discovery).
+//! Assembles and runs the pingora server: proxy listeners, the admin and probe listeners,
+//! the maintenance task (reload triggers, traffic sampling, health checks, discovery),
+//! signals, and the binary upgrade's hand-over.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -8,13 +9,16 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use gatehouse_filters::FilterRuntime;
-use pingora_core::server::configuration::ServerConf;
-use pingora_core::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
+use pingora_core::server::configuration::{Opt, ServerConf};
+use pingora_core::server::{
+    ExecutionPhase, RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch,
+};
 use pingora_core::services::background::{background_service, BackgroundService};
 use pingora_core::services::listening::Service as ListeningService;
 
 use crate::admin::{status::TrafficSampler, Admin, AdminAuth};
 use crate::config::{self, ConfigErrors, LoadedConfig};
+use crate::lifecycle::{self, Binder, ListenerSpec, Readiness, Tracked};
 use crate::metrics::Metrics;
 use crate::state::events::EventLog;
 use crate::state::{compile, reload, State};
@@ -39,10 +43,32 @@ pub struct RunOptions {
     pub config_path: PathBuf,
     /// Exit the process as soon as nothing is in flight during a graceful shutdown.
     pub exit_when_drained: bool,
+    /// Take the listening sockets over from a running gatehouse through
+    /// `shutdown.upgrade_socket` (pingora's `--upgrade`); that process hands them over on
+    /// SIGQUIT.
+    pub upgrade: bool,
+    /// The binary SIGUSR2 starts for an upgrade: the path this process was started from,
+    /// resolved at start (after the file is replaced, `/proc/self/exe` names the old one).
+    /// `None` (the gateway inside another program): SIGUSR2 is ignored.
+    pub exe: Option<PathBuf>,
     /// Gives the allocator's freed memory back to the OS. Called every second while the
     /// proxy is quiet (no request in the last second, none in flight), so RSS returns to
     /// near idle after a burst; the binary passes its allocator's collect function.
     pub release_free_memory: Option<fn()>,
+}
+
+impl RunOptions {
+    /// Options for running the gateway inside another program (the demo, tests): no
+    /// early exit, no upgrade, no allocator hook.
+    pub fn embedded(config_path: PathBuf) -> Self {
+        Self {
+            config_path,
+            exit_when_drained: false,
+            upgrade: false,
+            exe: None,
+            release_free_memory: None,
+        }
+    }
 }
 
 /// Builds the long-lived state from a loaded config.
@@ -81,58 +107,141 @@ pub fn build_state(
 }
 
 /// SIGTERM: graceful (stop accepting, drain up to the grace period); SIGINT: fast;
-/// SIGQUIT: pingora's graceful upgrade. Marks the state as draining first.
+/// SIGQUIT: pingora's graceful upgrade (hand the listening sockets to a new process
+/// started with `--upgrade`, then drain); SIGUSR2: start that new process from the
+/// binary's path and, once it waits for the sockets, hand them over as on SIGQUIT.
 struct Signals {
     state: Arc<State>,
-    exit_when_drained: bool,
-    grace: Duration,
+    successor: Successor,
 }
 
 #[async_trait]
 impl ShutdownSignalWatch for Signals {
     async fn recv(&self) -> ShutdownSignal {
         use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int), Ok(mut quit)) = (
+        let (Ok(mut term), Ok(mut int), Ok(mut quit), Ok(mut usr2)) = (
             signal(SignalKind::terminate()),
             signal(SignalKind::interrupt()),
             signal(SignalKind::quit()),
+            signal(SignalKind::user_defined2()),
         ) else {
             tracing::error!("cannot install signal handlers; shutting down");
             return ShutdownSignal::FastShutdown;
         };
-        let sig = tokio::select! {
-            _ = term.recv() => ShutdownSignal::GracefulTerminate,
-            _ = int.recv() => ShutdownSignal::FastShutdown,
-            _ = quit.recv() => ShutdownSignal::GracefulUpgrade,
-        };
-        if matches!(sig, ShutdownSignal::GracefulTerminate) {
-            tracing::info!(
-                grace_seconds = self.grace.as_secs_f64(),
-                "SIGTERM: draining"
-            );
-            self.state.draining.store(true, Ordering::Relaxed);
-            if self.exit_when_drained {
-                let state = self.state.clone();
-                let grace = self.grace;
-                // pingora sleeps the whole grace period; end it as soon as nothing is in flight.
-                std::thread::spawn(move || {
-                    let start = std::time::Instant::now();
-                    std::thread::sleep(Duration::from_millis(100));
-                    while start.elapsed() < grace {
-                        if state.metrics.inflight.get() <= 0 {
-                            tracing::info!(
-                                after_ms = start.elapsed().as_millis() as u64,
-                                "drained; exiting"
-                            );
-                            std::process::exit(0);
+        let sig = loop {
+            tokio::select! {
+                _ = term.recv() => {
+                    tracing::info!("SIGTERM: draining");
+                    lifecycle::notify(&[sd_notify::NotifyState::Stopping]);
+                    break ShutdownSignal::GracefulTerminate;
+                }
+                _ = int.recv() => {
+                    lifecycle::notify(&[sd_notify::NotifyState::Stopping]);
+                    break ShutdownSignal::FastShutdown;
+                }
+                _ = quit.recv() => {
+                    tracing::info!(socket = %self.successor.upgrade_socket.display(), "SIGQUIT: handing the listening sockets over, then draining");
+                    break ShutdownSignal::GracefulUpgrade;
+                }
+                _ = usr2.recv() => {
+                    let successor = self.successor.clone();
+                    match tokio::task::spawn_blocking(move || successor.start()).await {
+                        Ok(Ok(pid)) => {
+                            tracing::info!(new_pid = pid, "SIGUSR2: the new process waits for the listening sockets; handing them over, then draining");
+                            break ShutdownSignal::GracefulUpgrade;
                         }
-                        std::thread::sleep(Duration::from_millis(20));
+                        Ok(Err(e)) => tracing::error!(error = %e, "SIGUSR2: upgrade abandoned; this process keeps serving"),
+                        Err(e) => tracing::error!(error = %e, "SIGUSR2: upgrade abandoned; this process keeps serving"),
                     }
-                });
+                }
             }
-        }
+        };
+        // Responses now ask clients to close, so keep-alive clients move to the new
+        // process (upgrade) or away (terminate) before idle connections are dropped.
+        self.state.draining.store(true, Ordering::Relaxed);
         sig
     }
+}
+
+/// How SIGUSR2 starts the process that takes over: the binary at the path this one was
+/// started from (replaced on disk by the new version), same config, `--upgrade`.
+#[derive(Clone)]
+struct Successor {
+    exe: Option<PathBuf>,
+    config_path: PathBuf,
+    upgrade_socket: PathBuf,
+}
+
+impl Successor {
+    /// How long the new process may take to load its config and wait on the socket.
+    const START_WITHIN: Duration = Duration::from_secs(30);
+
+    /// Starts the new process and returns its pid once it listens on the upgrade socket
+    /// (by then it has loaded and compiled its config); an error when it exits first or
+    /// does not get there in time, and then this process keeps everything.
+    fn start(&self) -> Result<u32, String> {
+        // pingora leaves the socket file behind after a hand-over; a stale one would look
+        // like the new process waiting.
+        let exe = self
+            .exe
+            .as_ref()
+            .ok_or("this process was not started as the gatehouse binary")?;
+        let _ = std::fs::remove_file(&self.upgrade_socket);
+        let mut child = std::process::Command::new(exe)
+            .arg("run")
+            .arg("--upgrade")
+            .arg("-c")
+            .arg(&self.config_path)
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", exe.display()))?;
+        let start = std::time::Instant::now();
+        while start.elapsed() < Self::START_WITHIN {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(format!(
+                    "the new process exited with {status} before taking over"
+                ));
+            }
+            if self.upgrade_socket.exists() {
+                return Ok(child.id());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        Err(format!(
+            "the new process did not listen on {} within {:?}",
+            self.upgrade_socket.display(),
+            Self::START_WITHIN
+        ))
+    }
+}
+
+/// Ends the process once the grace period has begun (after SIGTERM, or after the
+/// hand-over of an upgrade) and nothing is in flight any more: pingora itself would sleep
+/// the whole grace period.
+fn exit_when_drained(server: &Server, state: Arc<State>, grace: Duration) {
+    let mut phases = server.watch_execution_phase();
+    std::thread::spawn(move || {
+        loop {
+            match phases.blocking_recv() {
+                Ok(ExecutionPhase::ShutdownGracePeriod) => break,
+                Ok(ExecutionPhase::Terminated)
+                | Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                _ => {}
+            }
+        }
+        let start = std::time::Instant::now();
+        while start.elapsed() < grace {
+            if state.metrics.inflight.get() <= 0 {
+                tracing::info!(
+                    after_ms = start.elapsed().as_millis() as u64,
+                    "drained; exiting"
+                );
+                std::process::exit(0);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
 }
 
 /// Periodic work that must follow the *current* snapshot: reload triggers, traffic
@@ -181,7 +290,9 @@ impl BackgroundService for Maintenance {
                 }
                 Some(_) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
                     let state = self.state.clone();
+                    lifecycle::notify_reloading();
                     let _ = tokio::task::spawn_blocking(move || reload::reload(&state, "signal")).await;
+                    lifecycle::notify_reloaded();
                 }
                 _ = quiet_tick.tick(), if self.release_free_memory.is_some() => {
                     let m = &self.state.metrics;
@@ -232,10 +343,7 @@ pub fn run(opts: RunOptions) -> Result<(), StartError> {
         .join(format!("gatehouse-{}.pid", std::process::id()))
         .display()
         .to_string();
-    conf.upgrade_sock = std::env::temp_dir()
-        .join(format!("gatehouse-{}.sock", std::process::id()))
-        .display()
-        .to_string();
+    conf.upgrade_sock = cfg.shutdown.upgrade_socket.clone();
     // SIGHUP's default action kills the process; take it over now, before the maintenance
     // service listens for it (a handler once installed stays for the process's life).
     if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
@@ -246,8 +354,39 @@ pub fn run(opts: RunOptions) -> Result<(), StartError> {
             let _ = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
         });
     }
-    let mut server = Server::new_with_opt_and_conf(None, conf);
+    let opt = Opt {
+        upgrade: opts.upgrade,
+        ..Opt::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
+    // With --upgrade: receive the listening sockets of the running process (it sends them
+    // on SIGQUIT); pingora exits with status 1 when none arrive.
     server.bootstrap();
+
+    let proxy_specs: Vec<ListenerSpec> = cfg
+        .listeners
+        .iter()
+        .map(|l| ListenerSpec {
+            name: l.name.clone(),
+            address: l.address.clone(),
+        })
+        .collect();
+    let admin_spec = ListenerSpec {
+        name: "admin".into(),
+        address: cfg.admin.address.clone(),
+    };
+    let probe_spec = cfg.admin.probe_address.as_ref().map(|a| ListenerSpec {
+        name: "probe".into(),
+        address: a.clone(),
+    });
+    let all_specs: Vec<ListenerSpec> = proxy_specs
+        .iter()
+        .chain(std::iter::once(&admin_spec))
+        .chain(probe_spec.iter())
+        .cloned()
+        .collect();
+    let readiness = Readiness::new(&all_specs);
+    let addresses = |specs: &[ListenerSpec]| specs.iter().map(|s| s.address.clone()).collect();
 
     // One service per listener: each has its own request limits and connection cap.
     let proxies: Vec<_> = cfg
@@ -265,23 +404,51 @@ pub fn run(opts: RunOptions) -> Result<(), StartError> {
     let sampler = Arc::new(TrafficSampler::default());
     let mut admin = ListeningService::new(
         "gatehouse admin".to_string(),
-        Admin::new(state.clone(), auth, sampler.clone()),
+        Admin::new(state.clone(), auth, sampler.clone(), readiness.clone()),
     );
-    admin.add_tcp(&cfg.admin.address);
+    admin.add_tcp(&admin_spec.address);
     admin.threads = Some(1);
     let mut maintenance = background_service(
         "gatehouse maintenance",
         Maintenance {
             state: state.clone(),
-            sampler,
+            sampler: sampler.clone(),
             release_free_memory: opts.release_free_memory,
         },
     );
     maintenance.threads = Some(1);
-    for proxy in proxies {
-        server.add_service(proxy);
+    let binder = server.add_service(Binder::new(all_specs.clone()));
+    for (proxy, spec) in proxies.into_iter().zip(&proxy_specs) {
+        server
+            .add_service(Tracked::new(
+                proxy,
+                addresses(std::slice::from_ref(spec)),
+                readiness.clone(),
+            ))
+            .add_dependency(&binder);
     }
-    server.add_service(admin);
+    server
+        .add_service(Tracked::new(
+            admin,
+            addresses(std::slice::from_ref(&admin_spec)),
+            readiness.clone(),
+        ))
+        .add_dependency(&binder);
+    if let Some(probe_spec) = &probe_spec {
+        let mut probe = ListeningService::new(
+            "gatehouse probe".to_string(),
+            Admin::probes(state.clone(), sampler, readiness.clone()),
+        );
+        probe.add_tcp(&probe_spec.address);
+        probe.threads = Some(1);
+        server
+            .add_service(Tracked::new(
+                probe,
+                addresses(std::slice::from_ref(probe_spec)),
+                readiness.clone(),
+            ))
+            .add_dependency(&binder);
+    }
     server.add_service(maintenance);
 
     let watch_state = state.clone();
@@ -292,15 +459,22 @@ pub fn run(opts: RunOptions) -> Result<(), StartError> {
     .map_err(|e| StartError::Other(format!("cannot watch {}: {e}", opts.config_path.display())))?;
 
     tracing::info!(
-        listeners = ?cfg.listeners.iter().map(|l| l.address.as_str()).collect::<Vec<_>>(),
-        admin = %cfg.admin.address,
+        listeners = ?all_specs.iter().map(|l| format!("{}={}", l.name, l.address)).collect::<Vec<_>>(),
+        upgrade = opts.upgrade,
         "gatehouse starting"
     );
+    if opts.exit_when_drained {
+        exit_when_drained(&server, state.clone(), cfg.shutdown.grace_period.get());
+    }
+    let config_path = std::path::absolute(&opts.config_path).unwrap_or(opts.config_path.clone());
     server.run(RunArgs {
         shutdown_signal: Box::new(Signals {
             state,
-            exit_when_drained: opts.exit_when_drained,
-            grace: cfg.shutdown.grace_period.get(),
+            successor: Successor {
+                exe: opts.exe.clone(),
+                config_path,
+                upgrade_socket: PathBuf::from(&cfg.shutdown.upgrade_socket),
+            },
         }),
     });
     Ok(())

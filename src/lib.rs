@@ -9,6 +9,7 @@ pub mod admin;
 pub mod app;
 pub mod client_addr;
 pub mod config;
+pub mod lifecycle;
 pub mod metrics;
 pub mod proxy;
 pub mod resilience;

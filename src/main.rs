@@ -69,7 +69,20 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the gateway (the default).
-    Run,
+    Run {
+        /// Take the listening sockets over from the running gatehouse (binary upgrade):
+        /// start this, then send SIGQUIT to the old process within 5 s. SIGUSR2 to the old
+        /// process does both.
+        #[arg(long)]
+        upgrade: bool,
+    },
+    /// Probe a URL, for container health checks without curl: exit 0 on a 2xx answer
+    /// within 3 s, else print why and exit 1.
+    Health {
+        /// `http://host:port/path`, e.g. `http://127.0.0.1:9902/readyz`.
+        #[arg(long)]
+        url: String,
+    },
     /// Check a config file, like `nginx -t`: exit 0 and "configuration OK", or the errors and exit 1.
     Validate {
         /// Print the result as JSON.
@@ -229,9 +242,69 @@ fn route_test(
     }
 }
 
+/// The file a command name runs: a path as given (made absolute), a bare name looked
+/// up in PATH.
+fn which_exe(arg0: &std::path::Path) -> Option<PathBuf> {
+    if arg0.components().count() > 1 {
+        return std::path::absolute(arg0).ok();
+    }
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(arg0))
+            .find(|p| p.is_file())
+    })
+}
+
+/// One HTTP/1.1 GET over plain TCP; `Ok(status)` or why it failed.
+fn probe(url: &str) -> anyhow::Result<u16> {
+    use std::io::{Read, Write};
+    let uri: http::Uri = url.parse().context("not a URL")?;
+    anyhow::ensure!(
+        uri.scheme_str() == Some("http"),
+        "only http:// URLs are supported"
+    );
+    let host = uri.host().context("the URL has no host")?;
+    let port = uri.port_u16().unwrap_or(80);
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let timeout = std::time::Duration::from_secs(3);
+    let addr = std::net::ToSocketAddrs::to_socket_addrs(&(host, port))?
+        .next()
+        .context("the host resolves to no address")?;
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: gatehouse-health\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut head = [0u8; 32];
+    let mut n = 0;
+    while n < 12 {
+        let got = stream.read(&mut head[n..])?;
+        anyhow::ensure!(got > 0, "the connection closed without an answer");
+        n += got;
+    }
+    let line = std::str::from_utf8(&head[..n]).unwrap_or("");
+    line.get(9..12)
+        .and_then(|c| c.parse().ok())
+        .filter(|_| line.starts_with("HTTP/1."))
+        .context("not an HTTP/1.x answer")
+}
+
 fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
-    match cli.command.unwrap_or(Command::Run) {
+    match cli.command.unwrap_or(Command::Run { upgrade: false }) {
+        Command::Health { url } => match probe(&url) {
+            Ok(status) if (200..300).contains(&status) => Ok(ExitCode::SUCCESS),
+            Ok(status) => {
+                eprintln!("unhealthy: {url} answered {status}");
+                Ok(ExitCode::FAILURE)
+            }
+            Err(e) => {
+                eprintln!("unhealthy: {url}: {e:#}");
+                Ok(ExitCode::FAILURE)
+            }
+        },
         Command::Validate { json } => Ok(validate(&cli.config, json)),
         Command::RouteTest {
             method,
@@ -243,11 +316,18 @@ fn main() -> anyhow::Result<ExitCode> {
             println!("{}", gatehouse::config::schema_json());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Run => {
+        Command::Run { upgrade } => {
             init_logging();
             match gatehouse::app::run(gatehouse::app::RunOptions {
                 config_path: cli.config.clone(),
                 exit_when_drained: true,
+                upgrade,
+                // argv[0] as started (resolved against PATH by the shell or systemd), so
+                // that SIGUSR2 runs the file now at that path: the new binary.
+                exe: std::env::args_os()
+                    .next()
+                    .map(PathBuf::from)
+                    .and_then(|p| which_exe(&p)),
                 release_free_memory: Some(release_free_memory),
             }) {
                 Ok(()) => Ok(ExitCode::SUCCESS),

@@ -22,11 +22,7 @@ pub async fn start_gateway(secret: &str) {
     let spawned = std::thread::Builder::new()
         .name("gatehouse-gateway".into())
         .spawn(move || {
-            let opts = gatehouse::app::RunOptions {
-                config_path,
-                exit_when_drained: false,
-                release_free_memory: None,
-            };
+            let opts = gatehouse::app::RunOptions::embedded(config_path);
             if let Err(e) = gatehouse::app::run(opts) {
                 tracing::error!(error = %e, "the demo gateway could not start");
             }

@@ -1,4 +1,5 @@
-//! The admin listener: /metrics, /healthz, /readyz, /admin/* and the health dashboard.
+//! The admin listener (/metrics, /healthz, /readyz, /admin/* and the health dashboard)
+//! and the probe listener (only /metrics, /healthz, /readyz).
 
 pub mod status;
 
@@ -11,6 +12,7 @@ use pingora_core::apps::http_app::ServeHttp;
 use pingora_core::protocols::http::ServerSession;
 use serde_json::{json, Value};
 
+use crate::lifecycle::{NotReady, Readiness};
 use crate::state::events::rfc3339;
 use crate::state::{reload, State};
 use crate::upstream::now_ms;
@@ -73,20 +75,63 @@ impl AdminAuth {
     }
 }
 
-/// The admin HTTP app.
+/// The admin HTTP app, serving either everything or only the probe endpoints.
 pub struct Admin {
     state: Arc<State>,
     auth: AdminAuth,
     sampler: Arc<status::TrafficSampler>,
+    readiness: Arc<Readiness>,
+    probes_only: bool,
 }
 
 impl Admin {
-    /// An admin app over the shared state.
-    pub fn new(state: Arc<State>, auth: AdminAuth, sampler: Arc<status::TrafficSampler>) -> Self {
+    /// The admin API over the shared state: probes, metrics, `/admin/*`, the dashboard.
+    pub fn new(
+        state: Arc<State>,
+        auth: AdminAuth,
+        sampler: Arc<status::TrafficSampler>,
+        readiness: Arc<Readiness>,
+    ) -> Self {
         Self {
             state,
             auth,
             sampler,
+            readiness,
+            probes_only: false,
+        }
+    }
+
+    /// The probe listener's app: `/metrics`, `/healthz`, `/readyz` and nothing else, so
+    /// it can bind a public address without exposing reloads or the dashboard.
+    pub fn probes(
+        state: Arc<State>,
+        sampler: Arc<status::TrafficSampler>,
+        readiness: Arc<Readiness>,
+    ) -> Self {
+        Self {
+            probes_only: true,
+            ..Self::new(state, AdminAuth::default(), sampler, readiness)
+        }
+    }
+
+    /// `/readyz`: 200 only while a config is loaded (the state exists only with one),
+    /// the gateway is not draining, and every listener accepts.
+    fn readyz(&self) -> Response<Vec<u8>> {
+        if self.state.draining.load(Ordering::Relaxed) {
+            return json_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &json!({"status": "draining"}),
+            );
+        }
+        match self.readiness.check() {
+            Ok(()) => json_response(
+                StatusCode::OK,
+                &json!({"status": "ready", "config_hash": self.state.current().loaded.hash, "pid": std::process::id()}),
+            ),
+            Err(NotReady::NotAccepting(names)) => json_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &json!({"status": "not_accepting", "listeners": names}),
+            ),
         }
     }
 }
@@ -208,6 +253,12 @@ impl ServeHttp for Admin {
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
         let open = matches!(path.as_str(), "/metrics" | "/healthz" | "/readyz");
+        if self.probes_only && !open {
+            return json_response(
+                StatusCode::NOT_FOUND,
+                &json!({"error": "not_found", "hint": "the probe listener serves /metrics, /healthz and /readyz; the admin API is on admin.address"}),
+            );
+        }
         if !open && !self.auth.allows(auth.as_deref()) {
             let mut r = json_response(StatusCode::UNAUTHORIZED, &json!({"error": "unauthorized"}));
             r.headers_mut().insert(
@@ -223,19 +274,7 @@ impl ServeHttp for Admin {
                 self.state.metrics.render(),
             ),
             ("GET", "/healthz") => json_response(StatusCode::OK, &json!({"status": "ok"})),
-            ("GET", "/readyz") => {
-                if self.state.draining.load(Ordering::Relaxed) {
-                    json_response(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        &json!({"status": "draining"}),
-                    )
-                } else {
-                    json_response(
-                        StatusCode::OK,
-                        &json!({"status": "ready", "config_hash": self.state.current().loaded.hash}),
-                    )
-                }
-            }
+            ("GET", "/readyz") => self.readyz(),
             ("GET", "/") | ("GET", "/dashboard") => respond(
                 StatusCode::OK,
                 "text/html; charset=utf-8",

@@ -143,6 +143,11 @@ pub struct AdminConfig {
     /// `/readyz` stay open so probes and scrapers work).
     #[serde(default)]
     pub auth: Option<AdminAuthConfig>,
+    /// Optional `ip:port` of a probe listener that serves only `/metrics`, `/healthz` and
+    /// `/readyz`, e.g. `0.0.0.0:9902` in a container, so Prometheus and Kubernetes reach
+    /// them while `/admin/*` and the dashboard stay on `address`. Needs a restart.
+    #[serde(default)]
+    pub probe_address: Option<String>,
 }
 
 impl Default for AdminConfig {
@@ -150,6 +155,7 @@ impl Default for AdminConfig {
         Self {
             address: default_admin_address(),
             auth: None,
+            probe_address: None,
         }
     }
 }
@@ -263,14 +269,25 @@ pub struct ShutdownConfig {
     /// the process exits as soon as none is left. Default 10s.
     #[serde(default = "default_grace")]
     pub grace_period: Duration,
+    /// Unix socket over which a binary upgrade hands the listening sockets from the
+    /// running process to the new one (`gatehouse run --upgrade`, then SIGQUIT to the old
+    /// one; or SIGUSR2, which does both). Default `/tmp/gatehouse-upgrade.sock`; give each
+    /// gateway on a host its own. Needs a restart.
+    #[serde(default = "default_upgrade_socket")]
+    pub upgrade_socket: String,
 }
 
 impl Default for ShutdownConfig {
     fn default() -> Self {
         Self {
             grace_period: default_grace(),
+            upgrade_socket: default_upgrade_socket(),
         }
     }
+}
+
+fn default_upgrade_socket() -> String {
+    "/tmp/gatehouse-upgrade.sock".to_string()
 }
 
 fn default_grace() -> Duration {

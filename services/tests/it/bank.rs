@@ -83,11 +83,7 @@ async fn start_gateway(dir: &std::path::Path, transaction_port: u16) -> String {
     )
     .unwrap();
     std::thread::spawn(move || {
-        let opts = gatehouse::app::RunOptions {
-            config_path: config,
-            exit_when_drained: false,
-            release_free_memory: None,
-        };
+        let opts = gatehouse::app::RunOptions::embedded(config);
         gatehouse::app::run(opts).expect("the gateway starts");
     });
     let ready = format!("http://127.0.0.1:{admin}/readyz");
