@@ -203,6 +203,33 @@ async fn readyz_stops_saying_ready_while_draining() {
 }
 
 #[tokio::test]
+async fn systemd_hears_ready_reloading_and_stopping() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let next = || {
+        let mut buf = [0u8; 512];
+        let n = sock.recv(&mut buf).expect("a notification within 10 s");
+        String::from_utf8_lossy(&buf[..n]).to_string()
+    };
+    let mut gw =
+        TestGateway::start_with_env(MINIMAL, &[("NOTIFY_SOCKET", path.to_str().unwrap())]).await;
+    assert_eq!(next(), format!("MAINPID={}\nREADY=1\n", gw.pid()));
+    gw.signal(1);
+    let reloading = next();
+    assert!(
+        reloading.starts_with("RELOADING=1\nMONOTONIC_USEC="),
+        "{reloading}"
+    );
+    assert_eq!(next(), "READY=1\n");
+    gw.signal(15);
+    assert_eq!(next(), "STOPPING=1\n");
+    assert!(gw.wait_exit(Duration::from_secs(10)).unwrap().success());
+}
+
+#[tokio::test]
 async fn health_command_exits_0_only_on_a_2xx_answer() {
     let probe = free_port();
     let _gw = TestGateway::start(&with_probe(probe)).await;
