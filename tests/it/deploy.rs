@@ -270,7 +270,21 @@ struct Tally {
     /// closed before any byte of the answer (RFC 9112 §9.3.1 lets a client retry an
     /// idempotent request then); each is also counted in `sent` only once.
     keepalive_retries: AtomicU64,
+    /// Requests re-sent because a fresh connection closed before any byte of the answer.
+    fresh_retries: AtomicU64,
     reconnects: AtomicU64,
+    /// What went wrong, for the report (first few).
+    reasons: std::sync::Mutex<Vec<String>>,
+}
+
+impl Tally {
+    fn fail(&self, why: String) {
+        self.failed.fetch_add(1, Ordering::Relaxed);
+        let mut r = self.reasons.lock().unwrap();
+        if r.len() < 10 {
+            r.push(why);
+        }
+    }
 }
 
 /// Reads one HTTP/1.1 response with a Content-Length body; `Ok(None)` when the peer
@@ -358,8 +372,8 @@ async fn keepalive_worker(port: u16, stop: Arc<AtomicBool>, t: Arc<Tally>) {
                     t.keepalive_retries.fetch_add(1, Ordering::Relaxed);
                     attempt += 1;
                 }
-                _ => {
-                    t.failed.fetch_add(1, Ordering::Relaxed);
+                other => {
+                    t.fail(format!("keep-alive (reused: {reused}): {other:?}"));
                     break;
                 }
             }
@@ -374,23 +388,37 @@ async fn fresh_worker(port: u16, stop: Arc<AtomicBool>, t: Arc<Tally>) {
             return;
         }
         t.sent.fetch_add(1, Ordering::Relaxed);
-        let mut s = match TcpStream::connect(("127.0.0.1", port)).await {
-            Ok(s) => s,
-            Err(_) => {
-                t.refused.fetch_add(1, Ordering::Relaxed);
-                t.failed.fetch_add(1, Ordering::Relaxed);
-                continue;
+        for attempt in 0..2 {
+            let mut s = match TcpStream::connect(("127.0.0.1", port)).await {
+                Ok(s) => s,
+                Err(_) => {
+                    t.refused.fetch_add(1, Ordering::Relaxed);
+                    t.failed.fetch_add(1, Ordering::Relaxed);
+                    break;
+                }
+            };
+            let req = b"GET /fast HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n";
+            let answer = match s.write_all(req).await {
+                Ok(()) => read_response(&mut s).await,
+                Err(e) => Err(e),
+            };
+            match answer {
+                Ok(Some((200, _))) => {
+                    t.ok.fetch_add(1, Ordering::Relaxed);
+                    break;
+                }
+                // Closed before any byte of the answer: the old process stopped before
+                // this connection's request arrived. RFC 9112 §9.3.1 lets a client
+                // retransmit an idempotent request then; counted and reported.
+                Ok(None) if attempt == 0 => {
+                    t.fresh_retries.fetch_add(1, Ordering::Relaxed);
+                }
+                other => {
+                    t.fail(format!("fresh connection: {other:?}"));
+                    break;
+                }
             }
-        };
-        let req = b"GET /fast HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n";
-        let answer = match s.write_all(req).await {
-            Ok(()) => read_response(&mut s).await,
-            Err(e) => Err(e),
-        };
-        match answer {
-            Ok(Some((200, _))) => t.ok.fetch_add(1, Ordering::Relaxed),
-            _ => t.failed.fetch_add(1, Ordering::Relaxed),
-        };
+        }
     }
 }
 
@@ -602,15 +630,17 @@ async fn three_binary_upgrades_under_traffic_lose_nothing() {
     let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
     let report = format!(
         "upgrades: 3, requests sent: {}, ok: {}, failed: {}, refused connections: {}, \
-         keep-alive retries: {}, keep-alive connections opened: {}, long requests completed across an upgrade: {slow_done}, \
-         longest: {:.2} s",
+         keep-alive retries: {}, fresh-connection retries: {}, keep-alive connections opened: {}, long requests completed across an upgrade: {slow_done}, \
+         longest: {:.2} s, failures: {:?}",
         get(&tally.sent),
         get(&tally.ok),
         get(&tally.failed),
         get(&tally.refused),
         get(&tally.keepalive_retries),
+        get(&tally.fresh_retries),
         get(&tally.reconnects),
-        longest.as_secs_f64()
+        longest.as_secs_f64(),
+        tally.reasons.lock().unwrap()
     );
     println!("{report}");
     assert_eq!(get(&tally.failed), 0, "{report}\n{}", logs());
