@@ -115,14 +115,7 @@ async fn the_probe_listener_serves_probes_and_metrics_but_not_the_admin_api() {
         .await
         .unwrap()
         .contains("gatehouse_build_info"));
-    let ready: serde_json::Value = c
-        .get(at("/readyz"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ready = crate::support::get_json(&at("/readyz")).await;
     assert_eq!(ready["status"], "ready");
     assert_eq!(ready["pid"], gw.pid());
     // Mutating endpoints and the dashboard stay on the admin listener.
