@@ -57,6 +57,12 @@ fn is_unreserved(b: u8) -> bool {
 /// resolved; a path that escapes the root or holds an encoded `/`, `\` or NUL is refused.
 /// A trailing `/` is kept.
 pub fn normalize_path(raw: &[u8]) -> Result<String, PathError> {
+    normalize_path_with(raw, false)
+}
+
+/// [`normalize_path`], but with `keep_encoded_slash` an encoded `/` is kept inside its
+/// segment as `%2F` (for routes that choose `encoded_slashes: keep | decode`).
+pub fn normalize_path_with(raw: &[u8], keep_encoded_slash: bool) -> Result<String, PathError> {
     if raw.first() != Some(&b'/') {
         return Err(PathError::NotAbsolute);
     }
@@ -78,6 +84,7 @@ pub fn normalize_path(raw: &[u8]) -> Result<String, PathError> {
                 let v = h * 16 + l;
                 match v {
                     0 => return Err(PathError::Nul),
+                    b'/' if keep_encoded_slash => decoded.extend_from_slice(b"%2F"),
                     b'/' | b'\\' => return Err(PathError::EncodedSeparator),
                     v if is_unreserved(v) => decoded.push(v),
                     v => {
@@ -124,6 +131,31 @@ pub fn normalize_path(raw: &[u8]) -> Result<String, PathError> {
         out.push('/');
     }
     Ok(out)
+}
+
+/// Applies a route's `encoded_slashes` choice to a path normalized with
+/// [`normalize_path_with`]`(.., true)`: `Ok(None)` keeps it as it is, `Ok(Some(p))` is the
+/// decoded path to forward; `reject`, or a decoding that would create `.`/`..` segments or
+/// `//` (a path the gateway did not match), is an error.
+pub fn apply_encoded_slashes(
+    path: &str,
+    choice: crate::config::model::EncodedSlashes,
+) -> Result<Option<String>, PathError> {
+    use crate::config::model::EncodedSlashes;
+    if !path.contains("%2F") {
+        return Ok(None);
+    }
+    match choice {
+        EncodedSlashes::Reject => Err(PathError::EncodedSeparator),
+        EncodedSlashes::Keep => Ok(None),
+        EncodedSlashes::Decode => {
+            let decoded = path.replace("%2F", "/");
+            match normalize_path(decoded.as_bytes()) {
+                Ok(n) if n == decoded => Ok(Some(decoded)),
+                _ => Err(PathError::EncodedSeparator),
+            }
+        }
+    }
 }
 
 /// A compiled header condition.
@@ -745,6 +777,32 @@ mod tests {
         assert_eq!(params, [("id", "7"), ("post", "9")]);
         let (_, why) = r.route_explained(&req).unwrap();
         assert_eq!(why.path, "template /users/{id}/posts/{post} (id=7, post=9)");
+    }
+
+    #[test]
+    fn encoded_slash_choices() {
+        use crate::config::model::EncodedSlashes::*;
+        let p = normalize_path_with(b"/p/group%2fproject", true).unwrap();
+        assert_eq!(p, "/p/group%2Fproject");
+        assert_eq!(
+            normalize_path(b"/p/a%2Fb"),
+            Err(PathError::EncodedSeparator)
+        );
+        assert_eq!(
+            apply_encoded_slashes(&p, Reject),
+            Err(PathError::EncodedSeparator)
+        );
+        assert_eq!(apply_encoded_slashes(&p, Keep), Ok(None));
+        assert_eq!(
+            apply_encoded_slashes(&p, Decode),
+            Ok(Some("/p/group/project".into()))
+        );
+        let sneaky = normalize_path_with(b"/p/x%2F..%2Fadmin", true).unwrap();
+        assert_eq!(
+            apply_encoded_slashes(&sneaky, Decode),
+            Err(PathError::EncodedSeparator)
+        );
+        assert_eq!(apply_encoded_slashes("/plain", Reject), Ok(None));
     }
 
     #[test]

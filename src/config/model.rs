@@ -725,6 +725,11 @@ pub struct RouteConfig {
     /// (see the README's precedence rule). Default 0; may be negative.
     #[serde(default)]
     pub priority: i32,
+    /// What an encoded slash (`%2F`) in the path does on this route: `reject` (400
+    /// `bad_path`, default), `keep` (matched inside its segment, forwarded encoded) or
+    /// `decode` (matched inside its segment, forwarded as `/`).
+    #[serde(default)]
+    pub encoded_slashes: EncodedSlashes,
     /// A path prefix removed before forwarding (`/api/user/login` -> `/login`).
     #[serde(default)]
     pub strip_prefix: Option<String>,
@@ -761,6 +766,19 @@ pub struct RequestBufferingConfig {
 
 fn default_buffer_bytes() -> usize {
     64 * 1024
+}
+
+/// A route's choice for an encoded slash (`%2F`) in the request path.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum EncodedSlashes {
+    /// Refuse the request with 400 `bad_path` (default).
+    #[default]
+    Reject,
+    /// Match `%2F` as part of its segment and forward it encoded, unchanged.
+    Keep,
+    /// Match `%2F` as part of its segment and forward it decoded as `/`.
+    Decode,
 }
 
 /// Request matching. Every given condition must hold.

@@ -38,8 +38,9 @@ use pingora_core::{Error, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
+use crate::config::model::EncodedSlashes;
 use crate::metrics::InflightGuard;
-use crate::router::{normalize_path, rewrite_path, RouteRequest};
+use crate::router::{apply_encoded_slashes, normalize_path_with, rewrite_path, RouteRequest};
 use crate::state::State;
 use crate::upstream::now_ms;
 pub use ctx::RequestCtx;
@@ -125,7 +126,8 @@ impl ProxyHttp for Gateway {
         edge::absolute_to_origin(session.req_header_mut());
         edge::strip_client_nominated(session.req_header_mut());
 
-        ctx.path = match normalize_path(session.req_header().uri.path().as_bytes()) {
+        // `%2F` is kept encoded for routing; the matched route's `encoded_slashes` decides.
+        ctx.path = match normalize_path_with(session.req_header().uri.path().as_bytes(), true) {
             Ok(p) => p,
             Err(e) => {
                 tracing::debug!(request_id = %ctx.request_id, reason = %e, "refused path");
@@ -167,6 +169,30 @@ impl ProxyHttp for Gateway {
                     m.value.clone()
                 })
         };
+        let slashes = route
+            .as_ref()
+            .map_or(EncodedSlashes::Reject, |r| r.encoded_slashes);
+        match apply_encoded_slashes(&ctx.path, slashes) {
+            Ok(None) => {}
+            Ok(Some(decoded)) => {
+                for (_, v) in &mut ctx.path_params {
+                    *v = v.replace("%2F", "/");
+                }
+                ctx.path = decoded;
+            }
+            Err(e) => {
+                respond::send_error(
+                    session,
+                    ctx,
+                    400,
+                    "bad_path",
+                    &format!("the request path is not acceptable: {e}"),
+                    &[],
+                )
+                .await;
+                return Ok(true);
+            }
+        }
         let Some(route) = route else {
             respond::send_error(
                 session,

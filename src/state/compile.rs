@@ -166,6 +166,7 @@ pub fn compile(
             strip_prefix: r.strip_prefix.clone(),
             add_prefix: r.add_prefix.clone(),
             rewrite_path: r.rewrite_path.clone(),
+            encoded_slashes: r.encoded_slashes,
             max_body_bytes: r.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES),
             filters,
             body_prefix,

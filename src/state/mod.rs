@@ -39,6 +39,8 @@ pub struct Route {
     pub add_prefix: Option<String>,
     /// Replacement path.
     pub rewrite_path: Option<String>,
+    /// What `%2F` in the path does on this route.
+    pub encoded_slashes: crate::config::model::EncodedSlashes,
     /// Request body limit in bytes.
     pub max_body_bytes: u64,
     /// Filters in order.

@@ -59,3 +59,47 @@ routes:
     assert_eq!(get("/users/9").await, "root");
     assert_eq!(root.last_path(), "/users/9");
 }
+
+#[tokio::test]
+async fn encoded_slashes_reject_keep_or_decode_per_route() {
+    let app = TestUpstream::start("app").await;
+    let yaml = format!(
+        r#"
+listeners: [ {{ name: public, address: "{{listen}}" }} ]
+admin: {{ address: "{{admin}}" }}
+upstreams:
+  app: {{ discovery: {{ static: [ {{ address: "{}" }} ] }} }}
+routes:
+  - name: projects
+    match: {{ path_template: "/api/v4/projects/{{id}}" }}
+    upstream: app
+    encoded_slashes: keep
+    rewrite_path: "/projects/{{id}}"
+  - {{ name: files, match: {{ path_prefix: /files }}, upstream: app, encoded_slashes: decode }}
+  - {{ name: other, match: {{ path_prefix: / }}, upstream: app }}
+"#,
+        app.addr
+    );
+    let gw = TestGateway::start(&yaml).await;
+    let c = client();
+    let status = async |path: &str| c.get(gw.url(path)).send().await.unwrap().status().as_u16();
+
+    // keep: matched as one segment, forwarded encoded (GitLab's project ids).
+    assert_eq!(status("/api/v4/projects/group%2fproject").await, 200);
+    assert_eq!(app.last_path(), "/projects/group%2Fproject");
+    // decode: forwarded as a slash.
+    assert_eq!(status("/files/a%2Fb.txt?v=1").await, 200);
+    assert_eq!(app.last_path(), "/files/a/b.txt?v=1");
+    // ...unless decoding would make a path the gateway did not match.
+    let hits = app.hits();
+    assert_eq!(status("/files/x%2F..%2F..%2Fadmin").await, 400);
+    // reject (the default) stays a 400 bad_path.
+    let r = c.get(gw.url("/other/a%2Fb")).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(r.headers()["x-gatehouse-error"], "bad_path");
+    assert_eq!(
+        app.hits(),
+        hits,
+        "refused requests never reach the upstream"
+    );
+}
