@@ -225,7 +225,21 @@ impl ProxyHttp for Gateway {
         // Headers that only the gateway may set are never taken from the client.
         headers::remove_owned(session.req_header_mut(), &snap.owned_headers);
 
-        let prefix = if route.filters.is_empty() {
+        // Filters that do not read the body run first, so that a refusal they make (a
+        // missing token, a client's rate limit) is the answer to `Expect: 100-continue`
+        // instead of `100 Continue` (RFC 9110 §10.1.1); filter order is kept, so the split
+        // is at the first filter that reads the body.
+        let split = route
+            .filters
+            .iter()
+            .position(|f| f.body_prefix_limit().is_some())
+            .unwrap_or(route.filters.len());
+        let (early, late) = route.filters.split_at(split);
+        let mut claims = None;
+        if run_request_filters(session, ctx, &route.name, early, None, &mut claims).await {
+            return Ok(true);
+        }
+        let prefix = if late.is_empty() {
             0
         } else {
             route.body_prefix
@@ -237,73 +251,8 @@ impl ProxyHttp for Gateway {
                 return Ok(true);
             }
         };
-        if route.filters.is_empty() {
-            return Ok(false);
-        }
-        let mut cx = RequestCx {
-            route: &route.name,
-            client_ip: ctx.client_ip,
-            request_id: &ctx.request_id,
-            body_prefix: body_prefix.as_deref(),
-            claims: None,
-            response_headers: Vec::new(),
-        };
-        for f in &route.filters {
-            match f.on_request(session.req_header_mut(), &mut cx).await {
-                Ok(FilterOutcome::Continue) => {}
-                Ok(FilterOutcome::Respond(resp)) => {
-                    let extra = std::mem::take(&mut cx.response_headers);
-                    drop(cx);
-                    ctx.response_headers = extra;
-                    match resp.error_code {
-                        Some(code) => {
-                            respond::send_error(
-                                session,
-                                ctx,
-                                resp.status.as_u16(),
-                                code,
-                                &resp.message,
-                                &resp.headers,
-                            )
-                            .await;
-                        }
-                        None => {
-                            let body = resp.body.unwrap_or_default();
-                            if let Err(e) = respond::write(
-                                session,
-                                ctx,
-                                resp.status.as_u16(),
-                                None,
-                                &resp.headers,
-                                "text/plain",
-                                body,
-                            )
-                            .await
-                            {
-                                tracing::debug!(error = %e, "could not send filter response");
-                            }
-                        }
-                    }
-                    return Ok(true);
-                }
-                Err(e) => {
-                    tracing::warn!(request_id = %ctx.request_id, route = %route.name, error = %e, "filter failed");
-                    drop(cx);
-                    respond::send_error(
-                        session,
-                        ctx,
-                        500,
-                        "filter_error",
-                        "a gateway filter failed",
-                        &[],
-                    )
-                    .await;
-                    return Ok(true);
-                }
-            }
-        }
-        ctx.response_headers = cx.response_headers;
-        Ok(false)
+        let body = body_prefix.as_deref();
+        Ok(run_request_filters(session, ctx, &route.name, late, body, &mut claims).await)
     }
 
     async fn request_body_filter(
@@ -705,5 +654,98 @@ impl Gateway {
     /// Counts one upstream try's outcome, once per try (metrics, breaker, outlier detection).
     fn record_try(&self, ctx: &mut RequestCtx, outcome: Option<crate::resilience::Outcome>) {
         crate::resilience::hooks::record_try(&self.state, ctx, outcome);
+    }
+}
+
+/// Runs request `filters` in order until one answers, and answers for it; `true` when the
+/// request was answered. `claims` carries a verified JWT's claims between calls; response
+/// headers the filters ask for accumulate in `ctx`.
+async fn run_request_filters(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    route: &str,
+    filters: &[Arc<dyn gatehouse_filters::Filter>],
+    body_prefix: Option<&[u8]>,
+    claims: &mut Option<Arc<serde_json::Value>>,
+) -> bool {
+    if filters.is_empty() {
+        return false;
+    }
+    let mut cx = RequestCx {
+        route,
+        client_ip: ctx.client_ip,
+        request_id: &ctx.request_id,
+        body_prefix,
+        claims: claims.take(),
+        response_headers: Vec::new(),
+    };
+    let mut stop = None;
+    for f in filters {
+        match f.on_request(session.req_header_mut(), &mut cx).await {
+            Ok(FilterOutcome::Continue) => {}
+            Ok(FilterOutcome::Respond(resp)) => {
+                stop = Some(Ok(resp));
+                break;
+            }
+            Err(e) => {
+                stop = Some(Err(e));
+                break;
+            }
+        }
+    }
+    *claims = cx.claims.take();
+    let extra = std::mem::take(&mut cx.response_headers);
+    drop(cx);
+    match stop {
+        None => {
+            ctx.response_headers.extend(extra);
+            false
+        }
+        Some(Ok(resp)) => {
+            ctx.response_headers = extra;
+            match resp.error_code {
+                Some(code) => {
+                    respond::send_error(
+                        session,
+                        ctx,
+                        resp.status.as_u16(),
+                        code,
+                        &resp.message,
+                        &resp.headers,
+                    )
+                    .await;
+                }
+                None => {
+                    let body = resp.body.unwrap_or_default();
+                    if let Err(e) = respond::write(
+                        session,
+                        ctx,
+                        resp.status.as_u16(),
+                        None,
+                        &resp.headers,
+                        "text/plain",
+                        body,
+                    )
+                    .await
+                    {
+                        tracing::debug!(error = %e, "could not send filter response");
+                    }
+                }
+            }
+            true
+        }
+        Some(Err(e)) => {
+            tracing::warn!(request_id = %ctx.request_id, route, error = %e, "filter failed");
+            respond::send_error(
+                session,
+                ctx,
+                500,
+                "filter_error",
+                "a gateway filter failed",
+                &[],
+            )
+            .await;
+            true
+        }
     }
 }

@@ -553,6 +553,46 @@ async fn expect_continue_is_answered_before_the_gateway_reads_the_body() {
     assert!(reqs[0].header("expect").is_empty(), "{}", reqs[0].head);
 }
 
+/// Sends a `POST` with `Expect: 100-continue` and no body yet; returns the first answer.
+async fn expect_continue_answer(gw: &TestGateway, path: &str) -> Option<Resp> {
+    let mut c = Raw::connect(gw.port).await;
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: h\r\nContent-Type: application/json\r\nContent-Length: 25\r\nExpect: 100-continue\r\n\r\n"
+    );
+    c.send(head.as_bytes()).await;
+    c.response(Duration::from_secs(10)).await
+}
+
+#[tokio::test]
+async fn expect_continue_gets_the_refusal_that_needs_no_body() {
+    let up = RecordingUpstream::start(Answer::Ok11).await;
+    let routes = "  - name: login\n    match: { path_prefix: /login }\n    upstream: app\n    filters:\n      - jwt:\n          issuer: gatehouse\n          audience: gatehouse\n          keys: [ { secret_env: EDGE_JWT_SECRET, algorithms: [HS256] } ]\n      - rate_limit: { name: per_email, key: body.email, limit: 100, window: 1m }\n  - name: signup\n    match: { path_prefix: /signup }\n    upstream: app\n    filters:\n      - rate_limit: { name: per_ip, key: client_ip, limit: 1, window: 1m }\n      - rate_limit: { name: per_email, key: body.email, limit: 100, window: 1m }\n";
+    let gw = TestGateway::start_with_env(
+        &config(up.addr, "", routes),
+        &[("EDGE_JWT_SECRET", "edge-test-secret-at-least-32-bytes!!")],
+    )
+    .await;
+    // No token: the jwt filter refuses without the body, so that is the answer, not 100.
+    let first = expect_continue_answer(&gw, "/login")
+        .await
+        .map(|r| r.status);
+    assert_eq!(first, Some(401));
+    // The client's IP limit (1 a minute): the first gets 100, the second its 429 at once.
+    let first = expect_continue_answer(&gw, "/signup")
+        .await
+        .map(|r| r.status);
+    assert_eq!(first, Some(100));
+    let second = expect_continue_answer(&gw, "/signup")
+        .await
+        .map(|r| r.status);
+    assert_eq!(second, Some(429));
+    assert_eq!(
+        up.total_bytes(),
+        0,
+        "no body was sent, nothing went upstream"
+    );
+}
+
 // === 5. pipelining ===
 
 #[tokio::test]
