@@ -1,12 +1,21 @@
-//! The one-command demo: all four services in-process, embedded SQLite, and the gateway hook.
+//! The one-command demo: all four services in-process, embedded SQLite, and the gateway
+//! in-process when built with the `demo` feature.
 
 use crate::config::Settings;
-use crate::server::{Kind, StartError, System};
+#[cfg(feature = "demo")]
+use crate::server::Kind;
+use crate::server::{StartError, System};
+
+/// What the demo command says when this binary was built without the gateway.
+pub const NO_DEMO_FEATURE: &str =
+    "this binary was built without the `demo` feature (the gateway): \
+    run `cargo run --release -p gatehouse-services --features demo -- demo`";
 
 /// Starts gatehouse in-process on :3000 with `config/demo.yaml` (or the file named by
 /// `GATEHOUSE_DEMO_CONFIG`), on its own threads: pingora runs its own runtimes. The
 /// config verifies tokens with the secret in `GATEHOUSE_JWT_SECRET`, the one the user
 /// service signs with (`main` sets it before any thread starts when it was unset).
+#[cfg(feature = "demo")]
 pub async fn start_gateway(secret: &str) {
     let _ = secret; // handed over through GATEHOUSE_JWT_SECRET; never logged
     let config_path = std::env::var("GATEHOUSE_DEMO_CONFIG")
@@ -35,7 +44,15 @@ pub async fn start_gateway(secret: &str) {
     }
 }
 
+/// Starts the demo system; the caller waits on it and shuts it down. Without the `demo`
+/// feature it refuses before starting anything ([`NO_DEMO_FEATURE`]).
+#[cfg(not(feature = "demo"))]
+pub async fn start(_settings: Settings) -> Result<System, StartError> {
+    Err(StartError::Config(NO_DEMO_FEATURE.into()))
+}
+
 /// Starts the demo system; the caller waits on it and shuts it down.
+#[cfg(feature = "demo")]
 pub async fn start(settings: Settings) -> Result<System, StartError> {
     let secret = settings
         .jwt_secret

@@ -24,6 +24,7 @@ use crate::db::{is_transient, is_unique_violation, Db, Migration};
 use crate::error::{ApiError, ApiResult};
 use crate::faults::{Fault, FaultConfig, FaultInjector};
 use crate::metrics::Metrics;
+use crate::text_enum::{text_enum, UnknownVariant};
 
 /// Service name.
 pub const NAME: &str = "payment";
@@ -113,6 +114,22 @@ pub struct RefundRequest {
     pub debit_op_id: String,
 }
 
+text_enum! {
+    /// The payment service's answer to one operation; final for that operation id.
+    OpStatus, "operation status" {
+        /// Money moved.
+        Applied = "APPLIED",
+        /// Refused (unknown account, not the owner, insufficient funds).
+        Rejected = "REJECTED",
+        /// The operation id is voided: it never moved money and never will.
+        Voided = OpStatus::Voided,
+        /// A debit given back by a refund.
+        Refunded = "REFUNDED",
+        /// A refund that had nothing to give back.
+        Noop = "NOOP",
+    }
+}
+
 /// The answer to every operation; `status` is final for that op id.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct OpResult {
@@ -121,7 +138,7 @@ pub struct OpResult {
     /// `debit`, `credit`, `refund` or `void`.
     pub kind: String,
     /// `APPLIED`, `REJECTED`, `VOIDED`, `REFUNDED` (a debit given back) or `NOOP` (refund).
-    pub status: String,
+    pub status: OpStatus,
     /// Why it was rejected or a no-op.
     pub reason: Option<String>,
     /// The account concerned.
@@ -134,15 +151,24 @@ pub struct OpResult {
     pub replayed: bool,
 }
 
-type OpRow = (String, Option<String>, i64, String, Option<String>);
+/// A stored operation: kind, account, amount, status, reason.
+type OpRow = (String, Option<String>, i64, OpStatus, Option<String>);
 
+/// Loads an operation; a status text this code does not know fails the load.
 async fn load_op(conn: &mut AnyConnection, op_id: &str) -> Result<Option<OpRow>, sqlx::Error> {
-    sqlx::query_as(
+    let row: Option<(String, Option<String>, i64, String, Option<String>)> = sqlx::query_as(
         "SELECT kind, account_id, amount, status, reason FROM operations WHERE op_id = ?",
     )
     .bind(op_id)
     .fetch_optional(conn)
-    .await
+    .await?;
+    row.map(|(kind, account, amount, status, reason)| {
+        let status = status
+            .parse()
+            .map_err(|e: UnknownVariant| sqlx::Error::Decode(Box::new(e)))?;
+        Ok((kind, account, amount, status, reason))
+    })
+    .transpose()
 }
 
 async fn owner_of(conn: &mut AnyConnection, account: &str) -> Result<Option<String>, sqlx::Error> {
@@ -160,7 +186,7 @@ async fn insert_op(
     kind: &str,
     account: Option<&str>,
     amount: i64,
-    status: &str,
+    status: OpStatus,
     reason: Option<&str>,
     ref_op: Option<&str>,
 ) -> Result<(), sqlx::Error> {
@@ -172,7 +198,7 @@ async fn insert_op(
     .bind(kind)
     .bind(account)
     .bind(amount)
-    .bind(status)
+    .bind(status.as_str())
     .bind(reason)
     .bind(ref_op)
     .bind(crate::now_ms())
@@ -220,11 +246,11 @@ async fn try_move(db: &Db, kind: &str, req: &MoveRequest) -> Result<OpResult, sq
             .await?;
     let now = crate::now_ms();
     let (status, reason, owner) = match acct {
-        None => ("REJECTED", Some("unknown_account"), None),
+        None => (OpStatus::Rejected, Some("unknown_account"), None),
         Some((owner, _))
             if kind == "debit" && req.expected_owner.as_deref().is_some_and(|o| o != owner) =>
         {
-            ("REJECTED", Some("not_owner"), Some(owner))
+            (OpStatus::Rejected, Some("not_owner"), Some(owner))
         }
         Some((owner, _)) if kind == "debit" => {
             let n = sqlx::query(
@@ -238,9 +264,9 @@ async fn try_move(db: &Db, kind: &str, req: &MoveRequest) -> Result<OpResult, sq
             .await?
             .rows_affected();
             if n == 1 {
-                ("APPLIED", None, Some(owner))
+                (OpStatus::Applied, None, Some(owner))
             } else {
-                ("REJECTED", Some("insufficient_funds"), Some(owner))
+                (OpStatus::Rejected, Some("insufficient_funds"), Some(owner))
             }
         }
         Some((owner, _)) => {
@@ -250,10 +276,14 @@ async fn try_move(db: &Db, kind: &str, req: &MoveRequest) -> Result<OpResult, sq
                 .bind(&req.account_id)
                 .execute(&mut *tx)
                 .await?;
-            ("APPLIED", None, Some(owner))
+            (OpStatus::Applied, None, Some(owner))
         }
     };
-    let amount = if status == "APPLIED" { req.amount } else { 0 };
+    let amount = if status == OpStatus::Applied {
+        req.amount
+    } else {
+        0
+    };
     insert_op(
         &mut tx,
         &req.op_id,
@@ -269,7 +299,7 @@ async fn try_move(db: &Db, kind: &str, req: &MoveRequest) -> Result<OpResult, sq
     Ok(OpResult {
         op_id: req.op_id.clone(),
         kind: kind.to_string(),
-        status: status.to_string(),
+        status,
         reason: reason.map(str::to_string),
         account_id: Some(req.account_id.clone()),
         owner_id: owner,
@@ -290,7 +320,7 @@ async fn try_void(db: &Db, op_id: &str) -> Result<OpResult, sqlx::Error> {
         "void",
         None,
         0,
-        "VOIDED",
+        OpStatus::Voided,
         Some("voided"),
         None,
     )
@@ -299,7 +329,7 @@ async fn try_void(db: &Db, op_id: &str) -> Result<OpResult, sqlx::Error> {
     Ok(OpResult {
         op_id: op_id.to_string(),
         kind: "void".into(),
-        status: "VOIDED".into(),
+        status: OpStatus::Voided,
         reason: Some("voided".into()),
         account_id: None,
         owner_id: None,
@@ -325,15 +355,15 @@ async fn try_refund(db: &Db, req: &RefundRequest) -> Result<OpResult, sqlx::Erro
                 "void",
                 None,
                 0,
-                "VOIDED",
+                OpStatus::Voided,
                 Some("voided_by_refund"),
                 None,
             )
             .await?;
-            ("NOOP", Some("debit_not_applied"), None, 0)
+            (OpStatus::Noop, Some("debit_not_applied"), None, 0)
         }
         Some((kind, Some(account), amount, status, _))
-            if kind == "debit" && status == "APPLIED" =>
+            if kind == "debit" && status == OpStatus::Applied =>
         {
             let n = sqlx::query(
                 "UPDATE operations SET status = 'REFUNDED' WHERE op_id = ? AND status = 'APPLIED'",
@@ -351,15 +381,15 @@ async fn try_refund(db: &Db, req: &RefundRequest) -> Result<OpResult, sqlx::Erro
                 .bind(&account)
                 .execute(&mut *tx)
                 .await?;
-                ("APPLIED", None, Some(account), amount)
+                (OpStatus::Applied, None, Some(account), amount)
             } else {
-                ("NOOP", Some("already_refunded"), Some(account), 0)
+                (OpStatus::Noop, Some("already_refunded"), Some(account), 0)
             }
         }
-        Some((_, account, _, status, _)) if status == "REFUNDED" => {
-            ("NOOP", Some("already_refunded"), account, 0)
+        Some((_, account, _, OpStatus::Refunded, _)) => {
+            (OpStatus::Noop, Some("already_refunded"), account, 0)
         }
-        Some((_, account, _, _, _)) => ("NOOP", Some("debit_not_applied"), account, 0),
+        Some((_, account, _, _, _)) => (OpStatus::Noop, Some("debit_not_applied"), account, 0),
     };
     insert_op(
         &mut tx,
@@ -376,7 +406,7 @@ async fn try_refund(db: &Db, req: &RefundRequest) -> Result<OpResult, sqlx::Erro
     Ok(OpResult {
         op_id: req.op_id.clone(),
         kind: "refund".into(),
-        status: status.into(),
+        status,
         reason: reason.map(str::to_string),
         account_id: account,
         owner_id: None,
@@ -460,7 +490,7 @@ async fn do_move(
         _ => {}
     }
     let r = retrying(|| try_move(&s.db, kind, &req)).await?;
-    s.metrics.op(kind, &r.status.to_ascii_lowercase());
+    s.metrics.op(kind, &r.status.as_str().to_ascii_lowercase());
     if fault == Fault::Drop {
         return Err(ApiError::Unavailable(
             "injected fault: answer dropped".into(),
@@ -493,7 +523,8 @@ async fn void(
     s.caller(&h)?.require_internal()?;
     check_op_id(&req.op_id)?;
     let r = retrying(|| try_void(&s.db, &req.op_id)).await?;
-    s.metrics.op("void", &r.status.to_ascii_lowercase());
+    s.metrics
+        .op("void", &r.status.as_str().to_ascii_lowercase());
     Ok(Json(r))
 }
 
@@ -506,7 +537,8 @@ async fn refund(
     check_op_id(&req.op_id)?;
     check_op_id(&req.debit_op_id)?;
     let r = retrying(|| try_refund(&s.db, &req)).await?;
-    s.metrics.op("refund", &r.status.to_ascii_lowercase());
+    s.metrics
+        .op("refund", &r.status.as_str().to_ascii_lowercase());
     Ok(Json(r))
 }
 

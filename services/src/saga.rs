@@ -26,34 +26,12 @@ use crate::db::Db;
 use crate::events;
 use crate::metrics::Metrics;
 use crate::payment::OpResult;
+use machine::{Decision, Move, Reply};
 
-/// Saga states visible to clients.
-pub mod state {
-    /// Still running (or parked until payment answers again).
-    pub const PENDING: &str = "PENDING";
-    /// Debited and credited.
-    pub const COMPLETED: &str = "COMPLETED";
-    /// Debited, credit failed, debit refunded.
-    pub const COMPENSATED: &str = "COMPENSATED";
-    /// Nothing moved (debit refused, or voided before it landed).
-    pub const FAILED: &str = "FAILED";
-}
+pub mod machine;
 
-/// Saga steps (the step still to do).
-pub mod step {
-    /// Debit the source account.
-    pub const DEBIT: &str = "DEBIT";
-    /// Credit the destination account.
-    pub const CREDIT: &str = "CREDIT";
-    /// Make sure the credit can never land (or learn that it did).
-    pub const COMPENSATE_VOID: &str = "COMPENSATE_VOID";
-    /// Give the debit back (or void it if it never landed).
-    pub const COMPENSATE_REFUND: &str = "COMPENSATE_REFUND";
-    /// Tell the users.
-    pub const NOTIFY: &str = "NOTIFY";
-    /// Nothing left to do.
-    pub const DONE: &str = "DONE";
-}
+pub use crate::text_enum::UnknownVariant;
+pub use machine::{Event, OpStatus, SagaState, Step};
 
 /// One row of the saga log.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
@@ -74,10 +52,12 @@ pub struct Saga {
     pub from_user: Option<String>,
     /// Owner of the destination account (known after the credit).
     pub to_user: Option<String>,
-    /// PENDING, COMPLETED, COMPENSATED or FAILED.
-    pub state: String,
-    /// The step still to do.
-    pub step: String,
+    /// PENDING, COMPLETED, COMPENSATED or FAILED (an unknown text fails the load).
+    #[sqlx(try_from = "String")]
+    pub state: SagaState,
+    /// The step still to do (an unknown text fails the load).
+    #[sqlx(try_from = "String")]
+    pub step: Step,
     /// Tries of the current step.
     pub attempts: i64,
     /// Tries of all steps.
@@ -120,15 +100,30 @@ enum Call {
     Transient(String),
 }
 
-/// A transition out of the current step.
-struct Transition<'a> {
-    step: &'a str,
-    state: Option<&'a str>,
-    from_user: Option<&'a str>,
-    to_user: Option<&'a str>,
-    error: Option<&'a str>,
-    event: Option<&'a str>,
-    note: &'a str,
+impl Call {
+    /// The reply as the transition table takes it.
+    fn reply(&self) -> Reply<'_> {
+        match self {
+            Call::Answer(r) => Reply::Op {
+                status: r.status,
+                reason: r.reason.as_deref(),
+                owner: r.owner_id.as_deref(),
+            },
+            Call::Refused(e) => Reply::Refused(e),
+            Call::Transient(e) => Reply::Transient(e),
+        }
+    }
+}
+
+/// A saga's run stopped: the database failed, or the stored saga cannot go on.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// Reading or writing the saga log failed (an unknown stored state or step too).
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+    /// The transition table has no row for this step and reply.
+    #[error(transparent)]
+    Unexpected(#[from] machine::UnexpectedReply),
 }
 
 /// Runs sagas: on request, and from the recovery loop for unfinished ones.
@@ -253,8 +248,12 @@ impl Coordinator {
         let me = Arc::clone(self);
         let id = id.to_string();
         Some(tokio::spawn(async move {
-            if let Err(e) = me.run(&id).await {
-                tracing::warn!(saga = %id, error = %e, "saga run stopped on a database error; recovery resumes it");
+            match me.run(&id).await {
+                Ok(()) => {}
+                Err(RunError::Db(e)) => {
+                    tracing::warn!(saga = %id, error = %e, "saga run stopped on a database error; recovery resumes it");
+                }
+                Err(e) => tracing::error!(saga = %id, error = %e, "saga run stopped"),
             }
             if let Ok(mut inflight) = me.inflight.lock() {
                 inflight.remove(&id);
@@ -333,7 +332,7 @@ impl Coordinator {
     }
 
     /// Calls with up to `step_attempts` tries and jittered exponential backoff.
-    async fn call_retrying(&self, step: &str, path: &str, body: &Value) -> Call {
+    async fn call_retrying(&self, step: Step, path: &str, body: &Value) -> Call {
         let mut backoff = self.settings.saga.backoff;
         let tries = self.settings.saga.step_attempts.max(1);
         let mut last = Call::Transient("not tried".into());
@@ -344,8 +343,7 @@ impl Coordinator {
             last = self.call(&url, body).await;
             match &last {
                 Call::Transient(e) => {
-                    self.metrics
-                        .op(&format!("saga_{}", step.to_ascii_lowercase()), "retry");
+                    self.metrics.op(&format!("saga_{}", step.label()), "retry");
                     tracing::debug!(step, attempt, error = %e, "saga call failed");
                     if attempt + 1 < tries {
                         let jitter = rand::random::<u64>() % (backoff.as_millis() as u64 + 1);
@@ -363,26 +361,26 @@ impl Coordinator {
     async fn transition(
         &self,
         s: &Saga,
-        from_step: &str,
-        t: Transition<'_>,
+        from_step: Step,
+        t: &Move<'_>,
     ) -> Result<bool, sqlx::Error> {
         let now = crate::now_ms();
-        let error = t.error.map(|e| crate::db::clip(e, 900));
+        let error = t.error.as_deref().map(|e| crate::db::clip(e, 900));
         let mut tx = self.db.begin_write().await?;
-        let new_state = t.state.unwrap_or(&s.state);
+        let new_state = t.state.unwrap_or(s.state);
         let n = sqlx::query(
             "UPDATE sagas SET step = ?, state = ?, from_user = COALESCE(?, from_user), \
              to_user = COALESCE(?, to_user), last_error = COALESCE(?, last_error), attempts = 0, \
              total_attempts = total_attempts + 1, updated_at = ? WHERE id = ? AND step = ?",
         )
-        .bind(t.step)
-        .bind(new_state)
+        .bind(t.step.as_str())
+        .bind(new_state.as_str())
         .bind(t.from_user)
         .bind(t.to_user)
         .bind(&error)
         .bind(now)
         .bind(&s.id)
-        .bind(from_step)
+        .bind(from_step.as_str())
         .execute(&mut *tx)
         .await?
         .rows_affected();
@@ -394,16 +392,16 @@ impl Coordinator {
             "INSERT INTO saga_log (saga_id, step, outcome, detail, at) VALUES (?, ?, ?, ?, ?)",
         )
         .bind(&s.id)
-        .bind(from_step)
+        .bind(from_step.as_str())
         .bind(t.note)
-        .bind(t.error.unwrap_or(""))
+        .bind(t.error.as_deref().unwrap_or(""))
         .bind(now)
         .execute(&mut *tx)
         .await?;
         if let Some(event) = t.event {
             let mut after = s.clone();
-            after.state = new_state.to_string();
-            after.step = t.step.to_string();
+            after.state = new_state;
+            after.step = t.step;
             if let Some(u) = t.from_user {
                 after.from_user = Some(u.to_string());
             }
@@ -411,7 +409,7 @@ impl Coordinator {
                 after.to_user = Some(u.to_string());
             }
             after.updated_at = now;
-            events::enqueue(&mut tx, event, &s.id, &event_payload(&after)).await?;
+            events::enqueue(&mut tx, event.as_str(), &s.id, &event_payload(&after)).await?;
         }
         tx.commit().await?;
         if t.event.is_some() {
@@ -419,7 +417,7 @@ impl Coordinator {
         }
         if let Some(st) = t.state {
             if st != s.state {
-                self.metrics.op("saga", &st.to_ascii_lowercase());
+                self.metrics.op("saga", &st.as_str().to_ascii_lowercase());
             }
         }
         Ok(true)
@@ -439,264 +437,80 @@ impl Coordinator {
             .bind(crate::db::clip(error, 900))
             .bind(crate::now_ms())
             .bind(&s.id)
-            .bind(&s.step)
+            .bind(s.step.as_str())
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        self.metrics.op("saga_parked", &s.step.to_ascii_lowercase());
+        self.metrics.op("saga_parked", &s.step.label());
         Ok(())
     }
 
     /// Drives one saga until it is done or parked (bounded number of transitions).
-    pub async fn run(&self, id: &str) -> Result<(), sqlx::Error> {
+    pub async fn run(&self, id: &str) -> Result<(), RunError> {
         let _permit = self.permits.acquire().await;
         for _ in 0..16 {
             let Some(s) = load(&self.db, id).await? else {
                 return Ok(());
             };
-            let keep_going = match s.step.as_str() {
-                step::DEBIT => self.debit(&s).await?,
-                step::CREDIT => self.credit(&s).await?,
-                step::COMPENSATE_VOID => self.void_credit(&s).await?,
-                step::COMPENSATE_REFUND => self.refund(&s).await?,
-                step::NOTIFY => self.notify(&s).await?,
-                _ => false,
-            };
-            if !keep_going {
+            if s.step == Step::Done {
                 return Ok(());
+            }
+            let call = self.step_call(&s).await;
+            let reply = match &call {
+                StepCall::Payment(c) => c.reply(),
+                StepCall::Notify(None) => Reply::Delivered,
+                StepCall::Notify(Some(e)) => Reply::Undelivered {
+                    error: e,
+                    last_try: s.notify_attempts + 1 >= self.settings.saga.max_notify_attempts,
+                },
+            };
+            match machine::next(s.step, reply)? {
+                Decision::Move(m) => {
+                    let done = m.step == Step::Done;
+                    self.transition(&s, s.step, &m).await?;
+                    if done {
+                        return Ok(());
+                    }
+                }
+                Decision::Park { error } => {
+                    self.park(&s, error, s.step == Step::Notify).await?;
+                    return Ok(());
+                }
             }
         }
         Ok(())
     }
 
-    fn t<'a>(step: &'a str, note: &'a str) -> Transition<'a> {
-        Transition {
-            step,
-            state: None,
-            from_user: None,
-            to_user: None,
-            error: None,
-            event: None,
-            note,
-        }
-    }
-
-    async fn debit(&self, s: &Saga) -> Result<bool, sqlx::Error> {
-        let body = json!({
-            "op_id": debit_op(&s.id),
-            "account_id": s.from_account,
-            "amount": s.amount,
-            "expected_owner": s.initiator,
-        });
-        match self.call_retrying(step::DEBIT, "/ops/debit", &body).await {
-            Call::Answer(r) if r.status == "APPLIED" => {
-                self.transition(
-                    s,
-                    step::DEBIT,
-                    Transition {
-                        from_user: r.owner_id.as_deref(),
-                        event: Some("TransferDebited"),
-                        ..Self::t(step::CREDIT, "debited")
-                    },
-                )
-                .await?;
-            }
-            Call::Answer(r) if r.status == "REJECTED" => {
-                let reason = r.reason.unwrap_or_else(|| "rejected".into());
-                self.transition(
-                    s,
-                    step::DEBIT,
-                    Transition {
-                        state: Some(state::FAILED),
-                        from_user: r.owner_id.as_deref(),
-                        error: Some(&format!("debit rejected: {reason}")),
-                        event: Some("TransferFailed"),
-                        ..Self::t(step::NOTIFY, "debit_rejected")
-                    },
-                )
-                .await?;
-            }
-            // VOIDED/REFUNDED: an earlier run already compensated; finish the compensation.
-            Call::Answer(r) => {
-                self.transition(
-                    s,
-                    step::DEBIT,
-                    Transition {
-                        error: Some(&format!("debit answered {}", r.status)),
-                        ..Self::t(step::COMPENSATE_VOID, "debit_voided")
-                    },
-                )
-                .await?;
-            }
-            Call::Refused(e) => {
-                self.transition(
-                    s,
-                    step::DEBIT,
-                    Transition {
-                        state: Some(state::FAILED),
-                        error: Some(&e),
-                        event: Some("TransferFailed"),
-                        ..Self::t(step::NOTIFY, "debit_refused")
-                    },
-                )
-                .await?;
-            }
-            // The debit's outcome is unknown: compensate (void or refund it).
-            Call::Transient(e) => {
-                self.transition(
-                    s,
-                    step::DEBIT,
-                    Transition {
-                        error: Some(&e),
-                        ..Self::t(step::COMPENSATE_VOID, "debit_unreachable")
-                    },
-                )
-                .await?;
-            }
-        }
-        Ok(true)
-    }
-
-    async fn credit(&self, s: &Saga) -> Result<bool, sqlx::Error> {
-        let body =
-            json!({ "op_id": credit_op(&s.id), "account_id": s.to_account, "amount": s.amount });
-        match self.call_retrying(step::CREDIT, "/ops/credit", &body).await {
-            Call::Answer(r) if r.status == "APPLIED" => {
-                self.complete(s, step::CREDIT, r.owner_id.as_deref(), "credited")
-                    .await?;
-            }
-            Call::Answer(r) => {
-                let e = format!(
-                    "credit answered {} ({})",
-                    r.status,
-                    r.reason.unwrap_or_default()
-                );
-                self.transition(
-                    s,
-                    step::CREDIT,
-                    Transition {
-                        error: Some(&e),
-                        ..Self::t(step::COMPENSATE_VOID, "credit_rejected")
-                    },
-                )
-                .await?;
-            }
-            Call::Refused(e) | Call::Transient(e) => {
-                self.transition(
-                    s,
-                    step::CREDIT,
-                    Transition {
-                        error: Some(&e),
-                        ..Self::t(step::COMPENSATE_VOID, "credit_failed")
-                    },
-                )
-                .await?;
-            }
-        }
-        Ok(true)
-    }
-
-    async fn complete(
-        &self,
-        s: &Saga,
-        from: &str,
-        to_user: Option<&str>,
-        note: &str,
-    ) -> Result<bool, sqlx::Error> {
-        self.transition(
-            s,
-            from,
-            Transition {
-                state: Some(state::COMPLETED),
-                to_user,
-                event: Some("TransferCompleted"),
-                ..Self::t(step::NOTIFY, note)
-            },
-        )
-        .await
-    }
-
-    async fn void_credit(&self, s: &Saga) -> Result<bool, sqlx::Error> {
-        let body = json!({ "op_id": credit_op(&s.id) });
-        match self
-            .call_retrying(step::COMPENSATE_VOID, "/ops/void", &body)
-            .await
-        {
-            // The credit did land (its answer was lost): the transfer happened.
-            Call::Answer(r) if r.status == "APPLIED" => {
-                self.complete(
-                    s,
-                    step::COMPENSATE_VOID,
-                    r.owner_id.as_deref(),
-                    "credit_found_applied",
-                )
-                .await?;
-                Ok(true)
-            }
-            Call::Answer(_) => {
-                self.transition(
-                    s,
-                    step::COMPENSATE_VOID,
-                    Self::t(step::COMPENSATE_REFUND, "credit_voided"),
-                )
-                .await?;
-                Ok(true)
-            }
-            Call::Refused(e) | Call::Transient(e) => {
-                self.park(s, &e, false).await?;
-                Ok(false)
-            }
-        }
-    }
-
-    async fn refund(&self, s: &Saga) -> Result<bool, sqlx::Error> {
-        let body = json!({ "op_id": refund_op(&s.id), "debit_op_id": debit_op(&s.id) });
-        match self
-            .call_retrying(step::COMPENSATE_REFUND, "/ops/refund", &body)
-            .await
-        {
-            Call::Answer(r)
-                if r.status == "APPLIED" || r.reason.as_deref() == Some("already_refunded") =>
-            {
-                self.transition(
-                    s,
-                    step::COMPENSATE_REFUND,
-                    Transition {
-                        state: Some(state::COMPENSATED),
-                        event: Some("TransferCompensated"),
-                        ..Self::t(step::NOTIFY, "refunded")
-                    },
-                )
-                .await?;
-                Ok(true)
-            }
-            Call::Answer(_) => {
-                self.transition(
-                    s,
-                    step::COMPENSATE_REFUND,
-                    Transition {
-                        state: Some(state::FAILED),
-                        event: Some("TransferFailed"),
-                        ..Self::t(step::NOTIFY, "debit_voided")
-                    },
-                )
-                .await?;
-                Ok(true)
-            }
-            Call::Refused(e) | Call::Transient(e) => {
-                self.park(s, &e, false).await?;
-                Ok(false)
-            }
-        }
-    }
-
-    async fn notify(&self, s: &Saga) -> Result<bool, sqlx::Error> {
-        let event = match s.state.as_str() {
-            state::COMPLETED => "TransferCompleted",
-            state::COMPENSATED => "TransferCompensated",
-            _ => "TransferFailed",
+    /// Runs the current step's call to payment or notification.
+    async fn step_call(&self, s: &Saga) -> StepCall {
+        let (path, body) = match s.step {
+            Step::Debit => (
+                "/ops/debit",
+                json!({
+                    "op_id": debit_op(&s.id),
+                    "account_id": s.from_account,
+                    "amount": s.amount,
+                    "expected_owner": s.initiator,
+                }),
+            ),
+            Step::Credit => (
+                "/ops/credit",
+                json!({ "op_id": credit_op(&s.id), "account_id": s.to_account, "amount": s.amount }),
+            ),
+            Step::CompensateVoid => ("/ops/void", json!({ "op_id": credit_op(&s.id) })),
+            Step::CompensateRefund => (
+                "/ops/refund",
+                json!({ "op_id": refund_op(&s.id), "debit_op_id": debit_op(&s.id) }),
+            ),
+            Step::Notify | Step::Done => return StepCall::Notify(self.notify(s).await.err()),
         };
-        let notes = crate::notification::notifications_for(event, &event_payload(s));
+        StepCall::Payment(self.call_retrying(s.step, path, &body).await)
+    }
+
+    /// Sends the saga's notifications; the error names the failure.
+    async fn notify(&self, s: &Saga) -> Result<(), String> {
+        let event = s.state.outcome_event();
+        let notes = crate::notification::notifications_for(event.as_str(), &event_payload(s));
         let base = self
             .peer("notification", &self.settings.notification_url)
             .await;
@@ -708,34 +522,18 @@ impl Coordinator {
             .json(&json!({ "notifications": notes }))
             .send()
             .await;
-        let err = match resp {
-            Ok(r) if r.status().is_success() => None,
-            Ok(r) => Some(format!("{url}: {}", r.status())),
-            Err(e) => Some(format!("{url}: {e}")),
-        };
-        match err {
-            None => {
-                self.transition(s, step::NOTIFY, Self::t(step::DONE, "notified"))
-                    .await?;
-                Ok(false)
-            }
-            Some(e) if s.notify_attempts + 1 >= self.settings.saga.max_notify_attempts => {
-                // Money is settled; the outbox event still reaches notification consumers.
-                self.transition(
-                    s,
-                    step::NOTIFY,
-                    Transition {
-                        error: Some(&format!("notify abandoned: {e}")),
-                        ..Self::t(step::DONE, "notify_abandoned")
-                    },
-                )
-                .await?;
-                Ok(false)
-            }
-            Some(e) => {
-                self.park(s, &e, true).await?;
-                Ok(false)
-            }
+        match resp {
+            Ok(r) if r.status().is_success() => Ok(()),
+            Ok(r) => Err(format!("{url}: {}", r.status())),
+            Err(e) => Err(format!("{url}: {e}")),
         }
     }
+}
+
+/// The result of one step's call.
+enum StepCall {
+    /// A payment operation's outcome.
+    Payment(Call),
+    /// The notification call: `None` when delivered, else the failure.
+    Notify(Option<String>),
 }

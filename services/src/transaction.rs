@@ -18,7 +18,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::events::{self, Event, Handler};
 use crate::metrics::Metrics;
 use crate::payment::MAX_AMOUNT;
-use crate::saga::{self, state, step, Coordinator, Saga, SAGA_COLUMNS};
+use crate::saga::{self, Coordinator, Saga, SagaState, Step, SAGA_COLUMNS};
 
 /// Service name.
 pub const NAME: &str = "transaction";
@@ -127,9 +127,9 @@ pub struct TransferView {
     /// Saga id.
     pub id: String,
     /// PENDING, COMPLETED, COMPENSATED, FAILED.
-    pub status: String,
+    pub status: SagaState,
     /// The step still to do.
-    pub step: String,
+    pub step: Step,
     /// Source account.
     pub from_account: String,
     /// Destination account.
@@ -226,15 +226,15 @@ async fn find_or_create(
             .bind(&req.from_account)
             .bind(&req.to_account)
             .bind(req.amount)
-            .bind(state::PENDING)
-            .bind(step::DEBIT)
+            .bind(SagaState::Pending.as_str())
+            .bind(Step::Debit.as_str())
             .bind(now)
             .bind(now)
             .execute(&mut *tx)
             .await?;
             sqlx::query("INSERT INTO saga_log (saga_id, step, outcome, detail, at) VALUES (?, ?, ?, ?, ?)")
                 .bind(&id)
-                .bind(step::DEBIT)
+                .bind(Step::Debit.as_str())
                 .bind("created")
                 .bind("")
                 .bind(now)
@@ -309,7 +309,7 @@ async fn create_transfer(
         if created { "created" } else { "replayed" },
     );
     let mut saga = saga;
-    if saga.step != step::DONE {
+    if saga.step != Step::Done {
         let wait = Duration::from_millis(q.wait_ms.unwrap_or(5000).min(30_000));
         if let Some(handle) = s.coordinator.spawn_run(&saga.id) {
             let _ = tokio::time::timeout(wait, handle).await;
@@ -320,7 +320,7 @@ async fn create_transfer(
     }
     let status = if !created {
         StatusCode::OK
-    } else if saga.state == state::PENDING {
+    } else if saga.state == SagaState::Pending {
         StatusCode::ACCEPTED
     } else {
         StatusCode::CREATED
@@ -408,7 +408,7 @@ async fn saga_stats(State(s): State<TransactionState>, h: HeaderMap) -> ApiResul
         *e = json!(e.as_i64().unwrap_or(0) + n);
         let e = by_step.entry(sp.clone()).or_insert(json!(0));
         *e = json!(e.as_i64().unwrap_or(0) + n);
-        if sp != step::DONE {
+        if sp != Step::Done.as_str() {
             unfinished += n;
         }
     }
@@ -562,7 +562,7 @@ pub async fn project(db: &Db, ev: &Event) -> Result<bool, sqlx::Error> {
     if let Some(u) = get("from_user") {
         rows.push((u, "out", from_acc.clone(), to_acc.clone()));
     }
-    if let (Some(u), true) = (get("to_user"), st == state::COMPLETED) {
+    if let (Some(u), true) = (get("to_user"), st == SagaState::Completed.as_str()) {
         rows.push((u, "in", to_acc, from_acc));
     }
     for (user, dir, acc, other) in rows {

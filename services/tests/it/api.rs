@@ -799,6 +799,25 @@ async fn metrics_expose_pool_gauges_and_request_counts() {
     }
 }
 
+/// Without the `demo` feature the binary has no gateway: the demo command says how to get
+/// it and exits non-zero before starting anything.
+#[cfg(not(feature = "demo"))]
+#[test]
+fn demo_without_the_feature_refuses_and_names_the_command() {
+    let out = std::process::Command::new(BIN)
+        .arg("demo")
+        .env("GATEHOUSE_DATA_DIR", temp_dir("nodemo").join("data"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("built without the `demo` feature") && err.contains("--features demo -- demo"),
+        "{err}"
+    );
+}
+
+#[cfg(feature = "demo")]
 #[tokio::test]
 async fn demo_starts_all_services_with_a_generated_secret() {
     let mut dep = Deployment::new("demo", false);

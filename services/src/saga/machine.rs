@@ -1,0 +1,619 @@
+//! The transfer saga as a state machine: its states, steps, events and the payment
+//! service's answers as enums stored as text and parsed strictly, and the transition
+//! table as one pure function ([`next`]) that the coordinator only executes.
+
+pub use crate::payment::OpStatus;
+use crate::text_enum::text_enum;
+#[cfg(test)]
+use crate::text_enum::UnknownVariant;
+
+text_enum! {
+    /// A saga's state as clients see it (`GET /transfers/{id}` `status`).
+    SagaState, "saga state" {
+        /// Still running (or parked until payment answers again).
+        Pending = "PENDING",
+        /// Debited and credited.
+        Completed = "COMPLETED",
+        /// Debited, credit failed, debit refunded.
+        Compensated = "COMPENSATED",
+        /// Nothing moved (debit refused, or voided before it landed).
+        Failed = "FAILED",
+    }
+}
+
+text_enum! {
+    /// The step a saga still has to do.
+    Step, "saga step" {
+        /// Debit the source account.
+        Debit = "DEBIT",
+        /// Credit the destination account.
+        Credit = "CREDIT",
+        /// Make sure the credit can never land (or learn that it did).
+        CompensateVoid = "COMPENSATE_VOID",
+        /// Give the debit back (or void it if it never landed).
+        CompensateRefund = "COMPENSATE_REFUND",
+        /// Tell the users.
+        Notify = "NOTIFY",
+        /// Nothing left to do.
+        Done = "DONE",
+    }
+}
+
+text_enum! {
+    /// The outbox event a transition publishes.
+    Event, "saga event" {
+        /// The source account was debited.
+        TransferDebited = "TransferDebited",
+        /// The transfer is complete.
+        TransferCompleted = "TransferCompleted",
+        /// The debit was given back.
+        TransferCompensated = "TransferCompensated",
+        /// Nothing moved.
+        TransferFailed = "TransferFailed",
+    }
+}
+
+impl Step {
+    /// The step's name in metric labels (`saga_debit`, `compensate_void`).
+    pub fn label(self) -> String {
+        self.as_str().to_ascii_lowercase()
+    }
+}
+
+impl SagaState {
+    /// The event that tells the users how a finished saga ended.
+    pub fn outcome_event(self) -> Event {
+        match self {
+            SagaState::Completed => Event::TransferCompleted,
+            SagaState::Compensated => Event::TransferCompensated,
+            SagaState::Pending | SagaState::Failed => Event::TransferFailed,
+        }
+    }
+}
+
+/// The reason text with which payment says a refund found its debit already given back.
+pub const ALREADY_REFUNDED: &str = "already_refunded";
+
+/// What the current step's call gave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reply<'a> {
+    /// Payment answered (2xx) with an operation result.
+    Op {
+        /// The operation's final status.
+        status: OpStatus,
+        /// Why it was rejected or a no-op.
+        reason: Option<&'a str>,
+        /// The account owner, when payment knows it.
+        owner: Option<&'a str>,
+    },
+    /// A 4xx other than 401/429: the request itself is refused, no retry helps.
+    Refused(&'a str),
+    /// Timeout, connection error, 5xx, 401, 429: the outcome is unknown.
+    Transient(&'a str),
+    /// The notification service took the notifications.
+    Delivered,
+    /// The notification service did not; `last_try` when the saga's notify budget is spent.
+    Undelivered {
+        /// The failure.
+        error: &'a str,
+        /// No notify attempt is left.
+        last_try: bool,
+    },
+}
+
+/// What the coordinator does after a reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision<'a> {
+    /// Leave the current step (one write transaction, guarded by that step).
+    Move(Move<'a>),
+    /// Stay on the step, count the try, and let recovery run it again later.
+    Park {
+        /// The failure to record.
+        error: &'a str,
+    },
+}
+
+/// A transition out of the current step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Move<'a> {
+    /// The step to do next.
+    pub step: Step,
+    /// The new state, `None` to keep the current one.
+    pub state: Option<SagaState>,
+    /// The source account's owner learnt from this reply.
+    pub from_user: Option<&'a str>,
+    /// The destination account's owner learnt from this reply.
+    pub to_user: Option<&'a str>,
+    /// The failure to record as `last_error`.
+    pub error: Option<String>,
+    /// The outbox event to publish with the transition.
+    pub event: Option<Event>,
+    /// The outcome written to the saga log.
+    pub note: &'static str,
+}
+
+impl Move<'_> {
+    fn to(step: Step, note: &'static str) -> Self {
+        Move {
+            step,
+            state: None,
+            from_user: None,
+            to_user: None,
+            error: None,
+            event: None,
+            note,
+        }
+    }
+}
+
+/// A reply that the step cannot receive (a coordinator bug), or a finished saga.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("saga step {step} cannot take the reply {reply}")]
+pub struct UnexpectedReply {
+    /// The current step.
+    pub step: Step,
+    /// The reply's kind.
+    pub reply: &'static str,
+}
+
+impl Reply<'_> {
+    fn kind(&self) -> &'static str {
+        match self {
+            Reply::Op { .. } => "op",
+            Reply::Refused(_) => "refused",
+            Reply::Transient(_) => "transient",
+            Reply::Delivered => "delivered",
+            Reply::Undelivered { .. } => "undelivered",
+        }
+    }
+}
+
+/// The saga's transition table: from the current step and the reply of its call, what
+/// happens next. Money is conserved because a debit of unknown outcome is compensated,
+/// the credit is voided before the debit is refunded (a credit found applied completes the
+/// transfer instead), and a refund of a debit that never landed voids it.
+pub fn next(step: Step, reply: Reply<'_>) -> Result<Decision<'_>, UnexpectedReply> {
+    use OpStatus::*;
+    use Reply::*;
+    let unexpected = || UnexpectedReply {
+        step,
+        reply: reply.kind(),
+    };
+    let m = match (step, reply) {
+        (
+            Step::Debit,
+            Op {
+                status: Applied,
+                owner,
+                ..
+            },
+        ) => Move {
+            from_user: owner,
+            event: Some(Event::TransferDebited),
+            ..Move::to(Step::Credit, "debited")
+        },
+        (
+            Step::Debit,
+            Op {
+                status: Rejected,
+                reason,
+                owner,
+            },
+        ) => Move {
+            state: Some(SagaState::Failed),
+            from_user: owner,
+            error: Some(format!("debit rejected: {}", reason.unwrap_or("rejected"))),
+            event: Some(Event::TransferFailed),
+            ..Move::to(Step::Notify, "debit_rejected")
+        },
+        // VOIDED/REFUNDED: an earlier run already compensated; finish the compensation.
+        (Step::Debit, Op { status, .. }) => Move {
+            error: Some(format!("debit answered {status}")),
+            ..Move::to(Step::CompensateVoid, "debit_voided")
+        },
+        (Step::Debit, Refused(e)) => Move {
+            state: Some(SagaState::Failed),
+            error: Some(e.to_string()),
+            event: Some(Event::TransferFailed),
+            ..Move::to(Step::Notify, "debit_refused")
+        },
+        // The debit's outcome is unknown: compensate (void or refund it).
+        (Step::Debit, Transient(e)) => Move {
+            error: Some(e.to_string()),
+            ..Move::to(Step::CompensateVoid, "debit_unreachable")
+        },
+        (
+            Step::Credit,
+            Op {
+                status: Applied,
+                owner,
+                ..
+            },
+        ) => completed(owner, "credited"),
+        (Step::Credit, Op { status, reason, .. }) => Move {
+            error: Some(format!(
+                "credit answered {status} ({})",
+                reason.unwrap_or_default()
+            )),
+            ..Move::to(Step::CompensateVoid, "credit_rejected")
+        },
+        (Step::Credit, Refused(e) | Transient(e)) => Move {
+            error: Some(e.to_string()),
+            ..Move::to(Step::CompensateVoid, "credit_failed")
+        },
+        // The credit did land (its answer was lost): the transfer happened.
+        (
+            Step::CompensateVoid,
+            Op {
+                status: Applied,
+                owner,
+                ..
+            },
+        ) => completed(owner, "credit_found_applied"),
+        (Step::CompensateVoid, Op { .. }) => Move::to(Step::CompensateRefund, "credit_voided"),
+        (Step::CompensateRefund, Op { status, reason, .. })
+            if status == Applied || reason == Some(ALREADY_REFUNDED) =>
+        {
+            Move {
+                state: Some(SagaState::Compensated),
+                event: Some(Event::TransferCompensated),
+                ..Move::to(Step::Notify, "refunded")
+            }
+        }
+        // The debit never landed and is now voided: nothing moved.
+        (Step::CompensateRefund, Op { .. }) => Move {
+            state: Some(SagaState::Failed),
+            event: Some(Event::TransferFailed),
+            ..Move::to(Step::Notify, "debit_voided")
+        },
+        (Step::CompensateVoid | Step::CompensateRefund, Refused(error) | Transient(error)) => {
+            return Ok(Decision::Park { error });
+        }
+        (Step::Notify, Delivered) => Move::to(Step::Done, "notified"),
+        // Money is settled; the outbox event still reaches notification consumers.
+        (
+            Step::Notify,
+            Undelivered {
+                error,
+                last_try: true,
+            },
+        ) => Move {
+            error: Some(format!("notify abandoned: {error}")),
+            ..Move::to(Step::Done, "notify_abandoned")
+        },
+        (
+            Step::Notify,
+            Undelivered {
+                error,
+                last_try: false,
+            },
+        ) => {
+            return Ok(Decision::Park { error });
+        }
+        (
+            Step::Debit | Step::Credit | Step::CompensateVoid | Step::CompensateRefund,
+            Delivered | Undelivered { .. },
+        )
+        | (Step::Notify, Op { .. } | Refused(_) | Transient(_))
+        | (Step::Done, _) => return Err(unexpected()),
+    };
+    Ok(Decision::Move(m))
+}
+
+fn completed<'a>(owner: Option<&'a str>, note: &'static str) -> Move<'a> {
+    Move {
+        state: Some(SagaState::Completed),
+        to_user: owner,
+        event: Some(Event::TransferCompleted),
+        ..Move::to(Step::Notify, note)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn op(status: OpStatus) -> Reply<'static> {
+        Reply::Op {
+            status,
+            reason: None,
+            owner: Some("u1"),
+        }
+    }
+
+    fn moved(d: Result<Decision<'_>, UnexpectedReply>) -> Move<'_> {
+        match d {
+            Ok(Decision::Move(m)) => m,
+            other => panic!("expected a move, got {other:?}"),
+        }
+    }
+
+    /// (step, state, event, note) of a move, the row's identity in the table.
+    fn row(m: &Move<'_>) -> (Step, Option<SagaState>, Option<Event>, &'static str) {
+        (m.step, m.state, m.event, m.note)
+    }
+
+    #[test]
+    fn stored_text_round_trips_and_unknown_text_is_an_error() {
+        for s in SagaState::ALL {
+            assert_eq!(s.as_str().parse::<SagaState>(), Ok(*s));
+        }
+        for s in Step::ALL {
+            assert_eq!(s.as_str().parse::<Step>(), Ok(*s));
+        }
+        for s in OpStatus::ALL {
+            assert_eq!(s.as_str().parse::<OpStatus>(), Ok(*s));
+        }
+        for s in Event::ALL {
+            assert_eq!(s.as_str().parse::<Event>(), Ok(*s));
+        }
+        assert_eq!(
+            "pending".parse::<SagaState>(),
+            Err(UnknownVariant {
+                kind: "saga state",
+                value: "pending".into()
+            })
+        );
+        assert!("SETTLED".parse::<SagaState>().is_err());
+        assert!("REVERSE".parse::<Step>().is_err());
+        assert!("".parse::<OpStatus>().is_err());
+        assert_eq!(
+            serde_json::to_value(SagaState::Compensated).unwrap(),
+            "COMPENSATED"
+        );
+        assert!(serde_json::from_value::<OpStatus>("applied".into()).is_err());
+    }
+
+    #[test]
+    fn debit_applied_goes_to_credit_and_learns_the_payer() {
+        let m = moved(next(Step::Debit, op(OpStatus::Applied)));
+        assert_eq!(
+            row(&m),
+            (Step::Credit, None, Some(Event::TransferDebited), "debited")
+        );
+        assert_eq!((m.from_user, m.to_user, m.error), (Some("u1"), None, None));
+    }
+
+    #[test]
+    fn debit_rejected_fails_the_saga_with_the_reason() {
+        let reply = Reply::Op {
+            status: OpStatus::Rejected,
+            reason: Some("insufficient_funds"),
+            owner: Some("u1"),
+        };
+        let m = moved(next(Step::Debit, reply));
+        assert_eq!(
+            row(&m),
+            (
+                Step::Notify,
+                Some(SagaState::Failed),
+                Some(Event::TransferFailed),
+                "debit_rejected"
+            )
+        );
+        assert_eq!(m.from_user, Some("u1"));
+        assert_eq!(
+            m.error.as_deref(),
+            Some("debit rejected: insufficient_funds")
+        );
+    }
+
+    #[test]
+    fn debit_found_voided_or_refunded_finishes_the_compensation() {
+        for status in [OpStatus::Voided, OpStatus::Refunded, OpStatus::Noop] {
+            let m = moved(next(Step::Debit, op(status)));
+            assert_eq!(
+                row(&m),
+                (Step::CompensateVoid, None, None, "debit_voided"),
+                "{status}"
+            );
+            assert_eq!(m.error, Some(format!("debit answered {status}")));
+        }
+    }
+
+    #[test]
+    fn debit_refused_fails_the_saga() {
+        let m = moved(next(Step::Debit, Reply::Refused("400 bad account")));
+        assert_eq!(
+            row(&m),
+            (
+                Step::Notify,
+                Some(SagaState::Failed),
+                Some(Event::TransferFailed),
+                "debit_refused"
+            )
+        );
+        assert_eq!(m.error.as_deref(), Some("400 bad account"));
+    }
+
+    #[test]
+    fn debit_of_unknown_outcome_is_compensated() {
+        let m = moved(next(Step::Debit, Reply::Transient("timeout")));
+        assert_eq!(
+            row(&m),
+            (Step::CompensateVoid, None, None, "debit_unreachable")
+        );
+        assert_eq!(m.error.as_deref(), Some("timeout"));
+    }
+
+    #[test]
+    fn credit_applied_completes_and_learns_the_payee() {
+        let m = moved(next(Step::Credit, op(OpStatus::Applied)));
+        assert_eq!(
+            row(&m),
+            (
+                Step::Notify,
+                Some(SagaState::Completed),
+                Some(Event::TransferCompleted),
+                "credited"
+            )
+        );
+        assert_eq!((m.from_user, m.to_user), (None, Some("u1")));
+    }
+
+    #[test]
+    fn credit_answered_otherwise_is_voided() {
+        let reply = Reply::Op {
+            status: OpStatus::Rejected,
+            reason: Some("unknown_account"),
+            owner: None,
+        };
+        let m = moved(next(Step::Credit, reply));
+        assert_eq!(
+            row(&m),
+            (Step::CompensateVoid, None, None, "credit_rejected")
+        );
+        assert_eq!(
+            m.error.as_deref(),
+            Some("credit answered REJECTED (unknown_account)")
+        );
+    }
+
+    #[test]
+    fn credit_refused_or_unreachable_is_voided() {
+        for reply in [Reply::Refused("404"), Reply::Transient("reset")] {
+            let m = moved(next(Step::Credit, reply));
+            assert_eq!(row(&m), (Step::CompensateVoid, None, None, "credit_failed"));
+            assert!(m.error.is_some());
+        }
+    }
+
+    #[test]
+    fn void_finding_the_credit_applied_completes_the_transfer() {
+        let m = moved(next(Step::CompensateVoid, op(OpStatus::Applied)));
+        assert_eq!(
+            row(&m),
+            (
+                Step::Notify,
+                Some(SagaState::Completed),
+                Some(Event::TransferCompleted),
+                "credit_found_applied"
+            )
+        );
+        assert_eq!(m.to_user, Some("u1"));
+    }
+
+    #[test]
+    fn void_done_goes_to_refund() {
+        for status in [OpStatus::Voided, OpStatus::Rejected, OpStatus::Refunded] {
+            let m = moved(next(Step::CompensateVoid, op(status)));
+            assert_eq!(
+                row(&m),
+                (Step::CompensateRefund, None, None, "credit_voided")
+            );
+        }
+    }
+
+    #[test]
+    fn void_unanswered_parks() {
+        for reply in [Reply::Refused("400"), Reply::Transient("timeout")] {
+            assert!(matches!(
+                next(Step::CompensateVoid, reply),
+                Ok(Decision::Park { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn refund_applied_or_already_refunded_compensates() {
+        let already = Reply::Op {
+            status: OpStatus::Noop,
+            reason: Some(ALREADY_REFUNDED),
+            owner: None,
+        };
+        for reply in [op(OpStatus::Applied), already] {
+            let m = moved(next(Step::CompensateRefund, reply));
+            assert_eq!(
+                row(&m),
+                (
+                    Step::Notify,
+                    Some(SagaState::Compensated),
+                    Some(Event::TransferCompensated),
+                    "refunded"
+                )
+            );
+        }
+    }
+
+    #[test]
+    fn refund_of_a_debit_that_never_landed_fails_the_saga() {
+        let reply = Reply::Op {
+            status: OpStatus::Noop,
+            reason: Some("debit_not_applied"),
+            owner: None,
+        };
+        let m = moved(next(Step::CompensateRefund, reply));
+        assert_eq!(
+            row(&m),
+            (
+                Step::Notify,
+                Some(SagaState::Failed),
+                Some(Event::TransferFailed),
+                "debit_voided"
+            )
+        );
+    }
+
+    #[test]
+    fn refund_unanswered_parks() {
+        assert_eq!(
+            next(Step::CompensateRefund, Reply::Transient("503")),
+            Ok(Decision::Park { error: "503" })
+        );
+    }
+
+    #[test]
+    fn notify_delivered_is_done() {
+        let m = moved(next(Step::Notify, Reply::Delivered));
+        assert_eq!(row(&m), (Step::Done, None, None, "notified"));
+    }
+
+    #[test]
+    fn notify_undelivered_parks_until_the_last_try_then_gives_up() {
+        assert_eq!(
+            next(
+                Step::Notify,
+                Reply::Undelivered {
+                    error: "503",
+                    last_try: false
+                }
+            ),
+            Ok(Decision::Park { error: "503" })
+        );
+        let m = moved(next(
+            Step::Notify,
+            Reply::Undelivered {
+                error: "503",
+                last_try: true,
+            },
+        ));
+        assert_eq!(row(&m), (Step::Done, None, None, "notify_abandoned"));
+        assert_eq!(m.error.as_deref(), Some("notify abandoned: 503"));
+    }
+
+    #[test]
+    fn a_reply_the_step_cannot_take_is_an_error() {
+        assert_eq!(
+            next(Step::Done, Reply::Delivered),
+            Err(UnexpectedReply {
+                step: Step::Done,
+                reply: "delivered"
+            })
+        );
+        assert!(next(Step::Debit, Reply::Delivered).is_err());
+        assert!(next(Step::Notify, op(OpStatus::Applied)).is_err());
+    }
+
+    #[test]
+    fn a_finished_saga_tells_its_outcome() {
+        assert_eq!(
+            SagaState::Completed.outcome_event(),
+            Event::TransferCompleted
+        );
+        assert_eq!(
+            SagaState::Compensated.outcome_event(),
+            Event::TransferCompensated
+        );
+        assert_eq!(SagaState::Failed.outcome_event(), Event::TransferFailed);
+    }
+}
