@@ -12,7 +12,8 @@ step() { printf '\n=== %s\n' "$*"; }
 step "unit and integration tests (gateway, filters, registry, services), benches in smoke mode"
 # --all-targets also runs every criterion bench once in test mode (debug build, no timing).
 # Timing-sensitive tests share 2 cores: cap the parallelism of test threads.
-RUST_TEST_THREADS="${TEST_THREADS:-4}" cargo test --workspace --all-targets
+# The services' demo (and its test) runs the gateway in-process: it needs the `demo` feature.
+RUST_TEST_THREADS="${TEST_THREADS:-4}" cargo test --workspace --all-targets --features gatehouse-services/demo
 
 step "deployment files: systemd-analyze verify on the unit, hadolint on the Dockerfile"
 cargo build -p gatehouse --bins

@@ -1,0 +1,77 @@
+#!/usr/bin/env python3
+"""Checks that the README's commands resolve one feature set for every shared dependency.
+
+Cargo enables a dependency's features per command, from the packages that command builds
+(resolver 2). When `cargo run -p gatehouse-services --features demo` turns on a feature of a
+crate that `cargo run -p gatehouse` also builds (serde_json's `raw_value`, say), that crate
+and every crate above it (pingora included) compile a second time. The workspace-hack crate
+turns the union on everywhere; this script fails, naming the crate and the features to add
+to workspace-hack/Cargo.toml, when a change of dependencies breaks that.
+
+Pairs of commands that must agree (each reads `cargo tree`, nothing is compiled):
+- the demo and the gateway (README): `-p gatehouse-services --features demo` vs `-p gatehouse`;
+- the test command (scripts/test.sh): `cargo test --workspace --features
+  gatehouse-services/demo` vs the later `cargo build -p gatehouse --bins --example ...`.
+"""
+
+import collections
+import re
+import subprocess
+import sys
+
+NODE = re.compile(r"^(\S+) v(\S+)(?: \(([^)]*)\))?(?: ([^ (]\S*))?(?: \(\*\))?$")
+
+
+def features(args):
+    """Package `name version` -> the features this command enables on it."""
+    out = subprocess.run(
+        ["cargo", "tree", "--prefix", "none", "-f", "{p} {f}", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if out.returncode != 0:
+        sys.exit(f"cargo tree {' '.join(args)} failed:\n{out.stderr}")
+    found = collections.defaultdict(set)
+    for line in out.stdout.splitlines():
+        m = NODE.match(line.strip())
+        if not m:
+            continue
+        name, version, _path, feats = m.groups()
+        found[f"{name} {version}"].update(feats.split(",") if feats else [])
+    return found
+
+
+def compare(label_a, a, label_b, b):
+    bad = []
+    for crate in sorted(set(a) & set(b)):
+        if a[crate] != b[crate]:
+            bad.append(
+                f"  {crate}: only with {label_a}: {sorted(a[crate] - b[crate])}; "
+                f"only with {label_b}: {sorted(b[crate] - a[crate])}"
+            )
+    shared = len(set(a) & set(b))
+    if bad:
+        print(f"{label_a} vs {label_b}: {len(bad)} of {shared} shared crates differ:")
+        print("\n".join(bad))
+    else:
+        print(f"{label_a} vs {label_b}: all {shared} shared crates get the same features")
+    return not bad
+
+
+def main():
+    edges = "features,normal,build"
+    demo = features(["-p", "gatehouse-services", "--features", "demo", "-e", edges])
+    gateway = features(["-p", "gatehouse", "-e", edges])
+    tests = features(
+        ["--workspace", "--features", "gatehouse-services/demo", "-e", edges + ",dev"]
+    )
+    gateway_dev = features(["-p", "gatehouse", "-e", edges + ",dev"])
+    ok = compare("the demo", demo, "the gateway", gateway)
+    ok &= compare("the workspace tests", tests, "gatehouse with dev-deps", gateway_dev)
+    if not ok:
+        sys.exit("add the features above to workspace-hack/Cargo.toml")
+
+
+if __name__ == "__main__":
+    main()
