@@ -122,7 +122,7 @@ text_enum! {
         /// Refused (unknown account, not the owner, insufficient funds).
         Rejected = "REJECTED",
         /// The operation id is voided: it never moved money and never will.
-        Voided = OpStatus::Voided,
+        Voided = "VOIDED",
         /// A debit given back by a refund.
         Refunded = "REFUNDED",
         /// A refund that had nothing to give back.

@@ -344,7 +344,7 @@ impl Coordinator {
             match &last {
                 Call::Transient(e) => {
                     self.metrics.op(&format!("saga_{}", step.label()), "retry");
-                    tracing::debug!(step, attempt, error = %e, "saga call failed");
+                    tracing::debug!(step = step.as_str(), attempt, error = %e, "saga call failed");
                     if attempt + 1 < tries {
                         let jitter = rand::random::<u64>() % (backoff.as_millis() as u64 + 1);
                         tokio::time::sleep(backoff + Duration::from_millis(jitter)).await;

@@ -23,7 +23,7 @@ macro_rules! text_enum {
 
         impl $name {
             /// Every variant, in declaration order.
-            pub const ALL: &'static [$name] = &[$($name::$variant,)+];
+            pub const ALL: &[$name] = &[$($name::$variant,)+];
 
             /// The stored text.
             pub fn as_str(self) -> &'static str {

@@ -64,6 +64,14 @@ async fn transfer(
 
 /// Starts the gateway in this test process (its own threads and runtimes), in front of the
 /// transaction service, with connect-error retries; returns the base URL of its route.
+/// Without the `demo` feature the services' tests have no gateway: this panics.
+#[cfg(not(feature = "demo"))]
+async fn start_gateway(_dir: &std::path::Path, _transaction_port: u16) -> String {
+    panic!("the gateway is only linked in with --features demo")
+}
+
+/// See the other `start_gateway`.
+#[cfg(feature = "demo")]
 async fn start_gateway(dir: &std::path::Path, transaction_port: u16) -> String {
     let ports = free_ports(2);
     let (listen, admin) = (ports[0], ports[1]);
@@ -401,6 +409,7 @@ async fn bank_invariant_sqlite_with_redis_streams() {
     run_bank(false, true).await;
 }
 
+#[cfg(feature = "demo")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bank_invariant_sqlite_through_the_gateway() {
     run_bank_via(false, false, true).await;
