@@ -66,7 +66,7 @@ const fn refusal(status: u16, code: &'static str, message: &'static str) -> Edge
 /// Checks a parsed request against the listener's limits and RFC 9112 §3.2's Host rules:
 /// an HTTP/1.1 request needs exactly one Host whose value is a valid `uri-host[:port]`
 /// (a list, an empty value or junk is 400), unless its target is in absolute form (whose
-/// authority pingora has already matched against any Host).
+/// authority pingora has already put in a differing Host: vendor/PATCHES.md, patch 4).
 pub fn check_request(req: &RequestHeader, limits: &EdgeLimits) -> Result<(), EdgeRefusal> {
     let uri_len = req.raw_path().len();
     if uri_len > limits.max_uri_bytes {
@@ -149,7 +149,7 @@ fn absolute_target(req: &RequestHeader) -> Option<http::Uri> {
 }
 
 /// Turns an absolute-form request into origin form before it is routed: the target's
-/// authority becomes `Host` (pingora has already refused a differing Host), so routing,
+/// authority becomes `Host` (pingora has already replaced a differing one), so routing,
 /// filters, logs and the upstream all see one host, and the upstream gets `/path?query`
 /// (RFC 9112 §3.2.2: the target's authority wins; an origin server expects origin form).
 pub fn absolute_to_origin(req: &mut RequestHeader) {

@@ -497,13 +497,14 @@ async fn absolute_form_target_is_routed_on_its_authority_and_sent_in_origin_form
     // No Host: the target's authority routes it, to the admin route's JWT check.
     let rs = exchange(&gw, b"GET http://admin.example.com/whoami HTTP/1.1\r\n\r\n").await;
     assert_eq!(statuses(&rs), vec![401]);
-    // A Host that differs from the authority is refused, never routed on either.
+    // A Host that differs from the authority is replaced by it (RFC 9112 §3.2.2): routed to
+    // the admin route's JWT check, not to the catch-all the Host names.
     let rs = exchange(
         &gw,
         b"GET http://admin.example.com/whoami HTTP/1.1\r\nHost: public.example.com\r\n\r\n",
     )
     .await;
-    assert_eq!(statuses(&rs), vec![400]);
+    assert_eq!(statuses(&rs), vec![401]);
     assert_eq!(up.total_bytes(), 0);
     // On the catch-all host: forwarded in origin form with the authority as Host.
     let rs = exchange(
@@ -515,6 +516,17 @@ async fn absolute_form_target_is_routed_on_its_authority_and_sent_in_origin_form
     let reqs = up.requests();
     assert_eq!(reqs[0].request_line(), "GET /whoami?x=1 HTTP/1.1");
     assert_eq!(reqs[0].header("host"), vec!["www.example.com"]);
+    // With a conflicting Host: the upstream gets the authority as its only Host.
+    let rs = exchange(
+        &gw,
+        b"GET http://a.example.com/x HTTP/1.1\r\nHost: b.example.com\r\n\r\n",
+    )
+    .await;
+    assert_eq!(statuses(&rs), vec![200]);
+    let reqs = up.requests();
+    assert_eq!(reqs.len(), 2);
+    assert_eq!(reqs[1].request_line(), "GET /x HTTP/1.1");
+    assert_eq!(reqs[1].header("host"), vec!["a.example.com"]);
 }
 
 // === 4. Expect: 100-continue ===
