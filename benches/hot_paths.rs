@@ -222,7 +222,7 @@ fn bench_swrr(c: &mut Criterion) {
         });
         // What the proxy calls: availability checks, the lock, the Arc clone.
         let up = Upstream::new("app", ucfg.clone(), endpoints(&weights));
-        let now = gatehouse::upstream::now_ms();
+        let now = gatehouse::clock::mono_ms();
         g.bench_function(format!("upstream_pick/{label}"), |b| {
             b.iter(|| up.pick(&[], black_box(now)))
         });
@@ -413,7 +413,7 @@ fn bench_breaker(c: &mut Criterion) {
     // in real traffic (with a frozen clock every call lands in one bucket, whose 20-bit
     // counters saturate after ~10^6 calls).
     let closed = Breaker::new(settings.clone());
-    let start = gatehouse::upstream::now_ms();
+    let start = gatehouse::clock::mono_ms();
     let mut now = start;
     g.bench_function("admit_record_closed", |b| {
         b.iter(|| {

@@ -19,9 +19,8 @@ use pingora_core::services::listening::Service as ListeningService;
 use crate::admin::{status::TrafficSampler, Admin, AdminAuth};
 use crate::config::{self, ConfigErrors, LoadedConfig};
 use crate::lifecycle::{self, Binder, ListenerSpec, Readiness, Tracked};
-use crate::metrics::Metrics;
-use crate::state::events::EventLog;
 use crate::state::{compile, reload, State};
+use crate::telemetry::Telemetry;
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -76,33 +75,32 @@ pub fn build_state(
     loaded: LoadedConfig,
     config_path: Option<PathBuf>,
 ) -> Result<Arc<State>, StartError> {
-    let metrics = Metrics::new()?;
+    let telemetry = Arc::new(Telemetry::new()?);
     let redis = loaded.config.redis.as_ref().map(|r| {
         let mut settings = gatehouse_filters::RedisSettings::new(r.url.clone());
         settings.timeout = r.timeout.get();
         settings
     });
     let filter_runtime = Arc::new(
-        FilterRuntime::new(redis, &metrics.registry).map_err(|e| StartError::Other(e.message))?,
+        FilterRuntime::new(redis, &telemetry.metrics.registry)
+            .map_err(|e| StartError::Other(e.message))?,
     );
     let hash = loaded.hash.clone();
     for w in &loaded.warnings {
         tracing::warn!(warning = %w, "config warning");
     }
     let snap = compile(loaded, None, &filter_runtime)?;
-    let events = EventLog::default();
-    reload::record_success(&metrics, &events, &hash, "start");
+    telemetry.config_loaded(&hash, "start");
+    crate::state::publish::publish(&telemetry, &snap);
     let state = Arc::new(State {
         snapshot: arc_swap::ArcSwap::from_pointee(snap),
-        metrics,
+        telemetry,
         filter_runtime,
-        events,
         config_path,
         started_at: SystemTime::now(),
         service_pools: Default::default(),
         draining: std::sync::atomic::AtomicBool::new(false),
     });
-    reload::publish_health(&state, &state.current());
     Ok(state)
 }
 
@@ -232,7 +230,7 @@ fn exit_when_drained(server: &Server, state: Arc<State>, grace: Duration) {
         }
         let start = std::time::Instant::now();
         while start.elapsed() < grace {
-            if state.metrics.inflight.get() <= 0 {
+            if state.telemetry.metrics.inflight.get() <= 0 {
                 tracing::info!(
                     after_ms = start.elapsed().as_millis() as u64,
                     "drained; exiting"
@@ -276,7 +274,7 @@ impl BackgroundService for Maintenance {
         let mut tick = tokio::time::interval(Duration::from_secs(5));
         let mut quiet_tick = tokio::time::interval(Duration::from_secs(1));
         let mut quiet = QuietWatch::default();
-        let upkeep = crate::upstream::maintain::Maintainer::new(self.state.clone());
+        let upkeep = crate::state::maintain::Maintainer::new(self.state.clone());
         loop {
             tokio::select! {
                 _ = shutdown.changed() => return,
@@ -295,7 +293,7 @@ impl BackgroundService for Maintenance {
                     lifecycle::notify_reloaded();
                 }
                 _ = quiet_tick.tick(), if self.release_free_memory.is_some() => {
-                    let m = &self.state.metrics;
+                    let m = &self.state.telemetry.metrics;
                     let finished = m.request_duration_all.get_sample_count();
                     if quiet.quiet(finished, m.inflight.get()) {
                         if let Some(release) = self.release_free_memory {

@@ -8,11 +8,13 @@
 pub mod admin;
 pub mod app;
 pub mod client_addr;
+pub mod clock;
 pub mod config;
 pub mod lifecycle;
-pub mod metrics;
+pub mod path;
 pub mod proxy;
 pub mod resilience;
 pub mod router;
 pub mod state;
+pub mod telemetry;
 pub mod upstream;

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use gatehouse::config::{self, ConfigError};
-use gatehouse::router::{normalize_path, RouteRequest};
+use gatehouse::router::RequestParts;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -180,43 +180,30 @@ fn route_test(
                 return Ok(ExitCode::FAILURE);
             }
         };
-    let (raw_path, query) = match target.split_once('?') {
-        Some((p, q)) => (p, Some(q)),
-        None => (target, None),
-    };
-    let norm = match normalize_path(raw_path.as_bytes()) {
-        Ok(p) => p,
+    // The router's view is built exactly as for a proxied request (`router::Incoming`).
+    let parts =
+        RequestParts::from_args(method, host, target, headers).map_err(anyhow::Error::msg)?;
+    let raw_path = parts.uri.path();
+    let query = parts.uri.query();
+    let incoming = match parts.incoming() {
+        Ok(i) => i,
         Err(e) => {
             println!("400 bad_path: {e}");
             return Ok(ExitCode::FAILURE);
         }
     };
-    let mut map = http::HeaderMap::new();
-    for h in headers {
-        let (k, v) = h.split_once(':').context("headers are name:value")?;
-        map.append(
-            http::HeaderName::from_bytes(k.trim().as_bytes())?,
-            v.trim().parse()?,
-        );
-    }
-    let method = http::Method::from_bytes(method.as_bytes())?;
-    let host = host.split(':').next().unwrap_or("").to_ascii_lowercase();
-    match snap.router.route_explained(&RouteRequest {
-        host: &host,
-        path: &norm,
-        method: &method,
-        headers: &map,
-    }) {
+    let (norm, method, host) = (&incoming.path, incoming.method, &incoming.host);
+    match snap.router.route_explained(&incoming.request()) {
         Some((route, why)) => {
-            let out = gatehouse::router::rewrite_path(
-                &norm,
+            let out = gatehouse::path::rewrite_path(
+                norm,
                 route.strip_prefix.as_deref(),
                 route.add_prefix.as_deref(),
                 route.rewrite_path.as_deref(),
             );
             println!("route:     {}", route.name);
             println!("matched:   {why}");
-            println!("upstream:  {}", route.upstream.name);
+            println!("upstream:  {}", route.cluster.name());
             if norm != raw_path {
                 println!("normalized: {raw_path} -> {norm}");
             }

@@ -1,6 +1,8 @@
-//! Request routing: path normalization, then host / path / method / header matching
-//! with a documented precedence (DESIGN.md "Route precedence", nginx's order), in time
-//! independent of the number of exact and prefix routes.
+//! Request routing: building the router's view of a request (normalized path and host),
+//! then host / path / method / header matching with a documented precedence (DESIGN.md
+//! "Route precedence", nginx's order), in time independent of the number of exact and
+//! prefix routes. The proxy and `gatehouse route-test` build that view with the same code
+//! ([`Incoming`]).
 //!
 //! Precedence, first difference wins: `priority` (higher first), host (exact > longest
 //! wildcard > any), path (exact > template, more literal segments first > regex in declared
@@ -9,129 +11,17 @@
 
 pub mod template;
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
-use http::Method;
+use http::{HeaderMap, Method, Uri};
 use regex::Regex;
 
 use crate::config::model::{HeaderMatch, MatchConfig};
+use crate::path::{normalize_path, normalize_path_with, PathError};
 pub use template::{PathTemplate, TemplateError};
-
-/// Why a path was refused before routing (answered with a 400).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum PathError {
-    /// The path does not start with `/`.
-    #[error("path must start with /")]
-    NotAbsolute,
-    /// A `%` not followed by two hex digits.
-    #[error("malformed percent-encoding")]
-    BadEncoding,
-    /// `%2F` (an encoded `/`) or `%5C` (an encoded `\`).
-    #[error("encoded path separator")]
-    EncodedSeparator,
-    /// A NUL byte, raw or encoded.
-    #[error("NUL byte in path")]
-    Nul,
-    /// `..` above the root.
-    #[error("path escapes the root")]
-    EscapesRoot,
-}
-
-fn hex(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
-}
-
-fn is_unreserved(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
-}
-
-/// Normalizes a request path (without its query): percent-encoded unreserved characters
-/// are decoded and other escapes upper-cased, `//` is collapsed, `.` and `..` segments are
-/// resolved; a path that escapes the root or holds an encoded `/`, `\` or NUL is refused.
-/// A trailing `/` is kept.
-pub fn normalize_path(raw: &[u8]) -> Result<String, PathError> {
-    normalize_path_with(raw, false)
-}
-
-/// [`normalize_path`], but with `keep_encoded_slash` an encoded `/` is kept inside its
-/// segment as `%2F` (for routes that choose `encoded_slashes: keep | decode`).
-pub fn normalize_path_with(raw: &[u8], keep_encoded_slash: bool) -> Result<String, PathError> {
-    if raw.first() != Some(&b'/') {
-        return Err(PathError::NotAbsolute);
-    }
-    // 1. decode unreserved escapes, validate the others
-    let mut decoded = Vec::with_capacity(raw.len());
-    let mut i = 0;
-    while i < raw.len() {
-        let b = raw[i];
-        match b {
-            0 => return Err(PathError::Nul),
-            b'%' => {
-                let (h, l) = match (
-                    raw.get(i + 1).and_then(|b| hex(*b)),
-                    raw.get(i + 2).and_then(|b| hex(*b)),
-                ) {
-                    (Some(h), Some(l)) => (h, l),
-                    _ => return Err(PathError::BadEncoding),
-                };
-                let v = h * 16 + l;
-                match v {
-                    0 => return Err(PathError::Nul),
-                    b'/' if keep_encoded_slash => decoded.extend_from_slice(b"%2F"),
-                    b'/' | b'\\' => return Err(PathError::EncodedSeparator),
-                    v if is_unreserved(v) => decoded.push(v),
-                    v => {
-                        const HEX: &[u8; 16] = b"0123456789ABCDEF";
-                        decoded.extend_from_slice(&[
-                            b'%',
-                            HEX[(v >> 4) as usize],
-                            HEX[(v & 15) as usize],
-                        ]);
-                    }
-                }
-                i += 3;
-            }
-            _ => {
-                decoded.push(b);
-                i += 1;
-            }
-        }
-    }
-    // 2. resolve segments
-    let trailing = decoded.len() > 1 && decoded.ends_with(b"/");
-    let mut segs: Vec<&[u8]> = Vec::new();
-    for seg in decoded.split(|b| *b == b'/') {
-        match seg {
-            b"" | b"." => {}
-            b".." => {
-                if segs.pop().is_none() {
-                    return Err(PathError::EscapesRoot);
-                }
-            }
-            s => segs.push(s),
-        }
-    }
-    let last_is_dir = matches!(
-        decoded.rsplit(|b| *b == b'/').next(),
-        Some(b".") | Some(b"..")
-    );
-    let mut out = String::with_capacity(decoded.len());
-    for s in &segs {
-        out.push('/');
-        out.push_str(&String::from_utf8_lossy(s));
-    }
-    if out.is_empty() || ((trailing || last_is_dir) && !out.ends_with('/')) {
-        out.push('/');
-    }
-    Ok(out)
-}
 
 /// Applies a route's `encoded_slashes` choice to a path normalized with
 /// [`normalize_path_with`]`(.., true)`: `Ok(None)` keeps it as it is, `Ok(Some(p))` is the
@@ -264,10 +154,7 @@ impl Matcher {
     }
 }
 
-/// `/api/` and `/api` are the same segment-boundary prefix; `/` is every path.
-fn trim_prefix(p: &str) -> &str {
-    p.trim_end_matches('/')
-}
+use crate::path::trim_prefix;
 
 /// What the router looks at.
 pub struct RouteRequest<'a> {
@@ -279,6 +166,124 @@ pub struct RouteRequest<'a> {
     pub method: &'a Method,
     /// Headers.
     pub headers: &'a http::HeaderMap,
+}
+
+/// The request's host for routing (RFC 9110 section 7.2, RFC 3986 section 3.2.2): lower
+/// case, without the port and without a trailing dot (`Example.COM.:8080` is
+/// `example.com`); an IPv6 literal keeps its brackets (`[::1]:8080` is `[::1]`).
+pub fn normalize_host(raw: &str) -> Cow<'_, str> {
+    let host = match raw.rfind(':') {
+        Some(i) if !raw.ends_with(']') && raw[i + 1..].bytes().all(|b| b.is_ascii_digit()) => {
+            &raw[..i]
+        }
+        _ => raw,
+    };
+    let host = host.trim_end_matches('.');
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(host)
+    }
+}
+
+/// A request as the router reads it, built the same way for the proxy and for
+/// `gatehouse route-test`, so that the two never disagree on which route a request takes.
+pub struct Incoming<'a> {
+    /// The host, normalized by [`normalize_host`] (empty when absent).
+    pub host: Cow<'a, str>,
+    /// The path, normalized by [`normalize_path`].
+    pub path: String,
+    /// Method.
+    pub method: &'a Method,
+    /// Headers.
+    pub headers: &'a HeaderMap,
+}
+
+impl<'a> Incoming<'a> {
+    /// From the request's method, target and headers: the path normalized (a path that
+    /// cannot be is refused with its [`PathError`], answered 400), the host taken from
+    /// the `Host` header, else from the target's authority (absolute form).
+    pub fn new(
+        method: &'a Method,
+        uri: &'a Uri,
+        headers: &'a HeaderMap,
+    ) -> Result<Self, PathError> {
+        // `%2F` is kept encoded for routing; the matched route's `encoded_slashes` decides.
+        let path = normalize_path_with(uri.path().as_bytes(), true)?;
+        let raw = headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| uri.authority().map(|a| a.as_str()))
+            .unwrap_or("");
+        Ok(Self {
+            host: normalize_host(raw),
+            path,
+            method,
+            headers,
+        })
+    }
+
+    /// What the matchers look at.
+    pub fn request(&self) -> RouteRequest<'_> {
+        RouteRequest {
+            host: &self.host,
+            path: &self.path,
+            method: self.method,
+            headers: self.headers,
+        }
+    }
+}
+
+/// A request described by `gatehouse route-test`'s arguments, owned, from which
+/// [`Incoming::new`] builds the router's view exactly as for a proxied request.
+#[derive(Debug)]
+pub struct RequestParts {
+    /// Method.
+    pub method: Method,
+    /// Target (origin form: path and query).
+    pub uri: Uri,
+    /// Headers, with `Host` from the host argument unless a header gave one.
+    pub headers: HeaderMap,
+}
+
+impl RequestParts {
+    /// From a method, a host (may carry a port), a target (`/path?query`) and headers
+    /// written `name: value`; errors say which argument is wrong.
+    pub fn from_args(
+        method: &str,
+        host: &str,
+        target: &str,
+        headers: &[String],
+    ) -> Result<Self, String> {
+        let method = Method::from_bytes(method.as_bytes()).map_err(|e| format!("method: {e}"))?;
+        let uri: Uri = target
+            .parse()
+            .map_err(|e| format!("path {target:?}: {e}"))?;
+        let mut map = HeaderMap::new();
+        for h in headers {
+            let (k, v) = h
+                .split_once(':')
+                .ok_or_else(|| format!("header {h:?}: headers are name:value"))?;
+            let name = http::HeaderName::from_bytes(k.trim().as_bytes())
+                .map_err(|e| format!("header {h:?}: {e}"))?;
+            let value = v.trim().parse().map_err(|e| format!("header {h:?}: {e}"))?;
+            map.append(name, value);
+        }
+        if !host.is_empty() && !map.contains_key(http::header::HOST) {
+            let value = host.parse().map_err(|e| format!("host {host:?}: {e}"))?;
+            map.insert(http::header::HOST, value);
+        }
+        Ok(Self {
+            method,
+            uri,
+            headers: map,
+        })
+    }
+
+    /// The router's view of it (see [`Incoming::new`]).
+    pub fn incoming(&self) -> Result<Incoming<'_>, PathError> {
+        Incoming::new(&self.method, &self.uri, &self.headers)
+    }
 }
 
 /// Which tiers decided a match; printed by `gatehouse route-test`.
@@ -571,77 +576,9 @@ impl<T> Router<T> {
     }
 }
 
-/// The path sent upstream: `rewrite` replaces it; else `strip` is removed (on a segment
-/// boundary) and `add` is prepended.
-pub fn rewrite_path(
-    path: &str,
-    strip: Option<&str>,
-    add: Option<&str>,
-    rewrite: Option<&str>,
-) -> String {
-    if let Some(r) = rewrite {
-        return r.to_string();
-    }
-    let mut p = path;
-    if let Some(s) = strip.map(trim_prefix) {
-        if let Some(rest) = p.strip_prefix(s) {
-            if rest.is_empty() || rest.starts_with('/') {
-                p = rest;
-            }
-        }
-    }
-    let mut out = String::with_capacity(p.len() + add.map_or(0, str::len));
-    if let Some(a) = add {
-        out.push_str(a.trim_end_matches('/'));
-    }
-    out.push_str(p);
-    if out.is_empty() {
-        out.push('/');
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn normalizes_paths() {
-        let ok = [
-            ("/", "/"),
-            ("/a//b", "/a/b"),
-            ("/a/./b", "/a/b"),
-            ("/a/../b", "/b"),
-            ("/%61dmin", "/admin"),
-            ("/api/%2e%2e/admin", "/admin"),
-            ("/a/b/", "/a/b/"),
-            ("/a/b/..", "/a/"),
-            ("/a%20b", "/a%20b"),
-            ("/a%7e", "/a~"),
-            ("/a%c3%a9", "/a%C3%A9"),
-            ("//", "/"),
-        ];
-        for (input, want) in ok {
-            assert_eq!(
-                normalize_path(input.as_bytes()).as_deref(),
-                Ok(want),
-                "{input}"
-            );
-        }
-        let bad = [
-            ("a", PathError::NotAbsolute),
-            ("/..", PathError::EscapesRoot),
-            ("/a/../../b", PathError::EscapesRoot),
-            ("/a%2fb", PathError::EncodedSeparator),
-            ("/a%5Cb", PathError::EncodedSeparator),
-            ("/a%00", PathError::Nul),
-            ("/a%zz", PathError::BadEncoding),
-            ("/a%2", PathError::BadEncoding),
-        ];
-        for (input, want) in bad {
-            assert_eq!(normalize_path(input.as_bytes()), Err(want), "{input}");
-        }
-    }
 
     fn m(yaml: &str) -> Matcher {
         Matcher::compile(&serde_yaml::from_str::<MatchConfig>(yaml).unwrap()).unwrap()
@@ -819,26 +756,26 @@ mod tests {
     }
 
     #[test]
-    fn rewrites() {
-        assert_eq!(
-            rewrite_path("/api/user/login", Some("/api/user"), None, None),
-            "/login"
-        );
-        assert_eq!(
-            rewrite_path("/api/user", Some("/api/user/"), None, None),
-            "/"
-        );
-        assert_eq!(
-            rewrite_path("/api/users", Some("/api/user"), None, None),
-            "/api/users"
-        );
-        assert_eq!(
-            rewrite_path("/api/user/x", Some("/api"), Some("/v2"), None),
-            "/v2/user/x"
-        );
-        assert_eq!(
-            rewrite_path("/anything", None, None, Some("/fixed")),
-            "/fixed"
-        );
+    fn route_test_and_the_proxy_agree_on_the_host() {
+        for (raw, want) in [
+            ("[::1]:8080", "[::1]"),
+            ("Example.COM.", "example.com"),
+            ("example.com:8080", "example.com"),
+        ] {
+            // The proxy: pingora's parsed request header.
+            let mut req = pingora_http::RequestHeader::build("GET", b"/a", None).unwrap();
+            req.insert_header("host", raw).unwrap();
+            let proxy = Incoming::new(&req.method, &req.uri, &req.headers).unwrap();
+            // route-test: its arguments.
+            let parts = RequestParts::from_args("GET", raw, "/a", &[]).unwrap();
+            let cli = parts.incoming().unwrap();
+            assert_eq!(proxy.host, want, "proxy, {raw}");
+            assert_eq!(cli.host, want, "route-test, {raw}");
+        }
+        // Without a Host header the absolute-form target's authority counts.
+        let uri: Uri = "http://Example.COM:81/a".parse().unwrap();
+        let (method, headers) = (Method::GET, HeaderMap::new());
+        let proxy = Incoming::new(&method, &uri, &headers).unwrap();
+        assert_eq!(proxy.host, "example.com");
     }
 }

@@ -7,6 +7,7 @@
 //! lives in [`FilterRuntime`], which the gateway creates once and keeps across reloads.
 #![warn(missing_docs)]
 
+pub mod chain;
 pub mod compression;
 pub mod cors;
 pub mod duration;
@@ -28,6 +29,7 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+pub use chain::{Chain, Stop};
 pub use duration::Duration;
 pub use metrics::FilterMetrics;
 pub use rate_limit::RedisSettings;

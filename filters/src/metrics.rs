@@ -1,6 +1,13 @@
 //! Prometheus metrics of the filters, registered once on the gateway's registry.
 
-use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
+
+/// Buckets of `gatehouse_filter_duration_seconds`: 10 µs .. 1 s (filters are usually
+/// microseconds; a Redis round trip or a JWKS fetch is milliseconds).
+const FILTER_BUCKETS: &[f64] = &[
+    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+    0.1, 0.25, 1.0,
+];
 
 /// Every label value of `gatehouse_auth_failures_total{reason}`.
 pub const AUTH_FAILURE_REASONS: &[&str] = &[
@@ -43,6 +50,7 @@ struct Inner {
     redis_up: IntGauge,
     redis_errors: IntCounterVec,
     jwks_fetches: IntCounterVec,
+    filter_duration: HistogramVec,
 }
 
 /// One limit's `gatehouse_ratelimit_decisions_total` series, by decision label.
@@ -69,7 +77,8 @@ impl FilterMetrics {
     /// Creates the metrics and registers them on `registry`:
     /// `gatehouse_auth_failures_total{route,reason}`,
     /// `gatehouse_ratelimit_decisions_total{route,limit,decision}`, `gatehouse_redis_up`,
-    /// `gatehouse_redis_errors_total{op}`, `gatehouse_jwks_fetches_total{result}`.
+    /// `gatehouse_redis_errors_total{op}`, `gatehouse_jwks_fetches_total{result}`,
+    /// `gatehouse_filter_duration_seconds{filter}`.
     pub fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
         let auth_failures = IntCounterVec::new(
             Opts::new(
@@ -103,6 +112,15 @@ impl FilterMetrics {
             ),
             &["result"],
         )?;
+        let filter_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "gatehouse_filter_duration_seconds",
+                "Time spent in each filter's request and response phases, by filter kind.",
+            )
+            .buckets(FILTER_BUCKETS.to_vec()),
+            &["filter"],
+        )?;
+        registry.register(Box::new(filter_duration.clone()))?;
         registry.register(Box::new(auth_failures.clone()))?;
         registry.register(Box::new(ratelimit_decisions.clone()))?;
         registry.register(Box::new(redis_up.clone()))?;
@@ -121,6 +139,7 @@ impl FilterMetrics {
                 redis_up,
                 redis_errors,
                 jwks_fetches,
+                filter_duration,
             })),
         })
     }
@@ -176,6 +195,14 @@ impl FilterMetrics {
         if let Some(m) = &self.inner {
             m.redis_errors.with_label_values(&[op]).inc();
         }
+    }
+
+    /// The `gatehouse_filter_duration_seconds` series of filter kind `kind` (`None` when
+    /// the metrics are disabled).
+    pub fn filter_duration(&self, kind: &str) -> Option<Histogram> {
+        self.inner
+            .as_ref()
+            .map(|m| m.filter_duration.with_label_values(&[kind]))
     }
 
     /// Counts one JWKS fetch.

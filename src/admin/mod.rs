@@ -12,10 +12,10 @@ use pingora_core::apps::http_app::ServeHttp;
 use pingora_core::protocols::http::ServerSession;
 use serde_json::{json, Value};
 
+use crate::clock::mono_ms;
 use crate::lifecycle::{NotReady, Readiness};
-use crate::state::events::rfc3339;
 use crate::state::{reload, State};
-use crate::upstream::now_ms;
+use crate::telemetry::rfc3339;
 
 const DASHBOARD: &str = include_str!("dashboard.html");
 
@@ -206,7 +206,8 @@ fn redact_url(s: &str) -> String {
     }
 }
 
-/// One endpoint as `/admin/upstreams` and `/admin/status` show it.
+/// One endpoint as `/admin/upstreams` and `/admin/status` show it, at `now` (monotonic,
+/// `clock::mono_ms`).
 pub fn endpoint_json(e: &crate::upstream::Endpoint, now: u64) -> Value {
     json!({
         "address": e.address,
@@ -225,17 +226,18 @@ pub fn endpoint_json(e: &crate::upstream::Endpoint, now: u64) -> Value {
 /// The endpoints of every upstream, as `/admin/upstreams` shows them.
 pub fn upstreams_json(state: &State) -> Value {
     let snap = state.current();
-    let now = now_ms();
+    let now = mono_ms();
     let mut out = serde_json::Map::new();
-    for (name, u) in &snap.upstreams {
-        let eps: Vec<Value> = u
+    for (name, c) in &snap.upstreams {
+        let eps: Vec<Value> = c
+            .upstream
             .endpoints()
             .iter()
             .map(|e| endpoint_json(e, now))
             .collect();
         out.insert(
             name.clone(),
-            json!({ "endpoints": eps, "breaker": crate::resilience::breaker_json(u) }),
+            json!({ "endpoints": eps, "breaker": c.resilience.breaker_json() }),
         );
     }
     Value::Object(out)
@@ -271,7 +273,7 @@ impl ServeHttp for Admin {
             ("GET", "/metrics") => respond(
                 StatusCode::OK,
                 "text/plain; version=0.0.4; charset=utf-8",
-                self.state.metrics.render(),
+                self.state.telemetry.metrics.render(),
             ),
             ("GET", "/healthz") => json_response(StatusCode::OK, &json!({"status": "ok"})),
             ("GET", "/readyz") => self.readyz(),

@@ -7,9 +7,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{json, Value};
 
-use crate::state::events::rfc3339;
+use crate::clock::mono_ms;
 use crate::state::State;
-use crate::upstream::now_ms;
+use crate::telemetry::rfc3339;
 
 /// Length of the window the dashboard's rates and percentiles cover.
 pub const WINDOW: Duration = Duration::from_secs(60);
@@ -30,7 +30,7 @@ pub struct TrafficSampler {
 }
 
 fn take(state: &State) -> (Sample, Vec<f64>) {
-    let h = state.metrics.request_duration_all.clone();
+    let h = state.telemetry.metrics.request_duration_all.clone();
     let mut bounds = Vec::new();
     let mut buckets = Vec::new();
     use prometheus::core::Collector;
@@ -47,7 +47,7 @@ fn take(state: &State) -> (Sample, Vec<f64>) {
         Sample {
             at: Instant::now(),
             count: h.get_sample_count(),
-            errors: state.metrics.errors_all.get(),
+            errors: state.telemetry.metrics.errors_all.get(),
             buckets,
         },
         bounds,
@@ -126,6 +126,7 @@ impl TrafficSampler {
 
 fn metric_sum(state: &State, name: &str, label: Option<(&str, &str)>) -> f64 {
     state
+        .telemetry
         .metrics
         .registry
         .gather()
@@ -146,15 +147,15 @@ fn metric_sum(state: &State, name: &str, label: Option<(&str, &str)>) -> f64 {
 /// The whole `/admin/status` document.
 pub fn status_json(state: &State, sampler: &TrafficSampler) -> Value {
     let snap = state.current();
-    let now = now_ms();
+    let now = mono_ms();
     let traffic = sampler.window(state);
     let mut upstreams = Vec::new();
     let mut unavailable: Vec<String> = Vec::new();
     let mut half_open: Vec<String> = Vec::new();
-    for (name, u) in &snap.upstreams {
-        let eps = u.endpoints();
+    for (name, c) in &snap.upstreams {
+        let eps = c.upstream.endpoints();
         let healthy = eps.iter().filter(|e| e.is_available(now)).count();
-        let breaker = crate::resilience::breaker_json(u);
+        let breaker = c.resilience.breaker_json();
         if healthy == 0 {
             unavailable.push(format!("{name} (no healthy endpoint)"));
         } else if breaker["state"] == "OPEN" {
@@ -176,7 +177,7 @@ pub fn status_json(state: &State, sampler: &TrafficSampler) -> Value {
     } else {
         None
     };
-    let reloads = state.events.reloads();
+    let reloads = state.telemetry.events.reloads();
     // The rule is documented in docs/observability.md; keep the two in step.
     let (status, reason) = if !snap.upstreams.is_empty()
         && unavailable.len() == snap.upstreams.len()
@@ -257,7 +258,7 @@ pub fn status_json(state: &State, sampler: &TrafficSampler) -> Value {
         "rate_limits": { "allowed": rl_allowed, "rejected": rl_rejected },
         "redis": { "configured": redis_configured, "up": redis_up },
         "reloads": reloads,
-        "events": state.events.events(),
+        "events": state.telemetry.events.events(),
         "services": state.service_pools.snapshot().into_iter().map(|(name, p)| json!({
             "name": name,
             "endpoint": p.endpoint,

@@ -523,7 +523,7 @@ fn matcher(
                     v.as_str()
                 };
                 let core = if core.is_empty() { "/" } else { core };
-                if crate::router::normalize_path(core.as_bytes()).as_deref() != Ok(core) {
+                if crate::path::normalize_path(core.as_bytes()).as_deref() != Ok(core) {
                     errs.push(ConfigError::at(
                         format!("{base}.{field}"),
                         format!("{v:?} is not a normalized path (no //, . or .. segments, no encoded unreserved characters)"),

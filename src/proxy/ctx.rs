@@ -2,17 +2,18 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use gatehouse_filters::BodyTransform;
 use http::{HeaderName, HeaderValue};
 
 use crate::client_addr::ClientAddr;
-use crate::metrics::InflightGuard;
 use crate::state::{Route, Snapshot};
+use crate::telemetry::InflightGuard;
 use crate::upstream::Endpoint;
 
-/// A gateway-made error: its status and stable code (`X-Gatehouse-Error`).
+/// The status and stable code (`X-Gatehouse-Error`) of the answer the gateway made
+/// itself (rendered from a `Refusal` by `respond::refuse`), for the metrics and the log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GatewayError {
     /// HTTP status sent.
@@ -79,10 +80,12 @@ pub struct RequestCtx {
     pub inflight: Option<InflightGuard>,
     /// Keeps the endpoint's in-flight count right.
     pub endpoint_inflight: Option<EndpointInflight>,
-    /// Why the last try failed (for metrics of that try).
+    /// Whether the current try's outcome was counted (once per try).
     pub try_outcome_recorded: bool,
-    /// Breaker admission, bulkhead slot and retry state (see `resilience::hooks`).
-    pub resilience: crate::resilience::RequestResilience,
+    /// Breaker admission, bulkhead slot and retry state (see `proxy/resilience.rs`).
+    pub resilience: super::resilience::RequestResilience,
+    /// Time spent in filters, request and response phases (the access log's `filter_ms`).
+    pub filter_time: Duration,
 }
 
 impl RequestCtx {
@@ -112,6 +115,7 @@ impl RequestCtx {
             endpoint_inflight: None,
             try_outcome_recorded: false,
             resilience: Default::default(),
+            filter_time: Duration::ZERO,
         }
     }
 
@@ -122,6 +126,6 @@ impl RequestCtx {
 
     /// Upstream name, or "" before routing.
     pub fn upstream_name(&self) -> &str {
-        self.route.as_ref().map_or("", |r| &r.upstream.name)
+        self.route.as_ref().map_or("", |r| r.cluster.name())
     }
 }

@@ -7,7 +7,7 @@ use pingora_core::{Error, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 
 use super::ctx::RequestCtx;
-use crate::config::model::HostHeaderPolicy;
+use crate::upstream::HostHeader;
 
 /// A client's `X-Request-Id` is kept when it is 1..=128 of `[A-Za-z0-9._:-]`; otherwise
 /// (absent, too long, odd bytes that could inject into logs) a new one is made.
@@ -147,7 +147,7 @@ pub fn iso8601_millis(t: SystemTime) -> [u8; 24] {
 pub fn set_forwarding(
     req: &mut RequestHeader,
     ctx: &RequestCtx,
-    host_policy: &HostHeaderPolicy,
+    host_policy: &HostHeader,
     endpoint: Option<&str>,
 ) -> Result<()> {
     req.insert_header("x-request-id", ctx.request_id.as_str())?;
@@ -159,13 +159,13 @@ pub fn set_forwarding(
             .map_err(|_| Error::explain(ErrorType::InternalError, "timestamp header"))?,
     )?;
     match host_policy {
-        HostHeaderPolicy::Preserve => {}
-        HostHeaderPolicy::Endpoint => {
+        HostHeader::Preserve => {}
+        HostHeader::Endpoint => {
             if let Some(e) = endpoint {
                 req.insert_header(http::header::HOST, e)?;
             }
         }
-        HostHeaderPolicy::Set(v) => req.insert_header(http::header::HOST, v.as_str())?,
+        HostHeader::Set(v) => req.insert_header(http::header::HOST, v.as_str())?,
     }
     Ok(())
 }

@@ -1,5 +1,6 @@
-//! The one place where failures become HTTP responses: pingora errors and filter answers
-//! are turned into a status, a stable `X-Gatehouse-Error` code and a small JSON body.
+//! The one place where failures become HTTP responses: a [`Refusal`] (made by the gateway,
+//! or read from a pingora error by [`classify`]) becomes a status, a stable
+//! `X-Gatehouse-Error` code and a small JSON body.
 
 use bytes::Bytes;
 use pingora_core::{Error, ErrorSource, ErrorType};
@@ -7,44 +8,68 @@ use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
 
 use super::ctx::{GatewayError, RequestCtx};
+use super::refusal::Refusal;
+use crate::resilience::{Outcome, OutcomeKind};
 
 /// Header that marks responses the gateway made itself.
 pub const ERROR_HEADER: &str = "x-gatehouse-error";
 
-/// Maps a proxy error to a status and stable code; `None` when the client is gone and
-/// nothing can be sent.
-pub fn classify(e: &Error) -> Option<GatewayError> {
+/// What a pingora error means, decided once for the client's answer and for the try's
+/// metric, breaker and retry reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Classified {
+    /// The gateway's answer; `None` when the client is gone and nothing can be sent.
+    pub refusal: Option<Refusal>,
+    /// The try's outcome when the upstream caused it; `None` for the client's or the
+    /// gateway's own errors, which never count against an upstream and are never retried.
+    pub outcome: Option<Outcome>,
+}
+
+/// The one classifier of pingora errors (pingora's own default in `fail_to_proxy` maps
+/// `ErrorSource::Upstream` to 502, `Downstream` to 400, `Internal` to 500; timeouts are
+/// 504 as in nginx and Envoy). A refusal carried as the error's cause wins.
+pub fn classify(e: &Error) -> Classified {
     use ErrorType::*;
-    let (status, code) = match e.etype() {
-        HTTPStatus(413) => (413, "body_too_large"),
-        HTTPStatus(400) => (400, "bad_request"),
-        HTTPStatus(503) => (503, "unavailable"),
-        HTTPStatus(504) => (504, "upstream_timeout"),
-        HTTPStatus(s) => (*s, "gateway_error"),
-        ConnectTimedout => (504, "upstream_connect_timeout"),
+    use OutcomeKind as K;
+    let source = e.esource();
+    let (refusal, kind) = match e.etype() {
+        HTTPStatus(413) => (Some(Refusal::BodyTooLarge), K::Reset),
+        HTTPStatus(400) => (Some(Refusal::BadRequest), K::Reset),
+        HTTPStatus(503) => (Some(Refusal::Unavailable), K::Reset),
+        HTTPStatus(504) => (Some(Refusal::UpstreamTimeout), K::Reset),
+        HTTPStatus(s) => (Some(Refusal::Status(*s)), K::Reset),
+        ConnectTimedout | TLSHandshakeTimedout => {
+            (Some(Refusal::UpstreamConnectTimeout), K::ConnectTimeout)
+        }
         ConnectRefused | ConnectNoRoute | ConnectError | SocketError | BindError
-        | ConnectProxyFailure | TLSHandshakeFailure | TLSHandshakeTimedout | InvalidCert
-        | HandshakeError => (502, "upstream_connect_failed"),
-        ReadTimedout | WriteTimedout => match e.esource() {
-            ErrorSource::Downstream => return None,
-            _ => (504, "upstream_timeout"),
+        | ConnectProxyFailure | TLSHandshakeFailure | InvalidCert | HandshakeError => {
+            (Some(Refusal::UpstreamConnectFailed), K::ConnectError)
+        }
+        ReadTimedout | WriteTimedout => match source {
+            ErrorSource::Downstream => (None, K::Timeout),
+            _ => (Some(Refusal::UpstreamTimeout), K::Timeout),
         },
         ReadError | WriteError | ConnectionClosed | H1Error | H2Error | InvalidHTTPHeader
-        | InvalidH2 => match e.esource() {
-            ErrorSource::Upstream => (502, "upstream_reset"),
+        | InvalidH2 => match source {
+            ErrorSource::Upstream => (Some(Refusal::UpstreamReset), K::Reset),
             ErrorSource::Downstream => match e.etype() {
-                InvalidHTTPHeader | H1Error | H2Error | InvalidH2 => (400, "bad_request"),
-                _ => return None,
+                InvalidHTTPHeader | H1Error | H2Error | InvalidH2 => {
+                    (Some(Refusal::BadRequest), K::Reset)
+                }
+                _ => (None, K::Reset),
             },
-            _ => (500, "internal_error"),
+            _ => (Some(Refusal::Internal), K::Reset),
         },
-        _ => match e.esource() {
-            ErrorSource::Upstream => (502, "upstream_error"),
-            ErrorSource::Downstream => (400, "bad_request"),
-            _ => (500, "internal_error"),
+        _ => match source {
+            ErrorSource::Upstream => (Some(Refusal::UpstreamError), K::Reset),
+            ErrorSource::Downstream => (Some(Refusal::BadRequest), K::Reset),
+            _ => (Some(Refusal::Internal), K::Reset),
         },
     };
-    Some(GatewayError { status, code })
+    Classified {
+        refusal: Refusal::of_error(e).cloned().or(refusal),
+        outcome: (*source == ErrorSource::Upstream).then(|| Outcome::of_failure(kind)),
+    }
 }
 
 fn json_escape(s: &str) -> String {
@@ -61,24 +86,19 @@ pub fn error_body(code: &str, message: &str, request_id: &str) -> Bytes {
     ))
 }
 
-/// Sends a gateway error response; records it in the context. Errors writing to a
-/// client that went away are logged at debug level only.
-pub async fn send_error(
-    session: &mut Session,
-    ctx: &mut RequestCtx,
-    status: u16,
-    code: &'static str,
-    message: &str,
-    extra: &[(http::HeaderName, http::HeaderValue)],
-) {
+/// Sends the gateway's answer for `refusal` and records it in the context. Errors
+/// writing to a client that went away are logged at debug level only.
+pub async fn refuse(session: &mut Session, ctx: &mut RequestCtx, refusal: &Refusal) {
+    let (status, code) = (refusal.status(), refusal.code());
     ctx.gateway_error = Some(GatewayError { status, code });
-    let body = error_body(code, message, &ctx.request_id);
+    let body = error_body(code, &refusal.message(), &ctx.request_id);
+    let headers = refusal.headers();
     if let Err(e) = write(
         session,
         ctx,
         status,
         Some(code),
-        extra,
+        &headers,
         "application/json",
         body,
     )
@@ -123,20 +143,70 @@ pub async fn write(
     Ok(())
 }
 
-/// Human message for a gateway error code.
-pub fn message_for(code: &str) -> &'static str {
-    match code {
-        "no_route" => "no route matches this request",
-        "bad_path" => "the request path is not acceptable",
-        "body_too_large" => "the request body exceeds this route's limit",
-        "upstream_connect_failed" => "the upstream could not be reached",
-        "upstream_connect_timeout" => "the upstream did not accept the connection in time",
-        "upstream_timeout" => "the upstream did not answer in time",
-        "upstream_reset" => "the upstream closed the connection before answering",
-        "no_healthy_endpoint" => "no healthy endpoint is available for this upstream",
-        "circuit_open" => "the upstream's circuit breaker is open",
-        "bulkhead_full" => "the upstream is at its concurrency limit",
-        "bad_request" => "the request could not be parsed",
-        _ => "the gateway could not complete the request",
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_are_classified_by_type_and_only_upstream_ones_count() {
+        let up = |t| classify(&Error::new_up(t)).outcome.map(|o| o.kind);
+        assert_eq!(
+            up(ErrorType::ConnectRefused),
+            Some(OutcomeKind::ConnectError)
+        );
+        assert_eq!(
+            up(ErrorType::ConnectTimedout),
+            Some(OutcomeKind::ConnectTimeout)
+        );
+        assert_eq!(up(ErrorType::ReadTimedout), Some(OutcomeKind::Timeout));
+        assert_eq!(up(ErrorType::ConnectionClosed), Some(OutcomeKind::Reset));
+        assert_eq!(
+            classify(&Error::new_down(ErrorType::ConnectionClosed)).outcome,
+            None
+        );
+        assert_eq!(
+            classify(&Error::new_in(ErrorType::InternalError)).outcome,
+            None
+        );
+        let o = classify(&Error::new_up(ErrorType::ConnectTimedout))
+            .outcome
+            .unwrap();
+        assert_eq!(
+            (o.kind.label(), o.retry_reason()),
+            (
+                "timeout",
+                Some(crate::resilience::RetryReason::ConnectError)
+            )
+        );
+    }
+
+    #[test]
+    fn one_classifier_gives_the_status_and_the_reason_alike() {
+        // A TLS handshake timeout is a connect timeout for the client (504) and for the
+        // metrics and retries (`timeout`, retried as a connect error) alike.
+        let c = classify(&Error::new_up(ErrorType::TLSHandshakeTimedout));
+        assert_eq!(c.refusal, Some(Refusal::UpstreamConnectTimeout));
+        assert_eq!(c.outcome.map(|o| o.kind.label()), Some("timeout"));
+        let c = classify(&Error::new_up(ErrorType::ConnectRefused));
+        assert_eq!(
+            (
+                c.refusal.map(|r| r.status()),
+                c.outcome.map(|o| o.kind.label())
+            ),
+            (Some(502), Some("connect_error"))
+        );
+        assert_eq!(
+            classify(&Error::new_down(ErrorType::ReadTimedout)).refusal,
+            None,
+            "a client that went away gets no answer"
+        );
+        let carried = Refusal::NoHealthyEndpoint {
+            upstream: std::sync::Arc::from("api"),
+        }
+        .into_error("upstream api has no healthy endpoint");
+        assert_eq!(
+            classify(&carried).refusal.map(|r| r.code()),
+            Some("no_healthy_endpoint")
+        );
     }
 }

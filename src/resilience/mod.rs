@@ -3,39 +3,31 @@
 //!
 //! Where each counts (DESIGN.md, "Which mechanism counts a failure"): outlier detection
 //! per endpoint, the breaker per upstream, both fed by the same [`Outcome`] of each try.
-//! Their long-lived state lives in [`Resilience`], one per `Upstream`; a reload that keeps
-//! an upstream's name carries the breaker, the retry budget and (when its limits are
-//! unchanged) the bulkhead over to the new definition ([`Resilience::inherit`]).
+//! Their long-lived state lives in [`Resilience`], one per upstream, held beside the
+//! `Upstream` (the snapshot's `Cluster` pairs them); a reload that keeps an upstream's name
+//! carries the breaker, the retry budget and (when its limits are unchanged) the bulkhead
+//! over to the new definition ([`Resilience::inherit`]). Policies only: the per-request
+//! steps and the gateway's answers live in `proxy/resilience.rs`.
 
 pub mod breaker;
 pub mod bulkhead;
-pub mod hooks;
 pub mod outlier;
 pub mod retry;
 pub mod window;
 
-use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
-use pingora_core::{Error, ErrorSource, ErrorType};
 use serde_json::{json, Value};
 
 pub use breaker::{Breaker, BreakerState, Transition};
 pub use bulkhead::Bulkhead;
-pub use hooks::RequestResilience;
 pub use outlier::OutlierPolicy;
 pub use retry::{RetryBudget, RetryPolicy, RetryReason};
 
+use crate::clock::mono_ms;
 use crate::config::model::UpstreamConfig;
-use crate::state::{Snapshot, State};
-use crate::upstream::{now_ms, Upstream};
-
-/// Milliseconds of a process-wide monotonic clock: the time base of breakers and budgets
-/// (wall-clock jumps must not open or close a breaker).
-pub fn mono_ms() -> u64 {
-    static BASE: OnceLock<Instant> = OnceLock::new();
-    BASE.get_or_init(Instant::now).elapsed().as_millis() as u64
-}
+use crate::telemetry::Telemetry;
 
 /// What kind of end one upstream try had; the `outcome` label of
 /// `gatehouse_upstream_requests_total`.
@@ -81,28 +73,15 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    /// The outcome of a try that ended in a pingora error; `None` when the error is not the
-    /// upstream's doing (the client went away, a gateway-internal error): those never
-    /// count against an upstream and are never retried.
-    pub fn of_error(e: &Error) -> Option<Outcome> {
-        use ErrorType::*;
-        if *e.esource() != ErrorSource::Upstream {
-            return None;
-        }
-        let kind = match e.etype() {
-            ConnectTimedout | TLSHandshakeTimedout => OutcomeKind::ConnectTimeout,
-            ConnectRefused | ConnectNoRoute | ConnectError | SocketError | BindError
-            | ConnectProxyFailure | TLSHandshakeFailure | InvalidCert | HandshakeError => {
-                OutcomeKind::ConnectError
-            }
-            ReadTimedout | WriteTimedout => OutcomeKind::Timeout,
-            _ => OutcomeKind::Reset,
-        };
-        Some(Outcome {
+    /// The outcome of a try that ended without a response (a connect error, a timeout, a
+    /// reset): always a failure. Which pingora errors are which kind is decided in one
+    /// place, `proxy::respond::classify`.
+    pub fn of_failure(kind: OutcomeKind) -> Outcome {
+        Outcome {
             kind,
             status: None,
             failure: true,
-        })
+        }
     }
 
     /// The retry condition this outcome matches.
@@ -230,132 +209,43 @@ impl Resilience {
     }
 }
 
-/// The breaker of an upstream as `/admin/status` and `/admin/upstreams` show it.
-pub fn breaker_json(u: &Upstream) -> Value {
-    let Some(b) = &u.resilience.breaker else {
-        return json!({"state": "CLOSED", "enabled": false, "error_rate": null});
-    };
-    let now = mono_ms();
-    json!({
-        "state": b.state().as_upper(),
-        "enabled": true,
-        "error_rate": b.error_rate(now),
-        "calls": b.calls(now),
-        "open_for_ms": b.open_for().as_millis() as u64,
-        "retry_after_ms": b.retry_after(now).map(|d| d.as_millis() as u64),
-    })
-}
-
-/// Publishes a breaker transition once: log line, event, metrics.
-pub fn announce_breaker(state: &State, upstream: &str, t: &Transition) {
-    if t.to == BreakerState::Open {
-        tracing::warn!(upstream, from = t.from.as_upper(), to = t.to.as_upper(), reason = %t.reason, "circuit breaker state change");
-    } else {
-        tracing::info!(upstream, from = t.from.as_upper(), to = t.to.as_upper(), reason = %t.reason, "circuit breaker state change");
-    }
-    state.events.push(
-        "breaker",
-        format!(
-            "{upstream} breaker {} -> {} ({})",
-            t.from.as_upper(),
-            t.to.as_upper(),
-            t.reason
-        ),
-    );
-    state
-        .metrics
-        .breaker_transitions
-        .with_label_values(&[upstream, t.to.as_label()])
-        .inc();
-    set_breaker_gauge(state, upstream, t.to);
-}
-
-fn set_breaker_gauge(state: &State, upstream: &str, current: BreakerState) {
-    for s in BreakerState::ALL {
-        state
-            .metrics
-            .breaker_state
-            .with_label_values(&[upstream, s.as_label()])
-            .set(i64::from(s == current));
-    }
-}
-
-/// An active health check result, fed to the upstream's breaker.
-pub fn on_health_check(state: &State, u: &Upstream, ok: bool) {
-    if let Some(b) = &u.resilience.breaker {
-        if let Some(mut t) = b.record_health_check(ok, mono_ms()) {
-            t.reason = format!("health check: {}", t.reason);
-            announce_breaker(state, &u.name, &t);
-        }
-    }
-}
-
-/// Brings resilience metrics and announcements in line with `snap` (called at start, after
-/// each reload and periodically): the one-hot breaker gauge of every upstream with a
-/// breaker (series of others dropped), and the return of endpoints whose ejection is over.
-pub fn publish(state: &State, snap: &Snapshot) {
-    for (name, u) in &snap.upstreams {
-        if let Some(b) = &u.resilience.breaker {
-            set_breaker_gauge(state, name, b.state());
-            // Series known at start exist at 0, so rate() and alerts see them before traffic.
-            let m = &state.metrics;
-            for to in ["closed", "open", "half_open"] {
-                m.breaker_transitions
-                    .with_label_values(&[name.as_str(), to]);
-            }
-            m.breaker_rejections.with_label_values(&[name.as_str()]);
-        }
-        if u.resilience.retry.is_some() {
-            state
-                .metrics
-                .retry_budget_exhausted
-                .with_label_values(&[name.as_str()]);
-        }
-        if u.resilience.bulkhead.is_some() {
-            state
-                .metrics
-                .bulkhead_rejections
-                .with_label_values(&[name.as_str()]);
-        }
-        if u.resilience.outlier.is_some() {
-            let now = now_ms();
-            for ep in u.endpoints().iter() {
-                if ep.end_ejection(now) && ep.is_healthy() {
-                    crate::upstream::maintain::announce(
-                        state,
-                        name,
-                        ep,
-                        true,
-                        "outlier ejection time is over",
-                    );
-                }
-            }
-        }
-    }
-    use prometheus::core::Collector;
-    let stale: Vec<(String, String)> = state
-        .metrics
-        .breaker_state
-        .collect()
-        .iter()
-        .flat_map(|mf| mf.get_metric().iter())
-        .filter_map(|m| {
-            let label = |k: &str| {
-                m.get_label()
-                    .iter()
-                    .find(|l| l.name() == k)
-                    .map(|l| l.value().to_string())
-            };
-            let (u, s) = (label("upstream")?, label("state")?);
-            let keep = snap
-                .upstreams
-                .get(&u)
-                .is_some_and(|up| up.resilience.breaker.is_some());
-            (!keep).then_some((u, s))
+impl Resilience {
+    /// The breaker as `/admin/status` and `/admin/upstreams` show it.
+    pub fn breaker_json(&self) -> Value {
+        let Some(b) = &self.breaker else {
+            return json!({"state": "CLOSED", "enabled": false, "error_rate": null});
+        };
+        let now = mono_ms();
+        json!({
+            "state": b.state().as_upper(),
+            "enabled": true,
+            "error_rate": b.error_rate(now),
+            "calls": b.calls(now),
+            "open_for_ms": b.open_for().as_millis() as u64,
+            "retry_after_ms": b.retry_after(now).map(|d| d.as_millis() as u64),
         })
-        .collect();
-    for (u, s) in stale {
-        let _ = state.metrics.breaker_state.remove_label_values(&[&u, &s]);
+    }
+
+    /// An active health check result of one of `upstream`'s endpoints, fed to its breaker.
+    pub fn on_health_check(&self, tel: &Telemetry, upstream: &str, ok: bool) {
+        if let Some(b) = &self.breaker {
+            if let Some(mut t) = b.record_health_check(ok, mono_ms()) {
+                t.reason = format!("health check: {}", t.reason);
+                t.report(tel, upstream);
+            }
+        }
+    }
+}
+
+impl Transition {
+    /// Reports this breaker transition of `upstream` once: log line, event, metrics.
+    pub fn report(&self, tel: &Telemetry, upstream: &str) {
+        tel.breaker_changed(
+            upstream,
+            self.from.as_label(),
+            self.to.as_label(),
+            &self.reason,
+        );
     }
 }
 
@@ -380,34 +270,6 @@ mod tests {
         assert_eq!(
             c.response(503, Duration::ZERO).retry_reason(),
             Some(RetryReason::Status(503))
-        );
-    }
-
-    #[test]
-    fn errors_are_classified_by_type_and_only_upstream_ones_count() {
-        let up = |t| Outcome::of_error(&Error::new_up(t)).map(|o| o.kind);
-        assert_eq!(
-            up(ErrorType::ConnectRefused),
-            Some(OutcomeKind::ConnectError)
-        );
-        assert_eq!(
-            up(ErrorType::ConnectTimedout),
-            Some(OutcomeKind::ConnectTimeout)
-        );
-        assert_eq!(up(ErrorType::ReadTimedout), Some(OutcomeKind::Timeout));
-        assert_eq!(up(ErrorType::ConnectionClosed), Some(OutcomeKind::Reset));
-        assert_eq!(
-            Outcome::of_error(&Error::new_down(ErrorType::ConnectionClosed)),
-            None
-        );
-        assert_eq!(
-            Outcome::of_error(&Error::new_in(ErrorType::InternalError)),
-            None
-        );
-        let o = Outcome::of_error(&Error::new_up(ErrorType::ConnectTimedout)).unwrap();
-        assert_eq!(
-            (o.kind.label(), o.retry_reason()),
-            ("timeout", Some(RetryReason::ConnectError))
         );
     }
 }

@@ -2,43 +2,26 @@
 //! state of upstreams and endpoints that still exist in the previous snapshot.
 
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use gatehouse_filters::FilterRuntime;
 
-use super::{Route, Snapshot, DEFAULT_MAX_BODY_BYTES, MAX_BODY_PREFIX};
+use super::{Cluster, Route, Snapshot, DEFAULT_MAX_BODY_BYTES, MAX_BODY_PREFIX};
 use crate::client_addr::{ListenerTrust, TrustedProxies};
-use crate::config::model::{DiscoveryConfig, InitialHealth, UpstreamConfig};
+use crate::config::model::{DiscoveryConfig, UpstreamConfig};
 use crate::config::{ConfigError, ConfigErrors, LoadedConfig};
+use crate::resilience::Resilience;
 use crate::router::{Matcher, Router};
+use crate::upstream::discovery::{self, Found};
 use crate::upstream::{Endpoint, Source, Upstream};
 
 /// Compile errors are config errors with their field path and location.
 pub type CompileError = ConfigErrors;
 
-/// Resolves `host:port` (IP literals without a lookup).
-pub fn resolve(address: &str) -> Result<SocketAddr, String> {
-    if let Ok(a) = address.parse::<SocketAddr>() {
-        return Ok(a);
-    }
-    address
-        .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve {address:?}: {e}"))?
-        .next()
-        .ok_or_else(|| format!("{address:?} resolved to no address"))
-}
-
-fn initial_health(cfg: &UpstreamConfig) -> bool {
-    !matches!(
-        cfg.health_check.as_ref().map(|h| h.initial_state),
-        Some(InitialHealth::Unhealthy)
-    )
-}
-
 /// Builds the endpoint list of a static upstream, reusing `prev`'s endpoints with the
-/// same address (and weight) so their health survives.
+/// same address (and weight) so their health survives (`discovery::merge`'s rule).
 fn static_endpoints(
     list: &[crate::config::model::EndpointConfig],
     cfg: &UpstreamConfig,
@@ -46,34 +29,20 @@ fn static_endpoints(
     path: &str,
     errs: &mut Vec<ConfigError>,
 ) -> Vec<Arc<Endpoint>> {
-    let prev_eps = prev.map(|u| u.endpoints());
-    let mut out = Vec::with_capacity(list.len());
+    let mut found: Vec<Found> = Vec::with_capacity(list.len());
     for (i, ep) in list.iter().enumerate() {
-        let addr = match resolve(&ep.address) {
-            Ok(a) => a,
-            Err(e) => {
-                errs.push(ConfigError::at(format!("{path}[{i}].address"), e));
-                continue;
-            }
-        };
-        let reused = prev_eps.as_ref().and_then(|v| {
-            v.iter()
-                .find(|p| p.address == ep.address && p.addr == addr)
-                .cloned()
-        });
-        out.push(match reused {
-            Some(p) if p.weight == ep.weight => p,
-            Some(p) => Arc::new(p.reweighted(ep.weight)),
-            None => Arc::new(Endpoint::new(
-                addr,
-                ep.address.clone(),
-                ep.weight,
-                Source::Static,
-                initial_health(cfg),
-            )),
-        });
+        match discovery::resolve(&ep.address) {
+            Ok(addr) => found.push((ep.address.clone(), addr, ep.weight)),
+            Err(e) => errs.push(ConfigError::at(format!("{path}[{i}].address"), e)),
+        }
     }
-    out
+    let prev_eps = prev.map(|u| u.endpoints()).unwrap_or_default();
+    discovery::merge(
+        &prev_eps,
+        found,
+        Source::Static,
+        discovery::initial_health(cfg),
+    )
 }
 
 /// Compiles a loaded config into a snapshot. `prev` donates live state.
@@ -85,15 +54,16 @@ pub fn compile(
     let cfg = &loaded.config;
     let mut errs: Vec<ConfigError> = Vec::new();
 
-    let mut upstreams: BTreeMap<String, Arc<Upstream>> = BTreeMap::new();
+    let mut upstreams: BTreeMap<String, Arc<Cluster>> = BTreeMap::new();
     for (name, ucfg) in &cfg.upstreams {
-        let prev_up = prev.and_then(|p| p.upstreams.get(name));
-        if let Some(p) = prev_up {
-            if p.config == *ucfg {
+        let prev_cluster = prev.and_then(|p| p.upstreams.get(name));
+        if let Some(p) = prev_cluster {
+            if p.upstream.config == *ucfg {
                 upstreams.insert(name.clone(), p.clone());
                 continue;
             }
         }
+        let prev_up = prev_cluster.map(|c| &c.upstream);
         let endpoints = match &ucfg.discovery {
             DiscoveryConfig::Static(list) => static_endpoints(
                 list,
@@ -106,20 +76,32 @@ pub fn compile(
             // refresh replaces it; a new or changed source starts from a first lookup.
             _ => match prev_up.filter(|p| p.config.discovery == ucfg.discovery) {
                 Some(p) => p.endpoints().as_ref().clone(),
-                None => crate::upstream::discovery::initial_endpoints(ucfg, loaded.file.as_deref())
-                    .unwrap_or_else(|e| {
+                None => {
+                    discovery::initial_endpoints(ucfg, loaded.file.as_deref()).unwrap_or_else(|e| {
                         errs.push(ConfigError::at(
                             format!("upstreams.{name}.discovery.file.path"),
                             e.to_string(),
                         ));
                         Vec::new()
-                    }),
+                    })
+                }
             },
         };
         // A changed upstream that still exists keeps its breaker state and retry budget.
+        let resilience = match prev_cluster {
+            Some(p) => Resilience::inherit(ucfg, &p.resilience),
+            None => Resilience::new(ucfg),
+        };
         let upstream = Upstream::new(name, ucfg.clone(), endpoints)
-            .inherit_resilience(prev_up.map(|u| u.as_ref()));
-        upstreams.insert(name.clone(), Arc::new(upstream));
+            .with_idle_timeout(cfg.runtime.upstream_idle_timeout.get());
+        let upstream = Arc::new(upstream);
+        upstreams.insert(
+            name.clone(),
+            Arc::new(Cluster {
+                upstream,
+                resilience,
+            }),
+        );
     }
 
     let mut owned_headers: Vec<http::HeaderName> = Vec::new();
@@ -132,7 +114,7 @@ pub fn compile(
                 continue;
             }
         };
-        let Some(upstream) = upstreams.get(&r.upstream).cloned() else {
+        let Some(cluster) = upstreams.get(&r.upstream).cloned() else {
             errs.push(ConfigError::at(
                 format!("routes[{i}].upstream"),
                 format!("no upstream named {:?}", r.upstream),
@@ -154,15 +136,11 @@ pub fn compile(
                 )),
             }
         }
-        let body_prefix = filters
-            .iter()
-            .filter_map(|f| f.body_prefix_limit())
-            .max()
-            .unwrap_or(0)
-            .min(MAX_BODY_PREFIX);
+        let filters = gatehouse_filters::Chain::new(filters, runtime.metrics());
+        let body_prefix = filters.body_prefix().min(MAX_BODY_PREFIX);
         let route = Route {
             name: Arc::from(r.name.as_str()),
-            upstream,
+            cluster,
             strip_prefix: r.strip_prefix.clone(),
             add_prefix: r.add_prefix.clone(),
             rewrite_path: r.rewrite_path.clone(),
@@ -208,6 +186,7 @@ pub fn compile(
         upstreams,
         owned_headers,
         listeners,
+        access_log: cfg.access_log.enabled,
         loaded,
         loaded_at: SystemTime::now(),
     })

@@ -1,8 +1,10 @@
 //! The running configuration as one immutable [`Snapshot`] behind an `ArcSwap`, plus the
-//! long-lived state that outlives snapshots (metrics, filter runtime, event history).
+//! long-lived state that outlives snapshots (telemetry, filter runtime), the maintenance
+//! loop that walks the current snapshot, and the gauges synced from it.
 
 pub mod compile;
-pub mod events;
+pub mod maintain;
+pub mod publish;
 pub mod reload;
 
 use std::collections::{BTreeMap, HashSet};
@@ -11,15 +13,33 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
-use gatehouse_filters::{Filter, FilterRuntime};
+use gatehouse_filters::{Chain, FilterRuntime};
 
 use crate::client_addr::ListenerTrust;
 use crate::config::LoadedConfig;
-use crate::metrics::Metrics;
+use crate::resilience::Resilience;
 use crate::router::Router;
+use crate::telemetry::Telemetry;
 use crate::upstream::Upstream;
 pub use compile::{compile, CompileError};
-pub use events::{EventLog, ReloadRecord};
+
+/// An upstream and its resilience, side by side: the load balancer picks endpoints and
+/// knows no breaker; the breaker, retry budget, bulkhead and outlier policy judge the
+/// upstream's tries. Routes point at a cluster; a reload reuses the whole `Arc<Cluster>`
+/// when its definition is unchanged.
+pub struct Cluster {
+    /// Endpoints and their selection (shared with discovery and health-check jobs).
+    pub upstream: Arc<Upstream>,
+    /// Breaker, retry policy and budget, bulkhead, outlier detection.
+    pub resilience: Resilience,
+}
+
+impl Cluster {
+    /// The upstream's name.
+    pub fn name(&self) -> &str {
+        &self.upstream.name
+    }
+}
 
 /// Default request body limit: 10 MiB, as in the reference system.
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 10 * 1024 * 1024;
@@ -32,7 +52,7 @@ pub struct Route {
     /// Route name (metric label).
     pub name: Arc<str>,
     /// Where it goes.
-    pub upstream: Arc<Upstream>,
+    pub cluster: Arc<Cluster>,
     /// Prefix removed before forwarding.
     pub strip_prefix: Option<String>,
     /// Prefix added after stripping.
@@ -43,15 +63,15 @@ pub struct Route {
     pub encoded_slashes: crate::config::model::EncodedSlashes,
     /// Request body limit in bytes.
     pub max_body_bytes: u64,
-    /// Filters in order.
-    pub filters: Vec<Arc<dyn Filter>>,
+    /// Filters in order, run as one chain.
+    pub filters: Chain,
     /// Bytes of body the filters need to see before running (0: none).
     pub body_prefix: usize,
     /// Whole bodies up to this many bytes are read before connecting upstream (0: bodies
     /// stream; `request_buffering`).
     pub buffer_body: usize,
     /// This route's metric handles, resolved on first use.
-    pub metrics: std::sync::OnceLock<crate::metrics::RouteMetrics>,
+    pub metrics: std::sync::OnceLock<crate::telemetry::RouteMetrics>,
 }
 
 /// Everything a request needs, immutable once built. A request pins one snapshot for
@@ -61,13 +81,15 @@ pub struct Snapshot {
     pub loaded: LoadedConfig,
     /// The router over compiled routes.
     pub router: Router<Arc<Route>>,
-    /// Upstreams by name.
-    pub upstreams: BTreeMap<String, Arc<Upstream>>,
+    /// Upstreams (with their resilience) by name.
+    pub upstreams: BTreeMap<String, Arc<Cluster>>,
     /// Request headers that filters write from verified data (JWT claim headers);
     /// client-sent copies are removed on every route.
     pub owned_headers: Vec<http::HeaderName>,
     /// Each listener's trusted proxies and PROXY protocol setting.
     pub listeners: Vec<ListenerTrust>,
+    /// Whether requests are written to the access log (`access_log.enabled`).
+    pub access_log: bool,
     /// When it was loaded.
     pub loaded_at: SystemTime,
 }
@@ -77,8 +99,9 @@ impl Snapshot {
     pub fn endpoint_keys(&self) -> HashSet<(String, String)> {
         self.upstreams
             .iter()
-            .flat_map(|(n, u)| {
-                u.endpoints()
+            .flat_map(|(n, c)| {
+                c.upstream
+                    .endpoints()
                     .iter()
                     .map(|e| (n.clone(), e.address.clone()))
                     .collect::<Vec<_>>()
@@ -91,12 +114,10 @@ impl Snapshot {
 pub struct State {
     /// The current snapshot.
     pub snapshot: ArcSwap<Snapshot>,
-    /// Metrics registry and gateway metrics.
-    pub metrics: Metrics,
+    /// Metrics and the event history: the one sink for state changes.
+    pub telemetry: Arc<Telemetry>,
     /// Long-lived filter state (rate-limit counters, JWKS caches, Redis).
     pub filter_runtime: Arc<FilterRuntime>,
-    /// Health transitions, breaker trips, reloads: for the dashboard.
-    pub events: EventLog,
     /// The config file, when there is one (reloads read it again).
     pub config_path: Option<PathBuf>,
     /// Process start.

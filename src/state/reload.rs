@@ -3,12 +3,10 @@
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use super::events::{rfc3339, EventLog, ReloadRecord};
 use super::{compile, Snapshot, State};
 use crate::config::{self, ConfigErrors, ConfigWarning};
-use crate::metrics::Metrics;
 
 /// What a successful reload changed.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -84,25 +82,15 @@ pub fn reload(state: &State, trigger: &str) -> Result<ReloadReport, ConfigErrors
     };
     let _serial = RELOAD_LOCK.lock().unwrap_or_else(|p| p.into_inner());
     let result = load_and_compile(state, path);
-    let m = &state.metrics;
+    let tel = &state.telemetry;
     match result {
         Ok((snap, warnings)) => {
             let hash = snap.loaded.hash.clone();
             let changed = hash != state.current().loaded.hash;
             let old = state.snapshot.swap(Arc::new(snap));
-            after_swap(state, &old);
+            super::publish::after_swap(state, &old);
             let warnings: Vec<String> = warnings.iter().map(|w| w.to_string()).collect();
-            for w in &warnings {
-                tracing::warn!(warning = %w, "config warning");
-            }
-            tracing::info!(trigger, hash = &hash[..16], changed, "config reloaded");
-            if changed {
-                state.events.push(
-                    "reload",
-                    format!("config reloaded ({trigger}), hash {}", &hash[..12]),
-                );
-            }
-            record_success(m, &state.events, &hash, trigger);
+            tel.reload_applied(&hash, trigger, changed, &warnings);
             Ok(ReloadReport {
                 hash,
                 changed,
@@ -110,24 +98,8 @@ pub fn reload(state: &State, trigger: &str) -> Result<ReloadReport, ConfigErrors
             })
         }
         Err(errs) => {
-            m.config_reloads.with_label_values(&["failure"]).inc();
-            for e in &errs.0 {
-                tracing::error!(trigger, error = %e, "config reload refused; the running config stays");
-            }
-            state.events.push(
-                "reload",
-                format!(
-                    "config reload refused ({trigger}): {}",
-                    errs.0.first().map(|e| e.to_string()).unwrap_or_default()
-                ),
-            );
-            state.events.push_reload(ReloadRecord {
-                time: rfc3339(SystemTime::now()),
-                result: "failure",
-                hash: None,
-                error: Some(errs.to_string()),
-                trigger: trigger.to_string(),
-            });
+            let lines: Vec<String> = errs.0.iter().map(|e| e.to_string()).collect();
+            tel.reload_refused(trigger, &lines);
             Err(errs)
         }
     }
@@ -148,81 +120,6 @@ fn load_and_compile(
     keep_restart_only(&mut loaded.config, &current.loaded.config);
     let snap = compile(loaded, Some(&current), &state.filter_runtime)?;
     Ok((snap, warnings))
-}
-
-/// Records a config that loaded (at start or by a reload): its hash in
-/// `gatehouse_config_info`, the success counter and timestamp, and the reload history.
-pub fn record_success(m: &Metrics, events: &EventLog, hash: &str, trigger: &str) {
-    m.config_reloads.with_label_values(&["success"]).inc();
-    m.config_last_success.set(unix_now());
-    m.set_config_hash(hash);
-    events.push_reload(ReloadRecord {
-        time: rfc3339(SystemTime::now()),
-        result: "success",
-        hash: Some(hash.to_string()),
-        error: None,
-        trigger: trigger.to_string(),
-    });
-}
-
-/// Drops metric series of endpoints that no longer exist and publishes the health of new ones.
-pub fn after_swap(state: &State, old: &Snapshot) {
-    let new = state.current();
-    let keep = new.endpoint_keys();
-    for (u, e) in old.endpoint_keys() {
-        if !keep.contains(&(u.clone(), e.clone())) {
-            let _ = state
-                .metrics
-                .endpoint_healthy
-                .remove_label_values(&[&u, &e]);
-        }
-    }
-    publish_health(state, &new);
-}
-
-/// Sets `gatehouse_upstream_endpoint_healthy` for every endpoint of `snap`.
-pub fn publish_health(state: &State, snap: &Snapshot) {
-    let now = crate::upstream::now_ms();
-    use crate::config::model::DiscoveryConfig;
-    let m = &state.metrics;
-    for (name, u) in &snap.upstreams {
-        let checked = u.config.health_check.is_some() || u.config.outlier_detection.is_some();
-        for e in u.endpoints().iter() {
-            m.endpoint_healthy
-                .with_label_values(&[name, &e.address])
-                .set(i64::from(e.is_available(now)));
-            // Series known now exist at 0, so rate() and alerts see them before traffic.
-            if checked {
-                for to in ["healthy", "unhealthy"] {
-                    m.health_transitions
-                        .with_label_values(&[name, &e.address, to]);
-                }
-            }
-        }
-        let source = match &u.config.discovery {
-            DiscoveryConfig::Static(_) => None,
-            DiscoveryConfig::Dns(_) => Some("dns"),
-            DiscoveryConfig::File(_) => Some("file"),
-            DiscoveryConfig::Redis(_) => Some("redis"),
-        };
-        if let Some(source) = source {
-            m.discovery_errors.with_label_values(&[name, source]);
-        }
-        if u.config.retry.is_some() {
-            for reason in ["connect_error", "timeout", "reset", "status"] {
-                m.retries.with_label_values(&[name, reason]);
-            }
-        }
-    }
-    crate::resilience::publish(state, snap);
-}
-
-/// Unix time in seconds.
-pub fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
 }
 
 /// Longest wait between the first event of a burst and the reload, however long the

@@ -10,7 +10,7 @@ use gatehouse_registry::Registry;
 use serde::Deserialize;
 
 use crate::config::model::{DiscoveryConfig, InitialHealth, UpstreamConfig};
-use crate::state::State;
+use crate::telemetry::Telemetry;
 use crate::upstream::{Endpoint, Source, Upstream};
 
 /// One discovered endpoint: the address as found (`host:port`), where it connects, its weight.
@@ -111,8 +111,8 @@ impl Discovery {
     }
 }
 
-/// Initial health of endpoints new to an upstream.
-fn initial_health(cfg: &UpstreamConfig) -> bool {
+/// Initial health of endpoints new to an upstream (`health_check.initial_state`).
+pub fn initial_health(cfg: &UpstreamConfig) -> bool {
     !matches!(
         cfg.health_check.as_ref().map(|h| h.initial_state),
         Some(InitialHealth::Unhealthy)
@@ -120,7 +120,8 @@ fn initial_health(cfg: &UpstreamConfig) -> bool {
 }
 
 /// Builds the next endpoint list from `found`, reusing `current`'s endpoint with the same
-/// address (same `Arc`, so health, ejections and in-flight counts stay with it).
+/// address (same `Arc`, so health, ejections and in-flight counts stay with it). The one
+/// rule of endpoint reuse: config compiles and discovery refreshes both go through it.
 pub fn merge(
     current: &[Arc<Endpoint>],
     found: Vec<Found>,
@@ -134,7 +135,7 @@ pub fn merge(
                 .iter()
                 .find(|e| e.address == address && e.addr == addr)
             {
-                Some(e) if e.weight == weight.max(1) => e.clone(),
+                Some(e) if e.weight == weight => e.clone(),
                 Some(e) => Arc::new(e.reweighted(weight)),
                 None => Arc::new(Endpoint::new(addr, address, weight, source, healthy)),
             }
@@ -144,13 +145,13 @@ pub fn merge(
 
 /// Replaces the endpoint set of `u` with `found`, reusing live endpoints with the same
 /// address. Does nothing when the set is unchanged.
-pub fn apply(state: &State, u: &Upstream, source: Source, found: Vec<Found>) {
+pub fn apply(tel: &Telemetry, u: &Upstream, source: Source, found: Vec<Found>) {
     let current = u.endpoints();
     let same = current.len() == found.len()
         && found.iter().all(|(a, s, w)| {
             current
                 .iter()
-                .any(|e| &e.address == a && e.addr == *s && e.weight == (*w).max(1))
+                .any(|e| &e.address == a && e.addr == *s && e.weight == *w)
         });
     if same {
         return;
@@ -158,37 +159,50 @@ pub fn apply(state: &State, u: &Upstream, source: Source, found: Vec<Found>) {
     let next = merge(&current, found, source, initial_health(&u.config));
     let after: Vec<String> = next.iter().map(|e| e.address.clone()).collect();
     for gone in current.iter().filter(|e| !after.contains(&e.address)) {
-        let _ = state
-            .metrics
-            .endpoint_healthy
-            .remove_label_values(&[&*u.name, gone.address.as_str()]);
+        tel.endpoint_removed(&u.name, &gone.address);
     }
-    let now = crate::upstream::now_ms();
+    let now = crate::clock::mono_ms();
     for e in &next {
-        state
-            .metrics
-            .endpoint_healthy
-            .with_label_values(&[&*u.name, &e.address])
-            .set(i64::from(e.is_available(now)));
+        tel.endpoint_available(&u.name, &e.address, e.is_available(now));
     }
-    tracing::info!(upstream = %u.name, source = source.as_str(), endpoints = ?after, "endpoints changed");
-    state.events.push(
-        "discovery",
-        format!("{}: endpoints now [{}]", u.name, after.join(", ")),
-    );
+    tel.endpoints_changed(&u.name, source.as_str(), &after);
     u.set_endpoints(next);
 }
 
-fn failed(state: &State, u: &Upstream, source: Source, err: &DiscoveryError) {
-    tracing::warn!(upstream = %u.name, source = source.as_str(), error = %err, "discovery refresh failed; keeping the last good endpoints");
-    state
-        .metrics
-        .discovery_errors
-        .with_label_values(&[&u.name, source.as_str()])
-        .inc();
+/// Applies a refresh's result: the new set, or the failure reported (the last good set
+/// stays). Hands the error back so the caller can count what it owns (Redis errors).
+fn settle(
+    tel: &Telemetry,
+    u: &Upstream,
+    source: Source,
+    result: Result<Vec<Found>, DiscoveryError>,
+) -> Result<(), DiscoveryError> {
+    match result {
+        Ok(found) => {
+            apply(tel, u, source, found);
+            Ok(())
+        }
+        Err(e) => {
+            tel.discovery_failed(&u.name, source.as_str(), &e);
+            Err(e)
+        }
+    }
 }
 
 // === DNS ===
+
+/// Resolves `host:port` (IP literals without a lookup; blocking for names).
+pub fn resolve(address: &str) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    if let Ok(a) = address.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    address
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {address:?}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{address:?} resolved to no address"))
+}
 
 /// Resolves `name:port` (A and AAAA), sorted and deduplicated, all with weight 1.
 pub async fn lookup_dns(name: &str, port: u16) -> Result<Vec<Found>, DiscoveryError> {
@@ -210,14 +224,11 @@ pub async fn lookup_dns(name: &str, port: u16) -> Result<Vec<Found>, DiscoveryEr
 }
 
 /// Re-resolves a DNS upstream; a failed lookup keeps the last set and is counted.
-pub async fn refresh_dns(state: Arc<State>, u: Arc<Upstream>) {
+pub async fn refresh_dns(tel: Arc<Telemetry>, u: Arc<Upstream>) -> Result<(), DiscoveryError> {
     let DiscoveryConfig::Dns(d) = &u.config.discovery else {
-        return;
+        return Ok(());
     };
-    match lookup_dns(&d.name, d.port).await {
-        Ok(found) => apply(&state, &u, Source::Dns, found),
-        Err(e) => failed(&state, &u, Source::Dns, &e),
-    }
+    settle(&tel, &u, Source::Dns, lookup_dns(&d.name, d.port).await)
 }
 
 // === file ===
@@ -249,8 +260,7 @@ pub fn parse_endpoint_file(text: &str) -> Result<Vec<Found>, String> {
         if e.weight == 0 {
             return Err(format!("[{i}].weight: must be at least 1"));
         }
-        let addr = crate::state::compile::resolve(&e.address)
-            .map_err(|m| format!("[{i}].address: {m}"))?;
+        let addr = resolve(&e.address).map_err(|m| format!("[{i}].address: {m}"))?;
         if out.iter().any(|(a, _, _)| *a == e.address) {
             return Err(format!("[{i}].address: {:?} is listed twice", e.address));
         }
@@ -295,13 +305,19 @@ enum FileLook {
     Bad(DiscoveryError),
 }
 
-/// Re-reads an endpoint file when its content changed; a bad file is refused (logged and
-/// counted once per distinct bad content) and the last good set stays.
-pub async fn refresh_file(state: Arc<State>, u: Arc<Upstream>, disc: Arc<Discovery>) {
+/// Re-reads an endpoint file (relative to `config_file`'s directory) when its content
+/// changed; a bad file is refused (logged and counted once per distinct bad content) and
+/// the last good set stays.
+pub async fn refresh_file(
+    tel: Arc<Telemetry>,
+    u: Arc<Upstream>,
+    disc: Arc<Discovery>,
+    config_file: Option<PathBuf>,
+) -> Result<(), DiscoveryError> {
     let DiscoveryConfig::File(f) = &u.config.discovery else {
-        return;
+        return Ok(());
     };
-    let path = endpoint_file_path(state.current().loaded.file.as_deref(), &f.path);
+    let path = endpoint_file_path(config_file.as_deref(), &f.path);
     let key = (u.name.to_string(), path.clone());
     let memo = disc.clone();
     let read = tokio::task::spawn_blocking(move || {
@@ -341,10 +357,13 @@ pub async fn refresh_file(state: Arc<State>, u: Arc<Upstream>, disc: Arc<Discove
     })
     .await;
     match read {
-        Ok(FileLook::Unchanged) => {}
-        Ok(FileLook::Good(found)) => apply(&state, &u, Source::File, found),
-        Ok(FileLook::Bad(e)) => failed(&state, &u, Source::File, &e),
-        Err(e) => tracing::error!(upstream = %u.name, error = %e, "file discovery task failed"),
+        Ok(FileLook::Unchanged) => Ok(()),
+        Ok(FileLook::Good(found)) => settle(&tel, &u, Source::File, Ok(found)),
+        Ok(FileLook::Bad(e)) => settle(&tel, &u, Source::File, Err(e)),
+        Err(e) => {
+            tracing::error!(upstream = %u.name, error = %e, "file discovery task failed");
+            Ok(())
+        }
     }
 }
 
@@ -386,19 +405,16 @@ pub async fn lookup_registry(
 
 /// Polls the Redis registry for the live members of the service. An unreachable Redis
 /// keeps the last known set; an empty registry (every heartbeat expired) empties it.
-pub async fn refresh_redis(state: Arc<State>, u: Arc<Upstream>, disc: Arc<Discovery>) {
+pub async fn refresh_redis(
+    tel: Arc<Telemetry>,
+    u: Arc<Upstream>,
+    disc: Arc<Discovery>,
+) -> Result<(), DiscoveryError> {
     let DiscoveryConfig::Redis(r) = &u.config.discovery else {
-        return;
+        return Ok(());
     };
-    match lookup_registry(&disc, &r.service).await {
-        Ok(found) => apply(&state, &u, Source::Redis, found),
-        Err(e) => {
-            if matches!(e, DiscoveryError::Registry(_)) {
-                state.filter_runtime.metrics().redis_error("discovery");
-            }
-            failed(&state, &u, Source::Redis, &e);
-        }
-    }
+    let found = lookup_registry(&disc, &r.service).await;
+    settle(&tel, &u, Source::Redis, found)
 }
 
 // === first endpoint set of a new upstream ===
@@ -477,7 +493,7 @@ mod tests {
     }
 
     /// A gateway state with one DNS upstream `app` on a name that never resolves.
-    fn state_with_unresolvable_dns() -> Arc<State> {
+    fn state_with_unresolvable_dns() -> Arc<crate::state::State> {
         let yaml = "listeners: [ { name: p, address: \"127.0.0.1:1\" } ]\nupstreams:\n  app: { discovery: { dns: { name: no-such-host.invalid, port: 80, refresh: 1s } } }\nroutes:\n  - { name: r, match: { path_prefix: / }, upstream: app }\n";
         let loaded = crate::config::load_str(yaml, None).unwrap();
         crate::app::build_state(loaded, None).unwrap()
@@ -486,7 +502,7 @@ mod tests {
     #[tokio::test]
     async fn failed_dns_lookup_keeps_the_last_set_and_counts() {
         let state = state_with_unresolvable_dns();
-        let u = state.current().upstreams["app"].clone();
+        let u = state.current().upstreams["app"].upstream.clone();
         assert!(
             u.endpoints().is_empty(),
             "an unresolvable name starts empty"
@@ -494,13 +510,15 @@ mod tests {
         let a: SocketAddr = "127.0.0.1:8081".parse().unwrap();
         u.set_endpoints(merge(&[], vec![(a.to_string(), a, 1)], Source::Dns, true));
         let before = u.endpoints();
-        refresh_dns(state.clone(), u.clone()).await;
-        refresh_dns(state.clone(), u.clone()).await;
+        let tel = state.telemetry.clone();
+        let _ = refresh_dns(tel.clone(), u.clone()).await;
+        let _ = refresh_dns(tel, u.clone()).await;
         assert!(
             Arc::ptr_eq(&before, &u.endpoints()),
             "the last good set stays"
         );
         let errors = state
+            .telemetry
             .metrics
             .discovery_errors
             .with_label_values(&["app", "dns"])
@@ -514,19 +532,21 @@ mod tests {
         let yaml = "listeners: [ { name: p, address: \"127.0.0.1:1\" } ]\nredis: { url: \"redis://127.0.0.1:1\" }\nupstreams:\n  app: { discovery: { redis: { service: svc } } }\nroutes:\n  - { name: r, match: { path_prefix: / }, upstream: app }\n";
         let state =
             crate::app::build_state(crate::config::load_str(yaml, None).unwrap(), None).unwrap();
-        let u = state.current().upstreams["app"].clone();
+        let u = state.current().upstreams["app"].upstream.clone();
         let a: SocketAddr = "127.0.0.1:8081".parse().unwrap();
         u.set_endpoints(merge(&[], vec![(a.to_string(), a, 1)], Source::Redis, true));
         let before = u.endpoints();
         let disc = Arc::new(Discovery::new(Some("redis://127.0.0.1:1".into())));
-        refresh_redis(state.clone(), u.clone(), disc.clone()).await;
-        refresh_redis(state.clone(), u.clone(), disc).await;
+        let tel = state.telemetry.clone();
+        let _ = refresh_redis(tel.clone(), u.clone(), disc.clone()).await;
+        let _ = refresh_redis(tel, u.clone(), disc).await;
         assert!(
             Arc::ptr_eq(&before, &u.endpoints()),
             "the last known set stays"
         );
         assert_eq!(
             state
+                .telemetry
                 .metrics
                 .discovery_errors
                 .with_label_values(&["app", "redis"])

@@ -3,9 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-
+use super::probe::{self, ProbeError};
 use crate::config::model::{HealthCheckConfig, HealthCheckKind};
 
 /// Why a check failed (logged on the transition to unhealthy).
@@ -28,6 +26,15 @@ pub enum CheckFailure {
     Body,
 }
 
+impl From<ProbeError> for CheckFailure {
+    fn from(e: ProbeError) -> Self {
+        match e {
+            ProbeError::Connect(m) => CheckFailure::Connect(m),
+            ProbeError::Malformed => CheckFailure::Malformed,
+        }
+    }
+}
+
 /// Runs one check against `addr`.
 pub async fn check(addr: SocketAddr, cfg: &HealthCheckConfig) -> Result<(), CheckFailure> {
     match tokio::time::timeout(cfg.timeout.get(), check_inner(addr, cfg)).await {
@@ -37,61 +44,32 @@ pub async fn check(addr: SocketAddr, cfg: &HealthCheckConfig) -> Result<(), Chec
 }
 
 async fn check_inner(addr: SocketAddr, cfg: &HealthCheckConfig) -> Result<(), CheckFailure> {
-    let mut stream = TcpStream::connect(addr)
-        .await
-        .map_err(|e| CheckFailure::Connect(e.to_string()))?;
     if cfg.kind == HealthCheckKind::Tcp {
+        probe::connect(addr).await?;
         return Ok(());
     }
     let host = cfg.host.clone().unwrap_or_else(|| addr.to_string());
-    let req = format!(
-        "{} {} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: gatehouse-health-check\r\nConnection: close\r\n\r\n",
-        cfg.method, cfg.path
-    );
-    stream
-        .write_all(req.as_bytes())
-        .await
-        .map_err(|e| CheckFailure::Connect(e.to_string()))?;
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 4096];
-    // Read to EOF (Connection: close), at most 64 KiB.
-    loop {
-        let n = stream
-            .read(&mut chunk)
-            .await
-            .map_err(|_| CheckFailure::Malformed)?;
-        if n == 0 || buf.len() >= 64 * 1024 {
-            break;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        if cfg.body_contains.is_none() && buf.windows(4).any(|w| w == b"\r\n\r\n") {
-            break;
-        }
-    }
-    let status = parse_status(&buf).ok_or(CheckFailure::Malformed)?;
-    if status < cfg.expected_status[0] || status > cfg.expected_status[1] {
-        return Err(CheckFailure::Status(status));
+    // Read to EOF (Connection: close), at most 64 KiB, when the body is checked.
+    let want_body = cfg.body_contains.is_some();
+    let resp = probe::request(
+        addr,
+        &cfg.method,
+        &cfg.path,
+        &host,
+        "gatehouse-health-check",
+        64 * 1024,
+        want_body,
+    )
+    .await?;
+    if resp.status < cfg.expected_status[0] || resp.status > cfg.expected_status[1] {
+        return Err(CheckFailure::Status(resp.status));
     }
     if let Some(want) = &cfg.body_contains {
-        let body_start = buf
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .map_or(buf.len(), |p| p + 4);
-        if !String::from_utf8_lossy(&buf[body_start..]).contains(want.as_str()) {
+        if !String::from_utf8_lossy(&resp.body).contains(want.as_str()) {
             return Err(CheckFailure::Body);
         }
     }
     Ok(())
-}
-
-fn parse_status(buf: &[u8]) -> Option<u16> {
-    let line = buf.split(|b| *b == b'\n').next()?;
-    let line = std::str::from_utf8(line).ok()?;
-    let mut parts = line.split_whitespace();
-    if !parts.next()?.starts_with("HTTP/1.") {
-        return None;
-    }
-    parts.next()?.parse().ok()
 }
 
 /// The interval with up to 10% random jitter, so that many gateways don't check in step.
@@ -102,13 +80,9 @@ pub fn jittered(interval: Duration) -> Duration {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    #[test]
-    fn parses_status_line() {
-        assert_eq!(parse_status(b"HTTP/1.1 204 No Content\r\n\r\n"), Some(204));
-        assert_eq!(parse_status(b"SSH-2.0\r\n"), None);
-    }
+    use super::*;
 
     /// A one-shot-per-connection server answering every request with `answer`.
     async fn server(answer: &'static str) -> SocketAddr {

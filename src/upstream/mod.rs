@@ -2,8 +2,8 @@
 
 pub mod discovery;
 pub mod health;
-pub mod maintain;
 pub mod pools;
+pub mod probe;
 pub mod select;
 
 use std::net::SocketAddr;
@@ -12,7 +12,9 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 
-use crate::config::model::UpstreamConfig;
+use std::time::Duration;
+
+use crate::config::model::{HostHeaderPolicy, UpstreamConfig};
 pub use select::Swrr;
 
 /// Where an endpoint came from, shown on `/admin/upstreams`.
@@ -40,13 +42,8 @@ impl Source {
     }
 }
 
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+use crate::clock::wall_ms;
+use crate::telemetry::Telemetry;
 
 /// One endpoint of an upstream and its live state. Kept across reloads and discovery
 /// refreshes while its (upstream, address) stays.
@@ -62,9 +59,10 @@ pub struct Endpoint {
     pub source: Source,
     /// Verdict of active health checks.
     healthy: AtomicBool,
-    /// Unix ms of the last health transition (or of creation).
+    /// Unix ms (wall clock, for display) of the last health transition (or of creation).
     since_ms: AtomicU64,
-    /// Passive ejection: unix ms until which the endpoint takes no traffic.
+    /// Passive ejection: monotonic ms (`clock::mono_ms`) until which the endpoint takes
+    /// no traffic; a wall-clock step neither ends nor stretches an ejection.
     ejected_until_ms: AtomicU64,
     /// How many times it was ejected (the ejection time grows with it).
     ejections: AtomicU32,
@@ -93,7 +91,7 @@ impl Endpoint {
             weight,
             source,
             healthy: AtomicBool::new(healthy),
-            since_ms: AtomicU64::new(now_ms()),
+            since_ms: AtomicU64::new(wall_ms()),
             ejected_until_ms: AtomicU64::new(0),
             ejections: AtomicU32::new(0),
             consecutive_failures: AtomicU32::new(0),
@@ -125,7 +123,8 @@ impl Endpoint {
 
     /// Counts one try's outcome (`success`, `http_error`, `connect_error`, `timeout`,
     /// `reset`) without hashing labels on the request path.
-    pub fn count_outcome(&self, metrics: &crate::metrics::Metrics, upstream: &str, outcome: &str) {
+    pub fn count_outcome(&self, tel: &Telemetry, upstream: &str, outcome: &str) {
+        let metrics = &tel.metrics;
         const OUTCOMES: [&str; 5] = ["success", "http_error", "connect_error", "timeout", "reset"];
         let counters = self.outcome_counters.get_or_init(|| {
             OUTCOMES.map(|o| {
@@ -148,7 +147,7 @@ impl Endpoint {
         self.healthy.load(Ordering::Relaxed)
     }
 
-    /// Ejected by passive outlier detection at `now_ms`.
+    /// Ejected by passive outlier detection at `now_ms` (monotonic, `clock::mono_ms`).
     pub fn is_ejected(&self, now_ms: u64) -> bool {
         self.ejected_until_ms.load(Ordering::Relaxed) > now_ms
     }
@@ -163,7 +162,7 @@ impl Endpoint {
         self.since_ms.load(Ordering::Relaxed)
     }
 
-    /// Unix ms until which it is ejected (0 when never).
+    /// Monotonic ms until which it is ejected (0 when never).
     pub fn ejected_until_ms(&self) -> u64 {
         self.ejected_until_ms.load(Ordering::Relaxed)
     }
@@ -172,7 +171,7 @@ impl Endpoint {
     pub fn set_healthy(&self, healthy: bool) -> bool {
         let changed = self.healthy.swap(healthy, Ordering::Relaxed) != healthy;
         if changed {
-            self.since_ms.store(now_ms(), Ordering::Relaxed);
+            self.since_ms.store(wall_ms(), Ordering::Relaxed);
         }
         changed
     }
@@ -218,11 +217,11 @@ impl Endpoint {
         }
     }
 
-    /// Ejects until `until_ms`; returns the ejection count including this one.
+    /// Ejects until `until_ms` (monotonic); returns the ejection count including this one.
     pub fn eject(&self, until_ms: u64) -> u32 {
         self.ejected_until_ms.store(until_ms, Ordering::Relaxed);
         self.consecutive_failures.store(0, Ordering::Relaxed);
-        self.since_ms.store(now_ms(), Ordering::Relaxed);
+        self.since_ms.store(wall_ms(), Ordering::Relaxed);
         self.ejections.fetch_add(1, Ordering::Relaxed) + 1
     }
 
@@ -231,7 +230,7 @@ impl Endpoint {
         self.ejections.load(Ordering::Relaxed)
     }
 
-    /// Clears an ejection whose time is over at `now_ms`; true once per ejection, so that
+    /// Clears an ejection whose time is over at `now_ms` (monotonic); true once per ejection, so that
     /// the return is announced once.
     pub fn end_ejection(&self, now_ms: u64) -> bool {
         let until = self.ejected_until_ms.load(Ordering::Relaxed);
@@ -242,7 +241,65 @@ impl Endpoint {
                 .compare_exchange(until, 0, Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok()
     }
+
+    /// Reports a health transition of this endpoint of `upstream` (active checks or
+    /// passive ejection) to the telemetry sink, with its availability now.
+    pub fn announce_health(&self, tel: &Telemetry, upstream: &str, healthy: bool, why: &str) {
+        let available = self.is_available(crate::clock::mono_ms());
+        tel.endpoint_health(upstream, &self.address, healthy, available, why);
+    }
 }
+
+/// Which `Host` header goes upstream (`upstreams.*.host_header`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostHeader {
+    /// The client's.
+    Preserve,
+    /// The endpoint's `host:port`.
+    Endpoint,
+    /// A fixed value.
+    Set(String),
+}
+
+/// How a try is dialed, lowered from the YAML model when the config compiles so that the
+/// request path reads no config type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerSettings {
+    /// TCP connect timeout.
+    pub connect: Duration,
+    /// Per-read timeout of a try.
+    pub read: Duration,
+    /// Per-write timeout of a try.
+    pub write: Duration,
+    /// Deadline of the whole request across tries, if any.
+    pub total: Option<Duration>,
+    /// How long an idle pooled connection is kept (`runtime.upstream_idle_timeout`).
+    pub idle: Duration,
+    /// The `Host` header policy.
+    pub host_header: HostHeader,
+}
+
+impl PeerSettings {
+    /// From an upstream's definition, with pingora pool idle time `idle`.
+    pub fn new(cfg: &UpstreamConfig, idle: Duration) -> Self {
+        let t = &cfg.timeouts;
+        Self {
+            connect: t.connect.get(),
+            read: t.read.get(),
+            write: t.write.get(),
+            total: t.total.map(|d| d.get()),
+            idle,
+            host_header: match &cfg.host_header {
+                HostHeaderPolicy::Preserve => HostHeader::Preserve,
+                HostHeaderPolicy::Endpoint => HostHeader::Endpoint,
+                HostHeaderPolicy::Set(v) => HostHeader::Set(v.clone()),
+            },
+        }
+    }
+}
+
+/// Pool idle time of upstream connections when no `runtime` section says otherwise.
+const DEFAULT_IDLE: Duration = Duration::from_secs(60);
 
 /// A named cluster: its endpoint set (swapped by discovery) and selection state.
 pub struct Upstream {
@@ -250,10 +307,10 @@ pub struct Upstream {
     pub name: Arc<str>,
     /// The definition it was built from; a reload reuses this `Upstream` when unchanged.
     pub config: UpstreamConfig,
+    /// How its tries are dialed.
+    pub peer: PeerSettings,
     endpoints: ArcSwap<Vec<Arc<Endpoint>>>,
     swrr: Mutex<Swrr>,
-    /// Breaker, retry policy and budget, bulkhead, outlier detection (see `resilience`).
-    pub resilience: crate::resilience::Resilience,
 }
 
 impl Upstream {
@@ -261,19 +318,16 @@ impl Upstream {
     pub fn new(name: &str, config: UpstreamConfig, endpoints: Vec<Arc<Endpoint>>) -> Self {
         Self {
             name: Arc::from(name),
+            peer: PeerSettings::new(&config, DEFAULT_IDLE),
             endpoints: ArcSwap::from_pointee(endpoints),
             swrr: Mutex::new(Swrr::default()),
-            resilience: crate::resilience::Resilience::new(&config),
             config,
         }
     }
 
-    /// Carries the resilience state (breaker, retry budget, bulkhead) of the previous
-    /// definition of this upstream over to this one; see `Resilience::inherit`.
-    pub fn inherit_resilience(mut self, prev: Option<&Upstream>) -> Self {
-        if let Some(p) = prev {
-            self.resilience = crate::resilience::Resilience::inherit(&self.config, &p.resilience);
-        }
+    /// Sets the pool idle time of its connections (`runtime.upstream_idle_timeout`).
+    pub fn with_idle_timeout(mut self, idle: Duration) -> Self {
+        self.peer.idle = idle;
         self
     }
 
@@ -288,8 +342,9 @@ impl Upstream {
         self.endpoints.store(Arc::new(endpoints));
     }
 
-    /// Picks an endpoint by smooth weighted round-robin among those that take traffic,
-    /// preferring ones not in `tried` (retries go elsewhere when they can).
+    /// Picks an endpoint by smooth weighted round-robin among those that take traffic at
+    /// `now_ms` (monotonic), preferring ones not in `tried` (retries go elsewhere when they
+    /// can). The upstream's breaker, if any, was asked before: this knows no breaker.
     pub fn pick(&self, tried: &[Arc<Endpoint>], now_ms: u64) -> Option<Arc<Endpoint>> {
         let eps = self.endpoints.load();
         let fresh =

@@ -7,8 +7,6 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use serde::Serialize;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 /// The metric the services export (`state` is in_use, idle or max).
 pub const POOL_METRIC: &str = "gatehouse_service_db_pool_connections";
@@ -89,27 +87,13 @@ pub fn parse(text: &str, endpoint: &str) -> BTreeMap<String, Pool> {
     out
 }
 
-/// GETs `path` from `addr` (HTTP/1.1, `Connection: close`), at most 1 MiB.
-async fn fetch(addr: SocketAddr, path: &str) -> std::io::Result<String> {
-    let mut s = TcpStream::connect(addr).await?;
-    let req = format!(
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: gatehouse\r\nConnection: close\r\n\r\n"
-    );
-    s.write_all(req.as_bytes()).await?;
-    let mut buf = Vec::new();
-    s.take(1 << 20).read_to_end(&mut buf).await?;
-    let text = String::from_utf8_lossy(&buf);
-    Ok(text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default())
-}
-
 /// Reads one endpoint's pools into `pools`; failures are only logged at debug level (the
 /// dashboard shows the last known value, health checks report the endpoint itself).
 pub async fn scrape(pools: &Pools, addr: SocketAddr, endpoint: &str, path: &str) {
-    match tokio::time::timeout(Duration::from_secs(2), fetch(addr, path)).await {
-        Ok(Ok(text)) => pools.store(parse(&text, endpoint)),
+    let host = addr.to_string();
+    let fetch = super::probe::request(addr, "GET", path, &host, "gatehouse", 1 << 20, true);
+    match tokio::time::timeout(Duration::from_secs(2), fetch).await {
+        Ok(Ok(resp)) => pools.store(parse(&String::from_utf8_lossy(&resp.body), endpoint)),
         Ok(Err(e)) => tracing::debug!(endpoint, error = %e, "reading service metrics failed"),
         Err(_) => tracing::debug!(endpoint, "reading service metrics timed out"),
     }

@@ -1,16 +1,17 @@
 //! One maintenance loop over the *current* snapshot: active health checks, passive
-//! ejection expiry, and endpoint discovery (DNS, file, Redis registry). Upstreams added by
-//! a reload are picked up on the next step; removed ones are simply no longer visited.
+//! ejection expiry, endpoint discovery (DNS, file, Redis registry), the services' pool
+//! scraping and the snapshot-wide gauge sync. Upstreams added by a reload are picked up on
+//! the next step; removed ones are simply no longer visited.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::{Cluster, State};
 use crate::config::model::DiscoveryConfig;
-use crate::state::State;
-use crate::upstream::discovery::Discovery;
-use crate::upstream::{health, now_ms, Endpoint, Upstream};
+use crate::upstream::discovery::{self, Discovery, DiscoveryError};
+use crate::upstream::{health, pools, Endpoint};
 
 /// How often an endpoint file is looked at (a read and a hash; parsed only when changed).
 pub const FILE_POLL: Duration = Duration::from_secs(1);
@@ -101,11 +102,12 @@ impl Maintainer {
         tokio::time::sleep(Duration::from_millis(100)).await;
         let snap = self.state.current();
         let mut seen = HashSet::new();
-        for (name, u) in &snap.upstreams {
+        for (name, c) in &snap.upstreams {
+            let u = &c.upstream;
             if let Some(hc) = &u.config.health_check {
                 if self.take_due(&mut seen, format!("hc|{name}|{:?}", hc), hc.interval.get()) {
                     for ep in u.endpoints().iter() {
-                        tokio::spawn(run_check(self.state.clone(), u.clone(), ep.clone()));
+                        tokio::spawn(run_check(self.state.clone(), c.clone(), ep.clone()));
                     }
                 }
             }
@@ -113,46 +115,52 @@ impl Maintainer {
                 if self.take_due(
                     &mut seen,
                     format!("pools|{name}|{path}"),
-                    super::pools::SCRAPE_EVERY,
+                    pools::SCRAPE_EVERY,
                 ) {
                     for ep in u.endpoints().iter() {
                         let (state, ep, path) = (self.state.clone(), ep.clone(), path.clone());
                         self.spawn_once(&format!("pools|{name}|{}", ep.address), async move {
-                            super::pools::scrape(&state.service_pools, ep.addr, &ep.address, &path)
-                                .await
+                            pools::scrape(&state.service_pools, ep.addr, &ep.address, &path).await
                         });
                     }
                 }
             }
-            let (state, up, disc) = (self.state.clone(), u.clone(), self.discovery.clone());
-            match &u.config.discovery {
-                DiscoveryConfig::Static(_) => {}
-                DiscoveryConfig::Dns(d) => {
-                    let key = format!("dns|{name}|{d:?}");
-                    if self.take_due(&mut seen, key.clone(), d.refresh.get()) {
-                        self.spawn_once(&key, super::discovery::refresh_dns(state, up));
-                    }
-                }
-                DiscoveryConfig::File(f) => {
-                    let key = format!("file|{name}|{f:?}");
-                    if self.take_due(&mut seen, key.clone(), FILE_POLL) {
-                        self.spawn_once(&key, super::discovery::refresh_file(state, up, disc));
-                    }
-                }
-                DiscoveryConfig::Redis(r) => {
-                    let key = format!("redis|{name}|{r:?}");
-                    if self.take_due(&mut seen, key.clone(), r.refresh.get()) {
-                        self.spawn_once(&key, super::discovery::refresh_redis(state, up, disc));
-                    }
-                }
+            let (tel, up, disc) = (
+                self.state.telemetry.clone(),
+                u.clone(),
+                self.discovery.clone(),
+            );
+            let (key, every) = match &u.config.discovery {
+                DiscoveryConfig::Static(_) => continue,
+                DiscoveryConfig::Dns(d) => (format!("dns|{name}|{d:?}"), d.refresh.get()),
+                DiscoveryConfig::File(f) => (format!("file|{name}|{f:?}"), FILE_POLL),
+                DiscoveryConfig::Redis(r) => (format!("redis|{name}|{r:?}"), r.refresh.get()),
+            };
+            if !self.take_due(&mut seen, key.clone(), every) {
+                continue;
             }
+            let runtime = self.state.filter_runtime.clone();
+            let config_file = snap.loaded.file.clone();
+            self.spawn_once(&key, async move {
+                let result = match &up.config.discovery {
+                    DiscoveryConfig::Static(_) => Ok(()),
+                    DiscoveryConfig::Dns(_) => discovery::refresh_dns(tel, up).await,
+                    DiscoveryConfig::File(_) => {
+                        discovery::refresh_file(tel, up, disc, config_file).await
+                    }
+                    DiscoveryConfig::Redis(_) => discovery::refresh_redis(tel, up, disc).await,
+                };
+                if let Err(DiscoveryError::Registry(_)) = result {
+                    runtime.metrics().redis_error("discovery");
+                }
+            });
         }
         if self.take_due(
             &mut seen,
             "health-gauges".into(),
             Duration::from_millis(500),
         ) {
-            crate::state::reload::publish_health(&self.state, &snap);
+            super::publish::publish(&self.state.telemetry, &snap);
         }
         self.due
             .lock()
@@ -161,36 +169,14 @@ impl Maintainer {
     }
 }
 
-/// Publishes a health transition once: log, event, metrics.
-pub fn announce(state: &State, upstream: &str, ep: &Endpoint, healthy: bool, why: &str) {
-    let to = if healthy { "healthy" } else { "unhealthy" };
-    if healthy {
-        tracing::info!(upstream, endpoint = %ep.address, reason = why, "endpoint is healthy");
-    } else {
-        tracing::warn!(upstream, endpoint = %ep.address, reason = why, "endpoint is unhealthy");
-    }
-    state.events.push(
-        "health",
-        format!("{upstream} {} is {to}: {why}", ep.address),
-    );
-    state
-        .metrics
-        .health_transitions
-        .with_label_values(&[upstream, &ep.address, to])
-        .inc();
-    state
-        .metrics
-        .endpoint_healthy
-        .with_label_values(&[upstream, &ep.address])
-        .set(i64::from(ep.is_available(now_ms())));
-}
-
-async fn run_check(state: Arc<State>, u: Arc<Upstream>, ep: Arc<Endpoint>) {
+async fn run_check(state: Arc<State>, c: Arc<Cluster>, ep: Arc<Endpoint>) {
+    let u = &c.upstream;
     let Some(hc) = u.config.health_check.clone() else {
         return;
     };
     let result = health::check(ep.addr, &hc).await;
-    crate::resilience::on_health_check(&state, &u, result.is_ok());
+    let tel = &state.telemetry;
+    c.resilience.on_health_check(tel, &u.name, result.is_ok());
     if let Some(now_healthy) =
         ep.record_check(result.is_ok(), hc.healthy_threshold, hc.unhealthy_threshold)
     {
@@ -201,6 +187,6 @@ async fn run_check(state: Arc<State>, u: Arc<Upstream>, ep: Arc<Endpoint>) {
                 hc.unhealthy_threshold
             ),
         };
-        announce(&state, &u.name, &ep, now_healthy, &why);
+        ep.announce_health(tel, &u.name, now_healthy, &why);
     }
 }

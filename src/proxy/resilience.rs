@@ -1,5 +1,5 @@
-//! The resilience steps of one request, each called from one proxy phase (see
-//! `proxy/mod.rs`): admission before a try (backoff, breaker, bulkhead), the verdict on a
+//! The resilience steps of one request (per-request glue over the policies in
+//! `resilience/`), each called from one proxy phase (see `proxy/mod.rs`): admission before a try (backoff, breaker, bulkhead), the verdict on a
 //! try (breaker, outlier detection, metrics), and whether to retry it.
 //!
 //! Retries use pingora's own loop: a retryable error from `fail_to_connect` or
@@ -16,11 +16,13 @@ use pingora_core::{Error, ErrorType, Result};
 use pingora_http::RequestHeader;
 use tokio::sync::OwnedSemaphorePermit;
 
-use super::breaker::{Admission, Breaker, Ticket};
-use super::{announce_breaker, mono_ms, Outcome, RetryReason};
-use crate::proxy::ctx::{GatewayError, RequestCtx};
-use crate::state::State;
-use crate::upstream::now_ms;
+use super::ctx::RequestCtx;
+use super::refusal::Refusal;
+use super::respond::classify;
+use crate::clock::mono_ms;
+use crate::resilience::breaker::{Admission, Breaker, Ticket};
+use crate::resilience::{Outcome, RetryReason};
+use crate::telemetry::Telemetry;
 
 /// Header that tells the upstream how many milliseconds of the total deadline are left.
 pub const DEADLINE_HEADER: &str = "x-gatehouse-deadline-ms";
@@ -38,16 +40,9 @@ pub struct RequestResilience {
     status_retry: bool,
     /// Retries of a failure on a reused pooled connection (pingora's default, once).
     stale_retries: u32,
-    /// The message of a gateway error made here (names the upstream).
-    message: Option<String>,
 }
 
 impl RequestResilience {
-    /// The message of a gateway error produced by a resilience step, if any.
-    pub fn message(&self) -> Option<&str> {
-        self.message.as_deref()
-    }
-
     /// Whether the request holds a bulkhead slot.
     pub fn holds_slot(&self) -> bool {
         self.permit.is_some()
@@ -67,54 +62,33 @@ impl Drop for RequestResilience {
     }
 }
 
-fn refuse(
-    ctx: &mut RequestCtx,
-    status: u16,
-    code: &'static str,
-    retry_after: Option<Duration>,
-    message: String,
-) -> Box<Error> {
-    ctx.gateway_error = Some(GatewayError { status, code });
-    if let Some(d) = retry_after {
-        // Whole seconds, rounded up, at least 1.
-        let secs = d.as_millis().div_ceil(1000).max(1);
-        if let Ok(v) = http::HeaderValue::from_str(&secs.to_string()) {
-            ctx.response_headers.push((http::header::RETRY_AFTER, v));
-        }
-    }
-    let e = Error::explain(ErrorType::HTTPStatus(status), message.clone());
-    ctx.resilience.message = Some(message);
-    e
-}
-
 /// Time left of the route's total deadline, when there is one.
 fn time_left(ctx: &RequestCtx) -> Option<Duration> {
     let route = ctx.route.as_ref()?;
-    let total = route.upstream.config.timeouts.total?;
-    Some(total.get().saturating_sub(ctx.started.elapsed()))
+    let total = route.cluster.upstream.peer.total?;
+    Some(total.saturating_sub(ctx.started.elapsed()))
 }
 
 /// Before each try, in `upstream_peer` before an endpoint is picked: the backoff of a
 /// retry (within the total deadline), the breaker, and on the first try the retry budget's
-/// deposit and the bulkhead slot. An `Err` is the gateway's answer (503 `circuit_open`,
-/// 503 `bulkhead_full`, 504 when the deadline leaves no room for another try).
-pub async fn before_try(state: &State, ctx: &mut RequestCtx) -> Result<()> {
+/// deposit and the bulkhead slot. An `Err` carries the gateway's [`Refusal`]
+/// (`CircuitOpen`, `BulkheadFull`, `DeadlineSpent` when no room is left for another try).
+pub async fn before_try(tel: &Telemetry, ctx: &mut RequestCtx) -> Result<()> {
     let Some(route) = ctx.route.clone() else {
         return Ok(());
     };
-    let u = &route.upstream;
-    let r = &u.resilience;
+    let (u, r) = (&route.cluster.upstream, &route.cluster.resilience);
     ctx.resilience.release_ticket();
 
     if ctx.tries > 0 {
         if let Some(p) = &r.retry {
             let delay = p.backoff.delay(ctx.tries);
             if time_left(ctx).is_some_and(|left| left <= delay) {
-                let msg = format!(
-                    "the total deadline for upstream {:?} leaves no time for another try",
-                    u.name
-                );
-                return Err(refuse(ctx, 504, "upstream_timeout", None, msg));
+                let r = Refusal::DeadlineSpent {
+                    upstream: u.name.clone(),
+                    retrying: true,
+                };
+                return Err(r.into_error("total deadline spent before a retry"));
             }
             tokio::time::sleep(delay).await;
         }
@@ -123,21 +97,17 @@ pub async fn before_try(state: &State, ctx: &mut RequestCtx) -> Result<()> {
     if let Some(b) = &r.breaker {
         let (admission, transition) = b.admit(mono_ms());
         if let Some(t) = transition {
-            announce_breaker(state, &u.name, &t);
+            t.report(tel, &u.name);
         }
         match admission {
             Admission::Admit(t) => ctx.resilience.ticket = Some((b.clone(), t)),
             Admission::Reject { retry_after } => {
-                state
-                    .metrics
-                    .breaker_rejections
-                    .with_label_values(&[&u.name])
-                    .inc();
-                let msg = format!(
-                    "the circuit breaker of upstream {:?} is open: it is failing, so the gateway does not call it for now",
-                    u.name
-                );
-                return Err(refuse(ctx, 503, "circuit_open", Some(retry_after), msg));
+                tel.breaker_rejected(&u.name);
+                let r = Refusal::CircuitOpen {
+                    upstream: u.name.clone(),
+                    retry_after,
+                };
+                return Err(r.into_error("circuit breaker open"));
             }
         }
     }
@@ -149,19 +119,12 @@ pub async fn before_try(state: &State, ctx: &mut RequestCtx) -> Result<()> {
                 Ok(p) => ctx.resilience.permit = Some(p),
                 Err(e) => {
                     ctx.resilience.release_ticket();
-                    state
-                        .metrics
-                        .bulkhead_rejections
-                        .with_label_values(&[&u.name])
-                        .inc();
-                    let msg = format!("upstream {:?} is at its concurrency limit: {e}", u.name);
-                    return Err(refuse(
-                        ctx,
-                        503,
-                        "bulkhead_full",
-                        Some(Duration::from_secs(1)),
-                        msg,
-                    ));
+                    tel.bulkhead_rejected(&u.name);
+                    let r = Refusal::BulkheadFull {
+                        upstream: u.name.clone(),
+                        reason: e.to_string(),
+                    };
+                    return Err(r.into_error("bulkhead full"));
                 }
             }
         }
@@ -172,7 +135,7 @@ pub async fn before_try(state: &State, ctx: &mut RequestCtx) -> Result<()> {
 
 /// Counts one try's outcome, once per try: metrics, the breaker and outlier detection.
 /// `None` (the client went away, a gateway-internal error) only ends the try.
-pub fn record_try(state: &State, ctx: &mut RequestCtx, outcome: Option<Outcome>) {
+pub fn record_try(tel: &Telemetry, ctx: &mut RequestCtx, outcome: Option<Outcome>) {
     if ctx.try_outcome_recorded {
         return;
     }
@@ -188,22 +151,22 @@ pub fn record_try(state: &State, ctx: &mut RequestCtx, outcome: Option<Outcome>)
         }
         return;
     };
-    let u = &route.upstream;
-    ep.count_outcome(&state.metrics, &u.name, o.kind.label());
+    let (u, r) = (&route.cluster.upstream, &route.cluster.resilience);
+    ep.count_outcome(tel, &u.name, o.kind.label());
     if let Some((b, t)) = ticket {
         if let Some(tr) = b.record(t, o.failure, mono_ms()) {
-            announce_breaker(state, &u.name, &tr);
+            tr.report(tel, &u.name);
         }
     }
-    if let Some(op) = &u.resilience.outlier {
-        if let Some(time) = op.record(&u.endpoints(), &ep, o.failure, now_ms()) {
+    if let Some(op) = &r.outlier {
+        if let Some(time) = op.record(&u.endpoints(), &ep, o.failure, mono_ms()) {
             let why = format!(
                 "{} consecutive failures, ejected for {}s (ejection #{})",
                 op.consecutive_failures,
                 time.as_secs_f64(),
                 ep.ejections()
             );
-            crate::upstream::maintain::announce(state, &u.name, &ep, false, &why);
+            ep.announce_health(tel, &u.name, false, &why);
         }
     }
 }
@@ -217,7 +180,7 @@ pub fn response_outcome(ctx: &RequestCtx, status: u16) -> Option<Outcome> {
         .map_or(Duration::ZERO, |t| t.elapsed());
     Some(
         route
-            .upstream
+            .cluster
             .resilience
             .classifier
             .response(status, elapsed),
@@ -227,7 +190,7 @@ pub fn response_outcome(ctx: &RequestCtx, status: u16) -> Option<Outcome> {
 /// Whether the policy, the method, the body, the deadline and the budget allow another
 /// try for `reason`. Takes the retry from the budget and counts it when they do.
 fn allow_retry(
-    state: &State,
+    tel: &Telemetry,
     ctx: &RequestCtx,
     reason: RetryReason,
     req: &RequestHeader,
@@ -236,8 +199,8 @@ fn allow_retry(
     let Some(route) = ctx.route.as_ref() else {
         return false;
     };
-    let u = &route.upstream;
-    let Some(p) = &u.resilience.retry else {
+    let (u, r) = (&route.cluster.upstream, &route.cluster.resilience);
+    let Some(p) = &r.retry else {
         return false;
     };
     if !p.covers(reason) || ctx.tries >= p.attempts {
@@ -253,40 +216,31 @@ fn allow_retry(
     if time_left(ctx).is_some_and(|l| l.is_zero()) {
         return false;
     }
-    if !u
-        .resilience
+    if !r
         .budget
         .try_withdraw(p.budget_ratio, p.min_retries_per_second, mono_ms())
     {
-        state
-            .metrics
-            .retry_budget_exhausted
-            .with_label_values(&[&u.name])
-            .inc();
+        tel.retry_budget_exhausted(&u.name);
         tracing::debug!(request_id = %ctx.request_id, upstream = %u.name, "not retried: retry budget exhausted");
         return false;
     }
-    state
-        .metrics
-        .retries
-        .with_label_values(&[&u.name, reason.label()])
-        .inc();
+    tel.retried(&u.name, reason.label());
     true
 }
 
 /// `fail_to_connect`: counts the failed try and marks the error retryable when allowed.
 /// Nothing reached the upstream, so any method may be retried.
 pub fn on_connect_error(
-    state: &State,
+    tel: &Telemetry,
     ctx: &mut RequestCtx,
     req: &RequestHeader,
     body_truncated: bool,
     mut e: Box<Error>,
 ) -> Box<Error> {
-    let outcome = Outcome::of_error(&e);
-    record_try(state, ctx, outcome);
-    let retry = outcome.is_some()
-        && allow_retry(state, ctx, RetryReason::ConnectError, req, body_truncated);
+    let outcome = classify(&e).outcome;
+    record_try(tel, ctx, outcome);
+    let retry =
+        outcome.is_some() && allow_retry(tel, ctx, RetryReason::ConnectError, req, body_truncated);
     e.set_retry(retry);
     e
 }
@@ -294,7 +248,7 @@ pub fn on_connect_error(
 /// `upstream_response_filter`, after the try was recorded: when the status is one to retry
 /// and nothing went downstream yet, returns the error that makes pingora try again.
 pub fn retry_on_status(
-    state: &State,
+    tel: &Telemetry,
     ctx: &mut RequestCtx,
     status: u16,
     req: &RequestHeader,
@@ -307,9 +261,9 @@ pub fn retry_on_status(
     let listed = ctx
         .route
         .as_ref()
-        .and_then(|r| r.upstream.resilience.retry.as_ref())
+        .and_then(|r| r.cluster.resilience.retry.as_ref())
         .is_some_and(|p| p.covers(RetryReason::Status(status)));
-    if !listed || !allow_retry(state, ctx, RetryReason::Status(status), req, body_truncated) {
+    if !listed || !allow_retry(tel, ctx, RetryReason::Status(status), req, body_truncated) {
         return Ok(());
     }
     ctx.resilience.status_retry = true;
@@ -326,7 +280,7 @@ pub fn retry_on_status(
 /// `error_while_proxy`: counts the failed try (unless it was a status retry, already
 /// counted) and decides whether to retry.
 pub fn on_proxy_error(
-    state: &State,
+    tel: &Telemetry,
     ctx: &mut RequestCtx,
     e: &mut Error,
     req: &RequestHeader,
@@ -338,9 +292,9 @@ pub fn on_proxy_error(
         e.set_retry(true);
         return;
     }
-    let outcome = Outcome::of_error(e);
+    let outcome = classify(e).outcome;
     if ctx.endpoint.is_some() && ctx.upstream_status.is_none() {
-        record_try(state, ctx, outcome);
+        record_try(tel, ctx, outcome);
     }
     let Some(reason) = outcome.and_then(|o| o.retry_reason()) else {
         e.set_retry(false);
@@ -350,7 +304,7 @@ pub fn on_proxy_error(
         e.set_retry(false);
         return;
     }
-    if allow_retry(state, ctx, reason, req, body_truncated) {
+    if allow_retry(tel, ctx, reason, req, body_truncated) {
         e.set_retry(true);
         return;
     }

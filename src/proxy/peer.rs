@@ -1,0 +1,53 @@
+//! Choosing the peer of one try: an endpoint by smooth weighted round-robin among those
+//! that take traffic (retries prefer others), dialed with the upstream's lowered timeouts
+//! cut to what is left of the total deadline.
+
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_core::Result;
+
+use super::ctx::{EndpointInflight, RequestCtx};
+use super::refusal::Refusal;
+use crate::clock::mono_ms;
+use crate::state::Route;
+
+/// The peer of the next try; a [`Refusal`] (`NoHealthyEndpoint`, `DeadlineSpent`) as the
+/// error's cause when there is none.
+pub fn choose(ctx: &mut RequestCtx, route: &Route) -> Result<Box<HttpPeer>> {
+    let upstream = &route.cluster.upstream;
+    let Some(ep) = upstream.pick(&ctx.tried, mono_ms()) else {
+        let r = Refusal::NoHealthyEndpoint {
+            upstream: upstream.name.clone(),
+        };
+        return Err(r.into_error(format!(
+            "upstream {} has no healthy endpoint",
+            upstream.name
+        )));
+    };
+    ctx.tries += 1;
+    ctx.tried.push(ep.clone());
+    ctx.endpoint = Some(ep.clone());
+    ctx.try_outcome_recorded = false;
+    ep.inflight
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    ctx.endpoint_inflight = Some(EndpointInflight(ep.clone()));
+
+    let s = &upstream.peer;
+    let mut peer = HttpPeer::new(ep.addr, false, String::new());
+    peer.options.connection_timeout = Some(s.connect);
+    peer.options.read_timeout = Some(s.read);
+    peer.options.write_timeout = Some(s.write);
+    peer.options.idle_timeout = Some(s.idle);
+    if let Some(total) = s.total {
+        let left = total.saturating_sub(ctx.started.elapsed());
+        if left.is_zero() {
+            let r = Refusal::DeadlineSpent {
+                upstream: upstream.name.clone(),
+                retrying: false,
+            };
+            return Err(r.into_error("total deadline spent"));
+        }
+        peer.options.read_timeout = Some(s.read.min(left));
+        peer.options.connection_timeout = Some(s.connect.min(left));
+    }
+    Ok(Box::new(peer))
+}

@@ -1,0 +1,360 @@
+//! The gateway's own refusals and failures as one typed enum: each variant knows its
+//! status, its stable `X-Gatehouse-Error` code, its message and its extra headers.
+//! A refusal made during the upstream phases travels to `fail_to_proxy` as the cause of
+//! the pingora error; `respond.rs` renders every one of them the same way.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue};
+use pingora_core::{Error, ErrorType};
+
+/// Why the gateway answers a request itself instead of (or after) the upstream.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// No route matches the request: 404 `no_route`.
+    #[error("no route matches this request")]
+    NoRoute,
+    /// The request path cannot be normalized (`path::PathError`): 400 `bad_path`.
+    #[error("the request path is not acceptable: {0}")]
+    BadPath(String),
+    /// The request body exceeds the route's `max_body_bytes`: 413 `body_too_large`.
+    #[error("the request body exceeds this route's limit")]
+    BodyTooLarge,
+    /// Every endpoint of the upstream is unhealthy or ejected: 503 `no_healthy_endpoint`.
+    #[error("no healthy endpoint is available for this upstream")]
+    NoHealthyEndpoint {
+        /// The upstream.
+        upstream: Arc<str>,
+    },
+    /// The upstream's circuit breaker is open: 503 `circuit_open` with `Retry-After`
+    /// (whole seconds, rounded up, at least 1).
+    #[error("the circuit breaker of upstream {upstream:?} is open: it is failing, so the gateway does not call it for now")]
+    CircuitOpen {
+        /// The upstream.
+        upstream: Arc<str>,
+        /// Until the breaker lets a probe through.
+        retry_after: Duration,
+    },
+    /// The upstream's concurrency limit and queue are full: 503 `bulkhead_full` with
+    /// `Retry-After: 1`.
+    #[error("upstream {upstream:?} is at its concurrency limit: {reason}")]
+    BulkheadFull {
+        /// The upstream.
+        upstream: Arc<str>,
+        /// Why no slot was given (queue full, waited too long).
+        reason: String,
+    },
+    /// The route's total deadline (`timeouts.total`) is spent: 504 `upstream_timeout`.
+    /// `retrying`: it was the backoff of a retry that found no time left.
+    #[error("{}", if *.retrying { format!("the total deadline for upstream {upstream:?} leaves no time for another try") } else { "the upstream did not answer in time".to_string() })]
+    DeadlineSpent {
+        /// The upstream.
+        upstream: Arc<str>,
+        /// Whether a retry's backoff found the deadline spent.
+        retrying: bool,
+    },
+    /// A filter failed (an infrastructure error, not a rejection): 500 `filter_error`.
+    #[error("a gateway filter failed")]
+    FilterFailed,
+    /// A filter rejected the request (401 from `jwt`, 429 from `rate_limit`, ...), with the
+    /// filter's status, code, message and headers.
+    #[error("{message}")]
+    Rejected {
+        /// Status sent.
+        status: u16,
+        /// The filter's stable code.
+        code: &'static str,
+        /// The filter's message.
+        message: Cow<'static, str>,
+        /// The filter's headers (`WWW-Authenticate`, `Retry-After`, ...).
+        headers: Vec<(HeaderName, HeaderValue)>,
+    },
+    /// The upstream could not be reached: 502 `upstream_connect_failed`.
+    #[error("the upstream could not be reached")]
+    UpstreamConnectFailed,
+    /// The upstream did not accept the connection in time: 504 `upstream_connect_timeout`.
+    #[error("the upstream did not accept the connection in time")]
+    UpstreamConnectTimeout,
+    /// The upstream did not answer in time: 504 `upstream_timeout`.
+    #[error("the upstream did not answer in time")]
+    UpstreamTimeout,
+    /// The upstream closed the connection before a complete answer: 502 `upstream_reset`.
+    #[error("the upstream closed the connection before answering")]
+    UpstreamReset,
+    /// Another upstream failure: 502 `upstream_error`.
+    #[error("the gateway could not complete the request")]
+    UpstreamError,
+    /// The request could not be parsed: 400 `bad_request`.
+    #[error("the request could not be parsed")]
+    BadRequest,
+    /// An upstream's own 503 that ended the retries: 503 `unavailable`.
+    #[error("the gateway could not complete the request")]
+    Unavailable,
+    /// Another status pingora produced: `gateway_error`.
+    #[error("the gateway could not complete the request")]
+    Status(u16),
+    /// A gateway-internal error: 500 `internal_error`.
+    #[error("the gateway could not complete the request")]
+    Internal,
+    /// The request breaks an HTTP/1 rule or a listener limit (`edge.rs`: 400, 413, 414,
+    /// 431), with the edge check's status, code and message.
+    #[error("{message}")]
+    Edge {
+        /// Status sent.
+        status: u16,
+        /// Stable code.
+        code: &'static str,
+        /// Message for the client.
+        message: &'static str,
+    },
+}
+
+impl From<super::edge::EdgeRefusal> for Refusal {
+    fn from(r: super::edge::EdgeRefusal) -> Self {
+        Refusal::Edge {
+            status: r.status,
+            code: r.code,
+            message: r.message,
+        }
+    }
+}
+
+impl Refusal {
+    /// The HTTP status sent (RFC 9110 section 15).
+    pub fn status(&self) -> u16 {
+        match self {
+            Refusal::NoRoute => 404,
+            Refusal::BadPath(_) | Refusal::BadRequest => 400,
+            Refusal::BodyTooLarge => 413,
+            Refusal::NoHealthyEndpoint { .. }
+            | Refusal::CircuitOpen { .. }
+            | Refusal::BulkheadFull { .. }
+            | Refusal::Unavailable => 503,
+            Refusal::DeadlineSpent { .. }
+            | Refusal::UpstreamConnectTimeout
+            | Refusal::UpstreamTimeout => 504,
+            Refusal::FilterFailed | Refusal::Internal => 500,
+            Refusal::Rejected { status, .. }
+            | Refusal::Status(status)
+            | Refusal::Edge { status, .. } => *status,
+            Refusal::UpstreamConnectFailed | Refusal::UpstreamReset | Refusal::UpstreamError => 502,
+        }
+    }
+
+    /// The stable code sent as `X-Gatehouse-Error` and as the JSON body's `error`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Refusal::NoRoute => "no_route",
+            Refusal::BadPath(_) => "bad_path",
+            Refusal::BodyTooLarge => "body_too_large",
+            Refusal::NoHealthyEndpoint { .. } => "no_healthy_endpoint",
+            Refusal::CircuitOpen { .. } => "circuit_open",
+            Refusal::BulkheadFull { .. } => "bulkhead_full",
+            Refusal::DeadlineSpent { .. } | Refusal::UpstreamTimeout => "upstream_timeout",
+            Refusal::FilterFailed => "filter_error",
+            Refusal::Rejected { code, .. } | Refusal::Edge { code, .. } => code,
+            Refusal::UpstreamConnectFailed => "upstream_connect_failed",
+            Refusal::UpstreamConnectTimeout => "upstream_connect_timeout",
+            Refusal::UpstreamReset => "upstream_reset",
+            Refusal::UpstreamError => "upstream_error",
+            Refusal::BadRequest => "bad_request",
+            Refusal::Unavailable => "unavailable",
+            Refusal::Status(_) => "gateway_error",
+            Refusal::Internal => "internal_error",
+        }
+    }
+
+    /// The human message of the JSON body (never a secret).
+    pub fn message(&self) -> String {
+        self.to_string()
+    }
+
+    /// Extra response headers: `Retry-After` (RFC 9110 section 10.2.3) on the refusals
+    /// that will pass, and a filter's own headers.
+    pub fn headers(&self) -> Vec<(HeaderName, HeaderValue)> {
+        let retry_after = |d: Duration| {
+            // Whole seconds, rounded up, at least 1.
+            let secs = d.as_millis().div_ceil(1000).max(1);
+            vec![(http::header::RETRY_AFTER, HeaderValue::from(secs as u64))]
+        };
+        match self {
+            Refusal::CircuitOpen { retry_after: d, .. } => retry_after(*d),
+            Refusal::BulkheadFull { .. } => retry_after(Duration::from_secs(1)),
+            Refusal::Rejected { headers, .. } => headers.clone(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Whether it is a fast refusal caused by a state change that was logged once
+    /// (breaker open, bulkhead full, no healthy endpoint): one warning per refused
+    /// request would flood the log in an outage.
+    pub fn is_fast(&self) -> bool {
+        matches!(
+            self,
+            Refusal::CircuitOpen { .. }
+                | Refusal::BulkheadFull { .. }
+                | Refusal::NoHealthyEndpoint { .. }
+        )
+    }
+
+    /// The pingora error that carries this refusal as its cause (see
+    /// [`Refusal::of_error`]), with a log context.
+    pub fn into_error(self, context: impl Into<String>) -> Box<Error> {
+        let status = self.status();
+        Error::because(ErrorType::HTTPStatus(status), context.into(), self)
+    }
+
+    /// The refusal a pingora error carries, if it was made by [`Refusal::into_error`].
+    pub fn of_error(e: &Error) -> Option<&Refusal> {
+        e.root_cause().downcast_ref::<Refusal>()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn up() -> Arc<str> {
+        Arc::from("api")
+    }
+
+    #[test]
+    fn each_refusal_maps_to_its_status_code_and_headers() {
+        let h = |name: &str, v: &str| {
+            vec![(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            )]
+        };
+        type Headers = Vec<(HeaderName, HeaderValue)>;
+        let cases: Vec<(Refusal, u16, &str, Headers)> = vec![
+            (Refusal::NoRoute, 404, "no_route", vec![]),
+            (Refusal::BadPath("x".into()), 400, "bad_path", vec![]),
+            (Refusal::BodyTooLarge, 413, "body_too_large", vec![]),
+            (
+                Refusal::NoHealthyEndpoint { upstream: up() },
+                503,
+                "no_healthy_endpoint",
+                vec![],
+            ),
+            (
+                Refusal::CircuitOpen {
+                    upstream: up(),
+                    retry_after: Duration::from_millis(1500),
+                },
+                503,
+                "circuit_open",
+                h("retry-after", "2"),
+            ),
+            (
+                Refusal::CircuitOpen {
+                    upstream: up(),
+                    retry_after: Duration::from_millis(10),
+                },
+                503,
+                "circuit_open",
+                h("retry-after", "1"),
+            ),
+            (
+                Refusal::BulkheadFull {
+                    upstream: up(),
+                    reason: "queue full".into(),
+                },
+                503,
+                "bulkhead_full",
+                h("retry-after", "1"),
+            ),
+            (
+                Refusal::DeadlineSpent {
+                    upstream: up(),
+                    retrying: true,
+                },
+                504,
+                "upstream_timeout",
+                vec![],
+            ),
+            (Refusal::FilterFailed, 500, "filter_error", vec![]),
+            (
+                Refusal::Rejected {
+                    status: 401,
+                    code: "unauthorized",
+                    message: "no token".into(),
+                    headers: h("www-authenticate", "Bearer"),
+                },
+                401,
+                "unauthorized",
+                h("www-authenticate", "Bearer"),
+            ),
+            (
+                Refusal::UpstreamConnectFailed,
+                502,
+                "upstream_connect_failed",
+                vec![],
+            ),
+            (
+                Refusal::UpstreamConnectTimeout,
+                504,
+                "upstream_connect_timeout",
+                vec![],
+            ),
+            (Refusal::UpstreamTimeout, 504, "upstream_timeout", vec![]),
+            (Refusal::UpstreamReset, 502, "upstream_reset", vec![]),
+            (Refusal::UpstreamError, 502, "upstream_error", vec![]),
+            (Refusal::BadRequest, 400, "bad_request", vec![]),
+            (Refusal::Unavailable, 503, "unavailable", vec![]),
+            (Refusal::Status(418), 418, "gateway_error", vec![]),
+            (Refusal::Internal, 500, "internal_error", vec![]),
+            (
+                Refusal::Edge {
+                    status: 431,
+                    code: "header_too_large",
+                    message: "too large",
+                },
+                431,
+                "header_too_large",
+                vec![],
+            ),
+        ];
+        for (r, status, code, headers) in cases {
+            assert_eq!((r.status(), r.code()), (status, code), "{r:?}");
+            assert_eq!(r.headers(), headers, "{r:?}");
+        }
+    }
+
+    #[test]
+    fn messages_name_the_upstream_where_the_gateway_decided() {
+        assert_eq!(
+            Refusal::DeadlineSpent {
+                upstream: up(),
+                retrying: true
+            }
+            .message(),
+            "the total deadline for upstream \"api\" leaves no time for another try"
+        );
+        assert_eq!(
+            Refusal::DeadlineSpent {
+                upstream: up(),
+                retrying: false
+            }
+            .message(),
+            "the upstream did not answer in time"
+        );
+        assert_eq!(
+            Refusal::BadPath("a NUL byte".into()).message(),
+            "the request path is not acceptable: a NUL byte"
+        );
+    }
+
+    #[test]
+    fn a_refusal_travels_as_the_cause_of_a_pingora_error() {
+        let e = Refusal::BodyTooLarge.into_error("request body exceeds the route's limit");
+        assert_eq!(e.etype(), &ErrorType::HTTPStatus(413));
+        assert_eq!(Refusal::of_error(&e), Some(&Refusal::BodyTooLarge));
+        assert_eq!(
+            Refusal::of_error(&Error::new_up(ErrorType::ConnectRefused)),
+            None
+        );
+    }
+}

@@ -1,0 +1,195 @@
+//! The request-side steps of the proxy: routing (through the router's own view of the
+//! request), the body limit, the route's filter chain, and the rewrite of the request
+//! that goes upstream. Each returns a [`Refusal`] or writes nothing; `respond.rs` renders.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use gatehouse_filters::{RequestCx, Stop};
+use pingora_core::{Error, ErrorType, Result};
+use pingora_http::RequestHeader;
+use pingora_proxy::Session;
+
+use super::ctx::RequestCtx;
+use super::refusal::Refusal;
+use super::{edge, headers, respond};
+use crate::config::model::EncodedSlashes;
+use crate::path::rewrite_path;
+use crate::router::{apply_encoded_slashes, Incoming};
+use crate::state::Route;
+
+/// Finds the route: the router builds its view of the request (normalized path and host),
+/// and the declared body length is checked against the route's limit.
+pub fn route(session: &Session, ctx: &mut RequestCtx) -> Result<Arc<Route>, Refusal> {
+    let req = session.req_header();
+    let incoming = Incoming::new(&req.method, &req.uri, &req.headers).map_err(|e| {
+        tracing::debug!(request_id = %ctx.request_id, reason = %e, "refused path");
+        Refusal::BadPath(e.to_string())
+    })?;
+    ctx.host_header = req.headers.get(http::header::HOST).cloned();
+    let route = ctx.snap.router.route_match(&incoming.request()).map(|m| {
+        ctx.path_params = m
+            .params
+            .into_iter()
+            .map(|(n, v)| (n, v.to_string()))
+            .collect();
+        m.value.clone()
+    });
+    ctx.path = incoming.path;
+    let slashes = route
+        .as_ref()
+        .map_or(EncodedSlashes::Reject, |r| r.encoded_slashes);
+    match apply_encoded_slashes(&ctx.path, slashes) {
+        Ok(None) => {}
+        Ok(Some(decoded)) => {
+            for (_, v) in &mut ctx.path_params {
+                *v = v.replace("%2F", "/");
+            }
+            ctx.path = decoded;
+        }
+        Err(e) => return Err(Refusal::BadPath(e.to_string())),
+    }
+    let route = route.ok_or(Refusal::NoRoute)?;
+    ctx.route = Some(route.clone());
+    if headers::content_length(req).is_some_and(|len| len > route.max_body_bytes) {
+        return Err(Refusal::BodyTooLarge);
+    }
+    Ok(route)
+}
+
+/// Runs the route's filters: those before the first that reads the body first, so that a
+/// refusal they make (a missing token, a client's rate limit) is the answer to
+/// `Expect: 100-continue` instead of `100 Continue` (RFC 9110 section 10.1.1); then reads
+/// what the route needs of the body (the filters' prefix, or the whole body when the route
+/// buffers) and runs the rest. `Ok(true)`: the request was answered.
+pub async fn run_filters(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    route: &Route,
+) -> Result<bool> {
+    let (len, split) = (route.filters.len(), route.filters.first_body_reader());
+    let mut claims = None;
+    if run_part(session, ctx, route, 0..split, None, &mut claims).await {
+        return Ok(true);
+    }
+    let prefix = if split == len { 0 } else { route.body_prefix };
+    let body_prefix = match edge::read_body(session, prefix, route.buffer_body).await {
+        Ok(b) => b,
+        Err(r) => {
+            respond::refuse(session, ctx, &r.into()).await;
+            return Ok(true);
+        }
+    };
+    let body = body_prefix.as_deref();
+    Ok(run_part(session, ctx, route, split..len, body, &mut claims).await)
+}
+
+/// Runs the route's filters in `range` and answers for the one that stops; `true` when the
+/// request was answered. `claims` carries a verified JWT's claims between the parts.
+async fn run_part(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    route: &Route,
+    range: std::ops::Range<usize>,
+    body_prefix: Option<&[u8]>,
+    claims: &mut Option<Arc<serde_json::Value>>,
+) -> bool {
+    if range.is_empty() {
+        return false;
+    }
+    let mut cx = RequestCx {
+        route: &route.name,
+        client_ip: ctx.client_ip,
+        request_id: &ctx.request_id,
+        body_prefix,
+        claims: claims.take(),
+        response_headers: Vec::new(),
+    };
+    let mut spent = ctx.filter_time;
+    let result = route
+        .filters
+        .on_request_range(range, session.req_header_mut(), &mut cx, &mut spent)
+        .await;
+    let added = std::mem::take(&mut cx.response_headers);
+    *claims = cx.claims.take();
+    drop(cx);
+    ctx.filter_time = spent;
+    ctx.response_headers.extend(added);
+    let refusal = match result {
+        Ok(()) => return false,
+        Err(Stop::Respond(resp)) => match resp.error_code {
+            Some(code) => Refusal::Rejected {
+                status: resp.status.as_u16(),
+                code,
+                message: resp.message,
+                headers: resp.headers,
+            },
+            None => {
+                // A successful answer made by a filter (a CORS preflight).
+                let body = resp.body.unwrap_or_default();
+                let status = resp.status.as_u16();
+                let sent = respond::write(
+                    session,
+                    ctx,
+                    status,
+                    None,
+                    &resp.headers,
+                    "text/plain",
+                    body,
+                );
+                if let Err(e) = sent.await {
+                    tracing::debug!(error = %e, "could not send filter response");
+                }
+                return true;
+            }
+        },
+        Err(Stop::Failed(e)) => {
+            tracing::warn!(request_id = %ctx.request_id, route = %route.name, error = %e, "filter failed");
+            ctx.response_headers.clear();
+            Refusal::FilterFailed
+        }
+    };
+    respond::refuse(session, ctx, &refusal).await;
+    true
+}
+
+/// The request that goes upstream: the route's path rewrite (most requests keep their
+/// parsed origin-form URI), hop-by-hop headers removed, forwarding headers and the
+/// deadline header set.
+pub fn to_upstream(
+    session: &Session,
+    req: &mut RequestHeader,
+    ctx: &RequestCtx,
+    route: &Route,
+) -> Result<()> {
+    // `{name}` in a rewrite takes the route template's captured parameter.
+    let rewrite = route.rewrite_path.as_deref().map(|r| {
+        if ctx.path_params.is_empty() {
+            Cow::Borrowed(r)
+        } else {
+            Cow::Owned(crate::router::template::expand(r, &ctx.path_params))
+        }
+    });
+    let path = rewrite_path(
+        &ctx.path,
+        route.strip_prefix.as_deref(),
+        route.add_prefix.as_deref(),
+        rewrite.as_deref(),
+    );
+    let uri = &req.uri;
+    if path != uri.path() || uri.scheme().is_some() || uri.authority().is_some() {
+        let uri = match req.uri.query() {
+            Some(q) => format!("{path}?{q}"),
+            None => path,
+        };
+        let uri: http::Uri = uri
+            .parse()
+            .map_err(|_| Error::explain(ErrorType::InternalError, "rewritten uri invalid"))?;
+        req.set_uri(uri);
+    }
+    headers::strip_hop_by_hop_request(req, session.is_upgrade_req());
+    let endpoint = ctx.endpoint.as_ref().map(|e| e.address.as_str());
+    let policy = &route.cluster.upstream.peer.host_header;
+    headers::set_forwarding(req, ctx, policy, endpoint)?;
+    super::resilience::deadline_header(ctx, req)
+}

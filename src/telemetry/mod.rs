@@ -1,0 +1,237 @@
+//! The one sink for state changes: each change (a breaker transition, an endpoint's
+//! health, a discovery refresh, a reload) is one method that writes its log line, its
+//! dashboard event and its metrics together, from plain labels. A leaf: every layer may
+//! call it, and it knows no upstream, breaker or snapshot type.
+
+pub mod events;
+pub mod metrics;
+
+use std::fmt::Display;
+use std::time::SystemTime;
+
+pub use events::{rfc3339, Event, EventLog, ReloadRecord};
+pub use metrics::{status_class, InflightGuard, Metrics, MetricsError, RouteMetrics};
+
+/// The breaker states as metric labels, in the one-hot gauge's order.
+pub const BREAKER_STATES: [&str; 3] = ["closed", "open", "half_open"];
+
+/// Metrics and the event history, shared by the whole process.
+pub struct Telemetry {
+    /// Every gateway metric, on the registry `/metrics` serves.
+    pub metrics: Metrics,
+    /// Health transitions, breaker trips, reloads: for the dashboard.
+    pub events: EventLog,
+}
+
+impl Telemetry {
+    /// Registers every gateway metric on a fresh registry; an empty event history.
+    pub fn new() -> Result<Self, MetricsError> {
+        Ok(Self {
+            metrics: Metrics::new()?,
+            events: EventLog::default(),
+        })
+    }
+
+    // === circuit breaker ===
+
+    /// A breaker changed state. `from` and `to` are the metric labels (`closed`, `open`,
+    /// `half_open`); logs and events show them upper-case, as the dashboard does.
+    pub fn breaker_changed(&self, upstream: &str, from: &str, to: &str, reason: &str) {
+        let (from_up, to_up) = (from.to_ascii_uppercase(), to.to_ascii_uppercase());
+        if to == "open" {
+            tracing::warn!(upstream, from = %from_up, to = %to_up, reason, "circuit breaker state change");
+        } else {
+            tracing::info!(upstream, from = %from_up, to = %to_up, reason, "circuit breaker state change");
+        }
+        self.events.push(
+            "breaker",
+            format!("{upstream} breaker {from_up} -> {to_up} ({reason})"),
+        );
+        self.metrics
+            .breaker_transitions
+            .with_label_values(&[upstream, to])
+            .inc();
+        self.breaker_state(upstream, to);
+    }
+
+    /// Sets the one-hot `gatehouse_circuit_breaker_state` of an upstream to `current`.
+    pub fn breaker_state(&self, upstream: &str, current: &str) {
+        for s in BREAKER_STATES {
+            self.metrics
+                .breaker_state
+                .with_label_values(&[upstream, s])
+                .set(i64::from(s == current));
+        }
+    }
+
+    /// A request refused because the upstream's breaker is open.
+    pub fn breaker_rejected(&self, upstream: &str) {
+        self.metrics
+            .breaker_rejections
+            .with_label_values(&[upstream])
+            .inc();
+    }
+
+    // === retries and concurrency ===
+
+    /// A request refused because the upstream's concurrency limit and queue were full.
+    pub fn bulkhead_rejected(&self, upstream: &str) {
+        self.metrics
+            .bulkhead_rejections
+            .with_label_values(&[upstream])
+            .inc();
+    }
+
+    /// A retry not made because the upstream's retry budget was spent.
+    pub fn retry_budget_exhausted(&self, upstream: &str) {
+        self.metrics
+            .retry_budget_exhausted
+            .with_label_values(&[upstream])
+            .inc();
+    }
+
+    /// A retry made, by reason (`connect_error`, `timeout`, `reset`, `status`).
+    pub fn retried(&self, upstream: &str, reason: &str) {
+        self.metrics
+            .retries
+            .with_label_values(&[upstream, reason])
+            .inc();
+    }
+
+    // === endpoints ===
+
+    /// An endpoint's health changed (active checks or passive ejection): log, event,
+    /// transition counter and the `gatehouse_upstream_endpoint_healthy` gauge
+    /// (`available`: healthy and not ejected).
+    pub fn endpoint_health(
+        &self,
+        upstream: &str,
+        endpoint: &str,
+        healthy: bool,
+        available: bool,
+        why: &str,
+    ) {
+        let to = if healthy { "healthy" } else { "unhealthy" };
+        if healthy {
+            tracing::info!(upstream, endpoint, reason = why, "endpoint is healthy");
+        } else {
+            tracing::warn!(upstream, endpoint, reason = why, "endpoint is unhealthy");
+        }
+        self.events
+            .push("health", format!("{upstream} {endpoint} is {to}: {why}"));
+        self.metrics
+            .health_transitions
+            .with_label_values(&[upstream, endpoint, to])
+            .inc();
+        self.endpoint_available(upstream, endpoint, available);
+    }
+
+    /// Sets `gatehouse_upstream_endpoint_healthy` of one endpoint.
+    pub fn endpoint_available(&self, upstream: &str, endpoint: &str, available: bool) {
+        self.metrics
+            .endpoint_healthy
+            .with_label_values(&[upstream, endpoint])
+            .set(i64::from(available));
+    }
+
+    /// Drops the series of an endpoint that no longer exists.
+    pub fn endpoint_removed(&self, upstream: &str, endpoint: &str) {
+        let _ = self
+            .metrics
+            .endpoint_healthy
+            .remove_label_values(&[upstream, endpoint]);
+    }
+
+    /// Discovery replaced an upstream's endpoint set (`source`: `dns`, `file`, `redis`).
+    pub fn endpoints_changed(&self, upstream: &str, source: &str, endpoints: &[String]) {
+        tracing::info!(upstream, source, endpoints = ?endpoints, "endpoints changed");
+        self.events.push(
+            "discovery",
+            format!("{upstream}: endpoints now [{}]", endpoints.join(", ")),
+        );
+    }
+
+    /// A discovery refresh failed; the last good endpoint set stays.
+    pub fn discovery_failed(&self, upstream: &str, source: &str, error: &dyn Display) {
+        tracing::warn!(upstream, source, error = %error, "discovery refresh failed; keeping the last good endpoints");
+        self.metrics
+            .discovery_errors
+            .with_label_values(&[upstream, source])
+            .inc();
+    }
+
+    // === config ===
+
+    /// A config loaded (at start or by a reload): its hash in `gatehouse_config_info`, the
+    /// success counter and timestamp, and the reload history. `trigger`: `start`, `file`,
+    /// `signal`, `admin`.
+    pub fn config_loaded(&self, hash: &str, trigger: &str) {
+        let m = &self.metrics;
+        m.config_reloads.with_label_values(&["success"]).inc();
+        m.config_last_success.set(unix_now());
+        m.set_config_hash(hash);
+        self.events.push_reload(ReloadRecord {
+            time: rfc3339(SystemTime::now()),
+            result: "success",
+            hash: Some(hash.to_string()),
+            error: None,
+            trigger: trigger.to_string(),
+        });
+    }
+
+    /// A reload swapped in a new config (`changed`: its text differs from the last).
+    pub fn reload_applied(&self, hash: &str, trigger: &str, changed: bool, warnings: &[String]) {
+        for w in warnings {
+            tracing::warn!(warning = %w, "config warning");
+        }
+        tracing::info!(
+            trigger,
+            hash = &hash[..hash.len().min(16)],
+            changed,
+            "config reloaded"
+        );
+        if changed {
+            self.events.push(
+                "reload",
+                format!(
+                    "config reloaded ({trigger}), hash {}",
+                    &hash[..hash.len().min(12)]
+                ),
+            );
+        }
+        self.config_loaded(hash, trigger);
+    }
+
+    /// A reload was refused; the running config stays. `errors` one per line.
+    pub fn reload_refused(&self, trigger: &str, errors: &[String]) {
+        self.metrics
+            .config_reloads
+            .with_label_values(&["failure"])
+            .inc();
+        for e in errors {
+            tracing::error!(trigger, error = %e, "config reload refused; the running config stays");
+        }
+        self.events.push(
+            "reload",
+            format!(
+                "config reload refused ({trigger}): {}",
+                errors.first().map(String::as_str).unwrap_or_default()
+            ),
+        );
+        self.events.push_reload(ReloadRecord {
+            time: rfc3339(SystemTime::now()),
+            result: "failure",
+            hash: None,
+            error: Some(errors.join("\n")),
+            trigger: trigger.to_string(),
+        });
+    }
+}
+
+/// Unix time in seconds.
+pub fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
