@@ -22,9 +22,11 @@ const MI_OPTION_ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
 /// constructor.
 #[cfg(target_os = "linux")]
 #[used]
+#[allow(unsafe_code)] // an ELF constructor: the only way to run before Rust's runtime allocates
 #[link_section = ".init_array"]
 static TUNE_ALLOCATOR: extern "C" fn() = tune_allocator;
 
+#[allow(unsafe_code)] // mimalloc's option table through its C API (see SAFETY)
 extern "C" fn tune_allocator() {
     extern "C" {
         // libc's; std's `env::var_os` would allocate, which is what must not happen yet.
@@ -44,6 +46,7 @@ extern "C" fn tune_allocator() {
 /// Gives memory that mimalloc holds free back to the OS. mimalloc purges lazily, on
 /// later allocations of the thread that freed it, so after a burst an idle proxy
 /// thread would keep its peak RSS for good.
+#[allow(unsafe_code)] // mimalloc's mi_collect through its C API (see SAFETY)
 fn release_free_memory() {
     // SAFETY: mi_collect only walks mimalloc's own heaps and arenas; it is safe to
     // call from any thread at any time.

@@ -188,14 +188,7 @@ mod tests {
     }
 
     fn cx() -> RequestCx<'static> {
-        RequestCx {
-            route: "r",
-            client_ip: None,
-            request_id: "id",
-            body_prefix: None,
-            claims: None,
-            response_headers: Vec::new(),
-        }
+        crate::test_cx()
     }
 
     fn chain(filters: &[Arc<Probe>], metrics: &FilterMetrics) -> Chain {

@@ -134,14 +134,7 @@ mod tests {
     use super::*;
 
     fn cx() -> RequestCx<'static> {
-        RequestCx {
-            route: "r",
-            client_ip: None,
-            request_id: "id",
-            body_prefix: None,
-            claims: None,
-            response_headers: Vec::new(),
-        }
+        crate::test_cx()
     }
 
     #[tokio::test]

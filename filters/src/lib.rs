@@ -262,6 +262,19 @@ pub struct RequestCx<'a> {
     pub response_headers: Vec<(HeaderName, HeaderValue)>,
 }
 
+/// A request context of route `r` with nothing known, for unit tests.
+#[cfg(test)]
+pub(crate) fn test_cx() -> RequestCx<'static> {
+    RequestCx {
+        route: "r",
+        client_ip: None,
+        request_id: "id",
+        body_prefix: None,
+        claims: None,
+        response_headers: Vec::new(),
+    }
+}
+
 /// What a response filter may know besides the response header.
 pub struct ResponseCx<'a> {
     /// Route name, for logs and metric labels.

@@ -39,7 +39,8 @@ pub fn content_length(req: &RequestHeader) -> Option<u64> {
         .and_then(|s| s.trim().parse().ok())
 }
 
-/// RFC 9110 7.6.1 hop-by-hop headers (framing headers are pingora's business).
+/// RFC 9110 7.6.1 hop-by-hop headers besides `Connection` and `Upgrade` (framing headers
+/// are pingora's business). The one list: detection and removal both read it.
 const HOP_BY_HOP: &[&str] = &[
     "keep-alive",
     "proxy-connection",
@@ -51,15 +52,7 @@ const HOP_BY_HOP: &[&str] = &[
 
 /// Whether `n` is a hop-by-hop header or may name one (`Connection`).
 fn is_hop_by_hop(n: &http::HeaderName) -> bool {
-    use http::header;
-    n == header::CONNECTION
-        || n == header::UPGRADE
-        || n == header::TE
-        || n == header::TRAILER
-        || n == header::PROXY_AUTHENTICATE
-        || n == header::PROXY_AUTHORIZATION
-        || n.as_str() == "keep-alive"
-        || n.as_str() == "proxy-connection"
+    n == http::header::CONNECTION || n == http::header::UPGRADE || HOP_BY_HOP.contains(&n.as_str())
 }
 
 /// Header names a `Connection` header nominates, framing headers excepted.
@@ -75,18 +68,26 @@ pub(super) fn connection_listed(h: &http::HeaderMap) -> Vec<http::HeaderName> {
         .collect()
 }
 
+/// The hop-by-hop names to remove from `h`: those its `Connection` lists and the fixed
+/// set. `None` when it carries none (most messages: one pass over the names instead of a
+/// removal per name).
+fn hop_by_hop_names(h: &http::HeaderMap) -> Option<Vec<http::HeaderName>> {
+    if !h.keys().any(is_hop_by_hop) {
+        return None;
+    }
+    let mut names = connection_listed(h);
+    names.extend(HOP_BY_HOP.iter().map(|n| http::HeaderName::from_static(n)));
+    Some(names)
+}
+
 /// Removes hop-by-hop headers from the request sent upstream; `Upgrade` and `Connection`
 /// survive only on an upgrade request (WebSocket).
 pub fn strip_hop_by_hop_request(req: &mut RequestHeader, upgrade: bool) {
-    // Most requests carry none: one pass over the names instead of a removal per name.
-    if !req.headers.keys().any(is_hop_by_hop) {
+    let Some(names) = hop_by_hop_names(&req.headers) else {
         return;
-    }
-    for n in connection_listed(&req.headers) {
-        req.remove_header(&n);
-    }
-    for n in HOP_BY_HOP {
-        req.remove_header(*n);
+    };
+    for n in &names {
+        req.remove_header(n);
     }
     if !upgrade {
         req.remove_header("upgrade");
@@ -96,14 +97,11 @@ pub fn strip_hop_by_hop_request(req: &mut RequestHeader, upgrade: bool) {
 
 /// Removes hop-by-hop headers from the upstream's response.
 pub fn strip_hop_by_hop_response(resp: &mut ResponseHeader) {
-    if !resp.headers.keys().any(is_hop_by_hop) {
+    let Some(names) = hop_by_hop_names(&resp.headers) else {
         return;
-    }
-    for n in connection_listed(&resp.headers) {
-        resp.remove_header(&n);
-    }
-    for n in HOP_BY_HOP {
-        resp.remove_header(*n);
+    };
+    for n in &names {
+        resp.remove_header(n);
     }
 }
 

@@ -289,42 +289,7 @@ impl ProxyHttp for Gateway {
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
-        let refusal = respond::classify(e).refusal;
-        let Some(refusal) = refusal else {
-            return FailToProxy {
-                error_code: 0,
-                can_reuse_downstream: false,
-            };
-        };
-        let (status, code) = (refusal.status(), refusal.code());
-        if session.response_written().is_some() {
-            if Refusal::of_error(e).is_some() {
-                ctx.gateway_error = Some(ctx::GatewayError { status, code });
-            }
-            // Headers already went out: all we can do is cut the stream.
-            return FailToProxy {
-                error_code: status,
-                can_reuse_downstream: false,
-            };
-        }
-        let (route, upstream) = (ctx.route_name(), ctx.upstream_name());
-        if refusal.is_fast() {
-            tracing::debug!(request_id = %ctx.request_id, route, upstream, code, error = %e, "request refused");
-        } else {
-            tracing::warn!(request_id = %ctx.request_id, route, upstream, code, error = %e, "request failed");
-        }
-        // pingora closes the downstream connection after any error once it asked for a
-        // peer (even when none was chosen: proxy_to_upstream ignores `can_reuse_downstream`)
-        // and when the body was not read to its end; say so, so clients don't reuse it.
-        let reusable = !ctx.upstream_phase && session.as_mut().is_body_done();
-        if !reusable {
-            session.set_keepalive(None);
-        }
-        respond::refuse(session, ctx, &refusal).await;
-        FailToProxy {
-            error_code: status,
-            can_reuse_downstream: reusable,
-        }
+        respond::fail(session, e, ctx).await
     }
 
     /// Our own `request failed` line (with request id and route) replaces pingora's.

@@ -5,7 +5,7 @@
 use bytes::Bytes;
 use pingora_core::{Error, ErrorSource, ErrorType};
 use pingora_http::ResponseHeader;
-use pingora_proxy::Session;
+use pingora_proxy::{FailToProxy, Session};
 
 use super::ctx::{GatewayError, RequestCtx};
 use super::refusal::Refusal;
@@ -105,6 +105,48 @@ pub async fn refuse(session: &mut Session, ctx: &mut RequestCtx, refusal: &Refus
     .await
     {
         tracing::debug!(error = %e, "could not send error response");
+    }
+}
+
+/// `fail_to_proxy`: the answer for a failed request, from the refusal its error carries or
+/// from [`classify`]. Nothing is sent when the client is gone or the response header
+/// already went out (then the stream is cut).
+pub async fn fail(session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+    let Some(refusal) = classify(e).refusal else {
+        return FailToProxy {
+            error_code: 0,
+            can_reuse_downstream: false,
+        };
+    };
+    let (status, code) = (refusal.status(), refusal.code());
+    if session.response_written().is_some() {
+        if Refusal::of_error(e).is_some() {
+            ctx.gateway_error = Some(GatewayError { status, code });
+        }
+        return FailToProxy {
+            error_code: status,
+            can_reuse_downstream: false,
+        };
+    }
+    let (route, upstream) = (ctx.route_name(), ctx.upstream_name());
+    // Fast refusals come from a state change that was logged once; one warning per
+    // refused request would flood the log in an outage (the access log records each).
+    if refusal.is_fast() {
+        tracing::debug!(request_id = %ctx.request_id, route, upstream, code, error = %e, "request refused");
+    } else {
+        tracing::warn!(request_id = %ctx.request_id, route, upstream, code, error = %e, "request failed");
+    }
+    // pingora closes the downstream connection after any error once it asked for a
+    // peer (even when none was chosen: proxy_to_upstream ignores `can_reuse_downstream`)
+    // and when the body was not read to its end; say so, so clients don't reuse it.
+    let reusable = !ctx.upstream_phase && session.as_mut().is_body_done();
+    if !reusable {
+        session.set_keepalive(None);
+    }
+    refuse(session, ctx, &refusal).await;
+    FailToProxy {
+        error_code: status,
+        can_reuse_downstream: reusable,
     }
 }
 
