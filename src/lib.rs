@@ -1,9 +1,10 @@
 //! gatehouse: a programmable edge gateway on pingora.
 //!
 //! The request's path through the modules: `router` picks a route from the pinned
-//! `state::Snapshot`, the route's filters (crate `gatehouse-filters`) run, `upstream`
-//! picks an endpoint, `resilience` decides on retries and breakers, `proxy` is the pingora
-//! glue, and `admin` serves metrics and the dashboard. See `proxy/mod.rs` for the phases.
+//! `state::Snapshot`, the route's filter chain (crate `gatehouse-filters`) runs, `upstream`
+//! picks an endpoint, `resilience` holds the breaker and retry policies, `proxy` is the
+//! pingora glue, and `admin` serves metrics and the dashboard. See ARCHITECTURE.md for the
+//! layers and `proxy/mod.rs` for the phases.
 
 pub mod admin;
 pub mod app;
