@@ -9,8 +9,6 @@
 //! order > longer prefix > shorter prefix), methods (a listed method > any), the number of
 //! header conditions (more > fewer), declared order.
 
-pub mod template;
-
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
@@ -20,8 +18,8 @@ use http::{HeaderMap, Method, Uri};
 use regex::Regex;
 
 use crate::config::model::{HeaderMatch, MatchConfig};
+pub use crate::path::template::{PathTemplate, TemplateError};
 use crate::path::{normalize_path, normalize_path_with, PathError};
-pub use template::{PathTemplate, TemplateError};
 
 /// Applies a route's `encoded_slashes` choice to a path normalized with
 /// [`normalize_path_with`]`(.., true)`: `Ok(None)` keeps it as it is, `Ok(Some(p))` is the

@@ -451,11 +451,11 @@ fn routes(cfg: &GatewayConfig, errs: &mut Vec<ConfigError>, warns: &mut Vec<Conf
                 .matcher
                 .path_template
                 .as_deref()
-                .and_then(|t| crate::router::PathTemplate::parse(t).ok());
+                .and_then(|t| crate::path::template::PathTemplate::parse(t).ok());
             let names: Vec<&str> = template
                 .as_ref()
                 .map_or(Vec::new(), |t| t.names().collect());
-            if let Err(e) = crate::router::template::check_rewrite(rw, &names) {
+            if let Err(e) = crate::path::template::check_rewrite(rw, &names) {
                 errs.push(ConfigError::at(
                     format!("{base}.rewrite_path"),
                     e.to_string(),
@@ -491,7 +491,7 @@ fn matcher(
         ));
     }
     if let Some(t) = &m.path_template {
-        if let Err(e) = crate::router::PathTemplate::parse(t) {
+        if let Err(e) = crate::path::template::PathTemplate::parse(t) {
             errs.push(ConfigError::at(
                 format!("{base}.path_template"),
                 e.to_string(),

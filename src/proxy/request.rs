@@ -167,7 +167,7 @@ pub fn to_upstream(
         if ctx.path_params.is_empty() {
             Cow::Borrowed(r)
         } else {
-            Cow::Owned(crate::router::template::expand(r, &ctx.path_params))
+            Cow::Owned(crate::path::template::expand(r, &ctx.path_params))
         }
     });
     let path = rewrite_path(

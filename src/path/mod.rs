@@ -1,5 +1,8 @@
-//! Request paths: normalization before routing (RFC 3986 section 6.2.2) and the rewrite
-//! of the path sent upstream. A leaf that knows no config and no route.
+//! Request paths: normalization before routing (RFC 3986 section 6.2.2), path templates
+//! (`template`), and the rewrite of the path sent upstream. A leaf that knows no config
+//! and no route.
+
+pub mod template;
 
 /// Why a path was refused before routing (answered with a 400).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
