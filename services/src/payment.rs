@@ -154,9 +154,12 @@ pub struct OpResult {
 /// A stored operation: kind, account, amount, status, reason.
 type OpRow = (String, Option<String>, i64, OpStatus, Option<String>);
 
+/// An operation as stored, before its status text is parsed.
+type StoredOpRow = (String, Option<String>, i64, String, Option<String>);
+
 /// Loads an operation; a status text this code does not know fails the load.
 async fn load_op(conn: &mut AnyConnection, op_id: &str) -> Result<Option<OpRow>, sqlx::Error> {
-    let row: Option<(String, Option<String>, i64, String, Option<String>)> = sqlx::query_as(
+    let row: Option<StoredOpRow> = sqlx::query_as(
         "SELECT kind, account_id, amount, status, reason FROM operations WHERE op_id = ?",
     )
     .bind(op_id)
