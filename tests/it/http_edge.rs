@@ -27,7 +27,12 @@ enum Answer {
     /// `HEAD`: `200` without `Content-Length`, then the connection is closed at once.
     /// Other methods: `Ok11`.
     HeadThenClose,
+    /// `Ok11`, then the connection is closed (FIN) [`FIN_DELAY`] after the answer.
+    OkThenFin,
 }
+
+/// How long [`Answer::OkThenFin`] keeps a connection after its answer.
+const FIN_DELAY: Duration = Duration::from_millis(200);
 
 /// One request the upstream parsed: its head as text and its decoded body.
 #[derive(Clone, Debug)]
@@ -143,6 +148,10 @@ async fn serve_conn(mut sock: TcpStream, idx: usize, conns: Arc<Mutex<Vec<Conn>>
                     if close {
                         conns.lock().unwrap()[idx].eof = true;
                         return;
+                    }
+                    if answer == Answer::OkThenFin {
+                        tokio::time::sleep(FIN_DELAY).await;
+                        return; // dropping the socket sends FIN
                     }
                 }
                 Parsed::Partial => break,
@@ -675,6 +684,26 @@ async fn pooled_connection_closed_by_the_upstream_is_never_reused() {
         .filter(|r| r.head.starts_with("POST"))
         .count();
     assert_eq!(posts, 1000);
+}
+
+#[tokio::test]
+async fn pooled_connection_the_upstream_closed_later_is_not_reused_for_a_post() {
+    let up = RecordingUpstream::start(Answer::OkThenFin).await;
+    let gw = plain_gateway(&up).await;
+    let mut c = Raw::connect(gw.port).await;
+    c.send(b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n").await;
+    let first = c.response(Duration::from_secs(10)).await.map(|r| r.status);
+    assert_eq!(first, Some(200));
+    // Well after the upstream's FIN, a POST (never retried on a closed connection).
+    tokio::time::sleep(FIN_DELAY * 5).await;
+    c.send(b"POST /b HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nhi")
+        .await;
+    let second = c.response(Duration::from_secs(10)).await.map(|r| r.status);
+    assert_eq!(second, Some(200), "{}", gw.logs());
+    let conns = up.conns();
+    assert_eq!(conns.len(), 2, "the POST went on a new upstream connection");
+    assert_eq!(conns[0].requests.len(), 1);
+    assert_eq!(conns[1].requests[0].request_line(), "POST /b HTTP/1.1");
 }
 
 // === 7. malformed chunked bodies ===
