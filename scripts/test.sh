@@ -2,12 +2,16 @@
 # The test command (README): every test of the workspace against the real Redis and
 # MariaDB, the bench smoke runs, the observability checks, the dashboard in headless
 # Chromium, and a short load-harness check. Needs Redis on 127.0.0.1:6379 and MariaDB on
-# 127.0.0.1:3306 (.ci/run starts them when they are down); fails, never skips, without them.
+# 127.0.0.1:3306: scripts/setup.sh installs the tools and starts both when they are down;
+# a test fails, never skips, when one is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/gatehouse-target}"
 export RUST_BACKTRACE="${RUST_BACKTRACE:-1}"
 step() { printf '\n=== %s\n' "$*"; }
+
+step "setup: system packages and test tools when missing, Redis and MariaDB when down"
+scripts/setup.sh test
 
 step "unit and integration tests (gateway, filters, registry, services), benches in smoke mode"
 # --all-targets also runs every criterion bench once in test mode (debug build, no timing).
