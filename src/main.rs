@@ -245,9 +245,9 @@ fn which_exe(arg0: &std::path::Path) -> Option<PathBuf> {
     })
 }
 
-/// One HTTP/1.1 GET over plain TCP; `Ok(status)` or why it failed.
+/// One HTTP/1.1 GET over plain TCP through the gateway's probe client (the one health
+/// checks use), bounded by 3 s; `Ok(status)` or why it failed.
 fn probe(url: &str) -> anyhow::Result<u16> {
-    use std::io::{Read, Write};
     let uri: http::Uri = url.parse().context("not a URL")?;
     anyhow::ensure!(
         uri.scheme_str() == Some("http"),
@@ -256,29 +256,30 @@ fn probe(url: &str) -> anyhow::Result<u16> {
     let host = uri.host().context("the URL has no host")?;
     let port = uri.port_u16().unwrap_or(80);
     let path = uri.path_and_query().map_or("/", |p| p.as_str());
-    let timeout = std::time::Duration::from_secs(3);
     let addr = std::net::ToSocketAddrs::to_socket_addrs(&(host, port))?
         .next()
         .context("the host resolves to no address")?;
-    let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout)?;
-    stream.set_read_timeout(Some(timeout))?;
-    stream.set_write_timeout(Some(timeout))?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: gatehouse-health\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut head = [0u8; 32];
-    let mut n = 0;
-    while n < 12 {
-        let got = stream.read(&mut head[n..])?;
-        anyhow::ensure!(got > 0, "the connection closed without an answer");
-        n += got;
+    let authority = format!("{host}:{port}");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let request = gatehouse::upstream::probe::request(
+        addr,
+        "GET",
+        path,
+        &authority,
+        "gatehouse-health",
+        16 * 1024,
+        false,
+    );
+    // The timer must be made inside the runtime: `timeout` registers it at once.
+    let answer = runtime
+        .block_on(async { tokio::time::timeout(std::time::Duration::from_secs(3), request).await });
+    match answer {
+        Ok(Ok(response)) => Ok(response.status),
+        Ok(Err(e)) => Err(e.into()),
+        Err(_) => anyhow::bail!("no answer within 3 s"),
     }
-    let line = std::str::from_utf8(&head[..n]).unwrap_or("");
-    line.get(9..12)
-        .and_then(|c| c.parse().ok())
-        .filter(|_| line.starts_with("HTTP/1."))
-        .context("not an HTTP/1.x answer")
 }
 
 fn main() -> anyhow::Result<ExitCode> {
