@@ -323,12 +323,14 @@ pub fn on_proxy_error(
     e.set_retry(stale);
 }
 
-/// Whether `e` is a connection reset by the upstream while the gateway waited for the
-/// response header (pingora's `ReadError`/`ConnectionClosed` with an io reset as cause).
+/// Whether `e` is a connection reset by the upstream before any response byte: while the
+/// gateway wrote the request (pingora's `WriteError`: the socket was already closed, the
+/// keep-alive race) or waited for the response header (`ReadError`/`ConnectionClosed`),
+/// with an io reset as cause. Chromium resends any method on a reused connection then.
 fn reset_unread(e: &Error) -> bool {
     matches!(
         e.etype(),
-        ErrorType::ReadError | ErrorType::ConnectionClosed
+        ErrorType::ReadError | ErrorType::ConnectionClosed | ErrorType::WriteError
     ) && e
         .root_cause()
         .downcast_ref::<std::io::Error>()
