@@ -9,6 +9,7 @@ use http::{header, HeaderValue, Version};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::Session;
 
+use super::refusal::Refusal;
 use crate::config::model::HttpListenerConfig;
 
 /// Per-listener request limits checked on the parsed header (RFC 6585 §5, RFC 9110 §15.5.15).
@@ -44,63 +45,28 @@ impl Default for EdgeLimits {
     }
 }
 
-/// A request the gateway refuses at the edge: status, stable error code, message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct EdgeRefusal {
-    /// HTTP status.
-    pub status: u16,
-    /// `X-Gatehouse-Error` code.
-    pub code: &'static str,
-    /// Message for the client.
-    pub message: &'static str,
-}
-
-const fn refusal(status: u16, code: &'static str, message: &'static str) -> EdgeRefusal {
-    EdgeRefusal {
-        status,
-        code,
-        message,
-    }
-}
-
 /// Checks a parsed request against the listener's limits and RFC 9112 §3.2's Host rules:
 /// an HTTP/1.1 request needs exactly one Host whose value is a valid `uri-host[:port]`
 /// (a list, an empty value or junk is 400), unless its target is in absolute form (whose
 /// authority pingora has already put in a differing Host: vendor/PATCHES.md, patch 4).
-pub fn check_request(req: &RequestHeader, limits: &EdgeLimits) -> Result<(), EdgeRefusal> {
+pub fn check_request(req: &RequestHeader, limits: &EdgeLimits) -> Result<(), Refusal> {
     let uri_len = req.raw_path().len();
     if uri_len > limits.max_uri_bytes {
-        return Err(refusal(
-            414,
-            "uri_too_long",
-            "the request target is too long",
-        ));
+        return Err(Refusal::UriTooLong);
     }
     if req.headers.len() > limits.max_headers {
-        return Err(refusal(
-            431,
-            "header_fields_too_large",
-            "the request has too many header fields",
-        ));
+        return Err(Refusal::TooManyHeaderFields);
     }
     let mut total = req.method.as_str().len() + uri_len + 12;
     for (n, v) in &req.headers {
         let line = n.as_str().len() + 2 + v.len();
         if line > limits.max_line_bytes {
-            return Err(refusal(
-                431,
-                "header_fields_too_large",
-                "a request header field is too large",
-            ));
+            return Err(Refusal::HeaderFieldTooLarge);
         }
         total += line + 2;
     }
     if total > limits.max_header_bytes {
-        return Err(refusal(
-            431,
-            "header_fields_too_large",
-            "the request header section is too large",
-        ));
+        return Err(Refusal::HeaderSectionTooLarge);
     }
     if req.version != Version::HTTP_11 {
         return Ok(()); // HTTP/1.0 needs no Host; HTTP/2 carries :authority
@@ -108,18 +74,10 @@ pub fn check_request(req: &RequestHeader, limits: &EdgeLimits) -> Result<(), Edg
     let mut hosts = req.headers.get_all(header::HOST).iter();
     match (hosts.next(), hosts.next()) {
         (None, _) if absolute_target(req).is_some() => Ok(()),
-        (None, _) => Err(refusal(
-            400,
-            "bad_host",
-            "an HTTP/1.1 request needs a Host header",
-        )),
-        (Some(_), Some(_)) => Err(refusal(400, "bad_host", "more than one Host header")),
+        (None, _) => Err(Refusal::MissingHost),
+        (Some(_), Some(_)) => Err(Refusal::MultipleHosts),
         (Some(h), None) if valid_host(h) => Ok(()),
-        (Some(_), None) => Err(refusal(
-            400,
-            "bad_host",
-            "the Host header is not a valid host",
-        )),
+        (Some(_), None) => Err(Refusal::InvalidHost),
     }
 }
 
@@ -209,7 +167,7 @@ pub async fn read_body(
     session: &mut Session,
     prefix: usize,
     whole: usize,
-) -> Result<Option<Bytes>, EdgeRefusal> {
+) -> Result<Option<Bytes>, Refusal> {
     if prefix == 0 && whole == 0 {
         return Ok(None);
     }
@@ -228,21 +186,13 @@ pub async fn read_body(
             Ok(Some(chunk)) => {
                 buf.extend_from_slice(&chunk);
                 if whole > 0 && buf.len() > limit {
-                    return Err(refusal(
-                        413,
-                        "body_too_large",
-                        "the request body is larger than the route buffers",
-                    ));
+                    return Err(Refusal::BodyOverBuffer);
                 }
             }
             Ok(None) => break,
             Err(e) => {
                 tracing::debug!(error = %e, "request body refused");
-                return Err(refusal(
-                    400,
-                    "bad_request_body",
-                    "the request body is malformed",
-                ));
+                return Err(Refusal::BadRequestBody);
             }
         }
     }
@@ -333,10 +283,10 @@ mod tests {
         assert!(check_request(&req(&[("host", "[::1]:80")], "/", v11), &l).is_ok());
         for bad in ["", "a.example.com, b.example.com", "a,b", "u@h", "a b"] {
             let r = check_request(&req(&[("host", bad)], "/", v11), &l);
-            assert_eq!(r.map_err(|e| e.status), Err(400), "{bad:?}");
+            assert_eq!(r.map_err(|e| e.status()), Err(400), "{bad:?}");
         }
         assert_eq!(
-            check_request(&req(&[], "/", v11), &l).map_err(|e| e.status),
+            check_request(&req(&[], "/", v11), &l).map_err(|e| e.status()),
             Err(400)
         );
         assert!(check_request(&req(&[], "http://a.example.com/x", v11), &l).is_ok());
@@ -359,14 +309,17 @@ mod tests {
             &format!("/{}", "a".repeat(20)),
             Version::HTTP_11,
         );
-        assert_eq!(check_request(&long_uri, &l).map_err(|e| e.status), Err(414));
+        assert_eq!(
+            check_request(&long_uri, &l).map_err(|e| e.status()),
+            Err(414)
+        );
         let long_line = req(
             &[("host", "h"), ("x", &"a".repeat(50))],
             "/",
             Version::HTTP_11,
         );
         assert_eq!(
-            check_request(&long_line, &l).map_err(|e| e.status),
+            check_request(&long_line, &l).map_err(|e| e.status()),
             Err(431)
         );
         let many = req(
@@ -374,7 +327,7 @@ mod tests {
             "/",
             Version::HTTP_11,
         );
-        assert_eq!(check_request(&many, &l).map_err(|e| e.status), Err(431));
+        assert_eq!(check_request(&many, &l).map_err(|e| e.status()), Err(431));
         let big = req(
             &[
                 ("host", "h"),
@@ -390,7 +343,7 @@ mod tests {
             max_line_bytes: 100,
             ..l
         };
-        assert_eq!(check_request(&big, &l2).map_err(|e| e.status), Err(431));
+        assert_eq!(check_request(&big, &l2).map_err(|e| e.status()), Err(431));
     }
 
     #[test]

@@ -110,7 +110,7 @@ impl ProxyHttp for Gateway {
         ctx.client_ip = ctx.client.map(|c| c.client);
         self.close_if_draining(session);
         if let Err(r) = edge::check_request(session.req_header(), &self.edge) {
-            respond::refuse(session, ctx, &r.into()).await;
+            respond::refuse(session, ctx, &r).await;
             return Ok(true);
         }
         edge::absolute_to_origin(session.req_header_mut());

@@ -98,27 +98,41 @@ pub enum Refusal {
     /// A gateway-internal error: 500 `internal_error`.
     #[error("the gateway could not complete the request")]
     Internal,
-    /// The request breaks an HTTP/1 rule or a listener limit (`edge.rs`: 400, 413, 414,
-    /// 431), with the edge check's status, code and message.
-    #[error("{message}")]
-    Edge {
-        /// Status sent.
-        status: u16,
-        /// Stable code.
-        code: &'static str,
-        /// Message for the client.
-        message: &'static str,
-    },
-}
-
-impl From<super::edge::EdgeRefusal> for Refusal {
-    fn from(r: super::edge::EdgeRefusal) -> Self {
-        Refusal::Edge {
-            status: r.status,
-            code: r.code,
-            message: r.message,
-        }
-    }
+    /// The request-target is longer than the listener's `max_uri_bytes`: 414
+    /// `uri_too_long` (RFC 9110 section 15.5.15).
+    #[error("the request target is too long")]
+    UriTooLong,
+    /// The request has more header fields than the listener's `max_headers`: 431
+    /// `header_fields_too_large` (RFC 6585 section 5).
+    #[error("the request has too many header fields")]
+    TooManyHeaderFields,
+    /// One header field line is longer than the listener's `max_header_line_bytes`: 431
+    /// `header_fields_too_large` (RFC 6585 section 5).
+    #[error("a request header field is too large")]
+    HeaderFieldTooLarge,
+    /// The header section is larger than the listener's `max_request_header_bytes`: 431
+    /// `header_fields_too_large` (RFC 6585 section 5).
+    #[error("the request header section is too large")]
+    HeaderSectionTooLarge,
+    /// An HTTP/1.1 request in origin form without a Host header: 400 `bad_host`
+    /// (RFC 9112 section 3.2).
+    #[error("an HTTP/1.1 request needs a Host header")]
+    MissingHost,
+    /// More than one Host header (or a combined list): 400 `bad_host` (RFC 9112
+    /// section 3.2).
+    #[error("more than one Host header")]
+    MultipleHosts,
+    /// A Host header that is not `uri-host[:port]`: 400 `bad_host` (RFC 9110 section 7.2).
+    #[error("the Host header is not a valid host")]
+    InvalidHost,
+    /// The body of a route that buffers the request is larger than `buffer_body`: 413
+    /// `body_too_large` (the same code as [`Refusal::BodyTooLarge`], another message).
+    #[error("the request body is larger than the route buffers")]
+    BodyOverBuffer,
+    /// The request body could not be read (bad chunked coding, a length mismatch): 400
+    /// `bad_request_body` (RFC 9112 section 6.3).
+    #[error("the request body is malformed")]
+    BadRequestBody,
 }
 
 impl Refusal {
@@ -126,8 +140,17 @@ impl Refusal {
     pub fn status(&self) -> u16 {
         match self {
             Refusal::NoRoute => 404,
-            Refusal::BadPath(_) | Refusal::BadRequest => 400,
-            Refusal::BodyTooLarge => 413,
+            Refusal::BadPath(_)
+            | Refusal::BadRequest
+            | Refusal::MissingHost
+            | Refusal::MultipleHosts
+            | Refusal::InvalidHost
+            | Refusal::BadRequestBody => 400,
+            Refusal::BodyTooLarge | Refusal::BodyOverBuffer => 413,
+            Refusal::UriTooLong => 414,
+            Refusal::TooManyHeaderFields
+            | Refusal::HeaderFieldTooLarge
+            | Refusal::HeaderSectionTooLarge => 431,
             Refusal::NoHealthyEndpoint { .. }
             | Refusal::CircuitOpen { .. }
             | Refusal::BulkheadFull { .. }
@@ -136,9 +159,7 @@ impl Refusal {
             | Refusal::UpstreamConnectTimeout
             | Refusal::UpstreamTimeout => 504,
             Refusal::FilterFailed | Refusal::Internal => 500,
-            Refusal::Rejected { status, .. }
-            | Refusal::Status(status)
-            | Refusal::Edge { status, .. } => *status,
+            Refusal::Rejected { status, .. } | Refusal::Status(status) => *status,
             Refusal::UpstreamConnectFailed | Refusal::UpstreamReset | Refusal::UpstreamError => 502,
         }
     }
@@ -148,13 +169,13 @@ impl Refusal {
         match self {
             Refusal::NoRoute => "no_route",
             Refusal::BadPath(_) => "bad_path",
-            Refusal::BodyTooLarge => "body_too_large",
+            Refusal::BodyTooLarge | Refusal::BodyOverBuffer => "body_too_large",
             Refusal::NoHealthyEndpoint { .. } => "no_healthy_endpoint",
             Refusal::CircuitOpen { .. } => "circuit_open",
             Refusal::BulkheadFull { .. } => "bulkhead_full",
             Refusal::DeadlineSpent { .. } | Refusal::UpstreamTimeout => "upstream_timeout",
             Refusal::FilterFailed => "filter_error",
-            Refusal::Rejected { code, .. } | Refusal::Edge { code, .. } => code,
+            Refusal::Rejected { code, .. } => code,
             Refusal::UpstreamConnectFailed => "upstream_connect_failed",
             Refusal::UpstreamConnectTimeout => "upstream_connect_timeout",
             Refusal::UpstreamReset => "upstream_reset",
@@ -163,6 +184,12 @@ impl Refusal {
             Refusal::Unavailable => "unavailable",
             Refusal::Status(_) => "gateway_error",
             Refusal::Internal => "internal_error",
+            Refusal::UriTooLong => "uri_too_long",
+            Refusal::TooManyHeaderFields
+            | Refusal::HeaderFieldTooLarge
+            | Refusal::HeaderSectionTooLarge => "header_fields_too_large",
+            Refusal::MissingHost | Refusal::MultipleHosts | Refusal::InvalidHost => "bad_host",
+            Refusal::BadRequestBody => "bad_request_body",
         }
     }
 
@@ -306,16 +333,30 @@ mod tests {
             (Refusal::Unavailable, 503, "unavailable", vec![]),
             (Refusal::Status(418), 418, "gateway_error", vec![]),
             (Refusal::Internal, 500, "internal_error", vec![]),
+            (Refusal::UriTooLong, 414, "uri_too_long", vec![]),
             (
-                Refusal::Edge {
-                    status: 431,
-                    code: "header_too_large",
-                    message: "too large",
-                },
+                Refusal::TooManyHeaderFields,
                 431,
-                "header_too_large",
+                "header_fields_too_large",
                 vec![],
             ),
+            (
+                Refusal::HeaderFieldTooLarge,
+                431,
+                "header_fields_too_large",
+                vec![],
+            ),
+            (
+                Refusal::HeaderSectionTooLarge,
+                431,
+                "header_fields_too_large",
+                vec![],
+            ),
+            (Refusal::MissingHost, 400, "bad_host", vec![]),
+            (Refusal::MultipleHosts, 400, "bad_host", vec![]),
+            (Refusal::InvalidHost, 400, "bad_host", vec![]),
+            (Refusal::BodyOverBuffer, 413, "body_too_large", vec![]),
+            (Refusal::BadRequestBody, 400, "bad_request_body", vec![]),
         ];
         for (r, status, code, headers) in cases {
             assert_eq!((r.status(), r.code()), (status, code), "{r:?}");
@@ -345,6 +386,39 @@ mod tests {
             Refusal::BadPath("a NUL byte".into()).message(),
             "the request path is not acceptable: a NUL byte"
         );
+    }
+
+    #[test]
+    fn edge_refusals_keep_their_messages() {
+        let cases = [
+            (Refusal::UriTooLong, "the request target is too long"),
+            (
+                Refusal::TooManyHeaderFields,
+                "the request has too many header fields",
+            ),
+            (
+                Refusal::HeaderFieldTooLarge,
+                "a request header field is too large",
+            ),
+            (
+                Refusal::HeaderSectionTooLarge,
+                "the request header section is too large",
+            ),
+            (
+                Refusal::MissingHost,
+                "an HTTP/1.1 request needs a Host header",
+            ),
+            (Refusal::MultipleHosts, "more than one Host header"),
+            (Refusal::InvalidHost, "the Host header is not a valid host"),
+            (
+                Refusal::BodyOverBuffer,
+                "the request body is larger than the route buffers",
+            ),
+            (Refusal::BadRequestBody, "the request body is malformed"),
+        ];
+        for (r, message) in cases {
+            assert_eq!(r.message(), message, "{r:?}");
+        }
     }
 
     #[test]

@@ -76,7 +76,7 @@ pub async fn run_filters(
     let body_prefix = match edge::read_body(session, prefix, route.buffer_body).await {
         Ok(b) => b,
         Err(r) => {
-            respond::refuse(session, ctx, &r.into()).await;
+            respond::refuse(session, ctx, &r).await;
             return Ok(true);
         }
     };
