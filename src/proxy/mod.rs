@@ -6,7 +6,7 @@
 //! early_request_filter     pipelining per listener                         edge.rs
 //! request_filter           request id, edge checks (Host, limits, hop-by-  edge.rs
 //!                          hop), route, body limit, body read, filter chain request.rs
-//! request_body_filter      body limit while the body streams
+//! request_body_filter      body limit while the body streams               request.rs
 //! proxy_upstream_filter    first try's admission and endpoint: a refusal   resilience.rs, peer.rs
 //!                          here keeps the client's connection
 //! upstream_peer            backoff, breaker, bulkhead; pick an endpoint     resilience.rs, peer.rs
@@ -14,7 +14,7 @@
 //! error_while_proxy        a try failed after connecting: count, retry      resilience.rs
 //! upstream_request_filter  rewrite path, forwarding headers, hop-by-hop     request.rs, headers.rs
 //! upstream_response_filter count the try's outcome; retry on a listed status resilience.rs
-//! response_filter          request id, response filters, body transforms
+//! response_filter          request id, response filters, body transforms    response.rs
 //! fail_to_proxy            the gateway's answer for a refusal or an error   refusal.rs, respond.rs
 //! logging                  metrics and the access log                       observe.rs
 //! ```
@@ -31,6 +31,7 @@ pub mod refusal;
 pub mod request;
 pub mod resilience;
 pub mod respond;
+pub mod response;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -38,7 +39,6 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use gatehouse_filters::ResponseCx;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_core::{Error, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
@@ -47,7 +47,6 @@ use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use crate::state::State;
 use crate::telemetry::InflightGuard;
 pub use ctx::RequestCtx;
-use refusal::Refusal;
 
 /// The gateway's proxy logic for one listener, shared by its requests.
 pub struct Gateway {
@@ -134,15 +133,7 @@ impl ProxyHttp for Gateway {
         _end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if let (Some(b), Some(route)) = (body.as_ref(), ctx.route.as_ref()) {
-            ctx.body_bytes += b.len() as u64;
-            if ctx.body_bytes > route.max_body_bytes {
-                return Err(
-                    Refusal::BodyTooLarge.into_error("request body exceeds the route's limit")
-                );
-            }
-        }
-        Ok(())
+        request::count_body(ctx, body.as_ref())
     }
 
     /// The first try's admission (breaker, bulkhead, endpoint) runs here rather than in
@@ -248,26 +239,8 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         edge::downstream_version(session, resp);
-        resp.insert_header("x-request-id", ctx.request_id.as_str())?;
-        for (n, v) in &ctx.response_headers {
-            resp.append_header(n.clone(), v.clone())?;
-        }
         self.close_if_draining(session);
-        let Some(route) = ctx.route.clone() else {
-            return Ok(());
-        };
-        let cx = ResponseCx {
-            route: &route.name,
-            request: session.req_header(),
-        };
-        let errors =
-            route
-                .filters
-                .on_response(resp, &cx, &mut ctx.body_transforms, &mut ctx.filter_time);
-        for e in errors {
-            tracing::warn!(request_id = %ctx.request_id, error = %e, "response filter failed");
-        }
-        Ok(())
+        response::to_downstream(session.req_header(), resp, ctx)
     }
 
     fn response_body_filter(
@@ -299,10 +272,8 @@ impl ProxyHttp for Gateway {
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         let tel = &self.state.telemetry;
-        if let (Some(err), false) = (e, ctx.try_outcome_recorded) {
-            if ctx.endpoint.is_some() && ctx.upstream_status.is_none() {
-                resilience::record_try(tel, ctx, respond::classify(err).outcome);
-            }
+        if let Some(e) = e {
+            resilience::record_unfinished_try(tel, ctx, e);
         }
         observe::finish(tel, session, ctx);
         ctx.endpoint_inflight = None;

@@ -57,6 +57,19 @@ pub fn route(session: &Session, ctx: &mut RequestCtx) -> Result<Arc<Route>, Refu
     Ok(route)
 }
 
+/// Counts a streamed request body chunk against the route's `max_body_bytes` (a
+/// chunked body has no declared length to check up front). Errors: 413
+/// [`Refusal::BodyTooLarge`] as soon as the total passes the limit.
+pub fn count_body(ctx: &mut RequestCtx, chunk: Option<&bytes::Bytes>) -> Result<()> {
+    if let (Some(b), Some(route)) = (chunk, ctx.route.as_ref()) {
+        ctx.body_bytes += b.len() as u64;
+        if ctx.body_bytes > route.max_body_bytes {
+            return Err(Refusal::BodyTooLarge.into_error("request body exceeds the route's limit"));
+        }
+    }
+    Ok(())
+}
+
 /// Runs the route's filters: those before the first that reads the body first, so that a
 /// refusal they make (a missing token, a client's rate limit) is the answer to
 /// `Expect: 100-continue` instead of `100 Continue` (RFC 9110 section 10.1.1); then reads

@@ -171,6 +171,15 @@ pub fn record_try(tel: &Telemetry, ctx: &mut RequestCtx, outcome: Option<Outcome
     }
 }
 
+/// At the end of a failed request, counts the try that reached an endpoint but neither
+/// got a response header nor was counted by an error hook (an error after the hooks,
+/// e.g. while the response body streamed), with the classifier's outcome.
+pub fn record_unfinished_try(tel: &Telemetry, ctx: &mut RequestCtx, e: &Error) {
+    if !ctx.try_outcome_recorded && ctx.endpoint.is_some() && ctx.upstream_status.is_none() {
+        record_try(tel, ctx, classify(e).outcome);
+    }
+}
+
 /// The outcome of a response header (the classifier, with slow-call timing).
 pub fn response_outcome(ctx: &RequestCtx, status: u16) -> Option<Outcome> {
     let route = ctx.route.as_ref()?;

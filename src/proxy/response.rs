@@ -1,0 +1,38 @@
+//! The response-side step of the proxy: the request id and the headers filters added
+//! on the request side, then the route's response filters (their body transforms run in
+//! `response_body_filter`).
+
+use gatehouse_filters::ResponseCx;
+use pingora_core::Result;
+use pingora_http::{RequestHeader, ResponseHeader};
+
+use super::ctx::RequestCtx;
+
+/// Prepares the response header sent to the client (an upstream's or the gateway's).
+/// A response filter that fails is logged and skipped: the response still goes out.
+/// Errors: an invalid header value (pingora's `InvalidHTTPHeader`).
+pub fn to_downstream(
+    req: &RequestHeader,
+    resp: &mut ResponseHeader,
+    ctx: &mut RequestCtx,
+) -> Result<()> {
+    resp.insert_header("x-request-id", ctx.request_id.as_str())?;
+    for (n, v) in &ctx.response_headers {
+        resp.append_header(n.clone(), v.clone())?;
+    }
+    let Some(route) = ctx.route.clone() else {
+        return Ok(());
+    };
+    let cx = ResponseCx {
+        route: &route.name,
+        request: req,
+    };
+    let errors =
+        route
+            .filters
+            .on_response(resp, &cx, &mut ctx.body_transforms, &mut ctx.filter_time);
+    for e in errors {
+        tracing::warn!(request_id = %ctx.request_id, error = %e, "response filter failed");
+    }
+    Ok(())
+}
