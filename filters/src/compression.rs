@@ -6,12 +6,11 @@ use std::io::Write;
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::header;
-use http::Method;
 use pingora_http::ResponseHeader;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::util::header_lists;
+use crate::util::{body_rewritable, content_length, header_lists, header_str};
 use crate::{BodyTransform, BuildError, Filter, FilterError, ResponseCx};
 
 /// A content coding.
@@ -237,13 +236,7 @@ impl Filter for Compression {
         cx: &ResponseCx<'_>,
     ) -> Result<Option<Box<dyn BodyTransform>>, FilterError> {
         let err = FilterError::header("compression");
-        let status = resp.status.as_u16();
-        if cx.request.method == Method::HEAD
-            || status < 200
-            || status == 204
-            || status == 304
-            || status == 206
-        {
+        if !body_rewritable(&cx.request.method, resp.status.as_u16()) {
             return Ok(None);
         }
         // Whatever we decide, the representation depends on Accept-Encoding.
@@ -254,23 +247,14 @@ impl Filter for Compression {
         if resp.headers.contains_key(header::CONTENT_ENCODING) {
             return Ok(None);
         }
-        let ct = resp
-            .headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
+        let ct = header_str(&resp.headers, header::CONTENT_TYPE).unwrap_or("");
         if ct.is_empty() || !self.type_listed(ct) {
             return Ok(None);
         }
         if header_lists(resp.headers.get_all(header::CACHE_CONTROL), "no-transform") {
             return Ok(None);
         }
-        let len = resp
-            .headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if len.is_some_and(|l| l < self.cfg.min_size) {
+        if content_length(&resp.headers).is_some_and(|l| l < self.cfg.min_size) {
             return Ok(None);
         }
         let accept = cx
@@ -332,6 +316,19 @@ mod tests {
         r
     }
 
+    /// The body transform the filter chooses for `resp` (the test fails when it chooses none).
+    fn transform(
+        f: &Compression,
+        resp: &mut ResponseHeader,
+        req: &RequestHeader,
+    ) -> Box<dyn BodyTransform> {
+        let cx = ResponseCx {
+            route: "r",
+            request: req,
+        };
+        f.on_response(resp, &cx).unwrap().expect("a compressor")
+    }
+
     fn request(accept: &str) -> RequestHeader {
         let mut r = RequestHeader::build("GET", b"/", None).unwrap();
         r.insert_header("accept-encoding", accept).unwrap();
@@ -357,16 +354,7 @@ mod tests {
         let mut resp = response("application/json; charset=utf-8", Some(body.len()));
         resp.insert_header("etag", "\"abc\"").unwrap();
         let req = request("gzip");
-        let mut t = f
-            .on_response(
-                &mut resp,
-                &ResponseCx {
-                    route: "r",
-                    request: &req,
-                },
-            )
-            .unwrap()
-            .unwrap();
+        let mut t = transform(&f, &mut resp, &req);
         assert_eq!(resp.headers.get("content-encoding").unwrap(), "gzip");
         assert!(resp.headers.get("content-length").is_none());
         assert_eq!(resp.headers.get("vary").unwrap(), "Accept-Encoding");
@@ -386,16 +374,7 @@ mod tests {
         let body = "<p>lorem ipsum</p>".repeat(300);
         let mut resp = response("text/html", None);
         let req = request("br");
-        let mut t = f
-            .on_response(
-                &mut resp,
-                &ResponseCx {
-                    route: "r",
-                    request: &req,
-                },
-            )
-            .unwrap()
-            .unwrap();
+        let mut t = transform(&f, &mut resp, &req);
         assert_eq!(resp.headers.get("content-encoding").unwrap(), "br");
         let out = run(t.as_mut(), body.as_bytes());
         let mut dec = Vec::new();

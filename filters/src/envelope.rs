@@ -4,11 +4,12 @@
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
-use http::{header, Method};
+use http::header;
 use pingora_http::ResponseHeader;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::util::{body_rewritable, content_length, header_str};
 use crate::{BodyTransform, BuildError, Filter, FilterError, ResponseCx};
 
 /// Config of the `envelope` filter. List it before `compression`.
@@ -131,31 +132,17 @@ impl Filter for Envelope {
         cx: &ResponseCx<'_>,
     ) -> Result<Option<Box<dyn BodyTransform>>, FilterError> {
         let status = resp.status.as_u16();
-        if cx.request.method == Method::HEAD
-            || status < 200
-            || status == 204
-            || status == 304
-            || status == 206
-        {
+        if !body_rewritable(&cx.request.method, status) {
             return Ok(None);
         }
         if resp.headers.contains_key(header::CONTENT_ENCODING) {
             return Ok(None);
         }
-        let json = resp
-            .headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(is_json);
+        let json = header_str(&resp.headers, header::CONTENT_TYPE).is_some_and(is_json);
         if !json {
             return Ok(None);
         }
-        let len = resp
-            .headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<usize>().ok());
-        if len.is_some_and(|l| l > self.max) {
+        if content_length(&resp.headers).is_some_and(|l| l > self.max as u64) {
             return Ok(None);
         }
         resp.remove_header(&header::CONTENT_LENGTH);

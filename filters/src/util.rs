@@ -92,6 +92,27 @@ pub fn header_lists(values: http::header::GetAll<'_, http::HeaderValue>, token: 
     })
 }
 
+/// Whether a response has a body that a response filter may rewrite: not for `HEAD`,
+/// a 1xx, 204 or 304 (no content, RFC 9110 sections 9.3.2, 15.3.5 and 15.4.5), nor a 206
+/// (its range names bytes of the unrewritten representation, RFC 9110 section 15.3.7).
+pub fn body_rewritable(method: &http::Method, status: u16) -> bool {
+    !(*method == http::Method::HEAD
+        || status < 200
+        || status == 204
+        || status == 304
+        || status == 206)
+}
+
+/// A response header's value as text; `None` when absent or not visible ASCII.
+pub fn header_str(headers: &http::HeaderMap, name: http::header::HeaderName) -> Option<&str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// The declared `Content-Length` (RFC 9110 section 8.6); `None` when absent or invalid.
+pub fn content_length(headers: &http::HeaderMap) -> Option<u64> {
+    header_str(headers, http::header::CONTENT_LENGTH).and_then(|v| v.parse().ok())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,13 +8,8 @@ async fn body_limit_is_413_for_declared_and_streamed_bodies() {
     let a = TestUpstream::start("a").await;
     let routes =
         "  - { name: small, match: { path_prefix: / }, upstream: a, max_body_bytes: 1024 }\n";
-    let gw = TestGateway::start(&base(&upstream_yaml("a", &[(&a.addr, 1)]), routes)).await;
-    let r = client()
-        .post(gw.url("/x"))
-        .body(vec![b'x'; 2048])
-        .send()
-        .await
-        .unwrap();
+    let gw = gateway_to_a(&a, routes).await;
+    let r = post(&gw, "/x", vec![b'x'; 2048]).await;
     assert_eq!(r.status(), 413);
     assert_eq!(r.headers()["x-gatehouse-error"], "body_too_large");
     assert_eq!(
@@ -35,12 +30,7 @@ async fn body_limit_is_413_for_declared_and_streamed_bodies() {
         Ok(r) => assert_eq!(r.status(), 413),
         Err(e) => assert!(e.is_request() || e.is_body(), "unexpected error {e}"),
     }
-    let ok = client()
-        .post(gw.url("/x"))
-        .body(vec![b'x'; 1000])
-        .send()
-        .await
-        .unwrap();
+    let ok = post(&gw, "/x", vec![b'x'; 1000]).await;
     assert_eq!(ok.status(), 200);
 }
 
@@ -58,7 +48,7 @@ async fn streams_large_bodies_without_buffering() {
     let a = TestUpstream::start("a").await;
     let routes =
         "  - { name: up, match: { path_prefix: / }, upstream: a, max_body_bytes: 2147483648 }\n";
-    let gw = TestGateway::start(&base(&upstream_yaml("a", &[(&a.addr, 1)]), routes)).await;
+    let gw = gateway_to_a(&a, routes).await;
     get(&gw, "/warm").await;
     let before = rss_kib(gw.pid(), "VmRSS:");
     const CHUNK: usize = 1 << 20;
@@ -66,12 +56,7 @@ async fn streams_large_bodies_without_buffering() {
     let stream = futures_util::stream::iter(
         (0..CHUNKS).map(|_| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![7u8; CHUNK]))),
     );
-    let r = client()
-        .post(gw.url("/upload"))
-        .body(reqwest::Body::wrap_stream(stream))
-        .send()
-        .await
-        .unwrap();
+    let r = post(&gw, "/upload", reqwest::Body::wrap_stream(stream)).await;
     assert_eq!(r.status(), 200);
     let v: serde_json::Value = r.json().await.unwrap();
     assert_eq!(v["body_bytes"], (CHUNK * CHUNKS) as u64);

@@ -6,22 +6,20 @@ use crate::support::*;
 #[tokio::test]
 async fn request_context_headers_are_owned_by_the_gateway() {
     let a = TestUpstream::start("a").await;
-    let gw = TestGateway::start(&base(
-        &upstream_yaml("a", &[(&a.addr, 1)]),
-        "  - { name: all, match: { path_prefix: / }, upstream: a }\n",
-    ))
+    let gw = gateway_to_a(&a, ALL_TO_A).await;
+    let r = get_with(
+        &gw,
+        "/x",
+        &[
+            ("x-request-id", "client-id-123"),
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-client-ip", "6.6.6.6"),
+            ("x-forwarded-proto", "https"),
+            ("connection", "x-hop"),
+            ("x-hop", "secret"),
+        ],
+    )
     .await;
-    let r = client()
-        .get(gw.url("/x"))
-        .header("x-request-id", "client-id-123")
-        .header("x-forwarded-for", "6.6.6.6")
-        .header("x-client-ip", "6.6.6.6")
-        .header("x-forwarded-proto", "https")
-        .header("connection", "x-hop")
-        .header("x-hop", "secret")
-        .send()
-        .await
-        .unwrap();
     assert_eq!(r.headers()["x-request-id"], "client-id-123");
     let h = a.last_headers();
     assert_eq!(h["x-request-id"], "client-id-123");
@@ -43,12 +41,7 @@ async fn request_context_headers_are_owned_by_the_gateway() {
     );
 
     // an invalid client id is replaced, and the new one is echoed
-    let r = client()
-        .get(gw.url("/x"))
-        .header("x-request-id", "bad id with spaces")
-        .send()
-        .await
-        .unwrap();
+    let r = get_with(&gw, "/x", &[("x-request-id", "bad id with spaces")]).await;
     let id = r.headers()["x-request-id"].to_str().unwrap().to_string();
     assert_eq!(id.len(), 32);
     assert_eq!(a.last_headers()["x-request-id"], id.as_str());

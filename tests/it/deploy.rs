@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::support::{client, eventually, fill, free_port, Mode, TestGateway, TestUpstream};
+use crate::support::{
+    admin_status, client, eventually, fill, free_port, Mode, TestGateway, TestUpstream,
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_gatehouse");
 
@@ -155,15 +157,7 @@ async fn readyz_stops_saying_ready_while_draining() {
         slow.addr
     );
     let mut gw = TestGateway::start(&yaml).await;
-    assert_eq!(
-        client()
-            .get(gw.admin_url("/readyz"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(admin_status(&gw, "/readyz").await, 200);
     let in_flight = tokio::spawn(client().get(gw.url("/slow")).send());
     assert!(eventually(Duration::from_secs(5), async || slow.hits() == 1).await);
     gw.signal(15);

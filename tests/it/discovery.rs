@@ -64,10 +64,7 @@ async fn dns_discovery_resolves_localhost() {
 
 #[tokio::test]
 async fn file_discovery_follows_edits_and_refuses_a_bad_file() {
-    let (a, b) = (
-        TestUpstream::start("a").await,
-        TestUpstream::start("b").await,
-    );
+    let [a, b] = upstreams(["a", "b"]).await;
     // An absolute path here (relative ones are relative to the config file's directory).
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("endpoints.yaml");
@@ -264,10 +261,7 @@ async fn redis_registry_register_heartbeat_expire() {
         .await
         .expect("the shared Redis at 127.0.0.1:6379 is required");
     let service = unique_service("reg");
-    let (a, b) = (
-        TestUpstream::start("a").await,
-        TestUpstream::start("b").await,
-    );
+    let [a, b] = upstreams(["a", "b"]).await;
     reg.register(&service, &a.addr.to_string(), 3, Duration::from_secs(60))
         .await
         .unwrap();

@@ -44,15 +44,7 @@ async fn weight_zero_by_reload_drains_an_endpoint() {
     }
     if a.hits() == 0 {
         // The first pick went to `b`: the next one goes to `a`.
-        assert_eq!(
-            client()
-                .get(gw.url("/first"))
-                .send()
-                .await
-                .unwrap()
-                .status(),
-            200
-        );
+        assert_eq!(status_of(&gw, "/first").await, 200);
     }
     let deadline = Instant::now() + Duration::from_secs(5);
     while a.hits() == 0 && Instant::now() < deadline {
@@ -62,13 +54,7 @@ async fn weight_zero_by_reload_drains_an_endpoint() {
 
     let before = gw.config_hash().await;
     gw.write_config(&config(&aa, &ba, 0));
-    assert!(
-        eventually(Duration::from_secs(5), async || gw.config_hash().await
-            != before)
-        .await,
-        "reload applied:\n{}",
-        gw.logs()
-    );
+    assert_reloaded_from(&gw, &before, Duration::from_secs(5)).await;
     assert!(
         !long.is_finished(),
         "the long request is still in flight after the reload"
@@ -98,11 +84,7 @@ async fn weight_zero_by_reload_drains_an_endpoint() {
     );
     assert!(all_drained.contains("weight: 0 }, {"));
     gw.write_config(&all_drained);
-    assert!(
-        eventually(Duration::from_secs(5), async || gw.config_hash().await
-            != before)
-        .await
-    );
+    assert_reloaded_from(&gw, &before, Duration::from_secs(5)).await;
     let r = client().get(gw.url("/none")).send().await.unwrap();
     assert_eq!(r.status(), 503);
     assert_eq!(r.headers()["x-gatehouse-error"], "no_healthy_endpoint");

@@ -10,10 +10,7 @@ use crate::support::*;
 
 #[tokio::test]
 async fn failing_health_check_removes_and_restores_an_endpoint() {
-    let (a, b) = (
-        TestUpstream::start("a").await,
-        TestUpstream::start("b").await,
-    );
+    let [a, b] = upstreams(["a", "b"]).await;
     let ups = checked_upstream("app", &[a.addr, b.addr], "300ms", "healthy");
     let gw = TestGateway::start(&config(&ups, &route("app", "/", "app"))).await;
     let (ea, eb) = (a.addr.to_string(), b.addr.to_string());
@@ -105,10 +102,7 @@ async fn initial_state_unhealthy_waits_for_passing_checks() {
 
 #[tokio::test]
 async fn all_endpoints_unhealthy_is_a_fast_503_with_a_json_body() {
-    let (a, b) = (
-        TestUpstream::start("a").await,
-        TestUpstream::start("b").await,
-    );
+    let [a, b] = upstreams(["a", "b"]).await;
     let ups = checked_upstream("app", &[a.addr, b.addr], "200ms", "healthy");
     let gw = TestGateway::start(&config(&ups, &route("app", "/", "app"))).await;
     assert_eq!(status_of(&gw, "/x").await, 200);

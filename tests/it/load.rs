@@ -24,18 +24,9 @@ async fn load_while_reloading_50_times_drops_nothing() {
     const MIN_LOAD: Duration = Duration::from_secs(20);
     const HARD_CAP: Duration = Duration::from_secs(75);
 
-    let stable: Vec<TestUpstream> = futures_util::future::join_all(
-        (0..2).map(|i| async move { TestUpstream::start(&format!("s{i}")).await }),
-    )
-    .await;
-    let extra: Vec<TestUpstream> = futures_util::future::join_all(
-        (0..3).map(|i| async move { TestUpstream::start(&format!("e{i}")).await }),
-    )
-    .await;
-    let dynamic: Vec<TestUpstream> = futures_util::future::join_all(
-        (0..3).map(|i| async move { TestUpstream::start(&format!("d{i}")).await }),
-    )
-    .await;
+    let stable = upstreams(["s0", "s1"]).await;
+    let extra = upstreams(["e0", "e1", "e2"]).await;
+    let dynamic = upstreams(["d0", "d1", "d2"]).await;
 
     // Version i of the config: the stable route (always), a changing subset of extra
     // endpoints behind it, and a changing set of dynamic routes/upstreams.
@@ -189,12 +180,8 @@ async fn load_while_reloading_50_times_drops_nothing() {
             gw.signal(1);
             by_signal += 1;
         } else if i.is_multiple_of(7) {
-            let r = client()
-                .post(gw.admin_url("/admin/reload"))
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+            let r = admin_reload(&gw).await;
+            assert_eq!(r.status, 200, "{}", r.body);
             by_admin += 1;
         }
         assert!(

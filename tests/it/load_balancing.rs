@@ -4,11 +4,7 @@ use crate::support::*;
 
 #[tokio::test]
 async fn smooth_weighted_round_robin_is_exact() {
-    let (a, b, c) = (
-        TestUpstream::start("a").await,
-        TestUpstream::start("b").await,
-        TestUpstream::start("c").await,
-    );
+    let [a, b, c] = upstreams(["a", "b", "c"]).await;
     let ups = upstream_yaml("pool", &[(&a.addr, 5), (&b.addr, 1), (&c.addr, 1)]);
     let gw = TestGateway::start(&base(
         &ups,

@@ -94,11 +94,7 @@ async fn status_shows_service_pools_and_queries_match_a_real_scrape() {
 #[tokio::test]
 async fn metrics_pass_promtool() {
     let a = TestUpstream::start("a").await;
-    let gw = TestGateway::start(&base(
-        &upstream_yaml("a", &[(&a.addr, 1)]),
-        "  - { name: all, match: { path_prefix: / }, upstream: a }\n",
-    ))
-    .await;
+    let gw = gateway_to_a(&a, ALL_TO_A).await;
     for _ in 0..3 {
         get(&gw, "/x").await;
     }

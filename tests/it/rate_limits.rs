@@ -72,12 +72,7 @@ async fn login_limit_per_email_in_redis() {
             "the body reaches the upstream unchanged"
         );
     }
-    let r = client()
-        .post(gw.url("/login"))
-        .body(body.clone())
-        .send()
-        .await
-        .unwrap();
+    let r = post(&gw, "/login", body.clone()).await;
     assert_eq!(r.status(), 429);
     assert_eq!(r.headers()["x-gatehouse-error"], "rate_limited");
     let retry_after: u64 = r.headers()["retry-after"]
@@ -89,20 +84,10 @@ async fn login_limit_per_email_in_redis() {
     assert_eq!(app.hits(), 5);
     // another email is still allowed
     let other = json!({"email": format!("{}@example.com", unique("other"))}).to_string();
-    let r = client()
-        .post(gw.url("/login"))
-        .body(other)
-        .send()
-        .await
-        .unwrap();
+    let r = post(&gw, "/login", other).await;
     assert_eq!(r.status(), 200);
     // no email at all: refused with 400 by default
-    let r = client()
-        .post(gw.url("/login"))
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
+    let r = post(&gw, "/login", "{}").await;
     assert_eq!(r.status(), 400);
     let m = gw.metrics().await;
     assert_eq!(
@@ -128,12 +113,7 @@ async fn two_gateways_share_one_limit() {
     let mut statuses = Vec::new();
     for i in 0..8 {
         let gw = if i % 2 == 0 { &g1 } else { &g2 };
-        let r = client()
-            .get(gw.url("/x"))
-            .header("x-client", &who)
-            .send()
-            .await
-            .unwrap();
+        let r = get_with(gw, "/x", &[("x-client", &who)]).await;
         statuses.push(r.status().as_u16());
     }
     assert_eq!(

@@ -17,10 +17,7 @@ fn two_routes(a: &TestUpstream, b: &TestUpstream, with_b_route: bool) -> String 
 
 #[tokio::test]
 async fn reload_by_file_edit_rename_and_configmap_symlink_swap() {
-    let (a, b) = (
-        TestUpstream::start("a").await,
-        TestUpstream::start("b").await,
-    );
+    let [a, b] = upstreams(["a", "b"]).await;
     let v1 = two_routes(&a, &b, false);
     let v2 = two_routes(&a, &b, true);
     let gw = TestGateway::start(&v1).await;
@@ -100,10 +97,7 @@ async fn reload_by_file_edit_rename_and_configmap_symlink_swap() {
 
 #[tokio::test]
 async fn reload_by_sighup_and_admin_endpoint() {
-    let (a, b) = (
-        TestUpstream::start("a").await,
-        TestUpstream::start("b").await,
-    );
+    let [a, b] = upstreams(["a", "b"]).await;
     let v1 = two_routes(&a, &b, false);
     let v2 = two_routes(&a, &b, true);
     let gw = TestGateway::start(&v1).await;
@@ -135,7 +129,7 @@ async fn reload_by_sighup_and_admin_endpoint() {
 
     // The admin endpoint.
     std::fs::write(&real, fill(&v1, gw.port, gw.admin_port)).unwrap();
-    let r = send(client().post(gw.admin_url("/admin/reload"))).await;
+    let r = admin_reload(&gw).await;
     assert_eq!(r.status, 200);
     let body = r.body;
     assert_eq!(
@@ -145,19 +139,9 @@ async fn reload_by_sighup_and_admin_endpoint() {
     assert_eq!(body["hash"], hash_of(&gw, &v1));
     assert_eq!(status_of(&gw, "/b").await, 404);
     // Nothing changed: still a success, `changed: false`.
-    let body = send(client().post(gw.admin_url("/admin/reload")))
-        .await
-        .body;
+    let body = admin_reload(&gw).await.body;
     assert_eq!(body["changed"], false);
-    assert_eq!(
-        client()
-            .get(gw.admin_url("/admin/reload"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        405
-    );
+    assert_eq!(admin_status(&gw, "/admin/reload").await, 405);
     let ts1 = metric(
         &gw,
         "gatehouse_config_last_reload_success_timestamp_seconds",
@@ -169,10 +153,7 @@ async fn reload_by_sighup_and_admin_endpoint() {
 
 #[tokio::test]
 async fn broken_file_keeps_the_old_routes_and_admin_returns_the_errors() {
-    let (a, b) = (
-        TestUpstream::start("a").await,
-        TestUpstream::start("b").await,
-    );
+    let [a, b] = upstreams(["a", "b"]).await;
     let v2 = two_routes(&a, &b, true);
     let gw = TestGateway::start(&v2).await;
     let failures = async || {
@@ -216,7 +197,7 @@ async fn broken_file_keeps_the_old_routes_and_admin_returns_the_errors() {
     // A semantic error through the admin endpoint: 422 with every error as JSON.
     let bad = v2.replace("upstream: b }", "upstream: nope }");
     gw.write_config(&bad);
-    let r = send(client().post(gw.admin_url("/admin/reload"))).await;
+    let r = admin_reload(&gw).await;
     assert_eq!(r.status, 422);
     let body = r.body;
     assert_eq!(body["result"], "failure");
@@ -259,12 +240,8 @@ async fn broken_file_keeps_the_old_routes_and_admin_returns_the_errors() {
         .join("\n")
         + "\n";
     gw.write_config(&with_file);
-    let r = client()
-        .post(gw.admin_url("/admin/reload"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 422, "{}", r.text().await.unwrap());
+    let r = admin_reload(&gw).await;
+    assert_eq!(r.status, 422, "{}", r.body);
     assert_eq!(status_of(&gw, "/b").await, 200);
 }
 
@@ -293,7 +270,7 @@ async fn restart_only_fields_are_reported_and_admin_config_shows_the_running_one
         .replace("threads: 1", "threads: 2")
         + &route("a2", "/a2", "a");
     gw.write_config(&v2);
-    let r = send(client().post(gw.admin_url("/admin/reload"))).await;
+    let r = admin_reload(&gw).await;
     let body = r.body;
     assert_eq!(body["result"], "success", "{body}");
     let warnings: Vec<String> = body["warnings"]
@@ -334,11 +311,7 @@ async fn restart_only_fields_are_reported_and_admin_config_shows_the_running_one
 
 #[tokio::test]
 async fn reload_carries_endpoint_state_and_drops_removed_endpoints() {
-    let (a, b, c) = (
-        TestUpstream::start("a").await,
-        TestUpstream::start("b").await,
-        TestUpstream::start("c").await,
-    );
+    let [a, b, c] = upstreams(["a", "b", "c"]).await;
     let v = |eps: &[std::net::SocketAddr], interval: &str| {
         config(
             &checked_upstream("app", eps, interval, "healthy"),
@@ -405,12 +378,8 @@ async fn reload_keeps_rate_limit_counters_of_routes_that_stay() {
     let v2 = config(&ups, &(limited.to_string() + &route("other", "/o", "a")));
     let gw = TestGateway::start(&v1).await;
     let send = async || {
-        client()
-            .get(gw.url("/l"))
-            .header("x-user", "u1")
-            .send()
+        get_with(&gw, "/l", &[("x-user", "u1")])
             .await
-            .unwrap()
             .status()
             .as_u16()
     };

@@ -169,13 +169,7 @@ async fn breaker_opens_then_sends_nothing_upstream_survives_a_reload_and_recover
     let hash = gw.config_hash().await;
     let cb2 = format!("    timeouts: {{ read: 5s }}\n{cb}");
     gw.write_config(&config(&upstream("app", &[app.addr], &cb2), ROOT_TO_APP));
-    assert!(
-        eventually(Duration::from_secs(10), async || gw.config_hash().await
-            != hash)
-        .await,
-        "{}",
-        gw.logs()
-    );
+    assert_reloaded_from(&gw, &hash, Duration::from_secs(10)).await;
     let r = get(&gw, "/x").await;
     assert_eq!(
         (r.status().as_u16(), error_code(&r).as_str()),
@@ -369,16 +363,7 @@ async fn connect_errors_are_retried_for_any_method() {
     ))
     .await;
     for _ in 0..6 {
-        assert_eq!(
-            client()
-                .post(gw.url("/"))
-                .body("x")
-                .send()
-                .await
-                .unwrap()
-                .status(),
-            200
-        );
+        assert_eq!(post(&gw, "/", "x").await.status(), 200);
         assert_eq!(get(&gw, "/").await.status(), 200);
     }
     assert_eq!(good.hits(), 12);
@@ -422,12 +407,7 @@ async fn status_retries_replay_the_body_but_not_beyond_the_retry_buffer() {
     let (b0, g0) = (bad.hits(), good.hits());
     let mut passed_on = 0;
     for _ in 0..10 {
-        let r = client()
-            .post(gw.url("/"))
-            .body("hello")
-            .send()
-            .await
-            .unwrap();
+        let r = post(&gw, "/", "hello").await;
         if r.status() == 503 {
             assert_eq!(r.headers()["x-upstream"], "bad");
             assert_eq!(error_code(&r), "");
@@ -524,9 +504,7 @@ async fn retry_budget_caps_retries_under_a_total_outage() {
 
 #[tokio::test]
 async fn backoff_spaces_tries_within_bounds() {
-    let ups: Vec<TestUpstream> =
-        futures_util::future::join_all((0..3).map(|i| TestUpstream::start(["a", "b", "c"][i])))
-            .await;
+    let ups = upstreams(["a", "b", "c"]).await;
     for u in &ups {
         u.set_mode(Mode::Status(503));
     }

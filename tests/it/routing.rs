@@ -5,12 +5,7 @@ use crate::support::*;
 
 #[tokio::test]
 async fn routes_by_precedence_and_rewrites() {
-    let (a, b, c, d) = (
-        TestUpstream::start("a").await,
-        TestUpstream::start("b").await,
-        TestUpstream::start("c").await,
-        TestUpstream::start("d").await,
-    );
+    let [a, b, c, d] = upstreams(["a", "b", "c", "d"]).await;
     let ups = [("a", &a), ("b", &b), ("c", &c), ("d", &d)]
         .iter()
         .map(|(n, u)| upstream_yaml(n, &[(&u.addr, 1)]))
@@ -34,27 +29,12 @@ async fn routes_by_precedence_and_rewrites() {
         (200, "b".into())
     );
     assert_eq!(b.last_path(), "/user/login");
-    let r = client()
-        .post(gw.url("/api/user/login"))
-        .body("x")
-        .send()
-        .await
-        .unwrap();
+    let r = post(&gw, "/api/user/login", "x").await;
     assert_eq!(upstream_of(r).await, (200, "c".into()));
     assert_eq!(c.last_path(), "/auth/login");
-    let r = client()
-        .get(gw.url("/api/items?q=1&r=2"))
-        .header("x-canary", "1")
-        .send()
-        .await
-        .unwrap();
+    let r = get_with(&gw, "/api/items?q=1&r=2", &[("x-canary", "1")]).await;
     assert_eq!(upstream_of(r).await, (200, "c".into()));
-    let r = client()
-        .get(gw.url("/api/items?q=1"))
-        .header("host", "shop.example.com")
-        .send()
-        .await
-        .unwrap();
+    let r = get_with(&gw, "/api/items?q=1", &[("host", "shop.example.com")]).await;
     assert_eq!(upstream_of(r).await, (200, "d".into()));
     assert_eq!(d.last_path(), "/v2/items?q=1");
 
@@ -85,10 +65,10 @@ async fn routes_by_precedence_and_rewrites() {
 #[tokio::test]
 async fn no_route_is_404_json() {
     let a = TestUpstream::start("a").await;
-    let gw = TestGateway::start(&base(
-        &upstream_yaml("a", &[(&a.addr, 1)]),
+    let gw = gateway_to_a(
+        &a,
         "  - { name: only, match: { path: /only }, upstream: a }\n",
-    ))
+    )
     .await;
     let r = get(&gw, "/other").await;
     assert_eq!(r.status(), 404);

@@ -19,6 +19,15 @@ pub fn upstream_yaml(name: &str, eps: &[(&std::net::SocketAddr, u32)]) -> String
     format!("  {name}:\n    discovery: {{ static: [ {} ] }}\n    timeouts: {{ connect: 500ms, read: 1s }}\n", list.join(", "))
 }
 
+/// The routes of the single-upstream tests: every path to upstream `a`.
+pub const ALL_TO_A: &str = "  - { name: all, match: { path_prefix: / }, upstream: a }\n";
+
+/// A gateway ([`base`] config) with one upstream `a` (the endpoint `a`, weight 1) and
+/// `routes`.
+pub async fn gateway_to_a(a: &TestUpstream, routes: &str) -> TestGateway {
+    TestGateway::start(&base(&upstream_yaml("a", &[(&a.addr, 1)]), routes)).await
+}
+
 pub fn base(upstreams: &str, routes: &str) -> String {
     format!(
         "listeners: [ {{ name: public, address: \"{{listen}}\" }} ]\nadmin: {{ address: \"{{admin}}\" }}\nruntime: {{ threads: 1 }}\nshutdown: {{ grace_period: 5s }}\nupstreams:\n{upstreams}routes:\n{routes}"
@@ -27,6 +36,50 @@ pub fn base(upstreams: &str, routes: &str) -> String {
 
 pub async fn get(gw: &TestGateway, path: &str) -> reqwest::Response {
     client().get(gw.url(path)).send().await.unwrap()
+}
+
+/// `POST <path>` with `body` through the shared client; panics when no answer comes.
+pub async fn post(
+    gw: &TestGateway,
+    path: &str,
+    body: impl Into<reqwest::Body>,
+) -> reqwest::Response {
+    client().post(gw.url(path)).body(body).send().await.unwrap()
+}
+
+/// `GET <path>` with extra request headers; panics when no answer comes.
+pub async fn get_with(gw: &TestGateway, path: &str, headers: &[(&str, &str)]) -> reqwest::Response {
+    let mut req = client().get(gw.url(path));
+    for (n, v) in headers {
+        req = req.header(*n, *v);
+    }
+    req.send().await.unwrap()
+}
+
+/// The status of `GET <path>` on the admin listener.
+pub async fn admin_status(gw: &TestGateway, path: &str) -> u16 {
+    send(client().get(gw.admin_url(path))).await.status
+}
+
+/// `POST /admin/reload`, read whole (its JSON report in `body`).
+pub async fn admin_reload(gw: &TestGateway) -> JsonResponse {
+    send(client().post(gw.admin_url("/admin/reload"))).await
+}
+
+/// Waits until the gateway's config hash differs from `before` (a reload was applied);
+/// the assertion message carries the gateway's log.
+pub async fn assert_reloaded_from(gw: &TestGateway, before: &str, within: Duration) {
+    assert!(
+        eventually(within, async || gw.config_hash().await != before).await,
+        "reload applied:\n{}",
+        gw.logs()
+    );
+}
+
+/// Starts one test upstream per name, in order.
+pub async fn upstreams<const N: usize>(names: [&str; N]) -> [TestUpstream; N] {
+    let started = futures_util::future::join_all(names.map(TestUpstream::start)).await;
+    started.try_into().ok().expect("one upstream per name")
 }
 
 /// Sends `GET <path>` byte for byte and returns the status and the response head.
