@@ -70,6 +70,9 @@ pub struct RequestCtx {
     pub gateway_error: Option<GatewayError>,
     /// Status the upstream answered, if it did.
     pub upstream_status: Option<u16>,
+    /// The code of an upstream failure after the response header went out
+    /// (`upstream_truncated`, `upstream_timeout`), for the access log.
+    pub body_error: Option<&'static str>,
     /// Request body bytes seen.
     pub body_bytes: u64,
     /// Headers filters asked to add to the response.
@@ -108,6 +111,7 @@ impl RequestCtx {
             upstream_phase: false,
             gateway_error: None,
             upstream_status: None,
+            body_error: None,
             body_bytes: 0,
             response_headers: Vec::new(),
             body_transforms: Vec::new(),

@@ -13,7 +13,8 @@
 //! fail_to_connect          connect failed: count it, maybe retry elsewhere  resilience.rs
 //! error_while_proxy        a try failed after connecting: count, retry      resilience.rs
 //! upstream_request_filter  rewrite path, forwarding headers, hop-by-hop     request.rs, headers.rs
-//! upstream_response_filter count the try's outcome; retry on a listed status resilience.rs
+//! upstream_response_filter the try's outcome (counted at the body's end: a  resilience.rs
+//!                          cut body is `truncated`); retry on a listed status
 //! response_filter          request id, response filters, body transforms    response.rs
 //! fail_to_proxy            the gateway's answer for a refusal or an error   refusal.rs, respond.rs
 //! logging                  metrics and the access log                       observe.rs
@@ -222,14 +223,26 @@ impl ProxyHttp for Gateway {
         let status = upstream_response.status.as_u16();
         ctx.upstream_status = Some(status);
         let tel = &self.state.telemetry;
-        let outcome = resilience::response_outcome(ctx, status);
-        resilience::record_try(tel, ctx, outcome);
+        resilience::on_response_header(tel, ctx, session.req_header(), upstream_response);
         let truncated = session.as_ref().retry_buffer_truncated();
         let written = session.response_written().is_some();
         let req = session.req_header();
         resilience::retry_on_status(tel, ctx, status, req, truncated, written)?;
         headers::strip_hop_by_hop_response(upstream_response);
         Ok(())
+    }
+
+    fn upstream_response_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Duration>> {
+        if end_of_stream {
+            resilience::end_try(&self.state.telemetry, ctx, None);
+        }
+        Ok(None)
     }
 
     async fn response_filter(
@@ -275,6 +288,7 @@ impl ProxyHttp for Gateway {
         if let Some(e) = e {
             resilience::record_unfinished_try(tel, ctx, e);
         }
+        resilience::end_try(tel, ctx, e);
         observe::finish(tel, session, ctx);
         ctx.endpoint_inflight = None;
     }

@@ -54,7 +54,7 @@ pub fn finish(tel: &Telemetry, session: &Session, ctx: &RequestCtx) {
         endpoint = ctx.endpoint.as_ref().map_or("", |e| e.address.as_str()),
         status,
         source,
-        error = ctx.gateway_error.map_or("", |g| g.code),
+        error = ctx.gateway_error.map(|g| g.code).or(ctx.body_error).unwrap_or(""),
         tries = ctx.tries,
         duration_ms = elapsed.as_secs_f64() * 1000.0,
         filter_ms = ctx.filter_time.as_secs_f64() * 1000.0,

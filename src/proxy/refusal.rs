@@ -83,6 +83,12 @@ pub enum Refusal {
     /// The upstream closed the connection before a complete answer: 502 `upstream_reset`.
     #[error("the upstream closed the connection before answering")]
     UpstreamReset,
+    /// The upstream's connection ended before the body its header announced (RFC 9112
+    /// section 8): `upstream_truncated`. The header already went to the client, so this
+    /// is never rendered: the client's connection is closed instead, and the code is
+    /// the access log's `error`.
+    #[error("the upstream closed the connection before the end of the response body")]
+    UpstreamTruncated,
     /// Another upstream failure: 502 `upstream_error`.
     #[error("the gateway could not complete the request")]
     UpstreamError,
@@ -160,7 +166,10 @@ impl Refusal {
             | Refusal::UpstreamTimeout => 504,
             Refusal::FilterFailed | Refusal::Internal => 500,
             Refusal::Rejected { status, .. } | Refusal::Status(status) => *status,
-            Refusal::UpstreamConnectFailed | Refusal::UpstreamReset | Refusal::UpstreamError => 502,
+            Refusal::UpstreamConnectFailed
+            | Refusal::UpstreamReset
+            | Refusal::UpstreamTruncated
+            | Refusal::UpstreamError => 502,
         }
     }
 
@@ -179,6 +188,7 @@ impl Refusal {
             Refusal::UpstreamConnectFailed => "upstream_connect_failed",
             Refusal::UpstreamConnectTimeout => "upstream_connect_timeout",
             Refusal::UpstreamReset => "upstream_reset",
+            Refusal::UpstreamTruncated => "upstream_truncated",
             Refusal::UpstreamError => "upstream_error",
             Refusal::BadRequest => "bad_request",
             Refusal::Unavailable => "unavailable",
@@ -328,6 +338,12 @@ mod tests {
             ),
             (Refusal::UpstreamTimeout, 504, "upstream_timeout", vec![]),
             (Refusal::UpstreamReset, 502, "upstream_reset", vec![]),
+            (
+                Refusal::UpstreamTruncated,
+                502,
+                "upstream_truncated",
+                vec![],
+            ),
             (Refusal::UpstreamError, 502, "upstream_error", vec![]),
             (Refusal::BadRequest, 400, "bad_request", vec![]),
             (Refusal::Unavailable, 503, "unavailable", vec![]),

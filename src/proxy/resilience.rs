@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pingora_core::{Error, ErrorType, Result};
-use pingora_http::RequestHeader;
+use pingora_http::{RequestHeader, ResponseHeader};
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::ctx::RequestCtx;
@@ -21,7 +21,7 @@ use super::refusal::Refusal;
 use super::respond::classify;
 use crate::clock::mono_ms;
 use crate::resilience::breaker::{Admission, Breaker, Ticket};
-use crate::resilience::{Outcome, RetryReason};
+use crate::resilience::{Outcome, OutcomeKind, RetryReason};
 use crate::telemetry::Telemetry;
 
 /// Header that tells the upstream how many milliseconds of the total deadline are left.
@@ -40,6 +40,9 @@ pub struct RequestResilience {
     status_retry: bool,
     /// Retries of a failure on a reused pooled connection (pingora's default, once).
     stale_retries: u32,
+    /// The outcome of the response header, counted when its body ends: a body the
+    /// upstream cuts short turns it into `truncated` (see [`end_try`]).
+    pending: Option<Outcome>,
 }
 
 impl RequestResilience {
@@ -180,6 +183,73 @@ pub fn record_unfinished_try(tel: &Telemetry, ctx: &mut RequestCtx, e: &Error) {
     }
 }
 
+/// `upstream_response_filter`: a response with a body keeps its header's outcome until
+/// the body ends ([`end_try`], from the upstream body filter's end of stream, before the
+/// last bytes go to the client); one without a body (RFC 9112 section 6.3: a response
+/// to HEAD, 1xx, 204, 304, `Content-Length: 0`; and a 101 whose tunnel may last
+/// forever) is counted at once, as is a status retry ([`retry_on_status`]).
+pub fn on_response_header(
+    tel: &Telemetry,
+    ctx: &mut RequestCtx,
+    req: &RequestHeader,
+    resp: &ResponseHeader,
+) {
+    let status = resp.status.as_u16();
+    ctx.resilience.pending = response_outcome(ctx, status);
+    let empty_length = resp
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .is_some_and(|v| v.as_bytes() == b"0");
+    let bodiless = req.method == http::Method::HEAD
+        || status < 200
+        || status == 204
+        || status == 304
+        || (empty_length && !resp.headers.contains_key(http::header::TRANSFER_ENCODING));
+    if bodiless {
+        end_try(tel, ctx, None);
+    }
+}
+
+/// Ends the current try once its response is over: counts the outcome of its header, or,
+/// when the upstream's side of the body failed (`err` from the upstream: the connection
+/// closed before `Content-Length` bytes or the last chunk, a read timeout), a failure:
+/// `truncated` (or `timeout`) for the metrics, the breaker and outlier detection, one
+/// warning, and the access log's `error`. The client's connection is then closed by
+/// pingora (the header went out, so `fail_to_proxy` cannot answer), so a client never
+/// takes the cut body for a complete one (RFC 9112 section 8). A client that went away
+/// (a downstream error) leaves the header's outcome as it was.
+pub fn end_try(tel: &Telemetry, ctx: &mut RequestCtx, err: Option<&Error>) {
+    let Some(pending) = ctx.resilience.pending.take() else {
+        return;
+    };
+    let failed = err.and_then(|e| classify(e).outcome.map(|o| (e, o.kind)));
+    let Some((e, kind)) = failed else {
+        record_try(tel, ctx, Some(pending));
+        return;
+    };
+    let (kind, code) = match kind {
+        OutcomeKind::Timeout => (OutcomeKind::Timeout, Refusal::UpstreamTimeout.code()),
+        _ => (OutcomeKind::Truncated, Refusal::UpstreamTruncated.code()),
+    };
+    ctx.body_error = Some(code);
+    tracing::warn!(
+        request_id = %ctx.request_id,
+        route = ctx.route_name(),
+        upstream = ctx.upstream_name(),
+        endpoint = ctx.endpoint.as_ref().map_or("", |e| e.address.as_str()),
+        status = pending.status.unwrap_or(0),
+        code,
+        error = %e,
+        "upstream response body cut short; client connection closed"
+    );
+    let outcome = Outcome {
+        kind,
+        status: pending.status,
+        failure: true,
+    };
+    record_try(tel, ctx, Some(outcome));
+}
+
 /// The outcome of a response header (the classifier, with slow-call timing).
 pub fn response_outcome(ctx: &RequestCtx, status: u16) -> Option<Outcome> {
     let route = ctx.route.as_ref()?;
@@ -275,6 +345,8 @@ pub fn retry_on_status(
     if !listed || !allow_retry(tel, ctx, RetryReason::Status(status), req, body_truncated) {
         return Ok(());
     }
+    // This response is dropped: its try ends now.
+    end_try(tel, ctx, None);
     ctx.resilience.status_retry = true;
     ctx.upstream_status = None;
     let mut e = Error::explain(
@@ -299,6 +371,12 @@ pub fn on_proxy_error(
 ) {
     if std::mem::take(&mut ctx.resilience.status_retry) {
         e.set_retry(true);
+        return;
+    }
+    if ctx.resilience.pending.is_some() {
+        // The response header came: the failure is in its body, which (partly) went out.
+        end_try(tel, ctx, Some(e));
+        e.set_retry(false);
         return;
     }
     let outcome = classify(e).outcome;

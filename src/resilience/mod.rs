@@ -45,6 +45,9 @@ pub enum OutcomeKind {
     Timeout,
     /// The connection broke before a complete response header.
     Reset,
+    /// The connection ended before the body its header announced (fewer bytes than
+    /// `Content-Length`, no last chunk; RFC 9112 section 8: an incomplete message).
+    Truncated,
 }
 
 impl OutcomeKind {
@@ -56,6 +59,7 @@ impl OutcomeKind {
             OutcomeKind::ConnectError => "connect_error",
             OutcomeKind::ConnectTimeout | OutcomeKind::Timeout => "timeout",
             OutcomeKind::Reset => "reset",
+            OutcomeKind::Truncated => "truncated",
         }
     }
 }
@@ -92,6 +96,8 @@ impl Outcome {
             }
             OutcomeKind::Timeout => Some(RetryReason::Timeout),
             OutcomeKind::Reset => Some(RetryReason::Reset),
+            // A truncated body already went (in part) to the client: never retried.
+            OutcomeKind::Truncated => None,
             OutcomeKind::Success | OutcomeKind::HttpError => self.status.map(RetryReason::Status),
         }
     }

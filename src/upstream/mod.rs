@@ -73,7 +73,7 @@ pub struct Endpoint {
     /// Requests in flight to it.
     pub inflight: AtomicU64,
     /// `gatehouse_upstream_requests_total` handles by outcome, resolved on first use.
-    outcome_counters: std::sync::OnceLock<[prometheus::IntCounter; 5]>,
+    outcome_counters: std::sync::OnceLock<[prometheus::IntCounter; 6]>,
 }
 
 impl Endpoint {
@@ -122,10 +122,17 @@ impl Endpoint {
     }
 
     /// Counts one try's outcome (`success`, `http_error`, `connect_error`, `timeout`,
-    /// `reset`) without hashing labels on the request path.
+    /// `reset`, `truncated`) without hashing labels on the request path.
     pub fn count_outcome(&self, tel: &Telemetry, upstream: &str, outcome: &str) {
         let metrics = &tel.metrics;
-        const OUTCOMES: [&str; 5] = ["success", "http_error", "connect_error", "timeout", "reset"];
+        const OUTCOMES: [&str; 6] = [
+            "success",
+            "http_error",
+            "connect_error",
+            "timeout",
+            "reset",
+            "truncated",
+        ];
         let counters = self.outcome_counters.get_or_init(|| {
             OUTCOMES.map(|o| {
                 metrics

@@ -23,3 +23,4 @@ mod routing_templates;
 mod shutdown;
 mod support;
 mod upstream_errors;
+mod upstream_faults;
