@@ -83,6 +83,10 @@ pub enum Refusal {
     /// The upstream closed the connection before a complete answer: 502 `upstream_reset`.
     #[error("the upstream closed the connection before answering")]
     UpstreamReset,
+    /// The upstream's answer was not valid HTTP (a malformed status line, binary
+    /// garbage; RFC 9112 section 4): 502 `upstream_protocol_error`.
+    #[error("the upstream sent an answer that is not valid HTTP")]
+    UpstreamProtocolError,
     /// The upstream's connection ended before the body its header announced (RFC 9112
     /// section 8): `upstream_truncated`. The header already went to the client, so this
     /// is never rendered: the client's connection is closed instead, and the code is
@@ -168,6 +172,7 @@ impl Refusal {
             Refusal::Rejected { status, .. } | Refusal::Status(status) => *status,
             Refusal::UpstreamConnectFailed
             | Refusal::UpstreamReset
+            | Refusal::UpstreamProtocolError
             | Refusal::UpstreamTruncated
             | Refusal::UpstreamError => 502,
         }
@@ -188,6 +193,7 @@ impl Refusal {
             Refusal::UpstreamConnectFailed => "upstream_connect_failed",
             Refusal::UpstreamConnectTimeout => "upstream_connect_timeout",
             Refusal::UpstreamReset => "upstream_reset",
+            Refusal::UpstreamProtocolError => "upstream_protocol_error",
             Refusal::UpstreamTruncated => "upstream_truncated",
             Refusal::UpstreamError => "upstream_error",
             Refusal::BadRequest => "bad_request",
@@ -338,6 +344,12 @@ mod tests {
             ),
             (Refusal::UpstreamTimeout, 504, "upstream_timeout", vec![]),
             (Refusal::UpstreamReset, 502, "upstream_reset", vec![]),
+            (
+                Refusal::UpstreamProtocolError,
+                502,
+                "upstream_protocol_error",
+                vec![],
+            ),
             (
                 Refusal::UpstreamTruncated,
                 502,

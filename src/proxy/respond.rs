@@ -49,6 +49,11 @@ pub fn classify(e: &Error) -> Classified {
             ErrorSource::Downstream => (None, K::Timeout),
             _ => (Some(Refusal::UpstreamTimeout), K::Timeout),
         },
+        // An answer that is not HTTP is the upstream's protocol error, not a reset: the
+        // connection worked, the peer is broken (RFC 9112 section 4).
+        InvalidHTTPHeader | H1Error | H2Error | InvalidH2 if *source == ErrorSource::Upstream => {
+            (Some(Refusal::UpstreamProtocolError), K::ProtocolError)
+        }
         ReadError | WriteError | ConnectionClosed | H1Error | H2Error | InvalidHTTPHeader
         | InvalidH2 => match source {
             ErrorSource::Upstream => (Some(Refusal::UpstreamReset), K::Reset),
@@ -202,6 +207,21 @@ mod tests {
         );
         assert_eq!(up(ErrorType::ReadTimedout), Some(OutcomeKind::Timeout));
         assert_eq!(up(ErrorType::ConnectionClosed), Some(OutcomeKind::Reset));
+        assert_eq!(
+            up(ErrorType::InvalidHTTPHeader),
+            Some(OutcomeKind::ProtocolError)
+        );
+        assert_eq!(
+            classify(&Error::new_up(ErrorType::InvalidHTTPHeader))
+                .refusal
+                .map(|r| (r.status(), r.code())),
+            Some((502, "upstream_protocol_error"))
+        );
+        assert_eq!(
+            classify(&Error::new_down(ErrorType::InvalidHTTPHeader)).refusal,
+            Some(Refusal::BadRequest),
+            "a client's malformed request stays a 400"
+        );
         assert_eq!(
             classify(&Error::new_down(ErrorType::ConnectionClosed)).outcome,
             None

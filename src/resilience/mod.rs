@@ -45,6 +45,9 @@ pub enum OutcomeKind {
     Timeout,
     /// The connection broke before a complete response header.
     Reset,
+    /// The response header was not valid HTTP (a malformed status line, binary garbage):
+    /// the upstream answered, but not in HTTP (RFC 9112 section 4).
+    ProtocolError,
     /// The connection ended before the body its header announced (fewer bytes than
     /// `Content-Length`, no last chunk; RFC 9112 section 8: an incomplete message).
     Truncated,
@@ -59,6 +62,7 @@ impl OutcomeKind {
             OutcomeKind::ConnectError => "connect_error",
             OutcomeKind::ConnectTimeout | OutcomeKind::Timeout => "timeout",
             OutcomeKind::Reset => "reset",
+            OutcomeKind::ProtocolError => "protocol_error",
             OutcomeKind::Truncated => "truncated",
         }
     }
@@ -96,8 +100,9 @@ impl Outcome {
             }
             OutcomeKind::Timeout => Some(RetryReason::Timeout),
             OutcomeKind::Reset => Some(RetryReason::Reset),
-            // A truncated body already went (in part) to the client: never retried.
-            OutcomeKind::Truncated => None,
+            // A broken answer is not a transient transport failure, and a truncated body
+            // already went (in part) to the client: neither is retried.
+            OutcomeKind::ProtocolError | OutcomeKind::Truncated => None,
             OutcomeKind::Success | OutcomeKind::HttpError => self.status.map(RetryReason::Status),
         }
     }

@@ -73,7 +73,7 @@ pub struct Endpoint {
     /// Requests in flight to it.
     pub inflight: AtomicU64,
     /// `gatehouse_upstream_requests_total` handles by outcome, resolved on first use.
-    outcome_counters: std::sync::OnceLock<[prometheus::IntCounter; 6]>,
+    outcome_counters: std::sync::OnceLock<[prometheus::IntCounter; 7]>,
 }
 
 impl Endpoint {
@@ -122,15 +122,16 @@ impl Endpoint {
     }
 
     /// Counts one try's outcome (`success`, `http_error`, `connect_error`, `timeout`,
-    /// `reset`, `truncated`) without hashing labels on the request path.
+    /// `reset`, `protocol_error`, `truncated`) without hashing labels on the request path.
     pub fn count_outcome(&self, tel: &Telemetry, upstream: &str, outcome: &str) {
         let metrics = &tel.metrics;
-        const OUTCOMES: [&str; 6] = [
+        const OUTCOMES: [&str; 7] = [
             "success",
             "http_error",
             "connect_error",
             "timeout",
             "reset",
+            "protocol_error",
             "truncated",
         ];
         let counters = self.outcome_counters.get_or_init(|| {

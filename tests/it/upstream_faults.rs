@@ -1,6 +1,6 @@
 //! Upstreams that break HTTP, on raw sockets: a body cut short of its `Content-Length`
-//! is its own outcome (`truncated`) in the metrics, the log, the breaker and the
-//! client's connection.
+//! and an answer that is not HTTP at all. Each is its own outcome (`truncated`,
+//! `protocol_error`) in the metrics, the log, the breaker and the client's answer.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -152,4 +152,49 @@ async fn truncated_upstream_body_feeds_outlier_detection() {
         "no_healthy_endpoint",
         "two truncations in a row ejected the only endpoint"
     );
+}
+
+#[tokio::test]
+async fn garbage_from_upstream_is_a_protocol_error_not_a_reset() {
+    let cases: [(&str, &'static [u8]); 2] = [
+        (
+            "status",
+            b"HTTP/1.1 2OO NOT OK\r\nContent-Length: 0\r\n\r\n",
+        ),
+        ("binary", b"\x00\x01\x02\xff\xfe garbage \x7f\r\n\r\n"),
+    ];
+    for (name, answer) in cases {
+        let up = scripted_upstream(answer).await;
+        let gw = TestGateway::start(&one_upstream(up, "")).await;
+        let r = get(&gw, "/x").await;
+        assert_eq!(r.status(), 502, "{name}");
+        assert_eq!(
+            r.headers()["x-gatehouse-error"],
+            "upstream_protocol_error",
+            "{name}"
+        );
+        let m = gw
+            .metrics_when(|m| {
+                metric_value(
+                    m,
+                    "gatehouse_upstream_requests_total",
+                    &[("upstream", "app"), ("outcome", "protocol_error")],
+                ) == Some(1.0)
+            })
+            .await;
+        assert_eq!(
+            metric_value(
+                &m,
+                "gatehouse_upstream_requests_total",
+                &[("upstream", "app"), ("outcome", "reset")]
+            ),
+            Some(0.0),
+            "{name}: not a reset"
+        );
+        let logs = gw.logs();
+        assert!(
+            logs.contains("upstream_protocol_error") && !logs.contains("upstream_reset"),
+            "{name}: the log names the protocol error:\n{logs}"
+        );
+    }
 }
