@@ -22,6 +22,7 @@ pub const AUTH_FAILURE_REASONS: &[&str] = &[
     "bad_signature",
     "expired",
     "not_yet_valid",
+    "issued_in_future",
     "bad_issuer",
     "bad_audience",
     "missing_claim",

@@ -38,7 +38,7 @@ use crate::{
 ///         algorithms: [HS256]
 ///       - jwks_url: https://id.example.com/.well-known/jwks.json
 ///         algorithms: [RS256, ES256]
-///     leeway: 30s                       # clock skew allowed on exp and nbf
+///     leeway: 30s                       # clock skew allowed on exp, nbf and iat
 ///     required_claims: [sub]
 ///     require: { role: ADMIN }          # 403 unless the claim equals (or contains) one value
 ///     require_scopes: [users:write]     # 403 unless every scope is in `scope`/`scp`
@@ -62,7 +62,8 @@ pub struct JwtConfig {
     /// accept its header `alg` (and `kid`, when both name one).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub keys: Vec<KeySourceConfig>,
-    /// Clock skew allowed on `exp` and `nbf`. Default 30s.
+    /// Clock skew allowed on `exp`, `nbf` and `iat` (a token whose `iat` is later than
+    /// now plus the leeway is refused, RFC 8725 section 3.10). Default 30s.
     #[serde(default = "default_leeway")]
     pub leeway: Duration,
     /// Require an `exp` claim. Default true.

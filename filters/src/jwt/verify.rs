@@ -1,5 +1,5 @@
 //! Token verification: header checks, key selection by `alg`/`kid`, signature and
-//! registered claims (exp, nbf, iss, aud).
+//! registered claims (exp, nbf, iat, iss, aud).
 
 use std::collections::HashMap;
 
@@ -35,6 +35,10 @@ pub enum Reason {
     Expired,
     /// `nbf` is in the future (beyond the leeway).
     NotYetValid,
+    /// `iat` is in the future (beyond the leeway): a token cannot have been issued
+    /// later than now (RFC 7519 section 4.1.6; RFC 8725 section 3.10 asks to validate
+    /// every time claim).
+    IssuedInFuture,
     /// `iss` is not an accepted issuer.
     BadIssuer,
     /// `aud` contains no accepted audience.
@@ -62,6 +66,7 @@ impl Reason {
             Reason::BadSignature => "bad_signature",
             Reason::Expired => "expired",
             Reason::NotYetValid => "not_yet_valid",
+            Reason::IssuedInFuture => "issued_in_future",
             Reason::BadIssuer => "bad_issuer",
             Reason::BadAudience => "bad_audience",
             Reason::MissingClaim(_) => "missing_claim",
@@ -88,6 +93,8 @@ impl Reason {
 pub struct Verifier {
     sources: Vec<KeySource>,
     validations: HashMap<Algorithm, Validation>,
+    /// Clock skew allowed on `iat` (jsonwebtoken checks only `exp` and `nbf`).
+    leeway_secs: u64,
 }
 
 impl Verifier {
@@ -104,11 +111,23 @@ impl Verifier {
         Self {
             sources,
             validations,
+            leeway_secs: cfg.leeway.get().as_secs(),
         }
     }
 
     /// Verifies `token`: its claims, or why it is refused.
     pub async fn verify(&self, token: &str) -> Result<serde_json::Value, Reason> {
+        let claims = self.verify_signed(token).await?;
+        check_iat(
+            &claims,
+            jsonwebtoken::get_current_timestamp(),
+            self.leeway_secs,
+        )?;
+        Ok(claims)
+    }
+
+    /// The signature, `alg`/`kid` and the claims jsonwebtoken validates.
+    async fn verify_signed(&self, token: &str) -> Result<serde_json::Value, Reason> {
         let (alg, kid) = inspect_header(token)?;
         let Some(validation) = self.validations.get(&alg) else {
             return Err(Reason::AlgNotAllowed(format!("{alg:?}")));
@@ -164,6 +183,18 @@ impl Verifier {
         } else {
             Err(Reason::NoMatchingKey)
         }
+    }
+}
+
+/// `iat`, when present, must be a number no later than `now + leeway` (unix seconds).
+fn check_iat(claims: &serde_json::Value, now: u64, leeway: u64) -> Result<(), Reason> {
+    match claims.get("iat") {
+        None => Ok(()),
+        Some(v) => match v.as_f64() {
+            Some(iat) if iat > now.saturating_add(leeway) as f64 => Err(Reason::IssuedInFuture),
+            Some(_) => Ok(()),
+            None => Err(Reason::InvalidClaim("iat is not a number".into())),
+        },
     }
 }
 

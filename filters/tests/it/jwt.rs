@@ -143,6 +143,14 @@ async fn invalid_tokens_are_401_with_their_reason() {
     f.assert_401(&sign(Algorithm::RS256, None, &c), "not_yet_valid")
         .await;
     let mut c = claims();
+    c["iat"] = json!(now() + 86_400);
+    f.assert_401(&sign(Algorithm::HS256, None, &c), "issued_in_future")
+        .await;
+    let mut c = claims();
+    c["iat"] = json!("yesterday");
+    f.assert_401(&sign(Algorithm::HS256, None, &c), "invalid_claim")
+        .await;
+    let mut c = claims();
     c["iss"] = json!("someone-else");
     f.assert_401(&sign(Algorithm::ES256, None, &c), "bad_issuer")
         .await;
@@ -326,6 +334,32 @@ async fn leeway_applies_to_exp() {
             .status(),
         401
     );
+}
+
+#[tokio::test]
+async fn leeway_applies_to_iat() {
+    let f = fixture(json!({"leeway": "60s"}));
+    let mut c = claims();
+    c["iat"] = json!(now() + 30);
+    assert_eq!(
+        f.call(bearer(&sign(Algorithm::HS256, None, &c)))
+            .await
+            .status(),
+        0,
+        "a clock 30 s ahead is within the leeway"
+    );
+    c["iat"] = json!(now() - 3600);
+    assert_eq!(
+        f.call(bearer(&sign(Algorithm::HS256, None, &c)))
+            .await
+            .status(),
+        0,
+        "an iat in the past is fine"
+    );
+    let f = fixture(json!({"leeway": "0s"}));
+    c["iat"] = json!(now() + 30);
+    f.assert_401(&sign(Algorithm::HS256, None, &c), "issued_in_future")
+        .await;
 }
 
 #[tokio::test]
