@@ -17,6 +17,6 @@ mod upstream;
 
 pub use gateway::{fill, gatehouse_bin, TestGateway};
 pub use http::{admin_json, client, eventually, get_json, metric_value, send, JsonResponse};
-pub use ports::{free_port, free_ports, is_listening};
+pub use ports::{free_port, free_ports, is_listening, unique};
 pub use redis::PrivateRedis;
 pub use upstream::{black_hole, Mode, TestUpstream, UpstreamState};

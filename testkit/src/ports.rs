@@ -39,3 +39,15 @@ pub fn free_ports(n: usize) -> Vec<u16> {
 pub fn is_listening(port: u16) -> bool {
     std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
 }
+/// A name no other test (in this run or in a parallel one) uses, for keys in the shared
+/// Redis and the like: `tag`, the process id, the wall clock in nanoseconds and a
+/// process-wide sequence number.
+pub fn unique(tag: &str) -> String {
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{tag}-{}-{nanos}-{seq}", std::process::id())
+}

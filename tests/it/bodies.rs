@@ -3,12 +3,18 @@
 
 use crate::support::*;
 
+/// A gateway whose one route `name` (every path to `a`) takes bodies up to `max_body_bytes`.
+async fn gateway_with_body_limit(a: &TestUpstream, name: &str, max_body_bytes: u64) -> TestGateway {
+    let route = format!(
+        "  - {{ name: {name}, match: {{ path_prefix: / }}, upstream: a, max_body_bytes: {max_body_bytes} }}\n"
+    );
+    gateway_to_a(a, &route).await
+}
+
 #[tokio::test]
 async fn body_limit_is_413_for_declared_and_streamed_bodies() {
     let a = TestUpstream::start("a").await;
-    let routes =
-        "  - { name: small, match: { path_prefix: / }, upstream: a, max_body_bytes: 1024 }\n";
-    let gw = gateway_to_a(&a, routes).await;
+    let gw = gateway_with_body_limit(&a, "small", 1024).await;
     let r = post(&gw, "/x", vec![b'x'; 2048]).await;
     assert_eq!(r.status(), 413);
     assert_eq!(r.headers()["x-gatehouse-error"], "body_too_large");
@@ -46,9 +52,7 @@ fn rss_kib(pid: u32, field: &str) -> u64 {
 #[tokio::test]
 async fn streams_large_bodies_without_buffering() {
     let a = TestUpstream::start("a").await;
-    let routes =
-        "  - { name: up, match: { path_prefix: / }, upstream: a, max_body_bytes: 2147483648 }\n";
-    let gw = gateway_to_a(&a, routes).await;
+    let gw = gateway_with_body_limit(&a, "up", 2147483648).await;
     get(&gw, "/warm").await;
     let before = rss_kib(gw.pid(), "VmRSS:");
     const CHUNK: usize = 1 << 20;

@@ -26,10 +26,8 @@ async fn request_context_headers_are_owned_by_the_gateway() {
     assert_eq!(h["x-forwarded-for"], "127.0.0.1");
     assert_eq!(h["x-client-ip"], "127.0.0.1");
     assert_eq!(h["x-forwarded-proto"], "http");
-    assert!(h["x-forwarded-host"]
-        .to_str()
-        .unwrap()
-        .starts_with("127.0.0.1:"));
+    let forwarded_host = h["x-forwarded-host"].to_str().unwrap();
+    assert!(forwarded_host.starts_with("127.0.0.1:"), "{forwarded_host}");
     assert!(
         h.get("x-hop").is_none(),
         "headers named in Connection are hop-by-hop"

@@ -120,10 +120,8 @@ async fn all_endpoints_unhealthy_is_a_fast_503_with_a_json_body() {
     assert_eq!(r.headers()["content-type"], "application/json");
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["error"], "no_healthy_endpoint");
-    assert!(body["message"]
-        .as_str()
-        .unwrap()
-        .contains("no healthy endpoint"));
+    let message = body["message"].as_str().unwrap();
+    assert!(message.contains("no healthy endpoint"), "{message}");
     assert_eq!(
         a.hits() + b.hits(),
         hits,

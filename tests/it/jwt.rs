@@ -24,38 +24,25 @@ fn now() -> u64 {
         .as_secs()
 }
 
-fn jwt_config(upstream: &std::net::SocketAddr) -> String {
-    format!(
-        r#"listeners: [ {{ name: public, address: "{{listen}}" }} ]
-admin: {{ address: "{{admin}}" }}
-runtime: {{ threads: 1 }}
-upstreams:
-  app: {{ discovery: {{ static: [ {{ address: "{upstream}" }} ] }} }}
-routes:
-  - name: public
-    match: {{ path_prefix: /public }}
+/// Routes: `/public` open, `/api/admin` for a valid token with role ADMIN, `/api` for any
+/// valid token; both forward the token's `sub` and `role`.
+const JWT_ROUTES: &str = r#"  - name: public
+    match: { path_prefix: /public }
     upstream: app
   - name: admin
-    match: {{ path_prefix: /api/admin }}
+    match: { path_prefix: /api/admin }
     upstream: app
     filters:
-      - jwt:
-          issuer: gatehouse
-          audience: gatehouse
-          keys: [ {{ secret_env: TEST_JWT_SECRET, algorithms: [HS256] }} ]
-          require: {{ role: ADMIN }}
-          forward_claims: {{ sub: X-User-Id, role: X-User-Role }}
+      - jwt: { issuer: gatehouse, audience: gatehouse, keys: [ { secret_env: TEST_JWT_SECRET, algorithms: [HS256] } ], require: { role: ADMIN }, forward_claims: { sub: X-User-Id, role: X-User-Role } }
   - name: api
-    match: {{ path_prefix: /api }}
+    match: { path_prefix: /api }
     upstream: app
     filters:
-      - jwt:
-          issuer: gatehouse
-          audience: gatehouse
-          keys: [ {{ secret_env: TEST_JWT_SECRET, algorithms: [HS256] }} ]
-          forward_claims: {{ sub: X-User-Id, role: X-User-Role }}
-"#
-    )
+      - jwt: { issuer: gatehouse, audience: gatehouse, keys: [ { secret_env: TEST_JWT_SECRET, algorithms: [HS256] } ], forward_claims: { sub: X-User-Id, role: X-User-Role } }
+"#;
+
+fn jwt_config(upstream: &std::net::SocketAddr) -> String {
+    config(&plain_upstream("app", *upstream), JWT_ROUTES)
 }
 
 #[tokio::test]
@@ -69,6 +56,10 @@ async fn jwt_authenticates_authorizes_and_forwards_claims() {
             json!({"sub": "42", "role": role, "iss": "gatehouse", "aud": "gatehouse", "exp": now() + 600}),
         )
     };
+    let (user, admin) = (
+        format!("Bearer {}", valid("USER")),
+        format!("Bearer {}", valid("ADMIN")),
+    );
 
     // missing, garbage, expired, wrong audience, wrong signature -> 401, nothing upstream
     let expired =
@@ -125,44 +116,27 @@ async fn jwt_authenticates_authorizes_and_forwards_claims() {
     );
 
     // valid token: claims forwarded as headers; spoofed copies replaced
-    let r = c
-        .get(gw.url("/api/me"))
-        .header("authorization", format!("Bearer {}", valid("USER")))
-        .header("x-user-id", "1")
-        .header("x-user-role", "ADMIN")
-        .send()
-        .await
-        .unwrap();
+    let spoofed = [("x-user-id", "1"), ("x-user-role", "ADMIN")];
+    let r = get_with(
+        &gw,
+        "/api/me",
+        &[("authorization", &user), spoofed[0], spoofed[1]],
+    )
+    .await;
     assert_eq!(r.status(), 200);
     let h = app.last_headers();
     assert_eq!(h["x-user-id"], "42");
     assert_eq!(h["x-user-role"], "USER");
 
     // role check: USER on /api/admin -> 403, ADMIN -> 200
-    let r = c
-        .get(gw.url("/api/admin/users"))
-        .header("authorization", format!("Bearer {}", valid("USER")))
-        .send()
-        .await
-        .unwrap();
+    let r = get_with(&gw, "/api/admin/users", &[("authorization", &user)]).await;
     assert_eq!(r.status(), 403);
     assert_eq!(r.headers()["x-gatehouse-error"], "forbidden");
-    let r = c
-        .get(gw.url("/api/admin/users"))
-        .header("authorization", format!("Bearer {}", valid("ADMIN")))
-        .send()
-        .await
-        .unwrap();
+    let r = get_with(&gw, "/api/admin/users", &[("authorization", &admin)]).await;
     assert_eq!(r.status(), 200);
 
     // a public route never forwards client-sent claim headers
-    let r = c
-        .get(gw.url("/public/x"))
-        .header("x-user-id", "1")
-        .header("x-user-role", "ADMIN")
-        .send()
-        .await
-        .unwrap();
+    let r = get_with(&gw, "/public/x", &spoofed).await;
     assert_eq!(r.status(), 200);
     let h = app.last_headers();
     assert!(

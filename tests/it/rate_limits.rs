@@ -7,18 +7,6 @@ use serde_json::json;
 
 use crate::support::*;
 
-fn unique(prefix: &str) -> String {
-    format!("{prefix}-{}-{:x}", std::process::id(), rand_u64())
-}
-
-fn rand_u64() -> u64 {
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64;
-    t ^ (std::process::id() as u64).rotate_left(32)
-}
-
 fn limit_config(upstream: &std::net::SocketAddr, redis: Option<&str>, limits: &str) -> String {
     let redis = redis
         .map(|u| format!("redis: {{ url: \"{u}\", timeout: 100ms }}\n"))

@@ -18,26 +18,17 @@ fn two_routes(a: &TestUpstream, b: &TestUpstream, with_b_route: bool) -> String 
 #[tokio::test]
 async fn reload_by_file_edit_rename_and_configmap_symlink_swap() {
     let [a, b] = upstreams(["a", "b"]).await;
-    let v1 = two_routes(&a, &b, false);
-    let v2 = two_routes(&a, &b, true);
+    let (v1, v2) = (two_routes(&a, &b, false), two_routes(&a, &b, true));
     let gw = TestGateway::start(&v1).await;
     assert_eq!(status_of(&gw, "/b").await, 404);
 
     // In-place edit.
     gw.write_config(&v2);
-    assert!(
-        wait_applied(&gw, &v2, Duration::from_secs(10)).await,
-        "{}",
-        gw.logs()
-    );
+    assert_applied(&gw, &v2).await;
     assert_eq!(status_of(&gw, "/b").await, 200);
     // Write a temporary file and rename it over.
     rename_over(&gw.config_path, &fill(&v1, gw.port, gw.admin_port));
-    assert!(
-        wait_applied(&gw, &v1, Duration::from_secs(10)).await,
-        "{}",
-        gw.logs()
-    );
+    assert_applied(&gw, &v1).await;
     assert_eq!(status_of(&gw, "/b").await, 404);
 
     // Kubernetes ConfigMap: gatehouse.yaml -> ..data/gatehouse.yaml, ..data -> ..v1;
@@ -57,37 +48,16 @@ async fn reload_by_file_edit_rename_and_configmap_symlink_swap() {
     std::os::unix::fs::symlink("..data/gatehouse.yaml", dir.join("link~")).unwrap();
     std::fs::rename(dir.join("link~"), &gw.config_path).unwrap();
     publish("..v2", &v2);
-    assert!(
-        wait_applied(&gw, &v2, Duration::from_secs(10)).await,
-        "{}",
-        gw.logs()
-    );
+    assert_applied(&gw, &v2).await;
     assert_eq!(status_of(&gw, "/b").await, 200);
     publish("..v3", &v1);
-    assert!(
-        wait_applied(&gw, &v1, Duration::from_secs(10)).await,
-        "{}",
-        gw.logs()
-    );
+    assert_applied(&gw, &v1).await;
     assert_eq!(status_of(&gw, "/b").await, 404);
     let m = gw.metrics().await;
-    assert_eq!(
-        metric_value(
-            &m,
-            "gatehouse_config_reloads_total",
-            &[("result", "failure")]
-        ),
-        Some(0.0)
-    );
-    assert!(
-        metric_value(
-            &m,
-            "gatehouse_config_reloads_total",
-            &[("result", "success")]
-        )
-        .unwrap()
-            >= 5.0
-    );
+    let reloads =
+        |result| metric_value(&m, "gatehouse_config_reloads_total", &[("result", result)]);
+    assert_eq!(reloads("failure"), Some(0.0));
+    assert!(reloads("success").unwrap() >= 5.0);
     let h = hash_of(&gw, &v1);
     assert_eq!(
         metric_value(&m, "gatehouse_config_info", &[("hash", &h[..16])]),
@@ -98,8 +68,7 @@ async fn reload_by_file_edit_rename_and_configmap_symlink_swap() {
 #[tokio::test]
 async fn reload_by_sighup_and_admin_endpoint() {
     let [a, b] = upstreams(["a", "b"]).await;
-    let v1 = two_routes(&a, &b, false);
-    let v2 = two_routes(&a, &b, true);
+    let (v1, v2) = (two_routes(&a, &b, false), two_routes(&a, &b, true));
     let gw = TestGateway::start(&v1).await;
     let outside = tempfile::tempdir().unwrap();
     let real = detach_config(&gw, &outside);
@@ -119,11 +88,7 @@ async fn reload_by_sighup_and_admin_endpoint() {
     assert_eq!(gw.config_hash().await, hash_of(&gw, &v1));
     // ...until SIGHUP.
     gw.signal(1);
-    assert!(
-        wait_applied(&gw, &v2, Duration::from_secs(10)).await,
-        "{}",
-        gw.logs()
-    );
+    assert_applied(&gw, &v2).await;
     assert_eq!(status_of(&gw, "/b").await, 200);
     assert!(gw.logs().contains(r#""trigger":"signal""#), "{}", gw.logs());
 
@@ -340,7 +305,7 @@ async fn reload_carries_endpoint_state_and_drops_removed_endpoints() {
     // (a fresh endpoint would start healthy and need 2 failed checks).
     let v2 = v(&[a.addr, b.addr, c.addr], "350ms");
     gw.write_config(&v2);
-    assert!(wait_applied(&gw, &v2, Duration::from_secs(10)).await);
+    assert_applied(&gw, &v2).await;
     let ja = find(&ea).await.unwrap();
     assert_eq!(
         (ja["healthy"].as_bool(), &ja["since"]),
@@ -352,7 +317,7 @@ async fn reload_carries_endpoint_state_and_drops_removed_endpoints() {
     a.set_health(200);
     let v3 = v(&[b.addr, c.addr], "350ms");
     gw.write_config(&v3);
-    assert!(wait_applied(&gw, &v3, Duration::from_secs(10)).await);
+    assert_applied(&gw, &v3).await;
     assert!(find(&ea).await.is_none());
     assert_eq!(
         metric_value(
@@ -363,7 +328,7 @@ async fn reload_carries_endpoint_state_and_drops_removed_endpoints() {
         None
     );
     gw.write_config(&v2);
-    assert!(wait_applied(&gw, &v2, Duration::from_secs(10)).await);
+    assert_applied(&gw, &v2).await;
     let ja = find(&ea).await.unwrap();
     assert_eq!(ja["healthy"], true);
     assert_ne!(ja["since"], since);
@@ -385,7 +350,7 @@ async fn reload_keeps_rate_limit_counters_of_routes_that_stay() {
     };
     assert_eq!((send().await, send().await), (200, 200));
     gw.write_config(&v2);
-    assert!(wait_applied(&gw, &v2, Duration::from_secs(10)).await);
+    assert_applied(&gw, &v2).await;
     assert_eq!(send().await, 200);
     assert_eq!(
         send().await,

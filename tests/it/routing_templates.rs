@@ -7,28 +7,22 @@ use crate::support::*;
 async fn templates_regexes_and_priority_against_a_catch_all() {
     let app = TestUpstream::start("app").await;
     let root = TestUpstream::start("root").await;
-    let yaml = format!(
-        r#"
-listeners: [ {{ name: public, address: "{{listen}}" }} ]
-admin: {{ address: "{{admin}}" }}
-upstreams:
-  app: {{ discovery: {{ static: [ {{ address: "{}" }} ] }} }}
-  root: {{ discovery: {{ static: [ {{ address: "{}" }} ] }} }}
-routes:
-  - {{ name: root, match: {{ path_prefix: / }}, upstream: root }}
-  - {{ name: items, match: {{ path_regex: "/items/[0-9]+" }}, upstream: app }}
+    let routes = r#"  - { name: root, match: { path_prefix: / }, upstream: root }
+  - { name: items, match: { path_regex: "/items/[0-9]+" }, upstream: app }
   - name: user
-    match: {{ path_template: "/users/{{id}}" }}
+    match: { path_template: "/users/{id}" }
     upstream: app
-    rewrite_path: "/v2/accounts/{{id}}"
-  - {{ name: me, match: {{ path_template: /users/me }}, upstream: root }}
+    rewrite_path: "/v2/accounts/{id}"
+  - { name: me, match: { path_template: /users/me }, upstream: root }
   - name: files
-    match: {{ path_template: "/files/{{*rest}}" }}
+    match: { path_template: "/files/{*rest}" }
     upstream: app
-    rewrite_path: "/blob/{{rest}}"
-  - {{ name: maintenance, priority: 10, match: {{ path_prefix: /users/9 }}, upstream: root }}
-"#,
-        app.addr, root.addr
+    rewrite_path: "/blob/{rest}"
+  - { name: maintenance, priority: 10, match: { path_prefix: /users/9 }, upstream: root }
+"#;
+    let yaml = config(
+        &(plain_upstream("app", app.addr) + &plain_upstream("root", root.addr)),
+        routes,
     );
     let gw = TestGateway::start(&yaml).await;
     let c = client();
@@ -63,23 +57,15 @@ routes:
 #[tokio::test]
 async fn encoded_slashes_reject_keep_or_decode_per_route() {
     let app = TestUpstream::start("app").await;
-    let yaml = format!(
-        r#"
-listeners: [ {{ name: public, address: "{{listen}}" }} ]
-admin: {{ address: "{{admin}}" }}
-upstreams:
-  app: {{ discovery: {{ static: [ {{ address: "{}" }} ] }} }}
-routes:
-  - name: projects
-    match: {{ path_template: "/api/v4/projects/{{id}}" }}
+    let routes = r#"  - name: projects
+    match: { path_template: "/api/v4/projects/{id}" }
     upstream: app
     encoded_slashes: keep
-    rewrite_path: "/projects/{{id}}"
-  - {{ name: files, match: {{ path_prefix: /files }}, upstream: app, encoded_slashes: decode }}
-  - {{ name: other, match: {{ path_prefix: / }}, upstream: app }}
-"#,
-        app.addr
-    );
+    rewrite_path: "/projects/{id}"
+  - { name: files, match: { path_prefix: /files }, upstream: app, encoded_slashes: decode }
+  - { name: other, match: { path_prefix: / }, upstream: app }
+"#;
+    let yaml = config(&(plain_upstream("app", app.addr)), routes);
     let gw = TestGateway::start(&yaml).await;
     let c = client();
     let status = async |path: &str| c.get(gw.url(path)).send().await.unwrap().status().as_u16();

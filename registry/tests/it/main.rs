@@ -5,19 +5,12 @@
 use std::time::Duration;
 
 use gatehouse_registry::{Registry, RegistryError};
+use gatehouse_testkit::unique;
 
 const REDIS: &str = "redis://127.0.0.1:6379";
 
-fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("test:{prefix}:{}:{nanos}", std::process::id())
-}
-
 async fn registry(name: &str) -> Registry {
-    Registry::connect_with_prefix(REDIS, &unique(name))
+    Registry::connect_with_prefix(REDIS, &unique(&format!("test:{name}")))
         .await
         .expect("the shared Redis at 127.0.0.1:6379 must be running for these tests")
 }
@@ -33,15 +26,16 @@ async fn cleanup(reg: &Registry, service: &str) {
         .unwrap();
 }
 
+/// Registers one member; a Redis error fails the test.
+async fn register(reg: &Registry, service: &str, addr: &str, weight: u32, ttl: Duration) {
+    reg.register(service, addr, weight, ttl).await.unwrap();
+}
+
 #[tokio::test]
 async fn register_list_deregister() {
     let reg = registry("basic").await;
-    reg.register("user", "127.0.0.1:3001", 3, Duration::from_secs(30))
-        .await
-        .unwrap();
-    reg.register("user", "127.0.0.1:3011", 1, Duration::from_secs(30))
-        .await
-        .unwrap();
+    register(&reg, "user", "127.0.0.1:3001", 3, Duration::from_secs(30)).await;
+    register(&reg, "user", "127.0.0.1:3011", 1, Duration::from_secs(30)).await;
     let live = reg.list_live("user").await.unwrap();
     assert_eq!(
         live,
@@ -62,12 +56,8 @@ async fn register_list_deregister() {
 #[tokio::test]
 async fn expired_members_are_ignored_and_pruned() {
     let reg = registry("expiry").await;
-    reg.register("pay", "127.0.0.1:1", 2, Duration::from_millis(200))
-        .await
-        .unwrap();
-    reg.register("pay", "127.0.0.1:2", 5, Duration::from_secs(30))
-        .await
-        .unwrap();
+    register(&reg, "pay", "127.0.0.1:1", 2, Duration::from_millis(200)).await;
+    register(&reg, "pay", "127.0.0.1:2", 5, Duration::from_secs(30)).await;
     assert_eq!(reg.list_live("pay").await.unwrap().len(), 2);
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(

@@ -129,6 +129,11 @@ pub fn config(upstreams: &str, routes: &str) -> String {
     s
 }
 
+/// An upstream with one static endpoint and the default timeouts.
+pub fn plain_upstream(name: &str, addr: std::net::SocketAddr) -> String {
+    format!("  {name}: {{ discovery: {{ static: [ {{ address: \"{addr}\" }} ] }} }}\n")
+}
+
 pub fn static_upstream(name: &str, eps: &[std::net::SocketAddr], extra: &str) -> String {
     let list: Vec<String> = eps
         .iter()
@@ -150,6 +155,12 @@ pub fn hash_of(gw: &TestGateway, yaml: &str) -> String {
 pub async fn wait_applied(gw: &TestGateway, yaml: &str, within: Duration) -> bool {
     let want = hash_of(gw, yaml);
     eventually(within, async || gw.config_hash().await == want).await
+}
+
+/// Asserts that the gateway runs exactly `yaml` within 10 s; the message carries its log.
+pub async fn assert_applied(gw: &TestGateway, yaml: &str) {
+    let applied = wait_applied(gw, yaml, Duration::from_secs(10)).await;
+    assert!(applied, "not applied:\n{}", gw.logs());
 }
 
 /// The endpoints of an upstream as `/admin/upstreams` shows them.
