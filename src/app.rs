@@ -307,13 +307,19 @@ impl BackgroundService for Maintenance {
     }
 }
 
-/// Reloads when the file's content hash differs from the running one.
+/// Reloads when the file's content hash differs from the running one. A file that cannot
+/// be read as text (not UTF-8, no permission) goes to the reload like any other, so it
+/// is refused and reported exactly as SIGHUP and `POST /admin/reload` report it.
 fn reload_if_changed(state: &State, path: &Path) {
-    let Ok(text) = std::fs::read_to_string(path) else {
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
         // Mid-rename the file may be missing for a moment; the next event retries.
-        return;
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+        Err(_) => Vec::new(),
     };
-    if config::hash_text(&text) == state.current().loaded.hash {
+    if std::str::from_utf8(&bytes)
+        .is_ok_and(|text| config::hash_text(text) == state.current().loaded.hash)
+    {
         return;
     }
     let _ = reload::reload(state, "file");

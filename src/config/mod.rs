@@ -71,11 +71,19 @@ fn locate(e: &mut ConfigError, file: Option<&Path>, positions: &LazyPositions) {
 
 /// Reads and loads a config file.
 pub fn load_file(path: &Path) -> Result<LoadedConfig, ConfigErrors> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
+    let refuse = |message: String| {
         ConfigErrors(vec![ConfigError {
             file: Some(path.to_path_buf()),
-            ..ConfigError::at("", format!("cannot read config file: {e}"))
+            ..ConfigError::at("", message)
         }])
+    };
+    let bytes = std::fs::read(path).map_err(|e| refuse(format!("cannot read config file: {e}")))?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        let at = e.utf8_error().valid_up_to();
+        let line = e.as_bytes()[..at].iter().filter(|b| **b == b'\n').count() + 1;
+        refuse(format!(
+            "the config file is not UTF-8 text (YAML 1.2 section 5.2): invalid byte at offset {at}, line {line}"
+        ))
     })?;
     load_str(&text, Some(path))
 }

@@ -358,3 +358,74 @@ async fn reload_keeps_rate_limit_counters_of_routes_that_stay() {
         "the count of the route's limit survived the reload"
     );
 }
+
+#[tokio::test]
+async fn a_file_that_is_not_utf8_is_refused_alike_by_the_watcher_sighup_and_admin() {
+    let [a, b] = upstreams(["a", "b"]).await;
+    let v1 = two_routes(&a, &b, true);
+    let gw = TestGateway::start(&v1).await;
+    let failures = async || {
+        metric(
+            &gw,
+            "gatehouse_config_reloads_total",
+            &[("result", "failure")],
+        )
+        .await
+    };
+    let refusals = |trigger: &str| {
+        gw.logs()
+            .lines()
+            .filter(|l| {
+                l.contains("config reload refused")
+                    && l.contains("not UTF-8 text")
+                    && l.contains(&format!(r#""trigger":"{trigger}""#))
+            })
+            .count()
+    };
+    // Latin-1 bytes in a comment: YAML text must be UTF-8.
+    let mut bytes = fill(&v1, gw.port, gw.admin_port).into_bytes();
+    bytes.extend_from_slice(b"# caf\xe9\n");
+    let tmp = gw.config_path.with_extension("tmp~");
+    std::fs::write(&tmp, &bytes).unwrap();
+    std::fs::rename(&tmp, &gw.config_path).unwrap();
+
+    // The watcher: log line, failure count, DEGRADED.
+    assert!(
+        eventually(Duration::from_secs(10), async || failures().await >= 1.0).await,
+        "the watcher reported the refusal:\n{}",
+        gw.logs()
+    );
+    assert_eq!(refusals("file"), 1, "{}", gw.logs());
+    let status = admin_json(&gw, "/admin/status").await;
+    assert_eq!(status["status"], "DEGRADED", "{status}");
+    assert!(
+        status["status_reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("last config reload failed"),
+        "{status}"
+    );
+    assert_eq!(status_of(&gw, "/b").await, 200, "the old config serves");
+
+    // SIGHUP and the admin endpoint report the same refusal the same way.
+    gw.signal(1);
+    assert!(
+        eventually(Duration::from_secs(10), async || failures().await >= 2.0).await,
+        "{}",
+        gw.logs()
+    );
+    assert_eq!(refusals("signal"), 1, "{}", gw.logs());
+    let r = admin_reload(&gw).await;
+    assert_eq!(r.status, 422, "{}", r.body);
+    assert!(
+        r.body["errors"][0]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("not UTF-8 text"),
+        "{}",
+        r.body
+    );
+    assert_eq!(failures().await, 3.0);
+    assert_eq!(refusals("admin"), 1, "{}", gw.logs());
+    assert_eq!(gw.config_hash().await, hash_of(&gw, &v1));
+}
