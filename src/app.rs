@@ -76,6 +76,7 @@ pub fn build_state(
     config_path: Option<PathBuf>,
 ) -> Result<Arc<State>, StartError> {
     let telemetry = Arc::new(Telemetry::new()?);
+    telemetry.set_endpoint_labels(loaded.config.metrics.endpoint_labels);
     let redis = loaded.config.redis.as_ref().map(|r| {
         let mut settings = gatehouse_filters::RedisSettings::new(r.url.clone());
         settings.timeout = r.timeout.get();

@@ -255,7 +255,7 @@ mod tests {
     #[tokio::test]
     async fn each_filter_is_timed_by_kind_and_summed() {
         let registry = prometheus::Registry::new();
-        let metrics = FilterMetrics::register(&registry).unwrap();
+        let metrics = FilterMetrics::register(&registry, false).unwrap();
         let pass = || Ok(FilterOutcome::Continue);
         let slow = probe("slow", Duration::from_millis(30), pass);
         let fast = probe("fast", Duration::ZERO, pass);

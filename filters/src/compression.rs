@@ -144,8 +144,9 @@ impl Compression {
     }
 }
 
-/// The q-value of `coding` in an Accept-Encoding value (`*` counts; absent = 0).
-fn quality(accept: &str, coding: &str) -> f32 {
+/// The q-value of `coding` in an Accept-Encoding value (`*` counts; absent = 0), as
+/// RFC 9110 section 12.5.3 defines it: `gzip;q=0` refuses gzip.
+pub fn quality(accept: &str, coding: &str) -> f32 {
     let mut star = None;
     for item in accept.split(',') {
         let mut parts = item.split(';');

@@ -106,7 +106,7 @@ impl FilterRuntime {
         redis: Option<RedisSettings>,
         registry: &prometheus::Registry,
     ) -> Result<Self, BuildError> {
-        let metrics = FilterMetrics::register(registry)
+        let metrics = FilterMetrics::register(registry, redis.is_some())
             .map_err(|e| BuildError::new(format!("registering filter metrics: {e}")))?;
         let redis = match redis {
             Some(settings) => Some(Arc::new(rate_limit::redis_store::RedisStore::new(
@@ -148,7 +148,7 @@ impl FilterRuntime {
 impl Default for FilterRuntime {
     /// No Redis; metrics on a private registry (for `validate` and tests).
     fn default() -> Self {
-        let metrics = FilterMetrics::register(&prometheus::Registry::new())
+        let metrics = FilterMetrics::register(&prometheus::Registry::new(), false)
             .unwrap_or_else(|_| FilterMetrics::disabled());
         Self {
             metrics,

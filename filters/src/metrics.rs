@@ -79,8 +79,13 @@ impl FilterMetrics {
     /// `gatehouse_auth_failures_total{route,reason}`,
     /// `gatehouse_ratelimit_decisions_total{route,limit,decision}`, `gatehouse_redis_up`,
     /// `gatehouse_redis_errors_total{op}`, `gatehouse_jwks_fetches_total{result}`,
-    /// `gatehouse_filter_duration_seconds{filter}`.
-    pub fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
+    /// `gatehouse_filter_duration_seconds{filter}`. `gatehouse_redis_up` only with
+    /// `redis_configured`: without Redis the gauge is absent rather than a 0 that an
+    /// "is Redis down" alert would read as an outage.
+    pub fn register(
+        registry: &Registry,
+        redis_configured: bool,
+    ) -> Result<Self, prometheus::Error> {
         let auth_failures = IntCounterVec::new(
             Opts::new(
                 "gatehouse_auth_failures_total",
@@ -124,7 +129,9 @@ impl FilterMetrics {
         registry.register(Box::new(filter_duration.clone()))?;
         registry.register(Box::new(auth_failures.clone()))?;
         registry.register(Box::new(ratelimit_decisions.clone()))?;
-        registry.register(Box::new(redis_up.clone()))?;
+        if redis_configured {
+            registry.register(Box::new(redis_up.clone()))?;
+        }
         registry.register(Box::new(redis_errors.clone()))?;
         registry.register(Box::new(jwks_fetches.clone()))?;
         for op in REDIS_OPS {

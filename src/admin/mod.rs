@@ -136,6 +136,58 @@ impl Admin {
     }
 }
 
+impl Admin {
+    /// The GET answer of a probe endpoint (`/metrics`, `/healthz`, `/readyz`).
+    fn probe(&self, path: &str, req: &pingora_http::RequestHeader) -> Response<Vec<u8>> {
+        match path {
+            "/metrics" => metrics_response(&self.state, req),
+            "/healthz" => json_response(StatusCode::OK, &json!({"status": "ok"})),
+            _ => self.readyz(),
+        }
+    }
+}
+
+/// `/metrics` in the Prometheus text format, gzip-compressed when the scraper accepts it
+/// (Prometheus sends `Accept-Encoding: gzip`; the text of a large gateway is hundreds of
+/// KiB).
+fn metrics_response(state: &State, req: &pingora_http::RequestHeader) -> Response<Vec<u8>> {
+    const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
+    let text = state.telemetry.metrics.render();
+    let gzip = req
+        .headers
+        .get_all(http::header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| gatehouse_filters::compression::quality(v, "gzip") > 0.0);
+    let mut r = match gzip.then(|| gzip_bytes(&text)).flatten() {
+        Some(zipped) => {
+            let mut r = respond(StatusCode::OK, TEXT_FORMAT, zipped);
+            r.headers_mut().insert(
+                http::header::CONTENT_ENCODING,
+                http::HeaderValue::from_static("gzip"),
+            );
+            r
+        }
+        None => respond(StatusCode::OK, TEXT_FORMAT, text),
+    };
+    r.headers_mut().insert(
+        http::header::VARY,
+        http::HeaderValue::from_static("Accept-Encoding"),
+    );
+    r
+}
+
+/// `bytes` gzip-compressed at the fast level (`None` if the encoder fails).
+fn gzip_bytes(bytes: &[u8]) -> Option<Vec<u8>> {
+    use std::io::Write;
+    let mut enc = flate2::write::GzEncoder::new(
+        Vec::with_capacity(bytes.len() / 4),
+        flate2::Compression::fast(),
+    );
+    enc.write_all(bytes).ok()?;
+    enc.finish().ok()
+}
+
 fn respond(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
     let mut r = Response::new(body);
     *r.status_mut() = status;
@@ -269,14 +321,15 @@ impl ServeHttp for Admin {
             );
             return r;
         }
+        // HEAD on a probe endpoint: the GET answer's status and headers (Content-Length
+        // included, RFC 9110 section 9.3.2), no body.
+        if method == http::Method::HEAD && open {
+            let mut r = self.probe(&path, req);
+            r.body_mut().clear();
+            return r;
+        }
         match (method.as_str(), path.as_str()) {
-            ("GET", "/metrics") => respond(
-                StatusCode::OK,
-                "text/plain; version=0.0.4; charset=utf-8",
-                self.state.telemetry.metrics.render(),
-            ),
-            ("GET", "/healthz") => json_response(StatusCode::OK, &json!({"status": "ok"})),
-            ("GET", "/readyz") => self.readyz(),
+            ("GET", "/metrics" | "/healthz" | "/readyz") => self.probe(&path, req),
             ("GET", "/") | ("GET", "/dashboard") => respond(
                 StatusCode::OK,
                 "text/html; charset=utf-8",

@@ -25,6 +25,9 @@ pub struct GatewayConfig {
     /// Structured JSON access log on stdout.
     #[serde(default)]
     pub access_log: AccessLogConfig,
+    /// What `/metrics` exports. Changing it needs a restart.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
     /// Graceful shutdown settings.
     #[serde(default)]
     pub shutdown: ShutdownConfig,
@@ -259,6 +262,28 @@ impl Default for AccessLogConfig {
 
 fn default_true() -> bool {
     true
+}
+
+/// Metric series settings.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Label the per-endpoint counters (`gatehouse_upstream_requests_total`,
+    /// `gatehouse_upstream_health_transitions_total`) with the endpoint's address; default
+    /// true. The series of an endpoint are dropped when it leaves the upstream either way;
+    /// set false when discovery churns many addresses and one series per upstream is
+    /// enough (`endpoint=""`). `gatehouse_upstream_endpoint_healthy` keeps one series per
+    /// live endpoint.
+    #[serde(default = "default_true")]
+    pub endpoint_labels: bool,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            endpoint_labels: true,
+        }
+    }
 }
 
 /// Graceful shutdown.

@@ -4,7 +4,7 @@
 use pingora_proxy::Session;
 
 use super::ctx::RequestCtx;
-use crate::telemetry::{status_class, RouteMetrics, Telemetry};
+use crate::telemetry::{status_class, RouteMetrics, Telemetry, UNROUTED};
 
 /// Counts the finished request and writes its access-log line (when the snapshot's
 /// `access_log` is on).
@@ -28,10 +28,10 @@ pub fn finish(tel: &Telemetry, session: &Session, ctx: &RequestCtx) {
             .observe(status, source == "upstream", elapsed.as_secs_f64()),
         None => {
             m.requests
-                .with_label_values(&["", "", status_class(status), source])
+                .with_label_values(&[UNROUTED, UNROUTED, status_class(status), source])
                 .inc();
             m.request_duration
-                .with_label_values(&[""])
+                .with_label_values(&[UNROUTED])
                 .observe(elapsed.as_secs_f64());
         }
     }

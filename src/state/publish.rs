@@ -2,12 +2,10 @@
 //! with a snapshot (at start, after each reload, and periodically from the maintenance
 //! loop). State changes themselves are reported where they happen, through `telemetry`.
 
-use prometheus::core::Collector;
-
 use super::{Snapshot, State};
 use crate::clock::mono_ms;
 use crate::config::model::DiscoveryConfig;
-use crate::telemetry::{Telemetry, BREAKER_STATES};
+use crate::telemetry::{remove_series, Telemetry, BREAKER_STATES};
 
 /// Drops metric series of endpoints that no longer exist and publishes the health of new
 /// ones, after `old` was replaced by the current snapshot.
@@ -39,8 +37,11 @@ pub fn publish(tel: &Telemetry, snap: &Snapshot) {
             tel.endpoint_available(name, &e.address, e.is_available(now));
             if checked {
                 for to in ["healthy", "unhealthy"] {
-                    m.health_transitions
-                        .with_label_values(&[name, &e.address, to]);
+                    m.health_transitions.with_label_values(&[
+                        name,
+                        tel.endpoint_label(&e.address),
+                        to,
+                    ]);
                 }
             }
         }
@@ -77,28 +78,11 @@ pub fn publish(tel: &Telemetry, snap: &Snapshot) {
 /// Removes `gatehouse_circuit_breaker_state` series of upstreams that are gone or lost
 /// their breaker.
 fn drop_stale_breaker_series(tel: &Telemetry, snap: &Snapshot) {
-    let stale: Vec<(String, String)> = tel
-        .metrics
-        .breaker_state
-        .collect()
-        .iter()
-        .flat_map(|mf| mf.get_metric().iter())
-        .filter_map(|m| {
-            let label = |k: &str| {
-                m.get_label()
-                    .iter()
-                    .find(|l| l.name() == k)
-                    .map(|l| l.value().to_string())
-            };
-            let (u, s) = (label("upstream")?, label("state")?);
-            let keep = snap
-                .upstreams
+    remove_series(&tel.metrics.breaker_state, |label| {
+        !label("upstream").is_some_and(|u| {
+            snap.upstreams
                 .get(&u)
-                .is_some_and(|c| c.resilience.breaker.is_some());
-            (!keep).then_some((u, s))
+                .is_some_and(|c| c.resilience.breaker.is_some())
         })
-        .collect();
-    for (u, s) in stale {
-        let _ = tel.metrics.breaker_state.remove_label_values(&[&u, &s]);
-    }
+    });
 }

@@ -35,6 +35,7 @@ fn restart_only(old: &config::GatewayConfig, new: &config::GatewayConfig) -> Vec
     check("runtime", old.runtime != new.runtime);
     check("redis", old.redis != new.redis);
     check("shutdown", old.shutdown != new.shutdown);
+    check("metrics", old.metrics != new.metrics);
     w
 }
 
@@ -65,6 +66,7 @@ fn keep_restart_only(new: &mut config::GatewayConfig, running: &config::GatewayC
     new.runtime = running.runtime.clone();
     new.redis = running.redis.clone();
     new.shutdown = running.shutdown.clone();
+    new.metrics = running.metrics.clone();
 }
 
 /// Reloads run one at a time: each reads the file inside the lock, so the last to run

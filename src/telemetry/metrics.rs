@@ -1,9 +1,14 @@
 //! Gateway metric definitions, registered once on one registry that `/metrics` serves.
 
+use prometheus::core::{Collector, MetricVec, MetricVecBuilder};
 use prometheus::{
     Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec,
     Opts, Registry, TextEncoder,
 };
+
+/// The `route` and `upstream` label of a request that matched no route (refused before
+/// routing, or no route matched). A name no route can have: route names are identifiers.
+pub const UNROUTED: &str = "(none)";
 
 /// Latency buckets in seconds: 0.5 ms .. 30 s.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -145,6 +150,12 @@ impl Metrics {
             build_info: reg!(gauge("gatehouse_build_info", "Build information; always 1.", &["version"])?),
             registry,
         };
+        // The standard process_* metrics (CPU seconds, resident memory, open fds, start time),
+        // read from /proc at each scrape; Linux only, as the prometheus crate provides them.
+        #[cfg(target_os = "linux")]
+        m.registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
         m.build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
@@ -171,6 +182,42 @@ impl Metrics {
         self.config_info
             .with_label_values(&[&hash[..hash.len().min(16)]])
             .set(1);
+    }
+}
+
+/// Removes every series of `vec` whose labels `doomed` selects (given a label's value by
+/// name), e.g. all outcomes of an endpoint that is gone: the prometheus crate removes
+/// only by the full label set, and some label values (outcomes, states) are open-ended.
+pub fn remove_series<T: MetricVecBuilder>(
+    vec: &MetricVec<T>,
+    doomed: impl Fn(&dyn Fn(&str) -> Option<String>) -> bool,
+) {
+    let gone: Vec<Vec<(String, String)>> = vec
+        .collect()
+        .iter()
+        .flat_map(|family| family.get_metric().iter())
+        .filter_map(|m| {
+            let labels = m.get_label();
+            let value = |name: &str| {
+                labels
+                    .iter()
+                    .find(|l| l.name() == name)
+                    .map(|l| l.value().to_string())
+            };
+            doomed(&value).then(|| {
+                labels
+                    .iter()
+                    .map(|l| (l.name().to_string(), l.value().to_string()))
+                    .collect()
+            })
+        })
+        .collect();
+    for labels in gone {
+        let labels: std::collections::HashMap<&str, &str> = labels
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect();
+        let _ = vec.remove(&labels);
     }
 }
 

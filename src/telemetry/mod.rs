@@ -7,10 +7,13 @@ pub mod events;
 pub mod metrics;
 
 use std::fmt::Display;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::SystemTime;
 
 pub use events::{rfc3339, Event, EventLog, ReloadRecord};
-pub use metrics::{status_class, InflightGuard, Metrics, MetricsError, RouteMetrics};
+pub use metrics::{
+    remove_series, status_class, InflightGuard, Metrics, MetricsError, RouteMetrics, UNROUTED,
+};
 
 /// The breaker states as metric labels, in the one-hot gauge's order.
 pub const BREAKER_STATES: [&str; 3] = ["closed", "open", "half_open"];
@@ -21,6 +24,8 @@ pub struct Telemetry {
     pub metrics: Metrics,
     /// Health transitions, breaker trips, reloads: for the dashboard.
     pub events: EventLog,
+    /// `metrics.endpoint_labels`: whether counters carry the endpoint's address.
+    endpoint_labels: AtomicBool,
 }
 
 impl Telemetry {
@@ -29,7 +34,27 @@ impl Telemetry {
         Ok(Self {
             metrics: Metrics::new()?,
             events: EventLog::default(),
+            endpoint_labels: AtomicBool::new(true),
         })
+    }
+
+    /// Sets `metrics.endpoint_labels` (read at start: it needs a restart). Off, the
+    /// endpoint counters (`gatehouse_upstream_requests_total`,
+    /// `gatehouse_upstream_health_transitions_total`) carry `endpoint=""`, one series per
+    /// upstream, for fleets whose discovery churns addresses.
+    pub fn set_endpoint_labels(&self, on: bool) {
+        self.endpoint_labels.store(on, Ordering::Relaxed);
+    }
+
+    /// The `endpoint` label value of a counter for `address` (`""` when endpoint labels
+    /// are off). The `gatehouse_upstream_endpoint_healthy` gauge always names the endpoint:
+    /// it has one series per live endpoint, dropped with it.
+    pub fn endpoint_label<'a>(&self, address: &'a str) -> &'a str {
+        if self.endpoint_labels.load(Ordering::Relaxed) {
+            address
+        } else {
+            ""
+        }
     }
 
     // === circuit breaker ===
@@ -121,7 +146,7 @@ impl Telemetry {
             .push("health", format!("{upstream} {endpoint} is {to}: {why}"));
         self.metrics
             .health_transitions
-            .with_label_values(&[upstream, endpoint, to])
+            .with_label_values(&[upstream, self.endpoint_label(endpoint), to])
             .inc();
         self.endpoint_available(upstream, endpoint, available);
     }
@@ -134,12 +159,20 @@ impl Telemetry {
             .set(i64::from(available));
     }
 
-    /// Drops the series of an endpoint that no longer exists.
+    /// Drops every series of an endpoint that no longer exists (its health gauge, its
+    /// try outcomes and health transitions), so that churning discovery cannot grow the
+    /// series count without bound.
     pub fn endpoint_removed(&self, upstream: &str, endpoint: &str) {
-        let _ = self
-            .metrics
+        let m = &self.metrics;
+        let _ = m
             .endpoint_healthy
             .remove_label_values(&[upstream, endpoint]);
+        let this = |label: &dyn Fn(&str) -> Option<String>| {
+            label("upstream").as_deref() == Some(upstream)
+                && label("endpoint").as_deref() == Some(endpoint)
+        };
+        remove_series(&m.upstream_requests, this);
+        remove_series(&m.health_transitions, this);
     }
 
     /// Discovery replaced an upstream's endpoint set (`source`: `dns`, `file`, `redis`).

@@ -134,18 +134,19 @@ impl Endpoint {
             "protocol_error",
             "truncated",
         ];
+        let endpoint = tel.endpoint_label(&self.address);
         let counters = self.outcome_counters.get_or_init(|| {
             OUTCOMES.map(|o| {
                 metrics
                     .upstream_requests
-                    .with_label_values(&[upstream, &self.address, o])
+                    .with_label_values(&[upstream, endpoint, o])
             })
         });
         match OUTCOMES.iter().position(|o| *o == outcome) {
             Some(i) => counters[i].inc(),
             None => metrics
                 .upstream_requests
-                .with_label_values(&[upstream, &self.address, outcome])
+                .with_label_values(&[upstream, endpoint, outcome])
                 .inc(),
         }
     }

@@ -14,6 +14,7 @@ mod http_edge;
 mod jwt;
 mod load;
 mod load_balancing;
+mod metrics_series;
 mod observability;
 mod rate_limits;
 mod reload;
