@@ -83,8 +83,33 @@ impl Serialize for Duration {
 
 impl<'de> Deserialize<'de> for Duration {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
+        struct DurationVisitor;
+        impl serde::de::Visitor<'_> for DurationVisitor {
+            type Value = Duration;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a duration such as 250ms, 10s or 15m")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Duration, E> {
+                v.parse().map_err(E::custom)
+            }
+            // A bare number has no unit to read it in: say how to write one.
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Duration, E> {
+                Err(E::custom(format!(
+                    "{v} has no unit: write a duration with its unit, such as {v}s or {v}ms"
+                )))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Duration, E> {
+                Err(E::custom(format!(
+                    "{v} is not a duration: write one with its unit, such as 1s or 250ms"
+                )))
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Duration, E> {
+                Err(E::custom(format!(
+                    "{v} has no unit: write a duration with its unit, such as 1s or 1500ms"
+                )))
+            }
+        }
+        d.deserialize_any(DurationVisitor)
     }
 }
 

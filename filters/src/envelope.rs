@@ -22,7 +22,8 @@ use crate::{BodyTransform, BuildError, Filter, FilterError, ResponseCx};
 pub struct EnvelopeConfig {
     /// Bodies are buffered to be wrapped; larger ones pass through unwrapped.
     /// Default 1 MiB.
-    #[serde(default = "default_max")]
+    #[serde(default = "default_max", deserialize_with = "crate::size::de")]
+    #[schemars(with = "crate::size::ByteSize")]
     pub max_body_bytes: usize,
 }
 

@@ -131,7 +131,10 @@ fn parse(text: &str) -> Result<GatewayConfig, ConfigError> {
     // Parse to a value first: that resolves anchors and `<<` merge keys; positions for
     // type errors then come from the position index, by field path (the caller's).
     let mut value: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| {
-        let mut err = ConfigError::at("", strip_location(&e.to_string()));
+        let line = e
+            .location()
+            .and_then(|l| text.lines().nth(l.line().saturating_sub(1)));
+        let mut err = syntax_error(&strip_location(&e.to_string()), line.unwrap_or(""));
         if let Some(loc) = e.location() {
             err.line = Some(loc.line());
             err.column = Some(loc.column());
@@ -160,11 +163,55 @@ fn parse(text: &str) -> Result<GatewayConfig, ConfigError> {
             }
             _ => message,
         };
+        if let Some(e) = under_indented(&path, &message) {
+            return e;
+        }
         let hint = unknown_name_hint(&message);
         let mut e = ConfigError::at(path, message);
         e.hint = hint;
         e
     })
+}
+
+/// A YAML syntax error in words an operator acts on: libyaml's tab and indentation
+/// messages get the rule they break. `line`: the text of the line it points at.
+fn syntax_error(message: &str, line: &str) -> ConfigError {
+    let indent = &line[..line.len() - line.trim_start().len()];
+    if message.contains("tab character") || indent.contains('\t') {
+        return ConfigError::at("", "tabs are not allowed in YAML indentation")
+            .with_hint("indent with spaces");
+    }
+    let err = ConfigError::at("", message);
+    if message.starts_with("did not find expected")
+        || message.contains("mapping values are not allowed")
+    {
+        return err.with_hint(
+            "check this line's indentation: the keys of one block start in the same column, and a list item's keys line up after its `- `",
+        );
+    }
+    err
+}
+
+/// An unknown field `x` under a key `k` that is itself a field of the entry above (e.g.
+/// `timeouts:` dedented under `upstreams:`, so it reads as an upstream named `timeouts`):
+/// the mistake is the key's indentation, one line earlier than serde's error, so the
+/// error points at the key and says so.
+fn under_indented(path: &str, message: &str) -> Option<ConfigError> {
+    let rest = message.strip_prefix("unknown field `")?;
+    let (_, expected) = rest.split_once('`')?;
+    let names: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
+    let (owner, _) = path.rsplit_once('.')?;
+    let (outer, key) = owner.rsplit_once('.')?;
+    if key.contains('[') || !names.contains(&key) {
+        return None;
+    }
+    Some(
+        ConfigError::at(
+            owner,
+            format!("`{key}` is indented as a new entry of `{outer}`, not as a field of the entry above it"),
+        )
+        .with_hint(format!("indent `{key}:` and its block to line up with the fields of the entry above")),
+    )
 }
 
 /// serde_yaml appends " at line X column Y"; we print the location ourselves.
@@ -215,6 +262,79 @@ mod tests {
         assert_eq!(e.line, Some(12));
         assert_eq!(e.path, "routes[0].upstrem");
         assert!(e.to_string().starts_with("gw.yaml:12:"), "{e}");
+    }
+
+    #[test]
+    fn a_dedented_field_points_at_its_key() {
+        let text = "listeners: [ { name: a, address: \"127.0.0.1:8080\" } ]\nupstreams:\n  app:\n    discovery: { static: [ { address: \"127.0.0.1:1\" } ] }\n  timeouts:\n    connect: 1s\nroutes: []\n";
+        let e = &load_str(text, None).unwrap_err().0[0];
+        assert_eq!(e.path, "upstreams.timeouts");
+        assert_eq!(e.line, Some(5), "{e}");
+        assert!(
+            e.message
+                .starts_with("`timeouts` is indented as a new entry of `upstreams`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn syntax_errors_name_the_rule() {
+        let tab = "listeners:\n\t- { name: a, address: \"127.0.0.1:8080\" }\n";
+        let e = &load_str(tab, None).unwrap_err().0[0];
+        assert_eq!(e.message, "tabs are not allowed in YAML indentation");
+        assert_eq!(e.line, Some(2));
+        let dedent = "routes:\n  - name: r\n    match: { path_prefix: / }\n   upstream: app\n";
+        let e = &load_str(dedent, None).unwrap_err().0[0];
+        assert_eq!(e.line, Some(4), "{e}");
+        assert!(
+            e.hint.as_deref().is_some_and(|h| h.contains("indentation")),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn numbers_where_a_unit_is_needed_say_how_to_write_it() {
+        let text = MINIMAL.replace("  app:\n", "  app:\n    timeouts: { connect: 1 }\n");
+        let e = &load_str(&text, None).unwrap_err().0[0];
+        assert_eq!(e.path, "upstreams.app.timeouts.connect");
+        assert!(
+            e.message
+                .contains("write a duration with its unit, such as 1s"),
+            "{e}"
+        );
+        let text = MINIMAL.replace(
+            "    upstream: app\n",
+            "    upstream: app\n    match: { path_prefix: /, headers: { x-canary: 1 } }\n",
+        );
+        let text = text.replacen("    match: { path_prefix: / }\n", "", 1);
+        let e = &load_str(&text, None).unwrap_err().0[0];
+        assert_eq!(e.path, "routes[0].match.headers.x-canary");
+        assert!(e.message.contains("write \"1\" in quotes"), "{e}");
+    }
+
+    #[test]
+    fn sizes_take_units() {
+        for (written, bytes) in [
+            ("1048576", 1_048_576u64),
+            ("10MiB", 10 << 20),
+            ("10m", 10 << 20),
+            ("512k", 512 << 10),
+            ("1g", 1 << 30),
+        ] {
+            let text = MINIMAL.replace(
+                "    upstream: app\n",
+                &format!("    upstream: app\n    max_body_bytes: {written}\n"),
+            );
+            let c = load_str(&text, None).unwrap_or_else(|e| panic!("{written}: {e}"));
+            assert_eq!(c.config.routes[0].max_body_bytes, Some(bytes), "{written}");
+        }
+        let text = MINIMAL.replace(
+            "    upstream: app\n",
+            "    upstream: app\n    max_body_bytes: 10 apples\n",
+        );
+        let e = &load_str(&text, None).unwrap_err().0[0];
+        assert_eq!(e.path, "routes[0].max_body_bytes");
+        assert!(e.message.contains("such as 10MiB"), "{e}");
     }
 
     #[test]

@@ -73,18 +73,30 @@ pub struct ListenerConfig {
 pub struct HttpListenerConfig {
     /// Largest request header section (request line and all fields), in bytes; default
     /// 32768 (nginx's `large_client_header_buffers 4 8k`; Envoy allows 60 KiB). Larger: 431.
-    #[serde(default = "default_max_request_header_bytes")]
+    #[serde(
+        default = "default_max_request_header_bytes",
+        deserialize_with = "gatehouse_filters::size::de"
+    )]
+    #[schemars(with = "gatehouse_filters::size::ByteSize")]
     pub max_request_header_bytes: usize,
     /// Largest single header field line (name, colon, value), in bytes; default 8192 (one
     /// nginx large buffer). Larger: 431.
-    #[serde(default = "default_max_header_line_bytes")]
+    #[serde(
+        default = "default_max_header_line_bytes",
+        deserialize_with = "gatehouse_filters::size::de"
+    )]
+    #[schemars(with = "gatehouse_filters::size::ByteSize")]
     pub max_header_line_bytes: usize,
     /// Most header fields in one request; default 100 (Envoy's `max_headers_count`).
     /// More: 431. pingora's parser refuses more than 256 whatever this says.
     #[serde(default = "default_max_headers")]
     pub max_headers: usize,
     /// Longest request-target, in bytes; default 8192 (nginx: one large buffer). Longer: 414.
-    #[serde(default = "default_max_uri_bytes")]
+    #[serde(
+        default = "default_max_uri_bytes",
+        deserialize_with = "gatehouse_filters::size::de"
+    )]
+    #[schemars(with = "gatehouse_filters::size::ByteSize")]
     pub max_uri_bytes: usize,
     /// Time a client has to send its whole request header, counted from its first byte;
     /// default 10s (HAProxy's usual `timeout http-request`; nginx's `client_header_timeout`
@@ -218,7 +230,11 @@ pub struct RuntimeConfig {
     pub upstream_idle_timeout: Duration,
     /// Read buffer per client connection in bytes; default 16384. pingora's own default
     /// (64 KiB, zero-filled) dominates memory per idle keep-alive connection.
-    #[serde(default = "default_downstream_read_buffer")]
+    #[serde(
+        default = "default_downstream_read_buffer",
+        deserialize_with = "gatehouse_filters::size::de"
+    )]
+    #[schemars(with = "gatehouse_filters::size::ByteSize")]
     pub downstream_read_buffer: usize,
 }
 
@@ -766,7 +782,8 @@ pub struct RouteConfig {
     #[serde(default)]
     pub rewrite_path: Option<String>,
     /// Request body limit; default 10MiB. Larger bodies get a 413.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "gatehouse_filters::size::de_opt")]
+    #[schemars(with = "Option<gatehouse_filters::size::ByteSize>")]
     pub max_body_bytes: Option<u64>,
     /// Read the whole request body before connecting upstream (nginx
     /// `proxy_request_buffering`, Envoy's buffer filter); default off: bodies stream.
@@ -785,7 +802,11 @@ pub struct RouteConfig {
 pub struct RequestBufferingConfig {
     /// Largest body held, in bytes: 1..=65536 (pingora replays at most 64 KiB of a request
     /// body to the upstream); default 65536.
-    #[serde(default = "default_buffer_bytes")]
+    #[serde(
+        default = "default_buffer_bytes",
+        deserialize_with = "gatehouse_filters::size::de"
+    )]
+    #[schemars(with = "gatehouse_filters::size::ByteSize")]
     pub max_bytes: usize,
 }
 
@@ -835,7 +856,7 @@ pub struct MatchConfig {
 }
 
 /// A header condition.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
 #[serde(untagged)]
 pub enum HeaderMatch {
     /// The header equals this value.
@@ -845,4 +866,49 @@ pub enum HeaderMatch {
         /// Whether it must be present.
         present: bool,
     },
+}
+
+impl<'de> Deserialize<'de> for HeaderMatch {
+    /// A string, or `{ present: bool }`; anything else is refused with how to write it
+    /// (YAML reads `x-canary: 1` as a number, and `1.10` would silently become `1.1`).
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::{Error, MapAccess, Visitor};
+        struct V;
+        fn quote<E: Error>(v: impl std::fmt::Display, what: &str) -> E {
+            E::custom(format!(
+                "a header condition is a string or {{ present: true|false }}: write \"{v}\" in quotes (YAML reads {v} as a {what})"
+            ))
+        }
+        impl<'de> Visitor<'de> for V {
+            type Value = HeaderMatch;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a header value (a string) or { present: true|false }")
+            }
+            fn visit_str<E: Error>(self, v: &str) -> Result<HeaderMatch, E> {
+                Ok(HeaderMatch::Equals(v.to_string()))
+            }
+            fn visit_u64<E: Error>(self, v: u64) -> Result<HeaderMatch, E> {
+                Err(quote(v, "number"))
+            }
+            fn visit_i64<E: Error>(self, v: i64) -> Result<HeaderMatch, E> {
+                Err(quote(v, "number"))
+            }
+            fn visit_f64<E: Error>(self, v: f64) -> Result<HeaderMatch, E> {
+                Err(quote(v, "number"))
+            }
+            fn visit_bool<E: Error>(self, v: bool) -> Result<HeaderMatch, E> {
+                Err(quote(v, "boolean"))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<HeaderMatch, A::Error> {
+                #[derive(Deserialize)]
+                #[serde(deny_unknown_fields)]
+                struct Presence {
+                    present: bool,
+                }
+                let p = Presence::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(HeaderMatch::Presence { present: p.present })
+            }
+        }
+        d.deserialize_any(V)
+    }
 }

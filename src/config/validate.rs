@@ -533,7 +533,12 @@ fn matcher(
         }
     }
     if let Some(re) = &m.path_regex {
-        if let Err(e) = regex::Regex::new(&format!("^(?:{re})$")) {
+        // The router anchors the pattern as `^(?:re)$`; the error shows the user's own
+        // pattern, so compile that first.
+        let err = regex::Regex::new(re)
+            .err()
+            .or_else(|| regex::Regex::new(&format!("^(?:{re})$")).err());
+        if let Some(e) = err {
             errs.push(ConfigError::at(
                 format!("{base}.path_regex"),
                 format!("invalid regex: {e}"),
@@ -784,6 +789,14 @@ routes:
                 "missing {e:?} in {errs:#?}"
             );
         }
+    }
+
+    #[test]
+    fn an_invalid_regex_shows_the_pattern_as_written() {
+        let errs = errors("listeners: [ { name: a, address: \"127.0.0.1:8080\" } ]\nupstreams:\n  app: { discovery: { static: [ { address: \"127.0.0.1:1\" } ] } }\nroutes:\n  - { name: r, match: { path_regex: \"/a(\" }, upstream: app }\n");
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(errs[0].contains("/a("), "{}", errs[0]);
+        assert!(!errs[0].contains("^(?:"), "{}", errs[0]);
     }
 
     #[test]

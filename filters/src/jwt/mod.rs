@@ -95,7 +95,11 @@ pub struct JwtConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub header: Option<String>,
     /// Tokens longer than this are refused before parsing. Default 8192 bytes.
-    #[serde(default = "default_max_token_bytes")]
+    #[serde(
+        default = "default_max_token_bytes",
+        deserialize_with = "crate::size::de"
+    )]
+    #[schemars(with = "crate::size::ByteSize")]
     pub max_token_bytes: usize,
     /// How many accepted tokens to remember, so a repeated token skips the signature
     /// check (its `exp`/`nbf` are still honoured on every request, and it is verified

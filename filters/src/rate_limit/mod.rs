@@ -110,7 +110,12 @@ pub struct RateLimitConfig {
     pub headers: bool,
     /// `body.<field>` keys: how many body bytes to read (at most 64 KiB, the default).
     /// A field beyond them counts as missing.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::size::de_opt"
+    )]
+    #[schemars(with = "Option<crate::size::ByteSize>")]
     pub max_body_bytes: Option<usize>,
 }
 
