@@ -308,9 +308,11 @@ impl BackgroundService for Maintenance {
     }
 }
 
-/// Reloads when the file's content hash differs from the running one. A file that cannot
-/// be read as text (not UTF-8, no permission) goes to the reload like any other, so it
-/// is refused and reported exactly as SIGHUP and `POST /admin/reload` report it.
+/// Reloads when the file's content hash differs from the running one, or when the last
+/// reload failed: restoring the running text after a broken edit is then a successful
+/// (no-op) reload that clears DEGRADED. A file that cannot be read as text (not UTF-8, no
+/// permission) goes to the reload like any other, so it is refused and reported exactly
+/// as SIGHUP and `POST /admin/reload` report it.
 fn reload_if_changed(state: &State, path: &Path) {
     let bytes = match std::fs::read(path) {
         Ok(bytes) => bytes,
@@ -318,8 +320,9 @@ fn reload_if_changed(state: &State, path: &Path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
         Err(_) => Vec::new(),
     };
-    if std::str::from_utf8(&bytes)
-        .is_ok_and(|text| config::hash_text(text) == state.current().loaded.hash)
+    if !state.telemetry.events.last_reload_failed()
+        && std::str::from_utf8(&bytes)
+            .is_ok_and(|text| config::hash_text(text) == state.current().loaded.hash)
     {
         return;
     }

@@ -83,4 +83,10 @@ impl EventLog {
         let q = self.reloads.lock().unwrap_or_else(|p| p.into_inner());
         q.iter().rev().cloned().collect()
     }
+
+    /// Whether the newest reload was refused (the gateway is DEGRADED until one succeeds).
+    pub fn last_reload_failed(&self) -> bool {
+        let q = self.reloads.lock().unwrap_or_else(|p| p.into_inner());
+        q.back().is_some_and(|r| r.result == "failure")
+    }
 }

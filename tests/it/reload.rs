@@ -211,6 +211,36 @@ async fn broken_file_keeps_the_old_routes_and_admin_returns_the_errors() {
 }
 
 #[tokio::test]
+async fn restoring_the_running_file_after_a_broken_edit_clears_degraded() {
+    let [a, b] = upstreams(["a", "b"]).await;
+    let v2 = two_routes(&a, &b, true);
+    let gw = TestGateway::start(&v2).await;
+    let status = async || admin_json(&gw, "/admin/status").await["status"].clone();
+    assert_eq!(status().await, "HEALTHY");
+    gw.write_config(&v2.replace("routes:\n", "routes:\n  - { name: x\n"));
+    assert!(
+        eventually(Duration::from_secs(10), async || status().await
+            == "DEGRADED")
+        .await,
+        "{}",
+        gw.logs()
+    );
+    // The exact running text again (an editor's undo): a successful no-op reload.
+    gw.write_config(&v2);
+    assert!(
+        eventually(Duration::from_secs(10), async || status().await
+            == "HEALTHY")
+        .await,
+        "restoring the running file clears DEGRADED:\n{}",
+        gw.logs()
+    );
+    assert_eq!(gw.config_hash().await, hash_of(&gw, &v2));
+    let reloads = admin_json(&gw, "/admin/status").await["reloads"].clone();
+    assert_eq!(reloads[0]["result"], "success", "{reloads}");
+    assert_eq!(reloads[1]["result"], "failure", "{reloads}");
+}
+
+#[tokio::test]
 async fn restart_only_fields_are_reported_and_admin_config_shows_the_running_one() {
     let a = TestUpstream::start("a").await;
     let ups = static_upstream("a", &[a.addr], "");
