@@ -16,6 +16,7 @@ pub mod headers;
 pub mod jwt;
 pub mod metrics;
 pub mod rate_limit;
+pub mod refusal_log;
 pub mod size;
 mod util;
 

@@ -17,6 +17,7 @@ mod load_balancing;
 mod metrics_series;
 mod observability;
 mod rate_limits;
+mod refusal_log;
 mod reload;
 mod resilience;
 mod routing;

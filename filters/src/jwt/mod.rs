@@ -166,6 +166,8 @@ pub struct JwtAuth {
     max_token_bytes: usize,
     cache: Option<cache::TokenCache>,
     metrics: FilterMetrics,
+    /// One refusal line per reason per interval (the metric counts every one).
+    refusal_log: crate::refusal_log::RefusalLog,
 }
 
 impl JwtAuth {
@@ -214,6 +216,7 @@ impl JwtAuth {
                 cache::TokenCache::new(cfg.token_cache_size, cfg.leeway.get(), cfg.validate_nbf)
             }),
             metrics: runtime.metrics.clone(),
+            refusal_log: Default::default(),
         })
     }
 
@@ -262,14 +265,28 @@ impl JwtAuth {
     }
 
     fn refuse(&self, reason: Reason, cx: &RequestCx<'_>) -> FilterOutcome {
-        self.metrics.auth_failure(cx.route, reason.as_str());
-        tracing::info!(
-            route = %self.route,
-            request_id = %cx.request_id,
-            reason = reason.as_str(),
-            detail = %reason.detail(),
-            "jwt: request refused"
-        );
+        let label = reason.as_str();
+        self.metrics.auth_failure(cx.route, label);
+        let route = Arc::clone(&self.route);
+        let summary = move |suppressed: u64| {
+            tracing::info!(
+                route = %route,
+                reason = label,
+                suppressed,
+                interval_s = crate::refusal_log::INTERVAL.as_secs(),
+                "jwt: more requests refused (lines held back)"
+            );
+        };
+        if let Some(suppressed) = self.refusal_log.admit(label, summary) {
+            tracing::info!(
+                route = %self.route,
+                request_id = %cx.request_id,
+                reason = label,
+                detail = %reason.detail(),
+                suppressed,
+                "jwt: request refused"
+            );
+        }
         let resp = if matches!(reason, Reason::Forbidden(_)) {
             Response::error(
                 StatusCode::FORBIDDEN,

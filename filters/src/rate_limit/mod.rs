@@ -200,6 +200,8 @@ pub struct RateLimit {
     local: Arc<local::LocalLimiter>,
     redis: Option<Arc<redis_store::RedisStore>>,
     decisions: RatelimitCounters,
+    /// One `rate limited` line per interval (the metric counts every one).
+    refusal_log: crate::refusal_log::RefusalLog,
 }
 
 impl RateLimit {
@@ -253,6 +255,7 @@ impl RateLimit {
         };
         Ok(Self {
             decisions: runtime.metrics.ratelimit_counters(route, &name),
+            refusal_log: Default::default(),
             route: Arc::from(route),
             local: runtime.local.get(route, &name, &policy),
             name: Arc::from(name.as_str()),
@@ -392,7 +395,19 @@ impl Filter for RateLimit {
             }
             return Ok(FilterOutcome::Continue);
         }
-        tracing::info!(route = %self.route, limit = %self.name, request_id = %cx.request_id, "rate limited");
+        let (route, name) = (Arc::clone(&self.route), Arc::clone(&self.name));
+        let summary = move |suppressed: u64| {
+            tracing::info!(
+                route = %route,
+                limit = %name,
+                suppressed,
+                interval_s = crate::refusal_log::INTERVAL.as_secs(),
+                "rate limited: more requests refused (lines held back)"
+            );
+        };
+        if let Some(suppressed) = self.refusal_log.admit("rate_limited", summary) {
+            tracing::info!(route = %self.route, limit = %self.name, request_id = %cx.request_id, suppressed, "rate limited");
+        }
         let mut resp = Response::error(
             StatusCode::TOO_MANY_REQUESTS,
             "rate_limited",
