@@ -3,8 +3,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use schemars::JsonSchema;
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Deserializer};
 
 /// A duration written as a number and a unit (`ms`, `s`, `m`, `h`, `d`), e.g. `250ms`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -75,12 +74,6 @@ impl fmt::Display for Duration {
     }
 }
 
-impl Serialize for Duration {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
 impl<'de> Deserialize<'de> for Duration {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct DurationVisitor;
@@ -113,18 +106,12 @@ impl<'de> Deserialize<'de> for Duration {
     }
 }
 
-impl JsonSchema for Duration {
-    fn schema_name() -> std::borrow::Cow<'static, str> {
-        "Duration".into()
-    }
-    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-        schemars::json_schema!({
-            "type": "string",
-            "pattern": "^[0-9]+(ms|s|m|h|d)$",
-            "description": "A duration: a number followed by ms, s, m, h or d (e.g. 250ms, 10s, 15m)."
-        })
-    }
-}
+crate::util::string_config_value!(
+    Duration,
+    "Duration",
+    "^[0-9]+(ms|s|m|h|d)$",
+    "A duration: a number followed by ms, s, m, h or d (e.g. 250ms, 10s, 15m)."
+);
 
 #[cfg(test)]
 mod tests {

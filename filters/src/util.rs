@@ -76,6 +76,33 @@ impl JsonSchema for OneOrMany {
     }
 }
 
+/// Serialization and JSON Schema of a config value written as one string: serialized
+/// with its `Display`, described in the schema as a string with a name, a pattern and a
+/// description. (Each type parses itself: its `Deserialize` says what a wrong value is.)
+macro_rules! string_config_value {
+    ($ty:ty, $name:literal, $pattern:literal, $description:literal) => {
+        impl serde::Serialize for $ty {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+
+        impl schemars::JsonSchema for $ty {
+            fn schema_name() -> std::borrow::Cow<'static, str> {
+                $name.into()
+            }
+            fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+                schemars::json_schema!({
+                    "type": "string",
+                    "pattern": $pattern,
+                    "description": $description
+                })
+            }
+        }
+    };
+}
+pub(crate) use string_config_value;
+
 /// Seconds to announce in `Retry-After`/`RateLimit-Reset`: rounded up, at least `min`.
 pub fn ceil_secs(d: std::time::Duration, min: u64) -> u64 {
     let s = d.as_secs() + u64::from(d.subsec_nanos() > 0);

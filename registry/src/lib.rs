@@ -84,6 +84,11 @@ impl std::fmt::Debug for Registry {
     }
 }
 
+/// The error of a Redis command `op` (which operation failed, and Redis's own error).
+fn redis_error(op: &'static str) -> impl FnOnce(redis::RedisError) -> RegistryError {
+    move |source| RegistryError::Redis { op, source }
+}
+
 fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -122,10 +127,7 @@ impl Registry {
                 op: "connect",
                 after: limit,
             })?
-            .map_err(|source| RegistryError::Redis {
-                op: "connect",
-                source,
-            })?;
+            .map_err(redis_error("connect"))?;
         Ok(Self {
             conn,
             prefix: prefix.to_string(),
@@ -162,10 +164,7 @@ impl Registry {
             .ignore()
             .query_async::<()>(&mut conn)
             .await
-            .map_err(|source| RegistryError::Redis {
-                op: "register",
-                source,
-            })
+            .map_err(redis_error("register"))
     }
 
     /// Pushes the expiry of an already registered `addr` forward by `ttl`.
@@ -176,10 +175,7 @@ impl Registry {
         let mut conn = self.conn.clone();
         conn.zadd::<_, _, _, ()>(self.members_key(service), addr, expiry)
             .await
-            .map_err(|source| RegistryError::Redis {
-                op: "heartbeat",
-                source,
-            })
+            .map_err(redis_error("heartbeat"))
     }
 
     /// Removes `addr` from `service` (member and weight).
@@ -194,10 +190,7 @@ impl Registry {
             .ignore()
             .query_async::<()>(&mut conn)
             .await
-            .map_err(|source| RegistryError::Redis {
-                op: "deregister",
-                source,
-            })
+            .map_err(redis_error("deregister"))
     }
 
     /// Lists the live instances of `service` as `(address, weight)`, sorted by address.
@@ -213,7 +206,7 @@ impl Registry {
             .arg(now_ms())
             .invoke_async(&mut conn)
             .await
-            .map_err(|source| RegistryError::Redis { op: "list", source })?;
+            .map_err(redis_error("list"))?;
         let mut out: Vec<(String, u32)> = flat
             .chunks(2)
             .filter_map(|pair| match pair {

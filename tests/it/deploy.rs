@@ -274,6 +274,12 @@ impl Tally {
     }
 }
 
+/// Writes `request` and reads its response (see [`read_response`]).
+async fn exchange(s: &mut TcpStream, request: &[u8]) -> std::io::Result<Option<(u16, bool)>> {
+    s.write_all(request).await?;
+    read_response(s).await
+}
+
 /// Reads one HTTP/1.1 response with a Content-Length body; `Ok(None)` when the peer
 /// closed before the first byte. Returns the status and whether the server asked to close.
 async fn read_response(s: &mut TcpStream) -> std::io::Result<Option<(u16, bool)>> {
@@ -341,11 +347,7 @@ async fn keepalive_worker(port: u16, stop: Arc<AtomicBool>, t: Arc<Tally>) {
                     }
                 },
             };
-            let answer = match s.write_all(REQUEST).await {
-                Ok(()) => read_response(&mut s).await,
-                Err(e) => Err(e),
-            };
-            match answer {
+            match exchange(&mut s, REQUEST).await {
                 Ok(Some((200, close))) => {
                     t.ok.fetch_add(1, Ordering::Relaxed);
                     if !close {
@@ -385,11 +387,7 @@ async fn fresh_worker(port: u16, stop: Arc<AtomicBool>, t: Arc<Tally>) {
                 }
             };
             let req = b"GET /fast HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n";
-            let answer = match s.write_all(req).await {
-                Ok(()) => read_response(&mut s).await,
-                Err(e) => Err(e),
-            };
-            match answer {
+            match exchange(&mut s, req).await {
                 Ok(Some((200, _))) => {
                     t.ok.fetch_add(1, Ordering::Relaxed);
                     break;

@@ -17,6 +17,21 @@ struct Load {
     dyn_sent: AtomicU64,
 }
 
+impl Load {
+    /// Counts (and prints) an answer that is not the expected 200 from the right upstream.
+    fn bad_status(&self, who: &str, r: &reqwest::Response) -> u64 {
+        let code = r.headers().get("x-gatehouse-error");
+        eprintln!("{who}: status {} {code:?}", r.status());
+        self.bad_status.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Counts (and prints) a request that got no answer.
+    fn conn_error(&self, who: &str, e: &reqwest::Error) -> u64 {
+        eprintln!("{who}: connection error {e:?}");
+        self.conn_errors.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
 #[tokio::test]
 async fn load_while_reloading_50_times_drops_nothing() {
     const MIN_RELOADS: usize = 50;
@@ -84,18 +99,8 @@ async fn load_while_reloading_50_times_drops_nothing() {
                             load.conn_errors.fetch_add(1, Ordering::Relaxed)
                         }
                     },
-                    Ok(r) => {
-                        eprintln!(
-                            "stable: status {} {:?}",
-                            r.status(),
-                            r.headers().get("x-gatehouse-error")
-                        );
-                        load.bad_status.fetch_add(1, Ordering::Relaxed)
-                    }
-                    Err(e) => {
-                        eprintln!("stable: connection error {e:?}");
-                        load.conn_errors.fetch_add(1, Ordering::Relaxed)
-                    }
+                    Ok(r) => load.bad_status("stable", &r),
+                    Err(e) => load.conn_error("stable", &e),
                 };
             }
         }));
@@ -129,18 +134,8 @@ async fn load_while_reloading_50_times_drops_nothing() {
                         let _ = r.bytes().await;
                         load.ok.fetch_add(1, Ordering::Relaxed)
                     }
-                    Ok(r) => {
-                        eprintln!(
-                            "dyn{k}: status {} {:?}",
-                            r.status(),
-                            r.headers().get("x-gatehouse-error")
-                        );
-                        load.bad_status.fetch_add(1, Ordering::Relaxed)
-                    }
-                    Err(e) => {
-                        eprintln!("dyn{k}: connection error {e:?}");
-                        load.conn_errors.fetch_add(1, Ordering::Relaxed)
-                    }
+                    Ok(r) => load.bad_status(&format!("dyn{k}"), &r),
+                    Err(e) => load.conn_error(&format!("dyn{k}"), &e),
                 };
                 drop(routes);
             }

@@ -5,8 +5,7 @@ use std::str::FromStr;
 
 use http::HeaderName;
 use pingora_http::RequestHeader;
-use schemars::JsonSchema;
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Deserializer};
 
 use crate::RequestCx;
 
@@ -74,12 +73,6 @@ impl fmt::Display for RateLimitKey {
     }
 }
 
-impl Serialize for RateLimitKey {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
 impl<'de> Deserialize<'de> for RateLimitKey {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
@@ -87,18 +80,12 @@ impl<'de> Deserialize<'de> for RateLimitKey {
     }
 }
 
-impl JsonSchema for RateLimitKey {
-    fn schema_name() -> std::borrow::Cow<'static, str> {
-        "RateLimitKey".into()
-    }
-    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-        schemars::json_schema!({
-            "type": "string",
-            "pattern": "^(client_ip|header:[!#$%&'*+.^_`|~0-9A-Za-z-]+|claim:.+|body\\.[^.]+(\\.[^.]+)*)$",
-            "description": "client_ip, header:<name>, claim:<name> or body.<field> (e.g. body.email)."
-        })
-    }
-}
+crate::util::string_config_value!(
+    RateLimitKey,
+    "RateLimitKey",
+    "^(client_ip|header:[!#$%&'*+.^_`|~0-9A-Za-z-]+|claim:.+|body\\.[^.]+(\\.[^.]+)*)$",
+    "client_ip, header:<name>, claim:<name> or body.<field> (e.g. body.email)."
+);
 
 impl RateLimitKey {
     /// Whether the key needs the first bytes of the request body.
