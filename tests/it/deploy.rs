@@ -13,7 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::support::{
-    admin_status, client, eventually, fill, free_port, Mode, TestGateway, TestUpstream,
+    admin_status, client, eventually, fill, free_port, validate, Mode, TestGateway, TestUpstream,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_gatehouse");
@@ -732,11 +732,7 @@ fn dockerfile_works_as_written() {
     let source = copied_to
         .get(&cmd[2])
         .unwrap_or_else(|| panic!("nothing is copied to {}", cmd[2]));
-    let out = Command::new(BIN)
-        .args(["validate", "-c"])
-        .arg(repo(source))
-        .output()
-        .unwrap();
+    let out = validate(&repo(source));
     assert!(
         out.status.success(),
         "{}",
@@ -847,11 +843,7 @@ fn the_kubernetes_configmap_config_validates_and_probes_use_the_probe_listener()
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("gatehouse.yaml");
     std::fs::write(&cfg, &block).unwrap();
-    let out = Command::new(BIN)
-        .args(["validate", "-c"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
+    let out = validate(&cfg);
     assert!(
         out.status.success(),
         "{}\n{block}",
@@ -895,11 +887,7 @@ fn the_systemd_unit_runs_what_exists() {
     // The commands it runs exist in the binary: validate and run -c.
     let pre = get("ExecStartPre").unwrap();
     assert!(pre.starts_with("/usr/local/bin/gatehouse validate -c "));
-    let out = Command::new(BIN)
-        .args(["validate", "-c"])
-        .arg(repo("config/gatehouse.yaml"))
-        .output()
-        .unwrap();
+    let out = validate(&repo("config/gatehouse.yaml"));
     assert!(out.status.success());
     let help = Command::new(BIN).args(["run", "--help"]).output().unwrap();
     assert!(String::from_utf8_lossy(&help.stdout).contains("--upgrade"));

@@ -76,11 +76,7 @@ async fn file_discovery_follows_edits_and_refuses_a_bad_file() {
     // A missing endpoint file refuses the config, like a bad config.
     let probe_cfg = dir.path().join("gatehouse.yaml");
     std::fs::write(&probe_cfg, fill(&yaml, 1, 2)).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gatehouse"))
-        .args(["validate", "-c"])
-        .arg(&probe_cfg)
-        .output()
-        .unwrap();
+    let out = validate(&probe_cfg);
     let text =
         String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     assert!(

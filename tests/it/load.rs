@@ -32,6 +32,17 @@ impl Load {
     }
 }
 
+/// A load client of its own (its own pool, at most `max_idle` idle connections per
+/// host), without proxies, 10 s timeout.
+fn load_client(max_idle: usize) -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(max_idle)
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
 #[tokio::test]
 async fn load_while_reloading_50_times_drops_nothing() {
     const MIN_RELOADS: usize = 50;
@@ -81,12 +92,7 @@ async fn load_while_reloading_50_times_drops_nothing() {
     for c in 0..4 {
         let (gw, load, stop) = (gw.clone(), load.clone(), stop.clone());
         tasks.push(tokio::spawn(async move {
-            let http = reqwest::Client::builder()
-                .no_proxy()
-                .pool_max_idle_per_host(4)
-                .timeout(Duration::from_secs(10))
-                .build()
-                .unwrap();
+            let http = load_client(4);
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 n += 1;
@@ -108,11 +114,7 @@ async fn load_while_reloading_50_times_drops_nothing() {
     for c in 0..2 {
         let (gw, load, stop, live) = (gw.clone(), load.clone(), stop.clone(), live.clone());
         tasks.push(tokio::spawn(async move {
-            let http = reqwest::Client::builder()
-                .no_proxy()
-                .timeout(Duration::from_secs(10))
-                .build()
-                .unwrap();
+            let http = load_client(usize::MAX);
             let mut n = 0usize;
             while !stop.load(Ordering::Relaxed) {
                 n += 1;

@@ -121,14 +121,7 @@ async fn broken_file_keeps_the_old_routes_and_admin_returns_the_errors() {
     let [a, b] = upstreams(["a", "b"]).await;
     let v2 = two_routes(&a, &b, true);
     let gw = TestGateway::start(&v2).await;
-    let failures = async || {
-        metric(
-            &gw,
-            "gatehouse_config_reloads_total",
-            &[("result", "failure")],
-        )
-        .await
-    };
+    let failures = async || reload_failures(&gw).await;
     let ts = metric(
         &gw,
         "gatehouse_config_last_reload_success_timestamp_seconds",
@@ -394,14 +387,7 @@ async fn a_file_that_is_not_utf8_is_refused_alike_by_the_watcher_sighup_and_admi
     let [a, b] = upstreams(["a", "b"]).await;
     let v1 = two_routes(&a, &b, true);
     let gw = TestGateway::start(&v1).await;
-    let failures = async || {
-        metric(
-            &gw,
-            "gatehouse_config_reloads_total",
-            &[("result", "failure")],
-        )
-        .await
-    };
+    let failures = async || reload_failures(&gw).await;
     let refusals = |trigger: &str| {
         gw.logs()
             .lines()

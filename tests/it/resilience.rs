@@ -32,6 +32,29 @@ fn upstream(name: &str, addrs: &[SocketAddr], extra: &str) -> String {
 
 const ROOT_TO_APP: &str = "  - { name: app, match: { path_prefix: / }, upstream: app }\n";
 
+/// The one-hot breaker state gauge of upstream `app` for `state`.
+fn breaker_state(m: &str, state: &str) -> Option<f64> {
+    let labels = [("upstream", "app"), ("state", state)];
+    metric_value(m, "gatehouse_circuit_breaker_state", &labels)
+}
+
+/// How often upstream `app`'s breaker moved to `to`.
+fn breaker_transitions(m: &str, to: &str) -> Option<f64> {
+    let labels = [("upstream", "app"), ("to", to)];
+    metric_value(m, "gatehouse_circuit_breaker_transitions_total", &labels)
+}
+
+/// How many retries of upstream `app` had `reason`.
+fn retries(m: &str, reason: &str) -> Option<f64> {
+    let labels = [("upstream", "app"), ("reason", reason)];
+    metric_value(m, "gatehouse_upstream_retries_total", &labels)
+}
+
+/// A gateway with the one upstream `app` (see [`upstream`]) taking every path.
+async fn gateway_to_app(addrs: &[SocketAddr], extra: &str) -> TestGateway {
+    TestGateway::start(&config(&upstream("app", addrs, extra), ROOT_TO_APP)).await
+}
+
 async fn breaker_of(gw: &TestGateway, upstream: &str) -> Value {
     admin_json(gw, "/admin/upstreams").await[upstream]["breaker"].clone()
 }
@@ -83,22 +106,8 @@ async fn breaker_opens_then_sends_nothing_upstream_survives_a_reload_and_recover
 
     // The one-hot gauge exists before any traffic.
     let m = gw.metrics().await;
-    assert_eq!(
-        metric_value(
-            &m,
-            "gatehouse_circuit_breaker_state",
-            &[("upstream", "app"), ("state", "closed")]
-        ),
-        Some(1.0)
-    );
-    assert_eq!(
-        metric_value(
-            &m,
-            "gatehouse_circuit_breaker_state",
-            &[("upstream", "app"), ("state", "open")]
-        ),
-        Some(0.0)
-    );
+    assert_eq!(breaker_state(&m, "closed"), Some(1.0));
+    assert_eq!(breaker_state(&m, "open"), Some(0.0));
 
     for _ in 0..5 {
         assert_eq!(get(&gw, "/x").await.status(), 500);
@@ -121,22 +130,8 @@ async fn breaker_opens_then_sends_nothing_upstream_survives_a_reload_and_recover
     assert_eq!(app.hits(), 5, "an open breaker sends nothing upstream");
 
     let m = gw.metrics().await;
-    assert_eq!(
-        metric_value(
-            &m,
-            "gatehouse_circuit_breaker_state",
-            &[("upstream", "app"), ("state", "open")]
-        ),
-        Some(1.0)
-    );
-    assert_eq!(
-        metric_value(
-            &m,
-            "gatehouse_circuit_breaker_state",
-            &[("upstream", "app"), ("state", "closed")]
-        ),
-        Some(0.0)
-    );
+    assert_eq!(breaker_state(&m, "open"), Some(1.0));
+    assert_eq!(breaker_state(&m, "closed"), Some(0.0));
     assert_eq!(
         metric_value(
             &m,
@@ -145,14 +140,7 @@ async fn breaker_opens_then_sends_nothing_upstream_survives_a_reload_and_recover
         ),
         Some(20.0)
     );
-    assert_eq!(
-        metric_value(
-            &m,
-            "gatehouse_circuit_breaker_transitions_total",
-            &[("upstream", "app"), ("to", "open")]
-        ),
-        Some(1.0)
-    );
+    assert_eq!(breaker_transitions(&m, "open"), Some(1.0));
     let b = breaker_of(&gw, "app").await;
     assert_eq!(b["state"], "OPEN");
     assert_eq!(b["enabled"], true);
@@ -199,24 +187,9 @@ async fn breaker_opens_then_sends_nothing_upstream_survives_a_reload_and_recover
     assert_eq!(app.hits(), 12);
     let m = gw.metrics().await;
     for to in ["half_open", "closed"] {
-        assert_eq!(
-            metric_value(
-                &m,
-                "gatehouse_circuit_breaker_transitions_total",
-                &[("upstream", "app"), ("to", to)]
-            ),
-            Some(1.0),
-            "{to}"
-        );
+        assert_eq!(breaker_transitions(&m, to), Some(1.0), "{to}");
     }
-    assert_eq!(
-        metric_value(
-            &m,
-            "gatehouse_circuit_breaker_state",
-            &[("upstream", "app"), ("state", "closed")]
-        ),
-        Some(1.0)
-    );
+    assert_eq!(breaker_state(&m, "closed"), Some(1.0));
 }
 
 #[tokio::test]
@@ -224,7 +197,7 @@ async fn a_failed_probe_reopens_the_breaker_for_twice_as_long() {
     let app = TestUpstream::start("app").await;
     app.set_mode(Mode::Status(502));
     let cb = "    circuit_breaker: { failure_rate: 0.5, min_requests: 3, open_for: 1s, max_open_for: 10s, half_open_probes: 1 }\n";
-    let gw = TestGateway::start(&config(&upstream("app", &[app.addr], cb), ROOT_TO_APP)).await;
+    let gw = gateway_to_app(&[app.addr], cb).await;
     for _ in 0..3 {
         assert_eq!(get(&gw, "/").await.status(), 502);
     }
@@ -262,7 +235,7 @@ async fn active_health_check_failures_open_the_breaker() {
     let app = TestUpstream::start("app").await;
     // The endpoint itself stays "healthy" (threshold 1000): only the breaker reacts.
     let extra = "    health_check: { path: /health, interval: 100ms, timeout: 500ms, unhealthy_threshold: 1000 }\n    circuit_breaker: { failure_rate: 0.5, min_requests: 3, window: 2s, open_for: 30s }\n";
-    let gw = TestGateway::start(&config(&upstream("app", &[app.addr], extra), ROOT_TO_APP)).await;
+    let gw = gateway_to_app(&[app.addr], extra).await;
     assert_eq!(get(&gw, "/").await.status(), 200);
     assert_eq!(app.hits(), 1);
     app.set_health(503);
@@ -293,11 +266,7 @@ async fn retries_go_to_another_endpoint_and_only_for_allowed_methods() {
     let (bad, bad_hits, _t) = closer().await;
     let good = TestUpstream::start("good").await;
     let retry = "    retry: { attempts: 2, on: [reset], backoff: { base: 1ms, max: 2ms } }\n";
-    let gw = TestGateway::start(&config(
-        &upstream("app", &[bad, good.addr], retry),
-        ROOT_TO_APP,
-    ))
-    .await;
+    let gw = gateway_to_app(&[bad, good.addr], retry).await;
 
     for _ in 0..10 {
         let r = get(&gw, "/").await;
@@ -343,12 +312,7 @@ async fn retries_go_to_another_endpoint_and_only_for_allowed_methods() {
         assert_eq!(r.status(), 200);
     }
     let m = gw.metrics().await;
-    let retried = metric_value(
-        &m,
-        "gatehouse_upstream_retries_total",
-        &[("upstream", "app"), ("reason", "reset")],
-    )
-    .unwrap();
+    let retried = retries(&m, "reset").unwrap();
     assert_eq!(retried as usize, bad_hits.load(Ordering::SeqCst) - resets);
 }
 
@@ -357,26 +321,14 @@ async fn connect_errors_are_retried_for_any_method() {
     let dead: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let good = TestUpstream::start("good").await;
     let retry = "    timeouts: { connect: 300ms }\n    retry: { attempts: 2, backoff: { base: 1ms, max: 2ms } }\n";
-    let gw = TestGateway::start(&config(
-        &upstream("app", &[dead, good.addr], retry),
-        ROOT_TO_APP,
-    ))
-    .await;
+    let gw = gateway_to_app(&[dead, good.addr], retry).await;
     for _ in 0..6 {
         assert_eq!(post(&gw, "/", "x").await.status(), 200);
         assert_eq!(get(&gw, "/").await.status(), 200);
     }
     assert_eq!(good.hits(), 12);
     let m = gw.metrics().await;
-    assert!(
-        metric_value(
-            &m,
-            "gatehouse_upstream_retries_total",
-            &[("upstream", "app"), ("reason", "connect_error")]
-        )
-        .unwrap()
-            >= 5.0
-    );
+    assert!(retries(&m, "connect_error").unwrap() >= 5.0);
 }
 
 #[tokio::test]
@@ -385,11 +337,7 @@ async fn status_retries_replay_the_body_but_not_beyond_the_retry_buffer() {
     bad.set_mode(Mode::Status(503));
     let good = TestUpstream::start("good").await;
     let retry = "    retry: { attempts: 2, on: [503], backoff: { base: 1ms, max: 2ms } }\n";
-    let gw = TestGateway::start(&config(
-        &upstream("app", &[bad.addr, good.addr], retry),
-        ROOT_TO_APP,
-    ))
-    .await;
+    let gw = gateway_to_app(&[bad.addr, good.addr], retry).await;
 
     for _ in 0..10 {
         let r = get(&gw, "/").await;
@@ -459,16 +407,11 @@ async fn status_retries_replay_the_body_but_not_beyond_the_retry_buffer() {
 
 #[tokio::test]
 async fn retry_budget_caps_retries_under_a_total_outage() {
-    let a = TestUpstream::start("a").await;
-    let b = TestUpstream::start("b").await;
+    let [a, b] = upstreams(["a", "b"]).await;
     a.set_mode(Mode::Status(503));
     b.set_mode(Mode::Status(503));
     let retry = "    retry: { attempts: 3, on: [503], backoff: { base: 1ms, max: 2ms }, budget: 0.2, min_retries_per_second: 1 }\n";
-    let gw = TestGateway::start(&config(
-        &upstream("app", &[a.addr, b.addr], retry),
-        ROOT_TO_APP,
-    ))
-    .await;
+    let gw = gateway_to_app(&[a.addr, b.addr], retry).await;
     let requests = 100;
     let started = Instant::now();
     for _ in 0..requests {
@@ -493,12 +436,7 @@ async fn retry_budget_caps_retries_under_a_total_outage() {
     )
     .unwrap();
     assert!(exhausted >= 50.0, "{exhausted}");
-    let retried = metric_value(
-        &m,
-        "gatehouse_upstream_retries_total",
-        &[("upstream", "app"), ("reason", "status")],
-    )
-    .unwrap();
+    let retried = retries(&m, "status").unwrap();
     assert_eq!(retried as usize, upstream_requests - requests);
 }
 
@@ -510,7 +448,7 @@ async fn backoff_spaces_tries_within_bounds() {
     }
     let addrs: Vec<SocketAddr> = ups.iter().map(|u| u.addr).collect();
     let retry = "    retry: { attempts: 3, on: [503], backoff: { base: 100ms, max: 300ms } }\n";
-    let gw = TestGateway::start(&config(&upstream("app", &addrs, retry), ROOT_TO_APP)).await;
+    let gw = gateway_to_app(&addrs, retry).await;
     let mut took = Vec::new();
     for _ in 0..5 {
         let t = Instant::now();
@@ -538,16 +476,11 @@ async fn backoff_spaces_tries_within_bounds() {
 
 #[tokio::test]
 async fn total_deadline_bounds_tries_and_backoff() {
-    let a = TestUpstream::start("a").await;
-    let b = TestUpstream::start("b").await;
+    let [a, b] = upstreams(["a", "b"]).await;
     a.set_mode(Mode::Sleep(3000));
     b.set_mode(Mode::Sleep(3000));
     let extra = "    timeouts: { connect: 500ms, read: 1s, total: 1500ms }\n    retry: { attempts: 3, on: [timeout], backoff: { base: 50ms, max: 100ms } }\n";
-    let gw = TestGateway::start(&config(
-        &upstream("app", &[a.addr, b.addr], extra),
-        ROOT_TO_APP,
-    ))
-    .await;
+    let gw = gateway_to_app(&[a.addr, b.addr], extra).await;
     let t = Instant::now();
     let r = get(&gw, "/").await;
     let took = t.elapsed();
@@ -581,15 +514,10 @@ async fn total_deadline_bounds_tries_and_backoff() {
 
 #[tokio::test]
 async fn passive_ejection_of_a_failing_endpoint_and_its_return() {
-    let a = TestUpstream::start("a").await;
-    let b = TestUpstream::start("b").await;
+    let [a, b] = upstreams(["a", "b"]).await;
     a.set_mode(Mode::Status(500));
     let od = "    outlier_detection: { consecutive_failures: 3, base_ejection_time: 3s, max_ejection_time: 10s, max_ejection_percent: 50 }\n";
-    let gw = TestGateway::start(&config(
-        &upstream("app", &[a.addr, b.addr], od),
-        ROOT_TO_APP,
-    ))
-    .await;
+    let gw = gateway_to_app(&[a.addr, b.addr], od).await;
     for _ in 0..20 {
         get(&gw, "/").await;
     }

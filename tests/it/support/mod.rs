@@ -194,6 +194,25 @@ pub async fn metric(gw: &TestGateway, name: &str, labels: &[(&str, &str)]) -> f6
     metric_value(&gw.metrics().await, name, labels).unwrap_or(0.0)
 }
 
+/// Runs `gatehouse validate -c <path>` and returns what it printed and its exit status.
+pub fn validate(path: &std::path::Path) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+        .args(["validate", "-c"])
+        .arg(path)
+        .output()
+        .unwrap()
+}
+
+/// How many config reloads failed so far (0 before the first).
+pub async fn reload_failures(gw: &TestGateway) -> f64 {
+    metric(
+        gw,
+        "gatehouse_config_reloads_total",
+        &[("result", "failure")],
+    )
+    .await
+}
+
 /// Writes `text` to `path` by writing a temporary file beside it and renaming it over
 /// (what most editors and config tools do).
 pub fn rename_over(path: &std::path::Path, text: &str) {
