@@ -363,7 +363,7 @@ impl ServeHttp for Admin {
                 match result {
                     Ok(Ok(report)) => json_response(
                         StatusCode::OK,
-                        &json!({"result": "success", "hash": report.hash, "changed": report.changed, "warnings": report.warnings}),
+                        &json!({"result": "success", "hash": report.hash, "changed": report.changed, "warnings": report.warnings, "diff": report.diff, "changes": report.diff.summary()}),
                     ),
                     Ok(Err(errs)) => json_response(
                         StatusCode::UNPROCESSABLE_ENTITY,

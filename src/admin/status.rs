@@ -252,6 +252,13 @@ pub fn status_json(state: &State, sampler: &TrafficSampler) -> Value {
             "hash": snap.loaded.hash,
             "loaded_at": rfc3339(snap.loaded_at),
             "path": snap.loaded.file.as_ref().map(|p| p.display().to_string()),
+            // Restart-only sections the file changes but the process still runs the old
+            // values of (from the newest successful reload).
+            "pending_restart": reloads
+                .iter()
+                .find(|r| r.result == "success")
+                .map(|r| r.pending_restart.clone())
+                .unwrap_or_default(),
         },
         "traffic": traffic,
         "upstreams": upstreams,

@@ -1,5 +1,6 @@
 //! Loading the YAML config: read -> parse (with path and line:column) -> validate.
 
+pub mod diff;
 pub mod error;
 pub mod model;
 pub mod positions;

@@ -17,6 +17,8 @@ pub struct ReloadReport {
     pub changed: bool,
     /// Findings like shadowed routes, and fields that need a restart to take effect.
     pub warnings: Vec<String>,
+    /// What changed: routes, upstreams and endpoints, restart-only sections pending.
+    pub diff: config::diff::ConfigDiff,
 }
 
 /// Fields that a reload cannot apply (they shape listeners and threads).
@@ -86,17 +88,25 @@ pub fn reload(state: &State, trigger: &str) -> Result<ReloadReport, ConfigErrors
     let result = load_and_compile(state, path);
     let tel = &state.telemetry;
     match result {
-        Ok((snap, warnings)) => {
+        Ok((snap, warnings, diff)) => {
             let hash = snap.loaded.hash.clone();
             let changed = hash != state.current().loaded.hash;
             let old = state.snapshot.swap(Arc::new(snap));
             super::publish::after_swap(state, &old);
             let warnings: Vec<String> = warnings.iter().map(|w| w.to_string()).collect();
-            tel.reload_applied(&hash, trigger, changed, &warnings);
+            tel.reload_applied(
+                &hash,
+                trigger,
+                changed,
+                &warnings,
+                &diff.summary(),
+                &diff.pending_restart,
+            );
             Ok(ReloadReport {
                 hash,
                 changed,
                 warnings,
+                diff,
             })
         }
         Err(errs) => {
@@ -107,21 +117,20 @@ pub fn reload(state: &State, trigger: &str) -> Result<ReloadReport, ConfigErrors
     }
 }
 
-fn load_and_compile(
-    state: &State,
-    path: &Path,
-) -> Result<(Snapshot, Vec<ConfigWarning>), ConfigErrors> {
+/// The new snapshot, its warnings, and what it changes from the running config.
+type Compiled = (Snapshot, Vec<ConfigWarning>, config::diff::ConfigDiff);
+
+fn load_and_compile(state: &State, path: &Path) -> Result<Compiled, ConfigErrors> {
     let mut loaded = config::load_file(path)?;
     let current = state.current();
     let mut warnings = loaded.warnings.clone();
-    warnings.extend(
-        restart_only(&current.loaded.config, &loaded.config)
-            .into_iter()
-            .map(|w| loaded.locate(w)),
-    );
+    let pending = restart_only(&current.loaded.config, &loaded.config);
+    let pending_names = pending.iter().map(|w| w.path.clone()).collect();
+    warnings.extend(pending.into_iter().map(|w| loaded.locate(w)));
     keep_restart_only(&mut loaded.config, &current.loaded.config);
+    let diff = config::diff::diff(&current.loaded.config, &loaded.config, pending_names);
     let snap = compile(loaded, Some(&current), &state.filter_runtime)?;
-    Ok((snap, warnings))
+    Ok((snap, warnings, diff))
 }
 
 /// Longest wait between the first event of a burst and the reload, however long the

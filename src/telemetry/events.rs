@@ -33,6 +33,13 @@ pub struct ReloadRecord {
     pub error: Option<String>,
     /// What triggered it: `start`, `file`, `signal`, `admin`.
     pub trigger: String,
+    /// What a successful reload changed, in one line (`routes +a ~b; upstreams ~app:
+    /// +127.0.0.1:3002`, or `no change`); absent at start and for failures.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub changes: Option<String>,
+    /// Restart-only sections that differ from what runs, after a successful reload.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub pending_restart: Vec<String>,
 }
 
 /// Bounded event and reload history. The lock is only held to push or copy.

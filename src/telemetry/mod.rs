@@ -199,6 +199,16 @@ impl Telemetry {
     /// success counter and timestamp, and the reload history. `trigger`: `start`, `file`,
     /// `signal`, `admin`.
     pub fn config_loaded(&self, hash: &str, trigger: &str) {
+        self.config_applied(hash, trigger, None, Vec::new());
+    }
+
+    fn config_applied(
+        &self,
+        hash: &str,
+        trigger: &str,
+        changes: Option<String>,
+        pending_restart: Vec<String>,
+    ) {
         let m = &self.metrics;
         m.config_reloads.with_label_values(&["success"]).inc();
         m.config_last_success.set(unix_now());
@@ -209,11 +219,23 @@ impl Telemetry {
             hash: Some(hash.to_string()),
             error: None,
             trigger: trigger.to_string(),
+            changes,
+            pending_restart,
         });
     }
 
-    /// A reload swapped in a new config (`changed`: its text differs from the last).
-    pub fn reload_applied(&self, hash: &str, trigger: &str, changed: bool, warnings: &[String]) {
+    /// A reload swapped in a new config (`changed`: its text differs from the last;
+    /// `changes`: the diff's one-line summary; `pending_restart`: restart-only sections
+    /// that differ from what runs).
+    pub fn reload_applied(
+        &self,
+        hash: &str,
+        trigger: &str,
+        changed: bool,
+        warnings: &[String],
+        changes: &str,
+        pending_restart: &[String],
+    ) {
         for w in warnings {
             tracing::warn!(warning = %w, "config warning");
         }
@@ -221,18 +243,24 @@ impl Telemetry {
             trigger,
             hash = &hash[..hash.len().min(16)],
             changed,
+            changes,
             "config reloaded"
         );
         if changed {
             self.events.push(
                 "reload",
                 format!(
-                    "config reloaded ({trigger}), hash {}",
+                    "config reloaded ({trigger}), hash {}: {changes}",
                     &hash[..hash.len().min(12)]
                 ),
             );
         }
-        self.config_loaded(hash, trigger);
+        self.config_applied(
+            hash,
+            trigger,
+            Some(changes.to_string()),
+            pending_restart.to_vec(),
+        );
     }
 
     /// A reload was refused; the running config stays. `errors` one per line.
@@ -257,6 +285,8 @@ impl Telemetry {
             hash: None,
             error: Some(errors.join("\n")),
             trigger: trigger.to_string(),
+            changes: None,
+            pending_restart: Vec::new(),
         });
     }
 }

@@ -222,6 +222,8 @@ try {
     await check("mock: reloads and events shown newest first, reload errors shown", async () => {
       const r0 = await page.textContent(sel("reload-0")), r1 = await page.textContent(sel("reload-1"));
       assert(/9f2c41d0ab77/.test(r0) && /failure/.test(r1) && /unknown upstream/.test(r1), `reload-0=${r0} reload-1=${r1}`);
+      const c0 = await page.textContent(sel("reload-changes-0"));
+      assert(/routes \+orders ~users/.test(c0) && /pending restart: runtime/.test(c0), `reload changes ${c0}`);
       const ev = await page.$$eval(`${sel("events")} li`, (ns) => ns.map((n) => n.dataset.kind));
       assert(ev.join() === "breaker,health,reload", `event order ${ev}`);
     });

@@ -93,7 +93,8 @@ export async function startMock({ adminPort = 0, gatewayPort = 0 } = {}) {
       rate_limits: { allowed: total, rejected: 2 },
       redis: { configured: true, up: true },
       reloads: [ // newest first
-        { time: iso(started - 120e3), result: "success", hash: "9f2c41d0ab77e3c1", error: null },
+        { time: iso(started - 120e3), result: "success", hash: "9f2c41d0ab77e3c1", error: null,
+          changes: "routes +orders ~users; upstreams ~payment: +127.0.0.1:3005; pending restart: runtime", pending_restart: ["runtime"] },
         { time: iso(started - 200e3), result: "failure", hash: null, error: "gatehouse.yaml:12:7: routes[1].upstream: unknown upstream `paymnt`" },
         { time: iso(started - 300e3), result: "success", hash: "1b2c3d4e5f60", error: null },
       ],

@@ -234,6 +234,52 @@ async fn restoring_the_running_file_after_a_broken_edit_clears_degraded() {
 }
 
 #[tokio::test]
+async fn a_reload_reports_what_it_changed_and_what_waits_for_a_restart() {
+    let [a, b] = upstreams(["a", "b"]).await;
+    let v1 = two_routes(&a, &b, false);
+    let gw = TestGateway::start(&v1).await;
+    let detached = tempfile::tempdir().unwrap();
+    let real = detach_config(&gw, &detached);
+    let v2 = two_routes(&a, &b, true)
+        .replace("runtime: { threads: 1 }", "runtime: { threads: 2 }")
+        .replace(
+            &format!("static: [ {{ address: \"{}\" }} ]", a.addr),
+            &format!("static: [ {{ address: \"{}\", weight: 3 }} ]", a.addr),
+        );
+    std::fs::write(&real, fill(&v2, gw.port, gw.admin_port)).unwrap();
+    let r = admin_reload(&gw).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let diff = &r.body["diff"];
+    assert_eq!(diff["routes_added"], serde_json::json!(["b"]), "{}", r.body);
+    assert_eq!(
+        diff["upstreams_changed"],
+        serde_json::json!([format!("a: {} weight 1->3", a.addr)]),
+        "{}",
+        r.body
+    );
+    assert_eq!(diff["pending_restart"], serde_json::json!(["runtime"]));
+    let changes = r.body["changes"].as_str().unwrap().to_string();
+    assert_eq!(
+        changes,
+        format!(
+            "routes +b; upstreams ~a: {} weight 1->3; pending restart: runtime",
+            a.addr
+        )
+    );
+    // The same line in the log and the dashboard's reload history.
+    assert!(gw.logs().contains(&changes), "{}", gw.logs());
+    let status = admin_json(&gw, "/admin/status").await;
+    assert_eq!(status["reloads"][0]["changes"], changes.as_str());
+    assert_eq!(
+        status["config"]["pending_restart"],
+        serde_json::json!(["runtime"])
+    );
+    // Nothing new: a no-op reload says so.
+    let r = admin_reload(&gw).await;
+    assert_eq!(r.body["changes"], "pending restart: runtime", "{}", r.body);
+}
+
+#[tokio::test]
 async fn restart_only_fields_are_reported_and_admin_config_shows_the_running_one() {
     let a = TestUpstream::start("a").await;
     let ups = static_upstream("a", &[a.addr], "");
