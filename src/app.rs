@@ -461,7 +461,7 @@ pub fn run(opts: RunOptions) -> Result<(), StartError> {
 
     let watch_state = state.clone();
     let watch_path = opts.config_path.clone();
-    let _watcher = reload::watch_file(&opts.config_path, Duration::from_millis(150), move || {
+    let _watcher = reload::watch_file(&opts.config_path, Duration::from_millis(100), move || {
         reload_if_changed(&watch_state, &watch_path)
     })
     .map_err(|e| StartError::Other(format!("cannot watch {}: {e}", opts.config_path.display())))?;

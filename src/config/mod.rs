@@ -51,6 +51,12 @@ impl LazyPositions {
 }
 
 impl LoadedConfig {
+    /// Whether the source writes the top-level `key` out (e.g. `routes: []`), rather than
+    /// leaving it to its default. Builds the position index: call it on rare paths only.
+    pub fn writes_key(&self, key: &str) -> bool {
+        self.positions.get().locate(key).is_some()
+    }
+
     /// Fills in file and line:column of errors that only carry a field path.
     pub fn locate(&self, mut e: ConfigError) -> ConfigError {
         locate(&mut e, self.file.as_deref(), &self.positions);

@@ -117,12 +117,33 @@ pub fn reload(state: &State, trigger: &str) -> Result<ReloadReport, ConfigErrors
     }
 }
 
+/// A config without routes replacing one with routes is most likely a half-written or
+/// truncated file (an in-place write read mid-way): it would answer 404 to everything.
+/// It is applied only when the file says so with an explicit `routes: []`.
+fn refuse_dropping_every_route(
+    new: &config::LoadedConfig,
+    running: &config::GatewayConfig,
+) -> Result<(), ConfigErrors> {
+    if !new.config.routes.is_empty() || running.routes.is_empty() || new.writes_key("routes") {
+        return Ok(());
+    }
+    let e = config::ConfigError::at(
+        "routes",
+        format!(
+            "the new config has no routes while {} are serving; refused as a likely half-written file (write `routes: []` to remove every route on purpose)",
+            running.routes.len()
+        ),
+    );
+    Err(ConfigErrors(vec![new.locate(e)]))
+}
+
 /// The new snapshot, its warnings, and what it changes from the running config.
 type Compiled = (Snapshot, Vec<ConfigWarning>, config::diff::ConfigDiff);
 
 fn load_and_compile(state: &State, path: &Path) -> Result<Compiled, ConfigErrors> {
     let mut loaded = config::load_file(path)?;
     let current = state.current();
+    refuse_dropping_every_route(&loaded, &current.loaded.config)?;
     let mut warnings = loaded.warnings.clone();
     let pending = restart_only(&current.loaded.config, &loaded.config);
     let pending_names = pending.iter().map(|w| w.path.clone()).collect();
@@ -133,31 +154,64 @@ fn load_and_compile(state: &State, path: &Path) -> Result<Compiled, ConfigErrors
     Ok((snap, warnings, diff))
 }
 
-/// Longest wait between the first event of a burst and the reload, however long the
-/// burst goes on.
+/// Longest wait between the first event of a burst and the reload, however long a
+/// writer that keeps the file open goes on.
 const MAX_DEBOUNCE: Duration = Duration::from_secs(1);
 
-/// Whether an event in the watched directory may concern the config file: the file itself
-/// (written in place, or the target of a rename-over) or a `..name` entry (Kubernetes
-/// ConfigMaps swap a `..data` symlink to a `..<timestamp>` directory). Other files in
-/// the directory (logs, editors' swap files) are ignored, so they cannot keep the
-/// debounce from ever ending.
-fn concerns(ev: &notify::Event, name: &std::ffi::OsStr) -> bool {
-    !ev.kind.is_access()
-        && ev.paths.iter().any(|p| {
-            p.file_name()
-                .is_some_and(|n| n == name || n.to_string_lossy().starts_with(".."))
-        })
+/// How long events that arrive together with a finished write (inotify reports a rename
+/// as moved-to and as a from/to pair in one read) are gathered into one reload.
+const COALESCE: Duration = Duration::from_millis(5);
+
+/// What an event in the watched directory says about the config file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Signal {
+    /// A writer is done: the file was closed after writing (inotify `IN_CLOSE_WRITE`)
+    /// or renamed into place (`IN_MOVED_TO`, also a Kubernetes `..data` symlink swap).
+    /// Applied at once.
+    Done,
+    /// The file changed but its writer may still hold it open (`IN_MODIFY`, create,
+    /// delete): applied after a quiet period.
+    Writing,
+}
+
+/// What an event means for the config file: about the file itself (written in place, or
+/// the target of a rename-over) or a `..name` entry (Kubernetes ConfigMaps swap a
+/// `..data` symlink to a `..<timestamp>` directory). Other files in the directory (logs,
+/// editors' swap files) and reads (the gateway's own) say nothing, so they can neither
+/// trigger a reload nor keep the quiet period from ending.
+fn signal(ev: &notify::Event, name: &std::ffi::OsStr) -> Option<Signal> {
+    use notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
+    use notify::EventKind;
+    let about = ev.paths.iter().any(|p| {
+        p.file_name()
+            .is_some_and(|n| n == name || n.to_string_lossy().starts_with(".."))
+    });
+    if !about {
+        return None;
+    }
+    match ev.kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => Some(Signal::Done),
+        EventKind::Access(_) => None,
+        EventKind::Modify(ModifyKind::Name(RenameMode::To | RenameMode::Both)) => {
+            Some(Signal::Done)
+        }
+        // The old name going away: the moved-to that follows tells when it is done.
+        EventKind::Modify(ModifyKind::Name(RenameMode::From)) => None,
+        _ => Some(Signal::Writing),
+    }
 }
 
 /// Watches the config file's directory (so write-and-rename and symlink swaps are seen)
-/// and calls `on_change` once per burst of events that concern the file, after
-/// `debounce` of quiet (at most [`MAX_DEBOUNCE`] after the burst began). A config that
-/// is a symlink to a file elsewhere is not followed there: edits of the target need
-/// SIGHUP or `POST /admin/reload`.
+/// and calls `on_change` when a writer is done with the file: at once (within
+/// [`COALESCE`]) after a close-after-write or a rename into place, and otherwise after
+/// `quiet` without events (a writer that keeps the file open), at most [`MAX_DEBOUNCE`]
+/// after its first event. An atomic rename is the safe way to change the file; a reload
+/// that would drop every route is refused besides (see `refuse_dropping_every_route`).
+/// A config that is a symlink to a file elsewhere is not followed there: edits of the
+/// target need SIGHUP or `POST /admin/reload`.
 pub fn watch_file(
     path: &Path,
-    debounce: Duration,
+    quiet: Duration,
     on_change: impl Fn() + Send + 'static,
 ) -> Result<notify::RecommendedWatcher, notify::Error> {
     use notify::Watcher;
@@ -170,22 +224,33 @@ pub fn watch_file(
         .file_name()
         .map(|n| n.to_os_string())
         .unwrap_or_default();
-    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let (tx, rx) = std::sync::mpsc::channel::<Signal>();
     let mut watcher =
         notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
-            Ok(ev) if concerns(&ev, &name) => {
-                let _ = tx.send(());
+            Ok(ev) => {
+                if let Some(s) = signal(&ev, &name) {
+                    let _ = tx.send(s);
+                }
             }
-            Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "config watcher error"),
         })?;
     watcher.watch(&dir, notify::RecursiveMode::NonRecursive)?;
     std::thread::Builder::new()
         .name("gatehouse-config-watch".into())
         .spawn(move || {
-            while rx.recv().is_ok() {
+            while let Ok(mut last) = rx.recv() {
                 let first = std::time::Instant::now();
-                while first.elapsed() < MAX_DEBOUNCE && rx.recv_timeout(debounce).is_ok() {}
+                // Bounded by MAX_DEBOUNCE: a writer that never stops is applied anyway.
+                while let Some(left) = MAX_DEBOUNCE.checked_sub(first.elapsed()) {
+                    let wait = match last {
+                        Signal::Done => COALESCE,
+                        Signal::Writing => quiet,
+                    };
+                    match rx.recv_timeout(wait.min(left)) {
+                        Ok(s) => last = s,
+                        Err(_) => break,
+                    }
+                }
                 on_change();
             }
         })
@@ -196,7 +261,9 @@ pub fn watch_file(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use notify::event::{CreateKind, DataChange, EventKind, ModifyKind, RenameMode};
+    use notify::event::{
+        AccessKind, AccessMode, CreateKind, DataChange, EventKind, ModifyKind, RenameMode,
+    };
 
     fn ev(kind: EventKind, paths: &[&str]) -> notify::Event {
         let mut e = notify::Event::new(kind);
@@ -205,40 +272,47 @@ mod tests {
     }
 
     #[test]
-    fn only_events_about_the_config_file_count() {
+    fn a_finished_write_applies_at_once_an_open_one_after_quiet_and_others_never() {
         let name = std::ffi::OsStr::new("gatehouse.yaml");
+        let sig = |kind, paths: &[&str]| signal(&ev(kind, paths), name);
         let write = EventKind::Modify(ModifyKind::Data(DataChange::Any));
-        assert!(concerns(&ev(write, &["/etc/gh/gatehouse.yaml"]), name));
-        assert!(!concerns(&ev(write, &["/etc/gh/gateway.log"]), name));
-        assert!(!concerns(
-            &ev(write, &["/etc/gh/.gatehouse.yaml.swp"]),
-            name
-        ));
-        let rename = EventKind::Modify(ModifyKind::Name(RenameMode::Both));
-        assert!(concerns(
-            &ev(
-                rename,
+        let closed = EventKind::Access(AccessKind::Close(AccessMode::Write));
+        let read = EventKind::Access(AccessKind::Close(AccessMode::Read));
+        assert_eq!(
+            sig(write, &["/etc/gh/gatehouse.yaml"]),
+            Some(Signal::Writing)
+        );
+        assert_eq!(sig(closed, &["/etc/gh/gatehouse.yaml"]), Some(Signal::Done));
+        assert_eq!(
+            sig(read, &["/etc/gh/gatehouse.yaml"]),
+            None,
+            "our own reads"
+        );
+        assert_eq!(sig(write, &["/etc/gh/gateway.log"]), None);
+        assert_eq!(sig(closed, &["/etc/gh/.gatehouse.yaml.swp"]), None);
+        let both = EventKind::Modify(ModifyKind::Name(RenameMode::Both));
+        let to = EventKind::Modify(ModifyKind::Name(RenameMode::To));
+        let from = EventKind::Modify(ModifyKind::Name(RenameMode::From));
+        assert_eq!(
+            sig(
+                both,
                 &["/etc/gh/gatehouse.yaml.tmp", "/etc/gh/gatehouse.yaml"]
             ),
-            name
-        ));
-        assert!(concerns(
-            &ev(rename, &["/etc/gh/..data_tmp", "/etc/gh/..data"]),
-            name
-        ));
-        assert!(concerns(
-            &ev(
+            Some(Signal::Done)
+        );
+        assert_eq!(sig(to, &["/etc/gh/gatehouse.yaml"]), Some(Signal::Done));
+        assert_eq!(sig(from, &["/etc/gh/gatehouse.yaml"]), None);
+        assert_eq!(
+            sig(both, &["/etc/gh/..data_tmp", "/etc/gh/..data"]),
+            Some(Signal::Done),
+            "a ConfigMap swap"
+        );
+        assert_eq!(
+            sig(
                 EventKind::Create(CreateKind::Folder),
                 &["/etc/gh/..2026_01_01"]
             ),
-            name
-        ));
-        assert!(!concerns(
-            &ev(
-                EventKind::Access(notify::event::AccessKind::Any),
-                &["/etc/gh/gatehouse.yaml"]
-            ),
-            name
-        ));
+            Some(Signal::Writing)
+        );
     }
 }

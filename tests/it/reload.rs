@@ -491,3 +491,96 @@ async fn a_file_that_is_not_utf8_is_refused_alike_by_the_watcher_sighup_and_admi
     assert_eq!(refusals("admin"), 1, "{}", gw.logs());
     assert_eq!(gw.config_hash().await, hash_of(&gw, &v1));
 }
+
+#[tokio::test]
+async fn an_in_place_write_in_pieces_is_applied_whole_and_never_as_zero_routes() {
+    use std::io::Write;
+    let [a, b] = upstreams(["a", "b"]).await;
+    let v1 = two_routes(&a, &b, false);
+    let v2 = two_routes(&a, &b, true);
+    let gw = TestGateway::start(&v1).await;
+    let text = fill(&v2, gw.port, gw.admin_port);
+    // The first piece is valid YAML without `routes`: applied alone it would be a
+    // zero-route config (404 for everything).
+    let cut = text.find("routes:").unwrap();
+
+    // A writer that keeps the file open and pauses longer than the quiet period.
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(&gw.config_path)
+        .unwrap();
+    f.write_all(&text.as_bytes()[..cut]).unwrap();
+    f.flush().unwrap();
+    let refused = eventually(Duration::from_secs(10), async || {
+        metric(
+            &gw,
+            "gatehouse_config_reloads_total",
+            &[("result", "failure")],
+        )
+        .await
+            >= 1.0
+    })
+    .await;
+    assert!(refused, "the half-written file was refused:\n{}", gw.logs());
+    assert!(gw.logs().contains("likely half-written"), "{}", gw.logs());
+    assert_eq!(
+        status_of(&gw, "/a").await,
+        200,
+        "the old routes still serve"
+    );
+
+    f.write_all(&text.as_bytes()[cut..]).unwrap();
+    drop(f);
+    assert!(
+        wait_applied(&gw, &v2, Duration::from_secs(10)).await,
+        "applied on close:\n{}",
+        gw.logs()
+    );
+    assert_eq!(
+        (status_of(&gw, "/a").await, status_of(&gw, "/b").await),
+        (200, 200)
+    );
+
+    // Writing `routes: []` out removes every route on purpose.
+    let none = v2.split("routes:").next().unwrap().to_string() + "routes: []\n";
+    rename_over(&gw.config_path, &fill(&none, gw.port, gw.admin_port));
+    assert!(
+        wait_applied(&gw, &none, Duration::from_secs(10)).await,
+        "{}",
+        gw.logs()
+    );
+    assert_eq!(status_of(&gw, "/a").await, 404);
+}
+
+#[tokio::test]
+async fn a_writer_that_closes_the_file_is_applied_without_waiting_for_quiet() {
+    use std::io::Write;
+    let [a, b] = upstreams(["a", "b"]).await;
+    let v1 = two_routes(&a, &b, false);
+    let v2 = two_routes(&a, &b, true);
+    let gw = TestGateway::start(&v1).await;
+    let text = fill(&v2, gw.port, gw.admin_port);
+    // `cat > file`: several writes, then close.
+    let mut f = std::fs::File::create(&gw.config_path).unwrap();
+    for piece in text.as_bytes().chunks(64) {
+        f.write_all(piece).unwrap();
+    }
+    drop(f);
+    assert!(
+        wait_applied(&gw, &v2, Duration::from_secs(10)).await,
+        "{}",
+        gw.logs()
+    );
+    assert_eq!(status_of(&gw, "/b").await, 200);
+    assert_eq!(
+        metric(
+            &gw,
+            "gatehouse_config_reloads_total",
+            &[("result", "failure")],
+        )
+        .await,
+        0.0,
+        "no piece of the write was read as a config"
+    );
+}
