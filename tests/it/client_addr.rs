@@ -7,11 +7,12 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::support::{TestGateway, TestUpstream};
+use crate::support::{plain_upstream, TestGateway, TestUpstream};
 
 /// The gateway trusts 127.0.0.1 (the "load balancer") and 10.0.0.0/8 (inner proxies);
 /// 127.0.0.2 is an untrusted client. A `client_ip` limit of 2 a minute on `/limited`.
 fn config(upstream: &str, listener_extra: &str) -> String {
+    let app = plain_upstream("app", upstream);
     format!(
         r#"
 listeners:
@@ -21,8 +22,7 @@ listeners:
 {listener_extra}
 admin: {{ address: "{{admin}}" }}
 upstreams:
-  app: {{ discovery: {{ static: [ {{ address: "{upstream}" }} ] }} }}
-routes:
+{app}routes:
   - name: limited
     match: {{ path_prefix: /limited }}
     upstream: app
@@ -222,7 +222,9 @@ async fn without_trusted_proxies_the_peer_is_the_client() {
 }
 
 /// A PROXY protocol v2 header for TCP over IPv4 or IPv6 (spec section 2.2).
-fn proxy_v2(src: std::net::SocketAddr, dst: std::net::SocketAddr) -> Vec<u8> {
+fn proxy_v2(src: &str, dst: &str) -> Vec<u8> {
+    let (src, dst): (std::net::SocketAddr, std::net::SocketAddr) =
+        (src.parse().unwrap(), dst.parse().unwrap());
     let mut h = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
     match (src, dst) {
         (std::net::SocketAddr::V4(s), std::net::SocketAddr::V4(d)) => {
@@ -248,11 +250,12 @@ async fn proxy_protocol_v1_and_v2_from_trusted_peers_only() {
     let gw = TestGateway::start(&config(&app.addr.to_string(), "    proxy_protocol: true\n")).await;
     let port = gw.port;
     let v1 = |src: &str| format!("PROXY TCP4 {src} 127.0.0.1 40000 {port}\r\n").into_bytes();
+    // From the trusted balancer's address (127.0.0.1).
+    let via_balancer = async |prefix: &[u8], head: &str| raw("127.0.0.1", port, prefix, head).await;
+    const WHO: &str = "GET /who HTTP/1.1\r\nHost: a\r\n";
 
     // v1 from the trusted balancer: the header's source is the client.
-    let (status, _) = raw(
-        "127.0.0.1",
-        port,
+    let (status, _) = via_balancer(
         &v1("198.51.100.7"),
         "GET /who HTTP/1.1\r\nHost: a\r\nX-Request-Id: pp-v1\r\nX-Forwarded-For: 6.6.6.6\r\n",
     )
@@ -270,27 +273,14 @@ async fn proxy_protocol_v1_and_v2_from_trusted_peers_only() {
     assert_eq!(log["peer_ip"], "198.51.100.7");
 
     // v2 over IPv6.
-    let (status, _) = raw(
-        "127.0.0.1",
-        port,
-        &proxy_v2(
-            "[2001:db8::7]:40000".parse().unwrap(),
-            "[2001:db8::1]:443".parse().unwrap(),
-        ),
-        "GET /who HTTP/1.1\r\nHost: a\r\n",
-    )
-    .await;
+    let (status, _) =
+        via_balancer(&proxy_v2("[2001:db8::7]:40000", "[2001:db8::1]:443"), WHO).await;
     assert_eq!(status, 200);
     assert_eq!(header(&app.last_headers(), "x-real-ip"), ["2001:db8::7"]);
 
     // The header names a trusted inner proxy: its X-Forwarded-For is walked.
-    raw(
-        "127.0.0.1",
-        port,
-        &proxy_v2(
-            "10.0.0.9:40000".parse().unwrap(),
-            "127.0.0.1:443".parse().unwrap(),
-        ),
+    via_balancer(
+        &proxy_v2("10.0.0.9:40000", "127.0.0.1:443"),
         "GET /who HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 6.6.6.6, 198.51.100.8\r\n",
     )
     .await;
@@ -304,58 +294,30 @@ async fn proxy_protocol_v1_and_v2_from_trusted_peers_only() {
     // v2 LOCAL (a balancer's own health check): the connection's address stays.
     let mut local = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
     local.extend_from_slice(&[0x20, 0x00, 0, 0]);
-    let (status, _) = raw(
-        "127.0.0.1",
-        port,
-        &local,
-        "GET /who HTTP/1.1\r\nHost: a\r\n",
-    )
-    .await;
+    let (status, _) = via_balancer(&local, WHO).await;
     assert_eq!(status, 200);
     assert_eq!(header(&app.last_headers(), "x-real-ip"), ["127.0.0.1"]);
 
     // The client_ip limit counts the header's source.
     let hits = app.hits();
     for want in [200, 200, 429] {
-        let (status, _) = raw(
-            "127.0.0.1",
-            port,
-            &v1("198.51.100.20"),
-            "GET /limited HTTP/1.1\r\nHost: a\r\n",
-        )
-        .await;
+        let (status, _) =
+            via_balancer(&v1("198.51.100.20"), "GET /limited HTTP/1.1\r\nHost: a\r\n").await;
         assert_eq!(status, want);
     }
-    let (status, _) = raw(
-        "127.0.0.1",
-        port,
-        &v1("198.51.100.21"),
-        "GET /limited HTTP/1.1\r\nHost: a\r\n",
-    )
-    .await;
+    let (status, _) =
+        via_balancer(&v1("198.51.100.21"), "GET /limited HTTP/1.1\r\nHost: a\r\n").await;
     assert_eq!(status, 200);
     assert_eq!(app.hits(), hits + 3);
 
     // Refused without a response: a PROXY header from an untrusted peer, a trusted peer
     // without a header, a garbled header.
     let hits = app.hits();
-    let (status, text) = raw(
-        "127.0.0.2",
-        port,
-        &v1("198.51.100.7"),
-        "GET /who HTTP/1.1\r\nHost: a\r\n",
-    )
-    .await;
+    let (status, text) = raw("127.0.0.2", port, &v1("198.51.100.7"), WHO).await;
     assert_eq!((status, text.as_str()), (0, ""));
-    let (status, text) = raw("127.0.0.1", port, b"", "GET /who HTTP/1.1\r\nHost: a\r\n").await;
+    let (status, text) = via_balancer(b"", WHO).await;
     assert_eq!((status, text.as_str()), (0, ""));
-    let (status, _) = raw(
-        "127.0.0.1",
-        port,
-        b"PROXY TCP4 nonsense\r\n",
-        "GET /who HTTP/1.1\r\nHost: a\r\n",
-    )
-    .await;
+    let (status, _) = via_balancer(b"PROXY TCP4 nonsense\r\n", WHO).await;
     assert_eq!(status, 0);
     assert_eq!(
         app.hits(),

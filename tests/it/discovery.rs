@@ -6,6 +6,12 @@ use std::time::{Duration, Instant};
 
 use crate::support::*;
 
+/// Discovery errors of `upstream` from `source` (dns, file, redis) so far.
+async fn discovery_errors(gw: &TestGateway, upstream: &str, source: &str) -> f64 {
+    let labels = [("upstream", upstream), ("source", source)];
+    metric(gw, "gatehouse_discovery_errors_total", &labels).await
+}
+
 #[tokio::test]
 async fn dns_discovery_resolves_localhost() {
     // Whatever `localhost` resolves to here (127.0.0.1, maybe ::1) becomes the endpoint
@@ -35,14 +41,7 @@ async fn dns_discovery_resolves_localhost() {
         assert_eq!(status_of(&gw, "/app/x").await, 200);
     }
     // A name that does not resolve: counted, never an endpoint, a fast 503.
-    let errs = async || {
-        metric(
-            &gw,
-            "gatehouse_discovery_errors_total",
-            &[("upstream", "gone"), ("source", "dns")],
-        )
-        .await
-    };
+    let errs = async || discovery_errors(&gw, "gone", "dns").await;
     assert!(
         eventually(Duration::from_secs(10), async || errs().await >= 2.0).await,
         "dns errors counted"
@@ -102,12 +101,7 @@ async fn file_discovery_follows_edits_and_refuses_a_bad_file() {
     assert_eq!(status_of(&gw, "/x").await, 200);
 
     // Add b (JSON this time, renamed over): it takes traffic without a config reload.
-    let reloads = metric(
-        &gw,
-        "gatehouse_config_reloads_total",
-        &[("result", "success")],
-    )
-    .await;
+    let reloads = reload_successes(&gw).await;
     let since_a = eps[0]["since"].clone();
     rename_over(
         &file,
@@ -116,12 +110,7 @@ async fn file_discovery_follows_edits_and_refuses_a_bad_file() {
             b.addr, a.addr
         ),
     );
-    assert!(
-        eventually(Duration::from_secs(10), async || addresses(&gw, "app")
-            .await
-            == set_of(&[a.addr, b.addr]))
-        .await
-    );
+    assert!(wait_addresses(&gw, "app", &[a.addr, b.addr]).await);
     assert!(
         gw.logs()
             .lines()
@@ -140,24 +129,11 @@ async fn file_discovery_follows_edits_and_refuses_a_bad_file() {
         .find(|e| e["address"] == a.addr.to_string())
         .unwrap();
     assert_eq!(kept["since"], since_a, "a kept its state");
-    assert_eq!(
-        metric(
-            &gw,
-            "gatehouse_config_reloads_total",
-            &[("result", "success")]
-        )
-        .await,
-        reloads
-    );
+    assert_eq!(reload_successes(&gw).await, reloads);
 
     // Remove a (edited in place).
     std::fs::write(&file, format!("- address: \"{}\"\n", b.addr)).unwrap();
-    assert!(
-        eventually(Duration::from_secs(10), async || addresses(&gw, "app")
-            .await
-            == set_of(&[b.addr]))
-        .await
-    );
+    assert!(wait_addresses(&gw, "app", &[b.addr]).await);
     let hits_a = a.hits();
     for _ in 0..3 {
         assert_eq!(status_of(&gw, "/x").await, 200);
@@ -165,14 +141,7 @@ async fn file_discovery_follows_edits_and_refuses_a_bad_file() {
     assert_eq!(a.hits(), hits_a);
 
     // A bad file is refused once and the last good set keeps serving.
-    let errs = async || {
-        metric(
-            &gw,
-            "gatehouse_discovery_errors_total",
-            &[("upstream", "app"), ("source", "file")],
-        )
-        .await
-    };
+    let errs = async || discovery_errors(&gw, "app", "file").await;
     let before = errs().await;
     std::fs::write(&file, "- { address: \"127.0.0.1:1\", weight: 0 }\n").unwrap();
     assert!(
@@ -202,12 +171,7 @@ async fn file_discovery_follows_edits_and_refuses_a_bad_file() {
     assert_eq!(status_of(&gw, "/x").await, 200);
     // Fixed again: applied.
     std::fs::write(&file, format!("- address: \"{}\"\n", a.addr)).unwrap();
-    assert!(
-        eventually(Duration::from_secs(10), async || addresses(&gw, "app")
-            .await
-            == set_of(&[a.addr]))
-        .await
-    );
+    assert!(wait_addresses(&gw, "app", &[a.addr]).await);
 
     // A reload that changes the upstream (not its discovery) keeps the discovered set and
     // its state; later file edits apply to the new definition.
@@ -224,12 +188,7 @@ async fn file_discovery_follows_edits_and_refuses_a_bad_file() {
         format!("- address: \"{}\"\n- address: \"{}\"\n", a.addr, b.addr),
     )
     .unwrap();
-    assert!(
-        eventually(Duration::from_secs(10), async || addresses(&gw, "app")
-            .await
-            == set_of(&[a.addr, b.addr]))
-        .await
-    );
+    assert!(wait_addresses(&gw, "app", &[a.addr, b.addr]).await);
 }
 
 fn redis_upstream_config(url: &str, service: &str) -> String {
@@ -251,12 +210,7 @@ async fn redis_registry_register_heartbeat_expire() {
         .unwrap();
     let gw = TestGateway::start(&redis_upstream_config(url, &service)).await;
 
-    assert!(
-        eventually(Duration::from_secs(10), async || addresses(&gw, "app")
-            .await
-            == set_of(&[a.addr]))
-        .await
-    );
+    assert!(wait_addresses(&gw, "app", &[a.addr]).await);
     let eps = endpoints(&gw, "app").await;
     assert_eq!(
         (eps[0]["source"].as_str(), eps[0]["weight"].as_u64()),
@@ -268,12 +222,7 @@ async fn redis_registry_register_heartbeat_expire() {
     reg.register(&service, &b.addr.to_string(), 1, Duration::from_secs(3))
         .await
         .unwrap();
-    assert!(
-        eventually(Duration::from_secs(10), async || addresses(&gw, "app")
-            .await
-            == set_of(&[a.addr, b.addr]))
-        .await
-    );
+    assert!(wait_addresses(&gw, "app", &[a.addr, b.addr]).await);
     let since_a = endpoints(&gw, "app")
         .await
         .into_iter()
@@ -289,12 +238,7 @@ async fn redis_registry_register_heartbeat_expire() {
     }
     assert_eq!(b.hits() - hits_b, 2, "b has weight 1 of 4");
     let dropped_at = Instant::now();
-    assert!(
-        eventually(Duration::from_secs(10), async || addresses(&gw, "app")
-            .await
-            == set_of(&[a.addr]))
-        .await
-    );
+    assert!(wait_addresses(&gw, "app", &[a.addr]).await);
     assert!(dropped_at.elapsed() < Duration::from_secs(8));
     let kept = endpoints(&gw, "app")
         .await
@@ -334,12 +278,7 @@ async fn redis_registry_unreachable_keeps_the_last_set_on_one_connection() {
         .await
         .unwrap();
     let gw = TestGateway::start(&redis_upstream_config(&redis.url(), &service)).await;
-    assert!(
-        eventually(Duration::from_secs(10), async || addresses(&gw, "app")
-            .await
-            == set_of(&[a.addr]))
-        .await
-    );
+    assert!(wait_addresses(&gw, "app", &[a.addr]).await);
 
     // Many refreshes (every 200 ms) reuse one connection: no new ones are accepted.
     let accepted = async || {
@@ -372,14 +311,7 @@ async fn redis_registry_unreachable_keeps_the_last_set_on_one_connection() {
 
     // Redis goes away: past the member's TTL, the last known set still serves.
     drop(redis);
-    let errs = async || {
-        metric(
-            &gw,
-            "gatehouse_discovery_errors_total",
-            &[("upstream", "app"), ("source", "redis")],
-        )
-        .await
-    };
+    let errs = async || discovery_errors(&gw, "app", "redis").await;
     assert!(
         eventually(Duration::from_secs(15), async || errs().await >= 2.0).await,
         "{}",

@@ -78,14 +78,9 @@ async fn login_limit_per_email_in_redis() {
     let r = post(&gw, "/login", "{}").await;
     assert_eq!(r.status(), 400);
     let m = gw.metrics().await;
-    assert_eq!(
-        metric_value(
-            &m,
-            "gatehouse_ratelimit_decisions_total",
-            &[("limit", "login_per_email"), ("decision", "limited")]
-        ),
-        Some(1.0)
-    );
+    let limited = [("limit", "login_per_email"), ("decision", "limited")];
+    let decisions = metric_value(&m, "gatehouse_ratelimit_decisions_total", &limited);
+    assert_eq!(decisions, Some(1.0));
 }
 
 #[tokio::test]

@@ -130,7 +130,7 @@ pub fn config(upstreams: &str, routes: &str) -> String {
 }
 
 /// An upstream with one static endpoint and the default timeouts.
-pub fn plain_upstream(name: &str, addr: std::net::SocketAddr) -> String {
+pub fn plain_upstream(name: &str, addr: impl std::fmt::Display) -> String {
     format!("  {name}: {{ discovery: {{ static: [ {{ address: \"{addr}\" }} ] }} }}\n")
 }
 
@@ -179,6 +179,19 @@ pub async fn addresses(gw: &TestGateway, upstream: &str) -> BTreeSet<String> {
         .collect()
 }
 
+/// Waits up to 10 s until `/admin/upstreams` shows exactly `addrs` for `upstream`.
+pub async fn wait_addresses(
+    gw: &TestGateway,
+    upstream: &str,
+    addrs: &[std::net::SocketAddr],
+) -> bool {
+    let want = set_of(addrs);
+    eventually(Duration::from_secs(10), async || {
+        addresses(gw, upstream).await == want
+    })
+    .await
+}
+
 pub fn set_of(addrs: &[std::net::SocketAddr]) -> BTreeSet<String> {
     addrs.iter().map(|a| a.to_string()).collect()
 }
@@ -203,14 +216,19 @@ pub fn validate(path: &std::path::Path) -> std::process::Output {
         .unwrap()
 }
 
-/// How many config reloads failed so far (0 before the first).
+/// How many config reloads had `result` (success, failure) so far (0 before the first).
+pub async fn reloads(gw: &TestGateway, result: &str) -> f64 {
+    metric(gw, "gatehouse_config_reloads_total", &[("result", result)]).await
+}
+
+/// How many config reloads failed so far.
 pub async fn reload_failures(gw: &TestGateway) -> f64 {
-    metric(
-        gw,
-        "gatehouse_config_reloads_total",
-        &[("result", "failure")],
-    )
-    .await
+    reloads(gw, "failure").await
+}
+
+/// How many config reloads succeeded so far.
+pub async fn reload_successes(gw: &TestGateway) -> f64 {
+    reloads(gw, "success").await
 }
 
 /// Writes `text` to `path` by writing a temporary file beside it and renaming it over
