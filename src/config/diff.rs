@@ -101,20 +101,27 @@ pub fn diff(old: &GatewayConfig, new: &GatewayConfig, pending_restart: Vec<Strin
             .collect()
     };
     let (old_routes, new_routes) = (index(old), index(new));
+    // A kept route moved when its rank among the routes both configs have differs (one
+    // pass each: counting the routes before it per route was quadratic, 57 s for 10,000).
+    let ranks = |routes: &[crate::config::model::RouteConfig],
+                 other: &BTreeMap<String, usize>|
+     -> BTreeMap<String, usize> {
+        routes
+            .iter()
+            .filter(|r| other.contains_key(&r.name))
+            .enumerate()
+            .map(|(rank, r)| (r.name.clone(), rank))
+            .collect()
+    };
+    let (old_rank, new_rank) = (
+        ranks(&old.routes, &new_routes),
+        ranks(&new.routes, &old_routes),
+    );
     for r in &new.routes {
         match old_routes.get(&r.name) {
             None => d.routes_added.push(r.name.clone()),
             Some(&i) => {
-                let moved = old.routes[..i]
-                    .iter()
-                    .filter(|o| new_routes.contains_key(&o.name))
-                    .count()
-                    != new
-                        .routes
-                        .iter()
-                        .take_while(|n| n.name != r.name)
-                        .filter(|n| old_routes.contains_key(&n.name))
-                        .count();
+                let moved = old_rank.get(&r.name) != new_rank.get(&r.name);
                 if old.routes[i] != *r || moved {
                     d.routes_changed.push(r.name.clone());
                 }
