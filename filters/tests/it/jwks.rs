@@ -120,6 +120,15 @@ fn filter(url: &str, extra: serde_json::Value, registry: &prometheus::Registry) 
     build(&cfg, "test_route", &rt).unwrap()
 }
 
+/// JWKS fetches so far with `result` (ok, error, ...).
+fn fetches(registry: &prometheus::Registry, result: &str) -> f64 {
+    metric(
+        registry,
+        "gatehouse_jwks_fetches_total",
+        &[("result", result)],
+    )
+}
+
 /// Waits (up to 5s, generous for busy CI cores) until `cond` holds; fails otherwise.
 async fn wait_for(cond: impl Fn() -> bool) {
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
@@ -130,6 +139,13 @@ async fn wait_for(cond: impl Fn() -> bool) {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// The filter's answer to a token signed now (so not in the filter's accepted-token
+/// cache unless an identical one was sent this second) with `private_pem`, `alg` and
+/// `kid`: 0 when it passes, else the refusal's status.
+async fn verify(f: &Arc<dyn Filter>, private_pem: &str, alg: Algorithm, kid: &str) -> u16 {
+    status(f.as_ref(), &token(private_pem, alg, kid)).await
 }
 
 async fn status(f: &dyn Filter, token: &str) -> u16 {
@@ -154,20 +170,12 @@ async fn rotation_unknown_kid_and_endpoint_down() {
     );
 
     assert_eq!(
-        status(
-            f.as_ref(),
-            &token("rsa_private.pem", Algorithm::RS256, "k1")
-        )
-        .await,
+        verify(&f, "rsa_private.pem", Algorithm::RS256, "k1").await,
         0
     );
     // A JWK without `alg` verifies the configured algorithms of its key type.
     assert_eq!(
-        status(
-            f.as_ref(),
-            &token("ec256_private.pem", Algorithm::ES256, "e1")
-        )
-        .await,
+        verify(&f, "ec256_private.pem", Algorithm::ES256, "e1").await,
         0
     );
     let after_first = server.hits();
@@ -177,11 +185,7 @@ async fn rotation_unknown_kid_and_endpoint_down() {
     );
     // A JWK is bound to its alg: RS256 key k1 does not verify PS256.
     assert_eq!(
-        status(
-            f.as_ref(),
-            &token("rsa_private.pem", Algorithm::PS256, "k1")
-        )
-        .await,
+        verify(&f, "rsa_private.pem", Algorithm::PS256, "k1").await,
         401
     );
     assert_eq!(server.hits(), after_first, "no refetch for a known kid");
@@ -192,11 +196,7 @@ async fn rotation_unknown_kid_and_endpoint_down() {
         rsa_jwk("rsa2_private.pem", "k2"),
     ]));
     assert_eq!(
-        status(
-            f.as_ref(),
-            &token("rsa2_private.pem", Algorithm::RS256, "k2")
-        )
-        .await,
+        verify(&f, "rsa2_private.pem", Algorithm::RS256, "k2").await,
         0
     );
     assert_eq!(server.hits(), after_first + 1);
@@ -206,11 +206,7 @@ async fn rotation_unknown_kid_and_endpoint_down() {
     let hits = server.hits();
     for _ in 0..5 {
         assert_eq!(
-            status(
-                f.as_ref(),
-                &token("rsa2_private.pem", Algorithm::RS256, "k-unknown")
-            )
-            .await,
+            verify(&f, "rsa2_private.pem", Algorithm::RS256, "k-unknown").await,
             401
         );
     }
@@ -233,11 +229,7 @@ async fn rotation_unknown_kid_and_endpoint_down() {
     tokio::time::sleep(Duration::from_millis(2100)).await;
     let hits = server.hits();
     assert_eq!(
-        status(
-            f.as_ref(),
-            &token("rsa_private.pem", Algorithm::RS256, "k1")
-        )
-        .await,
+        verify(&f, "rsa_private.pem", Algorithm::RS256, "k1").await,
         0
     );
     wait_for(|| server.hits() > hits).await;
@@ -252,41 +244,18 @@ async fn rotation_unknown_kid_and_endpoint_down() {
     task.abort();
     let _ = task.await;
     tokio::time::sleep(Duration::from_millis(2100)).await;
-    let errors_before = metric(
-        &registry,
-        "gatehouse_jwks_fetches_total",
-        &[("result", "error")],
-    );
+    let errors_before = fetches(&registry, "error");
     assert_eq!(
-        status(
-            f.as_ref(),
-            &token("rsa_private.pem", Algorithm::RS256, "k1")
-        )
-        .await,
+        verify(&f, "rsa_private.pem", Algorithm::RS256, "k1").await,
         0
     );
     assert_eq!(
-        status(
-            f.as_ref(),
-            &token("rsa2_private.pem", Algorithm::RS256, "k2")
-        )
-        .await,
+        verify(&f, "rsa2_private.pem", Algorithm::RS256, "k2").await,
         0
     );
-    wait_for(|| {
-        metric(
-            &registry,
-            "gatehouse_jwks_fetches_total",
-            &[("result", "error")],
-        ) > errors_before
-    })
-    .await;
+    wait_for(|| fetches(&registry, "error") > errors_before).await;
     assert_eq!(
-        status(
-            f.as_ref(),
-            &token("rsa_private.pem", Algorithm::RS256, "k1")
-        )
-        .await,
+        verify(&f, "rsa_private.pem", Algorithm::RS256, "k1").await,
         0
     );
 }
@@ -305,11 +274,7 @@ async fn unreachable_jwks_is_401_keys_unavailable() {
         &registry,
     );
     assert_eq!(
-        status(
-            f.as_ref(),
-            &token("rsa_private.pem", Algorithm::RS256, "k1")
-        )
-        .await,
+        verify(&f, "rsa_private.pem", Algorithm::RS256, "k1").await,
         401
     );
     assert_eq!(

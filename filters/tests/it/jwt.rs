@@ -64,12 +64,23 @@ struct Fixture {
     filter: Arc<dyn gatehouse_filters::Filter>,
 }
 
+/// A fixture with the test config plus `extra`.
 fn fixture(extra: Value) -> Fixture {
+    fixture_of(&config(extra))
+}
+
+/// A fixture of `cfg`, its metrics in a registry of its own.
+fn fixture_of(cfg: &FilterConfig) -> Fixture {
     set_secret();
     let registry = prometheus::Registry::new();
     let rt = Arc::new(FilterRuntime::new(None, &registry).unwrap());
-    let filter = build(&config(extra), "test_route", &rt).unwrap();
+    let filter = build(cfg, "test_route", &rt).unwrap();
     Fixture { registry, filter }
+}
+
+/// A fixture whose filter has only the given key sources.
+fn fixture_with_keys(keys: Value) -> Fixture {
+    fixture_of(&serde_json::from_value(json!({"jwt": {"keys": keys}})).unwrap())
 }
 
 fn bearer(token: &str) -> RequestHeader {
@@ -82,6 +93,12 @@ fn bearer(token: &str) -> RequestHeader {
 impl Fixture {
     async fn call(&self, req: RequestHeader) -> Outcome {
         run(self.filter.as_ref(), req, None, None).await
+    }
+
+    /// The filter's status for an HS256 token with `claims` (0: passed).
+    async fn hs256_status(&self, claims: &Value) -> u16 {
+        let token = sign(Algorithm::HS256, None, claims);
+        self.call(bearer(&token)).await.status()
     }
 
     fn failures(&self, reason: &str) -> f64 {
@@ -215,14 +232,9 @@ async fn invalid_tokens_are_401_with_their_reason() {
 
 #[tokio::test]
 async fn rs_hs_confusion_is_refused() {
-    set_secret();
-    let registry = prometheus::Registry::new();
-    let rt = Arc::new(FilterRuntime::new(None, &registry).unwrap());
-    let cfg: FilterConfig = serde_json::from_value(json!({"jwt": {
-        "keys": [{"pem_file": key_path("rsa_public.pem"), "algorithms": ["RS256"]}]
-    }}))
-    .unwrap();
-    let f = build(&cfg, "test_route", &rt).unwrap();
+    let fx = fixture_with_keys(json!([
+        {"pem_file": key_path("rsa_public.pem"), "algorithms": ["RS256"]}
+    ]));
     // The attacker signs HS256 with the public key's PEM as the HMAC secret.
     let t = encode(
         &Header::new(Algorithm::HS256),
@@ -230,90 +242,28 @@ async fn rs_hs_confusion_is_refused() {
         &EncodingKey::from_secret(&key("rsa_public.pem")),
     )
     .unwrap();
-    let out = run(f.as_ref(), bearer(&t), None, None).await;
+    let out = fx.call(bearer(&t)).await;
     assert_eq!(out.status(), 401);
-    assert_eq!(
-        metric(
-            &registry,
-            "gatehouse_auth_failures_total",
-            &[("route", "test_route"), ("reason", "alg_not_allowed")]
-        ),
-        1.0
-    );
+    assert_eq!(fx.failures("alg_not_allowed"), 1.0);
     // The same key does verify RS256.
-    assert_eq!(
-        run(
-            f.as_ref(),
-            bearer(&sign(Algorithm::RS256, None, &claims())),
-            None,
-            None
-        )
-        .await
-        .status(),
-        0
-    );
+    let rs256 = bearer(&sign(Algorithm::RS256, None, &claims()));
+    assert_eq!(fx.call(rs256).await.status(), 0);
 }
 
 #[tokio::test]
 async fn kid_selects_the_key() {
-    set_secret();
-    let registry = prometheus::Registry::new();
-    let rt = Arc::new(FilterRuntime::new(None, &registry).unwrap());
-    let cfg: FilterConfig = serde_json::from_value(json!({"jwt": {
-        "keys": [
-            {"pem_file": key_path("rsa_public.pem"), "algorithms": ["RS256"], "kid": "k1"},
-            {"pem_file": key_path("rsa2_public.pem"), "algorithms": ["RS256"], "kid": "k2"}
-        ]
-    }}))
-    .unwrap();
-    let f = build(&cfg, "test_route", &rt).unwrap();
-    assert_eq!(
-        run(
-            f.as_ref(),
-            bearer(&sign(Algorithm::RS256, Some("k1"), &claims())),
-            None,
-            None
-        )
-        .await
-        .status(),
-        0
-    );
+    let fx = fixture_with_keys(json!([
+        {"pem_file": key_path("rsa_public.pem"), "algorithms": ["RS256"], "kid": "k1"},
+        {"pem_file": key_path("rsa2_public.pem"), "algorithms": ["RS256"], "kid": "k2"}
+    ]));
+    let signed_by_k1_as = |kid| bearer(&sign(Algorithm::RS256, Some(kid), &claims()));
+    assert_eq!(fx.call(signed_by_k1_as("k1")).await.status(), 0);
     // Signed with key 1 but claiming kid k2: k2's key does not verify it.
-    assert_eq!(
-        run(
-            f.as_ref(),
-            bearer(&sign(Algorithm::RS256, Some("k2"), &claims())),
-            None,
-            None
-        )
-        .await
-        .status(),
-        401
-    );
-    let out = run(
-        f.as_ref(),
-        bearer(&sign(Algorithm::RS256, Some("k9"), &claims())),
-        None,
-        None,
-    )
-    .await;
+    assert_eq!(fx.call(signed_by_k1_as("k2")).await.status(), 401);
+    let out = fx.call(signed_by_k1_as("k9")).await;
     assert_eq!(out.status(), 401);
-    assert_eq!(
-        metric(
-            &registry,
-            "gatehouse_auth_failures_total",
-            &[("route", "test_route"), ("reason", "unknown_kid")]
-        ),
-        1.0
-    );
-    assert_eq!(
-        metric(
-            &registry,
-            "gatehouse_auth_failures_total",
-            &[("route", "test_route"), ("reason", "bad_signature")]
-        ),
-        1.0
-    );
+    assert_eq!(fx.failures("unknown_kid"), 1.0);
+    assert_eq!(fx.failures("bad_signature"), 1.0);
 }
 
 #[tokio::test]
@@ -321,19 +271,9 @@ async fn leeway_applies_to_exp() {
     let f = fixture(json!({"leeway": "60s"}));
     let mut c = claims();
     c["exp"] = json!(now() - 30);
-    assert_eq!(
-        f.call(bearer(&sign(Algorithm::HS256, None, &c)))
-            .await
-            .status(),
-        0
-    );
+    assert_eq!(f.hs256_status(&c).await, 0);
     let f = fixture(json!({"leeway": "0s"}));
-    assert_eq!(
-        f.call(bearer(&sign(Algorithm::HS256, None, &c)))
-            .await
-            .status(),
-        401
-    );
+    assert_eq!(f.hs256_status(&c).await, 401);
 }
 
 #[tokio::test]
@@ -342,20 +282,12 @@ async fn leeway_applies_to_iat() {
     let mut c = claims();
     c["iat"] = json!(now() + 30);
     assert_eq!(
-        f.call(bearer(&sign(Algorithm::HS256, None, &c)))
-            .await
-            .status(),
+        f.hs256_status(&c).await,
         0,
         "a clock 30 s ahead is within the leeway"
     );
     c["iat"] = json!(now() - 3600);
-    assert_eq!(
-        f.call(bearer(&sign(Algorithm::HS256, None, &c)))
-            .await
-            .status(),
-        0,
-        "an iat in the past is fine"
-    );
+    assert_eq!(f.hs256_status(&c).await, 0, "an iat in the past is fine");
     let f = fixture(json!({"leeway": "0s"}));
     c["iat"] = json!(now() + 30);
     f.assert_401(&sign(Algorithm::HS256, None, &c), "issued_in_future")
@@ -378,29 +310,14 @@ async fn role_and_scope_requirements_are_403() {
     assert_eq!(f.failures("forbidden"), before + 1.0);
     let mut admin = claims();
     admin["role"] = json!("ADMIN");
-    assert_eq!(
-        f.call(bearer(&sign(Algorithm::HS256, None, &admin)))
-            .await
-            .status(),
-        0
-    );
+    assert_eq!(f.hs256_status(&admin).await, 0);
 
     let f = fixture(json!({"require_scopes": ["users:write"]}));
     let mut c = claims();
     c["scope"] = json!("users:read");
-    assert_eq!(
-        f.call(bearer(&sign(Algorithm::HS256, None, &c)))
-            .await
-            .status(),
-        403
-    );
+    assert_eq!(f.hs256_status(&c).await, 403);
     c["scp"] = json!(["users:write"]);
-    assert_eq!(
-        f.call(bearer(&sign(Algorithm::HS256, None, &c)))
-            .await
-            .status(),
-        0
-    );
+    assert_eq!(f.hs256_status(&c).await, 0);
 }
 
 #[tokio::test]
