@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use gatehouse_filters::FilterRuntime;
+use gatehouse_filters::{FilterKinds, FilterRuntime};
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::{
     ExecutionPhase, RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch,
@@ -54,6 +54,8 @@ pub struct RunOptions {
     /// proxy is quiet (no request in the last second, none in flight), so RSS returns to
     /// near idle after a burst; the binary passes its allocator's collect function.
     pub release_free_memory: Option<fn()>,
+    /// The custom filter kinds the config may use, beside the built-in ones.
+    pub filter_kinds: FilterKinds,
 }
 
 impl RunOptions {
@@ -66,14 +68,17 @@ impl RunOptions {
             upgrade: false,
             exe: None,
             release_free_memory: None,
+            filter_kinds: FilterKinds::new(),
         }
     }
 }
 
-/// Builds the long-lived state from a loaded config.
+/// Builds the long-lived state from a loaded config, with the custom filter kinds in
+/// `filter_kinds` (kept for every reload).
 pub fn build_state(
     loaded: LoadedConfig,
     config_path: Option<PathBuf>,
+    filter_kinds: FilterKinds,
 ) -> Result<Arc<State>, StartError> {
     let telemetry = Arc::new(Telemetry::new()?);
     telemetry.set_endpoint_labels(loaded.config.metrics.endpoint_labels);
@@ -84,7 +89,8 @@ pub fn build_state(
     });
     let filter_runtime = Arc::new(
         FilterRuntime::new(redis, &telemetry.metrics.registry)
-            .map_err(|e| StartError::Other(e.message))?,
+            .map_err(|e| StartError::Other(e.message))?
+            .with_kinds(filter_kinds),
     );
     let hash = loaded.hash.clone();
     for w in &loaded.warnings {
@@ -333,7 +339,11 @@ fn reload_if_changed(state: &State, path: &Path) {
 pub fn run(opts: RunOptions) -> Result<(), StartError> {
     let loaded = config::load_file(&opts.config_path)?;
     let cfg = loaded.config.clone();
-    let state = build_state(loaded, Some(opts.config_path.clone()))?;
+    let state = build_state(
+        loaded,
+        Some(opts.config_path.clone()),
+        opts.filter_kinds.clone(),
+    )?;
     let auth = AdminAuth::from_config(&cfg.admin).map_err(StartError::Other)?;
 
     let mut conf = ServerConf {

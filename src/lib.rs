@@ -4,10 +4,12 @@
 //! `state::Snapshot`, the route's filter chain (crate `gatehouse-filters`) runs, `upstream`
 //! picks an endpoint, `resilience` holds the breaker and retry policies, `proxy` is the
 //! pingora glue, and `admin` serves metrics and the dashboard. See ARCHITECTURE.md for the
-//! layers and `proxy/mod.rs` for the phases.
+//! layers and `proxy/mod.rs` for the phases. [`App`] (in `cli`) is the `gatehouse` command
+//! line, to which a program adds its own filter kinds.
 
 pub mod admin;
 pub mod app;
+pub mod cli;
 pub mod client_addr;
 pub mod clock;
 pub mod config;
@@ -19,3 +21,8 @@ pub mod router;
 pub mod state;
 pub mod telemetry;
 pub mod upstream;
+
+pub use cli::App;
+/// The filter API (crate `gatehouse-filters`), for programs that add their own filter
+/// kinds: `gatehouse::filters::{Filter, FilterFactory, ...}`.
+pub use gatehouse_filters as filters;

@@ -5,6 +5,11 @@
 //! header types, never the proxy `Session`, so they can be unit-tested on hand-built
 //! requests. Long-lived state (rate-limit counters, JWKS caches, the Redis connection)
 //! lives in [`FilterRuntime`], which the gateway creates once and keeps across reloads.
+//!
+//! A program that embeds the gateway adds its own filter kinds through the extension
+//! API of [`factory`]: a [`FilterFactory`] builds a [`Filter`] from its own serde config
+//! and is registered by name in [`FilterKinds`]; the YAML then uses the kind like a
+//! built-in one. See the README's "Writing a filter".
 #![warn(missing_docs)]
 
 pub mod chain;
@@ -12,6 +17,7 @@ pub mod compression;
 pub mod cors;
 pub mod duration;
 pub mod envelope;
+pub mod factory;
 pub mod headers;
 pub mod jwt;
 pub mod metrics;
@@ -33,14 +39,20 @@ use serde::{Deserialize, Serialize};
 
 pub use chain::{Chain, Stop};
 pub use duration::Duration;
+pub use factory::{
+    CustomFilterConfig, FilterBuildContext, FilterFactory, FilterKinds, KindError, BUILT_IN_KINDS,
+};
 pub use metrics::FilterMetrics;
 pub use rate_limit::RedisSettings;
 
-/// The YAML schema of the built-in filters: `- headers: {..}`, `- jwt: {..}`, ...
+/// One entry of a route's `filters:` list: `- headers: {..}`, `- jwt: {..}`, or a custom
+/// kind registered in [`FilterKinds`] (`- api_key: {..}`).
 ///
-/// One variant per filter kind; an exhaustive `match` in [`build`] turns each into a
-/// runtime [`Filter`]. No string registry, no registration at start.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+/// One variant per built-in kind; an exhaustive `match` in [`build`] turns each into a
+/// runtime [`Filter`]. Any other key is kept as [`FilterConfig::Custom`] and built by the
+/// factory registered under it when the config is compiled (an unknown kind is an error
+/// then, with the known kinds listed).
+#[derive(Debug, Clone, PartialEq, JsonSchema)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum FilterConfig {
     /// Verify a JWT bearer token, check claims and forward them as headers.
@@ -55,11 +67,15 @@ pub enum FilterConfig {
     Compression(compression::CompressionConfig),
     /// Wrap JSON response bodies as `{"timestamp", "success", "data"}`.
     Envelope(envelope::EnvelopeConfig),
+    /// A kind that is not built in (its schema comes from its factory, see
+    /// [`FilterKinds::schemas`]).
+    #[schemars(skip)]
+    Custom(CustomFilterConfig),
 }
 
 impl FilterConfig {
     /// The filter kind as written in YAML, used in logs and metric labels.
-    pub fn kind(&self) -> &'static str {
+    pub fn kind(&self) -> &str {
         match self {
             FilterConfig::Jwt(_) => "jwt",
             FilterConfig::RateLimit(_) => "rate_limit",
@@ -67,6 +83,7 @@ impl FilterConfig {
             FilterConfig::Cors(_) => "cors",
             FilterConfig::Compression(_) => "compression",
             FilterConfig::Envelope(_) => "envelope",
+            FilterConfig::Custom(c) => &c.kind,
         }
     }
 
@@ -77,6 +94,68 @@ impl FilterConfig {
             FilterConfig::Jwt(c) => c.owned_request_headers(),
             _ => Vec::new(),
         }
+    }
+}
+
+/// Written as a single-key map, the kind as key (`{"jwt": {..}}`), custom kinds alike.
+impl Serialize for FilterConfig {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(Some(1))?;
+        match self {
+            FilterConfig::Jwt(c) => map.serialize_entry("jwt", c)?,
+            FilterConfig::RateLimit(c) => map.serialize_entry("rate_limit", c)?,
+            FilterConfig::Headers(c) => map.serialize_entry("headers", c)?,
+            FilterConfig::Cors(c) => map.serialize_entry("cors", c)?,
+            FilterConfig::Compression(c) => map.serialize_entry("compression", c)?,
+            FilterConfig::Envelope(c) => map.serialize_entry("envelope", c)?,
+            FilterConfig::Custom(c) => map.serialize_entry(&c.kind, &c.config)?,
+        }
+        map.end()
+    }
+}
+
+/// Read from a single-key map: a built-in kind's value is deserialized into its config
+/// type at once (its errors carry the field path, `routes[0].filters[1].jwt.issuer`);
+/// any other kind's value is kept as JSON for its factory.
+impl<'de> Deserialize<'de> for FilterConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_map(FilterConfigVisitor)
+    }
+}
+
+struct FilterConfigVisitor;
+
+impl<'de> serde::de::Visitor<'de> for FilterConfigVisitor {
+    type Value = FilterConfig;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a filter: a map with one key, the filter kind (e.g. `jwt: {...}`)")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<FilterConfig, A::Error> {
+        use serde::de::Error;
+        let Some(kind) = map.next_key::<String>()? else {
+            return Err(A::Error::invalid_length(0, &self));
+        };
+        let cfg = match kind.as_str() {
+            "jwt" => FilterConfig::Jwt(map.next_value()?),
+            "rate_limit" => FilterConfig::RateLimit(map.next_value()?),
+            "headers" => FilterConfig::Headers(map.next_value()?),
+            "cors" => FilterConfig::Cors(map.next_value()?),
+            "compression" => FilterConfig::Compression(map.next_value()?),
+            "envelope" => FilterConfig::Envelope(map.next_value()?),
+            _ => FilterConfig::Custom(CustomFilterConfig {
+                config: map.next_value()?,
+                kind,
+            }),
+        };
+        if map.next_key::<serde::de::IgnoredAny>()?.is_some() {
+            return Err(A::Error::custom(
+                "a filter entry has one key, its kind; start another `- ` entry for the next filter",
+            ));
+        }
+        Ok(cfg)
     }
 }
 
@@ -94,6 +173,7 @@ impl FilterConfig {
 /// # let _ = runtime;
 /// ```
 pub struct FilterRuntime {
+    kinds: FilterKinds,
     metrics: FilterMetrics,
     redis: Option<Arc<rate_limit::redis_store::RedisStore>>,
     local: rate_limit::local::LocalLimiters,
@@ -118,11 +198,24 @@ impl FilterRuntime {
             None => None,
         };
         Ok(Self {
+            kinds: FilterKinds::new(),
             metrics,
             redis,
             local: Default::default(),
             jwks: Default::default(),
         })
+    }
+
+    /// The same runtime, building custom kinds with `kinds` (built-in kinds only by
+    /// default).
+    pub fn with_kinds(mut self, kinds: FilterKinds) -> Self {
+        self.kinds = kinds;
+        self
+    }
+
+    /// The filter kinds this runtime builds.
+    pub fn kinds(&self) -> &FilterKinds {
+        &self.kinds
     }
 
     /// The filters' metrics.
@@ -153,6 +246,7 @@ impl Default for FilterRuntime {
         let metrics = FilterMetrics::register(&prometheus::Registry::new(), false)
             .unwrap_or_else(|_| FilterMetrics::disabled());
         Self {
+            kinds: FilterKinds::new(),
             metrics,
             redis: None,
             local: Default::default(),
@@ -162,29 +256,71 @@ impl Default for FilterRuntime {
 }
 
 /// Why a filter could not be built from its config (the config was valid YAML but the
-/// filter cannot run with it, e.g. an unreadable PEM file or an empty secret).
+/// filter cannot run with it, e.g. an unreadable PEM file or an empty secret), or why a
+/// custom kind's config does not deserialize. The gateway reports it as a config error
+/// at `routes[i].filters[j].<kind>[.<path>]`, with that field's line and column.
 #[derive(Debug, thiserror::Error)]
-#[error("{message}")]
+#[error("{}{message}", .path.as_ref().map(|p| format!("{p}: ")).unwrap_or_default())]
 pub struct BuildError {
+    /// The field inside the filter's config that is wrong (`keys_file`,
+    /// `keys[0].secret`), when one is; `None` for the config as a whole.
+    pub path: Option<String>,
     /// What is wrong and how to fix it.
     pub message: String,
 }
 
 impl BuildError {
-    /// A build error with a message.
+    /// A build error about the filter's config as a whole.
     pub fn new(message: impl Into<String>) -> Self {
         Self {
+            path: None,
+            message: message.into(),
+        }
+    }
+
+    /// A build error about one field of the filter's config, by its path inside that
+    /// config (`keys_file`, `keys[0].secret`).
+    pub fn at(path: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            path: Some(path.into()),
             message: message.into(),
         }
     }
 }
 
-/// Builds the runtime filter for one configured entry of route `route`.
+/// Builds the runtime filter for one configured entry of route `route` (no config file:
+/// relative paths stay relative to the working directory).
+///
+/// # Errors
+///
+/// See [`build_with`].
 pub fn build(
     cfg: &FilterConfig,
     route: &str,
     runtime: &Arc<FilterRuntime>,
 ) -> Result<Arc<dyn Filter>, BuildError> {
+    let cx = FilterBuildContext {
+        kind: cfg.kind(),
+        route,
+        config_dir: None,
+    };
+    build_with(cfg, &cx, runtime)
+}
+
+/// Builds the runtime filter for one configured entry; a custom kind through the factory
+/// registered under its name in `runtime`'s [`FilterKinds`].
+///
+/// # Errors
+///
+/// A [`BuildError`] when the filter cannot run with its config, when a custom kind's
+/// config does not deserialize into its factory's `Config`, or when the kind is
+/// neither built in nor registered (the message lists the known kinds).
+pub fn build_with(
+    cfg: &FilterConfig,
+    cx: &FilterBuildContext<'_>,
+    runtime: &Arc<FilterRuntime>,
+) -> Result<Arc<dyn Filter>, BuildError> {
+    let route = cx.route;
     match cfg {
         FilterConfig::Jwt(c) => Ok(Arc::new(jwt::JwtAuth::new(c, route, runtime)?)),
         FilterConfig::RateLimit(c) => Ok(Arc::new(rate_limit::RateLimit::new(c, route, runtime)?)),
@@ -192,11 +328,17 @@ pub fn build(
         FilterConfig::Cors(c) => Ok(Arc::new(cors::Cors::new(c)?)),
         FilterConfig::Compression(c) => Ok(Arc::new(compression::Compression::new(c)?)),
         FilterConfig::Envelope(c) => Ok(Arc::new(envelope::Envelope::new(c)?)),
+        FilterConfig::Custom(c) => runtime.kinds.build(c, cx),
     }
 }
 
 /// A response produced by a filter instead of proxying: a rejection (401, 403, 429, 503)
 /// or a successful answer made at the gateway (a CORS preflight's 204).
+///
+/// A rejection ([`Response::error`]) is rendered by the gateway like its own errors: the
+/// status, `X-Gatehouse-Error: <code>`, and the JSON body
+/// `{"error": code, "message": message, "request_id": ...}`; it counts as
+/// `source="gateway"` in the request metrics.
 #[derive(Debug, Clone)]
 pub struct Response {
     /// Status code to send.
@@ -241,11 +383,14 @@ impl Response {
 pub enum FilterOutcome {
     /// Go on with the next filter, then the upstream.
     Continue,
-    /// Stop here and send this response; nothing goes upstream.
+    /// Stop here and send this response; the filters after this one do not run and
+    /// nothing goes upstream. The response filters do not run on it either.
     Respond(Response),
 }
 
-/// What a request filter may know besides the request header.
+/// What a request filter may know besides the request header, and where it leaves what
+/// the filters after it or the response should see. Lives for one call of
+/// [`Filter::on_request`]; the gateway carries `claims` and `response_headers` on.
 pub struct RequestCx<'a> {
     /// Route name, for logs and metric labels.
     pub route: &'a str,
@@ -277,7 +422,8 @@ pub(crate) fn test_cx() -> RequestCx<'static> {
     }
 }
 
-/// What a response filter may know besides the response header.
+/// What a response filter may know besides the response header. Lives for one call of
+/// [`Filter::on_response`].
 pub struct ResponseCx<'a> {
     /// Route name, for logs and metric labels.
     pub route: &'a str,
@@ -285,7 +431,10 @@ pub struct ResponseCx<'a> {
     pub request: &'a RequestHeader,
 }
 
-/// A per-request transformation of the response body (compression, envelope).
+/// A per-request transformation of the response body (compression, envelope), returned
+/// by [`Filter::on_response`]. It is owned by the one response and dropped with it, so it
+/// may buffer; the gateway removes `Content-Length` only if the filter does so in
+/// `on_response` (a transform that changes the length must remove it there).
 pub trait BodyTransform: Send + Sync {
     /// Called with each body chunk; `end_of_stream` on the last call. Returns the bytes
     /// to send in place of `chunk` (possibly empty while buffering).
@@ -293,7 +442,10 @@ pub trait BodyTransform: Send + Sync {
 }
 
 /// An infrastructure failure inside a filter (e.g. Redis unreachable with a
-/// fail-closed policy that is not expressed as a [`Response`]). Not a rejection.
+/// fail-closed policy that is not expressed as a [`Response`]). Not a rejection: in the
+/// request phase the gateway answers 500 `filter_error` (the message goes to the log,
+/// never to the client); in the response phase the response goes on unchanged by this
+/// filter and the error is logged.
 #[derive(Debug, thiserror::Error)]
 #[error("filter {kind}: {message}")]
 pub struct FilterError {
@@ -314,19 +466,45 @@ impl FilterError {
     }
 }
 
-/// A request/response filter, built once per config snapshot.
+/// A request/response filter, built once per config snapshot (by [`build`] for the
+/// built-in kinds, by a [`FilterFactory`] for a custom kind) and shared by every request
+/// on its route until the next reload replaces the snapshot; a request that started
+/// on the old snapshot finishes with the old filters.
+///
+/// Phases, in the order the gateway calls them for one request:
+/// 1. [`Filter::on_request`], in the route's filter order, after routing and the edge
+///    checks and before the upstream is chosen; the first filter that answers or fails
+///    ends the phase.
+/// 2. [`Filter::on_response`], in the same order, on the upstream's response header
+///    (not on answers made by a filter or by the gateway).
+///
+/// Each call is timed into `gatehouse_filter_duration_seconds{filter="<kind>"}` and the
+/// access log's `filter_ms`. The calls run on the proxy's threads: they must not block
+/// (use async I/O with a timeout, or do blocking work when the factory builds the
+/// filter), must not panic (a panic loses the client's connection), and must never log
+/// secrets (tokens, keys).
 #[async_trait]
 pub trait Filter: Send + Sync + 'static {
-    /// Stable kind name, used in config, logs and metric labels.
+    /// Stable kind name, used in config, logs and metric labels. For a custom kind the
+    /// gateway uses the name it was registered under instead.
     fn kind(&self) -> &'static str;
 
     /// How many bytes of the request body this filter needs to see in
     /// [`RequestCx::body_prefix`] (e.g. a rate-limit key from `body.email`). `None`: none.
+    /// Asked once, when the route's chain is built.
     fn body_prefix_limit(&self) -> Option<usize> {
         None
     }
 
-    /// After routing, before the upstream is chosen. May edit the request or answer it.
+    /// After routing, before the upstream is chosen. May edit the request header (it
+    /// goes upstream as left here, before the route's path rewrite), add response
+    /// headers through `cx.response_headers`, or answer the request with
+    /// [`FilterOutcome::Respond`].
+    ///
+    /// # Errors
+    ///
+    /// A [`FilterError`] for an infrastructure failure: the gateway answers 500
+    /// `filter_error` and logs the error.
     async fn on_request(
         &self,
         _req: &mut RequestHeader,
@@ -335,8 +513,14 @@ pub trait Filter: Send + Sync + 'static {
         Ok(FilterOutcome::Continue)
     }
 
-    /// On the response header before it goes downstream. May return a body transform
-    /// that the gateway then applies to every body chunk of this response.
+    /// On the upstream's response header before it goes downstream. May edit the header
+    /// and return a body transform that the gateway then applies to every body chunk of
+    /// this response. Synchronous: the response is already on its way.
+    ///
+    /// # Errors
+    ///
+    /// A [`FilterError`]: logged; the response still goes downstream, and the other
+    /// filters' response phases still run.
     fn on_response(
         &self,
         _resp: &mut ResponseHeader,

@@ -230,8 +230,8 @@ fn strip_location(raw: &str) -> String {
 }
 
 /// For serde's "unknown field `x`, expected one of `a`, `b`" (and variants), suggests
-/// the closest expected name.
-fn unknown_name_hint(message: &str) -> Option<String> {
+/// the closest expected name (also used for custom filter kinds' config errors).
+pub fn unknown_name_hint(message: &str) -> Option<String> {
     let rest = message
         .strip_prefix("unknown field `")
         .or_else(|| message.strip_prefix("unknown variant `"))?;
@@ -240,9 +240,55 @@ fn unknown_name_hint(message: &str) -> Option<String> {
     error::did_you_mean(input, names.iter().copied())
 }
 
-/// The JSON Schema of the config file, generated from the serde types.
+/// The JSON Schema of the config file, generated from the serde types, with the built-in
+/// filter kinds only.
 pub fn schema_json() -> String {
-    let schema = schemars::schema_for!(GatewayConfig);
+    schema_json_with(&gatehouse_filters::FilterKinds::new())
+}
+
+/// The JSON Schema of the config file with the custom filter kinds of `kinds`: each one
+/// is an entry of `FilterConfig`'s `oneOf`, shaped like a built-in's
+/// (`{"api_key": <its config's schema>}`), its config's definitions beside the others.
+pub fn schema_json_with(kinds: &gatehouse_filters::FilterKinds) -> String {
+    let mut generator = schemars::SchemaGenerator::default();
+    let custom = kinds.schemas(&mut generator);
+    let mut schema = generator.into_root_schema_for::<GatewayConfig>();
+    if !custom.is_empty() {
+        // The kind's description is its config type's doc comment (on the definition
+        // that the `$ref` names).
+        let described: Vec<_> = custom
+            .into_iter()
+            .map(|(kind, sub)| {
+                let def = sub
+                    .get("$ref")
+                    .and_then(|r| r.as_str())
+                    .and_then(|r| r.strip_prefix("#/$defs/"))
+                    .and_then(|name| schema.get("$defs").and_then(|d| d.get(name)));
+                let description = sub
+                    .get("description")
+                    .or_else(|| def.and_then(|d| d.get("description")))
+                    .cloned()
+                    .unwrap_or_else(|| serde_json::json!(format!("The custom `{kind}` filter.")));
+                (kind, sub, description)
+            })
+            .collect();
+        let one_of = schema
+            .get_mut("$defs")
+            .and_then(|d| d.get_mut("FilterConfig"))
+            .and_then(|f| f.get_mut("oneOf"))
+            .and_then(|o| o.as_array_mut());
+        if let Some(one_of) = one_of {
+            for (kind, sub, description) in described {
+                one_of.push(serde_json::json!({
+                    "description": description,
+                    "type": "object",
+                    "properties": { kind: sub },
+                    "additionalProperties": false,
+                    "required": [kind],
+                }));
+            }
+        }
+    }
     serde_json::to_string_pretty(&schema).unwrap_or_default()
 }
 

@@ -6,12 +6,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use gatehouse_filters::FilterRuntime;
+use gatehouse_filters::{FilterKinds, FilterRuntime};
 
 use super::{Cluster, Route, Snapshot, DEFAULT_MAX_BODY_BYTES, MAX_BODY_PREFIX};
 use crate::client_addr::{ListenerTrust, TrustedProxies};
 use crate::config::model::{DiscoveryConfig, UpstreamConfig};
-use crate::config::{ConfigError, ConfigErrors, LoadedConfig};
+use crate::config::{self, ConfigError, ConfigErrors, LoadedConfig};
 use crate::resilience::Resilience;
 use crate::router::{Matcher, Router};
 use crate::upstream::discovery::{self, Found};
@@ -43,6 +43,23 @@ fn static_endpoints(
         Source::Static,
         discovery::initial_health(cfg),
     )
+}
+
+/// The error for a filter entry whose kind is neither built in nor registered: the
+/// known kinds listed, the closest one suggested.
+fn unknown_kind(at: String, kind: &str, kinds: &FilterKinds) -> ConfigError {
+    let known: Vec<&str> = kinds.names().collect();
+    let err = ConfigError::at(
+        at,
+        format!(
+            "unknown filter kind `{kind}`; known kinds: {}",
+            known.join(", ")
+        ),
+    );
+    match config::error::did_you_mean(kind, known) {
+        Some(hint) => err.with_hint(hint),
+        None => err,
+    }
 }
 
 /// Compiles a loaded config into a snapshot. `prev` donates live state.
@@ -104,6 +121,18 @@ pub fn compile(
         );
     }
 
+    // Relative paths in a filter's config are relative to the config file (FilterBuildContext).
+    let config_dir = loaded
+        .file
+        .as_deref()
+        .map(|f| f.parent().unwrap_or(std::path::Path::new("")))
+        .map(|d| {
+            if d.as_os_str().is_empty() {
+                std::path::Path::new(".")
+            } else {
+                d
+            }
+        });
     let mut owned_headers: Vec<http::HeaderName> = Vec::new();
     let mut entries = Vec::with_capacity(cfg.routes.len());
     for (i, r) in cfg.routes.iter().enumerate() {
@@ -128,12 +157,29 @@ pub fn compile(
                     owned_headers.push(h);
                 }
             }
-            match gatehouse_filters::build(f, &r.name, runtime) {
+            let at = format!("routes[{i}].filters[{j}].{}", f.kind());
+            if !runtime.kinds().contains(f.kind()) {
+                errs.push(unknown_kind(at, f.kind(), runtime.kinds()));
+                continue;
+            }
+            let cx = gatehouse_filters::FilterBuildContext {
+                kind: f.kind(),
+                route: &r.name,
+                config_dir,
+            };
+            match gatehouse_filters::build_with(f, &cx, runtime) {
                 Ok(built) => filters.push(built),
-                Err(e) => errs.push(ConfigError::at(
-                    format!("routes[{i}].filters[{j}].{}", f.kind()),
-                    e.message,
-                )),
+                Err(e) => {
+                    let hint = config::unknown_name_hint(&e.message);
+                    let path = match &e.path {
+                        Some(p) if p.starts_with('[') => format!("{at}{p}"),
+                        Some(p) => format!("{at}.{p}"),
+                        None => at,
+                    };
+                    let mut err = ConfigError::at(path, e.message);
+                    err.hint = hint;
+                    errs.push(err);
+                }
             }
         }
         let filters = gatehouse_filters::Chain::new(filters, runtime.metrics());

@@ -496,7 +496,7 @@ mod tests {
     fn state_with_unresolvable_dns() -> Arc<crate::state::State> {
         let yaml = "listeners: [ { name: p, address: \"127.0.0.1:1\" } ]\nupstreams:\n  app: { discovery: { dns: { name: no-such-host.invalid, port: 80, refresh: 1s } } }\nroutes:\n  - { name: r, match: { path_prefix: / }, upstream: app }\n";
         let loaded = crate::config::load_str(yaml, None).unwrap();
-        crate::app::build_state(loaded, None).unwrap()
+        crate::app::build_state(loaded, None, Default::default()).unwrap()
     }
 
     #[tokio::test]
@@ -530,8 +530,12 @@ mod tests {
     async fn unreachable_registry_keeps_the_last_set() {
         // Nothing listens on port 1: every connect fails fast.
         let yaml = "listeners: [ { name: p, address: \"127.0.0.1:1\" } ]\nredis: { url: \"redis://127.0.0.1:1\" }\nupstreams:\n  app: { discovery: { redis: { service: svc } } }\nroutes:\n  - { name: r, match: { path_prefix: / }, upstream: app }\n";
-        let state =
-            crate::app::build_state(crate::config::load_str(yaml, None).unwrap(), None).unwrap();
+        let state = crate::app::build_state(
+            crate::config::load_str(yaml, None).unwrap(),
+            None,
+            Default::default(),
+        )
+        .unwrap();
         let u = state.current().upstreams["app"].upstream.clone();
         let a: SocketAddr = "127.0.0.1:8081".parse().unwrap();
         u.set_endpoints(merge(&[], vec![(a.to_string(), a, 1)], Source::Redis, true));

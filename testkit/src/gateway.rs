@@ -1,5 +1,6 @@
-//! The real `gatehouse` binary started from a YAML string on fresh loopback ports, with
-//! its log kept for the failure message, killed on drop.
+//! The real `gatehouse` binary (or a program built on its command line, such as the
+//! `custom_filter` example) started from a YAML string on fresh loopback ports, with its
+//! log kept for the failure message, killed on drop.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -29,6 +30,67 @@ pub fn gatehouse_bin() -> PathBuf {
     bin
 }
 
+/// A program built from one of the gateway package's examples (e.g. `custom_filter`, a
+/// gateway with its own filter kind): `target/<profile>/examples/<name>`, built first by
+/// `cargo build --example <name>` into the test's own target directory, once per test
+/// process. `cargo test` builds examples only as test harnesses (`--all-targets`) or not
+/// at all (`--test it`), and a stale binary would test old code; the gateway library is
+/// already built for the test, so this compiles and links the example only.
+pub fn example_bin(name: &str) -> PathBuf {
+    static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    /// A debug build of the example on 2 busy cores; beyond it, something is stuck.
+    const BUILD_WITHIN: Duration = Duration::from_secs(20 * 60);
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("test executable under target/<profile>/deps");
+    let target_dir = profile_dir.parent().expect("target/<profile>");
+    let bin = profile_dir.join("examples").join(name);
+    let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
+    if built.iter().any(|b| b == name) {
+        return bin;
+    }
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let mut cmd = Command::new(cargo);
+    cmd.args(["build", "--quiet", "-p", "gatehouse", "--example", name])
+        .arg("--target-dir")
+        .arg(target_dir)
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+        .stdout(Stdio::null())
+        // A file, not a pipe: compiler errors could fill a pipe and stall the build.
+        .stderr(Stdio::from(log.reopen().unwrap()));
+    match profile_dir.file_name().and_then(|p| p.to_str()) {
+        Some("debug") | None => {}
+        Some("release") => {
+            cmd.arg("--release");
+        }
+        Some(profile) => {
+            cmd.args(["--profile", profile]);
+        }
+    }
+    let mut child = cmd.spawn().expect("cargo runs");
+    let deadline = Instant::now() + BUILD_WITHIN;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("cargo build --example {name} did not finish within {BUILD_WITHIN:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let stderr = std::fs::read_to_string(log.path()).unwrap_or_default();
+    assert!(
+        status.success() && bin.exists(),
+        "cargo build --example {name} failed ({status}):\n{stderr}"
+    );
+    built.push(name.to_string());
+    bin
+}
+
 /// Fills the `{listen}` and `{admin}` placeholders of a YAML template with loopback
 /// addresses on these ports.
 pub fn fill(template: &str, port: u16, admin_port: u16) -> String {
@@ -43,7 +105,8 @@ pub struct TestGateway {
     pub port: u16,
     /// Admin port.
     pub admin_port: u16,
-    /// The config file it watches.
+    /// The config file it watches; files given to [`TestGateway::start_program`] are
+    /// beside it.
     pub config_path: PathBuf,
     /// Its stdout/stderr log file.
     pub log_path: PathBuf,
@@ -67,14 +130,30 @@ impl TestGateway {
 
     /// Same, with extra environment variables.
     pub async fn start_with_env(yaml: &str, env: &[(&str, &str)]) -> Self {
+        Self::start_program(&gatehouse_bin(), yaml, &[], env).await
+    }
+
+    /// Starts `program` (the `gatehouse` binary, or a program with the same command line
+    /// such as [`example_bin`]`("custom_filter")`) with `yaml` and waits until /readyz
+    /// answers. `files` are written beside the config first (name, content), for configs
+    /// that name files relative to themselves. Panics with the log when it does not start.
+    pub async fn start_program(
+        program: &std::path::Path,
+        yaml: &str,
+        files: &[(&str, &str)],
+        env: &[(&str, &str)],
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
+        for (name, content) in files {
+            std::fs::write(dir.path().join(name), content).unwrap();
+        }
         let port = free_port();
         let admin_port = free_port();
         let config_path = dir.path().join("gatehouse.yaml");
         std::fs::write(&config_path, fill(yaml, port, admin_port)).unwrap();
         let log_path = dir.path().join("gateway.log");
         let log = std::fs::File::create(&log_path).unwrap();
-        let mut cmd = Command::new(gatehouse_bin());
+        let mut cmd = Command::new(program);
         cmd.args(["run", "-c"])
             .arg(&config_path)
             .stdout(Stdio::from(log.try_clone().unwrap()))

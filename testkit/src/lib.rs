@@ -15,7 +15,7 @@ mod ports;
 mod redis;
 mod upstream;
 
-pub use gateway::{fill, gatehouse_bin, TestGateway};
+pub use gateway::{example_bin, fill, gatehouse_bin, TestGateway};
 pub use http::{admin_json, client, eventually, get_json, metric_value, send, JsonResponse};
 pub use ports::{free_port, free_ports, is_listening, unique};
 pub use redis::PrivateRedis;

@@ -27,7 +27,7 @@ fn validate_reports_errors_with_locations() {
         (
             "filter.yaml",
             "listeners: [ { name: a, address: \"127.0.0.1:1\" } ]\nupstreams:\n  u: { discovery: { static: [ { address: \"127.0.0.1:2\" } ] } }\nroutes:\n  - name: r\n    upstream: u\n    match: { path_prefix: / }\n    filters:\n      - headrs: {}\n",
-            &["filter.yaml:9:", "routes[0].filters[0]", "unknown variant `headrs`", "did you mean `headers`?"],
+            &["filter.yaml:9:", "routes[0].filters[0]", "unknown filter kind `headrs`", "did you mean `headers`?"],
         ),
         (
             "semantic.yaml",

@@ -6,6 +6,7 @@ mod bodies;
 mod cli;
 mod client_addr;
 mod context_headers;
+mod custom_filter;
 mod deploy;
 mod discovery;
 mod drain;
