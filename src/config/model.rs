@@ -351,14 +351,19 @@ pub struct UpstreamConfig {
     /// Active health checks; none by default.
     #[serde(default)]
     pub health_check: Option<HealthCheckConfig>,
-    /// Passive outlier detection on real traffic; none by default.
-    #[serde(default)]
+    /// Passive outlier detection on real traffic. On by default with conservative
+    /// thresholds (5 consecutive failures eject an endpoint for 30s, longer each time up
+    /// to 300s, never more than half of the upstream at once), as nginx marks a server
+    /// down after failures out of the box; `outlier_detection: null` turns it off.
+    #[serde(default = "default_outlier_detection")]
     pub outlier_detection: Option<OutlierConfig>,
     /// Circuit breaker for the whole upstream; none by default.
     #[serde(default)]
     pub circuit_breaker: Option<CircuitBreakerConfig>,
-    /// Retry policy; by default one try only.
-    #[serde(default)]
+    /// Retry policy. By default a connect error (the request never left) is retried
+    /// once on another endpoint, as nginx's `proxy_next_upstream error` does; nothing
+    /// else is retried. `retry: null` (or `{ attempts: 1 }`) turns it off.
+    #[serde(default = "default_retry")]
     pub retry: Option<RetryConfig>,
     /// Bulkhead: at most this many requests in flight to this upstream; unlimited by default.
     #[serde(default)]
@@ -596,6 +601,26 @@ pub struct OutlierConfig {
     /// At most this percentage of the cluster is ejected at once; default 50.
     #[serde(default = "default_max_ejection_percent")]
     pub max_ejection_percent: u32,
+}
+
+fn default_outlier_detection() -> Option<OutlierConfig> {
+    Some(OutlierConfig {
+        consecutive_failures: default_consecutive_failures(),
+        base_ejection_time: default_base_ejection(),
+        max_ejection_time: default_max_ejection(),
+        max_ejection_percent: default_max_ejection_percent(),
+    })
+}
+
+fn default_retry() -> Option<RetryConfig> {
+    Some(RetryConfig {
+        attempts: default_attempts(),
+        on: default_retry_on(),
+        non_idempotent: false,
+        backoff: BackoffConfig::default(),
+        budget: default_budget(),
+        min_retries_per_second: default_min_retries_per_second(),
+    })
 }
 
 fn default_consecutive_failures() -> u32 {
