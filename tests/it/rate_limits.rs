@@ -8,8 +8,10 @@ use serde_json::json;
 use crate::support::*;
 
 fn limit_config(upstream: &std::net::SocketAddr, redis: Option<&str>, limits: &str) -> String {
+    // 500ms, not the 50ms default: on 2 busy cores a Redis call can take over 100ms, and
+    // the default fail_open policy would then admit a request the test expects limited.
     let redis = redis
-        .map(|u| format!("redis: {{ url: \"{u}\", timeout: 100ms }}\n"))
+        .map(|u| format!("redis: {{ url: \"{u}\", timeout: 500ms }}\n"))
         .unwrap_or_default();
     format!(
         r#"listeners: [ {{ name: public, address: "{{listen}}" }} ]
