@@ -2,6 +2,8 @@
 //! Each phase is a few lines that delegate; read top to bottom it is the request's path:
 //!
 //! ```text
+//! request_parse_error      a header the parser refused (no phase ran): the  respond.rs
+//!                          same renderer, access log and metric
 //! new_ctx                  pin the config snapshot                         ctx.rs
 //! early_request_filter     pipelining per listener                         edge.rs
 //! request_filter           request id, edge checks (Host, limits, hop-by-  edge.rs
@@ -267,6 +269,17 @@ impl ProxyHttp for Gateway {
             *body = t.transform(body.take(), end_of_stream);
         }
         Ok(None)
+    }
+
+    /// A request pingora's parser refused (vendor patch 5): one renderer, access log, metric.
+    async fn request_parse_error(
+        &self,
+        e: &Error,
+        status: u16,
+        client: Option<&pingora_core::protocols::l4::socket::SocketAddr>,
+    ) -> Option<(ResponseHeader, Bytes)> {
+        let peer = client.and_then(|c| c.as_inet()).map(|a| a.ip());
+        respond::unparsed(&self.state.telemetry, self.state.current(), e, status, peer)
     }
 
     async fn fail_to_proxy(

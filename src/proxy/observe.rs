@@ -19,29 +19,11 @@ pub fn finish(tel: &Telemetry, session: &Session, ctx: &RequestCtx) {
     } else {
         "upstream"
     };
-    let m = &tel.metrics;
-    let elapsed = ctx.started.elapsed();
-    match &ctx.route {
-        Some(r) => r
-            .metrics
-            .get_or_init(|| RouteMetrics::new(m, &r.name, r.cluster.name()))
-            .observe(status, source == "upstream", elapsed.as_secs_f64()),
-        None => {
-            m.requests
-                .with_label_values(&[UNROUTED, UNROUTED, status_class(status), source])
-                .inc();
-            m.request_duration
-                .with_label_values(&[UNROUTED])
-                .observe(elapsed.as_secs_f64());
-        }
-    }
-    m.request_duration_all.observe(elapsed.as_secs_f64());
-    if status >= 500 {
-        m.errors_all.inc();
-    }
+    count(tel, ctx, status, source);
     if !ctx.snap.access_log {
         return;
     }
+    let elapsed = ctx.started.elapsed();
     let req = session.req_header();
     tracing::info!(
         target: "access",
@@ -63,4 +45,60 @@ pub fn finish(tel: &Telemetry, session: &Session, ctx: &RequestCtx) {
         client_ip = %ctx.client_ip.map(|i| i.to_string()).unwrap_or_default(),
         peer_ip = %ctx.client.map(|c| c.peer.to_string()).unwrap_or_default(),
     );
+}
+
+/// A request pingora's parser refused before any phase (see `respond::unparsed`): the
+/// same metric (unrouted, `source="gateway"`) and access-log line, with what is known (no
+/// method or path: they did not parse) and the parser's error.
+pub fn unparsed(tel: &Telemetry, ctx: &RequestCtx, e: &pingora_core::Error) {
+    let status = ctx.gateway_error.map_or(400, |g| g.status);
+    count(tel, ctx, status, "gateway");
+    if !ctx.snap.access_log {
+        return;
+    }
+    tracing::info!(
+        target: "access",
+        request_id = %ctx.request_id,
+        method = "",
+        path = "",
+        host = "",
+        route = "",
+        upstream = "",
+        endpoint = "",
+        status,
+        source = "gateway",
+        error = ctx.gateway_error.map_or("", |g| g.code),
+        detail = %e,
+        tries = 0,
+        duration_ms = 0.0,
+        filter_ms = 0.0,
+        bytes_in = 0,
+        bytes_out = 0,
+        client_ip = %ctx.client_ip.map(|i| i.to_string()).unwrap_or_default(),
+        peer_ip = %ctx.client_ip.map(|i| i.to_string()).unwrap_or_default(),
+    );
+}
+
+/// The request metrics of a finished request.
+fn count(tel: &Telemetry, ctx: &RequestCtx, status: u16, source: &str) {
+    let m = &tel.metrics;
+    let elapsed = ctx.started.elapsed();
+    match &ctx.route {
+        Some(r) => r
+            .metrics
+            .get_or_init(|| RouteMetrics::new(m, &r.name, r.cluster.name()))
+            .observe(status, source == "upstream", elapsed.as_secs_f64()),
+        None => {
+            m.requests
+                .with_label_values(&[UNROUTED, UNROUTED, status_class(status), source])
+                .inc();
+            m.request_duration
+                .with_label_values(&[UNROUTED])
+                .observe(elapsed.as_secs_f64());
+        }
+    }
+    m.request_duration_all.observe(elapsed.as_secs_f64());
+    if status >= 500 {
+        m.errors_all.inc();
+    }
 }

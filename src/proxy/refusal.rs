@@ -143,6 +143,11 @@ pub enum Refusal {
     /// `bad_request_body` (RFC 9112 section 6.3).
     #[error("the request body is malformed")]
     BadRequestBody,
+    /// pingora's HTTP/1 parser refused the request header before any phase ran (a
+    /// malformed request line or header field, a smuggling vector, a conflicting Host;
+    /// RFC 9112 sections 3 and 5): 400 `protocol_error`.
+    #[error("the request is not valid HTTP/1.1")]
+    ProtocolError,
 }
 
 impl Refusal {
@@ -155,7 +160,8 @@ impl Refusal {
             | Refusal::MissingHost
             | Refusal::MultipleHosts
             | Refusal::InvalidHost
-            | Refusal::BadRequestBody => 400,
+            | Refusal::BadRequestBody
+            | Refusal::ProtocolError => 400,
             Refusal::BodyTooLarge | Refusal::BodyOverBuffer => 413,
             Refusal::UriTooLong => 414,
             Refusal::TooManyHeaderFields
@@ -206,6 +212,7 @@ impl Refusal {
             | Refusal::HeaderSectionTooLarge => "header_fields_too_large",
             Refusal::MissingHost | Refusal::MultipleHosts | Refusal::InvalidHost => "bad_host",
             Refusal::BadRequestBody => "bad_request_body",
+            Refusal::ProtocolError => "protocol_error",
         }
     }
 
@@ -322,6 +329,7 @@ mod tests {
             (Refusal::InvalidHost,                          400, "bad_host",                 vec![]),
             (Refusal::BodyOverBuffer,                       413, "body_too_large",           vec![]),
             (Refusal::BadRequestBody,                       400, "bad_request_body",         vec![]),
+            (Refusal::ProtocolError,                        400, "protocol_error",           vec![]),
         ];
         for (r, status, code, headers) in cases {
             assert_eq!((r.status(), r.code()), (status, code), "{r:?}");

@@ -165,11 +165,66 @@ pub async fn write(
     content_type: &str,
     body: Bytes,
 ) -> pingora_core::Result<()> {
+    let resp = head(ctx, status, code, extra, content_type, body.len())?;
+    let head_only = session.req_header().method == http::Method::HEAD;
+    session
+        .write_response_header(Box::new(resp), head_only || body.is_empty())
+        .await?;
+    if !head_only && !body.is_empty() {
+        session.write_response_body(Some(body), true).await?;
+    }
+    Ok(())
+}
+
+/// The answer to a request pingora's HTTP/1 parser refused before any phase ran (vendor
+/// patch 5: `ProxyHttp::request_parse_error`): `status` is pingora's (400, or 431 for a
+/// header section over the limit), rendered like every gateway answer (JSON body,
+/// `X-Gatehouse-Error`, `X-Request-Id`), counted and access-logged by
+/// [`super::observe::unparsed`]. `None` only if the header cannot be built.
+pub fn unparsed(
+    tel: &crate::telemetry::Telemetry,
+    snap: std::sync::Arc<crate::state::Snapshot>,
+    e: &Error,
+    status: u16,
+    peer: Option<std::net::IpAddr>,
+) -> Option<(ResponseHeader, Bytes)> {
+    let refusal = match status {
+        431 => Refusal::HeaderSectionTooLarge,
+        _ => Refusal::ProtocolError,
+    };
+    let mut ctx = RequestCtx::new(snap);
+    ctx.request_id = super::headers::new_request_id();
+    ctx.client_ip = peer;
+    let (status, code) = (refusal.status(), refusal.code());
+    ctx.gateway_error = Some(GatewayError { status, code });
+    let body = error_body(code, &refusal.message(), &ctx.request_id);
+    let resp = head(
+        &ctx,
+        status,
+        Some(code),
+        &[],
+        "application/json",
+        body.len(),
+    )
+    .ok()?;
+    super::observe::unparsed(tel, &ctx, e);
+    Some((resp, body))
+}
+
+/// The response header of an answer made at the gateway.
+fn head(
+    ctx: &RequestCtx,
+    status: u16,
+    code: Option<&'static str>,
+    extra: &[(http::HeaderName, http::HeaderValue)],
+    content_type: &str,
+    len: usize,
+) -> pingora_core::Result<ResponseHeader> {
     let mut resp = ResponseHeader::build(status, Some(6))?;
-    if !body.is_empty() || status != 204 {
+    if len > 0 || status != 204 {
         resp.insert_header(http::header::CONTENT_TYPE, content_type)?;
     }
-    resp.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
+    resp.insert_header(http::header::CONTENT_LENGTH, len.to_string())?;
     resp.insert_header(http::header::CACHE_CONTROL, "no-store")?;
     if let Some(code) = code {
         resp.insert_header(ERROR_HEADER, code)?;
@@ -180,14 +235,7 @@ pub async fn write(
     for (n, v) in extra.iter().chain(ctx.response_headers.iter()) {
         resp.append_header(n.clone(), v.clone())?;
     }
-    let head_only = session.req_header().method == http::Method::HEAD;
-    session
-        .write_response_header(Box::new(resp), head_only || body.is_empty())
-        .await?;
-    if !head_only && !body.is_empty() {
-        session.write_response_body(Some(body), true).await?;
-    }
-    Ok(())
+    Ok(resp)
 }
 
 #[cfg(test)]

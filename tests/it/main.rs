@@ -17,6 +17,7 @@ mod load;
 mod load_balancing;
 mod metrics_series;
 mod observability;
+mod parser_refusals;
 mod rate_limits;
 mod refusal_log;
 mod reload;

@@ -358,12 +358,20 @@ where
                         "Fail to proxy: {e}, downstream session type: {}",
                         downstream_session.session_type()
                     );
-                    downstream_session
-                        .respond_error(status)
-                        .await
-                        .unwrap_or_else(|e| {
-                            error!("failed to send error response to downstream: {e}");
-                        });
+                    // The proxy may render the refusal itself (gatehouse patch 5).
+                    let own = self
+                        .inner
+                        .request_parse_error(&e, status, downstream_session.client_addr())
+                        .await;
+                    let sent = match own {
+                        Some((resp, body)) => {
+                            downstream_session.write_error_response(resp, body).await
+                        }
+                        None => downstream_session.respond_error(status).await,
+                    };
+                    sent.unwrap_or_else(|e| {
+                        error!("failed to send error response to downstream: {e}");
+                    });
                 } else {
                     // otherwise the connection must be broken, no need to send anything
                     error!(

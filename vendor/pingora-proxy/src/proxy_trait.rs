@@ -628,6 +628,21 @@ pub trait ProxyHttp {
     /// Additionally, the user can return whether this session may be reused in spite of the error.
     /// Today this reuse status is only respected for errors that occur prior to upstream peer
     /// selection, and the keepalive configured on the `Session` itself still takes precedent.
+    /// Called when a request header could not be parsed (malformed, too many headers, too
+    /// large), before any other phase: there is no [Session] and no `CTX`, and
+    /// [Self::logging] is not called for it. `status` is the error status pingora would
+    /// answer (400, or the parser's own 4xx). Return the response (header and body) to
+    /// send instead of pingora's bare error; the default `None` keeps pingora's. The
+    /// connection is closed after it either way. (gatehouse patch 5, vendor/PATCHES.md)
+    async fn request_parse_error(
+        &self,
+        _e: &Error,
+        _status: u16,
+        _client: Option<&pingora_core::protocols::l4::socket::SocketAddr>,
+    ) -> Option<(ResponseHeader, bytes::Bytes)> {
+        None
+    }
+
     async fn fail_to_proxy(
         &self,
         session: &mut Session,
