@@ -111,22 +111,13 @@ impl ProxyHttp for Gateway {
         ctx.client = client_addr::resolve(session, &ctx.snap);
         ctx.client_ip = ctx.client.map(|c| c.client);
         self.close_if_draining(session);
-        if let Err(r) = edge::check_request(session.req_header(), &self.edge) {
-            respond::refuse(session, ctx, &r).await;
-            return Ok(true);
-        }
-        edge::absolute_to_origin(session.req_header_mut());
-        edge::strip_client_nominated(session.req_header_mut());
-        let route = match request::route(session, ctx) {
-            Ok(route) => route,
+        match request::admit(session, ctx, &self.edge) {
+            Ok(route) => request::run_filters(session, ctx, &route).await,
             Err(refusal) => {
                 respond::refuse(session, ctx, &refusal).await;
-                return Ok(true);
+                Ok(true)
             }
-        };
-        // Headers that only the gateway may set are never taken from the client.
-        headers::remove_owned(session.req_header_mut(), &ctx.snap.owned_headers);
-        request::run_filters(session, ctx, &route).await
+        }
     }
 
     async fn request_body_filter(

@@ -18,6 +18,22 @@ use crate::path::rewrite_path;
 use crate::router::{apply_encoded_slashes, Incoming};
 use crate::state::Route;
 
+/// The edge checks and rewrites of a client's request (`edge.rs`: limits, Host,
+/// absolute form, client-nominated hop-by-hop headers), then its route ([`route`]); the
+/// headers only the gateway may set are removed before any filter sees the request.
+pub fn admit(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    limits: &edge::EdgeLimits,
+) -> Result<Arc<Route>, Refusal> {
+    edge::check_request(session.req_header(), limits)?;
+    edge::absolute_to_origin(session.req_header_mut());
+    edge::strip_client_nominated(session.req_header_mut());
+    let route = route(session, ctx)?;
+    headers::remove_owned(session.req_header_mut(), &ctx.snap.owned_headers);
+    Ok(route)
+}
+
 /// Finds the route: the router builds its view of the request (normalized path and host),
 /// and the declared body length is checked against the route's limit.
 pub fn route(session: &Session, ctx: &mut RequestCtx) -> Result<Arc<Route>, Refusal> {
