@@ -98,23 +98,30 @@ FULL_STACK_MARKER_HEADER = "x-bench"
 
 # --- nginx -------------------------------------------------------------------------
 
+# What both nginx configs share: one worker in the foreground, its pid file and
+# request-body temp directory named by `role`, no access log, long keep-alive.
+def _nginx_head(role: str) -> str:
+    return f"""\
+worker_processes 1;
+master_process off;
+daemon off;
+pid $prefix/{role}.pid;
+error_log stderr warn;
+worker_rlimit_nofile 65536;
+events {{ worker_connections 16384; }}
+http {{
+    access_log off;
+    keepalive_requests 1000000;
+    keepalive_timeout 300s;
+    client_body_temp_path $prefix/tmp_{role};
+"""
+
+
 # The upstream every target ends at: one worker answering a fixed body from memory.
 # keepalive_requests is raised so that neither wrk nor the proxies are made to
 # reconnect every 1000 requests (nginx's default), which would measure connection
 # setup rather than proxying.
-NGINX_UPSTREAM = Template("""\
-worker_processes 1;
-master_process off;
-daemon off;
-pid $prefix/upstream.pid;
-error_log stderr warn;
-worker_rlimit_nofile 65536;
-events { worker_connections 16384; }
-http {
-    access_log off;
-    keepalive_requests 1000000;
-    keepalive_timeout 300s;
-    client_body_temp_path $prefix/tmp_upstream;
+NGINX_UPSTREAM = Template(_nginx_head("upstream") + """\
     server {
         listen 127.0.0.1:$port backlog=4096;
         default_type text/plain;
@@ -124,19 +131,7 @@ http {
 """)
 
 # (b) nginx as a reverse proxy: one worker, upstream keepalive pool of 1024.
-NGINX_PROXY = Template("""\
-worker_processes 1;
-master_process off;
-daemon off;
-pid $prefix/proxy.pid;
-error_log stderr warn;
-worker_rlimit_nofile 65536;
-events { worker_connections 16384; }
-http {
-    access_log off;
-    keepalive_requests 1000000;
-    keepalive_timeout 300s;
-    client_body_temp_path $prefix/tmp_proxy;
+NGINX_PROXY = Template(_nginx_head("proxy") + """\
     proxy_temp_path $prefix/tmp_proxy_p;
     upstream app {
         server 127.0.0.1:$upstream_port;
