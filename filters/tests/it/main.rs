@@ -8,5 +8,6 @@
 mod docs;
 mod jwks;
 mod jwt;
+mod jwt_attacks;
 mod rate_limit;
 mod support;
