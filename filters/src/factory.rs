@@ -449,6 +449,32 @@ mod tests {
     }
 
     #[test]
+    fn a_custom_entry_reads_and_writes_as_a_single_key_map() {
+        use crate::FilterConfig;
+        let v = serde_json::json!({"api_key": {"keys_file": "k"}});
+        let c: FilterConfig = serde_json::from_value(v.clone()).unwrap();
+        assert_eq!(
+            c,
+            FilterConfig::Custom(entry("api_key", serde_json::json!({"keys_file": "k"})))
+        );
+        assert_eq!(c.kind(), "api_key");
+        assert_eq!(
+            serde_json::to_value(&c).unwrap(),
+            v,
+            "as /admin/config shows it"
+        );
+        let h: FilterConfig = serde_json::from_value(serde_json::json!({"headers": {}})).unwrap();
+        assert!(matches!(h, FilterConfig::Headers(_)), "{h:?}");
+        assert!(serde_json::to_value(&h).unwrap()["headers"].is_object());
+        for bad in [serde_json::json!({"a": 1, "b": 2}), serde_json::json!({})] {
+            assert!(
+                serde_json::from_value::<FilterConfig>(bad.clone()).is_err(),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
     fn relative_paths_resolve_against_the_config_dir() {
         assert_eq!(
             cx().resolve(Path::new("keys.txt")),
