@@ -1,4 +1,4 @@
-//! The `gatehouse` command line (run | validate | route-test | schema | health) as a
+//! The `gatehouse` command line (run | validate | route-test | config | schema | health) as a
 //! library, so that a program with its own filter kinds gets the same CLI:
 //! `gatehouse::App::builder().filter::<ApiKeyFactory>("api_key").run()`. The one place
 //! of the crate that uses `anyhow`.
@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use gatehouse_filters::{FilterFactory, FilterKinds, KindError};
+use gatehouse_filters::{FilterFactory, FilterKinds, FilterRuntime, KindError};
 
 use crate::config::{self, ConfigError};
 use crate::router::RequestParts;
@@ -104,7 +104,10 @@ impl App {
                     Ok(ExitCode::FAILURE)
                 }
             },
-            Command::Validate { json } => Ok(validate(&cli.config, json, &self.kinds)),
+            Command::Validate { json, no_env } => {
+                Ok(validate(&cli.config, json, no_env, &self.kinds))
+            }
+            Command::Config => Ok(dump_config(&cli.config)),
             Command::RouteTest {
                 method,
                 host,
@@ -176,10 +179,18 @@ enum Command {
     },
     /// Check a config file, like `nginx -t`: exit 0 and "configuration OK", or the errors and exit 1.
     Validate {
-        /// Print the result as JSON.
+        /// Print the result as JSON (errors and warnings).
         #[arg(long)]
         json: bool,
+        /// Check syntax, routing and filters without the production secrets: a secret
+        /// environment variable (`secret_env`) that is unset is a warning, not an error.
+        /// `run` still refuses to start without it.
+        #[arg(long)]
+        no_env: bool,
     },
+    /// Print the effective config (every default filled in) as YAML, like `nginx -T`;
+    /// nothing runs and no secret is read.
+    Config,
     /// Show which route a request would take, why, and the path sent upstream.
     RouteTest {
         /// Method.
@@ -219,36 +230,97 @@ fn error_json(e: &ConfigError) -> serde_json::Value {
     })
 }
 
-fn validate(path: &std::path::Path, json: bool, kinds: &FilterKinds) -> ExitCode {
-    let result = config::load_file(path).and_then(|loaded| {
-        let runtime = std::sync::Arc::new(
-            gatehouse_filters::FilterRuntime::default().with_kinds(kinds.clone()),
-        );
-        let warnings = loaded.warnings.clone();
-        crate::state::compile(loaded, None, &runtime).map(|_| warnings)
-    });
-    match result {
-        Ok(warnings) => {
-            if json {
-                let out = serde_json::json!({"ok": true, "errors": [], "warnings": warnings.iter().map(error_json).collect::<Vec<_>>()});
-                println!("{out}");
-            } else {
-                for w in &warnings {
-                    eprintln!("warning: {w}");
-                }
-                println!("configuration OK: {}", path.display());
-            }
-            ExitCode::SUCCESS
+/// A filter runtime for checking a config offline: the program's filter kinds, and with
+/// `no_env` unset secret variables allowed (listed afterwards as warnings).
+fn offline_runtime(kinds: &FilterKinds, no_env: bool) -> std::sync::Arc<FilterRuntime> {
+    let runtime = FilterRuntime::default().with_kinds(kinds.clone());
+    std::sync::Arc::new(if no_env {
+        runtime.allowing_missing_env()
+    } else {
+        runtime
+    })
+}
+
+/// A warning per secret variable that was unset while checking with `--no-env`.
+fn missing_env_warnings(runtime: &FilterRuntime, path: &std::path::Path) -> Vec<ConfigError> {
+    runtime
+        .missing_env()
+        .into_iter()
+        .map(|var| ConfigError {
+            file: Some(path.to_path_buf()),
+            ..ConfigError::at(
+                "",
+                format!("environment variable {var} is not set: checked with a placeholder; `run` needs it"),
+            )
+        })
+        .collect()
+}
+
+fn validate(path: &std::path::Path, json: bool, no_env: bool, kinds: &FilterKinds) -> ExitCode {
+    let runtime = offline_runtime(kinds, no_env);
+    let (loaded, mut warnings) = config::load_file_with_warnings(path);
+    let result =
+        loaded.and_then(|loaded| crate::state::compile(loaded, None, &runtime).map(|_| ()));
+    warnings.extend(missing_env_warnings(&runtime, path));
+    let errors = result.err().map(|e| e.0).unwrap_or_default();
+    let ok = errors.is_empty();
+    if json {
+        let out = serde_json::json!({
+            "ok": ok,
+            "errors": errors.iter().map(error_json).collect::<Vec<_>>(),
+            "warnings": warnings.iter().map(error_json).collect::<Vec<_>>(),
+        });
+        println!("{out}");
+    } else {
+        for w in &warnings {
+            eprintln!("warning: {w}");
         }
+        for e in &errors {
+            eprintln!("error: {e}");
+        }
+        if ok {
+            println!("configuration OK: {}", path.display());
+        } else {
+            eprintln!("configuration test failed: {} error(s)", errors.len());
+        }
+    }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// `gatehouse config`: the parsed config with every default filled in, as YAML, inline
+/// secrets redacted. Only the file is read (no filter is built, no secret resolved, no
+/// address resolved).
+fn dump_config(path: &std::path::Path) -> ExitCode {
+    match config::load_file(path) {
+        // Inline secrets are redacted as in `/admin/config`: the dump is made to be shared.
+        Ok(loaded) => match serde_json::to_value(&loaded.config)
+            .map(|mut v| {
+                crate::admin::redact(&mut v);
+                v
+            })
+            .map_err(|e| e.to_string())
+            .and_then(|v| serde_yaml::to_string(&v).map_err(|e| e.to_string()))
+        {
+            Ok(text) => {
+                println!(
+                    "# effective config of {} (defaults filled in)",
+                    path.display()
+                );
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: cannot print the config: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Err(errs) => {
-            if json {
-                let out = serde_json::json!({"ok": false, "errors": errs.0.iter().map(error_json).collect::<Vec<_>>(), "warnings": []});
-                println!("{out}");
-            } else {
-                for e in &errs.0 {
-                    eprintln!("error: {e}");
-                }
-                eprintln!("configuration test failed: {} error(s)", errs.0.len());
+            for e in &errs.0 {
+                eprintln!("error: {e}");
             }
             ExitCode::FAILURE
         }
@@ -263,8 +335,8 @@ fn route_test(
     headers: &[String],
     kinds: &FilterKinds,
 ) -> anyhow::Result<ExitCode> {
-    let runtime =
-        std::sync::Arc::new(gatehouse_filters::FilterRuntime::default().with_kinds(kinds.clone()));
+    // Routing needs no secret: unset secret variables do not stop a route test.
+    let runtime = offline_runtime(kinds, true);
     let snap = match config::load_file(path).and_then(|l| crate::state::compile(l, None, &runtime))
     {
         Ok(s) => s,

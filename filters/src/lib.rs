@@ -178,7 +178,14 @@ pub struct FilterRuntime {
     redis: Option<Arc<rate_limit::redis_store::RedisStore>>,
     local: rate_limit::local::LocalLimiters,
     jwks: jwt::jwks::JwksCaches,
+    /// `Some` when secrets named by `*_env` may be missing (checking a config without
+    /// production secrets): the names of those that were.
+    missing_env: Option<std::sync::Mutex<std::collections::BTreeSet<String>>>,
 }
+
+/// What a filter reads from `secret_env` when the variable is unset and the runtime
+/// allows it (`validate --no-env`, `route-test`): long enough for every HMAC check.
+const PLACEHOLDER_SECRET: &str = "gatehouse-placeholder-for-an-unset-secret";
 
 impl FilterRuntime {
     /// Creates the runtime. With `redis`, rate limits are shared through Redis (the
@@ -203,6 +210,47 @@ impl FilterRuntime {
             redis,
             local: Default::default(),
             jwks: Default::default(),
+            missing_env: None,
+        })
+    }
+
+    /// The same runtime for checking a config without its secrets (`validate --no-env`,
+    /// `route-test`): a secret environment variable that is unset builds the filter with
+    /// a placeholder and is listed by [`FilterRuntime::missing_env`] instead of failing.
+    /// Never for serving traffic.
+    pub fn allowing_missing_env(mut self) -> Self {
+        self.missing_env = Some(Default::default());
+        self
+    }
+
+    /// The value of the secret environment variable `var`, for a filter's `*_env` field.
+    ///
+    /// # Errors
+    ///
+    /// The variable is unset (or not Unicode) and this runtime requires it.
+    pub fn env_secret(&self, var: &str) -> Result<String, String> {
+        match (std::env::var(var), &self.missing_env) {
+            (Ok(v), _) => Ok(v),
+            (Err(_), Some(missing)) => {
+                missing
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(var.to_string());
+                Ok(PLACEHOLDER_SECRET.to_string())
+            }
+            (Err(_), None) => Err(format!("environment variable {var} is not set")),
+        }
+    }
+
+    /// The secret variables that were unset while building with
+    /// [`FilterRuntime::allowing_missing_env`], sorted.
+    pub fn missing_env(&self) -> Vec<String> {
+        self.missing_env.as_ref().map_or_else(Vec::new, |m| {
+            m.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .cloned()
+                .collect()
         })
     }
 
@@ -251,6 +299,7 @@ impl Default for FilterRuntime {
             redis: None,
             local: Default::default(),
             jwks: Default::default(),
+            missing_env: None,
         }
     }
 }

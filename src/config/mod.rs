@@ -78,6 +78,22 @@ fn locate(e: &mut ConfigError, file: Option<&Path>, positions: &LazyPositions) {
 
 /// Reads and loads a config file.
 pub fn load_file(path: &Path) -> Result<LoadedConfig, ConfigErrors> {
+    load_file_with_warnings(path).0
+}
+
+/// Like [`load_file`], and the validation warnings even when there are errors (for
+/// `gatehouse validate --json`, which reports both).
+pub fn load_file_with_warnings(
+    path: &Path,
+) -> (Result<LoadedConfig, ConfigErrors>, Vec<ConfigWarning>) {
+    match read_text(path) {
+        Ok(text) => load_str_with_warnings(&text, Some(path)),
+        Err(e) => (Err(e), Vec::new()),
+    }
+}
+
+/// The file as UTF-8 text, or a located refusal.
+fn read_text(path: &Path) -> Result<String, ConfigErrors> {
     let refuse = |message: String| {
         ConfigErrors(vec![ConfigError {
             file: Some(path.to_path_buf()),
@@ -85,24 +101,34 @@ pub fn load_file(path: &Path) -> Result<LoadedConfig, ConfigErrors> {
         }])
     };
     let bytes = std::fs::read(path).map_err(|e| refuse(format!("cannot read config file: {e}")))?;
-    let text = String::from_utf8(bytes).map_err(|e| {
+    String::from_utf8(bytes).map_err(|e| {
         let at = e.utf8_error().valid_up_to();
         let line = e.as_bytes()[..at].iter().filter(|b| **b == b'\n').count() + 1;
         refuse(format!(
             "the config file is not UTF-8 text (YAML 1.2 section 5.2): invalid byte at offset {at}, line {line}"
         ))
-    })?;
-    load_str(&text, Some(path))
+    })
 }
 
 /// Loads a config from YAML text; `file` is only used in messages and to resolve
 /// relative paths.
 pub fn load_str(text: &str, file: Option<&Path>) -> Result<LoadedConfig, ConfigErrors> {
+    load_str_with_warnings(text, file).0
+}
+
+/// Like [`load_str`], and the validation warnings even when there are errors.
+pub fn load_str_with_warnings(
+    text: &str,
+    file: Option<&Path>,
+) -> (Result<LoadedConfig, ConfigErrors>, Vec<ConfigWarning>) {
     let positions = LazyPositions::new(text);
-    let config = parse(text).map_err(|mut e| {
-        locate(&mut e, file, &positions);
-        ConfigErrors(vec![e])
-    })?;
+    let config = match parse(text) {
+        Ok(c) => c,
+        Err(mut e) => {
+            locate(&mut e, file, &positions);
+            return (Err(ConfigErrors(vec![e])), Vec::new());
+        }
+    };
     let (errors, warnings) = validate::validate(&config);
     let fix = |mut list: Vec<ConfigError>| {
         for e in &mut list {
@@ -110,16 +136,18 @@ pub fn load_str(text: &str, file: Option<&Path>) -> Result<LoadedConfig, ConfigE
         }
         list
     };
+    let warnings = fix(warnings);
     if !errors.is_empty() {
-        return Err(ConfigErrors(fix(errors)));
+        return (Err(ConfigErrors(fix(errors))), warnings);
     }
-    Ok(LoadedConfig {
+    let loaded = LoadedConfig {
         config,
         file: file.map(Path::to_path_buf),
         hash: hash_text(text),
-        warnings: fix(warnings),
+        warnings: warnings.clone(),
         positions,
-    })
+    };
+    (Ok(loaded), warnings)
 }
 
 /// Hex SHA-256 of the config text (first 16 hex digits are shown in metrics).

@@ -135,3 +135,119 @@ fn committed_schema_is_current() {
         "config/gatehouse.schema.json is stale: run `gatehouse schema > config/gatehouse.schema.json`"
     );
 }
+
+/// A config whose jwt filter reads its secret from `var`, with a route that has an error
+/// (`upstream: nope`) when `broken`, and a non-standard method (a warning) either way.
+fn secret_config(dir: &std::path::Path, var: &str, broken: bool) -> std::path::PathBuf {
+    let p = dir.join(format!("secret-{broken}.yaml"));
+    let upstream = if broken { "nope" } else { "u" };
+    std::fs::write(
+        &p,
+        format!(
+            "listeners: [ {{ name: a, address: \"127.0.0.1:1\" }} ]\nupstreams:\n  u: {{ discovery: {{ static: [ {{ address: \"127.0.0.1:2\" }} ] }} }}\nroutes:\n  - name: api\n    upstream: u\n    match: {{ path_prefix: /api, methods: [GET, PSOT] }}\n    filters:\n      - jwt: {{ keys: [ {{ secret_env: {var}, algorithms: [HS256] }} ] }}\n  - {{ name: other, match: {{ path_prefix: /o }}, upstream: {upstream} }}\n"
+        ),
+    )
+    .unwrap();
+    p
+}
+
+#[test]
+fn validate_and_route_test_work_without_production_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let var = "GATEHOUSE_TEST_SECRET_NEVER_SET";
+    let p = secret_config(dir.path(), var, false);
+    let path = p.to_str().unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+            .args(args)
+            .env_remove(var)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    // Without --no-env the secret is required, as `run` requires it.
+    let (code, _, err) = run(&["validate", "-c", path]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains(&format!("environment variable {var} is not set")),
+        "{err}"
+    );
+    // --no-env: a warning naming the variable, and OK.
+    let (code, out, err) = run(&["validate", "--no-env", "-c", path]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("configuration OK"), "{out}");
+    assert!(
+        err.contains(&format!(
+            "warning: {path}: environment variable {var} is not set"
+        )),
+        "{err}"
+    );
+    // route-test runs no filter: it needs no secret.
+    let (code, out, err) = run(&["route-test", "-c", path, "--path", "/api/x"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("route:     api"), "{out}");
+}
+
+#[test]
+fn validate_json_keeps_the_warnings_when_there_are_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = secret_config(dir.path(), "GATEHOUSE_TEST_SECRET_NEVER_SET", true);
+    let out = gatehouse(&["validate", "--json", "--no-env", "-c", p.to_str().unwrap()]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["ok"], false, "{v}");
+    assert_eq!(v["errors"][0]["path"], "routes[1].upstream", "{v}");
+    let warnings: Vec<&str> = v["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["message"].as_str().unwrap())
+        .collect();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("\"PSOT\" is not a standard method")),
+        "{v}"
+    );
+}
+
+#[test]
+fn config_prints_the_effective_config_with_defaults_and_no_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("gw.yaml");
+    std::fs::write(
+        &p,
+        "listeners: [ { name: a, address: \"127.0.0.1:1\" } ]\nupstreams:\n  u: { discovery: { static: [ { address: \"127.0.0.1:2\" } ] } }\nroutes:\n  - name: api\n    upstream: u\n    match: { path_prefix: /api }\n    max_body_bytes: 1MiB\n    filters:\n      - jwt: { keys: [ { secret: an-inline-secret-of-32-bytes-at-least, algorithms: [HS256] } ] }\n",
+    )
+    .unwrap();
+    let out = gatehouse(&["config", "-c", p.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    for default in [
+        "max_body_bytes: 1048576",
+        "consecutive_failures: 5",
+        "endpoint_labels: true",
+        "grace_period: 10s",
+    ] {
+        assert!(text.contains(default), "missing {default:?} in:\n{text}");
+    }
+    assert!(!text.contains("an-inline-secret"), "{text}");
+    assert!(text.contains("<redacted>"), "{text}");
+    // The dump is itself a valid config (secrets aside): it loads with the same shape.
+    let dumped = dir.path().join("dumped.yaml");
+    std::fs::write(
+        &dumped,
+        text.replace("<redacted>", "another-inline-secret-of-32-bytes-long"),
+    )
+    .unwrap();
+    let out = gatehouse(&["validate", "-c", dumped.to_str().unwrap()]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -286,11 +286,9 @@ pub fn build_source(
         }
         let secret = match (&cfg.secret, &cfg.secret_env) {
             (Some(s), _) => s.clone(),
-            (None, Some(var)) => std::env::var(var).map_err(|_| {
-                err(format!(
-                    "environment variable {var} (secret_env) is not set"
-                ))
-            })?,
+            (None, Some(var)) => runtime
+                .env_secret(var)
+                .map_err(|e| err(format!("{e} (secret_env)")))?,
             (None, None) => String::new(),
         };
         if secret.is_empty() {
