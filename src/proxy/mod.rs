@@ -172,9 +172,8 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
         e: Box<Error>,
     ) -> Box<Error> {
-        let truncated = session.as_ref().retry_buffer_truncated();
-        let tel = &self.state.telemetry;
-        resilience::on_connect_error(tel, ctx, session.req_header(), truncated, e)
+        let replay = resilience::Replay::of(session);
+        resilience::on_connect_error(&self.state.telemetry, ctx, &replay, e)
     }
 
     /// Replaces pingora's default (idempotent methods on reused connections only) with
@@ -188,10 +187,8 @@ impl ProxyHttp for Gateway {
         client_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("Peer: {peer}"));
-        let truncated = session.as_ref().retry_buffer_truncated();
-        let written = session.response_written().is_some();
-        let (tel, req) = (&self.state.telemetry, session.req_header());
-        resilience::on_proxy_error(tel, ctx, &mut e, req, truncated, written, client_reused);
+        let (tel, replay) = (&self.state.telemetry, resilience::Replay::of(session));
+        resilience::on_proxy_error(tel, ctx, &mut e, &replay, client_reused);
         e
     }
 
@@ -217,10 +214,8 @@ impl ProxyHttp for Gateway {
         ctx.upstream_status = Some(status);
         let tel = &self.state.telemetry;
         resilience::on_response_header(tel, ctx, session.req_header(), upstream_response);
-        let truncated = session.as_ref().retry_buffer_truncated();
-        let written = session.response_written().is_some();
-        let req = session.req_header();
-        resilience::retry_on_status(tel, ctx, status, req, truncated, written)?;
+        let replay = resilience::Replay::of(session);
+        resilience::retry_on_status(tel, ctx, status, &replay)?;
         headers::strip_hop_by_hop_response(upstream_response);
         Ok(())
     }

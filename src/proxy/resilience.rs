@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use pingora_core::{Error, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::Session;
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::ctx::RequestCtx;
@@ -307,17 +308,40 @@ fn allow_retry(
     true
 }
 
+/// What a retry decision needs from the client's side of the exchange: the request
+/// (its method), whether pingora's retry buffer overflowed (the body cannot be replayed)
+/// and whether a response header already went to the client (then nothing is retried).
+pub struct Replay<'a> {
+    /// The client's request.
+    pub req: &'a RequestHeader,
+    /// The request body is larger than pingora's retry buffer.
+    pub body_truncated: bool,
+    /// A response header was already sent downstream.
+    pub response_written: bool,
+}
+
+impl<'a> Replay<'a> {
+    /// Read from the session.
+    pub fn of(session: &'a Session) -> Self {
+        Self {
+            req: session.req_header(),
+            body_truncated: session.as_ref().retry_buffer_truncated(),
+            response_written: session.response_written().is_some(),
+        }
+    }
+}
+
 /// `fail_to_connect`: counts the failed try and marks the error retryable when allowed.
 /// Nothing reached the upstream, so any method may be retried.
 pub fn on_connect_error(
     tel: &Telemetry,
     ctx: &mut RequestCtx,
-    req: &RequestHeader,
-    body_truncated: bool,
+    replay: &Replay<'_>,
     mut e: Box<Error>,
 ) -> Box<Error> {
     let outcome = classify(&e).outcome;
     record_try(tel, ctx, outcome);
+    let (req, body_truncated) = (replay.req, replay.body_truncated);
     let retry =
         outcome.is_some() && allow_retry(tel, ctx, RetryReason::ConnectError, req, body_truncated);
     e.set_retry(retry);
@@ -330,11 +354,10 @@ pub fn retry_on_status(
     tel: &Telemetry,
     ctx: &mut RequestCtx,
     status: u16,
-    req: &RequestHeader,
-    body_truncated: bool,
-    response_written: bool,
+    replay: &Replay<'_>,
 ) -> Result<()> {
-    if status < 200 || response_written {
+    let (req, body_truncated) = (replay.req, replay.body_truncated);
+    if status < 200 || replay.response_written {
         return Ok(());
     }
     let listed = ctx
@@ -364,11 +387,10 @@ pub fn on_proxy_error(
     tel: &Telemetry,
     ctx: &mut RequestCtx,
     e: &mut Error,
-    req: &RequestHeader,
-    body_truncated: bool,
-    response_written: bool,
+    replay: &Replay<'_>,
     client_reused: bool,
 ) {
+    let (req, body_truncated) = (replay.req, replay.body_truncated);
     if std::mem::take(&mut ctx.resilience.status_retry) {
         e.set_retry(true);
         return;
@@ -387,7 +409,7 @@ pub fn on_proxy_error(
         e.set_retry(false);
         return;
     };
-    if response_written {
+    if replay.response_written {
         e.set_retry(false);
         return;
     }
