@@ -55,3 +55,6 @@ cd tests/browser
 ADMIN_PORT=$admin_port GATEWAY_URL="http://127.0.0.1:$gw_port" FAILING_UPSTREAM=payment HEALTHY_UPSTREAM=user \
   TRAFFIC_PATH=/user/x FAILING_TRAFFIC_PATH=/payment/x EXPECT_STATUS=DEGRADED EXPECT_BREAKER_STATE=OPEN WAIT_SECONDS=30 \
   ARTIFACT_DIR="$ARTIFACT_DIR" node dashboard.test.mjs
+# The same page against the mock admin API: states the real gateway cannot be put in on cue
+# (a breaker OPEN over healthy endpoints, a reload with a pending restart, missing fields).
+ARTIFACT_DIR="$ARTIFACT_DIR/mock" node dashboard.test.mjs --mock

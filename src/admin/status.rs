@@ -144,25 +144,148 @@ fn metric_sum(state: &State, name: &str, label: Option<(&str, &str)>) -> f64 {
         .sum()
 }
 
+/// One upstream as the status rule sees it.
+#[derive(Debug, Clone)]
+pub struct UpstreamFacts {
+    /// Its name.
+    pub name: String,
+    /// Whether some route sends traffic to it (an upstream no route uses cannot affect
+    /// traffic, so it does not change the status).
+    pub routed: bool,
+    /// Endpoints taking traffic (healthy and not ejected).
+    pub healthy: usize,
+    /// Endpoints in all.
+    pub total: usize,
+    /// Breaker state (`CLOSED`, `OPEN`, `HALF_OPEN`), `None` without a breaker.
+    pub breaker: Option<String>,
+}
+
+/// What the overall status is computed from: capacity (upstreams) and traffic over the
+/// sampler's window.
+#[derive(Debug, Clone)]
+pub struct Facts {
+    /// Every configured upstream.
+    pub upstreams: Vec<UpstreamFacts>,
+    /// Requests answered in the window.
+    pub requests_in_window: u64,
+    /// Share of them answered 5xx, 0.0..=1.0.
+    pub error_rate: f64,
+    /// p99 latency over the window in ms, when there was traffic.
+    pub p99_ms: Option<f64>,
+    /// Redis reachable (`None`: no `redis` section).
+    pub redis_up: Option<bool>,
+    /// Whether the newest reload was refused.
+    pub last_reload_failed: bool,
+}
+
+/// Fewest requests in the window before traffic figures decide anything.
+const MIN_REQUESTS: u64 = 20;
+
+/// The overall status (`HEALTHY`, `DEGRADED`, `DOWN`) and its reason, from capacity and
+/// traffic, with the reference system's thresholds (error rate above 5%, availability below
+/// 99.9%, p99 above 1 s). The rule is documented in docs/observability.md; keep the two
+/// in step.
+pub fn severity(f: &Facts) -> (&'static str, String) {
+    let routed: Vec<&UpstreamFacts> = f.upstreams.iter().filter(|u| u.routed).collect();
+    let unavailable: Vec<String> = routed
+        .iter()
+        .filter_map(|u| {
+            if u.healthy == 0 {
+                Some(format!("{} (no healthy endpoint)", u.name))
+            } else if u.breaker.as_deref() == Some("OPEN") {
+                Some(format!("{} (breaker OPEN)", u.name))
+            } else {
+                None
+            }
+        })
+        .collect();
+    let traffic = f.requests_in_window >= MIN_REQUESTS;
+    if !routed.is_empty() && unavailable.len() == routed.len() {
+        return (
+            "DOWN",
+            format!("all upstreams unavailable: {}", unavailable.join(", ")),
+        );
+    }
+    if traffic && f.error_rate >= 0.9 {
+        return (
+            "DOWN",
+            format!(
+                "{:.1}% of the last minute's requests failed (5xx)",
+                f.error_rate * 100.0
+            ),
+        );
+    }
+    let mut why: Vec<String> = unavailable
+        .iter()
+        .map(|u| format!("upstream {u} unavailable"))
+        .collect();
+    for u in &routed {
+        if u.healthy > 0 && u.healthy < u.total {
+            why.push(format!(
+                "upstream {} at reduced capacity ({}/{} endpoints)",
+                u.name, u.healthy, u.total
+            ));
+        }
+        if u.breaker.as_deref() == Some("HALF_OPEN") {
+            why.push(format!("breaker {} HALF_OPEN", u.name));
+        }
+    }
+    if traffic && f.error_rate > 0.05 {
+        why.push(format!(
+            "error rate {:.1}% over the last minute is above 5%",
+            f.error_rate * 100.0
+        ));
+    } else if traffic && f.error_rate > 0.001 {
+        why.push(format!(
+            "availability {:.2}% over the last minute is below 99.9%",
+            (1.0 - f.error_rate) * 100.0
+        ));
+    }
+    if let Some(p99) = f.p99_ms.filter(|p| traffic && *p > 1000.0) {
+        why.push(format!("p99 latency {p99:.0} ms is above 1 s"));
+    }
+    if f.redis_up == Some(false) {
+        why.push("Redis is unreachable: rate limits run on their failure policy".into());
+    }
+    if f.last_reload_failed {
+        why.push("the last config reload failed; the last good config is serving".into());
+    }
+    if why.is_empty() {
+        (
+            "HEALTHY",
+            "every routed upstream at full capacity, no breaker open, availability >= 99.9%, p99 <= 1 s, last reload succeeded".to_string(),
+        )
+    } else {
+        ("DEGRADED", why.join("; "))
+    }
+}
+
 /// The whole `/admin/status` document.
 pub fn status_json(state: &State, sampler: &TrafficSampler) -> Value {
     let snap = state.current();
     let now = mono_ms();
     let traffic = sampler.window(state);
     let mut upstreams = Vec::new();
-    let mut unavailable: Vec<String> = Vec::new();
-    let mut half_open: Vec<String> = Vec::new();
+    // Upstreams some route sends traffic to: only they decide the overall status.
+    let routed: std::collections::BTreeSet<&str> = snap
+        .loaded
+        .config
+        .routes
+        .iter()
+        .map(|r| r.upstream.as_str())
+        .collect();
+    let mut facts = Vec::new();
     for (name, c) in &snap.upstreams {
         let eps = c.upstream.endpoints();
         let healthy = eps.iter().filter(|e| e.is_available(now)).count();
         let breaker = c.resilience.breaker_json();
-        if healthy == 0 {
-            unavailable.push(format!("{name} (no healthy endpoint)"));
-        } else if breaker["state"] == "OPEN" {
-            unavailable.push(format!("{name} (breaker OPEN)"));
-        } else if breaker["state"] == "HALF_OPEN" {
-            half_open.push(name.clone());
-        }
+        facts.push(UpstreamFacts {
+            name: name.clone(),
+            routed: routed.contains(name.as_str()),
+            healthy,
+            total: eps.len(),
+            breaker: breaker["state"].as_str().map(str::to_string),
+        });
         upstreams.push(json!({
             "name": name,
             "healthy_endpoints": healthy,
@@ -178,42 +301,14 @@ pub fn status_json(state: &State, sampler: &TrafficSampler) -> Value {
         None
     };
     let reloads = state.telemetry.events.reloads();
-    // The rule is documented in docs/observability.md; keep the two in step.
-    let (status, reason) = if !snap.upstreams.is_empty()
-        && unavailable.len() == snap.upstreams.len()
-    {
-        (
-            "DOWN",
-            format!("all upstreams unavailable: {}", unavailable.join(", ")),
-        )
-    } else {
-        let mut why: Vec<String> = Vec::new();
-        for u in &unavailable {
-            why.push(format!("upstream {u} unavailable"));
-        }
-        for u in &half_open {
-            why.push(format!("breaker {u} HALF_OPEN"));
-        }
-        let n = traffic["total_in_window"].as_u64().unwrap_or(0);
-        let error_rate = traffic["error_rate"].as_f64().unwrap_or(0.0);
-        if n >= 20 && error_rate > 0.05 {
-            why.push(format!(
-                "error rate {:.1}% over the last minute is above 5%",
-                error_rate * 100.0
-            ));
-        }
-        if redis_up == Some(false) {
-            why.push("Redis is unreachable: rate limits run on their failure policy".into());
-        }
-        if reloads.first().is_some_and(|r| r.result == "failure") {
-            why.push("the last config reload failed; the last good config is serving".into());
-        }
-        if why.is_empty() {
-            ("HEALTHY", "every upstream available, no breaker open, error rate <= 5%, last reload succeeded".to_string())
-        } else {
-            ("DEGRADED", why.join("; "))
-        }
-    };
+    let (status, reason) = severity(&Facts {
+        upstreams: facts,
+        requests_in_window: traffic["total_in_window"].as_u64().unwrap_or(0),
+        error_rate: traffic["error_rate"].as_f64().unwrap_or(0.0),
+        p99_ms: traffic["p99_ms"].as_f64(),
+        redis_up,
+        last_reload_failed: reloads.first().is_some_and(|r| r.result == "failure"),
+    });
     let decisions = |names: &[&str]| -> f64 {
         names
             .iter()
@@ -272,4 +367,152 @@ pub fn status_json(state: &State, sampler: &TrafficSampler) -> Value {
             "db_pool": { "in_use": p.in_use, "idle": p.idle, "max": p.max },
         })).collect::<Vec<_>>(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn up(name: &str, healthy: usize, total: usize, breaker: Option<&str>) -> UpstreamFacts {
+        UpstreamFacts {
+            name: name.into(),
+            routed: true,
+            healthy,
+            total,
+            breaker: breaker.map(str::to_string),
+        }
+    }
+
+    fn facts(upstreams: Vec<UpstreamFacts>) -> Facts {
+        Facts {
+            upstreams,
+            requests_in_window: 100,
+            error_rate: 0.0,
+            p99_ms: Some(20.0),
+            redis_up: None,
+            last_reload_failed: false,
+        }
+    }
+
+    /// One row per rule of docs/observability.md: the status and a word of the reason.
+    #[test]
+    fn each_row_of_the_status_rule() {
+        let two = || vec![up("user", 2, 2, Some("CLOSED")), up("pay", 1, 1, None)];
+        let rows: Vec<(&str, Facts, &str, &str)> = vec![
+            ("all fine", facts(two()), "HEALTHY", "full capacity"),
+            (
+                "every routed upstream unavailable",
+                facts(vec![up("user", 0, 2, None), up("pay", 1, 1, Some("OPEN"))]),
+                "DOWN",
+                "all upstreams unavailable",
+            ),
+            (
+                "94% 5xx with 2 of 4 upstreams unavailable",
+                Facts {
+                    error_rate: 0.94,
+                    ..facts(vec![
+                        up("a", 0, 1, None),
+                        up("b", 1, 1, Some("OPEN")),
+                        up("c", 1, 1, None),
+                        up("d", 1, 1, None),
+                    ])
+                },
+                "DOWN",
+                "94.0% of the last minute's requests failed",
+            ),
+            (
+                "one of two endpoints down: half capacity",
+                facts(vec![up("user", 1, 2, None)]),
+                "DEGRADED",
+                "reduced capacity (1/2 endpoints)",
+            ),
+            (
+                "one upstream unavailable",
+                facts(two().into_iter().chain([up("x", 0, 1, None)]).collect()),
+                "DEGRADED",
+                "upstream x (no healthy endpoint) unavailable",
+            ),
+            (
+                "breaker half open",
+                facts(vec![up("user", 2, 2, Some("HALF_OPEN"))]),
+                "DEGRADED",
+                "breaker user HALF_OPEN",
+            ),
+            (
+                "error rate above 5%",
+                Facts {
+                    error_rate: 0.5,
+                    ..facts(two())
+                },
+                "DEGRADED",
+                "error rate 50.0%",
+            ),
+            (
+                "availability below 99.9%",
+                Facts {
+                    error_rate: 0.01,
+                    ..facts(two())
+                },
+                "DEGRADED",
+                "availability 99.00%",
+            ),
+            (
+                "p99 above 1 s",
+                Facts {
+                    p99_ms: Some(1500.0),
+                    ..facts(two())
+                },
+                "DEGRADED",
+                "p99 latency 1500 ms",
+            ),
+            (
+                "too little traffic to judge",
+                Facts {
+                    requests_in_window: 5,
+                    error_rate: 1.0,
+                    p99_ms: Some(5000.0),
+                    ..facts(two())
+                },
+                "HEALTHY",
+                "",
+            ),
+            (
+                "redis down",
+                Facts {
+                    redis_up: Some(false),
+                    ..facts(two())
+                },
+                "DEGRADED",
+                "Redis is unreachable",
+            ),
+            (
+                "last reload failed",
+                Facts {
+                    last_reload_failed: true,
+                    ..facts(two())
+                },
+                "DEGRADED",
+                "last config reload failed",
+            ),
+            (
+                "an upstream no route uses is down: no traffic affected",
+                facts(
+                    two()
+                        .into_iter()
+                        .chain([UpstreamFacts {
+                            routed: false,
+                            ..up("typo", 0, 1, None)
+                        }])
+                        .collect(),
+                ),
+                "HEALTHY",
+                "",
+            ),
+        ];
+        for (row, f, status, reason) in rows {
+            let (got, why) = severity(&f);
+            assert_eq!(got, status, "{row}: {why}");
+            assert!(why.contains(reason), "{row}: {why}");
+        }
+    }
 }

@@ -219,6 +219,10 @@ try {
   });
 
   if (MOCK) {
+    await check("mock: a card with healthy endpoints but an OPEN breaker is not UP", async () => {
+      const a = await attrs(page, "upstream-ledger");
+      assert(a && a.state === "breaker-open" && /BREAKER OPEN/.test(a.text) && !/✓ UP/.test(a.text), `upstream-ledger ${JSON.stringify(a)}`);
+    });
     await check("mock: reloads and events shown newest first, reload errors shown", async () => {
       const r0 = await page.textContent(sel("reload-0")), r1 = await page.textContent(sel("reload-1"));
       assert(/9f2c41d0ab77/.test(r0) && /failure/.test(r1) && /unknown upstream/.test(r1), `reload-0=${r0} reload-1=${r1}`);

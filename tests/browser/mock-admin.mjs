@@ -84,6 +84,11 @@ export async function startMock({ adminPort = 0, gatewayPort = 0 } = {}) {
             { address: "127.0.0.1:3001", weight: 3, healthy: true, since: iso(started - 3600e3), inflight: 1, source: "static" },
             { address: "127.0.0.1:3011", weight: 1, healthy: true, since: iso(started - 600e3), inflight: 0, source: "redis" },
           ] },
+        { name: "ledger", healthy_endpoints: 1, total_endpoints: 1,
+          breaker: { state: "OPEN", error_rate: 0.8, enabled: true },
+          endpoints: [
+            { address: "127.0.0.1:3007", weight: 1, healthy: true, since: iso(started - 900e3), inflight: 0, source: "static" },
+          ] },
         { name: "payment", healthy_endpoints: 0, total_endpoints: 1,
           breaker: { state: "OPEN", error_rate: 1, enabled: true },
           endpoints: [
