@@ -361,10 +361,11 @@ pub fn status_json(state: &State, sampler: &TrafficSampler) -> Value {
         "redis": { "configured": redis_configured, "up": redis_up },
         "reloads": reloads,
         "events": state.telemetry.events.events(),
-        "services": state.service_pools.snapshot().into_iter().map(|(name, p)| json!({
+        "services": state.service_pools.snapshot(now).into_iter().map(|((name, endpoint), r)| json!({
             "name": name,
-            "endpoint": p.endpoint,
-            "db_pool": { "in_use": p.in_use, "idle": p.idle, "max": p.max },
+            "endpoint": endpoint,
+            "age_seconds": now.saturating_sub(r.read_at_ms) / 1000,
+            "db_pool": { "in_use": r.pool.in_use, "idle": r.pool.idle, "max": r.pool.max },
         })).collect::<Vec<_>>(),
     })
 }

@@ -14,6 +14,10 @@ pub const POOL_METRIC: &str = "gatehouse_service_db_pool_connections";
 /// How often each endpoint's metrics are read.
 pub const SCRAPE_EVERY: Duration = Duration::from_secs(10);
 
+/// How long a pool figure is shown after it was read: three scrapes. Older figures (an
+/// endpoint that stopped answering, or left its upstream) are dropped, not shown as current.
+pub const STALE_AFTER: Duration = Duration::from_secs(3 * SCRAPE_EVERY.as_secs());
+
 /// One service's pool as last read.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Pool {
@@ -27,21 +31,43 @@ pub struct Pool {
     pub endpoint: String,
 }
 
-/// Last known pools by service name.
+/// A pool and when it was read (monotonic ms, `clock::mono_ms`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reading {
+    /// The figures.
+    pub pool: Pool,
+    /// When they were read.
+    pub read_at_ms: u64,
+}
+
+/// Last known pools by (service name, endpoint): two endpoints of one service are two
+/// pools.
 #[derive(Default)]
-pub struct Pools(Mutex<BTreeMap<String, Pool>>);
+pub struct Pools(Mutex<BTreeMap<(String, String), Reading>>);
 
 impl Pools {
-    /// Every pool, by service name.
-    pub fn snapshot(&self) -> BTreeMap<String, Pool> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    /// Every pool read within [`STALE_AFTER`] of `now_ms`, by (service, endpoint); older
+    /// ones are dropped.
+    pub fn snapshot(&self, now_ms: u64) -> BTreeMap<(String, String), Reading> {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let stale = STALE_AFTER.as_millis() as u64;
+        map.retain(|_, r| now_ms.saturating_sub(r.read_at_ms) <= stale);
+        map.clone()
     }
 
-    fn store(&self, found: BTreeMap<String, Pool>) {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .extend(found);
+    /// Replaces what `endpoint` reported (services it no longer reports are dropped).
+    fn store(&self, endpoint: &str, found: BTreeMap<String, Pool>, now_ms: u64) {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        map.retain(|(_, ep), _| ep != endpoint);
+        map.extend(found.into_iter().map(|(service, pool)| {
+            (
+                (service, endpoint.to_string()),
+                Reading {
+                    pool,
+                    read_at_ms: now_ms,
+                },
+            )
+        }));
     }
 }
 
@@ -93,7 +119,11 @@ pub async fn scrape(pools: &Pools, addr: SocketAddr, endpoint: &str, path: &str)
     let host = addr.to_string();
     let fetch = super::probe::request(addr, "GET", path, &host, "gatehouse", 1 << 20, true);
     match tokio::time::timeout(Duration::from_secs(2), fetch).await {
-        Ok(Ok(resp)) => pools.store(parse(&String::from_utf8_lossy(&resp.body), endpoint)),
+        Ok(Ok(resp)) => pools.store(
+            endpoint,
+            parse(&String::from_utf8_lossy(&resp.body), endpoint),
+            crate::clock::mono_ms(),
+        ),
         Ok(Err(e)) => tracing::debug!(endpoint, error = %e, "reading service metrics failed"),
         Err(_) => tracing::debug!(endpoint, "reading service metrics timed out"),
     }
@@ -102,6 +132,37 @@ pub async fn scrape(pools: &Pools, addr: SocketAddr, endpoint: &str, path: &str)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pools_are_kept_per_endpoint_and_dropped_when_stale() {
+        let text = |in_use: u32| {
+            format!("gatehouse_service_db_pool_connections{{service=\"payment\",state=\"in_use\"}} {in_use}\n")
+        };
+        let pools = Pools::default();
+        pools.store("10.0.0.1:3004", parse(&text(3), "10.0.0.1:3004"), 1_000);
+        pools.store("10.0.0.2:3004", parse(&text(7), "10.0.0.2:3004"), 5_000);
+        let snap = pools.snapshot(6_000);
+        assert_eq!(snap.len(), 2, "two endpoints of one service are two pools");
+        assert_eq!(
+            snap[&("payment".into(), "10.0.0.1:3004".into())]
+                .pool
+                .in_use,
+            3.0
+        );
+        assert_eq!(
+            snap[&("payment".into(), "10.0.0.2:3004".into())]
+                .pool
+                .in_use,
+            7.0
+        );
+        // 30 s after the first read, only the second endpoint's figure is fresh.
+        let later = 1_000 + STALE_AFTER.as_millis() as u64 + 1;
+        let snap = pools.snapshot(later);
+        assert_eq!(
+            snap.keys().map(|(_, ep)| ep.as_str()).collect::<Vec<_>>(),
+            ["10.0.0.2:3004"]
+        );
+    }
 
     #[test]
     fn parses_pool_gauges() {

@@ -58,6 +58,8 @@ async fn status_shows_service_pools_and_queries_match_a_real_scrape() {
         v["services"].as_array().is_some_and(|s| {
             s.iter().any(|p| {
                 p["name"] == "payment"
+                    && p["endpoint"] == ok.addr.to_string().as_str()
+                    && p["age_seconds"].as_u64().is_some_and(|a| a <= 30)
                     && p["db_pool"]["in_use"] == 3.0
                     && p["db_pool"]["max"] == 10.0
             })
