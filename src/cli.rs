@@ -210,16 +210,10 @@ enum Command {
     Schema,
 }
 
+/// The process log (JSON lines); `GATEHOUSE_LOG` holds `EnvFilter` directives.
 fn init_logging() {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("GATEHOUSE_LOG")
-        .unwrap_or_else(|_| EnvFilter::new("info,pingora_core=warn,pingora_proxy=warn"));
-    tracing_subscriber::fmt()
-        .json()
-        .with_env_filter(filter)
-        .with_current_span(false)
-        .with_target(true)
-        .init();
+    let spec = std::env::var("GATEHOUSE_LOG").ok();
+    crate::telemetry::logging::init(spec.as_deref(), "info");
 }
 
 fn error_json(e: &ConfigError) -> serde_json::Value {

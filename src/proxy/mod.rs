@@ -45,7 +45,7 @@ use bytes::Bytes;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_core::{Error, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
-use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+use pingora_proxy::{FailToProxy, ProxyHttp, ProxyWarnLogContext, Session};
 
 use crate::state::State;
 use crate::telemetry::InflightGuard;
@@ -280,6 +280,25 @@ impl ProxyHttp for Gateway {
     /// Our own `request failed` line (with request id and route) replaces pingora's.
     fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, _error: &Error) -> bool {
         true
+    }
+
+    /// Our own `upstream try failed; retrying` line (with request id, route and endpoint)
+    /// replaces pingora's `Fail to proxy` warning for a try about to be retried: one line
+    /// per failed try.
+    fn suppress_proxy_warn_log(
+        &self,
+        _session: &Session,
+        ctx: &RequestCtx,
+        error: &Error,
+        context: ProxyWarnLogContext,
+    ) -> bool {
+        match context {
+            ProxyWarnLogContext::UpstreamRetry => {
+                resilience::log_retry(ctx, error);
+                true
+            }
+            _ => false,
+        }
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {

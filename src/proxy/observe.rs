@@ -1,6 +1,8 @@
 //! The end of a request: its metrics (by route, status class and who made the status)
 //! and its access-log line.
 
+use std::time::Duration;
+
 use pingora_proxy::Session;
 
 use super::ctx::RequestCtx;
@@ -38,8 +40,8 @@ pub fn finish(tel: &Telemetry, session: &Session, ctx: &RequestCtx) {
         source,
         error = ctx.gateway_error.map(|g| g.code).or(ctx.body_error).unwrap_or(""),
         tries = ctx.tries,
-        duration_ms = elapsed.as_secs_f64() * 1000.0,
-        filter_ms = ctx.filter_time.as_secs_f64() * 1000.0,
+        duration_ms = millis(elapsed),
+        filter_ms = millis(ctx.filter_time),
         bytes_in = session.body_bytes_read(),
         bytes_out = session.body_bytes_sent(),
         client_ip = %ctx.client_ip.map(|i| i.to_string()).unwrap_or_default(),
@@ -79,6 +81,14 @@ pub fn unparsed(tel: &Telemetry, ctx: &RequestCtx, e: &pingora_core::Error) {
     );
 }
 
+/// `d` in milliseconds to the microsecond (at most 3 decimals): `as_secs_f64() * 1000.0`
+/// printed float noise (`23.343404000000003`); a whole number of microseconds divided by
+/// 1000 is the double nearest that decimal, which prints as it.
+fn millis(d: Duration) -> f64 {
+    // u64 microseconds: 584 000 years; f64 is exact below 2^53 µs (285 years).
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX) as f64 / 1000.0
+}
+
 /// The request metrics of a finished request.
 fn count(tel: &Telemetry, ctx: &RequestCtx, status: u16, source: &str) {
     let m = &tel.metrics;
@@ -100,5 +110,20 @@ fn count(tel: &Telemetry, ctx: &RequestCtx, status: u16, source: &str) {
     m.request_duration_all.observe(elapsed.as_secs_f64());
     if status >= 500 {
         m.errors_all.inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn millis_have_at_most_three_decimals() {
+        let d = Duration::from_nanos(23_343_404_123);
+        assert_eq!(millis(d).to_string(), "23343.404");
+        assert_eq!(millis(Duration::from_nanos(23_343_404)).to_string(), "23.343");
+        assert_eq!(millis(Duration::from_micros(100)).to_string(), "0.1");
+        assert_eq!(serde_json::json!(millis(Duration::from_nanos(1_999))).to_string(), "0.001");
+        assert_eq!(millis(Duration::ZERO), 0.0);
     }
 }

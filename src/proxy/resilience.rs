@@ -348,6 +348,20 @@ pub fn on_connect_error(
     e
 }
 
+/// The log line of a failed try that is retried (pingora's own is suppressed); the
+/// request's last failure is `request failed` (`respond::fail`).
+pub fn log_retry(ctx: &RequestCtx, e: &Error) {
+    tracing::warn!(
+        request_id = %ctx.request_id,
+        route = ctx.route_name(),
+        upstream = ctx.upstream_name(),
+        endpoint = ctx.endpoint.as_ref().map_or("", |e| e.address.as_str()),
+        tries = ctx.tries,
+        error = %e,
+        "upstream try failed; retrying"
+    );
+}
+
 /// `upstream_response_filter`, after the try was recorded: when the status is one to retry
 /// and nothing went downstream yet, returns the error that makes pingora try again.
 pub fn retry_on_status(

@@ -4,6 +4,7 @@
 //! call it, and it knows no upstream, breaker or snapshot type.
 
 pub mod events;
+pub mod logging;
 pub mod metrics;
 
 use std::fmt::Display;

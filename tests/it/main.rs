@@ -13,6 +13,7 @@ mod drain;
 mod health;
 mod http_edge;
 mod jwt;
+mod log_lines;
 mod load;
 mod load_balancing;
 mod metrics_series;

@@ -1,0 +1,110 @@
+//! The gateway's own log: one line per failed try (pingora's duplicate warnings and its
+//! connection-pool race noise filtered by default), no build-machine source paths, and
+//! access-log durations without float noise.
+
+use std::net::SocketAddr;
+
+use serde_json::Value;
+
+use crate::support::*;
+
+fn config(dead: SocketAddr, good: SocketAddr) -> String {
+    format!(
+        r#"listeners: [ {{ name: public, address: "{{listen}}" }} ]
+admin: {{ address: "{{admin}}" }}
+runtime: {{ threads: 2 }}
+upstreams:
+  mixed:
+    discovery: {{ static: [ {{ address: "{dead}" }}, {{ address: "{good}" }} ] }}
+    timeouts: {{ connect: 300ms }}
+    retry: {{ attempts: 2, backoff: {{ base: 1ms, max: 2ms }} }}
+    outlier_detection: null
+  gone:
+    discovery: {{ static: [ {{ address: "{dead}" }} ] }}
+    timeouts: {{ connect: 300ms }}
+    retry: {{ attempts: 2, backoff: {{ base: 1ms, max: 2ms }} }}
+    circuit_breaker: null
+    outlier_detection: null
+routes:
+  - {{ name: gone, match: {{ path_prefix: /gone }}, upstream: gone }}
+  - {{ name: mixed, match: {{ path_prefix: / }}, upstream: mixed }}
+"#
+    )
+}
+
+/// The log's JSON lines (every line must be one).
+fn json_lines(logs: &str) -> Vec<Value> {
+    logs.lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+fn with_message<'a>(lines: &'a [Value], message: &str) -> Vec<&'a Value> {
+    lines
+        .iter()
+        .filter(|l| l["fields"]["message"] == message)
+        .collect()
+}
+
+fn retries(m: &str, upstream: &str) -> usize {
+    let labels = [("upstream", upstream), ("reason", "connect_error")];
+    metric_value(m, "gatehouse_upstream_retries_total", &labels).unwrap_or(0.0) as usize
+}
+
+/// Normal traffic to a pool with a dead endpoint (retried), and one request whose every
+/// try fails: one gatehouse line per failed try, no pingora duplicate or pool noise, no
+/// source paths; pingora's INFO lines asked for (`pingora_core=info`) keep their target.
+#[tokio::test]
+async fn one_gatehouse_line_per_failed_try_and_no_pingora_noise() {
+    let dead: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let good = TestUpstream::start("good").await;
+    let env = [("GATEHOUSE_LOG", "info,pingora_core=info")];
+    let gw = TestGateway::start_with_env(&config(dead, good.addr), &env).await;
+    for _ in 0..20 {
+        assert_eq!(get(&gw, "/").await.status(), 200);
+    }
+    assert_eq!(get(&gw, "/gone").await.status(), 502);
+    let m = gw.metrics().await;
+    let (mixed, gone) = (retries(&m, "mixed"), retries(&m, "gone"));
+    assert!(mixed >= 5, "the dead endpoint was tried and retried: {mixed}");
+    assert_eq!(gone, 1, "/gone: two tries, one retry");
+    let logs = gw.logs();
+    let lines = json_lines(&logs);
+
+    let retried = with_message(&lines, "upstream try failed; retrying");
+    assert_eq!(retried.len(), mixed + gone, "one line per retried try:\n{logs}");
+    assert!(retried.iter().all(|l| l["fields"]["endpoint"] == dead.to_string()));
+    let failed = with_message(&lines, "request failed");
+    assert_eq!(failed.len(), 1, "one line for the last failed try:\n{logs}");
+    assert_eq!(failed[0]["fields"]["route"], "gone");
+
+    let pingora: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["target"].as_str().unwrap().starts_with("pingora"))
+        .collect();
+    assert!(
+        pingora.iter().any(|l| l["target"] == "pingora_core::server"),
+        "pingora_core=info lets its INFO lines through:\n{logs}"
+    );
+    for l in &pingora {
+        assert_ne!(l["level"], "ERROR", "{l}");
+        let message = l["fields"]["message"].as_str().unwrap();
+        assert!(!message.starts_with("Fail to proxy"), "{l}");
+        assert!(!message.contains("reusable stream"), "{l}");
+    }
+    for l in &lines {
+        let fields = l["fields"].as_object().unwrap();
+        assert!(fields.keys().all(|k| !k.starts_with("log.")), "{l}");
+    }
+
+    // The access log's durations: at most 3 decimals (no float noise).
+    let access: Vec<&Value> = lines.iter().filter(|l| l["target"] == "access").collect();
+    assert_eq!(access.len(), 21);
+    for l in access {
+        for key in ["duration_ms", "filter_ms"] {
+            let text = l["fields"][key].to_string();
+            let decimals = text.split_once('.').map_or(0, |(_, d)| d.len());
+            assert!(decimals <= 3, "{key}={text}");
+        }
+    }
+}
