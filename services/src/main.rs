@@ -251,6 +251,24 @@ fn settings(cli: &Cli) -> Result<Settings> {
     })
 }
 
+/// JSON lines on stdout, `RUST_LOG` directives: with the gateway built in (`demo`), the
+/// gateway's own format (`gatehouse run`'s, access log included); without it,
+/// tracing-subscriber's JSON. Never ANSI colours: this log is usually redirected.
+fn init_logging() {
+    const DEFAULT: &str = "info,sqlx=warn";
+    #[cfg(feature = "demo")]
+    gatehouse::telemetry::logging::init(std::env::var("RUST_LOG").ok().as_deref(), DEFAULT);
+    #[cfg(not(feature = "demo"))]
+    tracing_subscriber::fmt()
+        .json()
+        .with_ansi(false)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT)),
+        )
+        .init();
+}
+
 async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
@@ -295,12 +313,7 @@ fn main() -> Result<()> {
 }
 
 async fn run(cli: Cli) -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn")),
-        )
-        .init();
+    init_logging();
     let settings = settings(&cli)?;
     let kinds: Vec<Kind> = match cli.command {
         Command::User => vec![Kind::User],

@@ -121,9 +121,15 @@ mod tests {
     fn millis_have_at_most_three_decimals() {
         let d = Duration::from_nanos(23_343_404_123);
         assert_eq!(millis(d).to_string(), "23343.404");
-        assert_eq!(millis(Duration::from_nanos(23_343_404)).to_string(), "23.343");
+        assert_eq!(
+            millis(Duration::from_nanos(23_343_404)).to_string(),
+            "23.343"
+        );
         assert_eq!(millis(Duration::from_micros(100)).to_string(), "0.1");
-        assert_eq!(serde_json::json!(millis(Duration::from_nanos(1_999))).to_string(), "0.001");
+        assert_eq!(
+            serde_json::json!(millis(Duration::from_nanos(1_999))).to_string(),
+            "0.001"
+        );
         assert_eq!(millis(Duration::ZERO), 0.0);
     }
 }

@@ -17,7 +17,8 @@ use tracing_subscriber::EnvFilter;
 /// reusable stream`, at ERROR, and `Unexpected data read in idle connection`) are a pool
 /// race and an idle peer's stray bytes, after which pingora opens a new connection; the
 /// request goes on unharmed. `GATEHOUSE_LOG=pingora_core::connectors=debug` shows them.
-pub const PINGORA_DEFAULTS: &str = "pingora_core=warn,pingora_proxy=warn,pingora_core::connectors=off";
+pub const PINGORA_DEFAULTS: &str =
+    "pingora_core=warn,pingora_proxy=warn,pingora_core::connectors=off";
 
 /// The filter for `spec` (an `EnvFilter` directive list such as `GATEHOUSE_LOG`'s; `None`
 /// or unparsable: `default`), after [`PINGORA_DEFAULTS`].
@@ -139,7 +140,10 @@ mod tests {
 
     impl Write for Buf {
         fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().map_err(|_| std::io::ErrorKind::Other)?.extend_from_slice(b);
+            self.0
+                .lock()
+                .map_err(|_| std::io::ErrorKind::Other)?
+                .extend_from_slice(b);
             Ok(b.len())
         }
         fn flush(&mut self) -> std::io::Result<()> {
@@ -196,7 +200,10 @@ mod tests {
         });
         assert_eq!(got.len(), 1);
         assert_eq!(got[0]["target"], "pingora_core::server");
-        assert_eq!(got[0]["fields"], serde_json::json!({"message": "Server starting"}));
+        assert_eq!(
+            got[0]["fields"],
+            serde_json::json!({"message": "Server starting"})
+        );
     }
 
     #[test]
@@ -221,7 +228,11 @@ mod tests {
         );
         assert_eq!(
             targets("info,pingora_core::connectors=error"),
-            ["pingora_core::connectors", "pingora_proxy", "gatehouse::app"]
+            [
+                "pingora_core::connectors",
+                "pingora_proxy",
+                "gatehouse::app"
+            ]
         );
     }
 }

@@ -66,14 +66,23 @@ async fn one_gatehouse_line_per_failed_try_and_no_pingora_noise() {
     assert_eq!(get(&gw, "/gone").await.status(), 502);
     let m = gw.metrics().await;
     let (mixed, gone) = (retries(&m, "mixed"), retries(&m, "gone"));
-    assert!(mixed >= 5, "the dead endpoint was tried and retried: {mixed}");
+    assert!(
+        mixed >= 5,
+        "the dead endpoint was tried and retried: {mixed}"
+    );
     assert_eq!(gone, 1, "/gone: two tries, one retry");
     let logs = gw.logs();
     let lines = json_lines(&logs);
 
     let retried = with_message(&lines, "upstream try failed; retrying");
-    assert_eq!(retried.len(), mixed + gone, "one line per retried try:\n{logs}");
-    assert!(retried.iter().all(|l| l["fields"]["endpoint"] == dead.to_string()));
+    assert_eq!(
+        retried.len(),
+        mixed + gone,
+        "one line per retried try:\n{logs}"
+    );
+    assert!(retried
+        .iter()
+        .all(|l| l["fields"]["endpoint"] == dead.to_string()));
     let failed = with_message(&lines, "request failed");
     assert_eq!(failed.len(), 1, "one line for the last failed try:\n{logs}");
     assert_eq!(failed[0]["fields"]["route"], "gone");
@@ -83,7 +92,9 @@ async fn one_gatehouse_line_per_failed_try_and_no_pingora_noise() {
         .filter(|l| l["target"].as_str().unwrap().starts_with("pingora"))
         .collect();
     assert!(
-        pingora.iter().any(|l| l["target"] == "pingora_core::server"),
+        pingora
+            .iter()
+            .any(|l| l["target"] == "pingora_core::server"),
         "pingora_core=info lets its INFO lines through:\n{logs}"
     );
     for l in &pingora {

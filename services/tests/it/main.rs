@@ -5,4 +5,6 @@
 
 mod api;
 mod bank;
+#[cfg(feature = "demo")]
+mod demo_log;
 mod harness;

@@ -1,0 +1,71 @@
+//! The demo's log (`gatehouse-services demo`, gateway built in): JSON lines in the
+//! gateway's format, no ANSI colours when redirected, access-log durations without float
+//! noise.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::harness::*;
+
+#[tokio::test]
+async fn demo_log_lines_are_json_with_rounded_durations() {
+    let mut d = Deployment::new("demolog", false);
+    let p = free_ports(2);
+    let (listen, admin) = (p[0], p[1]);
+    let config = d.dir.join("demo.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "listeners: [ {{ name: public, address: \"127.0.0.1:{listen}\" }} ]\n\
+             admin: {{ address: \"127.0.0.1:{admin}\" }}\n\
+             access_log: {{ enabled: true }}\n\
+             upstreams:\n  user: {{ discovery: {{ static: [ {{ address: \"127.0.0.1:{}\" }} ] }} }}\n\
+             routes:\n  - {{ name: user, match: {{ path_prefix: /api/user }}, upstream: user, strip_prefix: /api/user }}\n",
+            d.ports["user"]
+        ),
+    )
+    .unwrap();
+    d.set("GATEHOUSE_DEMO_CONFIG", &config.display().to_string());
+    let mut demo = d.start("demo", &["user"]).await;
+
+    let client = http();
+    let url = format!("http://127.0.0.1:{listen}/api/user/health");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut answered = 0;
+    while answered < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "the demo gateway did not answer {url}:\n{}",
+            demo.log_tail()
+        );
+        match client.get(&url).send().await {
+            Ok(r) if r.status() == 200 => answered += 1,
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    assert!(demo.terminate(), "graceful exit:\n{}", demo.log_tail());
+
+    let log = std::fs::read_to_string(&demo.log).unwrap();
+    assert!(!log.contains('\u{1b}'), "no ANSI escapes:\n{log}");
+    let lines: Vec<Value> = log
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let access: Vec<&Value> = lines.iter().filter(|l| l["target"] == "access").collect();
+    assert!(access.len() >= 3, "access-log lines:\n{log}");
+    for l in &access {
+        assert_eq!(l["fields"]["route"], "user", "{l}");
+        for key in ["duration_ms", "filter_ms"] {
+            let text = l["fields"][key].to_string();
+            assert!(l["fields"][key].is_number(), "{key}={text}");
+            let decimals = text.split_once('.').map_or(0, |(_, d)| d.len());
+            assert!(decimals <= 3, "{key}={text}");
+        }
+    }
+    for l in &lines {
+        let fields = l["fields"].as_object().unwrap();
+        assert!(fields.keys().all(|k| !k.starts_with("log.")), "{l}");
+    }
+}
