@@ -160,12 +160,28 @@ pub struct UpstreamFacts {
     pub breaker: Option<String>,
 }
 
-/// What the overall status is computed from: capacity (upstreams) and traffic over the
-/// sampler's window.
+/// A service behind the gateway as its own `/metrics` describes it (read with the pools).
+#[derive(Debug, Clone)]
+pub struct ServiceFacts {
+    /// `name (endpoint)`.
+    pub name: String,
+    /// Domain operations between its last two readings.
+    pub operations: f64,
+    /// Share of them that failed, 0.0..=1.0.
+    pub error_rate: f64,
+}
+
+/// Fewest operations between two readings before a service's error rate counts.
+const MIN_OPERATIONS: f64 = 10.0;
+
+/// What the overall status is computed from: capacity (upstreams), traffic over the
+/// sampler's window, and the services' own operation figures.
 #[derive(Debug, Clone)]
 pub struct Facts {
     /// Every configured upstream.
     pub upstreams: Vec<UpstreamFacts>,
+    /// Services that export operation counters (upstreams with `metrics_path`).
+    pub services: Vec<ServiceFacts>,
     /// Requests answered in the window.
     pub requests_in_window: u64,
     /// Share of them answered 5xx, 0.0..=1.0.
@@ -241,6 +257,15 @@ pub fn severity(f: &Facts) -> (&'static str, String) {
             (1.0 - f.error_rate) * 100.0
         ));
     }
+    for svc in &f.services {
+        if svc.operations >= MIN_OPERATIONS && svc.error_rate > 0.05 {
+            why.push(format!(
+                "service {} fails {:.1}% of its operations (above 5%)",
+                svc.name,
+                svc.error_rate * 100.0
+            ));
+        }
+    }
     if let Some(p99) = f.p99_ms.filter(|p| traffic && *p > 1000.0) {
         why.push(format!("p99 latency {p99:.0} ms is above 1 s"));
     }
@@ -301,8 +326,17 @@ pub fn status_json(state: &State, sampler: &TrafficSampler) -> Value {
         None
     };
     let reloads = state.telemetry.events.reloads();
+    let services = state.service_pools.snapshot(now);
     let (status, reason) = severity(&Facts {
         upstreams: facts,
+        services: services
+            .iter()
+            .map(|((name, endpoint), r)| ServiceFacts {
+                name: format!("{name} ({endpoint})"),
+                operations: r.recent_operations,
+                error_rate: r.operation_error_rate().unwrap_or(0.0),
+            })
+            .collect(),
         requests_in_window: traffic["total_in_window"].as_u64().unwrap_or(0),
         error_rate: traffic["error_rate"].as_f64().unwrap_or(0.0),
         p99_ms: traffic["p99_ms"].as_f64(),
@@ -361,11 +395,16 @@ pub fn status_json(state: &State, sampler: &TrafficSampler) -> Value {
         "redis": { "configured": redis_configured, "up": redis_up },
         "reloads": reloads,
         "events": state.telemetry.events.events(),
-        "services": state.service_pools.snapshot(now).into_iter().map(|((name, endpoint), r)| json!({
+        "services": services.iter().map(|((name, endpoint), r)| json!({
             "name": name,
             "endpoint": endpoint,
             "age_seconds": now.saturating_sub(r.read_at_ms) / 1000,
             "db_pool": { "in_use": r.pool.in_use, "idle": r.pool.idle, "max": r.pool.max },
+            "operations": {
+                "recent": r.recent_operations,
+                "failed": r.recent_failed,
+                "error_rate": r.operation_error_rate(),
+            },
         })).collect::<Vec<_>>(),
     })
 }
@@ -387,6 +426,7 @@ mod tests {
     fn facts(upstreams: Vec<UpstreamFacts>) -> Facts {
         Facts {
             upstreams,
+            services: vec![],
             requests_in_window: 100,
             error_rate: 0.0,
             p99_ms: Some(20.0),
@@ -476,6 +516,19 @@ mod tests {
                 },
                 "HEALTHY",
                 "",
+            ),
+            (
+                "a backend failing every operation behind 2xx answers",
+                Facts {
+                    services: vec![ServiceFacts {
+                        name: "payment (127.0.0.1:3004)".into(),
+                        operations: 40.0,
+                        error_rate: 1.0,
+                    }],
+                    ..facts(two())
+                },
+                "DEGRADED",
+                "service payment (127.0.0.1:3004) fails 100.0% of its operations",
             ),
             (
                 "redis down",

@@ -1,5 +1,7 @@
-//! Reads the reference services' DB pool gauges from their `/metrics`, so the dashboard
-//! can show pool usage (in use / max) of the services behind the gateway.
+//! Reads the reference services' DB pool gauges and domain-operation counters from their
+//! `/metrics`, so the dashboard can show pool usage (in use / max) and each service's
+//! operation error rate: a backend that fails every operation behind a service that still
+//! answers 2xx is invisible in the gateway's own HTTP figures.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -10,6 +12,14 @@ use serde::Serialize;
 
 /// The metric the services export (`state` is in_use, idle or max).
 pub const POOL_METRIC: &str = "gatehouse_service_db_pool_connections";
+
+/// The services' domain-operation counter (`service`, `op`, `result`).
+pub const OPERATIONS_METRIC: &str = "gatehouse_service_operations_total";
+
+/// Operation results that count as failures: an injected fault (`fail`, `drop`), a saga or
+/// step that ended `failed`, an `error` or a `timeout`. Anything else (`ok`, `completed`,
+/// `retry`, `delay`, business refusals such as `declined`) is not an operation error.
+pub const FAILED_RESULTS: [&str; 5] = ["fail", "drop", "failed", "error", "timeout"];
 
 /// How often each endpoint's metrics are read.
 pub const SCRAPE_EVERY: Duration = Duration::from_secs(10);
@@ -29,6 +39,10 @@ pub struct Pool {
     pub max: f64,
     /// The endpoint it was read from.
     pub endpoint: String,
+    /// Domain operations counted so far (`gatehouse_service_operations_total`).
+    pub operations: f64,
+    /// Of which failed ([`FAILED_RESULTS`]).
+    pub failed_operations: f64,
 }
 
 /// A pool and when it was read (monotonic ms, `clock::mono_ms`).
@@ -38,6 +52,17 @@ pub struct Reading {
     pub pool: Pool,
     /// When they were read.
     pub read_at_ms: u64,
+    /// Operations counted between the previous reading and this one.
+    pub recent_operations: f64,
+    /// Of which failed.
+    pub recent_failed: f64,
+}
+
+impl Reading {
+    /// Share of the operations since the previous reading that failed (`None` without any).
+    pub fn operation_error_rate(&self) -> Option<f64> {
+        (self.recent_operations > 0.0).then(|| self.recent_failed / self.recent_operations)
+    }
 }
 
 /// Last known pools by (service name, endpoint): two endpoints of one service are two
@@ -58,25 +83,42 @@ impl Pools {
     /// Replaces what `endpoint` reported (services it no longer reports are dropped).
     fn store(&self, endpoint: &str, found: BTreeMap<String, Pool>, now_ms: u64) {
         let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        map.retain(|(_, ep), _| ep != endpoint);
+        let mut before = BTreeMap::new();
+        map.retain(|(service, ep), r| {
+            if ep == endpoint {
+                before.insert(service.clone(), r.pool.clone());
+            }
+            ep != endpoint
+        });
         map.extend(found.into_iter().map(|(service, pool)| {
+            // Counters only grow; a smaller value is a restarted service: count from zero.
+            let (ops, failed) = match before.get(&service) {
+                Some(b) if pool.operations >= b.operations => (
+                    pool.operations - b.operations,
+                    (pool.failed_operations - b.failed_operations).max(0.0),
+                ),
+                _ => (pool.operations, pool.failed_operations),
+            };
             (
                 (service, endpoint.to_string()),
                 Reading {
                     pool,
                     read_at_ms: now_ms,
+                    recent_operations: ops,
+                    recent_failed: failed,
                 },
             )
         }));
     }
 }
 
-/// Parses the pool gauges out of a Prometheus text exposition.
+/// Parses the pool gauges and operation counters out of a Prometheus text exposition.
 pub fn parse(text: &str, endpoint: &str) -> BTreeMap<String, Pool> {
     let mut out: BTreeMap<String, Pool> = BTreeMap::new();
+    let of = |l: &str, metric: &str| l.starts_with(metric) && l[metric.len()..].starts_with('{');
     for line in text
         .lines()
-        .filter(|l| l.starts_with(POOL_METRIC) && l[POOL_METRIC.len()..].starts_with('{'))
+        .filter(|l| of(l, POOL_METRIC) || of(l, OPERATIONS_METRIC))
     {
         let (Some(open), Some(close)) = (line.find('{'), line.rfind('}')) else {
             continue;
@@ -89,7 +131,7 @@ pub fn parse(text: &str, endpoint: &str) -> BTreeMap<String, Pool> {
                 .find(|(n, _)| n.trim() == k)
                 .map(|(_, v)| v.trim().trim_matches('"').to_string())
         };
-        let (Some(service), Some(state)) = (label("service"), label("state")) else {
+        let Some(service) = label("service") else {
             continue;
         };
         let Some(value) = line[close + 1..]
@@ -103,10 +145,17 @@ pub fn parse(text: &str, endpoint: &str) -> BTreeMap<String, Pool> {
             endpoint: endpoint.to_string(),
             ..Pool::default()
         });
-        match state.as_str() {
-            "in_use" => pool.in_use = value,
-            "idle" => pool.idle = value,
-            "max" => pool.max = value,
+        if of(line, OPERATIONS_METRIC) {
+            pool.operations += value;
+            if label("result").is_some_and(|r| FAILED_RESULTS.contains(&r.as_str())) {
+                pool.failed_operations += value;
+            }
+            continue;
+        }
+        match label("state").as_deref() {
+            Some("in_use") => pool.in_use = value,
+            Some("idle") => pool.idle = value,
+            Some("max") => pool.max = value,
             _ => {}
         }
     }
@@ -132,6 +181,34 @@ pub async fn scrape(pools: &Pools, addr: SocketAddr, endpoint: &str, path: &str)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn operation_error_rate_is_read_between_scrapes() {
+        let text = |ok: u32, failed: u32| {
+            format!(
+                "gatehouse_service_operations_total{{service=\"payment\",op=\"debit\",result=\"ok\"}} {ok}\n\
+                 gatehouse_service_operations_total{{service=\"payment\",op=\"fault_debit\",result=\"fail\"}} {failed}\n\
+                 gatehouse_service_operations_total{{service=\"payment\",op=\"debit\",result=\"retry\"}} 0\n"
+            )
+        };
+        let pools = Pools::default();
+        let ep = "10.0.0.1:3004";
+        pools.store(ep, parse(&text(90, 10), ep), 1_000);
+        let key = ("payment".to_string(), ep.to_string());
+        let first = pools.snapshot(1_000)[&key].clone();
+        assert_eq!(first.operation_error_rate(), Some(0.1), "since start");
+        // Next scrape: 0 more ok, 20 more failures: the recent rate is 100%.
+        pools.store(ep, parse(&text(90, 30), ep), 11_000);
+        let next = pools.snapshot(11_000)[&key].clone();
+        assert_eq!((next.recent_operations, next.recent_failed), (20.0, 20.0));
+        assert_eq!(next.operation_error_rate(), Some(1.0));
+        // A restarted service (counters went down): counted from zero.
+        pools.store(ep, parse(&text(5, 0), ep), 21_000);
+        assert_eq!(
+            pools.snapshot(21_000)[&key].operation_error_rate(),
+            Some(0.0)
+        );
+    }
 
     #[test]
     fn pools_are_kept_per_endpoint_and_dropped_when_stale() {
@@ -179,7 +256,8 @@ mod tests {
                 in_use: 3.0,
                 idle: 2.0,
                 max: 10.0,
-                endpoint: "127.0.0.1:3004".into()
+                endpoint: "127.0.0.1:3004".into(),
+                ..Pool::default()
             }
         );
     }

@@ -219,6 +219,10 @@ try {
   });
 
   if (MOCK) {
+    await check("mock: a service failing every operation shows its error rate, endpoint and age", async () => {
+      const t = await page.textContent(sel("pool-payment-127.0.0.1:3004"));
+      assert(/ops errors 100\.0%/.test(t) && /127\.0\.0\.1:3004/.test(t) && /4 s ago/.test(t), `pool row ${t}`);
+    });
     await check("mock: a card with healthy endpoints but an OPEN breaker is not UP", async () => {
       const a = await attrs(page, "upstream-ledger");
       assert(a && a.state === "breaker-open" && /BREAKER OPEN/.test(a.text) && !/✓ UP/.test(a.text), `upstream-ledger ${JSON.stringify(a)}`);

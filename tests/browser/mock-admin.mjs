@@ -106,7 +106,8 @@ export async function startMock({ adminPort = 0, gatewayPort = 0 } = {}) {
       events: [...events].reverse(), // newest first, as the gateway sends them
       services: [
         { name: "user", db_pool: { in_use: 3, max: 10 } },
-        { name: "payment", db_pool: { in_use: 9, max: 10 } },
+        { name: "payment", endpoint: "127.0.0.1:3004", age_seconds: 4, db_pool: { in_use: 9, max: 10 },
+          operations: { recent: 40, failed: 40, error_rate: 1 } },
       ],
     };
   }
