@@ -250,5 +250,17 @@ async fn load_while_reloading_50_times_drops_nothing() {
         })
     };
     assert!(eventually(Duration::from_secs(5), idle).await);
-    assert_eq!(metric(&gw, "gatehouse_inflight_requests", &[]).await, 0.0);
+    // A request leaves the gauge in its logging phase, just after its last byte reached the
+    // client: under load the last one may still be there for a moment.
+    assert!(
+        eventually(Duration::from_secs(5), async || metric(
+            &gw,
+            "gatehouse_inflight_requests",
+            &[]
+        )
+        .await
+            == 0.0)
+        .await,
+        "in-flight gauge back to 0"
+    );
 }
