@@ -292,22 +292,11 @@ impl ProxyHttp for Gateway {
         error: &Error,
         context: ProxyWarnLogContext,
     ) -> bool {
-        match context {
-            ProxyWarnLogContext::UpstreamRetry => {
-                resilience::log_retry(ctx, error);
-                true
-            }
-            _ => false,
-        }
+        resilience::log_retry(ctx, error, context)
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
-        let tel = &self.state.telemetry;
-        if let Some(e) = e {
-            resilience::record_unfinished_try(tel, ctx, e);
-        }
-        resilience::end_try(tel, ctx, e);
-        observe::finish(tel, session, ctx);
-        ctx.endpoint_inflight = None;
+        resilience::end_request(&self.state.telemetry, ctx, e);
+        observe::finish(&self.state.telemetry, session, ctx);
     }
 }

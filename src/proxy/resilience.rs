@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use pingora_core::{Error, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
-use pingora_proxy::Session;
+use pingora_proxy::{ProxyWarnLogContext, Session};
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::ctx::RequestCtx;
@@ -348,9 +348,13 @@ pub fn on_connect_error(
     e
 }
 
-/// The log line of a failed try that is retried (pingora's own is suppressed); the
-/// request's last failure is `request failed` (`respond::fail`).
-pub fn log_retry(ctx: &RequestCtx, e: &Error) {
+/// The log line of a failed try that is retried, in place of pingora's (`true`: pingora's
+/// is suppressed); the request's last failure is `request failed` (`respond::fail`).
+/// Other warnings pingora logs stay its own.
+pub fn log_retry(ctx: &RequestCtx, e: &Error, context: ProxyWarnLogContext) -> bool {
+    if !matches!(context, ProxyWarnLogContext::UpstreamRetry) {
+        return false;
+    }
     tracing::warn!(
         request_id = %ctx.request_id,
         route = ctx.route_name(),
@@ -360,6 +364,17 @@ pub fn log_retry(ctx: &RequestCtx, e: &Error) {
         error = %e,
         "upstream try failed; retrying"
     );
+    true
+}
+
+/// `logging`: the try still open at the end of the request is recorded (with the error
+/// that ended the request, if any) and the endpoint's in-flight count released.
+pub fn end_request(tel: &Telemetry, ctx: &mut RequestCtx, e: Option<&Error>) {
+    if let Some(e) = e {
+        record_unfinished_try(tel, ctx, e);
+    }
+    end_try(tel, ctx, e);
+    ctx.endpoint_inflight = None;
 }
 
 /// `upstream_response_filter`, after the try was recorded: when the status is one to retry
