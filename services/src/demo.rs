@@ -15,19 +15,14 @@ pub const NO_DEMO_FEATURE: &str =
 /// `GATEHOUSE_DEMO_CONFIG`), on its own threads: pingora runs its own runtimes. The
 /// config verifies tokens with the secret in `GATEHOUSE_JWT_SECRET`, the one the user
 /// service signs with (`main` sets it before any thread starts when it was unset).
+///
+/// # Errors
+///
+/// The config file is missing: the demo must not run without its gateway.
 #[cfg(feature = "demo")]
-pub async fn start_gateway(secret: &str) {
+pub async fn start_gateway(secret: &str) -> Result<(), StartError> {
     let _ = secret; // handed over through GATEHOUSE_JWT_SECRET; never logged
-    let config_path = std::env::var("GATEHOUSE_DEMO_CONFIG")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|_| std::path::PathBuf::from("config/demo.yaml"));
-    if !config_path.exists() {
-        tracing::error!(
-            path = %config_path.display(),
-            "demo gateway config not found: run the demo from the repository root or set GATEHOUSE_DEMO_CONFIG"
-        );
-        return;
-    }
+    let config_path = gateway_config()?;
     let spawned = std::thread::Builder::new()
         .name("gatehouse-gateway".into())
         .spawn(move || {
@@ -40,8 +35,13 @@ pub async fn start_gateway(secret: &str) {
         Ok(_) => tracing::info!(
             "gateway starting on http://127.0.0.1:3000 (admin and dashboard on http://127.0.0.1:9901/)"
         ),
-        Err(e) => tracing::error!(error = %e, "could not start the gateway thread"),
+        Err(e) => {
+            return Err(StartError::Config(format!(
+                "could not start the gateway thread: {e}"
+            )))
+        }
     }
+    Ok(())
 }
 
 /// Starts the demo system; the caller waits on it and shuts it down. Without the `demo`
@@ -51,6 +51,27 @@ pub async fn start(_settings: Settings) -> Result<System, StartError> {
     Err(StartError::Config(NO_DEMO_FEATURE.into()))
 }
 
+/// The demo gateway's config: `GATEHOUSE_DEMO_CONFIG`, else `config/demo.yaml` of the
+/// working directory.
+///
+/// # Errors
+///
+/// The file does not exist: the demo must not run without its gateway.
+#[cfg(feature = "demo")]
+fn gateway_config() -> Result<std::path::PathBuf, StartError> {
+    let path = std::env::var("GATEHOUSE_DEMO_CONFIG")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| std::path::PathBuf::from("config/demo.yaml"));
+    if path.exists() {
+        Ok(path)
+    } else {
+        Err(StartError::Config(format!(
+            "demo gateway config {} not found: run the demo from the repository root or set GATEHOUSE_DEMO_CONFIG",
+            path.display()
+        )))
+    }
+}
+
 /// Starts the demo system; the caller waits on it and shuts it down.
 #[cfg(feature = "demo")]
 pub async fn start(settings: Settings) -> Result<System, StartError> {
@@ -58,10 +79,12 @@ pub async fn start(settings: Settings) -> Result<System, StartError> {
         .jwt_secret
         .clone()
         .ok_or_else(|| StartError::Config("the demo needs a JWT secret".into()))?;
+    // Before any service starts: a demo without its gateway is no demo.
+    gateway_config()?;
     let system = System::start(settings, &Kind::ALL).await?;
     for s in &system.services {
         tracing::info!(service = s.name, url = %format!("http://{}", s.addr), "demo service up");
     }
-    start_gateway(&secret).await;
+    start_gateway(&secret).await?;
     Ok(system)
 }

@@ -161,11 +161,16 @@ enum Command {
     /// All four services in one process.
     All,
     /// All four services in demo mode on embedded SQLite, plus the gateway on :3000.
-    Demo,
+    Demo {
+        /// Start from empty demo data: delete the demo's data directory (`data/demo`, or
+        /// `--data-dir`) first, so a second walk-through starts like the first.
+        #[arg(long)]
+        fresh: bool,
+    },
 }
 
 fn settings(cli: &Cli) -> Result<Settings> {
-    let demo = matches!(cli.command, Command::Demo);
+    let demo = matches!(cli.command, Command::Demo { .. });
     let mode = if demo {
         Mode::Demo
     } else {
@@ -192,7 +197,7 @@ fn settings(cli: &Cli) -> Result<Settings> {
         .filter(|s| !s.is_empty())
     {
         Some(t) => t,
-        None if matches!(cli.command, Command::All | Command::Demo) => random_secret(),
+        None if matches!(cli.command, Command::All | Command::Demo { .. }) => random_secret(),
         None => anyhow::bail!(
             "GATEHOUSE_INTERNAL_TOKEN must be set when services run in separate processes \
              (every service checks it on service-to-service calls)"
@@ -292,9 +297,30 @@ async fn shutdown_signal() {
     }
 }
 
+/// `demo --fresh`: removes the demo's data directory (a missing one is fine). Refuses a
+/// path that cannot be a data directory of its own (the working directory, a root).
+fn remove_demo_data(dir: &std::path::Path) -> Result<()> {
+    let here = std::env::current_dir().ok();
+    let canonical = dir.canonicalize().ok();
+    if dir.as_os_str().is_empty()
+        || dir.parent().is_none()
+        || (canonical.is_some() && canonical == here.and_then(|h| h.canonicalize().ok()))
+    {
+        anyhow::bail!("demo --fresh: refusing to delete {}", dir.display());
+    }
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => {
+            tracing::info!(dir = %dir.display(), "demo --fresh: removed the demo data");
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("demo --fresh: removing {}", dir.display())),
+    }
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    if matches!(cli.command, Command::Demo)
+    if matches!(cli.command, Command::Demo { .. })
         && std::env::var("GATEHOUSE_JWT_SECRET").map_or(true, |s| s.is_empty())
     {
         // The demo's gateway verifies tokens with the secret named in config/demo.yaml
@@ -315,14 +341,17 @@ fn main() -> Result<()> {
 async fn run(cli: Cli) -> Result<()> {
     init_logging();
     let settings = settings(&cli)?;
+    if let Command::Demo { fresh: true } = cli.command {
+        remove_demo_data(&settings.data_dir)?;
+    }
     let kinds: Vec<Kind> = match cli.command {
         Command::User => vec![Kind::User],
         Command::Payment => vec![Kind::Payment],
         Command::Transaction => vec![Kind::Transaction],
         Command::Notification => vec![Kind::Notification],
-        Command::All | Command::Demo => Kind::ALL.to_vec(),
+        Command::All | Command::Demo { .. } => Kind::ALL.to_vec(),
     };
-    let mut system = if matches!(cli.command, Command::Demo) {
+    let mut system = if matches!(cli.command, Command::Demo { .. }) {
         gatehouse_services::demo::start(settings).await?
     } else {
         System::start(settings, &kinds).await?

@@ -69,3 +69,59 @@ async fn demo_log_lines_are_json_with_rounded_durations() {
         assert!(fields.keys().all(|k| !k.starts_with("log.")), "{l}");
     }
 }
+
+#[tokio::test]
+async fn a_demo_without_its_gateway_config_fails_loudly_before_starting() {
+    let mut d = Deployment::new("demonocfg", false);
+    let missing = d.dir.join("nowhere/demo.yaml");
+    d.set("GATEHOUSE_DEMO_CONFIG", &missing.display().to_string());
+    let mut demo = d.start("demo", &[]).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Ok(Some(status)) = demo.child.try_wait() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still running:\n{}",
+            demo.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(!status.success(), "exits non-zero:\n{}", demo.log_tail());
+    let log = std::fs::read_to_string(&demo.log).unwrap();
+    assert!(
+        log.contains("demo gateway config") && log.contains("GATEHOUSE_DEMO_CONFIG"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("demo service up"),
+        "no service started:\n{log}"
+    );
+}
+
+#[tokio::test]
+async fn demo_fresh_starts_from_empty_demo_data() {
+    let mut d = Deployment::new("demofresh", false);
+    let p = free_ports(2);
+    let config = d.dir.join("demo.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "listeners: [ {{ name: public, address: \"127.0.0.1:{}\" }} ]\nadmin: {{ address: \"127.0.0.1:{}\" }}\n\
+             upstreams:\n  user: {{ discovery: {{ static: [ {{ address: \"127.0.0.1:{}\" }} ] }} }}\n\
+             routes:\n  - {{ name: user, match: {{ path_prefix: / }}, upstream: user }}\n",
+            p[0], p[1], d.ports["user"]
+        ),
+    )
+    .unwrap();
+    d.set("GATEHOUSE_DEMO_CONFIG", &config.display().to_string());
+    let data = std::path::PathBuf::from(&d.env["GATEHOUSE_DATA_DIR"]);
+    std::fs::create_dir_all(&data).unwrap();
+    let marker = data.join("left-over-from-an-earlier-run");
+    std::fs::write(&marker, "x").unwrap();
+    let mut demo = d.start_with_args("demo", &["--fresh"], &["user"]).await;
+    assert!(!marker.exists(), "--fresh removed the old demo data");
+    assert!(data.exists(), "the demo made its data again");
+    assert!(demo.terminate(), "graceful exit:\n{}", demo.log_tail());
+}

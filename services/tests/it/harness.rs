@@ -94,6 +94,11 @@ impl Deployment {
 
     /// Starts `gatehouse-services <command>` and waits until each of `wait_for` answers /health.
     pub async fn start(&self, command: &str, wait_for: &[&str]) -> Proc {
+        self.start_with_args(command, &[], wait_for).await
+    }
+
+    /// [`Deployment::start`] with extra arguments after the command.
+    pub async fn start_with_args(&self, command: &str, args: &[&str], wait_for: &[&str]) -> Proc {
         let log = self.dir.join(format!("{command}-{}.log", unique("")));
         let out = std::fs::File::create(&log).unwrap();
         let err = out.try_clone().unwrap();
@@ -106,6 +111,7 @@ impl Deployment {
         }
         let child = cmd
             .arg(command)
+            .args(args)
             .envs(&self.env)
             .stdin(Stdio::null())
             .stdout(Stdio::from(out))
