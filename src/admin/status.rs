@@ -1,7 +1,7 @@
 //! `/admin/status`: the dashboard's JSON, including request rate, error rate and
 //! latency percentiles over a recent window computed from the gateway's own histogram.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -21,6 +21,45 @@ struct Sample {
     errors: u64,
     /// Cumulative bucket counts.
     buckets: Vec<u64>,
+    /// Per route: requests, 5xx answers, 4xx answers (`gatehouse_requests_total`).
+    routes: BTreeMap<String, [u64; 3]>,
+    /// Requests the jwt filter refused (`gatehouse_auth_failures_total`).
+    auth_failures: u64,
+}
+
+/// Per-route request counts and the auth failures, read from the registry.
+fn route_counts(state: &State) -> (BTreeMap<String, [u64; 3]>, u64) {
+    let mut routes: BTreeMap<String, [u64; 3]> = BTreeMap::new();
+    let mut auth = 0.0;
+    for mf in state.telemetry.metrics.registry.gather() {
+        let requests = mf.name() == "gatehouse_requests_total";
+        if !requests && mf.name() != "gatehouse_auth_failures_total" {
+            continue;
+        }
+        for m in mf.get_metric() {
+            let value = m.get_counter().get_value();
+            if !requests {
+                auth += value;
+                continue;
+            }
+            let label = |k: &str| {
+                m.get_label()
+                    .iter()
+                    .find(|l| l.name() == k)
+                    .map(|l| l.value().to_string())
+                    .unwrap_or_default()
+            };
+            let e = routes.entry(label("route")).or_default();
+            let n = value as u64;
+            e[0] += n;
+            match label("status_class").as_str() {
+                "5xx" => e[1] += n,
+                "4xx" => e[2] += n,
+                _ => {}
+            }
+        }
+    }
+    (routes, auth as u64)
 }
 
 /// Periodic samples of the request histogram; rates come from differences.
@@ -43,12 +82,15 @@ fn take(state: &State) -> (Sample, Vec<f64>) {
             }
         }
     }
+    let (routes, auth_failures) = route_counts(state);
     (
         Sample {
             at: Instant::now(),
             count: h.get_sample_count(),
             errors: state.telemetry.metrics.errors_all.get(),
             buckets,
+            routes,
+            auth_failures,
         },
         bounds,
     )
@@ -68,6 +110,31 @@ impl TrafficSampler {
         q.push_back(s);
     }
 
+    /// Requests per second and 5xx share between consecutive samples of the window, oldest
+    /// first, ending with `now`: the dashboard's sparklines.
+    fn trend(&self, now: &Sample) -> Vec<Value> {
+        let q = self.samples.lock().unwrap_or_else(|p| p.into_inner());
+        let recent: Vec<&Sample> = q
+            .iter()
+            .filter(|s| now.at.duration_since(s.at) <= WINDOW)
+            .chain(std::iter::once(now))
+            .collect();
+        recent
+            .windows(2)
+            .filter_map(|w| {
+                let secs = w[1].at.duration_since(w[0].at).as_secs_f64();
+                (secs >= 0.5).then(|| {
+                    let n = w[1].count.saturating_sub(w[0].count);
+                    let e = w[1].errors.saturating_sub(w[0].errors);
+                    json!({
+                        "requests_per_second": (n as f64 / secs * 100.0).round() / 100.0,
+                        "error_rate": if n == 0 { 0.0 } else { e as f64 / n as f64 },
+                    })
+                })
+            })
+            .collect()
+    }
+
     fn window(&self, state: &State) -> Value {
         let (now, bounds) = take(state);
         let base = {
@@ -79,6 +146,7 @@ impl TrafficSampler {
         let Some(base) = base else {
             return json!({"window_seconds": WINDOW.as_secs(), "total_requests": now.count});
         };
+        let trend = self.trend(&now);
         let secs = now.at.duration_since(base.at).as_secs_f64().max(1.0);
         let n = now.count.saturating_sub(base.count);
         let errors = now.errors.saturating_sub(base.errors);
@@ -111,10 +179,41 @@ impl TrafficSampler {
             }
             json!(bounds.last().map(|b| b * 1000.0))
         };
+        let share = |part: u64, whole: u64| {
+            if whole == 0 {
+                0.0
+            } else {
+                part as f64 / whole as f64
+            }
+        };
+        let rate = |k: u64| (k as f64 / secs * 100.0).round() / 100.0;
+        let mut client_errors = 0;
+        let routes: Vec<Value> = now
+            .routes
+            .iter()
+            .filter_map(|(route, c)| {
+                let b = base.routes.get(route).copied().unwrap_or_default();
+                let d = [0, 1, 2].map(|i| c[i].saturating_sub(b[i]));
+                client_errors += d[2];
+                (d[0] > 0).then(|| {
+                    json!({
+                        "route": route,
+                        "requests_per_second": rate(d[0]),
+                        "error_rate": share(d[1], d[0]),
+                        "client_error_rate": share(d[2], d[0]),
+                        "requests": d[0],
+                    })
+                })
+            })
+            .collect();
         json!({
             "window_seconds": secs.round(),
-            "requests_per_second": ((n as f64 / secs) * 100.0).round() / 100.0,
-            "error_rate": if n == 0 { 0.0 } else { errors as f64 / n as f64 },
+            "requests_per_second": rate(n),
+            "error_rate": share(errors, n),
+            "client_error_rate": share(client_errors, n),
+            "auth_failures_per_second": rate(now.auth_failures.saturating_sub(base.auth_failures)),
+            "routes": routes,
+            "trend": trend,
             "p50_ms": pct(0.50),
             "p95_ms": pct(0.95),
             "p99_ms": pct(0.99),

@@ -127,9 +127,12 @@ try {
   });
 
   await check("overall status shown", async () => {
+    // The first health checks run a second after start: until then every endpoint is
+    // unverified and the status may be DOWN; wait for the expected one.
+    const want = env.EXPECT_STATUS ? env.EXPECT_STATUS.toLowerCase() : null;
     const a = await waitFor("overall status", async () => {
       const a = await attrs(page, "overall-status");
-      return [a && ["healthy", "degraded", "down"].includes(a.status), a];
+      return [a && ["healthy", "degraded", "down"].includes(a.status) && (!want || a.status === want), a];
     });
     assert(/HEALTHY|DEGRADED|DOWN/.test(a.text), `status badge text is ${JSON.stringify(a.text)}`);
     if (env.EXPECT_STATUS) assert(a.text.includes(env.EXPECT_STATUS.toUpperCase()), `expected ${env.EXPECT_STATUS}, shown ${a.text}`);
@@ -154,6 +157,17 @@ try {
     assert(eps.length > 0, `no endpoint rows under upstream-${FAILING}`);
     for (const e of eps) assert(e.healthy === "false" && /down/.test(e.text), `${e.id} is not shown down: ${JSON.stringify(e)}`);
   });
+
+  if (env.FAILING_TRAFFIC_PATH && !MOCK) {
+    await check(`the failing route "${FAILING}" is named with its 5xx share`, async () => {
+      const t = await waitFor(`route-${FAILING} row`, async () => {
+        const n = await page.$(sel("route-" + FAILING));
+        const text = n ? await n.textContent() : null;
+        return [text != null && /5xx (?!0\.00%)/.test(text), text];
+      });
+      assert(/5xx/.test(t), `route-${FAILING}: ${t}`);
+    });
+  }
 
   await check(`breaker of "${FAILING}" shown`, async () => {
     const a = await waitFor(`breaker-${FAILING} state`, async () => {
@@ -219,6 +233,14 @@ try {
   });
 
   if (MOCK) {
+    await check("mock: routes with their rates, 4xx and auth figures, and a sparkline", async () => {
+      const pay = await page.textContent(sel("route-payment")), user = await page.textContent(sel("route-user"));
+      assert(/5xx 100\.0%/.test(pay) && /5xx 0\.00%/.test(user) && /4xx 8\.00%/.test(user), `routes: ${pay} | ${user}`);
+      assert((await page.textContent(sel("client-error-rate"))) === "4.00%", "4xx rate");
+      assert((await page.textContent(sel("auth-failures"))) === "0.25", "auth failures/s");
+      const spark = await page.$eval(sel("trend"), (n) => ({ points: n.dataset.points, errors: n.querySelectorAll("[data-error]").length }));
+      assert(spark.points === "6" && spark.errors === 3, `sparkline ${JSON.stringify(spark)}`);
+    });
     await check("mock: a service failing every operation shows its error rate, endpoint and age", async () => {
       const t = await page.textContent(sel("pool-payment-127.0.0.1:3004"));
       assert(/ops errors 100\.0%/.test(t) && /127\.0\.0\.1:3004/.test(t) && /4 s ago/.test(t), `pool row ${t}`);

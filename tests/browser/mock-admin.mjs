@@ -76,6 +76,12 @@ export async function startMock({ adminPort = 0, gatewayPort = 0 } = {}) {
         error_rate: hits.length ? errors / hits.length : 0,
         p50_ms: quantile(lat, 0.5), p95_ms: quantile(lat, 0.95), p99_ms: quantile(lat, 0.99),
         total_requests: total,
+        client_error_rate: 0.04, auth_failures_per_second: 0.25,
+        routes: [
+          { route: "user", requests_per_second: 0.67, error_rate: 0, client_error_rate: 0.08, requests: 40 },
+          { route: "payment", requests_per_second: 0.67, error_rate: 1, client_error_rate: 0, requests: 40 },
+        ],
+        trend: [0.2, 0.4, 1.3, 1.1, 0.9, 1.4].map((r, i) => ({ requests_per_second: r, error_rate: i >= 3 ? 0.5 : 0 })),
       },
       upstreams: [
         { name: "user", healthy_endpoints: 2, total_endpoints: 2,
