@@ -221,9 +221,14 @@ impl Successor {
     }
 }
 
+/// How long nothing must be in flight before a draining process exits: longer than the
+/// second a connection accepted just before the listener stopped has to deliver its request
+/// (vendored pingora patch 6), so that such a request is answered, not reset by the exit.
+const QUIET_BEFORE_EXIT: Duration = Duration::from_millis(1200);
+
 /// Ends the process once the grace period has begun (after SIGTERM, or after the
-/// hand-over of an upgrade) and nothing is in flight any more: pingora itself would sleep
-/// the whole grace period.
+/// hand-over of an upgrade) and nothing has been in flight for [`QUIET_BEFORE_EXIT`]:
+/// pingora itself would sleep the whole grace period.
 fn exit_when_drained(server: &Server, state: Arc<State>, grace: Duration) {
     let mut phases = server.watch_execution_phase();
     std::thread::spawn(move || {
@@ -236,8 +241,15 @@ fn exit_when_drained(server: &Server, state: Arc<State>, grace: Duration) {
             }
         }
         let start = std::time::Instant::now();
+        let mut quiet_since = None;
         while start.elapsed() < grace {
-            if state.telemetry.metrics.inflight.get() <= 0 {
+            if state.telemetry.metrics.inflight.get() > 0 {
+                quiet_since = None;
+            } else if quiet_since
+                .get_or_insert_with(std::time::Instant::now)
+                .elapsed()
+                >= QUIET_BEFORE_EXIT
+            {
                 tracing::info!(
                     after_ms = start.elapsed().as_millis() as u64,
                     "drained; exiting"

@@ -80,6 +80,10 @@ use pingora_error::{Error, ErrorSource, ErrorType::*, OrErr, Result};
 
 const TASK_BUFFER_SIZE: usize = 4;
 
+/// gatehouse patch 6: how long a connection that is waiting for its request when the
+/// service shuts down may still deliver it (then it is answered with keep-alive off).
+const SHUTDOWN_READ_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Caps per-proxy padding and one-time shutdown fan-out on very large hosts.
 const MAX_SHUTDOWN_NOTIFY_SHARDS: usize = 256;
 
@@ -333,8 +337,24 @@ where
             biased; // biased select is cheaper, and we don't want to drop already buffered requests
             res = downstream_session.read_request() => { res }
             _ = self.await_shutdown() => {
-                // service shutting down, dropping the connection to stop more req from coming in
-                return None;
+                // gatehouse patch 6: a connection accepted just before the listener stopped
+                // (a fresh one whose request is on its way, or a keep-alive client sending
+                // its next request right now) is still answered, once, with keep-alive off:
+                // dropping it with the request unread resets it, and a client cannot retry a
+                // fresh connection's request safely. A connection that sends nothing within
+                // the grace below is dropped as before.
+                match tokio::time::timeout(
+                    SHUTDOWN_READ_GRACE,
+                    downstream_session.read_request(),
+                )
+                .await
+                {
+                    Ok(res) => {
+                        downstream_session.set_keepalive(None);
+                        res
+                    }
+                    Err(_) => return None,
+                }
             }
         };
         match res {
