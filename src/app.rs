@@ -347,6 +347,24 @@ fn reload_if_changed(state: &State, path: &Path) {
     let _ = reload::reload(state, "file");
 }
 
+/// Adds a listening service whose socket `spec` counts for `/readyz`, started only after
+/// the binder has bound every listener.
+fn add_tracked<S: pingora_core::services::ServiceWithDependents + 'static>(
+    server: &mut Server,
+    service: S,
+    spec: &ListenerSpec,
+    readiness: &Arc<Readiness>,
+    binder: &pingora_core::services::ServiceHandle,
+) {
+    server
+        .add_service(Tracked::new(
+            service,
+            vec![spec.address.clone()],
+            readiness.clone(),
+        ))
+        .add_dependency(binder);
+}
+
 /// Loads the config, builds the server and runs it until shutdown.
 pub fn run(opts: RunOptions) -> Result<(), StartError> {
     let loaded = config::load_file(&opts.config_path)?;
@@ -416,7 +434,6 @@ pub fn run(opts: RunOptions) -> Result<(), StartError> {
         .cloned()
         .collect();
     let readiness = Readiness::new(&all_specs);
-    let addresses = |specs: &[ListenerSpec]| specs.iter().map(|s| s.address.clone()).collect();
 
     // One service per listener: each has its own request limits and connection cap.
     let proxies: Vec<_> = cfg
@@ -449,21 +466,9 @@ pub fn run(opts: RunOptions) -> Result<(), StartError> {
     maintenance.threads = Some(1);
     let binder = server.add_service(Binder::new(all_specs.clone()));
     for (proxy, spec) in proxies.into_iter().zip(&proxy_specs) {
-        server
-            .add_service(Tracked::new(
-                proxy,
-                addresses(std::slice::from_ref(spec)),
-                readiness.clone(),
-            ))
-            .add_dependency(&binder);
+        add_tracked(&mut server, proxy, spec, &readiness, &binder);
     }
-    server
-        .add_service(Tracked::new(
-            admin,
-            addresses(std::slice::from_ref(&admin_spec)),
-            readiness.clone(),
-        ))
-        .add_dependency(&binder);
+    add_tracked(&mut server, admin, &admin_spec, &readiness, &binder);
     if let Some(probe_spec) = &probe_spec {
         let mut probe = ListeningService::new(
             "gatehouse probe".to_string(),
@@ -471,13 +476,7 @@ pub fn run(opts: RunOptions) -> Result<(), StartError> {
         );
         probe.add_tcp(&probe_spec.address);
         probe.threads = Some(1);
-        server
-            .add_service(Tracked::new(
-                probe,
-                addresses(std::slice::from_ref(probe_spec)),
-                readiness.clone(),
-            ))
-            .add_dependency(&binder);
+        add_tracked(&mut server, probe, probe_spec, &readiness, &binder);
     }
     server.add_service(maintenance);
 
