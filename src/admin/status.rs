@@ -223,12 +223,14 @@ impl TrafficSampler {
     }
 }
 
-fn metric_sum(state: &State, name: &str, label: Option<(&str, &str)>) -> f64 {
-    state
-        .telemetry
-        .metrics
-        .registry
-        .gather()
+/// The sum of the series of metric `name` in one scrape (`families`), optionally only
+/// those with `label`.
+fn metric_sum(
+    families: &[prometheus::proto::MetricFamily],
+    name: &str,
+    label: Option<(&str, &str)>,
+) -> f64 {
+    families
         .iter()
         .filter(|mf| mf.name() == name)
         .flat_map(|mf| mf.get_metric().iter())
@@ -418,9 +420,11 @@ pub fn status_json(state: &State, sampler: &TrafficSampler) -> Value {
             "endpoints": eps.iter().map(|e| super::endpoint_json(e, now)).collect::<Vec<_>>(),
         }));
     }
+    // One scrape of the registry for every figure read below.
+    let families = state.telemetry.metrics.registry.gather();
     let redis_configured = snap.loaded.config.redis.is_some();
     let redis_up = if redis_configured {
-        Some(metric_sum(state, "gatehouse_redis_up", None) >= 1.0)
+        Some(metric_sum(&families, "gatehouse_redis_up", None) >= 1.0)
     } else {
         None
     };
@@ -447,7 +451,7 @@ pub fn status_json(state: &State, sampler: &TrafficSampler) -> Value {
             .iter()
             .map(|d| {
                 metric_sum(
-                    state,
+                    &families,
                     "gatehouse_ratelimit_decisions_total",
                     Some(("decision", d)),
                 )
