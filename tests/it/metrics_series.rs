@@ -15,6 +15,15 @@ fn series_of<'a>(text: &'a str, name: &str, endpoint: &str) -> Vec<&'a str> {
         .collect()
 }
 
+/// A gateway with one route `app` on `prefix` to the upstream `app` at `a`.
+async fn gateway_to_app(a: &TestUpstream, prefix: &str) -> TestGateway {
+    TestGateway::start(&config(
+        &static_upstream("app", &[a.addr], ""),
+        &route("app", prefix, "app"),
+    ))
+    .await
+}
+
 #[tokio::test]
 async fn endpoint_series_leave_with_the_endpoint_on_reload() {
     let (a, b) = (
@@ -119,11 +128,7 @@ async fn endpoint_labels_off_gives_one_series_per_upstream() {
 #[tokio::test]
 async fn scrape_has_process_metrics_unrouted_label_and_no_redis_gauge() {
     let a = TestUpstream::start("a").await;
-    let gw = TestGateway::start(&config(
-        &static_upstream("app", &[a.addr], ""),
-        &route("app", "/app", "app"),
-    ))
-    .await;
+    let gw = gateway_to_app(&a, "/app").await;
     assert_eq!(status_of(&gw, "/nowhere").await, 404);
     // Counted in the logging phase, just after the answer is written.
     let text = gw
@@ -163,11 +168,7 @@ async fn scrape_has_process_metrics_unrouted_label_and_no_redis_gauge() {
 #[tokio::test]
 async fn metrics_are_gzipped_for_scrapers_that_accept_it() {
     let a = TestUpstream::start("a").await;
-    let gw = TestGateway::start(&config(
-        &static_upstream("app", &[a.addr], ""),
-        &route("app", "/", "app"),
-    ))
-    .await;
+    let gw = gateway_to_app(&a, "/").await;
     let get = async |accept: &str| {
         let r = client()
             .get(gw.admin_url("/metrics"))
@@ -198,11 +199,7 @@ async fn metrics_are_gzipped_for_scrapers_that_accept_it() {
 #[tokio::test]
 async fn head_works_on_the_probe_endpoints() {
     let a = TestUpstream::start("a").await;
-    let gw = TestGateway::start(&config(
-        &static_upstream("app", &[a.addr], ""),
-        &route("app", "/", "app"),
-    ))
-    .await;
+    let gw = gateway_to_app(&a, "/").await;
     for path in ["/healthz", "/readyz", "/metrics"] {
         let got = client().get(gw.admin_url(path)).send().await.unwrap();
         let (status, len) = (got.status(), got.bytes().await.unwrap().len());
