@@ -870,6 +870,48 @@ async fn slow_header_is_cut_and_others_are_served() {
 }
 
 #[tokio::test]
+async fn idle_fresh_connection_is_closed_at_the_header_deadline() {
+    let up = RecordingUpstream::start(Answer::Ok11).await;
+    let http = ", http: { header_read_timeout: 1s }";
+    let gw = TestGateway::start(&config(up.addr, http, CATCH_ALL)).await;
+    // A socket that never sends a byte: once held for pingora's 60 s keep-alive read.
+    let mut idle = Raw::connect(gw.port).await;
+    let t = Instant::now();
+    assert!(
+        idle.closed_within(Duration::from_secs(10)).await,
+        "an idle fresh connection still open after 10 s"
+    );
+    let took = t.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(4),
+        "closed after {took:?}"
+    );
+    assert!(idle.buf.is_empty(), "closed without a response");
+    // A keep-alive connection waiting for its second request is not cut by the deadline.
+    let mut kept = Raw::connect(gw.port).await;
+    kept.send(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n").await;
+    assert_eq!(
+        kept.response(Duration::from_secs(10))
+            .await
+            .map(|r| r.status),
+        Some(200)
+    );
+    assert!(!kept.closed_within(Duration::from_millis(2500)).await);
+    kept.send(b"GET /again HTTP/1.1\r\nHost: h\r\n\r\n").await;
+    assert_eq!(
+        kept.response(Duration::from_secs(10))
+            .await
+            .map(|r| r.status),
+        Some(200)
+    );
+    assert!(
+        !gw.logs().contains("ERROR"),
+        "an idle socket is no error:\n{}",
+        gw.logs()
+    );
+}
+
+#[tokio::test]
 async fn connection_cap_refuses_beyond_the_limit_and_frees_slots() {
     let up = RecordingUpstream::start(Answer::Ok11).await;
     let http = ", http: { max_connections: 3 }";

@@ -104,9 +104,12 @@ pub struct HttpServerOptions {
 }
 
 impl HttpServerOptions {
-    fn apply_request_header_limits(&self, session: &mut ServerSession) {
+    /// `first`: the first request of a fresh connection, whose header deadline runs from the
+    /// accept (gatehouse patch 7).
+    fn apply_request_header_limits(&self, session: &mut ServerSession, first: bool) {
         if let ServerSession::H1(s) = session {
             s.set_request_header_limits(self.max_request_header_bytes, self.request_header_timeout);
+            s.set_header_deadline_from_start(first);
         }
     }
 }
@@ -377,7 +380,7 @@ where
                     .and_then(|opts| opts.keepalive_request_limit),
             );
             if let Some(opts) = self.server_options() {
-                opts.apply_request_header_limits(&mut session);
+                opts.apply_request_header_limits(&mut session, true);
             }
 
             let mut result = self.process_new_http(session, shutdown).await;
@@ -387,7 +390,7 @@ where
                     persistent_settings.apply_to_session(&mut session);
                 }
                 if let Some(opts) = self.server_options() {
-                    opts.apply_request_header_limits(&mut session);
+                    opts.apply_request_header_limits(&mut session, false);
                 }
 
                 result = self.process_new_http(session, shutdown).await;

@@ -167,6 +167,9 @@ pub struct HttpSession {
     max_request_header_size: usize,
     /// Deadline for the whole request header, counted from its first byte (gatehouse patch).
     request_header_timeout: Option<Duration>,
+    /// The deadline counts from the start of the read instead: the first request of a fresh
+    /// connection (gatehouse patch 7).
+    header_deadline_from_start: bool,
 }
 
 impl HttpSession {
@@ -217,6 +220,7 @@ impl HttpSession {
             pipelined_idle_bytes_stashed: false,
             max_request_header_size: MAX_HEADER_SIZE,
             request_header_timeout: None,
+            header_deadline_from_start: false,
         }
     }
 
@@ -226,6 +230,16 @@ impl HttpSession {
     pub fn set_request_header_limits(&mut self, bytes: Option<usize>, timeout: Option<Duration>) {
         self.max_request_header_size = bytes.map_or(MAX_HEADER_SIZE, |b| b.min(MAX_HEADER_SIZE));
         self.request_header_timeout = timeout;
+    }
+
+    /// Count the request-header deadline from the start of [`Self::read_request()`] rather
+    /// than from the request's first byte: for the first request of a fresh connection, so
+    /// that a socket that never sends a byte holds its connection slot no longer than a slow
+    /// header would (nginx `client_header_timeout` and HAProxy `timeout http-request` also
+    /// run from the accept). Past the deadline without a byte the connection is closed
+    /// quietly, like an expired keep-alive wait (gatehouse patch 7).
+    pub fn set_header_deadline_from_start(&mut self, from_start: bool) {
+        self.header_deadline_from_start = from_start;
     }
 
     async fn read_request_buf(
@@ -326,7 +340,7 @@ impl HttpSession {
         // Counted from the request's first byte, so an idle keep-alive wait is not cut by it.
         let mut header_deadline = self
             .request_header_timeout
-            .filter(|_| already_read != 0)
+            .filter(|_| already_read != 0 || self.header_deadline_from_start)
             .map(|t| tokio::time::Instant::now() + t);
         loop {
             if already_read > self.max_request_header_size {
@@ -351,14 +365,22 @@ impl HttpSession {
             if skip_next_read {
                 skip_next_read = false;
             } else if let Some(n) = match header_deadline {
-                Some(deadline) => tokio::time::timeout_at(
+                Some(deadline) => match tokio::time::timeout_at(
                     deadline,
                     self.read_request_buf(&mut buf, already_read),
                 )
                 .await
-                .or_else(|_| {
-                    Error::e_explain(ReadTimedout, "request header not complete in time")
-                })??,
+                {
+                    Ok(read) => read?,
+                    // Not a byte since the accept: an idle socket, closed without a word.
+                    Err(_) if already_read == 0 => {
+                        debug!("no request within the header deadline, closing");
+                        None
+                    }
+                    Err(_) => {
+                        return Error::e_explain(ReadTimedout, "request header not complete in time")
+                    }
+                },
                 None => self.read_request_buf(&mut buf, already_read).await?,
             } {
                 already_read += n;
