@@ -79,6 +79,34 @@ impl PrivateRedis {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    /// Its process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Freezes it (SIGSTOP): its sockets stay open and connections are still accepted by
+    /// the kernel, but nothing is answered until [`PrivateRedis::thaw`]. Panics when it is
+    /// stopped or the signal cannot be sent.
+    pub fn freeze(&self) {
+        self.signal("STOP");
+    }
+
+    /// Lets a frozen one go on (SIGCONT).
+    pub fn thaw(&self) {
+        self.signal("CONT");
+    }
+
+    /// Sends `sig` through the `kill` command, so that no test crate needs unsafe code.
+    fn signal(&self, sig: &str) {
+        let pid = self.pid().expect("redis-server is running");
+        let status = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(pid.to_string())
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{sig} {pid} failed");
+    }
+
     /// Kills it (SIGKILL, no goodbye) and waits for the exit; a no-op when stopped.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {

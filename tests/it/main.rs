@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod bodies;
+mod chaos;
 mod cli;
 mod client_addr;
 mod context_headers;
@@ -18,6 +19,7 @@ mod load_balancing;
 mod log_lines;
 mod metrics_series;
 mod observability;
+mod overload;
 mod parser_refusals;
 mod rate_limits;
 mod refusal_log;
