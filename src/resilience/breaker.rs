@@ -717,4 +717,263 @@ mod tests {
         assert!(rejected(&n, 500));
         assert!(admit(&n, 1_000).is_probe());
     }
+
+    /// A plain-data model of the breaker's rules (DESIGN.md "Which mechanism counts a
+    /// failure", the resilience issue): no atomics, the window as a list of timed outcomes.
+    struct Model {
+        s: BreakerSettings,
+        state: BreakerState,
+        generation: u64,
+        open_until: u64,
+        probes_issued: u32,
+        probes_ok: u32,
+        trips: u32,
+        closed_at: Option<u64>,
+        open_for_ms: u64,
+        consecutive: u32,
+        /// (time, failure) counted while CLOSED since the last transition.
+        events: Vec<(u64, bool)>,
+    }
+
+    /// A transition as (from, to).
+    type Moved = Option<(BreakerState, BreakerState)>;
+
+    impl Model {
+        fn new(s: BreakerSettings) -> Self {
+            Model {
+                s,
+                state: BreakerState::Closed,
+                generation: 0,
+                open_until: 0,
+                probes_issued: 0,
+                probes_ok: 0,
+                trips: 0,
+                closed_at: None,
+                open_for_ms: 0,
+                consecutive: 0,
+                events: Vec::new(),
+            }
+        }
+
+        fn bucket_ms(&self) -> u64 {
+            (self.s.window.as_millis() as u64 / WINDOW_BUCKETS as u64).max(1)
+        }
+
+        /// Calls and failures in the buckets of the window ending at `now`.
+        fn sums(&self, now: u64) -> (u64, u64) {
+            let cur = now / self.bucket_ms();
+            let oldest = cur.saturating_sub(WINDOW_BUCKETS as u64 - 1);
+            let inside = self.events.iter().filter(|(t, _)| {
+                let b = t / self.bucket_ms();
+                b >= oldest && b <= cur
+            });
+            inside.fold((0, 0), |(c, f), (_, fail)| (c + 1, f + u64::from(*fail)))
+        }
+
+        /// `(admitted, probe)`; a transition to HALF_OPEN when the open time is over.
+        fn admit(&mut self, now: u64) -> (Option<(u64, bool)>, Moved) {
+            let mut tr = None;
+            match self.state {
+                BreakerState::Closed => return (Some((self.generation, false)), None),
+                BreakerState::Open if now < self.open_until => return (None, None),
+                BreakerState::Open => {
+                    self.state = BreakerState::HalfOpen;
+                    self.generation += 1;
+                    self.probes_issued = 0;
+                    self.probes_ok = 0;
+                    tr = Some((BreakerState::Open, BreakerState::HalfOpen));
+                }
+                BreakerState::HalfOpen => {}
+            }
+            if self.probes_issued < self.s.half_open_probes {
+                self.probes_issued += 1;
+                (Some((self.generation, true)), tr)
+            } else {
+                (None, tr)
+            }
+        }
+
+        fn trip(&mut self, now: u64) -> (BreakerState, BreakerState) {
+            let from = self.state;
+            let window_ms = self.bucket_ms() * WINDOW_BUCKETS as u64;
+            let calm = self
+                .closed_at
+                .is_some_and(|c| now.saturating_sub(c) > window_ms.max(self.open_for_ms));
+            self.trips = if from == BreakerState::Closed && (calm || self.trips == 0) {
+                1
+            } else {
+                self.trips + 1
+            };
+            let base = self.s.open_for.as_millis() as u64;
+            let cap = (self.s.max_open_for.as_millis() as u64).max(base);
+            self.open_for_ms = base.saturating_mul(1 << (self.trips - 1).min(32)).min(cap);
+            self.open_until = now + self.open_for_ms;
+            self.events.clear();
+            self.consecutive = 0;
+            self.generation += 1;
+            self.state = BreakerState::Open;
+            (from, BreakerState::Open)
+        }
+
+        fn count_closed(&mut self, failure: bool, now: u64) -> Moved {
+            self.events.push((now, failure));
+            if !failure {
+                self.consecutive = 0;
+                return None;
+            }
+            self.consecutive += 1;
+            let by_count = self
+                .s
+                .consecutive_failures
+                .is_some_and(|n| self.consecutive >= n);
+            let (calls, failures) = self.sums(now);
+            let by_rate = calls >= u64::from(self.s.min_requests)
+                && failures as f64 / calls.max(1) as f64 >= self.s.failure_rate;
+            (by_count || by_rate).then(|| self.trip(now))
+        }
+
+        fn record(&mut self, generation: u64, probe: bool, failure: bool, now: u64) -> Moved {
+            if generation != self.generation {
+                return None;
+            }
+            match self.state {
+                BreakerState::Closed => self.count_closed(failure, now),
+                BreakerState::HalfOpen if probe && failure => Some(self.trip(now)),
+                BreakerState::HalfOpen if probe => {
+                    self.probes_ok += 1;
+                    if self.probes_ok < self.s.half_open_probes {
+                        return None;
+                    }
+                    self.closed_at = Some(now);
+                    self.events.clear();
+                    self.consecutive = 0;
+                    self.generation += 1;
+                    self.state = BreakerState::Closed;
+                    Some((BreakerState::HalfOpen, BreakerState::Closed))
+                }
+                _ => None,
+            }
+        }
+
+        fn health(&mut self, ok: bool, now: u64) -> Moved {
+            match self.state {
+                BreakerState::Closed => self.count_closed(!ok, now),
+                BreakerState::HalfOpen if !ok => Some(self.trip(now)),
+                _ => None,
+            }
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Wait(u64),
+        Admit,
+        Record { which: usize, failure: bool },
+        Release(usize),
+        Health(bool),
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        prop_oneof![
+            1 => (0u64..400).prop_map(Op::Wait),
+            3 => Just(Op::Admit),
+            3 => (any::<usize>(), proptest::bool::weighted(0.6))
+                .prop_map(|(which, failure)| Op::Record { which, failure }),
+            1 => any::<usize>().prop_map(Op::Release),
+            1 => proptest::bool::weighted(0.7).prop_map(Op::Health),
+        ]
+    }
+
+    fn any_settings() -> impl proptest::strategy::Strategy<Value = BreakerSettings> {
+        use proptest::prelude::*;
+        (
+            1u32..=10,
+            1u32..12,
+            proptest::option::of(1u32..6),
+            50u64..600,
+            1u32..4,
+            1u64..8,
+            200u64..3000,
+        )
+            .prop_map(|(rate, min, consecutive, open, probes, cap, window)| {
+                BreakerSettings {
+                    failure_rate: f64::from(rate) / 10.0,
+                    min_requests: min,
+                    window: Duration::from_millis(window),
+                    consecutive_failures: consecutive,
+                    open_for: Duration::from_millis(open),
+                    max_open_for: Duration::from_millis(open * cap),
+                    half_open_probes: probes,
+                }
+            })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(300))]
+
+        /// Any sequence of admissions, outcomes (in any order, late ones included),
+        /// released probes, health checks and waits: the breaker admits, refuses and moves
+        /// exactly as the model does, and never has more probes out than allowed.
+        #[test]
+        fn breaker_follows_the_model(
+            s in any_settings(),
+            ops in proptest::collection::vec(op(), 1..120),
+        ) {
+            use proptest::{prop_assert, prop_assert_eq};
+            let b = Breaker::new(s.clone());
+            let mut m = Model::new(s.clone());
+            let mut now = 1_000u64;
+            // Outstanding admissions: the real ticket and the model's (generation, probe).
+            let mut out: Vec<(Ticket, (u64, bool))> = Vec::new();
+            for op in ops {
+                match op {
+                    Op::Wait(d) => now += d,
+                    Op::Admit => {
+                        let (a, tr) = b.admit(now);
+                        let (ma, mtr) = m.admit(now);
+                        prop_assert_eq!(tr.map(|t| (t.from, t.to)), mtr);
+                        match (a, ma) {
+                            (Admission::Admit(t), Some(mt)) => {
+                                prop_assert_eq!(t.is_probe(), mt.1);
+                                out.push((t, mt));
+                            }
+                            (Admission::Reject { retry_after }, None) => {
+                                if m.state == BreakerState::Open {
+                                    prop_assert_eq!(retry_after.as_millis() as u64, m.open_until - now);
+                                }
+                            }
+                            (a, ma) => prop_assert!(false, "breaker {:?}, model {:?}", a, ma),
+                        }
+                    }
+                    Op::Record { which, failure } if !out.is_empty() => {
+                        let (t, (g, p)) = out.remove(which % out.len());
+                        let tr = b.record(t, failure, now);
+                        prop_assert_eq!(tr.map(|t| (t.from, t.to)), m.record(g, p, failure, now));
+                    }
+                    Op::Release(which) if !out.is_empty() => {
+                        let (t, (g, p)) = out.remove(which % out.len());
+                        b.release(t);
+                        if p && g == m.generation {
+                            m.probes_issued = m.probes_issued.saturating_sub(1);
+                        }
+                    }
+                    Op::Health(ok) => {
+                        let tr = b.record_health_check(ok, now);
+                        prop_assert_eq!(tr.map(|t| (t.from, t.to)), m.health(ok, now));
+                    }
+                    Op::Record { .. } | Op::Release(_) => {}
+                }
+                prop_assert_eq!(b.state(), m.state);
+                if m.state == BreakerState::HalfOpen {
+                    prop_assert!(m.probes_issued <= s.half_open_probes);
+                }
+                if m.state != BreakerState::Closed {
+                    prop_assert_eq!(b.open_for().as_millis() as u64, m.open_for_ms);
+                } else {
+                    prop_assert_eq!(b.calls(now), m.sums(now).0);
+                }
+            }
+        }
+    }
 }

@@ -112,4 +112,56 @@ mod tests {
         assert_eq!(counts, [0, 20, 10]);
         assert_eq!(s.pick(&set(&[0, 0]), |_| true), None);
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(200))]
+
+        /// Fairness: from any start, every run of sum(weights) picks gives each endpoint
+        /// exactly its weight. Smoothness: after any number of picks, each endpoint's count
+        /// is within 2 of its ideal share (a plain weighted round-robin that sends a
+        /// weight in a row is off by up to a weight), and no endpoint waits more than
+        /// twice its ideal interval between two picks.
+        #[test]
+        fn fair_and_smooth_for_any_weights(
+            weights in proptest::collection::vec(0u32..40, 1..9),
+            rounds in 1usize..4,
+        ) {
+            let eps = set(&weights);
+            let total: u64 = weights.iter().map(|w| u64::from(*w)).sum();
+            let mut s = Swrr::default();
+            if total == 0 {
+                proptest::prop_assert_eq!(s.pick(&eps, |_| true), None);
+                return Ok(());
+            }
+            let mut counts = vec![0u64; weights.len()];
+            let mut last_pick: Vec<Option<u64>> = vec![None; weights.len()];
+            for n in 1..=total * rounds as u64 {
+                let Some(i) = s.pick(&eps, |_| true) else {
+                    return Err(proptest::test_runner::TestCaseError::fail("no pick"));
+                };
+                proptest::prop_assert!(weights[i] > 0, "picked a drained endpoint");
+                counts[i] += 1;
+                let ideal_gap = total as f64 / f64::from(weights[i]);
+                if let Some(prev) = last_pick[i] {
+                    let gap = (n - prev) as f64;
+                    proptest::prop_assert!(
+                        gap <= 2.0 * ideal_gap,
+                        "endpoint {} waited {} picks, ideal {:.1}", i, gap, ideal_gap
+                    );
+                }
+                last_pick[i] = Some(n);
+                for (j, w) in weights.iter().enumerate() {
+                    let ideal = n as f64 * f64::from(*w) / total as f64;
+                    proptest::prop_assert!(
+                        (counts[j] as f64 - ideal).abs() < 2.0,
+                        "after {} picks endpoint {} has {}, ideal {:.2}", n, j, counts[j], ideal
+                    );
+                }
+                if n % total == 0 {
+                    let want: Vec<u64> = weights.iter().map(|w| u64::from(*w) * n / total).collect();
+                    proptest::prop_assert_eq!(&counts, &want);
+                }
+            }
+        }
+    }
 }

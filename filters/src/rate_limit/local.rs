@@ -290,4 +290,98 @@ mod tests {
         l.check("late", &p, t0 + Duration::from_secs(4));
         assert_eq!(l.len(), 1);
     }
+
+    fn any_policy() -> impl proptest::strategy::Strategy<Value = Policy> {
+        use proptest::prelude::*;
+        (
+            prop_oneof![Just(Algorithm::SlidingWindow), Just(Algorithm::Gcra)],
+            1u64..12,
+            50u64..2000,
+            1u64..15,
+        )
+            .prop_map(|(a, limit, window, burst)| {
+                let burst = if a == Algorithm::SlidingWindow {
+                    limit
+                } else {
+                    burst
+                };
+                policy(a, limit, window, burst)
+            })
+    }
+
+    /// Whether the admitted times respect the policy in every window: at most `limit` in
+    /// any `window` (sliding), at most `burst + span / interval` in any span (GCRA).
+    fn within_policy(admitted: &[Instant], p: &Policy) -> Result<(), String> {
+        for (i, a) in admitted.iter().enumerate() {
+            for (j, b) in admitted.iter().enumerate().skip(i) {
+                let n = (j - i + 1) as u64;
+                let span = b.saturating_duration_since(*a);
+                let most = match p.algorithm {
+                    Algorithm::SlidingWindow if span < p.window => p.limit,
+                    Algorithm::SlidingWindow => continue,
+                    Algorithm::Gcra => {
+                        p.burst + (span.as_nanos() / p.emission_interval().as_nanos().max(1)) as u64
+                    }
+                };
+                if n > most {
+                    return Err(format!("{n} admitted in {span:?} under {p:?}"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(300))]
+
+        /// Requests at any times: the admitted ones respect the limit in every window, and
+        /// the sliding window refuses only when `limit` were admitted in the last window.
+        #[test]
+        fn never_more_than_the_limit_in_any_window(
+            p in any_policy(),
+            gaps in proptest::collection::vec(0u64..400, 1..150),
+        ) {
+            let l = LocalLimiter::default();
+            let t0 = Instant::now();
+            let mut now = t0;
+            let mut admitted = Vec::new();
+            for g in gaps {
+                now += Duration::from_millis(g);
+                let d = l.check("k", &p, now);
+                if d.allowed {
+                    admitted.push(now);
+                } else if p.algorithm == Algorithm::SlidingWindow {
+                    let recent = admitted
+                        .iter()
+                        .filter(|t| now.saturating_duration_since(**t) < p.window)
+                        .count() as u64;
+                    proptest::prop_assert_eq!(recent, p.limit, "refused below the limit");
+                }
+            }
+            within_policy(&admitted, &p).map_err(proptest::test_runner::TestCaseError::fail)?;
+        }
+
+        /// Concurrent callers on one key at the same instant: exactly `limit` (sliding) or
+        /// `burst` (GCRA) of them are admitted, never more.
+        #[test]
+        fn concurrent_callers_share_one_count(
+            p in any_policy(),
+            threads in 2usize..6,
+            each in 1usize..12,
+        ) {
+            let l = LocalLimiter::default();
+            let now = Instant::now();
+            let admitted: usize = std::thread::scope(|s| {
+                let handles: Vec<_> = (0..threads)
+                    .map(|_| s.spawn(|| (0..each).filter(|_| l.check("k", &p, now).allowed).count()))
+                    .collect();
+                handles.into_iter().map(|h| h.join().unwrap_or(usize::MAX)).sum()
+            });
+            let cap = match p.algorithm {
+                Algorithm::SlidingWindow => p.limit,
+                Algorithm::Gcra => p.burst,
+            } as usize;
+            proptest::prop_assert_eq!(admitted, (threads * each).min(cap));
+        }
+    }
 }

@@ -588,3 +588,115 @@ async fn requests_queued_behind_a_cancelled_request_still_get_decisions() {
         assert!(started.elapsed() < Duration::from_secs(2), "round {round}");
     }
 }
+
+/// One case of the Redis property: `callers` tasks over `gateways` gateways sharing one
+/// key prefix, each sending `each` requests with the given pauses; returns the client-side
+/// (sent, answered) span of every admitted request, and the statuses.
+async fn redis_case(
+    cfg: serde_json::Value,
+    gateways: usize,
+    callers: usize,
+    pauses: Vec<u64>,
+) -> (Vec<(Instant, Instant)>, Vec<u16>) {
+    let p = prefix("prop");
+    let gws: Vec<Gw> = (0..gateways)
+        .map(|_| {
+            gateway(Some(
+                RedisSettings::new(SHARED_REDIS)
+                    .with_key_prefix(&p)
+                    .with_timeout(Duration::from_secs(2)),
+            ))
+        })
+        .collect();
+    let filters: Vec<_> = gws.iter().map(|g| g.filter(cfg.clone())).collect();
+    let tasks: Vec<_> = (0..callers)
+        .map(|c| {
+            let f = Arc::clone(&filters[c % filters.len()]);
+            let pauses = pauses.clone();
+            tokio::spawn(async move {
+                let mut out = Vec::new();
+                for (i, pause) in pauses.iter().enumerate() {
+                    // Callers start out of step: each skips a different first pause.
+                    if i > 0 || c % 2 == 1 {
+                        tokio::time::sleep(Duration::from_millis(*pause)).await;
+                    }
+                    let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+                    req.insert_header("x-api-key", "one-key").unwrap();
+                    let sent = Instant::now();
+                    let status = run(f.as_ref(), req, None, None).await.status();
+                    out.push((sent, Instant::now(), status));
+                }
+                out
+            })
+        })
+        .collect();
+    let mut admitted = Vec::new();
+    let mut statuses = Vec::new();
+    for t in tasks {
+        for (sent, answered, status) in t.await.unwrap() {
+            statuses.push(status);
+            if status == 0 {
+                admitted.push((sent, answered));
+            }
+        }
+    }
+    (admitted, statuses)
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(6))]
+
+    /// Concurrent callers on several gateways sharing one Redis: in every stretch of time
+    /// the admitted requests respect the limit. Redis's clock decides, so a request counts
+    /// somewhere between its sending and its answer: a set of admitted requests whose
+    /// sending-to-answer spans all fit in a window certainly shared one window.
+    #[test]
+    fn redis_never_admits_more_than_the_limit_in_any_window(
+        gcra in proptest::bool::ANY,
+        limit in 1u64..6,
+        burst in 1u64..6,
+        window_ms in 150u64..400,
+        gateways in 1usize..4,
+        callers in 2usize..6,
+        pauses in proptest::collection::vec(0u64..80, 4..10),
+    ) {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let cfg = if gcra {
+            json!({"name": "p", "key": "header:x-api-key", "limit": limit, "window": format!("{window_ms}ms"),
+                   "algorithm": "gcra", "burst": burst, "on_redis_error": "fail_closed"})
+        } else {
+            json!({"name": "p", "key": "header:x-api-key", "limit": limit, "window": format!("{window_ms}ms"),
+                   "on_redis_error": "fail_closed"})
+        };
+        let (mut admitted, statuses) = rt.block_on(async {
+            shared_redis().await;
+            redis_case(cfg, gateways, callers, pauses).await
+        });
+        proptest::prop_assert!(statuses.iter().all(|s| *s == 0 || *s == 429), "{:?}", statuses);
+        proptest::prop_assert!(!admitted.is_empty());
+        admitted.sort();
+        let window = Duration::from_millis(window_ms);
+        let interval = window.as_secs_f64() / limit as f64;
+        for (i, (first_sent, _)) in admitted.iter().enumerate() {
+            for (_, last_answer) in &admitted[i..] {
+                let span = last_answer.saturating_duration_since(*first_sent);
+                // Every admitted request sent at or after `first_sent` and answered by
+                // `last_answer` was counted inside [first_sent, last_answer].
+                let n = admitted[i..]
+                    .iter()
+                    .filter(|(_, a)| a <= last_answer)
+                    .count() as u64;
+                if gcra {
+                    let most = burst + (span.as_secs_f64() / interval + 1e-6).floor() as u64;
+                    proptest::prop_assert!(n <= most, "{} admitted in {:?} (gcra {}/{:?}, burst {})", n, span, limit, window, burst);
+                } else if span + Duration::from_millis(2) < window {
+                    proptest::prop_assert!(n <= limit, "{} admitted in {:?} (limit {} per {:?})", n, span, limit, window);
+                }
+            }
+        }
+    }
+}

@@ -616,4 +616,179 @@ mod tests {
         );
         assert_eq!(SagaState::Failed.outcome_event(), Event::TransferFailed);
     }
+
+    /// A payment service with the real one's rules (services/src/payment.rs): one result
+    /// per op id, a void tombstone that answers any later request under its id, a refund
+    /// that voids a debit that never landed.
+    #[derive(Debug, Default)]
+    struct Payment {
+        from: i64,
+        to: i64,
+        amount: i64,
+        to_exists: bool,
+        /// op id -> (kind, status, reason)
+        ops:
+            std::collections::HashMap<&'static str, (&'static str, OpStatus, Option<&'static str>)>,
+    }
+
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Call {
+        Debit,
+        Credit,
+        Void,
+        Refund,
+    }
+
+    impl Payment {
+        fn exec(&mut self, call: Call) -> (OpStatus, Option<&'static str>) {
+            use OpStatus::*;
+            let id = match call {
+                Call::Debit => "debit",
+                Call::Credit | Call::Void => "credit",
+                Call::Refund => "refund",
+            };
+            if let Some((_, status, reason)) = self.ops.get(id) {
+                return (*status, *reason);
+            }
+            let (kind, status, reason) = match call {
+                Call::Debit if self.from >= self.amount => {
+                    self.from -= self.amount;
+                    ("debit", Applied, None)
+                }
+                Call::Debit => ("debit", Rejected, Some("insufficient_funds")),
+                Call::Credit if self.to_exists => {
+                    self.to += self.amount;
+                    ("credit", Applied, None)
+                }
+                Call::Credit => ("credit", Rejected, Some("unknown_account")),
+                Call::Void => ("void", Voided, Some("voided")),
+                Call::Refund => match self.ops.get("debit").copied() {
+                    None => {
+                        self.ops
+                            .insert("debit", ("void", Voided, Some("voided_by_refund")));
+                        ("refund", Noop, Some("debit_not_applied"))
+                    }
+                    Some(("debit", Applied, _)) => {
+                        self.from += self.amount;
+                        self.ops.insert("debit", ("debit", Refunded, None));
+                        ("refund", Applied, None)
+                    }
+                    Some((_, Refunded, _)) => ("refund", Noop, Some(ALREADY_REFUNDED)),
+                    Some(_) => ("refund", Noop, Some("debit_not_applied")),
+                },
+            };
+            self.ops.insert(id, (kind, status, reason));
+            (status, reason)
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+
+        /// Any interleaving of lost requests, lost answers, requests that arrive late
+        /// (after the saga moved on), 4xx refusals and notification failures: the saga ends,
+        /// and money is neither created nor lost: COMPLETED moved exactly the amount,
+        /// COMPENSATED and FAILED moved nothing, and no moment holds more money than the start.
+        #[test]
+        fn no_path_creates_or_loses_money(
+            from in 0i64..200,
+            to in 0i64..100,
+            amount in 1i64..150,
+            to_exists in proptest::bool::weighted(0.8),
+            refusing in proptest::option::of(0u8..2),
+            // Per step: how the network treats the call (0-4 deliver, 5 lost before,
+            // 6 answer lost, 7 delayed, 8 notify fails) and whether a delayed call lands.
+            script in proptest::collection::vec((0u8..9, proptest::bool::ANY), 0..40),
+        ) {
+            use proptest::prop_assert;
+            let mut pay = Payment { from, to, amount, to_exists, ..Payment::default() };
+            let total = from + to;
+            let refused = |c: Call| match refusing {
+                Some(0) => c == Call::Debit,
+                Some(_) => c == Call::Credit,
+                None => false,
+            };
+            let mut delayed: Vec<Call> = Vec::new();
+            let mut step = Step::Debit;
+            let mut state = SagaState::Pending;
+            let mut notify_tries = 0;
+            for i in 0..200 {
+                // After the script, the network is reliable: the saga must end.
+                let (net, land) = script.get(i).copied().unwrap_or((0, true));
+                if land {
+                    if let Some(c) = delayed.pop() {
+                        if !refused(c) {
+                            pay.exec(c);
+                        }
+                    }
+                }
+                prop_assert!(pay.from + pay.to <= total, "money created mid-saga");
+                let call = match step {
+                    Step::Debit => Call::Debit,
+                    Step::Credit => Call::Credit,
+                    Step::CompensateVoid => Call::Void,
+                    Step::CompensateRefund => Call::Refund,
+                    Step::Notify => {
+                        notify_tries += 1;
+                        let reply = if net == 8 {
+                            Reply::Undelivered { error: "down", last_try: notify_tries >= 3 }
+                        } else {
+                            Reply::Delivered
+                        };
+                        if let Decision::Move(m) = next(step, reply).map_err(|e| {
+                            proptest::test_runner::TestCaseError::fail(e.to_string())
+                        })? {
+                            step = m.step;
+                        }
+                        continue;
+                    }
+                    Step::Done => break,
+                };
+                let reply = match net {
+                    5 => Reply::Transient("connect refused"),
+                    7 => {
+                        delayed.push(call);
+                        Reply::Transient("timeout")
+                    }
+                    _ if refused(call) => Reply::Refused("400 bad request"),
+                    6 => {
+                        pay.exec(call);
+                        Reply::Transient("timeout")
+                    }
+                    _ => {
+                        let (status, reason) = pay.exec(call);
+                        Reply::Op { status, reason, owner: Some("u") }
+                    }
+                };
+                match next(step, reply) {
+                    Ok(Decision::Move(m)) => {
+                        step = m.step;
+                        if let Some(s) = m.state {
+                            prop_assert!(state == SagaState::Pending, "a finished saga changed state");
+                            state = s;
+                        }
+                    }
+                    Ok(Decision::Park { .. }) => {}
+                    Err(e) => prop_assert!(false, "{}", e),
+                }
+            }
+            prop_assert!(step == Step::Done, "the saga did not end: {:?}", step);
+            // Late requests still in the network land after the saga ended.
+            for c in delayed.drain(..).rev() {
+                if !refused(c) {
+                    pay.exec(c);
+                }
+            }
+            prop_assert!(pay.from + pay.to == total, "money not conserved: {:?}", pay);
+            match state {
+                SagaState::Completed => {
+                    prop_assert!(pay.from == from - amount && pay.to == to + amount, "{:?}", pay)
+                }
+                SagaState::Compensated | SagaState::Failed => {
+                    prop_assert!(pay.from == from && pay.to == to, "{:?} ended {:?}", pay, state)
+                }
+                SagaState::Pending => prop_assert!(false, "ended pending"),
+            }
+        }
+    }
 }
