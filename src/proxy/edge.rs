@@ -45,7 +45,8 @@ impl Default for EdgeLimits {
     }
 }
 
-/// Checks a parsed request against the listener's limits and RFC 9112 §3.2's Host rules:
+/// Checks a parsed request against the listener's limits, refuses a repeated
+/// `Content-Length` (400 `protocol_error`, RFC 9110 §8.6), and applies RFC 9112 §3.2's Host rules:
 /// an HTTP/1.1 request needs exactly one Host whose value is a valid `uri-host[:port]`
 /// (a list, an empty value or junk is 400), unless its target is in absolute form (whose
 /// authority pingora has already put in a differing Host: vendor/PATCHES.md, patch 4).
@@ -67,6 +68,18 @@ pub fn check_request(req: &RequestHeader, limits: &EdgeLimits) -> Result<(), Ref
     }
     if total > limits.max_header_bytes {
         return Err(Refusal::HeaderSectionTooLarge);
+    }
+    // pingora refuses differing Content-Length values but accepts repeated identical ones
+    // and forwards every copy: a strict upstream then refuses the request (or a lenient
+    // one frames it its own way). RFC 9110 §8.6 allows refusing them; nginx does.
+    if req
+        .headers
+        .get_all(header::CONTENT_LENGTH)
+        .iter()
+        .nth(1)
+        .is_some()
+    {
+        return Err(Refusal::ProtocolError);
     }
     if req.version != Version::HTTP_11 {
         return Ok(()); // HTTP/1.0 needs no Host; HTTP/2 carries :authority
@@ -273,6 +286,26 @@ mod tests {
             r.append_header(n.to_string(), *v).unwrap();
         }
         r
+    }
+
+    #[test]
+    fn a_repeated_content_length_is_refused_even_when_identical() {
+        let l = EdgeLimits::default();
+        for v in [Version::HTTP_11, Version::HTTP_10] {
+            let one = req(&[("host", "h"), ("content-length", "5")], "/", v);
+            assert!(check_request(&one, &l).is_ok());
+            let two = req(
+                &[
+                    ("host", "h"),
+                    ("content-length", "5"),
+                    ("content-length", "5"),
+                ],
+                "/",
+                v,
+            );
+            let r = check_request(&two, &l).map_err(|e| e.code());
+            assert_eq!(r, Err("protocol_error"));
+        }
     }
 
     #[test]

@@ -28,6 +28,7 @@ mod resilience;
 mod routing;
 mod routing_templates;
 mod shutdown;
+mod smuggling;
 mod support;
 mod upstream_errors;
 mod upstream_faults;

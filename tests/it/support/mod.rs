@@ -11,6 +11,8 @@ use serde_json::Value;
 
 pub use gatehouse_testkit::*;
 
+pub mod raw;
+
 pub fn upstream_yaml(name: &str, eps: &[(&std::net::SocketAddr, u32)]) -> String {
     let list: Vec<String> = eps
         .iter()

@@ -1872,6 +1872,15 @@ fn escape_illegal_request_line(buf: &BytesMut) -> Option<BytesMut> {
         // return if nothing matches: not a request line at all
         let uri = captures.name("uri")?;
 
+        // gatehouse patch 7: whitespace or a control byte inside the request-target is an
+        // invalid request-line, refused (400) rather than autocorrected: RFC 9112 §3.2 says a
+        // recipient SHOULD NOT autocorrect it, since it may be crafted to be read differently
+        // by another hop (`GET /a b c HTTP/1.1` was forwarded as `/a%20b%20c`, and
+        // `GET  / HTTP/1.1` as the target `%20/`).
+        if uri.as_bytes().iter().any(|b| *b == b' ' || b.is_ascii_control()) {
+            return None;
+        }
+
         let escaped_uri = percent_encode(uri.as_bytes(), URI_ESC_CHARSET);
 
         // rebuild the entire request buf in a new buffer
@@ -3065,13 +3074,18 @@ mod tests_stream {
         init_log();
         // in query string
         let input = BytesMut::from(
-            &b"GET /a?q=<\"b c\"> HTTP/1.1\r\nHost: pingora.org\r\nContent-Length: 3\r\n\r\n"[..],
+            &b"GET /a?q=<\"bc\"> HTTP/1.1\r\nHost: pingora.org\r\nContent-Length: 3\r\n\r\n"[..],
         );
         let output = escape_illegal_request_line(&input).unwrap();
         assert_eq!(
             &output,
-            &b"GET /a?q=%3C%22b%20c%22%3E HTTP/1.1\r\nHost: pingora.org\r\nContent-Length: 3\r\n\r\n"[..]
+            &b"GET /a?q=%3C%22bc%22%3E HTTP/1.1\r\nHost: pingora.org\r\nContent-Length: 3\r\n\r\n"[..]
         );
+
+        // whitespace in the target is refused, not escaped (gatehouse patch 7)
+        for bad in [&b"GET /a b c HTTP/1.1\r\n\r\n"[..], b"GET  / HTTP/1.1\r\n\r\n", b"GET /a\tb HTTP/1.1\r\n\r\n"] {
+            assert!(escape_illegal_request_line(&BytesMut::from(bad)).is_none());
+        }
 
         // in path
         let input = BytesMut::from(
@@ -4556,7 +4570,7 @@ mod test_pipelining {
     #[tokio::test]
     async fn escaped_uri_pipeline_does_not_copy_following_requests() {
         init_log();
-        let req1 = b"GET /one?q=a b HTTP/1.1\r\nHost: pingora.org\r\n\r\n";
+        let req1 = b"GET /one?q=\"a\" HTTP/1.1\r\nHost: pingora.org\r\n\r\n";
         let req2 = b"GET /two HTTP/1.1\r\nHost: pingora.org\r\n\r\n";
         let mut prefix = BytesMut::with_capacity(req1.len() + req2.len());
         prefix.extend_from_slice(req1);
@@ -4568,7 +4582,7 @@ mod test_pipelining {
         session.set_pipelining_enabled(true);
         session.set_pipelined_prefix(prefix);
         session.read_request().await.unwrap();
-        assert_eq!(session.get_path(), b"/one?q=a%20b");
+        assert_eq!(session.get_path(), b"/one?q=%22a%22");
 
         let reused = session.reuse().await.unwrap().expect("connection reusable");
         let (_, prefix) = reused.into_parts();
@@ -4632,7 +4646,7 @@ mod test_pipelining {
     #[tokio::test]
     async fn escaped_uri_with_bare_lf_keeps_all_pipelined_bytes() {
         init_log();
-        let req1 = b"GET /one?q=a b HTTP/1.1\nHost: pingora.org\n\n";
+        let req1 = b"GET /one?q=\"a\" HTTP/1.1\nHost: pingora.org\n\n";
         let req2 = b"GET /two HTTP/1.1\r\nHost: pingora.org\r\n\r\n";
         let mut prefix = BytesMut::with_capacity(req1.len() + req2.len());
         prefix.extend_from_slice(req1);
@@ -4643,7 +4657,7 @@ mod test_pipelining {
         session.set_pipelining_enabled(true);
         session.set_pipelined_prefix(prefix);
         session.read_request().await.unwrap();
-        assert_eq!(session.get_path(), b"/one?q=a%20b");
+        assert_eq!(session.get_path(), b"/one?q=%22a%22");
 
         let reused = session.reuse().await.unwrap().expect("connection reusable");
         let (stream, prefix) = reused.into_parts();
