@@ -8,7 +8,7 @@
 //! and the raw client are in `support/raw.rs`.
 
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::support::raw::*;
 use crate::support::*;

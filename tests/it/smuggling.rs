@@ -188,7 +188,7 @@ async fn smuggling_vectors_against_a_chunked_upstream() {
 /// Whitespace or a control byte inside the request-target is an invalid request-line (RFC
 /// 9112 §3.2): refused with the gateway's 400, never "autocorrected" and forwarded (pingora
 /// percent-encoded it: `GET /a b c` went upstream as `/a%20b%20c`, `GET  /` as `%20/`;
-/// vendor patch 7).
+/// vendor patch 8).
 #[tokio::test]
 async fn whitespace_in_the_request_target_is_refused_not_escaped() {
     let up = RecordingUpstream::start(Answer::Ok11).await;

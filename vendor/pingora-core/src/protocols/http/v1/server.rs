@@ -1872,7 +1872,7 @@ fn escape_illegal_request_line(buf: &BytesMut) -> Option<BytesMut> {
         // return if nothing matches: not a request line at all
         let uri = captures.name("uri")?;
 
-        // gatehouse patch 7: whitespace or a control byte inside the request-target is an
+        // gatehouse patch 8: whitespace or a control byte inside the request-target is an
         // invalid request-line, refused (400) rather than autocorrected: RFC 9112 §3.2 says a
         // recipient SHOULD NOT autocorrect it, since it may be crafted to be read differently
         // by another hop (`GET /a b c HTTP/1.1` was forwarded as `/a%20b%20c`, and
@@ -3082,7 +3082,7 @@ mod tests_stream {
             &b"GET /a?q=%3C%22bc%22%3E HTTP/1.1\r\nHost: pingora.org\r\nContent-Length: 3\r\n\r\n"[..]
         );
 
-        // whitespace in the target is refused, not escaped (gatehouse patch 7)
+        // whitespace in the target is refused, not escaped (gatehouse patch 8)
         for bad in [&b"GET /a b c HTTP/1.1\r\n\r\n"[..], b"GET  / HTTP/1.1\r\n\r\n", b"GET /a\tb HTTP/1.1\r\n\r\n"] {
             assert!(escape_illegal_request_line(&BytesMut::from(bad)).is_none());
         }
