@@ -98,9 +98,12 @@ pub struct HttpListenerConfig {
     )]
     #[schemars(with = "gatehouse_filters::size::ByteSize")]
     pub max_uri_bytes: usize,
-    /// Time a client has to send its whole request header, counted from its first byte;
-    /// default 10s (HAProxy's usual `timeout http-request`; nginx's `client_header_timeout`
-    /// is 60s). Past it the connection is closed without a response, as nginx does.
+    /// Time a client has to send its whole request header: counted from the accept for a
+    /// connection's first request (a socket that sends nothing is closed then too), from
+    /// its first byte for a later one on a kept-alive connection (whose idle wait is the
+    /// 60 s keep-alive timeout); default 10s (HAProxy's usual `timeout http-request`;
+    /// nginx's `client_header_timeout` is 60s). Past it the connection is closed without a
+    /// response, as nginx does.
     #[serde(default = "default_header_read_timeout")]
     pub header_read_timeout: Duration,
     /// Most client connections open at once on this listener; default 10000. A connection
