@@ -8,14 +8,23 @@ use pingora_proxy::Session;
 use super::ctx::RequestCtx;
 use crate::telemetry::{status_class, RouteMetrics, Telemetry, UNROUTED};
 
+/// The status recorded for a request that ended with no answer written: the client went
+/// away (or stopped sending) first, the only way a request ends without one (an upstream
+/// or gateway failure is answered). nginx's 499 "client closed request": a 4xx, so that
+/// clients giving up are not counted as the gateway's 5xx.
+pub const CLIENT_CLOSED: u16 = 499;
+
+/// The access log's `error` for [`CLIENT_CLOSED`].
+const CLIENT_CLOSED_CODE: &str = "client_closed";
+
 /// Counts the finished request and writes its access-log line (when the snapshot's
 /// `access_log` is on).
 pub fn finish(tel: &Telemetry, session: &Session, ctx: &RequestCtx) {
-    let status = session
+    let answered = session
         .response_written()
         .map(|r| r.status.as_u16())
-        .or(ctx.gateway_error.map(|g| g.status))
-        .unwrap_or(0);
+        .or(ctx.gateway_error.map(|g| g.status));
+    let status = answered.unwrap_or(CLIENT_CLOSED);
     let source = if ctx.gateway_error.is_some() || ctx.upstream_status.is_none() {
         "gateway"
     } else {
@@ -38,7 +47,12 @@ pub fn finish(tel: &Telemetry, session: &Session, ctx: &RequestCtx) {
         endpoint = ctx.endpoint.as_ref().map_or("", |e| e.address.as_str()),
         status,
         source,
-        error = ctx.gateway_error.map(|g| g.code).or(ctx.body_error).unwrap_or(""),
+        error = ctx
+            .gateway_error
+            .map(|g| g.code)
+            .or(ctx.body_error)
+            .or(answered.is_none().then_some(CLIENT_CLOSED_CODE))
+            .unwrap_or(""),
         tries = ctx.tries,
         duration_ms = millis(elapsed),
         filter_ms = millis(ctx.filter_time),

@@ -119,3 +119,37 @@ async fn one_gatehouse_line_per_failed_try_and_no_pingora_noise() {
         }
     }
 }
+
+/// A client that gives up before the answer: its request is the client's 499
+/// (`client_closed`), a 4xx, never a gateway 5xx that would page someone; the upstream's
+/// endpoint is not blamed.
+#[tokio::test]
+async fn a_client_that_gives_up_is_a_499_not_a_gateway_5xx() {
+    let slow = TestUpstream::start("slow").await;
+    slow.set_mode(Mode::Sleep(3000));
+    let gw = gateway_to_a(&slow, ALL_TO_A).await;
+    let impatient = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(std::time::Duration::from_millis(300))
+        .build()
+        .unwrap();
+    assert!(impatient.get(gw.url("/x")).send().await.is_err());
+    let counted = |m: &str, class: &str| {
+        let labels = [
+            ("route", "all"),
+            ("status_class", class),
+            ("source", "gateway"),
+        ];
+        metric_value(m, "gatehouse_requests_total", &labels).unwrap_or(0.0)
+    };
+    let m = gw.metrics_when(|m| counted(m, "4xx") >= 1.0).await;
+    assert_eq!((counted(&m, "4xx"), counted(&m, "5xx")), (1.0, 0.0), "{m}");
+    let logs = gw.logs();
+    let lines = json_lines(&logs);
+    let access: Vec<&Value> = lines.iter().filter(|l| l["target"] == "access").collect();
+    assert_eq!(access.len(), 1, "{logs}");
+    assert_eq!(access[0]["fields"]["status"], 499);
+    assert_eq!(access[0]["fields"]["error"], "client_closed");
+    let ups = admin_json(&gw, "/admin/upstreams").await;
+    assert_eq!(ups["a"]["endpoints"][0]["ejections"], 0, "{ups}");
+}
