@@ -58,3 +58,40 @@ ADMIN_PORT=$admin_port GATEWAY_URL="http://127.0.0.1:$gw_port" FAILING_UPSTREAM=
 # The same page against the mock admin API: states the real gateway cannot be put in on cue
 # (a breaker OPEN over healthy endpoints, a reload with a pending restart, missing fields).
 ARTIFACT_DIR="$ARTIFACT_DIR/mock" node dashboard.test.mjs --mock
+
+# The README's screenshot, from the demo itself (its four services and their DB pools): the
+# demo on free ports, the walk-through's traffic, then a full-page PNG. UPDATE_SCREENSHOT=1
+# writes docs/dashboard.png (commit it); otherwise artifacts/dashboard-demo.png.
+cd ../..
+# The test command's `cargo test --features gatehouse-services/demo` built it (a `cargo build`
+# here would resolve the dev-dependencies' features differently and compile it again).
+SERVICES_BIN="${SERVICES_BIN:-$CARGO_TARGET_DIR/debug/gatehouse-services}"
+[ -x "$SERVICES_BIN" ] || cargo build -p gatehouse-services --features demo
+d_gw=$(free_port); d_admin=$(free_port); d_ctl=$(free_port)
+d_user=$(free_port); d_tx=$(free_port); d_pay=$(free_port); d_note=$(free_port)
+sed -e "s/127.0.0.1:3000/127.0.0.1:$d_gw/" -e "s/127.0.0.1:9901/127.0.0.1:$d_admin/" \
+    -e "s/127.0.0.1:3001/127.0.0.1:$d_user/" -e "s/127.0.0.1:3003/127.0.0.1:$d_tx/" \
+    -e "s/127.0.0.1:3004/127.0.0.1:$d_pay/" -e "s/127.0.0.1:3005/127.0.0.1:$d_note/" \
+    -e "s/interval: 10s/interval: 1s/" config/demo.yaml > "$tmp/demo.yaml"
+GATEHOUSE_DEMO_CONFIG="$tmp/demo.yaml" GATEHOUSE_DEMO_CONTROL="127.0.0.1:$d_ctl" RUST_LOG=warn \
+  "$SERVICES_BIN" demo --data-dir "$tmp/demo-data" --user-port "$d_user" --transaction-port "$d_tx" \
+  --payment-port "$d_pay" --notification-port "$d_note" > "$ARTIFACT_DIR/browser-demo.log" 2>&1 & pids+=($!)
+for i in $(seq 1 200); do curl -sf "http://127.0.0.1:$d_admin/readyz" >/dev/null && break; sleep 0.1; done
+api="http://127.0.0.1:$d_gw/api"
+json() { python3 -c "import json,sys; print(json.load(sys.stdin)[\"$1\"])"; }
+curl -sf "$api/user/register" -H 'content-type: application/json' \
+  -d '{"email":"ada@example.com","password":"correct horse battery","role":"USER"}' >/dev/null
+token=$(curl -sf "$api/user/login" -H 'content-type: application/json' \
+  -d '{"email":"ada@example.com","password":"correct horse battery"}' | json token)
+auth="authorization: Bearer $token"
+a=$(curl -sf "$api/payment/accounts" -H "$auth" -H 'content-type: application/json' -d '{"initial_balance":10000}' | json id)
+b=$(curl -sf "$api/payment/accounts" -H "$auth" -H 'content-type: application/json' -d '{}' | json id)
+for i in $(seq 1 5); do
+  curl -sf "$api/transaction/transfers" -H "$auth" -H 'content-type: application/json' \
+    -d "{\"from_account\":\"$a\",\"to_account\":\"$b\",\"amount\":100}" >/dev/null
+  curl -sf "$api/transaction/history" -H "$auth" >/dev/null
+  curl -sf "$api/notification/notifications" -H "$auth" >/dev/null
+  curl -s -o /dev/null "$api/transaction/history"   # 401: no token
+done
+if [ "${UPDATE_SCREENSHOT:-0}" = 1 ]; then shot="$PWD/docs/dashboard.png"; else shot="$ARTIFACT_DIR/dashboard-demo.png"; fi
+(cd tests/browser && ADMIN_URL="http://127.0.0.1:$d_admin/" OUT="$shot" node demo-screenshot.mjs)

@@ -13,6 +13,7 @@ pub mod notification;
 pub mod payment;
 pub mod saga;
 pub mod server;
+pub mod switchboard;
 pub mod text_enum;
 pub mod transaction;
 pub mod user;

@@ -166,6 +166,9 @@ enum Command {
         /// `--data-dir`) first, so a second walk-through starts like the first.
         #[arg(long)]
         fresh: bool,
+        /// The demo's control API (`POST /services/<name>/stop`, `/start`; `GET /services`).
+        #[arg(long, env = "GATEHOUSE_DEMO_CONTROL", default_value = "127.0.0.1:3010")]
+        control: std::net::SocketAddr,
     },
 }
 
@@ -341,7 +344,7 @@ fn main() -> Result<()> {
 async fn run(cli: Cli) -> Result<()> {
     init_logging();
     let settings = settings(&cli)?;
-    if let Command::Demo { fresh: true } = cli.command {
+    if let Command::Demo { fresh: true, .. } = cli.command {
         remove_demo_data(&settings.data_dir)?;
     }
     let kinds: Vec<Kind> = match cli.command {
@@ -351,8 +354,8 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Notification => vec![Kind::Notification],
         Command::All | Command::Demo { .. } => Kind::ALL.to_vec(),
     };
-    let mut system = if matches!(cli.command, Command::Demo { .. }) {
-        gatehouse_services::demo::start(settings).await?
+    let mut system = if let Command::Demo { control, .. } = cli.command {
+        gatehouse_services::demo::start(settings, control).await?
     } else {
         System::start(settings, &kinds).await?
     };

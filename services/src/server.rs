@@ -13,7 +13,6 @@ use axum::{middleware, Json, Router};
 use gatehouse_registry::{Heartbeat, Registry};
 use serde_json::json;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
 use crate::config::Settings;
 use crate::db::{Db, DbError};
@@ -21,6 +20,7 @@ use crate::events::{Bus, Publisher};
 use crate::faults::FaultInjector;
 use crate::metrics::{metrics_handler, track, Metrics, MetricsState};
 use crate::saga::Coordinator;
+use crate::switchboard::{Listening, Switchboard};
 use crate::{notification, payment, transaction, user};
 
 /// Errors starting the services.
@@ -98,7 +98,6 @@ pub struct Running {
     pub name: &'static str,
     /// Where it listens.
     pub addr: SocketAddr,
-    task: JoinHandle<std::io::Result<()>>,
     heartbeat: Option<Heartbeat>,
 }
 
@@ -107,6 +106,8 @@ pub struct Running {
 pub struct System {
     /// The running services.
     pub services: Vec<Running>,
+    /// Their listeners, which the demo's control API stops and starts one by one.
+    pub switchboard: Switchboard,
     shutdown: watch::Sender<bool>,
 }
 
@@ -284,6 +285,7 @@ impl System {
             p.spawn(shutdown_rx.clone());
         }
         let mut services = Vec::new();
+        let mut listening = Vec::new();
         for p in prepared {
             let port = p.kind.port(&settings);
             let bind = format!("{}:{}", settings.bind_host, port);
@@ -293,18 +295,14 @@ impl System {
                     addr: bind.clone(),
                     source,
                 })?;
-            let addr = listener.local_addr().map_err(|source| StartError::Bind {
-                addr: bind.clone(),
-                source,
+            let serving = Listening::start(listener, p.router, &shutdown_rx).map_err(|source| {
+                StartError::Bind {
+                    addr: bind.clone(),
+                    source,
+                }
             })?;
-            let mut rx = shutdown_rx.clone();
-            let task = tokio::spawn(async move {
-                axum::serve(listener, p.router)
-                    .with_graceful_shutdown(async move {
-                        let _ = rx.wait_for(|v| *v).await;
-                    })
-                    .await
-            });
+            let addr = serving.addr();
+            listening.push((p.kind.name(), serving));
             let heartbeat = match &registry {
                 Some(reg) => {
                     let member = format!("{}:{}", settings.advertise_host, addr.port());
@@ -331,7 +329,6 @@ impl System {
             services.push(Running {
                 name: p.kind.name(),
                 addr,
-                task,
                 heartbeat,
             });
         }
@@ -339,16 +336,30 @@ impl System {
         for c in coordinators {
             c.spawn_recovery(shutdown_rx.clone());
         }
-        Ok(System { services, shutdown })
+        let switchboard = Switchboard::new(listening, shutdown_rx);
+        Ok(System {
+            services,
+            switchboard,
+            shutdown,
+        })
     }
 
-    /// Waits until a listener stops on its own (an error) or shutdown is requested.
+    /// Waits until a listener stops on its own (an error) or shutdown is requested. A
+    /// service stopped through the switchboard is not a failure.
     pub async fn wait(&mut self) {
         let mut rx = self.shutdown.subscribe();
-        let any_task = first_finished(&mut self.services);
+        let board = self.switchboard.clone();
+        let any_failed = async move {
+            loop {
+                if let Some(name) = board.failed() {
+                    return name;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        };
         tokio::select! {
             _ = rx.wait_for(|v| *v) => {}
-            name = any_task => tracing::error!(service = name, "a service stopped unexpectedly"),
+            name = any_failed => tracing::error!(service = name, "a service stopped unexpectedly"),
         }
     }
 
@@ -362,18 +373,9 @@ impl System {
             if let Some(h) = s.heartbeat {
                 h.stop().await;
             }
-            let _ = tokio::time::timeout(Duration::from_secs(5), s.task).await;
         }
-    }
-}
-
-async fn first_finished(services: &mut [Running]) -> &'static str {
-    loop {
-        for s in services.iter() {
-            if s.task.is_finished() {
-                return s.name;
-            }
+        for task in self.switchboard.take_tasks() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }

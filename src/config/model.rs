@@ -264,19 +264,121 @@ fn default_upstream_idle() -> Duration {
     Duration::from_secs(60)
 }
 
-/// Access log settings.
+/// Access log settings: one line per request on stdout, in `format`.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AccessLogConfig {
-    /// One JSON line per request on stdout; default true.
+    /// Write a line per request; default true.
     #[serde(default = "default_true")]
     pub enabled: bool,
+    /// `json` (default), `common` or `combined` (nginx's and Apache's text formats).
+    #[serde(default)]
+    pub format: AccessLogFormat,
+    /// The fields of a `json` line, in this order; default: every field but `query`,
+    /// `protocol`, `user_agent` and `referer`. Only for `format: json`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fields: Option<Vec<AccessLogField>>,
 }
 
 impl Default for AccessLogConfig {
     fn default() -> Self {
-        Self { enabled: true }
+        Self {
+            enabled: true,
+            format: AccessLogFormat::Json,
+            fields: None,
+        }
     }
+}
+
+/// The shape of an access-log line.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AccessLogFormat {
+    /// One JSON object: `timestamp`, `level`, `fields` (the chosen fields), `target: access`,
+    /// the envelope of every other log line.
+    #[default]
+    Json,
+    /// The Common Log Format: `client - - [time] "request line" status bytes`
+    /// (nginx's `$remote_addr - $remote_user [$time_local] "$request" $status
+    /// $body_bytes_sent`).
+    Common,
+    /// `common` plus `"referer" "user agent"`: nginx's predefined `combined` format.
+    Combined,
+}
+
+/// One field of a JSON access-log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AccessLogField {
+    /// The request's id (the `X-Request-Id` answered).
+    RequestId,
+    /// The request method.
+    Method,
+    /// The normalized path, without the query.
+    Path,
+    /// The query string, without `?` (not in the default set).
+    Query,
+    /// `HTTP/1.1` or `HTTP/1.0` (not in the default set).
+    Protocol,
+    /// The `Host` header as received.
+    Host,
+    /// The route's name (`(none)`: unrouted).
+    Route,
+    /// The upstream's name.
+    Upstream,
+    /// The address of the endpoint of the last try.
+    Endpoint,
+    /// The status sent to the client.
+    Status,
+    /// `gateway` or `upstream`: who made the status.
+    Source,
+    /// The gateway's error code (`X-Gatehouse-Error`), empty on success.
+    Error,
+    /// The parser's reason for a request it refused; written only when there is one.
+    Detail,
+    /// Tries made upstream (1 without retries).
+    Tries,
+    /// Time from the request's first byte to the end of the response, ms (3 decimals).
+    DurationMs,
+    /// Time spent in filters, ms (3 decimals).
+    FilterMs,
+    /// Request body bytes read from the client.
+    BytesIn,
+    /// Response body bytes sent to the client.
+    BytesOut,
+    /// The client's address (after `trusted_proxies`).
+    ClientIp,
+    /// The TCP peer's address.
+    PeerIp,
+    /// The `User-Agent` header (not in the default set).
+    UserAgent,
+    /// The `Referer` header (not in the default set).
+    Referer,
+}
+
+impl AccessLogField {
+    /// The fields of a JSON line when `fields` is not given, in their order: the line
+    /// gatehouse has always written.
+    pub const DEFAULT: &'static [AccessLogField] = &[
+        Self::RequestId,
+        Self::Method,
+        Self::Path,
+        Self::Host,
+        Self::Route,
+        Self::Upstream,
+        Self::Endpoint,
+        Self::Status,
+        Self::Source,
+        Self::Error,
+        Self::Detail,
+        Self::Tries,
+        Self::DurationMs,
+        Self::FilterMs,
+        Self::BytesIn,
+        Self::BytesOut,
+        Self::ClientIp,
+        Self::PeerIp,
+    ];
 }
 
 fn default_true() -> bool {

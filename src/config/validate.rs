@@ -4,7 +4,10 @@ use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 
 use super::error::{did_you_mean, ConfigError, ConfigWarning};
-use super::model::{DiscoveryConfig, GatewayConfig, ListenerConfig, MatchConfig, RetryOn};
+use super::model::{
+    AccessLogConfig, AccessLogFormat, DiscoveryConfig, GatewayConfig, ListenerConfig, MatchConfig,
+    RetryOn,
+};
 use crate::client_addr::TrustedProxies;
 
 /// Returns (errors, warnings); the config is usable only when `errors` is empty.
@@ -31,7 +34,36 @@ pub fn validate(cfg: &GatewayConfig) -> (Vec<ConfigError>, Vec<ConfigWarning>) {
     if cfg.runtime.threads == Some(0) {
         errs.push(ConfigError::at("runtime.threads", "must be at least 1"));
     }
+    access_log(&cfg.access_log, &mut errs);
     (errs, warns)
+}
+
+fn access_log(cfg: &AccessLogConfig, errs: &mut Vec<ConfigError>) {
+    let Some(fields) = &cfg.fields else { return };
+    if cfg.format != AccessLogFormat::Json {
+        errs.push(
+            ConfigError::at(
+                "access_log.fields",
+                "a field list applies to `format: json` only",
+            )
+            .with_hint("remove `fields`, or set `format: json`"),
+        );
+    }
+    if fields.is_empty() {
+        errs.push(
+            ConfigError::at("access_log.fields", "the field list is empty")
+                .with_hint("list at least one field, or set `enabled: false`"),
+        );
+    }
+    let mut seen = std::collections::HashSet::new();
+    for (i, f) in fields.iter().enumerate() {
+        if !seen.insert(f) {
+            errs.push(ConfigError::at(
+                format!("access_log.fields[{i}]"),
+                "this field is already listed",
+            ));
+        }
+    }
 }
 
 fn parse_addr(addr: &str, path: String, errs: &mut Vec<ConfigError>) -> Option<SocketAddr> {
@@ -717,6 +749,35 @@ routes:
             ),
             "{errs:#?}"
         );
+    }
+
+    #[test]
+    fn access_log_field_lists_are_checked() {
+        let base = "listeners: [ { name: a, address: \"127.0.0.1:8080\" } ]\n";
+        let errs = errors(&format!(
+            "{base}access_log: {{ format: common, fields: [status, status] }}\n"
+        ));
+        assert_eq!(
+            errs,
+            [
+                "access_log.fields: a field list applies to `format: json` only",
+                "access_log.fields[1]: this field is already listed",
+            ]
+        );
+        let errs = errors(&format!("{base}access_log: {{ fields: [] }}\n"));
+        assert_eq!(errs, ["access_log.fields: the field list is empty"]);
+        let e = load_str(
+            &format!("{base}access_log: {{ fields: [status, statsu] }}\n"),
+            None,
+        )
+        .unwrap_err();
+        assert!(
+            e.0[0].message.contains("unknown variant `statsu`"),
+            "{}",
+            e.0[0].message
+        );
+        assert_eq!(e.0[0].line, Some(2));
+        assert!(load_str(&format!("{base}access_log: {{ format: combined }}\n"), None).is_ok());
     }
 
     #[test]

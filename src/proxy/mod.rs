@@ -19,9 +19,10 @@
 //!                          cut body is `truncated`); retry on a listed status
 //! response_filter          request id, response filters, body transforms    response.rs
 //! fail_to_proxy            the gateway's answer for a refusal or an error   refusal.rs, respond.rs
-//! logging                  metrics and the access log                       observe.rs
+//! logging                  metrics and the access log                       observe.rs, access_log.rs
 //! ```
 
+pub mod access_log;
 pub mod client_addr;
 pub mod ctx;
 pub mod edge;

@@ -1,10 +1,9 @@
 //! The end of a request: its metrics (by route, status class and who made the status)
 //! and its access-log line.
 
-use std::time::Duration;
-
 use pingora_proxy::Session;
 
+use super::access_log::{self, AccessRecord};
 use super::ctx::RequestCtx;
 use crate::telemetry::{status_class, RouteMetrics, Telemetry, UNROUTED};
 
@@ -17,8 +16,8 @@ pub const CLIENT_CLOSED: u16 = 499;
 /// The access log's `error` for [`CLIENT_CLOSED`].
 const CLIENT_CLOSED_CODE: &str = "client_closed";
 
-/// Counts the finished request and writes its access-log line (when the snapshot's
-/// `access_log` is on).
+/// Counts the finished request and writes its access-log line (when the snapshot has an
+/// access log).
 pub fn finish(tel: &Telemetry, session: &Session, ctx: &RequestCtx) {
     let answered = session
         .response_written()
@@ -31,76 +30,84 @@ pub fn finish(tel: &Telemetry, session: &Session, ctx: &RequestCtx) {
         "upstream"
     };
     count(tel, ctx, status, source);
-    if !ctx.snap.access_log {
+    let Some(cfg) = &ctx.snap.access_log else {
         return;
-    }
-    let elapsed = ctx.started.elapsed();
+    };
     let req = session.req_header();
-    tracing::info!(
-        target: "access",
-        request_id = %ctx.request_id,
-        method = %req.method,
-        path = %ctx.path,
-        host = ctx.host_header.as_ref().and_then(|h| h.to_str().ok()).unwrap_or(""),
-        route = ctx.route_name(),
-        upstream = ctx.upstream_name(),
-        endpoint = ctx.endpoint.as_ref().map_or("", |e| e.address.as_str()),
+    let header = |name: http::header::HeaderName| {
+        req.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    };
+    let rec = AccessRecord {
+        request_id: &ctx.request_id,
+        method: req.method.as_str(),
+        path: &ctx.path,
+        target: req.uri.path_and_query().map_or("", |p| p.as_str()),
+        query: req.uri.query().unwrap_or(""),
+        protocol: protocol(req.version),
+        host: ctx
+            .host_header
+            .as_ref()
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or(""),
+        route: ctx.route_name(),
+        upstream: ctx.upstream_name(),
+        endpoint: ctx.endpoint.as_ref().map_or("", |e| e.address.as_str()),
         status,
         source,
-        error = ctx
+        error: ctx
             .gateway_error
             .map(|g| g.code)
             .or(ctx.body_error)
             .or(answered.is_none().then_some(CLIENT_CLOSED_CODE))
             .unwrap_or(""),
-        tries = ctx.tries,
-        duration_ms = millis(elapsed),
-        filter_ms = millis(ctx.filter_time),
-        bytes_in = session.body_bytes_read(),
-        bytes_out = session.body_bytes_sent(),
-        client_ip = %ctx.client_ip.map(|i| i.to_string()).unwrap_or_default(),
-        peer_ip = %ctx.client.map(|c| c.peer.to_string()).unwrap_or_default(),
-    );
+        detail: None,
+        tries: ctx.tries,
+        duration: ctx.started.elapsed(),
+        filter_time: ctx.filter_time,
+        bytes_in: session.body_bytes_read(),
+        bytes_out: session.body_bytes_sent(),
+        client_ip: ctx.client_ip,
+        peer_ip: ctx.client.map(|c| c.peer),
+        user_agent: header(http::header::USER_AGENT),
+        referer: header(http::header::REFERER),
+    };
+    access_log::write(cfg, &rec);
 }
 
 /// A request pingora's parser refused before any phase (see `respond::unparsed`): the
 /// same metric (unrouted, `source="gateway"`) and access-log line, with what is known (no
-/// method or path: they did not parse) and the parser's error.
+/// method or path: they did not parse) and the parser's error as `detail`.
 pub fn unparsed(tel: &Telemetry, ctx: &RequestCtx, e: &pingora_core::Error) {
     let status = ctx.gateway_error.map_or(400, |g| g.status);
     count(tel, ctx, status, "gateway");
-    if !ctx.snap.access_log {
+    let Some(cfg) = &ctx.snap.access_log else {
         return;
-    }
-    tracing::info!(
-        target: "access",
-        request_id = %ctx.request_id,
-        method = "",
-        path = "",
-        host = "",
-        route = "",
-        upstream = "",
-        endpoint = "",
+    };
+    let rec = AccessRecord {
+        request_id: &ctx.request_id,
         status,
-        source = "gateway",
-        error = ctx.gateway_error.map_or("", |g| g.code),
-        detail = %e,
-        tries = 0,
-        duration_ms = 0.0,
-        filter_ms = 0.0,
-        bytes_in = 0,
-        bytes_out = 0,
-        client_ip = %ctx.client_ip.map(|i| i.to_string()).unwrap_or_default(),
-        peer_ip = %ctx.client_ip.map(|i| i.to_string()).unwrap_or_default(),
-    );
+        source: "gateway",
+        error: ctx.gateway_error.map_or("", |g| g.code),
+        detail: Some(e.to_string()),
+        client_ip: ctx.client_ip,
+        peer_ip: ctx.client_ip,
+        ..Default::default()
+    };
+    access_log::write(cfg, &rec);
 }
 
-/// `d` in milliseconds to the microsecond (at most 3 decimals): `as_secs_f64() * 1000.0`
-/// printed float noise (`23.343404000000003`); a whole number of microseconds divided by
-/// 1000 is the double nearest that decimal, which prints as it.
-fn millis(d: Duration) -> f64 {
-    // u64 microseconds: 584 000 years; f64 is exact below 2^53 µs (285 years).
-    u64::try_from(d.as_micros()).unwrap_or(u64::MAX) as f64 / 1000.0
+/// The request line's protocol as written in it.
+fn protocol(v: http::Version) -> &'static str {
+    match v {
+        http::Version::HTTP_09 => "HTTP/0.9",
+        http::Version::HTTP_10 => "HTTP/1.0",
+        http::Version::HTTP_2 => "HTTP/2.0",
+        http::Version::HTTP_3 => "HTTP/3.0",
+        _ => "HTTP/1.1",
+    }
 }
 
 /// The request metrics of a finished request.
@@ -124,26 +131,5 @@ fn count(tel: &Telemetry, ctx: &RequestCtx, status: u16, source: &str) {
     m.request_duration_all.observe(elapsed.as_secs_f64());
     if status >= 500 {
         m.errors_all.inc();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn millis_have_at_most_three_decimals() {
-        let d = Duration::from_nanos(23_343_404_123);
-        assert_eq!(millis(d).to_string(), "23343.404");
-        assert_eq!(
-            millis(Duration::from_nanos(23_343_404)).to_string(),
-            "23.343"
-        );
-        assert_eq!(millis(Duration::from_micros(100)).to_string(), "0.1");
-        assert_eq!(
-            serde_json::json!(millis(Duration::from_nanos(1_999))).to_string(),
-            "0.001"
-        );
-        assert_eq!(millis(Duration::ZERO), 0.0);
     }
 }

@@ -232,7 +232,7 @@ pub fn compile(
         upstreams,
         owned_headers,
         listeners,
-        access_log: cfg.access_log.enabled,
+        access_log: cfg.access_log.enabled.then(|| cfg.access_log.clone()),
         loaded,
         loaded_at: SystemTime::now(),
     })

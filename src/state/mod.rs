@@ -88,8 +88,8 @@ pub struct Snapshot {
     pub owned_headers: Vec<http::HeaderName>,
     /// Each listener's trusted proxies and PROXY protocol setting.
     pub listeners: Vec<ListenerTrust>,
-    /// Whether requests are written to the access log (`access_log.enabled`).
-    pub access_log: bool,
+    /// The access log's format and fields; `None` when `access_log.enabled` is false.
+    pub access_log: Option<crate::config::model::AccessLogConfig>,
     /// When it was loaded.
     pub loaded_at: SystemTime,
 }

@@ -153,3 +153,61 @@ async fn a_client_that_gives_up_is_a_499_not_a_gateway_5xx() {
     let ups = admin_json(&gw, "/admin/upstreams").await;
     assert_eq!(ups["a"]["endpoints"][0]["ejections"], 0, "{ups}");
 }
+
+/// `access_log.fields` picks and orders a JSON line's fields; `format: combined` writes
+/// nginx's combined line (escaping a forged quote); both switch on a hot reload.
+#[tokio::test]
+async fn access_log_field_list_and_combined_format_switch_on_reload() {
+    let a = TestUpstream::start("a").await;
+    let with = |access: &str| {
+        base(&upstream_yaml("a", &[(&a.addr, 1)]), ALL_TO_A).replace(
+            "upstreams:\n",
+            &format!("access_log: {access}\nupstreams:\n"),
+        )
+    };
+    let json = with("{ fields: [status, method, query, user_agent] }");
+    let gw = TestGateway::start(&json).await;
+    let ua = [("user-agent", "probe/1 \"q\"")];
+    assert_eq!(get_with(&gw, "/x?k=v", &ua).await.status(), 200);
+    let line = eventually_line(&gw, "\"query\":\"k=v\"").await;
+    let v: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["fields"].as_object().unwrap().len(), 4, "{line}");
+    assert!(
+        line.contains(
+            "\"fields\":{\"status\":200,\"method\":\"GET\",\"query\":\"k=v\",\"user_agent\":"
+        ),
+        "the listed fields in their order: {line}"
+    );
+    assert_eq!(v["fields"]["user_agent"], "probe/1 \"q\"");
+    assert_eq!(v["target"], "access");
+
+    let combined = with("{ format: combined }");
+    gw.write_config(&combined);
+    assert_applied(&gw, &combined).await;
+    let headers = [
+        ("user-agent", "probe/2 \"q\""),
+        ("referer", "http://r.example/"),
+    ];
+    assert_eq!(get_with(&gw, "/y/z?k=1", &headers).await.status(), 200);
+    let line = eventually_line(&gw, "\"GET /y/z?k=1 HTTP/1.1\"").await;
+    let re = regex::Regex::new(
+        r#"^127\.0\.0\.1 - - \[\d{2}/[A-Z][a-z]{2}/\d{4}:\d{2}:\d{2}:\d{2} \+0000\] "GET /y/z\?k=1 HTTP/1\.1" 200 \d+ "http://r\.example/" "probe/2 \\x22q\\x22"$"#,
+    )
+    .unwrap();
+    assert!(re.is_match(&line), "not nginx's combined format: {line}");
+}
+
+/// The first log line containing `needle` (waits up to 5 s for it to be written).
+async fn eventually_line(gw: &TestGateway, needle: &str) -> String {
+    let mut found = None;
+    eventually(std::time::Duration::from_secs(5), async || {
+        found = gw
+            .logs()
+            .lines()
+            .find(|l| l.contains(needle))
+            .map(str::to_owned);
+        found.is_some()
+    })
+    .await;
+    found.unwrap_or_else(|| panic!("no log line with {needle}: {}", gw.logs()))
+}

@@ -826,7 +826,7 @@ async fn demo_starts_all_services_with_a_generated_secret() {
     dep.env.remove("GATEHOUSE_MODE");
     // The demo's gateway, on free ports in front of this deployment's services: the shipped
     // config/demo.yaml with its ports replaced.
-    let gw_ports = free_ports(2);
+    let gw_ports = free_ports(3);
     let shipped = std::fs::read_to_string(
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/demo.yaml"),
     )
@@ -849,10 +849,14 @@ async fn demo_starts_all_services_with_a_generated_secret() {
         .replace(
             "127.0.0.1:3005",
             &format!("127.0.0.1:{}", dep.ports["notification"]),
-        );
+        )
+        // Health checks every second, so that a stopped service is seen within seconds.
+        .replace("interval: 10s", "interval: 1s");
     let config_path = dep.dir.join("demo.yaml");
     std::fs::write(&config_path, config).unwrap();
     dep.set("GATEHOUSE_DEMO_CONFIG", config_path.to_str().unwrap());
+    let control = format!("127.0.0.1:{}", gw_ports[2]);
+    dep.set("GATEHOUSE_DEMO_CONTROL", &control);
     let d = dep
         .start("demo", &["payment", "notification", "user", "transaction"])
         .await;
@@ -932,6 +936,164 @@ async fn demo_starts_all_services_with_a_generated_secret() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200, "an ADMIN passes the gateway's role check");
+
+    let admin = format!("http://127.0.0.1:{}", gw_ports[1]);
+    demo_payment_failing_every_operation_shows_on_the_dashboard(&c, &gateway, &admin, &token).await;
+    demo_control_stops_and_starts_one_service(&c, &admin, &control, &dep).await;
+}
+
+/// The payment service's fault injection set to fail every debit: transfers through the
+/// gateway end FAILED while the gateway itself sees only the transaction service's 2xx; the
+/// dashboard's status reads the payment service's own operation counters and says so.
+#[cfg(feature = "demo")]
+async fn demo_payment_failing_every_operation_shows_on_the_dashboard(
+    c: &reqwest::Client,
+    gateway: &str,
+    admin: &str,
+    token: &str,
+) {
+    let r = c
+        .put(format!("{gateway}/api/payment/admin/faults"))
+        .bearer_auth(token)
+        .json(&json!({ "fail": 1.0 }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "the demo's ADMIN turns on payment faults");
+    let mut accounts = Vec::new();
+    for balance in [1000, 0] {
+        let r = c
+            .post(format!("{gateway}/api/payment/accounts"))
+            .bearer_auth(token)
+            .json(&json!({ "initial_balance": balance }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        accounts.push(
+            r.json::<Value>().await.unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    let status = eventually("the payment service's failures on /admin/status", Duration::from_secs(60), || {
+        let (c, gateway, admin, token, accounts) = (c.clone(), gateway.to_string(), admin.to_string(), token.to_string(), accounts.clone());
+        async move {
+            // A few transfers per poll: each tries its debit and fails.
+            for _ in 0..3 {
+                let r = c
+                    .post(format!("{gateway}/api/transaction/transfers"))
+                    .bearer_auth(&token)
+                    .json(&json!({ "from_account": accounts[0], "to_account": accounts[1], "amount": 1 }))
+                    .send()
+                    .await
+                    .ok()?;
+                assert!(r.status().is_success(), "the gateway sees a 2xx: {}", r.status());
+            }
+            let v: Value = c.get(format!("{admin}/admin/status")).send().await.ok()?.json().await.ok()?;
+            let payment = v["services"].as_array()?.iter().find(|s| s["name"] == "payment")?.clone();
+            // Every debit fails; the voids that follow succeed (faults hit debits and
+            // credits only): about 2 of 3 operations fail.
+            (payment["operations"]["error_rate"].as_f64()? >= 0.5).then_some(v)
+        }
+    })
+    .await;
+    assert_eq!(status["status"], "DEGRADED", "{status}");
+    let reason = status["status_reason"].as_str().unwrap();
+    assert!(reason.contains("service payment"), "{reason}");
+    let r = c
+        .put(format!("{gateway}/api/payment/admin/faults"))
+        .bearer_auth(token)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+/// The demo's control API stops the payment service (its port closes): the gateway's health
+/// checks mark it down on the dashboard; started again, it is healthy again.
+#[cfg(feature = "demo")]
+async fn demo_control_stops_and_starts_one_service(
+    c: &reqwest::Client,
+    admin: &str,
+    control: &str,
+    dep: &Deployment,
+) {
+    let healthy = |want: u64| {
+        let (c, admin) = (c.clone(), admin.to_string());
+        async move {
+            let v: Value = c
+                .get(format!("{admin}/admin/status"))
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            let up = v["upstreams"]
+                .as_array()?
+                .iter()
+                .find(|u| u["name"] == "payment")?
+                .clone();
+            (up["healthy_endpoints"].as_u64()? == want).then_some(v)
+        }
+    };
+    let r = c
+        .post(format!("http://{control}/services/payment/stop"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["state"], "stopped");
+    assert!(
+        c.get(format!("{}/health", dep.url("payment")))
+            .send()
+            .await
+            .is_err(),
+        "a stopped service's port refuses connections"
+    );
+    let v = eventually(
+        "payment down on /admin/status",
+        Duration::from_secs(20),
+        || healthy(0),
+    )
+    .await;
+    assert_ne!(v["status"], "HEALTHY", "{v}");
+    let r = c
+        .get(format!("http://{control}/services"))
+        .send()
+        .await
+        .unwrap();
+    let list: Value = r.json().await.unwrap();
+    let states: Vec<(&str, &str)> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["name"].as_str().unwrap(), s["state"].as_str().unwrap()))
+        .collect();
+    assert!(
+        states.contains(&("payment", "stopped")) && states.contains(&("user", "serving")),
+        "{states:?}"
+    );
+
+    let r = c
+        .post(format!("http://{control}/services/payment/start"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.json::<Value>().await.unwrap()["state"], "serving");
+    eventually("payment healthy again", Duration::from_secs(20), || {
+        healthy(1)
+    })
+    .await;
+    let r = c
+        .post(format!("http://{control}/services/nope/stop"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
 }
 
 #[test]
