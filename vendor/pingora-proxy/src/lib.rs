@@ -392,6 +392,14 @@ where
                     sent.unwrap_or_else(|e| {
                         error!("failed to send error response to downstream: {e}");
                     });
+                } else if matches!(e.etype, ReadTimedout | ConnectionClosed | ReadError) {
+                    // gatehouse patch 9: a client that stalls (slowloris) or leaves in the
+                    // middle of its header is the client's doing: one ERROR line per such
+                    // connection let an attacker flood the log.
+                    debug!(
+                        "Fail to proxy: {e}, downstream session type: {}",
+                        downstream_session.session_type()
+                    );
                 } else {
                     // otherwise the connection must be broken, no need to send anything
                     error!(
