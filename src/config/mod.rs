@@ -65,11 +65,14 @@ impl LoadedConfig {
 }
 
 /// Sets `e`'s file, and its line:column from the index unless it has them already
-/// (the index is only built when an error needs it).
+/// (the index is only built when an error needs it). An error about the document itself
+/// (an empty path: an empty file, a root that is no mapping) is at 1:1, so that every
+/// error names a place (found by the config fuzz target: the empty file had none).
 fn locate(e: &mut ConfigError, file: Option<&Path>, positions: &LazyPositions) {
     e.file = file.map(Path::to_path_buf);
     if e.line.is_none() {
-        if let Some((line, col)) = positions.get().locate(&e.path) {
+        let found = positions.get().locate(&e.path);
+        if let Some((line, col)) = found.or_else(|| e.path.is_empty().then_some((1, 1))) {
             e.line = Some(line);
             e.column = Some(col);
         }
@@ -325,6 +328,28 @@ mod tests {
     use super::*;
 
     const MINIMAL: &str = "listeners:\n  - name: public\n    address: 127.0.0.1:8080\nupstreams:\n  app:\n    discovery:\n      static:\n        - address: 127.0.0.1:3001\nroutes:\n  - name: all\n    match: { path_prefix: / }\n    upstream: app\n";
+
+    #[test]
+    fn every_error_names_a_place_even_about_the_whole_document() {
+        for text in [
+            "",
+            "   \n\n",
+            "just a string",
+            "[1, 2]",
+            "a: &x 1\nb: *x\n<<: 5\n",
+        ] {
+            let Err(errors) = load_str(text, None) else {
+                panic!("{text:?} loaded");
+            };
+            for e in &errors.0 {
+                assert!(e.line.is_some() || !e.path.is_empty(), "{text:?}: {e:?}");
+            }
+        }
+        let Err(errors) = load_str("", None) else {
+            panic!("empty loaded");
+        };
+        assert_eq!((errors.0[0].line, errors.0[0].column), (Some(1), Some(1)));
+    }
 
     #[test]
     fn loads_minimal() {

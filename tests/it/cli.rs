@@ -40,7 +40,7 @@ fn validate_reports_errors_with_locations() {
             ],
         ),
         ("duration.yaml", "listeners: [ { name: a, address: \"127.0.0.1:1\" } ]\nshutdown: { grace_period: 10 parsecs }\n", &["duration.yaml:2:", "shutdown.grace_period", "invalid duration"]),
-        ("empty.yaml", "", &["the config file is empty"]),
+        ("empty.yaml", "", &["empty.yaml:1:1: the config file is empty"]),
     ];
     for (file, text, expect) in cases {
         let p = dir.path().join(file);
