@@ -1040,13 +1040,15 @@ async fn demo_control_stops_and_starts_one_service(
             (up["healthy_endpoints"].as_u64()? == want).then_some(v)
         }
     };
-    let r = c
-        .post(format!("http://{control}/services/payment/stop"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    assert_eq!(r.json::<Value>().await.unwrap()["state"], "stopped");
+    let switch = |path: &'static str| {
+        let (c, url) = (c.clone(), format!("http://{control}/services/{path}"));
+        async move {
+            let r = c.post(url).send().await.unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }
+    };
+    let (status, v) = switch("payment/stop").await;
+    assert_eq!((status, &v["state"]), (200, &json!("stopped")));
     assert!(
         c.get(format!("{}/health", dep.url("payment")))
             .send()
@@ -1078,22 +1080,13 @@ async fn demo_control_stops_and_starts_one_service(
         "{states:?}"
     );
 
-    let r = c
-        .post(format!("http://{control}/services/payment/start"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.json::<Value>().await.unwrap()["state"], "serving");
+    let (status, v) = switch("payment/start").await;
+    assert_eq!((status, &v["state"]), (200, &json!("serving")));
     eventually("payment healthy again", Duration::from_secs(20), || {
         healthy(1)
     })
     .await;
-    let r = c
-        .post(format!("http://{control}/services/nope/stop"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 404);
+    assert_eq!(switch("nope/stop").await.0, 404);
 }
 
 #[test]
