@@ -258,6 +258,7 @@ fn run_filter(f: &dyn Filter, req: &mut RequestHeader) -> bool {
         body_prefix: None,
         claims: None,
         response_headers: Vec::new(),
+        state: &Default::default(),
     };
     matches!(
         f.on_request(req, &mut cx).now_or_never(),

@@ -108,6 +108,9 @@ pub fn build_state(
         service_pools: Default::default(),
         draining: std::sync::atomic::AtomicBool::new(false),
     });
+    state.filter_runtime.wasm().set_upstreams(Arc::new(
+        crate::state::calls::SnapshotUpstreams::new(&state),
+    ));
     Ok(state)
 }
 

@@ -326,6 +326,7 @@ mod tests {
         let cx = ResponseCx {
             route: "r",
             request: req,
+            state: &Default::default(),
         };
         f.on_response(resp, &cx).unwrap().expect("a compressor")
     }
@@ -392,6 +393,7 @@ mod tests {
         let cx = ResponseCx {
             route: "r",
             request: &req,
+            state: &Default::default(),
         };
         assert!(f
             .on_response(&mut response("application/json", Some(100)), &cx)
@@ -411,7 +413,8 @@ mod tests {
                 &mut response("text/plain", Some(100_000)),
                 &ResponseCx {
                     route: "r",
-                    request: &head
+                    request: &head,
+                    state: &Default::default(),
                 }
             )
             .unwrap()
@@ -423,7 +426,8 @@ mod tests {
                 &mut r,
                 &ResponseCx {
                     route: "r",
-                    request: &plain
+                    request: &plain,
+                    state: &Default::default(),
                 }
             )
             .unwrap()

@@ -384,6 +384,7 @@ mod tests {
             &ResponseCx {
                 route: "r",
                 request: &req,
+                state: &Default::default(),
             },
         )
         .unwrap();

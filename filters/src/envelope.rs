@@ -189,6 +189,7 @@ mod tests {
                 &ResponseCx {
                     route: "r",
                     request: &req,
+                    state: &Default::default(),
                 },
             )
             .unwrap();

@@ -22,13 +22,14 @@ use crate::{BodyTransform, BuildError, Filter, FilterError, FilterOutcome, Reque
 
 /// The kinds built into this crate, as written in YAML. A custom kind may not take one
 /// of these names.
-pub const BUILT_IN_KINDS: [&str; 6] = [
+pub const BUILT_IN_KINDS: [&str; 7] = [
     "jwt",
     "rate_limit",
     "headers",
     "cors",
     "compression",
     "envelope",
+    "wasm",
 ];
 
 /// Builds the runtime [`Filter`] of one custom filter kind from its typed config.
@@ -444,7 +445,7 @@ mod tests {
             .unwrap();
         assert_eq!(
             e.message,
-            "unknown filter kind `ecko`; known kinds: jwt, rate_limit, headers, cors, compression, envelope, echo"
+            "unknown filter kind `ecko`; known kinds: jwt, rate_limit, headers, cors, compression, envelope, wasm, echo"
         );
     }
 

@@ -24,7 +24,9 @@ pub mod metrics;
 pub mod rate_limit;
 pub mod refusal_log;
 pub mod size;
+pub mod state;
 mod util;
+pub mod wasm;
 
 use std::borrow::Cow;
 use std::net::IpAddr;
@@ -44,6 +46,7 @@ pub use factory::{
 };
 pub use metrics::FilterMetrics;
 pub use rate_limit::RedisSettings;
+pub use state::FilterState;
 
 /// One entry of a route's `filters:` list: `- headers: {..}`, `- jwt: {..}`, or a custom
 /// kind registered in [`FilterKinds`] (`- api_key: {..}`).
@@ -67,6 +70,8 @@ pub enum FilterConfig {
     Compression(compression::CompressionConfig),
     /// Wrap JSON response bodies as `{"timestamp", "success", "data"}`.
     Envelope(envelope::EnvelopeConfig),
+    /// Run a proxy-wasm filter module (ABI v0.2.1).
+    Wasm(Box<wasm::WasmConfig>),
     /// A kind that is not built in (its schema comes from its factory, see
     /// [`FilterKinds::schemas`]).
     #[schemars(skip)]
@@ -83,6 +88,7 @@ impl FilterConfig {
             FilterConfig::Cors(_) => "cors",
             FilterConfig::Compression(_) => "compression",
             FilterConfig::Envelope(_) => "envelope",
+            FilterConfig::Wasm(_) => "wasm",
             FilterConfig::Custom(c) => &c.kind,
         }
     }
@@ -109,6 +115,7 @@ impl Serialize for FilterConfig {
             FilterConfig::Cors(c) => map.serialize_entry("cors", c)?,
             FilterConfig::Compression(c) => map.serialize_entry("compression", c)?,
             FilterConfig::Envelope(c) => map.serialize_entry("envelope", c)?,
+            FilterConfig::Wasm(c) => map.serialize_entry("wasm", c)?,
             FilterConfig::Custom(c) => map.serialize_entry(&c.kind, &c.config)?,
         }
         map.end()
@@ -145,6 +152,7 @@ impl<'de> serde::de::Visitor<'de> for FilterConfigVisitor {
             "cors" => FilterConfig::Cors(map.next_value()?),
             "compression" => FilterConfig::Compression(map.next_value()?),
             "envelope" => FilterConfig::Envelope(map.next_value()?),
+            "wasm" => FilterConfig::Wasm(map.next_value()?),
             _ => FilterConfig::Custom(CustomFilterConfig {
                 config: map.next_value()?,
                 kind,
@@ -178,6 +186,7 @@ pub struct FilterRuntime {
     redis: Option<Arc<rate_limit::redis_store::RedisStore>>,
     local: rate_limit::local::LocalLimiters,
     jwks: jwt::jwks::JwksCaches,
+    wasm: Arc<gatehouse_wasm::WasmRuntime>,
     /// `Some` when secrets named by `*_env` may be missing (checking a config without
     /// production secrets): the names of those that were.
     missing_env: Option<std::sync::Mutex<std::collections::BTreeSet<String>>>,
@@ -210,6 +219,7 @@ impl FilterRuntime {
             redis,
             local: Default::default(),
             jwks: Default::default(),
+            wasm: wasm::runtime(registry)?,
             missing_env: None,
         })
     }
@@ -271,6 +281,12 @@ impl FilterRuntime {
         &self.metrics
     }
 
+    /// The wasm host shared by every `wasm` filter (module cache, shared data, guest
+    /// metrics); the gateway sets its upstream resolver for `proxy_http_call`.
+    pub fn wasm(&self) -> &Arc<gatehouse_wasm::WasmRuntime> {
+        &self.wasm
+    }
+
     /// Whether a `redis:` section was given.
     pub fn has_redis(&self) -> bool {
         self.redis.is_some()
@@ -291,14 +307,18 @@ impl FilterRuntime {
 impl Default for FilterRuntime {
     /// No Redis; metrics on a private registry (for `validate` and tests).
     fn default() -> Self {
-        let metrics = FilterMetrics::register(&prometheus::Registry::new(), false)
-            .unwrap_or_else(|_| FilterMetrics::disabled());
+        let registry = prometheus::Registry::new();
+        let metrics =
+            FilterMetrics::register(&registry, false).unwrap_or_else(|_| FilterMetrics::disabled());
         Self {
             kinds: FilterKinds::new(),
             metrics,
             redis: None,
             local: Default::default(),
             jwks: Default::default(),
+            wasm: wasm::runtime(&registry)
+                .or_else(|_| wasm::runtime(&prometheus::Registry::new()))
+                .unwrap_or_else(|e| panic!("the wasm host cannot start: {e}")),
             missing_env: None,
         }
     }
@@ -377,6 +397,7 @@ pub fn build_with(
         FilterConfig::Cors(c) => Ok(Arc::new(cors::Cors::new(c)?)),
         FilterConfig::Compression(c) => Ok(Arc::new(compression::Compression::new(c)?)),
         FilterConfig::Envelope(c) => Ok(Arc::new(envelope::Envelope::new(c)?)),
+        FilterConfig::Wasm(c) => Ok(Arc::new(wasm::Wasm::new(c, cx, runtime)?)),
         FilterConfig::Custom(c) => runtime.kinds.build(c, cx),
     }
 }
@@ -456,6 +477,8 @@ pub struct RequestCx<'a> {
     /// Headers to add to the response sent downstream (e.g. `RateLimit-*` on allowed
     /// requests, CORS headers on simple requests).
     pub response_headers: Vec<(HeaderName, HeaderValue)>,
+    /// What filters keep for this request until its response phase ([`ResponseCx::state`]).
+    pub state: &'a FilterState,
 }
 
 /// A request context of route `r` with nothing known, for unit tests.
@@ -468,6 +491,7 @@ pub(crate) fn test_cx() -> RequestCx<'static> {
         body_prefix: None,
         claims: None,
         response_headers: Vec::new(),
+        state: Box::leak(Box::default()),
     }
 }
 
@@ -478,6 +502,8 @@ pub struct ResponseCx<'a> {
     pub route: &'a str,
     /// The downstream request (after request filters ran).
     pub request: &'a RequestHeader,
+    /// What filters kept from this request's request phase ([`RequestCx::state`]).
+    pub state: &'a FilterState,
 }
 
 /// A per-request transformation of the response body (compression, envelope), returned

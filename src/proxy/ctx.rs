@@ -89,6 +89,9 @@ pub struct RequestCtx {
     pub resilience: super::resilience::RequestResilience,
     /// Time spent in filters, request and response phases (the access log's `filter_ms`).
     pub filter_time: Duration,
+    /// What filters keep from the request phase to the response phase (a wasm filter's
+    /// guest context); dropped, and so ended, with the request.
+    pub filter_state: gatehouse_filters::FilterState,
 }
 
 impl RequestCtx {
@@ -120,6 +123,7 @@ impl RequestCtx {
             try_outcome_recorded: false,
             resilience: Default::default(),
             filter_time: Duration::ZERO,
+            filter_state: Default::default(),
         }
     }
 

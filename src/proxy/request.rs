@@ -133,6 +133,7 @@ async fn run_part(
         body_prefix,
         claims: claims.take(),
         response_headers: Vec::new(),
+        state: &ctx.filter_state,
     };
     let mut spent = ctx.filter_time;
     let result = route
@@ -154,18 +155,19 @@ async fn run_part(
                 headers: resp.headers,
             },
             None => {
-                // A successful answer made by a filter (a CORS preflight).
+                // An answer made by a filter (a CORS preflight, a wasm filter's local
+                // response): its own content type, when it gives one, replaces the default.
                 let body = resp.body.unwrap_or_default();
                 let status = resp.status.as_u16();
-                let sent = respond::write(
-                    session,
-                    ctx,
-                    status,
-                    None,
-                    &resp.headers,
-                    "text/plain",
-                    body,
-                );
+                let (types, headers): (Vec<_>, Vec<_>) = resp
+                    .headers
+                    .into_iter()
+                    .partition(|(n, _)| n == http::header::CONTENT_TYPE);
+                let content_type = types
+                    .first()
+                    .and_then(|(_, v)| v.to_str().ok())
+                    .unwrap_or("text/plain");
+                let sent = respond::write(session, ctx, status, None, &headers, content_type, body);
                 if let Err(e) = sent.await {
                     tracing::debug!(error = %e, "could not send filter response");
                 }

@@ -26,6 +26,7 @@ pub fn to_downstream(
     let cx = ResponseCx {
         route: &route.name,
         request: req,
+        state: &ctx.filter_state,
     };
     let errors =
         route

@@ -2,6 +2,7 @@
 //! long-lived state that outlives snapshots (telemetry, filter runtime), the maintenance
 //! loop that walks the current snapshot, and the gauges synced from it.
 
+pub mod calls;
 pub mod compile;
 pub mod maintain;
 pub mod publish;

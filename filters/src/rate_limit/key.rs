@@ -138,6 +138,7 @@ mod tests {
             body_prefix: body,
             claims: Some(Arc::new(serde_json::json!({"sub": "u1", "n": 5}))),
             response_headers: Vec::new(),
+            state: Box::leak(Box::default()),
         }
     }
 

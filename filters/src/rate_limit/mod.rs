@@ -434,6 +434,7 @@ mod tests {
             body_prefix: body,
             claims: None,
             response_headers: Vec::new(),
+            state: Box::leak(Box::default()),
         }
     }
 

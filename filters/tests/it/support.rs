@@ -82,6 +82,7 @@ pub async fn run(
         body_prefix: body,
         claims,
         response_headers: Vec::new(),
+        state: &Default::default(),
     };
     let out = f.on_request(&mut req, &mut cx).await.unwrap();
     let claims = cx.claims.clone();

@@ -1,0 +1,129 @@
+//! What a store carries between the host functions of one instance: the limits, the plugin's
+//! settings, the guest's memory and allocator, and the one HTTP stream being called into.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use pingora_http::{RequestHeader, ResponseHeader};
+use wasmtime::{Memory, TypedFunc};
+
+use crate::metrics::GuestMetric;
+use crate::plugin::PluginShared;
+
+/// A local response the guest asked for (`proxy_send_local_response`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalResponse {
+    /// HTTP status.
+    pub status: u16,
+    /// Headers, in the guest's order.
+    pub headers: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Body (may be empty).
+    pub body: Vec<u8>,
+    /// The guest's "status code details" (for the log).
+    pub details: String,
+}
+
+/// A `proxy_http_call` waiting to be sent.
+#[derive(Debug, Clone)]
+pub struct CallRequest {
+    /// The token the guest got back.
+    pub token: u32,
+    /// The upstream named by the guest.
+    pub upstream: String,
+    /// Headers including `:method`, `:path`, `:authority`.
+    pub headers: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Request body.
+    pub body: Vec<u8>,
+    /// Timeout asked by the guest.
+    pub timeout: std::time::Duration,
+}
+
+/// What came back from a `proxy_http_call` (no headers: the call failed).
+#[derive(Debug, Clone, Default)]
+pub struct CallAnswer {
+    /// Headers with `:status` first; empty when the call failed.
+    pub headers: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Body.
+    pub body: Vec<u8>,
+}
+
+/// What the gateway knows about the request besides its header, for `proxy_get_property`.
+#[derive(Debug, Clone, Default)]
+pub struct StreamInfo {
+    /// The client's address (the TCP peer).
+    pub client_ip: Option<IpAddr>,
+    /// The gateway's request id.
+    pub request_id: String,
+    /// The route's name.
+    pub route: String,
+}
+
+/// The HTTP stream the instance is serving now. The headers are moved in for the duration of
+/// one guest call (swapped with placeholders, so no allocation) and moved back after it.
+pub(crate) struct Stream {
+    pub request: RequestHeader,
+    pub has_request: bool,
+    pub response: ResponseHeader,
+    pub has_response: bool,
+    /// The body buffer of the current body callback, and which one it is (`abi::buffer`).
+    pub body: Vec<u8>,
+    pub body_kind: Option<i32>,
+    pub body_writable: bool,
+    pub local: Option<LocalResponse>,
+    pub calls: Vec<CallRequest>,
+    pub answer: Option<CallAnswer>,
+    pub resumed: bool,
+    pub info: StreamInfo,
+    pub properties: HashMap<Vec<u8>, Vec<u8>>,
+}
+
+impl Stream {
+    pub fn new() -> Result<Self, String> {
+        let request = RequestHeader::build("GET", b"/", Some(0)).map_err(|e| e.to_string())?;
+        let response = ResponseHeader::build(200, Some(0)).map_err(|e| e.to_string())?;
+        Ok(Self {
+            request,
+            has_request: false,
+            response,
+            has_response: false,
+            body: Vec::new(),
+            body_kind: None,
+            body_writable: false,
+            local: None,
+            calls: Vec::new(),
+            answer: None,
+            resumed: false,
+            info: StreamInfo::default(),
+            properties: HashMap::new(),
+        })
+    }
+
+    /// Forgets the last stream (the headers were swapped back already).
+    pub fn reset(&mut self, info: StreamInfo) {
+        self.body.clear();
+        self.body_kind = None;
+        self.local = None;
+        self.calls.clear();
+        self.answer = None;
+        self.resumed = false;
+        self.info = info;
+        self.properties.clear();
+    }
+}
+
+/// The data of one store (one instance).
+pub(crate) struct HostState {
+    pub limiter: crate::instance::Limiter,
+    pub plugin: Arc<PluginShared>,
+    pub memory: Option<Memory>,
+    pub alloc: Option<TypedFunc<u32, u32>>,
+    pub stream: Stream,
+    /// Whether the current call is into the root context (configure, tick).
+    pub in_root: bool,
+    /// Set by `proxy_set_tick_period_milliseconds` (0: no timer).
+    pub tick_period_ms: u32,
+    pub next_token: u32,
+    /// Guest metrics this instance used, by id (filled from the process table on first use).
+    pub metrics: HashMap<u32, GuestMetric>,
+}
