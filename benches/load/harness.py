@@ -48,7 +48,14 @@ TARGETS = {
     "d": "gatehouse plain",
     "e": "gatehouse full",
     "f": "gatehouse full+redis",
+    "g": "gatehouse + no-op wasm filter",
+    "h": "gatehouse + header wasm filter",
+    "i": "gatehouse + header Rust filter",
 }
+
+# gatehouse targets: the config variant of each (configs.GATEHOUSE) and its process name.
+VARIANTS = {"d": "plain", "e": "full", "f": "full_redis", "g": "wasm_noop", "h": "wasm_header",
+            "i": "rust_header"}
 
 
 def log(msg: str) -> None:
@@ -104,7 +111,7 @@ class Settings:
             duration=int(os.environ.get("DURATION", "3" if check else "10")),
             warmup=int(os.environ.get("WARMUP", "1" if check else "2")),
             conns=[int(c) for c in os.environ.get("CONNS", "64,1000").split(",") if c],
-            targets=[t.strip() for t in os.environ.get("TARGETS", "a,b,c,d,e,f").split(",") if t.strip()],
+            targets=[t.strip() for t in os.environ.get("TARGETS", "a,b,c,d,e,f,g,h,i").split(",") if t.strip()],
             proxy_cpu=proxy_cpu,
             load_cpu=load_cpu,
             upstream_cpu=int(os.environ.get("UPSTREAM_CPU", str(load_cpu))),
@@ -437,6 +444,17 @@ class Harness:
         if not pong.startswith(b"+PONG"):
             raise RuntimeError(f"Redis at {self.redis_addr} answered {pong!r}")
 
+    # -- the proxy-wasm module of (g) and (h), built once per run
+    def wasm_module(self) -> str:
+        if getattr(self, "_wasm_module", None) is None:
+            env = dict(os.environ, CARGO_TARGET_DIR=default_target_dir())
+            out = subprocess.run(["bash", os.path.join(ROOT, "tests", "wasm-guests", "build.sh"), "-p", "guest-bench"],
+                                 capture_output=True, text=True, timeout=1200, env=env)
+            if out.returncode != 0:
+                raise RuntimeError(f"building the wasm bench guest failed:\n{out.stderr}")
+            self._wasm_module = os.path.join(out.stdout.strip().splitlines()[-1], "guest_bench.wasm")
+        return self._wasm_module
+
     # -- the shared upstream
     def start_upstream(self) -> None:
         self.upstream_port = free_port()
@@ -480,7 +498,7 @@ class Harness:
         if not os.access(s.gatehouse_bin, os.X_OK):
             raise FileNotFoundError(
                 f"{s.gatehouse_bin} missing: cargo build --release (or BUILD=1, or GATEHOUSE_BIN=...)")
-        variant = {"d": "plain", "e": "full", "f": "full_redis"}[key]
+        variant = VARIANTS[key]
         if key == "f":
             self.ensure_redis()
         admin_port = free_port()
@@ -491,6 +509,7 @@ class Harness:
                 jwt_secret=self.secret, jwt_issuer=configs.JWT_ISSUER,
                 jwt_audience=configs.JWT_AUDIENCE, redis_addr=self.redis_addr,
                 rl_algorithm=configs.RL_ALGORITHM,
+                wasm_module=self.wasm_module() if key in ("g", "h") else "",
                 redis_timeout_line=f"  timeout: {configs.REDIS_TIMEOUT}\n" if configs.REDIS_TIMEOUT else ""))
         v = subprocess.run([s.gatehouse_bin, "validate", "-c", conf], capture_output=True, text=True,
                            timeout=30)
@@ -625,8 +644,8 @@ class Harness:
                     self.sanity(t)
                     per_round.setdefault(key, []).append(self.measure(t))
                 except Exception as e:
-                    name = {"b": "nginx-proxy", "c": "bare-proxy", "d": "gatehouse-plain",
-                            "e": "gatehouse-full", "f": "gatehouse-full_redis"}.get(key, "upstream")
+                    name = {"b": "nginx-proxy", "c": "bare-proxy"}.get(key) or \
+                        (f"gatehouse-{VARIANTS[key]}" if key in VARIANTS else "upstream")
                     tail = log_tail(self.tmp, name)
                     self.failures[key] = f"{e}" + (f"\n--- log tail ---\n{tail}" if tail else "")
                     log(f"target {key} ({TARGETS[key]}) FAILED: {self.failures[key]}")
@@ -755,6 +774,10 @@ def issue_targets(results: dict, mem: dict, conns: list[int]) -> list[dict]:
     v = pr("d", "b"); add(f"plain / nginx req/s @{small}", v, ">= 0.60", v is not None and v >= 0.60)
     v = pr("e", "d"); add(f"full / plain req/s @{small}", v, ">= 0.85", v is not None and v >= 0.85)
     v = pr("f", "d"); add(f"full+redis / plain req/s @{small}", v, ">= 0.70", v is not None and v >= 0.70)
+    # Issue 21: a no-op proxy-wasm filter costs at most 10% of a plain route's throughput.
+    v = pr("g", "d"); add(f"no-op wasm / plain req/s @{small}", v, ">= 0.90", v is not None and v >= 0.90)
+    v = pr("h", "i"); add(f"header wasm / header Rust req/s @{small}", v, "(reported)", True)
+    v = pr("i", "d"); add(f"header Rust / plain req/s @{small}", v, "(reported)", True)
     for k in ("d", "e", "f"):
         r = run(k, big)
         if not r or not many:

@@ -14,9 +14,11 @@ mod http;
 mod ports;
 mod redis;
 mod upstream;
+mod wasm;
 
 pub use gateway::{example_bin, fill, gatehouse_bin, TestGateway};
 pub use http::{admin_json, client, eventually, get_json, metric_value, send, JsonResponse};
 pub use ports::{free_port, free_ports, is_listening, unique};
 pub use redis::PrivateRedis;
 pub use upstream::{black_hole, Mode, TestUpstream, UpstreamState};
+pub use wasm::wasm_guest;

@@ -32,3 +32,4 @@ mod smuggling;
 mod support;
 mod upstream_errors;
 mod upstream_faults;
+mod wasm;

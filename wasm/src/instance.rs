@@ -80,6 +80,7 @@ impl ResourceLimiter for Limiter {
 }
 
 type Stream3 = TypedFunc<(u32, u32, u32), u32>;
+type CallResponse = TypedFunc<(u32, u32, u32, u32, u32), ()>;
 
 /// The guest's callbacks (those a module does not export are skipped as `Continue`).
 pub(crate) struct Exports {
@@ -88,7 +89,7 @@ pub(crate) struct Exports {
     pub request_body: Option<Stream3>,
     pub response_headers: Option<Stream3>,
     pub response_body: Option<Stream3>,
-    pub http_call_response: Option<TypedFunc<(u32, u32, u32, u32, u32), ()>>,
+    pub http_call_response: Option<CallResponse>,
     pub done: Option<TypedFunc<u32, u32>>,
     pub log: Option<TypedFunc<u32, ()>>,
     pub delete: Option<TypedFunc<u32, ()>>,

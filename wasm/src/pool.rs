@@ -13,8 +13,11 @@ use crate::plugin::Plugin;
 /// extra ones are dropped when they end).
 pub const MAX_IDLE: usize = 64;
 
+/// A plugin (weakly: a replaced one is noticed) and its idle instances.
+type Idle = (Weak<Plugin>, Vec<Instance>);
+
 thread_local! {
-    static POOLS: RefCell<HashMap<u64, (Weak<Plugin>, Vec<Instance>)>> = RefCell::new(HashMap::new());
+    static POOLS: RefCell<HashMap<u64, Idle>> = RefCell::new(HashMap::new());
 }
 
 /// An idle instance of plugin `id` on this thread.

@@ -7,10 +7,13 @@ use std::sync::Mutex;
 
 use crate::abi::Status;
 
+/// (VM id, key) -> (value, CAS version).
+type Entries = HashMap<(String, Vec<u8>), (Vec<u8>, u32)>;
+
 /// The process's shared data.
 #[derive(Default)]
 pub struct SharedData {
-    map: Mutex<HashMap<(String, Vec<u8>), (Vec<u8>, u32)>>,
+    map: Mutex<Entries>,
 }
 
 impl SharedData {
