@@ -187,7 +187,7 @@ fn validate_locates_errors_in_a_custom_kind_and_schema_lists_it() {
             "api_kye: { keys_file: keys.txt }",
             &[
                 "kind.yaml:15:9: routes[0].filters[0].api_kye: unknown filter kind `api_kye`",
-                "known kinds: jwt, rate_limit, headers, cors, compression, envelope, api_key",
+                "known kinds: jwt, rate_limit, headers, cors, compression, envelope, wasm, api_key",
                 "did you mean `api_key`?",
             ],
         ),
