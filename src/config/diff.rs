@@ -46,31 +46,49 @@ impl ConfigDiff {
 
     /// One line for the log and the reload history, e.g. `routes +orders -legacy ~users;
     /// upstreams ~app: +127.0.0.1:3002; pending restart: runtime` (`no change` when empty).
+    /// Each section names at most [`SUMMARY_NAMES`] entries and counts the rest, so that a
+    /// reload of 10,000 generated routes writes one short line, not 70 KB.
     pub fn summary(&self) -> String {
         let mut parts = Vec::new();
-        let list = |sign: &str, names: &[String]| {
-            names
+        let sections = [
+            (
+                "routes",
+                [
+                    &self.routes_added,
+                    &self.routes_removed,
+                    &self.routes_changed,
+                ],
+            ),
+            (
+                "upstreams",
+                [
+                    &self.upstreams_added,
+                    &self.upstreams_removed,
+                    &self.upstreams_changed,
+                ],
+            ),
+        ];
+        for (title, [added, removed, changed]) in sections {
+            let total = added.len() + removed.len() + changed.len();
+            if total == 0 {
+                continue;
+            }
+            let named: Vec<String> = [("+", added), ("-", removed), ("~", changed)]
                 .iter()
-                .map(|n| format!("{sign}{n}"))
-                .collect::<Vec<_>>()
-        };
-        let routes: Vec<String> = [
-            list("+", &self.routes_added),
-            list("-", &self.routes_removed),
-            list("~", &self.routes_changed),
-        ]
-        .concat();
-        if !routes.is_empty() {
-            parts.push(format!("routes {}", routes.join(" ")));
-        }
-        let upstreams: Vec<String> = [
-            list("+", &self.upstreams_added),
-            list("-", &self.upstreams_removed),
-            list("~", &self.upstreams_changed),
-        ]
-        .concat();
-        if !upstreams.is_empty() {
-            parts.push(format!("upstreams {}", upstreams.join(" ")));
+                .flat_map(|(sign, names)| names.iter().map(move |n| format!("{sign}{n}")))
+                .take(SUMMARY_NAMES)
+                .collect();
+            let mut line = format!("{title} {}", named.join(" "));
+            if total > SUMMARY_NAMES {
+                line.push_str(&format!(
+                    " ... and {} more (+{} -{} ~{} in all)",
+                    total - SUMMARY_NAMES,
+                    added.len(),
+                    removed.len(),
+                    changed.len()
+                ));
+            }
+            parts.push(line);
         }
         if !self.pending_restart.is_empty() {
             parts.push(format!(
@@ -85,6 +103,10 @@ impl ConfigDiff {
         }
     }
 }
+
+/// The most names a section of [`ConfigDiff::summary`] lists; `POST /admin/reload` returns
+/// every name in its `diff`.
+pub const SUMMARY_NAMES: usize = 20;
 
 /// The difference from `old` to `new`. `pending_restart` names the restart-only sections
 /// given by the caller (it knows which it keeps).
@@ -224,6 +246,22 @@ mod tests {
         );
         assert!(diff(&old, &old, vec![]).is_empty());
         assert_eq!(diff(&old, &old, vec![]).summary(), "no change");
+    }
+
+    #[test]
+    fn a_summary_names_twenty_entries_and_counts_the_rest() {
+        let d = ConfigDiff {
+            routes_added: vec!["new".into()],
+            routes_changed: (0..10_000).map(|i| format!("r{i}")).collect(),
+            ..ConfigDiff::default()
+        };
+        let s = d.summary();
+        assert!(s.starts_with("routes +new ~r0 ~r1 "), "{s}");
+        assert!(
+            s.ends_with(" ~r18 ... and 9981 more (+1 -0 ~10000 in all)"),
+            "{s}"
+        );
+        assert!(s.len() < 200, "{} bytes", s.len());
     }
 
     #[test]
