@@ -15,16 +15,17 @@ WORKDIR /src
 # Dependencies first, so that source edits reuse the cached dependency layer.
 COPY Cargo.toml Cargo.lock ./
 COPY filters/Cargo.toml filters/Cargo.toml
+COPY wasm/Cargo.toml wasm/Cargo.toml
 COPY registry/Cargo.toml registry/Cargo.toml
 COPY services/Cargo.toml services/Cargo.toml
-RUN mkdir -p src filters/src registry/src services/src benches examples tests/it \
- && echo 'fn main() {}' > src/main.rs && touch src/lib.rs filters/src/lib.rs registry/src/lib.rs \
+RUN mkdir -p src filters/src wasm/src registry/src services/src benches examples tests/it \
+ && echo 'fn main() {}' > src/main.rs && touch src/lib.rs filters/src/lib.rs wasm/src/lib.rs registry/src/lib.rs \
  && echo 'fn main() {}' > services/src/main.rs && touch services/src/lib.rs \
  && echo 'fn main() {}' > benches/hot_paths.rs && echo 'fn main() {}' > examples/bare_proxy.rs \
  && echo 'fn main() {}' > tests/it/main.rs \
  && (cargo build --release -p gatehouse --locked || true)
 COPY . .
-RUN touch src/main.rs src/lib.rs filters/src/lib.rs registry/src/lib.rs \
+RUN touch src/main.rs src/lib.rs filters/src/lib.rs wasm/src/lib.rs registry/src/lib.rs \
  && cargo build --release -p gatehouse --locked \
  && cp target/release/gatehouse /usr/local/bin/gatehouse \
  && gatehouse validate -c config/examples/container.yaml
