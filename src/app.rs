@@ -83,7 +83,7 @@ pub fn build_state(
     let telemetry = Arc::new(Telemetry::new()?);
     telemetry.set_endpoint_labels(loaded.config.metrics.endpoint_labels);
     let redis = loaded.config.redis.as_ref().map(|r| {
-        let mut settings = gatehouse_filters::RedisSettings::new(r.url.clone());
+        let mut settings = gatehouse_filters::RedisSettings::with_topology(r.topology());
         settings.timeout = r.timeout.get();
         settings
     });

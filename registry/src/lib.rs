@@ -1,17 +1,20 @@
-//! The Redis service-discovery registry: sorted set `gatehouse:registry:<service>`.
+//! The Redis service-discovery registry: sorted set `gatehouse:registry:{<service>}`.
 //!
 //! Each live instance is a member `host:port` of the sorted set whose score is the
 //! instance's expiry time in unix milliseconds; a heartbeat pushes the expiry forward.
-//! Weights live beside it in the hash `gatehouse:registry:<service>:weights`.
+//! Weights live beside it in the hash `gatehouse:registry:{<service>}:weights`.
 //! Readers ignore (and prune) members whose expiry has passed, so a crashed instance
 //! disappears after one TTL without anyone deregistering it.
 
+pub mod topology;
+
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::AsyncCommands;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+
+use topology::{Connector, RedisConn, Topology};
 
 /// The default key prefix: `gatehouse:registry`.
 pub const DEFAULT_PREFIX: &str = "gatehouse:registry";
@@ -72,7 +75,7 @@ pub type Result<T> = std::result::Result<T, RegistryError>;
 /// A client for the Redis registry, cheap to clone.
 #[derive(Clone)]
 pub struct Registry {
-    conn: ConnectionManager,
+    conn: RedisConn,
     prefix: String,
 }
 
@@ -114,14 +117,16 @@ impl Registry {
 
     /// Connects with a custom key prefix (tests use a unique one each).
     pub async fn connect_with_prefix(url: &str, prefix: &str) -> Result<Self> {
-        let client = redis::Client::open(url).map_err(RegistryError::InvalidUrl)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Duration::from_secs(2))
-            .set_response_timeout(Duration::from_secs(2))
-            .set_number_of_retries(1)
-            .set_max_delay(500);
+        Self::connect_topology(&Topology::Standalone(url.to_string()), prefix).await
+    }
+
+    /// Connects to any topology (standalone, Cluster, Sentinel) with bounded connect
+    /// and response timeouts (2 s each, 5 s for the whole connect).
+    pub async fn connect_topology(topology: &Topology, prefix: &str) -> Result<Self> {
+        let connector =
+            Connector::new(topology, Duration::from_secs(2)).map_err(RegistryError::InvalidUrl)?;
         let limit = Duration::from_secs(5);
-        let conn = tokio::time::timeout(limit, ConnectionManager::new_with_config(client, config))
+        let conn = tokio::time::timeout(limit, connector.connect_managed())
             .await
             .map_err(|_| RegistryError::Timeout {
                 op: "connect",
@@ -134,14 +139,15 @@ impl Registry {
         })
     }
 
-    /// The sorted-set key of a service.
+    /// The sorted-set key of a service: `<prefix>:{<service>}`. The hash tag puts it in
+    /// the weights hash's Redis Cluster slot, so one script touches one slot.
     pub fn members_key(&self, service: &str) -> String {
-        format!("{}:{}", self.prefix, service)
+        format!("{}:{{{}}}", self.prefix, service)
     }
 
-    /// The weights hash key of a service.
+    /// The weights hash key of a service: `<prefix>:{<service>}:weights`.
     pub fn weights_key(&self, service: &str) -> String {
-        format!("{}:{}:weights", self.prefix, service)
+        format!("{}:{{{}}}:weights", self.prefix, service)
     }
 
     /// Registers (or refreshes) `addr` for `service` with `weight`, live for `ttl`.

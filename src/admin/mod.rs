@@ -226,7 +226,16 @@ pub fn redact(v: &mut Value) {
                     || k == "url")
                     && !k.ends_with("_env")
                     && val.is_string();
-                if secret {
+                if (k == "cluster" || k == "nodes") && val.is_array() {
+                    // Redis Cluster seeds and sentinels: URLs that may carry a password.
+                    if let Value::Array(a) = val {
+                        for u in a.iter_mut() {
+                            if let Some(s) = u.as_str() {
+                                *u = Value::String(redact_url(s));
+                            }
+                        }
+                    }
+                } else if secret {
                     if k == "url" {
                         if let Some(s) = val.as_str() {
                             *val = Value::String(redact_url(s));

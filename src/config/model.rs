@@ -198,15 +198,54 @@ pub struct AdminAuthConfig {
     pub basic_password_env: Option<String>,
 }
 
-/// Redis connection settings.
+/// Redis connection settings: exactly one of `url` (standalone), `cluster` or `sentinel`.
+/// TLS (`rediss://`) and auth (`redis://user:pass@host`) come from the URLs.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RedisConfig {
-    /// e.g. `redis://127.0.0.1:6379`.
-    pub url: String,
+    /// A standalone Redis, e.g. `redis://127.0.0.1:6379`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// A Redis Cluster: seed node URLs, e.g. `[redis://127.0.0.1:7000, redis://127.0.0.1:7001]`.
+    /// The client follows MOVED/ASK redirections and the cluster's failovers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<Vec<String>>,
+    /// A Sentinel-managed primary: the gateway asks the sentinels for the primary and
+    /// asks again after a failover.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sentinel: Option<RedisSentinelConfig>,
     /// Timeout of one Redis call on the request path; default 50ms.
     #[serde(default = "default_redis_timeout")]
     pub timeout: Duration,
+}
+
+impl RedisConfig {
+    /// The topology this section names (validation guarantees exactly one is set; with
+    /// none, an empty standalone URL that fails to connect).
+    pub fn topology(&self) -> gatehouse_registry::topology::Topology {
+        use gatehouse_registry::topology::Topology;
+        if let Some(nodes) = &self.cluster {
+            Topology::Cluster(nodes.clone())
+        } else if let Some(s) = &self.sentinel {
+            Topology::Sentinel {
+                master: s.master.clone(),
+                nodes: s.nodes.clone(),
+            }
+        } else {
+            Topology::Standalone(self.url.clone().unwrap_or_default())
+        }
+    }
+}
+
+/// Sentinel settings.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RedisSentinelConfig {
+    /// The monitored primary's name (`sentinel monitor NAME ...`).
+    pub master: String,
+    /// Sentinel URLs, e.g. `[redis://127.0.0.1:26379]`. The user and password of the
+    /// first one (and `rediss://`) are also used for the primary.
+    pub nodes: Vec<String>,
 }
 
 fn default_redis_timeout() -> Duration {

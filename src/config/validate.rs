@@ -18,12 +18,7 @@ pub fn validate(cfg: &GatewayConfig) -> (Vec<ConfigError>, Vec<ConfigWarning>) {
     upstreams(cfg, &mut errs, &mut warns);
     routes(cfg, &mut errs, &mut warns);
     if let Some(r) = &cfg.redis {
-        if !(r.url.starts_with("redis://") || r.url.starts_with("rediss://")) {
-            errs.push(ConfigError::at(
-                "redis.url",
-                format!("{:?} is not a redis:// URL", r.url),
-            ));
-        }
+        redis(r, &mut errs);
     }
     if cfg.runtime.downstream_read_buffer < 1024 {
         errs.push(ConfigError::at(
@@ -704,6 +699,64 @@ fn shadowed(cfg: &GatewayConfig, warns: &mut Vec<ConfigWarning>) {
     }
 }
 
+/// The `redis:` section: exactly one topology, and redis:// URLs in it.
+fn redis(r: &crate::config::model::RedisConfig, errs: &mut Vec<ConfigError>) {
+    let set = [r.url.is_some(), r.cluster.is_some(), r.sentinel.is_some()]
+        .iter()
+        .filter(|b| **b)
+        .count();
+    if set != 1 {
+        errs.push(
+            ConfigError::at(
+                "redis",
+                "set exactly one of `url` (standalone), `cluster` or `sentinel`",
+            )
+            .with_hint("e.g. `redis: { url: redis://127.0.0.1:6379 }`"),
+        );
+    }
+    let mut check = |path: String, u: &str| {
+        if !(u.starts_with("redis://") || u.starts_with("rediss://")) {
+            errs.push(ConfigError::at(
+                path,
+                format!("{u:?} is not a redis:// URL"),
+            ));
+        }
+    };
+    if let Some(u) = &r.url {
+        check("redis.url".into(), u);
+    }
+    if let Some(nodes) = &r.cluster {
+        for (i, u) in nodes.iter().enumerate() {
+            check(format!("redis.cluster[{i}]"), u);
+        }
+    }
+    if let Some(s) = &r.sentinel {
+        for (i, u) in s.nodes.iter().enumerate() {
+            check(format!("redis.sentinel.nodes[{i}]"), u);
+        }
+    }
+    if r.cluster.as_ref().is_some_and(|n| n.is_empty()) {
+        errs.push(ConfigError::at(
+            "redis.cluster",
+            "needs at least one node URL",
+        ));
+    }
+    if let Some(s) = &r.sentinel {
+        if s.nodes.is_empty() {
+            errs.push(ConfigError::at(
+                "redis.sentinel.nodes",
+                "needs at least one sentinel URL",
+            ));
+        }
+        if s.master.is_empty() {
+            errs.push(ConfigError::at(
+                "redis.sentinel.master",
+                "must not be empty",
+            ));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use crate::config::load_str;
@@ -868,5 +921,27 @@ routes:
         assert!(c.warnings[0]
             .message
             .contains("\"second\" can never match: route \"first\""));
+    }
+
+    #[test]
+    fn redis_needs_exactly_one_topology_with_located_errors() {
+        let base = "listeners: [ { name: a, address: \"127.0.0.1:8080\" } ]\nupstreams:\n  app: { discovery: { static: [ { address: \"127.0.0.1:1\" } ] } }\nroutes:\n  - { name: r, match: { path_prefix: / }, upstream: app }\n";
+        let both = format!("{base}redis: {{ url: \"redis://h:1\", cluster: [\"redis://h:2\"] }}\n");
+        assert!(errors(&both)
+            .iter()
+            .any(|e| e.starts_with("redis: set exactly one of")));
+        let none = format!("{base}redis: {{ timeout: 10ms }}\n");
+        assert!(errors(&none)
+            .iter()
+            .any(|e| e.starts_with("redis: set exactly one of")));
+        let bad = format!(
+            "{base}redis: {{ sentinel: {{ master: m, nodes: [\"redis://h:1\", \"http://h:2\"] }} }}\n"
+        );
+        assert_eq!(
+            errors(&bad),
+            ["redis.sentinel.nodes[1]: \"http://h:2\" is not a redis:// URL"]
+        );
+        let ok = format!("{base}redis: {{ cluster: [\"redis://h:1\", \"redis://h:2\"] }}\n");
+        assert!(crate::config::load_str(&ok, None).is_ok());
     }
 }

@@ -50,7 +50,7 @@ impl Maintainer {
             .config
             .redis
             .as_ref()
-            .map(|r| r.url.clone());
+            .map(|r| r.topology());
         Self::with_discovery(state, Arc::new(Discovery::new(url)))
     }
 

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use gatehouse_registry::topology::Topology;
 use gatehouse_registry::Registry;
 use serde::Deserialize;
 
@@ -73,22 +74,22 @@ struct SeenFile {
 /// endpoint file looked like when last read (so an unchanged file is not parsed again and
 /// a bad one is reported once, not every second).
 pub struct Discovery {
-    redis_url: Option<String>,
+    redis: Option<Topology>,
     registry: tokio::sync::OnceCell<Registry>,
     prefix: String,
     seen_files: Mutex<HashMap<(String, PathBuf), SeenFile>>,
 }
 
 impl Discovery {
-    /// Discovery over the Redis at `redis_url` (the start config's `redis.url`), if any.
-    pub fn new(redis_url: Option<String>) -> Self {
-        Self::with_prefix(redis_url, gatehouse_registry::DEFAULT_PREFIX)
+    /// Discovery over the Redis of the start config's `redis:` section, if any.
+    pub fn new(redis: Option<Topology>) -> Self {
+        Self::with_prefix(redis, gatehouse_registry::DEFAULT_PREFIX)
     }
 
     /// Same, with another registry key prefix.
-    pub fn with_prefix(redis_url: Option<String>, prefix: &str) -> Self {
+    pub fn with_prefix(redis: Option<Topology>, prefix: &str) -> Self {
         Self {
-            redis_url,
+            redis,
             registry: tokio::sync::OnceCell::new(),
             prefix: prefix.to_string(),
             seen_files: Mutex::new(HashMap::new()),
@@ -98,12 +99,12 @@ impl Discovery {
     /// The registry client, connecting on first use; a failed connect is retried by the
     /// next refresh. Once made, the connection manager reconnects by itself.
     async fn registry(&self) -> Result<&Registry, DiscoveryError> {
-        let Some(url) = self.redis_url.as_deref() else {
+        let Some(topology) = self.redis.as_ref() else {
             return Err(DiscoveryError::NoRedis);
         };
         self.registry
             .get_or_try_init(|| async {
-                let r = Registry::connect_with_prefix(url, &self.prefix).await?;
+                let r = Registry::connect_topology(topology, &self.prefix).await?;
                 tracing::info!("connected to the redis registry for discovery");
                 Ok(r)
             })
@@ -540,7 +541,9 @@ mod tests {
         let a: SocketAddr = "127.0.0.1:8081".parse().unwrap();
         u.set_endpoints(merge(&[], vec![(a.to_string(), a, 1)], Source::Redis, true));
         let before = u.endpoints();
-        let disc = Arc::new(Discovery::new(Some("redis://127.0.0.1:1".into())));
+        let disc = Arc::new(Discovery::new(Some(Topology::Standalone(
+            "redis://127.0.0.1:1".into(),
+        ))));
         let tel = state.telemetry.clone();
         let _ = refresh_redis(tel.clone(), u.clone(), disc.clone()).await;
         let _ = refresh_redis(tel, u.clone(), disc).await;

@@ -13,6 +13,7 @@ mod gateway;
 mod http;
 mod ports;
 mod redis;
+mod redis_topology;
 mod upstream;
 mod wasm;
 
@@ -20,5 +21,6 @@ pub use gateway::{example_bin, fill, gatehouse_bin, TestGateway};
 pub use http::{admin_json, client, eventually, get_json, metric_value, send, JsonResponse};
 pub use ports::{free_port, free_ports, is_listening, unique};
 pub use redis::PrivateRedis;
+pub use redis_topology::{redis_cli, RedisCluster, RedisSentinels};
 pub use upstream::{black_hole, Mode, TestUpstream, UpstreamState};
 pub use wasm::wasm_guest;

@@ -285,7 +285,9 @@ impl RateLimit {
             Algorithm::SlidingWindow => "sw",
             Algorithm::Gcra => "gcra",
         };
-        format!("{prefix}:{}:{}:{algo}:{hex}", self.route, self.name)
+        // The hash tag makes the digest alone pick the Redis Cluster slot: keys spread
+        // over the shards, and each script call touches one slot.
+        format!("{prefix}:{}:{}:{algo}:{{{hex}}}", self.route, self.name)
     }
 
     fn count(&self, decision: &str) {

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use redis::aio::MultiplexedConnection;
+use gatehouse_registry::topology::{Connector, RedisConn, Topology};
 use redis::Script;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
@@ -80,8 +80,8 @@ const MAX_BATCH: usize = 256;
 /// How the gateway talks to Redis. Build it from the gateway's `redis:` section.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RedisSettings {
-    /// `redis://host:port[/db]` or `rediss://...`.
-    pub url: String,
+    /// Standalone, Cluster or Sentinel, with the URLs of each.
+    pub topology: Topology,
     /// Timeout of one call on the request path (connect included). Default 50ms.
     pub timeout: Duration,
     /// After a failure, Redis is not called again for this long (requests follow each
@@ -92,10 +92,15 @@ pub struct RedisSettings {
 }
 
 impl RedisSettings {
-    /// Settings with the defaults for `url`.
+    /// Settings with the defaults for a standalone Redis at `url`.
     pub fn new(url: impl Into<String>) -> Self {
+        Self::with_topology(Topology::Standalone(url.into()))
+    }
+
+    /// Settings with the defaults for any topology.
+    pub fn with_topology(topology: Topology) -> Self {
         Self {
-            url: url.into(),
+            topology,
             timeout: Duration::from_millis(50),
             breaker_open_for: Duration::from_secs(1),
             key_prefix: "gatehouse:rl".into(),
@@ -156,8 +161,8 @@ enum Admit {
 /// The connection, the scripts and the breaker.
 pub struct RedisStore {
     settings: RedisSettings,
-    client: redis::Client,
-    conn: Mutex<Option<MultiplexedConnection>>,
+    connector: Connector,
+    conn: Mutex<Option<RedisConn>>,
     connect_lock: tokio::sync::Mutex<()>,
     sliding: Script,
     gcra: Script,
@@ -241,15 +246,15 @@ impl Drop for Handoff {
 impl RedisStore {
     /// Validates the URL; connects lazily.
     pub fn new(settings: RedisSettings, metrics: FilterMetrics) -> Result<Self, BuildError> {
-        let client = redis::Client::open(settings.url.as_str())
-            .map_err(|e| BuildError::new(format!("redis url {:?}: {e}", settings.url)))?;
         if settings.timeout.is_zero() {
             return Err(BuildError::new("redis timeout must be positive"));
         }
+        let connector = Connector::new(&settings.topology, settings.timeout)
+            .map_err(|e| BuildError::new(format!("redis {:?}: {e}", settings.topology.urls())))?;
         metrics.redis_up(false);
         Ok(Self {
             settings,
-            client,
+            connector,
             conn: Mutex::new(None),
             connect_lock: tokio::sync::Mutex::new(()),
             sliding: Script::new(SLIDING_WINDOW_LUA),
@@ -318,7 +323,7 @@ impl RedisStore {
         }
     }
 
-    async fn connection(&self) -> Result<MultiplexedConnection, StoreError> {
+    async fn connection(&self) -> Result<RedisConn, StoreError> {
         if let Some(c) = self.conn.lock().ok().and_then(|c| c.clone()) {
             return Ok(c);
         }
@@ -327,8 +332,8 @@ impl RedisStore {
             return Ok(c);
         }
         let c = self
-            .client
-            .get_multiplexed_async_connection()
+            .connector
+            .connect()
             .await
             .map_err(StoreError::Connect)?;
         if let Ok(mut slot) = self.conn.lock() {
@@ -340,7 +345,7 @@ impl RedisStore {
     /// Runs `f` on a connection within the timeout, through the breaker.
     async fn call<T, F, Fut>(&self, op: &'static str, f: F) -> Result<T, StoreError>
     where
-        F: FnOnce(MultiplexedConnection) -> Fut,
+        F: FnOnce(RedisConn) -> Fut,
         Fut: std::future::Future<Output = Result<T, StoreError>>,
     {
         if matches!(self.admit(), Admit::No) {

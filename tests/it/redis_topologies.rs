@@ -1,0 +1,467 @@
+//! Redis topologies (issue 19): a real 6-node Redis Cluster and a Sentinel set started on
+//! loopback ports, a primary killed under load while every `on_redis_error` policy takes
+//! traffic; and three gateways sharing one limit. Each test prints one `TOPOLOGY` line of
+//! figures and asserts generous bounds (debug build on two busy cores).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::task::JoinHandle;
+
+use crate::support::*;
+
+/// Redis call timeout of these tests (`redis.timeout`), as in the chaos tests.
+const REDIS_TIMEOUT: Duration = Duration::from_millis(200);
+/// What a request may wait beyond the Redis timeout: a batched request waits for the call
+/// before its own (2x the timeout at most), plus its path through a debug gateway.
+const LATENCY_MARGIN: Duration = Duration::from_millis(400);
+/// Enforcement by Redis must be back this soon after the replica is promoted (the
+/// limiter's breaker probes once a second; the cluster client refreshes its slot map).
+const ENFORCED_WITHIN: Duration = Duration::from_secs(5);
+
+const POLICIES: [&str; 3] = ["fail_open", "fail_closed", "local"];
+
+/// One answered (or failed) request.
+#[derive(Clone, Copy, Debug)]
+struct Sample {
+    /// Since the run started (sent).
+    at: Duration,
+    took: Duration,
+    /// 0: no answer.
+    status: u16,
+    lane: usize,
+}
+
+/// Closed-loop clients, `per_lane` per URL, each with its own rotating keys.
+struct Load {
+    started: Instant,
+    samples: Mutex<Vec<Sample>>,
+    stop: AtomicBool,
+}
+
+impl Load {
+    fn start(
+        lanes: Vec<(String, &'static str)>,
+        per_lane: usize,
+        cap: Duration,
+        key: impl Fn(usize, usize, u64) -> String + Send + Sync + 'static,
+    ) -> (Arc<Self>, Vec<JoinHandle<()>>) {
+        let load = Arc::new(Self {
+            started: Instant::now(),
+            samples: Mutex::new(Vec::new()),
+            stop: AtomicBool::new(false),
+        });
+        let key = Arc::new(key);
+        let mut tasks = Vec::new();
+        for (lane, (url, header)) in lanes.into_iter().enumerate() {
+            for c in 0..per_lane {
+                let (load, url, key) = (load.clone(), url.clone(), key.clone());
+                tasks.push(tokio::spawn(async move {
+                    let http = reqwest::Client::builder()
+                        .no_proxy()
+                        .timeout(Duration::from_secs(10))
+                        .build()
+                        .unwrap();
+                    let mut n = 0u64;
+                    while !load.stop.load(Ordering::Relaxed) && load.started.elapsed() < cap {
+                        n += 1;
+                        let t = Instant::now();
+                        let at = load.started.elapsed();
+                        let status =
+                            match http.get(&url).header(header, key(lane, c, n)).send().await {
+                                Ok(r) => {
+                                    let s = r.status().as_u16();
+                                    match r.bytes().await {
+                                        Ok(_) => s,
+                                        Err(_) => 0,
+                                    }
+                                }
+                                Err(_) => 0,
+                            };
+                        load.samples.lock().unwrap().push(Sample {
+                            at,
+                            took: t.elapsed(),
+                            status,
+                            lane,
+                        });
+                    }
+                }));
+            }
+        }
+        (load, tasks)
+    }
+
+    fn now(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    async fn stop(&self, tasks: Vec<JoinHandle<()>>) -> Vec<Sample> {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in tasks {
+            t.await.unwrap();
+        }
+        self.samples.lock().unwrap().clone()
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn decisions(m: &str, limit: &str, kinds: &[&str]) -> f64 {
+    kinds
+        .iter()
+        .filter_map(|d| {
+            metric_value(
+                m,
+                "gatehouse_ratelimit_decisions_total",
+                &[("limit", limit), ("decision", d)],
+            )
+        })
+        .sum()
+}
+
+/// Decisions Redis made.
+fn redis_decisions(m: &str, limit: &str) -> f64 {
+    decisions(m, limit, &["allowed", "limited"])
+}
+
+/// Decisions a failure policy made while Redis failed.
+fn fallback_decisions(m: &str, limit: &str) -> f64 {
+    decisions(
+        m,
+        limit,
+        &["fail_open", "fail_closed", "local_allowed", "local_limited"],
+    )
+}
+
+/// One route per failure policy (`/<policy>`), each with a load limit (key `x-k`, never
+/// reached) and a probe limit (key `x-p`, 3 a minute, skipped without the header).
+fn policies_config(app: std::net::SocketAddr, redis_yaml: &str) -> String {
+    let mut routes = String::new();
+    for p in POLICIES {
+        routes += &format!(
+            "  - name: {p}\n    match: {{ path_prefix: /{p} }}\n    upstream: app\n    filters:\n      \
+             - rate_limit: {{ name: {p}_load, key: \"header:x-k\", limit: 1000000, window: 1m, on_redis_error: {p} }}\n      \
+             - rate_limit: {{ name: {p}_probe, key: \"header:x-p\", limit: 3, window: 1m, on_redis_error: {p}, on_missing_key: skip }}\n"
+        );
+    }
+    format!(
+        "listeners: [ {{ name: public, address: \"{{listen}}\" }} ]\nadmin: {{ address: \"{{admin}}\" }}\n\
+         runtime: {{ threads: 2 }}\naccess_log: {{ enabled: false }}\n\
+         redis: {{ {redis_yaml}, timeout: {}ms }}\n\
+         upstreams:\n  app: {{ discovery: {{ static: [ {{ address: \"{app}\" }} ] }} }}\nroutes:\n{routes}",
+        REDIS_TIMEOUT.as_millis()
+    )
+}
+
+/// Probes each policy not yet enforced with 6 fresh keys (spread over the shards), 4
+/// requests each; a policy is enforced when every key answered 200, 200, 200, 429 and
+/// Redis (not the fallback) made all of those decisions.
+async fn probe_enforced(gw: &TestGateway, enforced: &mut [bool; 3]) {
+    for (i, p) in POLICIES.iter().enumerate() {
+        if enforced[i] {
+            continue;
+        }
+        let limit = format!("{p}_probe");
+        let before = redis_decisions(&gw.metrics().await, &limit);
+        let mut ok = true;
+        for _ in 0..6 {
+            let key = unique("probe");
+            let mut got = Vec::new();
+            for _ in 0..4 {
+                let r = get_with(gw, &format!("/{p}"), &[("x-k", "probe"), ("x-p", &key)]).await;
+                got.push(r.status().as_u16());
+            }
+            ok &= got == [200, 200, 200, 429];
+        }
+        let after = redis_decisions(&gw.metrics().await, &limit);
+        enforced[i] = ok && after - before >= 24.0;
+    }
+}
+
+/// Kills a primary under load through every policy and reports the figures.
+async fn failover_under_load(
+    what: &str,
+    redis_yaml: String,
+    kill: impl FnOnce() + Send + 'static,
+    promoted: impl Fn() -> bool + Send + Sync + 'static,
+) {
+    const CAP: Duration = Duration::from_secs(40);
+    let app = TestUpstream::start("app").await;
+    let gw = TestGateway::start(&policies_config(app.addr, &redis_yaml)).await;
+    let mut warm = [false; 3];
+    for _ in 0..50 {
+        probe_enforced(&gw, &mut warm).await;
+        if warm.iter().all(|b| *b) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        warm.iter().all(|b| *b),
+        "{what}: limits not enforced before the kill: {warm:?}"
+    );
+
+    let lanes = POLICIES
+        .iter()
+        .map(|p| (gw.url(&format!("/{p}")), "x-k"))
+        .collect();
+    let (load, tasks) = Load::start(lanes, 2, CAP, |lane, c, n| {
+        format!("c{lane}-{c}-{}", n % 64)
+    });
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let m0 = gw.metrics().await;
+    let killed_at = load.now();
+    tokio::task::spawn_blocking(kill).await.unwrap();
+    let promoted = Arc::new(promoted);
+    let mut promoted_at = None;
+    for _ in 0..300 {
+        let p = promoted.clone();
+        if tokio::task::spawn_blocking(move || p()).await.unwrap() {
+            promoted_at = Some(load.now());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let promoted_at = promoted_at.unwrap_or_else(|| panic!("{what}: no replica promoted"));
+    let mut enforced = [false; 3];
+    let mut enforced_at = None;
+    for _ in 0..100 {
+        probe_enforced(&gw, &mut enforced).await;
+        if enforced.iter().all(|b| *b) {
+            enforced_at = Some(load.now());
+            break;
+        }
+        if load.now() > promoted_at + ENFORCED_WITHIN * 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let m1 = gw.metrics().await;
+    let total = load.now();
+    let samples = load.stop(tasks).await;
+
+    let bound = REDIS_TIMEOUT + LATENCY_MARGIN;
+    let mut line = format!(
+        "TOPOLOGY {what} failover: {} requests in {:.1}s (redis timeout {}ms); promoted {:.0}ms after the kill; enforced again {} after promotion",
+        samples.len(),
+        total.as_secs_f64(),
+        REDIS_TIMEOUT.as_millis(),
+        ms(promoted_at - killed_at),
+        enforced_at.map_or("never".into(), |t| format!("{:.0}ms", ms(t - promoted_at))),
+    );
+    for (i, p) in POLICIES.iter().enumerate() {
+        let lane: Vec<&Sample> = samples.iter().filter(|s| s.lane == i).collect();
+        let during: Vec<&&Sample> = lane.iter().filter(|s| s.at >= killed_at).collect();
+        let mut took: Vec<Duration> = during.iter().map(|s| s.took).collect();
+        took.sort();
+        let p99 = took
+            .get((took.len().saturating_sub(1) as f64 * 0.99) as usize)
+            .copied();
+        let count = |code: u16| during.iter().filter(|s| s.status == code).count();
+        line += &format!(
+            "; {p}: n={} 200={} 503={} 429={} other={} p99={:.0}ms max={:.0}ms fallback={}",
+            during.len(),
+            count(200),
+            count(503),
+            count(429),
+            during.len() - count(200) - count(503) - count(429),
+            ms(p99.unwrap_or_default()),
+            ms(took.last().copied().unwrap_or_default()),
+            fallback_decisions(&m1, &format!("{p}_load"))
+                - fallback_decisions(&m0, &format!("{p}_load")),
+        );
+    }
+    eprintln!("{line}");
+
+    let worst = samples.iter().max_by_key(|s| s.took).unwrap();
+    assert!(
+        worst.took <= bound,
+        "{what}: a request waited {:.0}ms: {worst:?}\n{line}",
+        ms(worst.took)
+    );
+    for (i, p) in POLICIES.iter().enumerate() {
+        for s in samples.iter().filter(|s| s.lane == i) {
+            let allowed: &[u16] = match *p {
+                // fail_closed refuses with 503 while Redis cannot decide; the others admit.
+                "fail_closed" => &[200, 503],
+                _ => &[200],
+            };
+            assert!(
+                allowed.contains(&s.status),
+                "{what}: {p} answered {s:?}\n{line}"
+            );
+        }
+    }
+    let enforced_at =
+        enforced_at.unwrap_or_else(|| panic!("{what}: not enforced again: {enforced:?}\n{line}"));
+    assert!(
+        enforced_at - promoted_at <= ENFORCED_WITHIN,
+        "{what}: enforcement back too late\n{line}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_primary_killed_under_load_each_policy_holds_and_enforcement_returns() {
+    let cluster = Arc::new(Mutex::new(RedisCluster::start()));
+    let (urls, victim) = {
+        let c = cluster.lock().unwrap();
+        (c.urls(), c.primaries()[0])
+    };
+    let yaml = format!(
+        "cluster: [ {} ]",
+        urls.iter()
+            .map(|u| format!("\"{u}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let (k, w) = (cluster.clone(), cluster.clone());
+    failover_under_load(
+        "cluster",
+        yaml,
+        move || k.lock().unwrap().kill(victim),
+        // Three primaries again, none of them the victim: its replica took over.
+        move || {
+            let c = w.lock().unwrap();
+            let p = c.primaries();
+            p.len() == 3
+                && !p.contains(&victim)
+                && p.iter()
+                    .all(|port| redis_cli(*port, &["cluster", "info"]).contains("cluster_state:ok"))
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_primary_killed_under_load_each_policy_holds_and_enforcement_returns() {
+    let set = Arc::new(Mutex::new(RedisSentinels::start()));
+    let urls = set.lock().unwrap().urls();
+    let yaml = format!(
+        "sentinel: {{ master: {}, nodes: [ {} ] }}",
+        RedisSentinels::MASTER,
+        urls.iter()
+            .map(|u| format!("\"{u}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let (k, w) = (set.clone(), set.clone());
+    failover_under_load(
+        "sentinel",
+        yaml,
+        move || k.lock().unwrap().kill_primary(),
+        move || w.lock().unwrap().replica_promoted(),
+    )
+    .await;
+}
+
+/// Three gateways, one limit: `limit` per `window`, counted from the admitted answers of
+/// all three under concurrent load.
+async fn three_instances_share_one_limit(algorithm: &str, redis_yaml: &str) -> Vec<usize> {
+    const L: usize = 100;
+    const WINDOW: Duration = Duration::from_secs(2);
+    const WINDOWS: u32 = 3;
+    let app = TestUpstream::start("app").await;
+    let name = unique("shared").replace('-', "_");
+    // GCRA with a burst of 1 loses the gap between the arrival time and the next call at
+    // every admission (the bucket never holds credit); a burst of 5 keeps the pace exact.
+    let gcra = algorithm == "gcra";
+    let burst = if gcra { ", burst: 5" } else { "" };
+    let yaml = format!(
+        "listeners: [ {{ name: public, address: \"{{listen}}\" }} ]\nadmin: {{ address: \"{{admin}}\" }}\n\
+         runtime: {{ threads: 2 }}\naccess_log: {{ enabled: false }}\n\
+         redis: {{ {redis_yaml}, timeout: 500ms }}\n\
+         upstreams:\n  app: {{ discovery: {{ static: [ {{ address: \"{}\" }} ] }} }}\nroutes:\n\
+         \x20 - name: r\n    match: {{ path_prefix: / }}\n    upstream: app\n    filters:\n      \
+         - rate_limit: {{ name: {name}, key: \"header:x-k\", limit: {L}, window: {}ms, algorithm: {algorithm}{burst}, on_redis_error: fail_closed }}\n",
+        app.addr,
+        WINDOW.as_millis()
+    );
+    let gws = [
+        TestGateway::start(&yaml).await,
+        TestGateway::start(&yaml).await,
+        TestGateway::start(&yaml).await,
+    ];
+    let lanes = gws.iter().map(|g| (g.url("/"), "x-k")).collect();
+    let key = unique("one-key");
+    let cap = WINDOW * (WINDOWS + 1) + WINDOW / 2 + Duration::from_millis(500);
+    let (load, tasks) = Load::start(lanes, 6, cap, move |_, _, _| key.clone());
+    tokio::time::sleep(cap).await;
+    let samples = load.stop(tasks).await;
+    let errors = samples
+        .iter()
+        .filter(|s| ![200, 429].contains(&s.status))
+        .count();
+    assert_eq!(errors, 0, "{algorithm}: answers other than 200/429");
+    // The admission time of a request lies between its send and its answer.
+    let mut admitted: Vec<Duration> = samples
+        .iter()
+        .filter(|s| s.status == 200)
+        .map(|s| s.at + s.took / 2)
+        .collect();
+    admitted.sort();
+    let first = admitted[0];
+    // Window k is centred on the k-th refill: a sliding window admits its refill in a
+    // burst at `first + k * WINDOW`, so the bucket edges fall in quiet time. GCRA admits
+    // at an even pace after its first burst, so its first window (limit + burst) is left out.
+    let skip = u32::from(gcra);
+    let origin = first.saturating_sub(WINDOW / 2);
+    let per_window: Vec<usize> = (skip..WINDOWS + skip)
+        .map(|k| {
+            let (from, to) = (origin + WINDOW * k, origin + WINDOW * (k + 1));
+            admitted.iter().filter(|t| **t >= from && **t < to).count()
+        })
+        .collect();
+    let per_instance: Vec<usize> = (0..3)
+        .map(|i| {
+            samples
+                .iter()
+                .filter(|s| s.lane == i && s.status == 200)
+                .count()
+        })
+        .collect();
+    eprintln!(
+        "TOPOLOGY 3 instances {algorithm} ({}): limit {L}/{}ms; {} requests, admitted per window {per_window:?}, per instance {per_instance:?}",
+        redis_yaml.split(':').next().unwrap_or(""),
+        WINDOW.as_millis(),
+        samples.len(),
+    );
+    for (k, n) in per_window.iter().enumerate() {
+        assert!(
+            (L..=L + L / 20).contains(n),
+            "{algorithm} window {k}: {n} admitted, not within [{L}, {}]: {per_window:?}",
+            L + L / 20
+        );
+    }
+    assert!(
+        per_instance.iter().all(|n| *n > 0),
+        "every instance admitted some: {per_instance:?}"
+    );
+    per_window
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_share_one_limit_on_standalone_redis() {
+    let redis = "url: \"redis://127.0.0.1:6379\"";
+    three_instances_share_one_limit("sliding_window", redis).await;
+    three_instances_share_one_limit("gcra", redis).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_share_one_limit_on_a_cluster() {
+    let cluster = RedisCluster::start();
+    let redis = format!(
+        "cluster: [ {} ]",
+        cluster
+            .urls()
+            .iter()
+            .map(|u| format!("\"{u}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    three_instances_share_one_limit("sliding_window", &redis).await;
+    three_instances_share_one_limit("gcra", &redis).await;
+}
