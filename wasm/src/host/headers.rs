@@ -59,9 +59,10 @@ fn pairs(st: &HostState, kind: i32) -> Result<Pairs, Status> {
         map::REQUEST_TRAILERS | map::RESPONSE_TRAILERS | map::HTTP_CALL_RESPONSE_TRAILERS => {
             Ok(Vec::new())
         }
-        // A map of a phase that is not the current one (request headers before the request,
-        // response headers in the request phase) does not exist yet.
-        map::REQUEST_HEADERS | map::RESPONSE_HEADERS => Err(Status::NotFound),
+        // The map of a phase that is not the current one (the request's in the response
+        // phase, the response's in the request phase) reads as empty: the SDKs panic on
+        // `NotFound` from this call, and a filter that looks must not trap for it.
+        map::REQUEST_HEADERS | map::RESPONSE_HEADERS => Ok(Vec::new()),
         _ => Err(Status::BadArgument),
     }
 }
