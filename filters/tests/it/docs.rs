@@ -40,6 +40,11 @@ fn parse_and_build(yaml: &str, from: &str) -> usize {
     let filters = parse(yaml).unwrap_or_else(|e| panic!("{from}: {e}\n{yaml}"));
     let rt = Arc::new(FilterRuntime::default());
     for f in &filters {
+        // A wasm example names a module file the reader builds; its config is checked by
+        // parsing, and `tests/it/wasm.rs` builds real modules.
+        if f.kind() == "wasm" {
+            continue;
+        }
         if let Err(e) = build(f, "docs", &rt) {
             panic!("{from}: {} does not build: {e}\n{yaml}", f.kind());
         }
