@@ -29,10 +29,22 @@ pub fn finish(tel: &Telemetry, session: &Session, ctx: &RequestCtx) {
     } else {
         "upstream"
     };
+    // The line first, then the metric: whoever sees a request counted finds its line.
+    if let Some(cfg) = &ctx.snap.access_log {
+        write_line(cfg, session, ctx, status, source, answered.is_none());
+    }
     count(tel, ctx, status, source);
-    let Some(cfg) = &ctx.snap.access_log else {
-        return;
-    };
+}
+
+/// Writes the access-log line of a finished request.
+fn write_line(
+    cfg: &crate::config::model::AccessLogConfig,
+    session: &Session,
+    ctx: &RequestCtx,
+    status: u16,
+    source: &str,
+    unanswered: bool,
+) {
     let req = session.req_header();
     let header = |name: http::header::HeaderName| {
         req.headers
@@ -61,7 +73,7 @@ pub fn finish(tel: &Telemetry, session: &Session, ctx: &RequestCtx) {
             .gateway_error
             .map(|g| g.code)
             .or(ctx.body_error)
-            .or(answered.is_none().then_some(CLIENT_CLOSED_CODE))
+            .or(unanswered.then_some(CLIENT_CLOSED_CODE))
             .unwrap_or(""),
         detail: None,
         tries: ctx.tries,
@@ -82,10 +94,18 @@ pub fn finish(tel: &Telemetry, session: &Session, ctx: &RequestCtx) {
 /// method or path: they did not parse) and the parser's error as `detail`.
 pub fn unparsed(tel: &Telemetry, ctx: &RequestCtx, e: &pingora_core::Error) {
     let status = ctx.gateway_error.map_or(400, |g| g.status);
+    if let Some(cfg) = &ctx.snap.access_log {
+        unparsed_line(cfg, ctx, status, e);
+    }
     count(tel, ctx, status, "gateway");
-    let Some(cfg) = &ctx.snap.access_log else {
-        return;
-    };
+}
+
+fn unparsed_line(
+    cfg: &crate::config::model::AccessLogConfig,
+    ctx: &RequestCtx,
+    status: u16,
+    e: &pingora_core::Error,
+) {
     let rec = AccessRecord {
         request_id: &ctx.request_id,
         status,

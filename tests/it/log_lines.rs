@@ -71,7 +71,14 @@ async fn one_gatehouse_line_per_failed_try_and_no_pingora_noise() {
         "the dead endpoint was tried and retried: {mixed}"
     );
     assert_eq!(gone, 1, "/gone: two tries, one retry");
-    let logs = gw.logs();
+    // The access line is written after the request is counted and answered: wait for the
+    // 21st (bounded) before reading the log.
+    let mut logs = gw.logs();
+    eventually(std::time::Duration::from_secs(5), async || {
+        logs = gw.logs();
+        logs.matches("\"target\":\"access\"").count() >= 21
+    })
+    .await;
     let lines = json_lines(&logs);
 
     let retried = with_message(&lines, "upstream try failed; retrying");
