@@ -54,7 +54,8 @@ impl Deployment {
     /// SQLite under a fresh dir, or MariaDB with unique database names when `mariadb`.
     pub fn new(tag: &str, mariadb: bool) -> Self {
         let dir = temp_dir(tag);
-        let p = free_ports(4);
+        // The four services' ports and the demo's control API (tests run demos side by side).
+        let p = free_ports(5);
         let ports: HashMap<&'static str, u16> = [
             ("user", p[0]),
             ("transaction", p[1]),
@@ -72,6 +73,7 @@ impl Deployment {
             ("GATEHOUSE_TRANSACTION_PORT", p[1].to_string()),
             ("GATEHOUSE_PAYMENT_PORT", p[2].to_string()),
             ("GATEHOUSE_NOTIFICATION_PORT", p[3].to_string()),
+            ("GATEHOUSE_DEMO_CONTROL", format!("127.0.0.1:{}", p[4])),
             ("RUST_LOG", "info,sqlx=warn".to_string()),
         ]
         .into_iter()
