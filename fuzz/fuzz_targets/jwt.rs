@@ -115,6 +115,7 @@ fuzz_target!(|input: Input| {
         body_prefix: None,
         claims: None,
         response_headers: Vec::new(),
+        state: &Default::default(),
     };
     let out = env.rt.block_on(env.filter.on_request(&mut req, &mut cx));
     match out {
