@@ -10,7 +10,7 @@
 #   docker run -p 8080:8080 -p 9902:9902 -v "$PWD/gw:/etc/gatehouse:ro" gatehouse
 # Check a file before mounting it: docker run --rm -v "$PWD/gw:/etc/gatehouse:ro" gatehouse validate -c /etc/gatehouse/gatehouse.yaml
 FROM rust:1-bookworm AS build
-RUN apt-get update && apt-get install -y --no-install-recommends cmake clang && rm -rf /var/lib/apt/lists/*
+RUN apt-get update && apt-get install -y --no-install-recommends cmake clang libssl-dev pkg-config && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 # Dependencies first, so that source edits reuse the cached dependency layer.
 COPY Cargo.toml Cargo.lock ./
@@ -31,9 +31,10 @@ RUN touch src/main.rs src/lib.rs filters/src/lib.rs wasm/src/lib.rs registry/src
  && gatehouse validate -c config/examples/container.yaml
 
 FROM debian:bookworm-slim
-# ca-certificates: upstream TLS verification. The binary links only glibc, libm and
-# libgcc_s (tests/it/deploy.rs checks its ldd output against this list).
-RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates libgcc-s1 \
+# ca-certificates: upstream TLS verification; libssl3: the TLS backend (pingora's openssl
+# feature, linked against the system's OpenSSL). Beyond that the binary links only glibc,
+# libm and libgcc_s (tests/it/deploy.rs checks its ldd output against this list).
+RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates libgcc-s1 libssl3 \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --user-group --no-create-home gatehouse
 COPY --from=build /usr/local/bin/gatehouse /usr/local/bin/gatehouse

@@ -2,7 +2,8 @@
 # Installs what the README's commands need on a Debian machine that has only Rust, and (with
 # `test`) starts the services the tests talk to. Idempotent: it installs only what is missing
 # and starts only what is down, so every command can call it first.
-#   scripts/setup.sh build   system packages the build needs (cmake for pingora's zlib, pkg-config)
+#   scripts/setup.sh build   system packages the build needs (cmake for pingora's zlib, pkg-config
+#                            and libssl-dev for the TLS backend: pingora's openssl feature)
 #   scripts/setup.sh test    the build's packages, the test tools, and Redis + MariaDB running
 set -euo pipefail
 mode="${1:-build}"
@@ -14,6 +15,8 @@ need_pkgs=()
 command -v cmake >/dev/null || need_pkgs+=(cmake)
 command -v pkg-config >/dev/null || need_pkgs+=(pkg-config)
 command -v cc >/dev/null || need_pkgs+=(gcc g++ make)
+# The TLS backend links the system's OpenSSL (.cargo/config.toml sets OPENSSL_NO_VENDOR).
+[ -f /usr/include/openssl/ssl.h ] || need_pkgs+=(libssl-dev)
 if [ "$mode" = test ]; then
   command -v promtool >/dev/null || need_pkgs+=(prometheus)
   command -v chromium >/dev/null || need_pkgs+=(chromium)
