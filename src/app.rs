@@ -121,6 +121,41 @@ pub fn build_state(
 struct Signals {
     state: Arc<State>,
     successor: Successor,
+    /// `shutdown.drain_delay`.
+    drain_delay: Duration,
+}
+
+impl Signals {
+    /// After SIGTERM: not ready (`/readyz` 503 `draining`, responses ask clients to close)
+    /// while the listeners keep accepting for `shutdown.drain_delay`, so that load
+    /// balancers take the gateway out before its sockets close; then the graceful stop.
+    /// SIGINT meanwhile is a fast shutdown; a second SIGTERM ends the delay.
+    async fn drain_delay(
+        &self,
+        term: &mut tokio::signal::unix::Signal,
+        int: &mut tokio::signal::unix::Signal,
+    ) -> ShutdownSignal {
+        self.state.draining.store(true, Ordering::Relaxed);
+        if self.drain_delay.is_zero() {
+            tracing::info!("SIGTERM: draining");
+            return ShutdownSignal::GracefulTerminate;
+        }
+        tracing::info!(
+            drain_delay_ms = self.drain_delay.as_millis() as u64,
+            "SIGTERM: not ready; listeners keep accepting until the drain delay ends"
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(self.drain_delay) => {
+                tracing::info!("drain delay over: draining");
+                ShutdownSignal::GracefulTerminate
+            }
+            _ = term.recv() => {
+                tracing::info!("second SIGTERM: drain delay cut short; draining");
+                ShutdownSignal::GracefulTerminate
+            }
+            _ = int.recv() => ShutdownSignal::FastShutdown,
+        }
+    }
 }
 
 #[async_trait]
@@ -139,9 +174,8 @@ impl ShutdownSignalWatch for Signals {
         let sig = loop {
             tokio::select! {
                 _ = term.recv() => {
-                    tracing::info!("SIGTERM: draining");
                     lifecycle::notify(&[sd_notify::NotifyState::Stopping]);
-                    break ShutdownSignal::GracefulTerminate;
+                    break self.drain_delay(&mut term, &mut int).await;
                 }
                 _ = int.recv() => {
                     lifecycle::notify(&[sd_notify::NotifyState::Stopping]);
@@ -502,6 +536,7 @@ pub fn run(opts: RunOptions) -> Result<(), StartError> {
     server.run(RunArgs {
         shutdown_signal: Box::new(Signals {
             state,
+            drain_delay: cfg.shutdown.drain_delay.get(),
             successor: Successor {
                 exe: opts.exe.clone(),
                 config_path,

@@ -454,6 +454,15 @@ pub struct ShutdownConfig {
     /// the process exits as soon as none is left. Default 10s.
     #[serde(default = "default_grace")]
     pub grace_period: Duration,
+    /// On SIGTERM, keep accepting for this long first, while `/readyz` answers 503
+    /// `draining` and responses ask clients to close (`Connection: close`); then stop
+    /// accepting and drain for `grace_period`. The time a load balancer or Kubernetes
+    /// needs to see the gateway not ready before its listeners close (Envoy's drain time;
+    /// on Kubernetes, instead of a preStop sleep). Default 0s: stop accepting at once, as
+    /// nginx does. SIGINT during the delay shuts down at once; a second SIGTERM ends the
+    /// delay. At most 300s. Needs a restart.
+    #[serde(default = "default_drain_delay")]
+    pub drain_delay: Duration,
     /// Unix socket over which a binary upgrade hands the listening sockets from the
     /// running process to the new one (`gatehouse run --upgrade`, then SIGQUIT to the old
     /// one; or SIGUSR2, which does both). Default `/tmp/gatehouse-upgrade.sock`; give each
@@ -466,6 +475,7 @@ impl Default for ShutdownConfig {
     fn default() -> Self {
         Self {
             grace_period: default_grace(),
+            drain_delay: default_drain_delay(),
             upgrade_socket: default_upgrade_socket(),
         }
     }
@@ -473,6 +483,10 @@ impl Default for ShutdownConfig {
 
 fn default_upgrade_socket() -> String {
     "/tmp/gatehouse-upgrade.sock".to_string()
+}
+
+fn default_drain_delay() -> Duration {
+    Duration::from_secs(0)
 }
 
 fn default_grace() -> Duration {

@@ -29,6 +29,12 @@ pub fn validate(cfg: &GatewayConfig) -> (Vec<ConfigError>, Vec<ConfigWarning>) {
     if cfg.runtime.threads == Some(0) {
         errs.push(ConfigError::at("runtime.threads", "must be at least 1"));
     }
+    if cfg.shutdown.drain_delay.get() > std::time::Duration::from_secs(300) {
+        errs.push(ConfigError::at(
+            "shutdown.drain_delay",
+            "must be at most 300s (listeners keep accepting that long after SIGTERM)",
+        ));
+    }
     access_log(&cfg.access_log, &mut errs);
     (errs, warns)
 }
