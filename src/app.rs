@@ -96,7 +96,10 @@ pub fn build_state(
     for w in &loaded.warnings {
         tracing::warn!(warning = %w, "config warning");
     }
+    let tls = crate::tls::TlsStores::new(&loaded.config, &telemetry)
+        .map_err(|e| StartError::Other(format!("TLS: {e}")))?;
     let snap = compile(loaded, None, &filter_runtime)?;
+    tls.apply(&snap.tls_files);
     telemetry.config_loaded(&hash, "start");
     crate::state::publish::publish(&telemetry, &snap);
     let state = Arc::new(State {
@@ -107,6 +110,7 @@ pub fn build_state(
         started_at: SystemTime::now(),
         service_pools: Default::default(),
         draining: std::sync::atomic::AtomicBool::new(false),
+        tls,
     });
     state.filter_runtime.wasm().set_upstreams(Arc::new(
         crate::state::calls::SnapshotUpstreams::new(&state),

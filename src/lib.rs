@@ -20,6 +20,7 @@ pub mod resilience;
 pub mod router;
 pub mod state;
 pub mod telemetry;
+pub mod tls;
 pub mod upstream;
 
 pub use cli::App;

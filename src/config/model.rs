@@ -64,6 +64,92 @@ pub struct ListenerConfig {
     /// without a valid header, is closed. Default false. Reloadable.
     #[serde(default)]
     pub proxy_protocol: bool,
+    /// Terminate TLS on this listener (see the README's "TLS"); absent: clear text.
+    /// Certificates and `min_version` reload; turning TLS on or off needs a restart.
+    #[serde(default)]
+    pub tls: Option<ListenerTlsConfig>,
+    /// On a clear-text listener: answer every request with `308 Permanent Redirect` to the
+    /// same URL over https (RFC 9110 §15.4.9), except `/.well-known/acme-challenge/`
+    /// (ACME HTTP-01, RFC 8555 §8.3), which is routed as usual. Default false. Reloadable.
+    #[serde(default)]
+    pub redirect_https: bool,
+    /// The port in a `redirect_https` Location, when the TLS listener is not on 443.
+    #[serde(default)]
+    pub https_port: Option<u16>,
+}
+
+/// TLS on a listener: one certificate (`cert` + `key`) or several chosen by SNI
+/// (`certificates`), OpenSSL's Mozilla "intermediate" ciphers, ALPN `h2` and `http/1.1`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerTlsConfig {
+    /// PEM certificate chain (leaf first), relative to the config file: shorthand for a
+    /// `certificates` list of one.
+    #[serde(default)]
+    pub cert: Option<String>,
+    /// PEM private key of `cert` (PKCS#8, PKCS#1 or SEC1), relative to the config file.
+    #[serde(default)]
+    pub key: Option<String>,
+    /// Certificates chosen by the client's SNI name: an exact SAN DNS name first, then a
+    /// `*.example.com` wildcard (one label, RFC 6125 §6.4.3), else the default one.
+    #[serde(default)]
+    pub certificates: Vec<CertificateConfig>,
+    /// Lowest TLS version accepted: `"1.2"` (default) or `"1.3"`.
+    #[serde(default)]
+    pub min_version: TlsVersion,
+}
+
+/// One certificate of a TLS listener.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateConfig {
+    /// PEM certificate chain (leaf first), relative to the config file.
+    pub cert: String,
+    /// PEM private key matching the certificate, relative to the config file.
+    pub key: String,
+    /// SNI names this certificate answers (exact or `*.example.com`); default: the
+    /// certificate's own SAN DNS names (Traefik's rule).
+    #[serde(default)]
+    pub names: Vec<String>,
+    /// Served to clients without SNI or with a name no certificate has; default: the
+    /// first certificate listed. At most one per listener.
+    #[serde(default)]
+    pub default: bool,
+}
+
+/// A TLS protocol version.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+pub enum TlsVersion {
+    /// TLS 1.2 (RFC 5246) and 1.3.
+    #[default]
+    #[serde(rename = "1.2")]
+    Tls12,
+    /// TLS 1.3 only (RFC 8446).
+    #[serde(rename = "1.3")]
+    Tls13,
+}
+
+impl ListenerTlsConfig {
+    /// The certificates in declared order: the `cert`/`key` shorthand first, then the
+    /// list, each with its YAML path (`listeners[i].tls` or `..certificates[j]`).
+    pub fn all_certificates(&self, at: &str) -> Vec<(String, CertificateConfig)> {
+        let mut out = Vec::new();
+        if let (Some(cert), Some(key)) = (&self.cert, &self.key) {
+            out.push((
+                at.to_string(),
+                CertificateConfig {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    names: Vec::new(),
+                    default: false,
+                },
+            ));
+        }
+        for (j, c) in self.certificates.iter().enumerate() {
+            out.push((format!("{at}.certificates[{j}]"), c.clone()));
+        }
+        out
+    }
 }
 
 /// Request-header limits, timeouts and connection handling of one listener. Defaults sit in

@@ -135,6 +135,7 @@ fn listeners(cfg: &GatewayConfig, errs: &mut Vec<ConfigError>, warns: &mut Vec<C
             ));
         }
         trust(l, &format!("listeners[{i}]"), errs, warns);
+        tls(l, &format!("listeners[{i}]"), errs, warns);
     }
     if let Some(a) = parse_addr(&cfg.admin.address, "admin.address".into(), errs) {
         if let Some((other, _)) = bound.iter().find(|(_, b)| overlaps(&a, b)) {
@@ -161,6 +162,75 @@ fn listeners(cfg: &GatewayConfig, errs: &mut Vec<ConfigError>, warns: &mut Vec<C
 }
 
 /// A listener's `trusted_proxies` and `proxy_protocol` (see `client_addr`).
+/// A listener's `tls`, `redirect_https` and `https_port`. The files themselves are read
+/// (and refused with their path) when the config is compiled.
+fn tls(
+    l: &ListenerConfig,
+    base: &str,
+    errs: &mut Vec<ConfigError>,
+    warns: &mut Vec<ConfigWarning>,
+) {
+    if l.https_port == Some(0) {
+        errs.push(ConfigError::at(
+            format!("{base}.https_port"),
+            "must be 1..=65535",
+        ));
+    }
+    if l.https_port.is_some() && !l.redirect_https {
+        warns.push(ConfigError::at(
+            format!("{base}.https_port"),
+            "is used only with redirect_https: true",
+        ));
+    }
+    let Some(t) = &l.tls else { return };
+    let at = format!("{base}.tls");
+    if l.redirect_https {
+        errs.push(ConfigError::at(
+            format!("{base}.redirect_https"),
+            "redirects clear-text requests to https; this listener already has tls",
+        ));
+    }
+    match (&t.cert, &t.key) {
+        (Some(_), None) => errs.push(ConfigError::at(format!("{at}.key"), "cert needs its key")),
+        (None, Some(_)) => errs.push(ConfigError::at(format!("{at}.cert"), "key needs its cert")),
+        _ => {}
+    }
+    // (ACME, when configured, counts as a certificate source here.)
+    if t.cert.is_none() && t.key.is_none() && t.certificates.is_empty() {
+        errs.push(ConfigError::at(
+            at.clone(),
+            "a TLS listener needs a certificate: cert and key, or certificates: [ { cert, key } ]",
+        ));
+    }
+    let mut default = None;
+    for (j, c) in t.certificates.iter().enumerate() {
+        let cat = format!("{at}.certificates[{j}]");
+        if c.default {
+            match default {
+                Some(first) => errs.push(ConfigError::at(
+                    format!("{cat}.default"),
+                    format!("only one certificate can be the default (also certificates[{first}])"),
+                )),
+                None => default = Some(j),
+            }
+        }
+        for (k, n) in c.names.iter().enumerate() {
+            let label_ok = |x: &str| {
+                !x.is_empty()
+                    && x.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            };
+            let body = n.strip_prefix("*.").unwrap_or(n);
+            if !body.split('.').all(label_ok) {
+                errs.push(ConfigError::at(
+                    format!("{cat}.names[{k}]"),
+                    format!("{n:?} is not a DNS name or a *.wildcard of one (a leading `*.` only)"),
+                ));
+            }
+        }
+    }
+}
+
 fn trust(
     l: &ListenerConfig,
     base: &str,

@@ -38,11 +38,12 @@ fn value(s: &str) -> Result<HeaderValue> {
 /// client's chains are kept and the peer appended (`X-Forwarded-For`, and `Forwarded` when
 /// the client sent one, RFC 7239 section 4), and its `X-Forwarded-Proto`/`-Host` are kept
 /// when present; from any other peer every one of them is replaced by what the gateway
-/// saw. `host` is the client's `Host` header.
+/// saw. `host` is the client's `Host` header; `proto` the scheme it used (`http`, `https`).
 pub fn set_forwarding_headers(
     req: &mut RequestHeader,
     client: Option<&ClientAddr>,
     host: Option<&HeaderValue>,
+    proto: &'static str,
 ) -> Result<()> {
     let Some(c) = client else {
         for n in [
@@ -80,7 +81,7 @@ pub fn set_forwarding_headers(
 
     let keep = |req: &RequestHeader, n: &str| c.peer_trusted && req.headers.contains_key(n);
     if !keep(req, "x-forwarded-proto") {
-        req.insert_header("x-forwarded-proto", HeaderValue::from_static("http"))?;
+        req.insert_header("x-forwarded-proto", HeaderValue::from_static(proto))?;
     }
     if !keep(req, "x-forwarded-host") {
         match host {
@@ -118,7 +119,7 @@ mod tests {
         let t = TrustedProxies::parse(trusted).unwrap();
         let c = ClientAddr::resolve(peer.parse().unwrap(), &t, &req.headers);
         let host = HeaderValue::from_static("gw.example");
-        set_forwarding_headers(&mut req, Some(&c), Some(&host)).unwrap();
+        set_forwarding_headers(&mut req, Some(&c), Some(&host), "http").unwrap();
         req
     }
 

@@ -48,6 +48,8 @@ pub struct RequestCtx {
     pub client_ip: Option<IpAddr>,
     /// The connection's peer and whether it is a trusted proxy.
     pub client: Option<ClientAddr>,
+    /// Whether the request came over TLS (`X-Forwarded-Proto: https`).
+    pub tls: bool,
     /// Normalized path.
     pub path: String,
     /// Parameters the route's path template captured (`{id}` -> `42`), still
@@ -104,6 +106,7 @@ impl RequestCtx {
             next_peer: None,
             request_id: String::new(),
             client_ip: None,
+            tls: false,
             client: None,
             path: String::new(),
             path_params: Vec::new(),

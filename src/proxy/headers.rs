@@ -149,7 +149,13 @@ pub fn set_forwarding(
     endpoint: Option<&str>,
 ) -> Result<()> {
     req.insert_header("x-request-id", ctx.request_id.as_str())?;
-    super::client_addr::set_forwarding_headers(req, ctx.client.as_ref(), ctx.host_header.as_ref())?;
+    let proto = if ctx.tls { "https" } else { "http" };
+    super::client_addr::set_forwarding_headers(
+        req,
+        ctx.client.as_ref(),
+        ctx.host_header.as_ref(),
+        proto,
+    )?;
     let now = iso8601_millis(SystemTime::now());
     req.insert_header(
         "x-request-timestamp",

@@ -1,5 +1,6 @@
 //! One pingora service per client listener: its read buffer, request-header limits and
-//! deadline (pingora's `HttpServerOptions`), and its cap on open connections.
+//! deadline (pingora's `HttpServerOptions`), its cap on open connections, and the apps each
+//! connection goes through (cap, PROXY header, TLS handshake, HTTP).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -15,12 +16,14 @@ use pingora_proxy::HttpProxy;
 
 use super::edge::EdgeLimits;
 use super::proxy_protocol::ProxyProtocol;
+use super::tls::Tls;
 use super::Gateway;
 use crate::config::model::ListenerConfig;
 use crate::state::State;
 
-/// The proxy service of one listener: `Gateway` behind a connection cap.
-pub type ListenerService = Service<Capped<ProxyProtocol<HttpProxy<Gateway>>>>;
+/// The proxy service of one listener: `Gateway` behind a connection cap, the PROXY
+/// protocol header and TLS.
+pub type ListenerService = Service<Capped<ProxyProtocol<Tls<HttpProxy<Gateway>>>>>;
 
 /// Builds listener `l`'s service. `read_buffer` is the per-connection read buffer in bytes.
 pub fn service(
@@ -36,9 +39,15 @@ pub fn service(
     opts.max_request_header_bytes = Some(h.max_request_header_bytes);
     opts.request_header_timeout = Some(h.header_read_timeout.0);
     proxy.server_options = Some(opts);
+    let tls = Tls {
+        inner: Arc::new(proxy),
+        store: state.tls.get(&l.name).cloned(),
+        telemetry: state.telemetry.clone(),
+        timeout: h.header_read_timeout.0,
+    };
     let app = Capped {
         inner: Arc::new(ProxyProtocol {
-            inner: Arc::new(proxy),
+            inner: Arc::new(tls),
             state,
             timeout: h.header_read_timeout.0,
         }),

@@ -36,6 +36,7 @@ pub mod request;
 pub mod resilience;
 pub mod respond;
 pub mod response;
+pub mod tls;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -111,6 +112,7 @@ impl ProxyHttp for Gateway {
         ctx.request_id = headers::request_id(session.req_header());
         ctx.client = client_addr::resolve(session, &ctx.snap);
         ctx.client_ip = ctx.client.map(|c| c.client);
+        ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         self.close_if_draining(session);
         match request::admit(session, ctx, &self.edge) {
             Ok(route) => request::run_filters(session, ctx, &route).await,

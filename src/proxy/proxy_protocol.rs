@@ -4,7 +4,8 @@
 //!
 //! pingora hands every accepted connection to a `ServerApp` before any HTTP parsing
 //! (`process_new`), so the header is read there by wrapping the HTTP app; nothing in
-//! pingora needed a change. (A TLS listener would read it in pingora's pre-TLS callback.)
+//! pingora needed a change. On a TLS listener the header comes first and the handshake
+//! (`proxy/tls.rs`) follows it.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;

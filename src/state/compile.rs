@@ -222,6 +222,18 @@ pub fn compile(
         }
     }
 
+    let mut tls_files = BTreeMap::new();
+    for (i, l) in cfg.listeners.iter().enumerate() {
+        let Some(tls) = &l.tls else { continue };
+        let dir = config_dir.unwrap_or(std::path::Path::new("."));
+        match crate::tls::load_files(tls, &format!("listeners[{i}].tls"), &l.name, dir) {
+            Ok(files) => {
+                tls_files.insert(l.name.clone(), files);
+            }
+            Err(e) => errs.extend(e),
+        }
+    }
+
     if !errs.is_empty() {
         return Err(ConfigErrors(
             errs.into_iter().map(|e| loaded.locate(e)).collect(),
@@ -233,6 +245,7 @@ pub fn compile(
         owned_headers,
         listeners,
         access_log: cfg.access_log.enabled.then(|| cfg.access_log.clone()),
+        tls_files,
         loaded,
         loaded_at: SystemTime::now(),
     })

@@ -91,6 +91,9 @@ pub struct Snapshot {
     pub listeners: Vec<ListenerTrust>,
     /// The access log's format and fields; `None` when `access_log.enabled` is false.
     pub access_log: Option<crate::config::model::AccessLogConfig>,
+    /// Each TLS listener's certificates as the config's files say (by listener name),
+    /// handed to `State::tls` when the snapshot goes live.
+    pub tls_files: BTreeMap<String, crate::tls::FileCerts>,
     /// When it was loaded.
     pub loaded_at: SystemTime,
 }
@@ -127,6 +130,9 @@ pub struct State {
     pub service_pools: crate::upstream::pools::Pools,
     /// Set on SIGTERM: /readyz turns 503 and responses ask clients to close.
     pub draining: std::sync::atomic::AtomicBool,
+    /// The certificate store of each TLS listener (outlives snapshots: ACME installs
+    /// certificates there at run time).
+    pub tls: crate::tls::TlsStores,
 }
 
 impl State {

@@ -42,13 +42,25 @@ fn restart_only(old: &config::GatewayConfig, new: &config::GatewayConfig) -> Vec
 }
 
 /// Whether both configs have the same listeners but for what is read per connection from
-/// the snapshot (`trusted_proxies`, `proxy_protocol`).
+/// the snapshot (`trusted_proxies`, `proxy_protocol`, `redirect_https`, `https_port`) and
+/// the TLS certificates (served from the listener's store, replaced on reload).
 fn same_sockets(a: &config::GatewayConfig, b: &config::GatewayConfig) -> bool {
     let shape = |c: &config::GatewayConfig| {
         let mut l = c.listeners.clone();
         for x in &mut l {
             x.trusted_proxies.clear();
             x.proxy_protocol = false;
+            x.redirect_https = false;
+            x.https_port = None;
+            // Certificates and min_version reload; TLS on or off is the socket's shape.
+            if let Some(tls) = &mut x.tls {
+                *tls = config::model::ListenerTlsConfig {
+                    cert: None,
+                    key: None,
+                    certificates: Vec::new(),
+                    min_version: Default::default(),
+                };
+            }
         }
         l
     };
@@ -59,8 +71,8 @@ fn same_sockets(a: &config::GatewayConfig, b: &config::GatewayConfig) -> bool {
 /// snapshot (and `/admin/config`) tells what actually runs, and the warning repeats on
 /// every reload until a restart.
 fn keep_restart_only(new: &mut config::GatewayConfig, running: &config::GatewayConfig) {
-    // A listener's trusted_proxies and proxy_protocol are read per connection from the
-    // snapshot: they reload; the sockets themselves do not.
+    // A listener's trusted_proxies, proxy_protocol, redirect and certificates are read
+    // per connection: they reload; the sockets themselves (and TLS on/off) do not.
     if !same_sockets(new, running) {
         new.listeners = running.listeners.clone();
     }
@@ -91,6 +103,9 @@ pub fn reload(state: &State, trigger: &str) -> Result<ReloadReport, ConfigErrors
         Ok((snap, warnings, diff)) => {
             let hash = snap.loaded.hash.clone();
             let changed = hash != state.current().loaded.hash;
+            // Certificates first: a request on the new snapshot may follow a handshake
+            // with the new certificate, never the other way round.
+            state.tls.apply(&snap.tls_files);
             let old = state.snapshot.swap(Arc::new(snap));
             super::publish::after_swap(state, &old);
             let warnings: Vec<String> = warnings.iter().map(|w| w.to_string()).collect();

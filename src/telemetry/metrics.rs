@@ -57,6 +57,10 @@ pub struct Metrics {
     pub discovery_errors: IntCounterVec,
     /// `gatehouse_build_info{version}`.
     pub build_info: IntGaugeVec,
+    /// `gatehouse_tls_certificate_expiry_timestamp_seconds{name}`.
+    pub tls_certificate_expiry: IntGaugeVec,
+    /// `gatehouse_tls_handshake_failures_total{listener,reason}`.
+    pub tls_handshake_failures: IntCounterVec,
 }
 
 /// A metric could not be registered (a programming error: duplicate names).
@@ -148,6 +152,16 @@ impl Metrics {
                 &["upstream", "source"]
             )?),
             build_info: reg!(gauge("gatehouse_build_info", "Build information; always 1.", &["version"])?),
+            tls_certificate_expiry: reg!(gauge(
+                "gatehouse_tls_certificate_expiry_timestamp_seconds",
+                "Unix time at which each served certificate expires (its notAfter), by its first SAN DNS name (else CN, else file).",
+                &["name"]
+            )?),
+            tls_handshake_failures: reg!(counter(
+                "gatehouse_tls_handshake_failures_total",
+                "TLS handshakes that failed, by listener and reason (no_shared_cipher, protocol_version, unknown_ca, bad_certificate, no_certificate, not_tls, client_closed, timeout, other).",
+                &["listener", "reason"]
+            )?),
             registry,
         };
         // The standard process_* metrics (CPU seconds, resident memory, open fds, start time),

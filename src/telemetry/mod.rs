@@ -7,6 +7,7 @@ pub mod events;
 pub mod logging;
 pub mod metrics;
 
+use std::collections::BTreeMap;
 use std::fmt::Display;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::SystemTime;
@@ -289,6 +290,45 @@ impl Telemetry {
             changes: None,
             pending_restart: Vec::new(),
         });
+    }
+}
+
+impl Telemetry {
+    // === TLS ===
+
+    /// A TLS listener exists: its handshake-failure series start at 0 for every reason.
+    pub fn tls_listener(&self, listener: &str, reasons: &[&str]) {
+        for r in reasons {
+            self.metrics
+                .tls_handshake_failures
+                .with_label_values(&[listener, r]);
+        }
+    }
+
+    /// The certificates served now, by metric name, with their `notAfter` (unix
+    /// seconds); names no longer served lose their series.
+    pub fn tls_certificates(&self, served: &BTreeMap<String, i64>) {
+        let g = &self.metrics.tls_certificate_expiry;
+        remove_series(g, |label| {
+            label("name").is_some_and(|n| !served.contains_key(&n))
+        });
+        for (name, not_after) in served {
+            g.with_label_values(&[name]).set(*not_after);
+        }
+    }
+
+    /// A certificate was loaded or installed (`source`: a file, `acme`, ...).
+    pub fn tls_certificate_loaded(&self, listener: &str, name: &str, not_after: i64, source: &str) {
+        tracing::info!(listener, name, not_after, source, "TLS certificate loaded");
+    }
+
+    /// A TLS handshake failed; `reason` is one of the listener's pre-initialized reasons.
+    pub fn tls_handshake_failed(&self, listener: &str, reason: &str, error: &dyn Display) {
+        tracing::debug!(listener, reason, error = %error, "TLS handshake failed");
+        self.metrics
+            .tls_handshake_failures
+            .with_label_values(&[listener, reason])
+            .inc();
     }
 }
 

@@ -31,6 +31,7 @@ mod routing_templates;
 mod shutdown;
 mod smuggling;
 mod support;
+mod tls;
 mod upstream_errors;
 mod upstream_faults;
 mod wasm;

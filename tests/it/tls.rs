@@ -1,0 +1,546 @@
+//! TLS on listeners, with a test CA and leaf certificates made here (rcgen) and a real
+//! OpenSSL client that verifies the chain and reports which certificate it got: handshake
+//! and ALPN, SNI (exact, wildcard, default), min_version, certificate reload (a connection
+//! kept open across it), a broken certificate refused, the metrics, and redirect_https.
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use openssl::hash::MessageDigest;
+use openssl::ssl::{SslConnector, SslMethod, SslVersion};
+use openssl::x509::X509;
+use pingora_core::tls::tokio_ssl::SslStream;
+use rcgen::{CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::support::*;
+
+/// A test CA and the leaves it signs.
+struct Pki {
+    ca: CertifiedIssuer<'static, KeyPair>,
+}
+
+/// A leaf certificate and key in PEM.
+#[derive(Clone)]
+struct Leaf {
+    cert: String,
+    key: String,
+}
+
+impl Leaf {
+    /// SHA-256 of the leaf, to compare with what a client got.
+    fn fingerprint(&self) -> Vec<u8> {
+        let x = X509::from_pem(self.cert.as_bytes()).unwrap();
+        x.digest(MessageDigest::sha256()).unwrap().to_vec()
+    }
+}
+
+impl Pki {
+    fn new() -> Self {
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        p.distinguished_name
+            .push(DnType::CommonName, "gatehouse test CA");
+        let ca = CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap()).unwrap();
+        Self { ca }
+    }
+
+    fn ca_x509(&self) -> X509 {
+        X509::from_pem(self.ca.pem().as_bytes()).unwrap()
+    }
+
+    /// A leaf for `names` (SAN DNS names), valid until `not_after` (unix seconds) or for
+    /// a year.
+    fn leaf_until(&self, names: &[&str], not_after: Option<i64>) -> Leaf {
+        let mut p = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+            .unwrap();
+        p.distinguished_name.push(DnType::CommonName, names[0]);
+        let now = time::OffsetDateTime::now_utc();
+        p.not_before = now - time::Duration::days(1);
+        p.not_after = match not_after {
+            Some(t) => time::OffsetDateTime::from_unix_timestamp(t).unwrap(),
+            None => now + time::Duration::days(365),
+        };
+        let key = KeyPair::generate().unwrap();
+        let cert = p.signed_by(&key, &self.ca).unwrap();
+        Leaf {
+            cert: cert.pem(),
+            key: key.serialize_pem(),
+        }
+    }
+
+    fn leaf(&self, names: &[&str]) -> Leaf {
+        self.leaf_until(names, None)
+    }
+}
+
+/// What one client handshake should offer.
+#[derive(Clone, Copy)]
+struct Hello<'a> {
+    sni: Option<&'a str>,
+    alpn: &'a [&'a str],
+    max_version: Option<SslVersion>,
+}
+
+const HTTP1: Hello<'static> = Hello {
+    sni: Some("a.test"),
+    alpn: &["http/1.1"],
+    max_version: None,
+};
+
+/// A verified TLS connection to the gateway's proxy port (the chain must lead to `ca`;
+/// the host name is not checked here, the tests compare the leaf they got).
+async fn connect(port: u16, ca: &X509, hello: Hello<'_>) -> Result<SslStream<TcpStream>, String> {
+    let mut b = SslConnector::builder(SslMethod::tls_client()).unwrap();
+    b.cert_store_mut().add_cert(ca.clone()).unwrap();
+    if !hello.alpn.is_empty() {
+        let mut wire = Vec::new();
+        for p in hello.alpn {
+            wire.push(p.len() as u8);
+            wire.extend_from_slice(p.as_bytes());
+        }
+        b.set_alpn_protos(&wire).unwrap();
+    }
+    b.set_max_proto_version(hello.max_version).unwrap();
+    let conf = b
+        .build()
+        .configure()
+        .unwrap()
+        .verify_hostname(false)
+        .use_server_name_indication(hello.sni.is_some());
+    let ssl = conf.into_ssl(hello.sni.unwrap_or("unused")).unwrap();
+    let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let mut s = SslStream::new(ssl, tcp).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), Pin::new(&mut s).connect())
+        .await
+        .map_err(|_| "handshake timed out".to_string())?
+        .map_err(|e| e.to_string())?;
+    Ok(s)
+}
+
+/// The SHA-256 of the leaf the server sent.
+fn served(s: &SslStream<TcpStream>) -> Vec<u8> {
+    let cert = s.ssl().peer_certificate().expect("a server certificate");
+    cert.digest(MessageDigest::sha256()).unwrap().to_vec()
+}
+
+/// One `GET path` on an open HTTP/1.1 connection: status and the header block.
+async fn get_on(s: &mut SslStream<TcpStream>, host: &str, path: &str) -> (u16, String) {
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_string();
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    let (n, v) = l.split_once(':')?;
+                    n.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse().ok())?
+                })
+                .unwrap_or(0);
+            while buf.len() < end + 4 + len {
+                let n = tokio::time::timeout_at(deadline, s.read(&mut chunk))
+                    .await
+                    .expect("body in time")
+                    .unwrap();
+                assert!(n > 0, "connection closed mid-body");
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            let status = head[9..12].parse().unwrap();
+            return (status, head);
+        }
+        let n = tokio::time::timeout_at(deadline, s.read(&mut chunk))
+            .await
+            .expect("response in time")
+            .unwrap();
+        assert!(n > 0, "connection closed before a response");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// A config whose listener `public` terminates TLS with `tls` (a YAML flow mapping).
+fn tls_config(a: &TestUpstream, tls: &str) -> String {
+    format!(
+        "listeners: [ {{ name: public, address: \"{{listen}}\", tls: {tls} }} ]\nadmin: {{ address: \"{{admin}}\" }}\nruntime: {{ threads: 1 }}\nshutdown: {{ grace_period: 2s }}\nupstreams:\n{}routes:\n{ALL_TO_A}",
+        plain_upstream("a", a.addr)
+    )
+}
+
+/// Starts the gateway with `files` (name, content) beside its config.
+async fn start(yaml: &str, files: &[(&str, &str)]) -> TestGateway {
+    TestGateway::start_program(&gatehouse_bin(), yaml, files, &[]).await
+}
+
+fn dir_of(gw: &TestGateway) -> std::path::PathBuf {
+    gw.config_path.parent().unwrap().to_path_buf()
+}
+
+#[tokio::test]
+async fn handshake_alpn_and_http_over_tls() {
+    let pki = Pki::new();
+    let leaf = pki.leaf(&["a.test"]);
+    let [a] = upstreams(["a"]).await;
+    let gw = start(
+        &tls_config(&a, "{ cert: a.pem, key: a.key }"),
+        &[("a.pem", &leaf.cert), ("a.key", &leaf.key)],
+    )
+    .await;
+    let ca = pki.ca_x509();
+
+    let mut s = connect(gw.port, &ca, HTTP1).await.unwrap();
+    assert_eq!(served(&s), leaf.fingerprint());
+    assert_eq!(s.ssl().selected_alpn_protocol(), Some(&b"http/1.1"[..]));
+    let (status, _) = get_on(&mut s, "a.test", "/x").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        a.last_headers()["x-forwarded-proto"],
+        "https",
+        "the upstream learns the client used https"
+    );
+    let (status, _) = get_on(&mut s, "a.test", "/y").await;
+    assert_eq!(status, 200, "keep-alive over TLS");
+
+    // A client offering both gets h2, and pingora speaks HTTP/2 on it: its first frame
+    // after our preface is a SETTINGS frame (RFC 9113 §3.4).
+    let both = Hello {
+        alpn: &["h2", "http/1.1"],
+        ..HTTP1
+    };
+    let mut s = connect(gw.port, &ca, both).await.unwrap();
+    assert_eq!(s.ssl().selected_alpn_protocol(), Some(&b"h2"[..]));
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .unwrap();
+    let mut frame = [0u8; 9];
+    tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut frame))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(frame[3], 0x4, "a SETTINGS frame, got {frame:?}");
+
+    // No ALPN at all: HTTP/1.1.
+    let none = Hello { alpn: &[], ..HTTP1 };
+    let mut s = connect(gw.port, &ca, none).await.unwrap();
+    assert_eq!(s.ssl().selected_alpn_protocol(), None);
+    assert_eq!(get_on(&mut s, "a.test", "/z").await.0, 200);
+}
+
+#[tokio::test]
+async fn sni_picks_exact_then_wildcard_then_the_default() {
+    let pki = Pki::new();
+    let first = pki.leaf(&["first.test"]);
+    let exact = pki.leaf(&["api.example.test"]);
+    let wild = pki.leaf(&["*.example.test"]);
+    let named = pki.leaf(&["ignored.test"]);
+    let fallback = pki.leaf(&["fallback.test"]);
+    let [a] = upstreams(["a"]).await;
+    let tls = "{ certificates: [ { cert: first.pem, key: first.key }, { cert: wild.pem, key: wild.key }, { cert: exact.pem, key: exact.key }, { cert: named.pem, key: named.key, names: [other.test] }, { cert: fallback.pem, key: fallback.key, default: true } ] }";
+    let gw = start(
+        &tls_config(&a, tls),
+        &[
+            ("first.pem", &first.cert),
+            ("first.key", &first.key),
+            ("exact.pem", &exact.cert),
+            ("exact.key", &exact.key),
+            ("wild.pem", &wild.cert),
+            ("wild.key", &wild.key),
+            ("named.pem", &named.cert),
+            ("named.key", &named.key),
+            ("fallback.pem", &fallback.cert),
+            ("fallback.key", &fallback.key),
+        ],
+    )
+    .await;
+    let ca = pki.ca_x509();
+    let got = async |sni: Option<&str>| {
+        let s = connect(gw.port, &ca, Hello { sni, ..HTTP1 }).await.unwrap();
+        served(&s)
+    };
+    assert_eq!(
+        got(Some("api.example.test")).await,
+        exact.fingerprint(),
+        "exact beats wildcard"
+    );
+    assert_eq!(
+        got(Some("API.Example.TEST")).await,
+        exact.fingerprint(),
+        "names are case-blind"
+    );
+    assert_eq!(got(Some("www.example.test")).await, wild.fingerprint());
+    assert_eq!(
+        got(Some("a.b.example.test")).await,
+        fallback.fingerprint(),
+        "a wildcard covers one label only"
+    );
+    assert_eq!(got(Some("example.test")).await, fallback.fingerprint());
+    assert_eq!(got(Some("first.test")).await, first.fingerprint());
+    assert_eq!(
+        got(Some("other.test")).await,
+        named.fingerprint(),
+        "names: overrides the SANs"
+    );
+    assert_eq!(got(Some("ignored.test")).await, fallback.fingerprint());
+    assert_eq!(
+        got(Some("unknown.test")).await,
+        fallback.fingerprint(),
+        "unknown name: default"
+    );
+    assert_eq!(got(None).await, fallback.fingerprint(), "no SNI: default");
+}
+
+#[tokio::test]
+async fn without_a_marked_default_the_first_certificate_is_served() {
+    let pki = Pki::new();
+    let first = pki.leaf(&["first.test"]);
+    let second = pki.leaf(&["second.test"]);
+    let [a] = upstreams(["a"]).await;
+    let tls = "{ certificates: [ { cert: 1.pem, key: 1.key }, { cert: 2.pem, key: 2.key } ] }";
+    let gw = start(
+        &tls_config(&a, tls),
+        &[
+            ("1.pem", &first.cert),
+            ("1.key", &first.key),
+            ("2.pem", &second.cert),
+            ("2.key", &second.key),
+        ],
+    )
+    .await;
+    let ca = pki.ca_x509();
+    let none = Hello { sni: None, ..HTTP1 };
+    assert_eq!(
+        served(&connect(gw.port, &ca, none).await.unwrap()),
+        first.fingerprint()
+    );
+    let second_sni = Hello {
+        sni: Some("second.test"),
+        ..HTTP1
+    };
+    assert_eq!(
+        served(&connect(gw.port, &ca, second_sni).await.unwrap()),
+        second.fingerprint()
+    );
+}
+
+#[tokio::test]
+async fn min_version_1_3_refuses_a_tls_1_2_client_and_counts_it() {
+    let pki = Pki::new();
+    let leaf = pki.leaf(&["a.test"]);
+    let [a] = upstreams(["a"]).await;
+    let gw = start(
+        &tls_config(&a, "{ cert: a.pem, key: a.key, min_version: \"1.3\" }"),
+        &[("a.pem", &leaf.cert), ("a.key", &leaf.key)],
+    )
+    .await;
+    let ca = pki.ca_x509();
+    let failures = |reason: &'static str| {
+        let gw = &gw;
+        async move {
+            metric(
+                gw,
+                "gatehouse_tls_handshake_failures_total",
+                &[("listener", "public"), ("reason", reason)],
+            )
+            .await
+        }
+    };
+    assert_eq!(failures("protocol_version").await, 0.0, "pre-initialized");
+    let old = Hello {
+        max_version: Some(SslVersion::TLS1_2),
+        ..HTTP1
+    };
+    let refused = connect(gw.port, &ca, old).await;
+    assert!(refused.is_err(), "a TLS 1.2-only client is refused");
+    let s = connect(gw.port, &ca, HTTP1).await.unwrap();
+    assert_eq!(s.ssl().version_str(), "TLSv1.3");
+    assert!(
+        eventually(Duration::from_secs(5), async || failures(
+            "protocol_version"
+        )
+        .await
+            == 1.0)
+        .await,
+        "one protocol_version failure:\n{}",
+        gw.metrics().await
+    );
+
+    // Plain HTTP on the TLS port is a handshake failure too, not a request.
+    let (status, _) = raw_get(gw.port, "/").await;
+    assert_ne!(status, 200);
+    assert!(
+        eventually(Duration::from_secs(5), async || failures("not_tls").await
+            == 1.0)
+        .await,
+        "one not_tls failure:\n{}",
+        gw.metrics().await
+    );
+}
+
+#[tokio::test]
+async fn expiry_gauge_shows_each_certificates_not_after() {
+    let pki = Pki::new();
+    let not_after = 1_925_078_400; // 2031-01-02T00:00:00Z
+    let leaf = pki.leaf_until(&["a.test", "b.test"], Some(not_after));
+    let [a] = upstreams(["a"]).await;
+    let gw = start(
+        &tls_config(&a, "{ cert: a.pem, key: a.key }"),
+        &[("a.pem", &leaf.cert), ("a.key", &leaf.key)],
+    )
+    .await;
+    assert_eq!(
+        metric(
+            &gw,
+            "gatehouse_tls_certificate_expiry_timestamp_seconds",
+            &[("name", "a.test")]
+        )
+        .await,
+        not_after as f64
+    );
+
+    // A renewed certificate replaces the series' value on reload; one that is no longer
+    // served loses its series.
+    let renewed = pki.leaf_until(&["c.test"], Some(not_after + 86_400));
+    std::fs::write(dir_of(&gw).join("a.pem"), &renewed.cert).unwrap();
+    std::fs::write(dir_of(&gw).join("a.key"), &renewed.key).unwrap();
+    assert_eq!(admin_reload(&gw).await.status, 200);
+    let m = gw.metrics().await;
+    let expiry = |name| {
+        metric_value(
+            &m,
+            "gatehouse_tls_certificate_expiry_timestamp_seconds",
+            &[("name", name)],
+        )
+    };
+    assert_eq!(expiry("c.test"), Some((not_after + 86_400) as f64));
+    assert_eq!(expiry("a.test"), None, "{m}");
+}
+
+#[tokio::test]
+async fn a_replaced_certificate_serves_the_next_handshake_and_open_connections_go_on() {
+    let pki = Pki::new();
+    let v1 = pki.leaf(&["a.test"]);
+    let v2 = pki.leaf(&["a.test"]);
+    let [a] = upstreams(["a"]).await;
+    let gw = start(
+        &tls_config(&a, "{ cert: a.pem, key: a.key }"),
+        &[("a.pem", &v1.cert), ("a.key", &v1.key)],
+    )
+    .await;
+    let ca = pki.ca_x509();
+    let mut kept = connect(gw.port, &ca, HTTP1).await.unwrap();
+    assert_eq!(served(&kept), v1.fingerprint());
+    assert_eq!(get_on(&mut kept, "a.test", "/1").await.0, 200);
+
+    // Renewed by writing both files and reloading (SIGHUP).
+    let dir = dir_of(&gw);
+    rename_over(&dir.join("a.key"), &v2.key);
+    rename_over(&dir.join("a.pem"), &v2.cert);
+    let before = reload_successes(&gw).await;
+    gw.signal(SIGHUP);
+    assert!(
+        eventually(Duration::from_secs(10), async || reload_successes(&gw)
+            .await
+            > before)
+        .await,
+        "reloaded:\n{}",
+        gw.logs()
+    );
+    let fresh = connect(gw.port, &ca, HTTP1).await.unwrap();
+    assert_eq!(
+        served(&fresh),
+        v2.fingerprint(),
+        "the next handshake sees the new certificate"
+    );
+    assert_eq!(
+        get_on(&mut kept, "a.test", "/2").await.0,
+        200,
+        "the connection opened before the reload still serves"
+    );
+}
+
+/// SIGHUP's number (Linux).
+const SIGHUP: i32 = 1;
+
+#[tokio::test]
+async fn a_broken_or_mismatched_certificate_is_refused_and_the_old_one_keeps_serving() {
+    let pki = Pki::new();
+    let v1 = pki.leaf(&["a.test"]);
+    let other = pki.leaf(&["a.test"]);
+    let [a] = upstreams(["a"]).await;
+    let gw = start(
+        &tls_config(&a, "{ cert: a.pem, key: a.key }"),
+        &[("a.pem", &v1.cert), ("a.key", &v1.key)],
+    )
+    .await;
+    let ca = pki.ca_x509();
+    let dir = dir_of(&gw);
+
+    // A key that is not the certificate's.
+    std::fs::write(dir.join("a.pem"), &other.cert).unwrap();
+    let r = admin_reload(&gw).await;
+    assert_eq!(r.status, 422, "{}", r.body);
+    let e = &r.body["errors"][0];
+    assert_eq!(e["path"], "listeners[0].tls.key", "{}", r.body);
+    let msg = e["message"].as_str().unwrap();
+    assert!(
+        msg.contains("\"public\"") && msg.contains("a.key") && msg.contains("does not match"),
+        "names the listener, the file and the cause: {msg}"
+    );
+    assert_eq!(
+        served(&connect(gw.port, &ca, HTTP1).await.unwrap()),
+        v1.fingerprint()
+    );
+
+    // Not a certificate at all.
+    std::fs::write(dir.join("a.pem"), "-----BEGIN CERTIFICATE-----\nnonsense\n").unwrap();
+    let r = admin_reload(&gw).await;
+    assert_eq!(r.status, 422, "{}", r.body);
+    assert_eq!(
+        r.body["errors"][0]["path"], "listeners[0].tls.cert",
+        "{}",
+        r.body
+    );
+    assert_eq!(
+        served(&connect(gw.port, &ca, HTTP1).await.unwrap()),
+        v1.fingerprint()
+    );
+
+    // `gatehouse validate` refuses it the same way.
+    let out = validate(&gw.config_path);
+    assert!(!out.status.success());
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("listeners[0].tls.cert"), "{text}");
+
+    // Fixed: applied.
+    std::fs::write(dir.join("a.pem"), &v1.cert).unwrap();
+    assert_eq!(admin_reload(&gw).await.status, 200);
+}
+
+#[tokio::test]
+async fn a_missing_certificate_file_stops_the_start_with_its_path() {
+    let [a] = upstreams(["a"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gatehouse.yaml");
+    std::fs::write(
+        &path,
+        fill(
+            &tls_config(&a, "{ cert: missing.pem, key: missing.key }"),
+            free_port(),
+            free_port(),
+        ),
+    )
+    .unwrap();
+    let out = validate(&path);
+    assert!(!out.status.success());
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text.contains("listeners[0].tls.cert") && text.contains("missing.pem"),
+        "{text}"
+    );
+}
