@@ -54,6 +54,8 @@ mutations=(
   's/^            > 0.8$/            >= 0.8/'
   's/for: 2m$/for: 5m/'
   's/for: 1m$/for: 5m/'
+  's/< 14 \* 86400$/< 7 * 86400/'
+  's/for: 10m$/for: 20m/'
 )
 killed=0
 for m in "${mutations[@]}"; do

@@ -308,6 +308,8 @@ struct Maintenance {
     state: Arc<State>,
     sampler: Arc<TrafficSampler>,
     release_free_memory: Option<fn()>,
+    /// Follows the running config's certificate files (a reload may name others).
+    cert_watch: Arc<reload::CertWatch>,
 }
 
 /// Tells when the proxy is quiet: no request finished since the last look and none in
@@ -340,6 +342,7 @@ impl BackgroundService for Maintenance {
                 _ = shutdown.changed() => return,
                 _ = tick.tick() => {
                     self.sampler.sample(&self.state);
+                    watch_certificates(&self.cert_watch, &self.state);
                     if self.state.current().loaded.config.redis.is_some() {
                         // Keeps gatehouse_redis_up true to life even without rate-limited traffic.
                         let rt = self.state.filter_runtime.clone();
@@ -386,6 +389,11 @@ fn reload_if_changed(state: &State, path: &Path) {
         return;
     }
     let _ = reload::reload(state, "file");
+}
+
+/// Points the certificate watcher at the files the running config names.
+fn watch_certificates(watch: &reload::CertWatch, state: &State) {
+    watch.sync(crate::tls::TlsStores::files_of(&state.current().tls_files));
 }
 
 /// Adds a listening service whose socket `spec` counts for `/readyz`, started only after
@@ -496,12 +504,22 @@ pub fn run(opts: RunOptions) -> Result<(), StartError> {
     );
     admin.add_tcp(&admin_spec.address);
     admin.threads = Some(1);
+    // A renewed certificate or key file reloads like an edit of the config file does.
+    let cert_state = state.clone();
+    let cert_watch = Arc::new(
+        reload::CertWatch::start(Duration::from_millis(100), move || {
+            let _ = reload::reload(&cert_state, "certificate");
+        })
+        .map_err(|e| StartError::Other(format!("cannot watch certificate files: {e}")))?,
+    );
+    watch_certificates(&cert_watch, &state);
     let mut maintenance = background_service(
         "gatehouse maintenance",
         Maintenance {
             state: state.clone(),
             sampler: sampler.clone(),
             release_free_memory: opts.release_free_memory,
+            cert_watch: cert_watch.clone(),
         },
     );
     maintenance.threads = Some(1);
@@ -524,7 +542,8 @@ pub fn run(opts: RunOptions) -> Result<(), StartError> {
     let watch_state = state.clone();
     let watch_path = opts.config_path.clone();
     let _watcher = reload::watch_file(&opts.config_path, Duration::from_millis(100), move || {
-        reload_if_changed(&watch_state, &watch_path)
+        reload_if_changed(&watch_state, &watch_path);
+        watch_certificates(&cert_watch, &watch_state);
     })
     .map_err(|e| StartError::Other(format!("cannot watch {}: {e}", opts.config_path.display())))?;
 

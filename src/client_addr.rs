@@ -52,7 +52,8 @@ impl TrustedProxies {
     }
 }
 
-/// One listener's trust settings, found again from a connection's local address.
+/// One listener's per-connection settings (trust, PROXY protocol, https redirect), found
+/// again from a connection's local address.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListenerTrust {
     /// The bound address (`0.0.0.0:8080` takes every local address on port 8080).
@@ -61,6 +62,9 @@ pub struct ListenerTrust {
     pub trusted: TrustedProxies,
     /// Whether connections start with a PROXY protocol header.
     pub proxy_protocol: bool,
+    /// `redirect_https`: clear-text requests get a 308 to https, with this port in the
+    /// Location (`None`: 443, left out).
+    pub redirect_https: Option<Option<u16>>,
 }
 
 impl ListenerTrust {

@@ -102,6 +102,13 @@ _RUST_HEADER = """\
       - headers: { request: { set: { x-bench-req: "1" } } }
 """
 
+# (k) (d) over TLS: the driver's certificate (ECDSA P-256, made with `openssl req`), TLS 1.3
+# only, as (j)'s nginx.
+_GATEHOUSE_TLS_BASE = _GATEHOUSE_BASE.replace(
+    "    address: 127.0.0.1:$port\n",
+    '    address: 127.0.0.1:$port\n    tls: { cert: "$cert", key: "$key", min_version: "1.3" }\n',
+)
+
 GATEHOUSE = {
     # (d) one plain route, no filters
     "plain": Template(_GATEHOUSE_BASE + _ROUTE),
@@ -112,6 +119,8 @@ GATEHOUSE = {
     "wasm_noop": Template(_GATEHOUSE_BASE + _ROUTE + _WASM_NOOP),
     "wasm_header": Template(_GATEHOUSE_BASE + _ROUTE + _WASM_HEADER),
     "rust_header": Template(_GATEHOUSE_BASE + _ROUTE + _RUST_HEADER),
+    # (k) one plain route, clients on https
+    "plain_tls": Template(_GATEHOUSE_TLS_BASE + _ROUTE),
 }
 
 # A response header that proves the full stack's headers filter ran.
@@ -162,6 +171,32 @@ NGINX_PROXY = Template(_nginx_head("proxy") + """\
     }
     server {
         listen 127.0.0.1:$port backlog=4096;
+        location / {
+            proxy_pass http://app;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+}
+""")
+
+# (j) (b) with clients on https: the same certificate as (k), TLS 1.3 only, OpenSSL's
+# default TLS 1.3 suites on both (both link the system's libssl); the driver records the
+# protocol and cipher a client negotiates with each. Session tickets and the session cache
+# stay at their defaults on both (wrk keeps its connections: one handshake each).
+NGINX_TLS_PROXY = Template(_nginx_head("tlsproxy") + """\
+    proxy_temp_path $prefix/tmp_proxy_t;
+    upstream app {
+        server 127.0.0.1:$upstream_port;
+        keepalive 1024;
+        keepalive_requests 1000000;
+        keepalive_timeout 300s;
+    }
+    server {
+        listen 127.0.0.1:$port ssl backlog=4096;
+        ssl_certificate $cert;
+        ssl_certificate_key $key;
+        ssl_protocols TLSv1.3;
         location / {
             proxy_pass http://app;
             proxy_http_version 1.1;

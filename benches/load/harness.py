@@ -25,6 +25,7 @@ import resource
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -51,11 +52,16 @@ TARGETS = {
     "g": "gatehouse + no-op wasm filter",
     "h": "gatehouse + header wasm filter",
     "i": "gatehouse + header Rust filter",
+    "j": "nginx proxy, https",
+    "k": "gatehouse plain, https",
 }
 
 # gatehouse targets: the config variant of each (configs.GATEHOUSE) and its process name.
 VARIANTS = {"d": "plain", "e": "full", "f": "full_redis", "g": "wasm_noop", "h": "wasm_header",
-            "i": "rust_header"}
+            "i": "rust_header", "k": "plain_tls"}
+
+# Targets whose clients speak https (the harness's own certificate).
+TLS_TARGETS = ("j", "k")
 
 
 def log(msg: str) -> None:
@@ -111,7 +117,7 @@ class Settings:
             duration=int(os.environ.get("DURATION", "3" if check else "10")),
             warmup=int(os.environ.get("WARMUP", "1" if check else "2")),
             conns=[int(c) for c in os.environ.get("CONNS", "64,1000").split(",") if c],
-            targets=[t.strip() for t in os.environ.get("TARGETS", "a,b,c,d,e,f,g,h,i").split(",") if t.strip()],
+            targets=[t.strip() for t in os.environ.get("TARGETS", "a,b,c,d,e,f,g,h,i,j,k").split(",") if t.strip()],
             proxy_cpu=proxy_cpu,
             load_cpu=load_cpu,
             upstream_cpu=int(os.environ.get("UPSTREAM_CPU", str(load_cpu))),
@@ -290,10 +296,17 @@ def pin_all_threads(pid: int, cpu: int) -> None:
 # --- HTTP, JWT, Redis ------------------------------------------------------------------
 
 
-def http_get(port: int, path: str = "/", headers: dict | None = None) -> tuple[int, dict, bytes]:
-    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers=headers or {})
+def http_get(port: int, path: str = "/", headers: dict | None = None,
+             tls: bool = False) -> tuple[int, dict, bytes]:
+    scheme = "https" if tls else "http"
+    req = urllib.request.Request(f"{scheme}://127.0.0.1:{port}{path}", headers=headers or {})
+    ctx = None
+    if tls:  # the harness's own self-signed certificate
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
     try:
-        with urllib.request.urlopen(req, timeout=5) as r:
+        with urllib.request.urlopen(req, timeout=5, context=ctx) as r:
             return r.status, {k.lower(): v for k, v in r.headers.items()}, r.read()
     except urllib.error.HTTPError as e:
         return e.code, {k.lower(): v for k, v in e.headers.items()}, e.read()
@@ -359,11 +372,12 @@ def redis_counters(addr: str) -> dict[str, int] | None:
 
 
 def run_wrk(s: Settings, port: int, conns: int, duration: int, token: str | None,
-            logdir: str, label: str) -> tuple[dict, float]:
+            logdir: str, label: str, tls: bool = False) -> tuple[dict, float]:
     """One wrk run pinned to the load CPU. Returns (wrk's counters, wrk's own CPU seconds)."""
+    scheme = "https" if tls else "http"
     cmd = ["taskset", "-c", str(s.load_cpu), "wrk", "-t1", f"-c{conns}", f"-d{duration}s",
            f"--timeout={s.wrk_timeout}", "-s", os.path.join(HERE, "report.lua"),
-           f"http://127.0.0.1:{port}/"]
+           f"{scheme}://127.0.0.1:{port}/"]
     env = dict(os.environ)
     env.pop("BENCH_TOKEN", None)
     if token:
@@ -405,6 +419,7 @@ class Target:
     token: str | None = None
     admin_port: int | None = None
     notes: list[str] = field(default_factory=list)
+    tls: bool = False
 
 
 class Harness:
@@ -455,6 +470,19 @@ class Harness:
             self._wasm_module = os.path.join(out.stdout.strip().splitlines()[-1], "guest_bench.wasm")
         return self._wasm_module
 
+    # -- the certificate of (j) and (k), made once per run
+    def tls_cert(self) -> tuple[str, str]:
+        cert, key = os.path.join(self.tmp, "bench.pem"), os.path.join(self.tmp, "bench.key")
+        if not os.path.exists(cert):
+            out = subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                                  "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", key, "-out", cert,
+                                  "-days", "2", "-subj", "/CN=localhost",
+                                  "-addext", "subjectAltName=DNS:localhost"],
+                                 capture_output=True, text=True, timeout=30)
+            if out.returncode != 0:
+                raise RuntimeError(f"openssl req failed:\n{out.stderr}")
+        return cert, key
+
     # -- the shared upstream
     def start_upstream(self) -> None:
         self.upstream_port = free_port()
@@ -486,6 +514,15 @@ class Harness:
             p = PROCS.start("nginx-proxy", ["nginx", "-p", self.tmp, "-e", "stderr", "-c", conf],
                             self.tmp, s.proxy_cpu, signal.SIGTERM)
             return Target(key, TARGETS[key], port, p.pid, p)
+        if key == "j":
+            cert, key_file = self.tls_cert()
+            conf = os.path.join(self.tmp, "tlsproxy.conf")
+            with open(conf, "w") as f:
+                f.write(configs.NGINX_TLS_PROXY.substitute(prefix=self.tmp, port=port, cert=cert,
+                                                           key=key_file, upstream_port=self.upstream_port))
+            p = PROCS.start("nginx-tlsproxy", ["nginx", "-p", self.tmp, "-e", "stderr", "-c", conf],
+                            self.tmp, s.proxy_cpu, signal.SIGTERM)
+            return Target(key, TARGETS[key], port, p.pid, p, tls=True)
         if key == "c":
             if not os.access(s.bare_bin, os.X_OK):
                 raise FileNotFoundError(
@@ -510,6 +547,8 @@ class Harness:
                 jwt_audience=configs.JWT_AUDIENCE, redis_addr=self.redis_addr,
                 rl_algorithm=configs.RL_ALGORITHM,
                 wasm_module=self.wasm_module() if key in ("g", "h") else "",
+                cert=self.tls_cert()[0] if key in TLS_TARGETS else "",
+                key=self.tls_cert()[1] if key in TLS_TARGETS else "",
                 redis_timeout_line=f"  timeout: {configs.REDIS_TIMEOUT}\n" if configs.REDIS_TIMEOUT else ""))
         v = subprocess.run([s.gatehouse_bin, "validate", "-c", conf], capture_output=True, text=True,
                            timeout=30)
@@ -518,7 +557,8 @@ class Harness:
         p = PROCS.start(f"gatehouse-{variant}", [s.gatehouse_bin, "run", "-c", conf], self.tmp,
                         s.proxy_cpu, signal.SIGINT)
         return Target(key, TARGETS[key], port, p.pid, p,
-                      token=self.token if key in ("e", "f") else None, admin_port=admin_port)
+                      token=self.token if key in ("e", "f") else None, admin_port=admin_port,
+                      tls=key in TLS_TARGETS)
 
     def sanity(self, t: Target) -> None:
         """The target must answer the upstream's body; the full stack must really filter."""
@@ -526,7 +566,7 @@ class Harness:
         hdrs = {"Authorization": f"Bearer {t.token}"} if t.token else {}
         deadline = time.monotonic() + 10
         while True:  # the listener may accept before the proxy is ready to route
-            status, h, body = http_get(t.port, "/", hdrs)
+            status, h, body = http_get(t.port, "/", hdrs, tls=t.tls)
             if status == 200 or time.monotonic() > deadline:
                 break
             time.sleep(0.2)
@@ -540,6 +580,13 @@ class Harness:
             if status != 401:
                 raise RuntimeError(f"full stack: a request without a token answered {status}, not 401")
             t.notes.append("checked: 200 with token, 401 without, x-bench header set")
+        if t.tls:
+            raw = socket.create_connection(("127.0.0.1", t.port), timeout=5)
+            ctx = ssl.create_default_context()
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+            with ctx.wrap_socket(raw, server_hostname="localhost") as tls:
+                t.notes.append(f"TLS: {tls.version()} {tls.cipher()[0]}")
         if t.admin_port:
             status, _, body = http_get(t.admin_port, "/metrics")
             if status != 200 or b"gatehouse_" not in body:
@@ -555,7 +602,7 @@ class Harness:
         for c in s.conns:
             label = f"{t.key}-c{c}"
             if s.warmup > 0:
-                run_wrk(s, t.port, c, s.warmup, t.token, self.tmp, label + "-warmup")
+                run_wrk(s, t.port, c, s.warmup, t.token, self.tmp, label + "-warmup", t.tls)
             sampler = Sampler(t.pid)
             up_pid = self.upstream.pid if self.upstream else None
             t0_cpu = cpu_ticks(t.pid)
@@ -565,7 +612,7 @@ class Harness:
             redis0 = cpu_ticks(rp) if rp else 0
             busy0 = busy_ticks()
             sampler.start()
-            wrk, wrk_cpu_s = run_wrk(s, t.port, c, s.duration, t.token, self.tmp, label)
+            wrk, wrk_cpu_s = run_wrk(s, t.port, c, s.duration, t.token, self.tmp, label, t.tls)
             sampler.finish()
             busy_s = (busy_ticks() - busy0) / CLK_TCK
             cpu_s = (cpu_ticks(t.pid) - t0_cpu) / CLK_TCK
@@ -644,7 +691,7 @@ class Harness:
                     self.sanity(t)
                     per_round.setdefault(key, []).append(self.measure(t))
                 except Exception as e:
-                    name = {"b": "nginx-proxy", "c": "bare-proxy"}.get(key) or \
+                    name = {"b": "nginx-proxy", "c": "bare-proxy", "j": "nginx-tlsproxy"}.get(key) or \
                         (f"gatehouse-{VARIANTS[key]}" if key in VARIANTS else "upstream")
                     tail = log_tail(self.tmp, name)
                     self.failures[key] = f"{e}" + (f"\n--- log tail ---\n{tail}" if tail else "")
@@ -778,6 +825,9 @@ def issue_targets(results: dict, mem: dict, conns: list[int]) -> list[dict]:
     v = pr("g", "d"); add(f"no-op wasm / plain req/s @{small}", v, ">= 0.90", v is not None and v >= 0.90)
     v = pr("h", "i"); add(f"header wasm / header Rust req/s @{small}", v, "(reported)", True)
     v = pr("i", "d"); add(f"header Rust / plain req/s @{small}", v, "(reported)", True)
+    # Issue 15: TLS termination, gatehouse against nginx with the same certificate and cipher.
+    v = pr("k", "j"); add(f"https: gatehouse / nginx req/s @{small}", v, "(reported)", True)
+    v = pr("k", "d"); add(f"https / clear-text gatehouse req/s @{small}", v, "(reported)", True)
     for k in ("d", "e", "f"):
         r = run(k, big)
         if not r or not many:

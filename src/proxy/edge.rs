@@ -275,6 +275,60 @@ pub fn downstream_version(session: &Session, resp: &mut ResponseHeader) {
     }
 }
 
+/// Where ACME HTTP-01 challenges are fetched (RFC 8555 §8.3): never redirected.
+pub const ACME_CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
+
+/// `redirect_https` on the listener that accepted this request: the `Location` of its
+/// 308 (see [`https_location`]), or `None` (no redirect on this listener, a TLS
+/// connection, or a request [`https_location`] leaves alone).
+pub fn https_redirect(session: &Session, ctx: &super::ctx::RequestCtx) -> Option<HeaderValue> {
+    if ctx.tls {
+        return None;
+    }
+    let local = session.server_addr()?.as_inet()?;
+    let listener = crate::client_addr::ListenerTrust::find(&ctx.snap.listeners, *local)?;
+    let port = listener.redirect_https?;
+    let trusted = ctx.client.is_some_and(|c| c.peer_trusted);
+    https_location(session.req_header(), port, trusted)
+}
+
+/// `https://host[:port]/path?query` for a clear-text request (nginx's `return 308
+/// https://$host$request_uri`; 308 keeps the method and body, RFC 9110 §15.4.9): the host
+/// from the absolute-form target or `Host` (its port dropped), `https_port` unless 443,
+/// the target as sent. `None` for an ACME HTTP-01 challenge, a request a trusted proxy
+/// says came over https (`X-Forwarded-Proto: https`: redirecting would loop), a target
+/// that is not a path (`*`), or no valid host: those are served or refused as usual.
+pub fn https_location(
+    req: &RequestHeader,
+    https_port: Option<u16>,
+    peer_trusted: bool,
+) -> Option<HeaderValue> {
+    let target = req.uri.path_and_query().map_or("/", |p| p.as_str());
+    if !target.starts_with('/') || target.starts_with(ACME_CHALLENGE_PREFIX) {
+        return None;
+    }
+    let forwarded_https = req
+        .headers
+        .get("x-forwarded-proto")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"));
+    if peer_trusted && forwarded_https {
+        return None;
+    }
+    let absolute = absolute_target(req).and_then(|u| u.authority().cloned());
+    let authority = match absolute {
+        Some(a) => a,
+        None => {
+            let host = req.headers.get(header::HOST)?;
+            http::uri::Authority::try_from(host.as_bytes()).ok()?
+        }
+    };
+    let port = match https_port {
+        None | Some(443) => String::new(),
+        Some(p) => format!(":{p}"),
+    };
+    HeaderValue::from_str(&format!("https://{}{port}{target}", authority.host())).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -406,5 +460,50 @@ mod tests {
         assert_eq!(r.headers["host"], "admin.example.com");
         assert_eq!(r.raw_path(), b"/whoami?x=1");
         assert_eq!(r.uri.path(), "/whoami");
+    }
+
+    #[test]
+    fn https_location_keeps_the_target_and_skips_challenges_and_forwarded_https() {
+        let req = |target: &str, headers: &[(&str, &str)]| {
+            let mut r = RequestHeader::build("GET", target.as_bytes(), None).unwrap();
+            for (n, v) in headers {
+                r.insert_header(n.to_string(), *v).unwrap();
+            }
+            r
+        };
+        let loc = |r: &RequestHeader, port, trusted| {
+            https_location(r, port, trusted).map(|v| v.to_str().unwrap().to_string())
+        };
+        let host = [("host", "shop.test:8080")];
+        assert_eq!(
+            loc(&req("/a?b=1", &host), Some(8443), false).as_deref(),
+            Some("https://shop.test:8443/a?b=1")
+        );
+        assert_eq!(
+            loc(&req("/a", &host), Some(443), false).as_deref(),
+            Some("https://shop.test/a")
+        );
+        assert_eq!(
+            loc(&req("http://abs.test:80/x", &host), None, false).as_deref(),
+            Some("https://abs.test/x"),
+            "the absolute-form target's authority wins (RFC 9112 §3.2.2)"
+        );
+        assert_eq!(
+            loc(&req("/.well-known/acme-challenge/t", &host), None, false),
+            None
+        );
+        let via_tls = [("host", "shop.test"), ("x-forwarded-proto", "https")];
+        assert_eq!(
+            loc(&req("/a", &via_tls), None, true),
+            None,
+            "no loop behind a TLS proxy"
+        );
+        assert_eq!(
+            loc(&req("/a", &via_tls), None, false).as_deref(),
+            Some("https://shop.test/a"),
+            "an untrusted client's X-Forwarded-Proto means nothing"
+        );
+        assert_eq!(loc(&req("/a", &[("host", "bad host")]), None, false), None);
+        assert_eq!(loc(&req("*", &host), None, false), None);
     }
 }

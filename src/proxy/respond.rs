@@ -155,6 +155,24 @@ pub async fn fail(session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> Fai
     }
 }
 
+/// Sends `redirect_https`'s answer: `308 Permanent Redirect` to `location`, no body. A
+/// successful answer of the gateway, not an error: no `X-Gatehouse-Error`.
+pub async fn redirect(session: &mut Session, ctx: &RequestCtx, location: http::HeaderValue) {
+    let headers = [(http::header::LOCATION, location)];
+    let sent = write(
+        session,
+        ctx,
+        308,
+        None,
+        &headers,
+        "text/plain",
+        Bytes::new(),
+    );
+    if let Err(e) = sent.await {
+        tracing::debug!(error = %e, "could not send redirect");
+    }
+}
+
 /// Sends a complete response made at the gateway (an error or e.g. a CORS preflight).
 pub async fn write(
     session: &mut Session,

@@ -210,6 +210,7 @@ pub fn compile(
                 address,
                 trusted,
                 proxy_protocol: l.proxy_protocol,
+                redirect_https: l.redirect_https.then_some(l.https_port),
             }),
             (Err(e), _) => errs.push(ConfigError::at(
                 format!("listeners[{i}].address"),

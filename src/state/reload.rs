@@ -1,7 +1,8 @@
 //! Reloading: parse, validate and compile the whole new config off the request path,
 //! then swap it in atomically; a bad file is refused and the running config stays.
 
-use std::path::Path;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -195,13 +196,18 @@ enum Signal {
 /// editors' swap files) and reads (the gateway's own) say nothing, so they can neither
 /// trigger a reload nor keep the quiet period from ending.
 fn signal(ev: &notify::Event, name: &std::ffi::OsStr) -> Option<Signal> {
-    use notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
-    use notify::EventKind;
-    let about = ev.paths.iter().any(|p| {
+    signal_about(ev, |p| {
         p.file_name()
             .is_some_and(|n| n == name || n.to_string_lossy().starts_with(".."))
-    });
-    if !about {
+    })
+}
+
+/// What an event means for the files `about` selects (by their paths as the event names
+/// them).
+fn signal_about(ev: &notify::Event, about: impl Fn(&Path) -> bool) -> Option<Signal> {
+    use notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
+    use notify::EventKind;
+    if !ev.paths.iter().any(|p| about(p)) {
         return None;
     }
     match ev.kind {
@@ -250,8 +256,21 @@ pub fn watch_file(
             Err(e) => tracing::warn!(error = %e, "config watcher error"),
         })?;
     watcher.watch(&dir, notify::RecursiveMode::NonRecursive)?;
+    debounce("gatehouse-config-watch", rx, quiet, on_change)?;
+    Ok(watcher)
+}
+
+/// Runs `on_change` on its own thread once per burst of signals: at once (within
+/// [`COALESCE`]) after a finished write, else after `quiet` without events, at most
+/// [`MAX_DEBOUNCE`] after the burst's first event.
+fn debounce(
+    thread: &str,
+    rx: std::sync::mpsc::Receiver<Signal>,
+    quiet: Duration,
+    on_change: impl Fn() + Send + 'static,
+) -> Result<(), notify::Error> {
     std::thread::Builder::new()
-        .name("gatehouse-config-watch".into())
+        .name(thread.into())
         .spawn(move || {
             while let Ok(mut last) = rx.recv() {
                 let first = std::time::Instant::now();
@@ -269,8 +288,82 @@ pub fn watch_file(
                 on_change();
             }
         })
-        .map_err(|e| notify::Error::generic(&e.to_string()))?;
-    Ok(watcher)
+        .map(|_| ())
+        .map_err(|e| notify::Error::generic(&e.to_string()))
+}
+
+/// Watches the certificate and key files of the TLS listeners (their directories, as the
+/// config file's is watched, so renames and Kubernetes Secret `..data` swaps are seen) and
+/// calls `on_change` when a writer is done with one, with the config file's debounce. The
+/// set of files follows the running config through [`CertWatch::sync`].
+pub struct CertWatch {
+    watcher: Mutex<notify::RecommendedWatcher>,
+    /// The watched files, absolute; shared with the event callback.
+    files: Arc<Mutex<BTreeSet<PathBuf>>>,
+    dirs: Mutex<BTreeSet<PathBuf>>,
+}
+
+impl CertWatch {
+    /// Starts watching nothing; [`CertWatch::sync`] names the files.
+    pub fn start(
+        quiet: Duration,
+        on_change: impl Fn() + Send + 'static,
+    ) -> Result<Self, notify::Error> {
+        let files: Arc<Mutex<BTreeSet<PathBuf>>> = Arc::default();
+        let watched = files.clone();
+        let (tx, rx) = std::sync::mpsc::channel::<Signal>();
+        let watcher =
+            notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
+                Ok(ev) => {
+                    let files = watched.lock().unwrap_or_else(|p| p.into_inner());
+                    let about = |p: &Path| {
+                        files.contains(p)
+                            || (p
+                                .file_name()
+                                .is_some_and(|n| n.to_string_lossy().starts_with(".."))
+                                && files.iter().any(|f| f.parent() == p.parent()))
+                    };
+                    if let Some(s) = signal_about(&ev, about) {
+                        let _ = tx.send(s);
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "certificate watcher error"),
+            })?;
+        debounce("gatehouse-cert-watch", rx, quiet, on_change)?;
+        Ok(Self {
+            watcher: Mutex::new(watcher),
+            files,
+            dirs: Mutex::default(),
+        })
+    }
+
+    /// Watches exactly `files` from now on (relative paths are taken from the current
+    /// directory, as the config loader resolved them).
+    pub fn sync(&self, files: impl IntoIterator<Item = PathBuf>) {
+        use notify::Watcher;
+        let files: BTreeSet<PathBuf> = files
+            .into_iter()
+            .map(|f| std::path::absolute(&f).unwrap_or(f))
+            .collect();
+        let dirs: BTreeSet<PathBuf> = files
+            .iter()
+            .filter_map(|f| f.parent().map(Path::to_path_buf))
+            .collect();
+        let mut watching = self.dirs.lock().unwrap_or_else(|p| p.into_inner());
+        if *watching != dirs {
+            let mut w = self.watcher.lock().unwrap_or_else(|p| p.into_inner());
+            for gone in watching.difference(&dirs) {
+                let _ = w.unwatch(gone);
+            }
+            for new in dirs.difference(&watching) {
+                if let Err(e) = w.watch(new, notify::RecursiveMode::NonRecursive) {
+                    tracing::warn!(dir = %new.display(), error = %e, "cannot watch certificate directory; reload by SIGHUP or POST /admin/reload");
+                }
+            }
+            *watching = dirs;
+        }
+        *self.files.lock().unwrap_or_else(|p| p.into_inner()) = files;
+    }
 }
 
 #[cfg(test)]

@@ -68,6 +68,14 @@ pub struct Expiry {
 }
 
 impl Expiry {
+    /// An empty board publishing through `telemetry`.
+    pub fn new(telemetry: Arc<Telemetry>) -> Self {
+        Self {
+            telemetry,
+            by_listener: Mutex::new(BTreeMap::new()),
+        }
+    }
+
     fn set(&self, listener: &str, certs: &[Arc<CertifiedKey>]) {
         let mut all = self.by_listener.lock().unwrap_or_else(|p| p.into_inner());
         all.insert(
@@ -99,10 +107,7 @@ impl TlsStores {
         cfg: &GatewayConfig,
         telemetry: &Arc<Telemetry>,
     ) -> Result<Self, openssl::error::ErrorStack> {
-        let expiry = Arc::new(Expiry {
-            telemetry: telemetry.clone(),
-            by_listener: Mutex::new(BTreeMap::new()),
-        });
+        let expiry = Arc::new(Expiry::new(telemetry.clone()));
         let mut stores = BTreeMap::new();
         for l in cfg.listeners.iter().filter(|l| l.tls.is_some()) {
             telemetry.tls_listener(&l.name, &HANDSHAKE_FAILURE_REASONS);
@@ -117,6 +122,14 @@ impl TlsStores {
     /// The store of TLS listener `listener`.
     pub fn get(&self, listener: &str) -> Option<&Arc<CertStore>> {
         self.stores.get(listener)
+    }
+
+    /// Every certificate and key file the listeners read, for the file watcher.
+    pub fn files_of(files: &BTreeMap<String, FileCerts>) -> Vec<std::path::PathBuf> {
+        files
+            .values()
+            .flat_map(|f| f.files.iter().cloned())
+            .collect()
     }
 
     /// Serves the certificates of a new snapshot (`files` by listener name). A listener
@@ -142,8 +155,10 @@ pub fn load_files(
 ) -> Result<FileCerts, Vec<ConfigError>> {
     let mut certs = Vec::new();
     let mut errs = Vec::new();
+    let mut files = Vec::new();
     for (path, c) in tls.all_certificates(at) {
         let (cert, key) = (config_dir.join(&c.cert), config_dir.join(&c.key));
+        files.extend([cert.clone(), key.clone()]);
         match CertifiedKey::from_files(&cert, &key) {
             Ok(k) => certs.push(Served::new(Arc::new(k), c.names.clone(), c.default)),
             Err(e) => {
@@ -165,6 +180,7 @@ pub fn load_files(
     Ok(FileCerts {
         certs,
         min_version: tls.min_version,
+        files,
     })
 }
 

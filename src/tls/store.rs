@@ -55,6 +55,8 @@ pub struct FileCerts {
     pub certs: Vec<Served>,
     /// Lowest protocol version accepted.
     pub min_version: TlsVersion,
+    /// The certificate and key files read (watched for changes).
+    pub files: Vec<std::path::PathBuf>,
 }
 
 /// The certificates one handshake chooses from, with the acceptor they go with.
@@ -343,6 +345,7 @@ impl TlsAccept for Pick {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tls::Expiry;
 
     #[test]
     fn alpn_lists_are_read_in_wire_format() {
@@ -354,5 +357,141 @@ mod tests {
             None,
             "a truncated list"
         );
+    }
+
+    /// A CertifiedKey for `names` from rcgen (self-signed), optionally with RFC 8737's
+    /// acmeIdentifier extension.
+    fn rcgen_cert(names: &[&str], acme: Option<[u8; 32]>) -> CertifiedKey {
+        let mut p =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        if let Some(digest) = acme {
+            p.custom_extensions = vec![rcgen::CustomExtension::new_acme_identifier(&digest)];
+        }
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = p.self_signed(&key).unwrap();
+        CertifiedKey::from_pem(cert.pem().as_bytes(), key.serialize_pem().as_bytes()).unwrap()
+    }
+
+    fn fingerprint(c: &openssl::x509::X509Ref) -> Vec<u8> {
+        c.digest(openssl::hash::MessageDigest::sha256())
+            .unwrap()
+            .to_vec()
+    }
+
+    fn new_store() -> (CertStore, Arc<crate::telemetry::Telemetry>) {
+        let tel = Arc::new(crate::telemetry::Telemetry::new().unwrap());
+        let expiry = Arc::new(Expiry::new(tel.clone()));
+        (CertStore::new("public", expiry).unwrap(), tel)
+    }
+
+    /// One in-memory handshake through pingora's `handshake_with_callback` (what the
+    /// listener runs): the certificate and ALPN the client got, or the failure.
+    async fn hello(
+        store: &CertStore,
+        sni: &str,
+        alpn: &[u8],
+    ) -> Result<(Vec<u8>, Option<Vec<u8>>), String> {
+        use openssl::ssl::{SslConnector, SslVerifyMode};
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let mut b = SslConnector::builder(SslMethod::tls_client()).unwrap();
+        b.set_verify(SslVerifyMode::NONE);
+        b.set_alpn_protos(alpn).unwrap();
+        let ssl = b
+            .build()
+            .configure()
+            .unwrap()
+            .verify_hostname(false)
+            .into_ssl(sni)
+            .unwrap();
+        let client = tokio::spawn(async move {
+            let mut s = pingora_core::tls::tokio_ssl::SslStream::new(ssl, client).unwrap();
+            std::pin::Pin::new(&mut s)
+                .connect()
+                .await
+                .map_err(|e| e.to_string())?;
+            let cert = s.ssl().peer_certificate().map(|c| fingerprint(&c));
+            let alpn = s.ssl().selected_alpn_protocol().map(|p| p.to_vec());
+            // Until the server is done (TLS 1.3 session tickets follow its handshake).
+            let _ = tokio::io::AsyncReadExt::read(&mut s, &mut [0u8; 1]).await;
+            Ok::<_, String>((cert.unwrap_or_default(), alpn))
+        });
+        let pick = Pick::new(store.current());
+        let served = pingora_core::protocols::tls::server::handshake_with_callback(
+            pick.set().acceptor(),
+            server,
+            &pick,
+        )
+        .await
+        .map(drop);
+        let got = client.await.unwrap();
+        served.map_err(|e| format!("server: {e}; client: {:?}", got.as_ref().err()))?;
+        got
+    }
+
+    #[tokio::test]
+    async fn tls_alpn_01_answers_with_the_challenge_certificate_only_for_acme_tls_1() {
+        let (store, _tel) = new_store();
+        let regular = rcgen_cert(&["a.test"], None);
+        let regular_fp = fingerprint(&regular.chain[0]);
+        store
+            .set_files(FileCerts {
+                certs: vec![Served::new(Arc::new(regular), Vec::new(), false)],
+                min_version: TlsVersion::Tls12,
+                files: Vec::new(),
+            })
+            .unwrap();
+        let challenge = rcgen_cert(&["a.test"], Some([7; 32]));
+        let challenge_fp = fingerprint(&challenge.chain[0]);
+        store.set_alpn_challenge("A.test", challenge).unwrap();
+
+        let (cert, alpn) = hello(&store, "a.test", b"\x0aacme-tls/1").await.unwrap();
+        assert_eq!(cert, challenge_fp, "the challenge certificate");
+        assert_eq!(alpn.as_deref(), Some(ACME_TLS_ALPN));
+        let (cert, alpn) = hello(&store, "a.test", b"\x02h2\x08http/1.1")
+            .await
+            .unwrap();
+        assert_eq!(cert, regular_fp, "ordinary clients never see it");
+        assert_eq!(alpn.as_deref(), Some(&b"h2"[..]));
+        assert!(
+            hello(&store, "b.test", b"\x0aacme-tls/1").await.is_err(),
+            "acme-tls/1 for a name without a challenge is refused"
+        );
+        store.clear_alpn_challenge("a.test").unwrap();
+        assert!(hello(&store, "a.test", b"\x0aacme-tls/1").await.is_err());
+    }
+
+    #[tokio::test]
+    async fn installed_certificates_win_over_files_and_drive_the_expiry_gauge() {
+        let (store, tel) = new_store();
+        let file = rcgen_cert(&["a.test"], None);
+        let file_fp = fingerprint(&file.chain[0]);
+        store
+            .set_files(FileCerts {
+                certs: vec![Served::new(Arc::new(file), Vec::new(), false)],
+                min_version: TlsVersion::Tls12,
+                files: Vec::new(),
+            })
+            .unwrap();
+        let acme = rcgen_cert(&["a.test", "b.test"], None);
+        let (acme_fp, acme_expiry) = (fingerprint(&acme.chain[0]), acme.not_after);
+        store.install("acme", Vec::new(), acme).unwrap();
+        let h2 = b"\x02h2";
+        assert_eq!(hello(&store, "a.test", h2).await.unwrap().0, acme_fp);
+        assert_eq!(hello(&store, "b.test", h2).await.unwrap().0, acme_fp);
+        assert_eq!(
+            hello(&store, "other.test", h2).await.unwrap().0,
+            file_fp,
+            "the file's certificate stays the default"
+        );
+        let gauge = &tel.metrics.tls_certificate_expiry;
+        assert_eq!(gauge.with_label_values(&["a.test"]).get(), acme_expiry);
+        store.uninstall("acme").unwrap();
+        assert_eq!(hello(&store, "a.test", h2).await.unwrap().0, file_fp);
+        assert_eq!(hello(&store, "b.test", h2).await.unwrap().0, file_fp);
+
+        // An empty store fails every handshake (an ACME listener before its first order).
+        let (empty, _) = new_store();
+        assert!(hello(&empty, "a.test", h2).await.is_err());
     }
 }

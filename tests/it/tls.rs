@@ -544,3 +544,139 @@ async fn a_missing_certificate_file_stops_the_start_with_its_path() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn proxy_protocol_header_comes_before_the_handshake() {
+    let pki = Pki::new();
+    let leaf = pki.leaf(&["a.test"]);
+    let [a] = upstreams(["a"]).await;
+    let yaml = tls_config(&a, "{ cert: a.pem, key: a.key }").replace(
+        "tls: {",
+        "proxy_protocol: true, trusted_proxies: [127.0.0.1], tls: {",
+    );
+    let gw = start(&yaml, &[("a.pem", &leaf.cert), ("a.key", &leaf.key)]).await;
+    let mut b = SslConnector::builder(SslMethod::tls_client()).unwrap();
+    b.cert_store_mut().add_cert(pki.ca_x509()).unwrap();
+    let ssl = b
+        .build()
+        .configure()
+        .unwrap()
+        .verify_hostname(false)
+        .into_ssl("a.test")
+        .unwrap();
+    let mut tcp = TcpStream::connect(("127.0.0.1", gw.port)).await.unwrap();
+    tcp.write_all(b"PROXY TCP4 198.51.100.7 127.0.0.1 40000 443\r\n")
+        .await
+        .unwrap();
+    let mut s = SslStream::new(ssl, tcp).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), Pin::new(&mut s).connect())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(served(&s), leaf.fingerprint());
+    assert_eq!(get_on(&mut s, "a.test", "/pp").await.0, 200);
+    assert_eq!(
+        a.last_headers()["x-forwarded-for"],
+        "198.51.100.7",
+        "the PROXY header's source is the client"
+    );
+}
+
+/// A request on a plain connection with this Host: status and the `Location` header.
+async fn redirect_of(port: u16, method: &str, host: &str, target: &str) -> (u16, Option<String>) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let req = format!("{method} {target} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let status = text[9..12].parse().unwrap();
+    let location = text.lines().find_map(|l| {
+        let (n, v) = l.split_once(':')?;
+        n.eq_ignore_ascii_case("location")
+            .then(|| v.trim().to_string())
+    });
+    (status, location)
+}
+
+#[tokio::test]
+async fn redirect_https_answers_308_to_the_same_url_except_acme_challenges() {
+    let [a] = upstreams(["a"]).await;
+    let with_port = config(&plain_upstream("a", a.addr), ALL_TO_A).replace(
+        "name: public, address: \"{listen}\"",
+        "name: public, address: \"{listen}\", redirect_https: true, https_port: 8443",
+    );
+    let gw = TestGateway::start(&with_port).await;
+    assert_eq!(
+        redirect_of(gw.port, "GET", "shop.test:8080", "/a/b?x=1&y=%20").await,
+        (308, Some("https://shop.test:8443/a/b?x=1&y=%20".into()))
+    );
+    assert_eq!(
+        redirect_of(gw.port, "POST", "shop.test", "/form").await,
+        (308, Some("https://shop.test:8443/form".into())),
+        "308 keeps the method: POSTs are redirected too"
+    );
+    assert_eq!(
+        redirect_of(gw.port, "GET", "[2001:db8::1]:8080", "/").await,
+        (308, Some("https://[2001:db8::1]:8443/".into()))
+    );
+    let (status, location) = redirect_of(
+        gw.port,
+        "GET",
+        "shop.test",
+        "/.well-known/acme-challenge/tok-1",
+    )
+    .await;
+    assert_eq!((status, location), (200, None), "ACME HTTP-01 is routed");
+    assert_eq!(a.last_path(), "/.well-known/acme-challenge/tok-1");
+    assert_eq!(a.hits(), 1, "only the challenge reached the upstream");
+
+    // Reloadable: without https_port the Location has no port (443).
+    let plain = with_port.replace(", https_port: 8443", "");
+    gw.write_config(&plain);
+    assert_applied(&gw, &plain).await;
+    assert_eq!(
+        redirect_of(gw.port, "GET", "shop.test:8080", "/a").await,
+        (308, Some("https://shop.test/a".into()))
+    );
+}
+
+#[tokio::test]
+async fn a_renewed_certificate_file_is_served_without_any_reload_trigger() {
+    let pki = Pki::new();
+    let v1 = pki.leaf(&["a.test"]);
+    let v2 = pki.leaf(&["a.test"]);
+    let [a] = upstreams(["a"]).await;
+    // Certificates in their own directory (absolute paths), as /etc/letsencrypt would be.
+    let certs = tempfile::tempdir().unwrap();
+    let dir = certs.path().to_path_buf();
+    std::fs::write(dir.join("a.pem"), &v1.cert).unwrap();
+    std::fs::write(dir.join("a.key"), &v1.key).unwrap();
+    let tls = format!(
+        "{{ cert: \"{}\", key: \"{}\" }}",
+        dir.join("a.pem").display(),
+        dir.join("a.key").display()
+    );
+    let gw = start(&tls_config(&a, &tls), &[]).await;
+    let ca = pki.ca_x509();
+    let mut kept = connect(gw.port, &ca, HTTP1).await.unwrap();
+    assert_eq!(served(&kept), v1.fingerprint());
+
+    // What certbot or cert-manager does: the new files renamed into place.
+    rename_over(&dir.join("a.key"), &v2.key);
+    rename_over(&dir.join("a.pem"), &v2.cert);
+    let renewed = eventually(Duration::from_secs(10), async || {
+        served(&connect(gw.port, &ca, HTTP1).await.unwrap()) == v2.fingerprint()
+    })
+    .await;
+    assert!(renewed, "the new certificate is served:\n{}", gw.logs());
+    assert_eq!(get_on(&mut kept, "a.test", "/still").await.0, 200);
+    assert!(
+        gw.logs().contains("\"trigger\":\"certificate\""),
+        "the reload says why:\n{}",
+        gw.logs()
+    );
+}
