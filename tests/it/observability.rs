@@ -9,9 +9,13 @@ use crate::support::*;
 
 const SECRET: &str = "observability-test-secret-32-bytes!!";
 
-fn full_config(ok: &std::net::SocketAddr, dead: u16) -> String {
+/// `tls_port`: a second listener with TLS (its certificate files `o.pem`, `o.key` beside the
+/// config), so that the TLS series exist.
+fn full_config(ok: &std::net::SocketAddr, dead: u16, tls_port: u16) -> String {
     format!(
-        r#"listeners: [ {{ name: public, address: "{{listen}}" }} ]
+        r#"listeners:
+  - {{ name: public, address: "{{listen}}" }}
+  - {{ name: secure, address: "127.0.0.1:{tls_port}", tls: {{ cert: o.pem, key: o.key }} }}
 admin: {{ address: "{{admin}}" }}
 runtime: {{ threads: 1 }}
 redis: {{ url: "redis://127.0.0.1:6379" }}
@@ -44,8 +48,15 @@ routes:
 #[tokio::test]
 async fn status_shows_service_pools_and_queries_match_a_real_scrape() {
     let ok = TestUpstream::start("payment").await;
-    let gw = TestGateway::start_with_env(
-        &full_config(&ok.addr, free_port()),
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["obs.test".to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let gw = TestGateway::start_program(
+        &gatehouse_bin(),
+        &full_config(&ok.addr, free_port(), free_port()),
+        &[("o.pem", &cert.pem()), ("o.key", &key.serialize_pem())],
         &[("OBS_SECRET", SECRET)],
     )
     .await;
