@@ -82,11 +82,15 @@ pub fn build_state(
 ) -> Result<Arc<State>, StartError> {
     let telemetry = Arc::new(Telemetry::new()?);
     telemetry.set_endpoint_labels(loaded.config.metrics.endpoint_labels);
-    let redis = loaded.config.redis.as_ref().map(|r| {
-        let mut settings = gatehouse_filters::RedisSettings::with_topology(r.topology());
-        settings.timeout = r.timeout.get();
-        settings
-    });
+    let redis = match loaded.config.redis.as_ref() {
+        Some(r) => {
+            let mut settings = gatehouse_filters::RedisSettings::with_topology(r.topology());
+            settings.timeout = r.timeout.get();
+            settings.tls = r.tls_material().map_err(StartError::Other)?;
+            Some(settings)
+        }
+        None => None,
+    };
     let filter_runtime = Arc::new(
         FilterRuntime::new(redis, &telemetry.metrics.registry)
             .map_err(|e| StartError::Other(e.message))?

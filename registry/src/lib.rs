@@ -123,8 +123,17 @@ impl Registry {
     /// Connects to any topology (standalone, Cluster, Sentinel) with bounded connect
     /// and response timeouts (2 s each, 5 s for the whole connect).
     pub async fn connect_topology(topology: &Topology, prefix: &str) -> Result<Self> {
-        let connector =
-            Connector::new(topology, Duration::from_secs(2)).map_err(RegistryError::InvalidUrl)?;
+        Self::connect_topology_tls(topology, None, prefix).await
+    }
+
+    /// Like [`Registry::connect_topology`], with TLS material for `rediss://` URLs.
+    pub async fn connect_topology_tls(
+        topology: &Topology,
+        tls: Option<&topology::RedisTls>,
+        prefix: &str,
+    ) -> Result<Self> {
+        let connector = Connector::with_tls(topology, Duration::from_secs(2), tls)
+            .map_err(RegistryError::InvalidUrl)?;
         let limit = Duration::from_secs(5);
         let conn = tokio::time::timeout(limit, connector.connect_managed())
             .await

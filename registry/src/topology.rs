@@ -10,7 +10,44 @@ use redis::aio::{
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
-use redis::{Cmd, IntoConnectionInfo, Pipeline, RedisError, RedisFuture, RedisResult, Value};
+use redis::{
+    Cmd, IntoConnectionInfo, Pipeline, RedisError, RedisFuture, RedisResult, TlsCertificates, Value,
+};
+
+/// TLS material for `rediss://` connections beyond the URL: a CA to trust instead of the
+/// system's roots, and a client certificate for servers that require one
+/// (`tls-auth-clients yes`). All PEM.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct RedisTls {
+    /// The CA certificate(s) that sign the servers' certificates; `None`: system roots.
+    pub ca_pem: Option<Vec<u8>>,
+    /// Client certificate chain and private key, for mutual TLS.
+    pub client: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for RedisTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisTls")
+            .field("ca", &self.ca_pem.is_some())
+            .field("client_cert", &self.client.is_some())
+            .finish()
+    }
+}
+
+impl RedisTls {
+    fn certificates(&self) -> TlsCertificates {
+        TlsCertificates {
+            client_tls: self
+                .client
+                .as_ref()
+                .map(|(cert, key)| redis::ClientTlsConfig {
+                    client_cert: cert.clone(),
+                    client_key: key.clone(),
+                }),
+            root_cert: self.ca_pem.clone(),
+        }
+    }
+}
 
 /// Where the shared state lives: one of the three shapes of a Redis deployment.
 /// TLS (`rediss://`) and auth (`redis://user:pass@host`) come from the URLs.
@@ -75,15 +112,41 @@ impl Connector {
     /// # Errors
     /// A URL that does not parse, or an empty node list.
     pub fn new(topology: &Topology, timeout: Duration) -> RedisResult<Self> {
+        Self::with_tls(topology, timeout, None)
+    }
+
+    /// Like [`Connector::new`], with TLS material for `rediss://` URLs (a CA instead of the
+    /// system roots, a client certificate).
+    ///
+    /// # Errors
+    /// A URL that does not parse, an empty node list, PEM that does not parse, or TLS
+    /// material for Sentinel (there only the URL's `rediss://` with system roots works).
+    pub fn with_tls(
+        topology: &Topology,
+        timeout: Duration,
+        tls: Option<&RedisTls>,
+    ) -> RedisResult<Self> {
         let kind = match topology {
-            Topology::Standalone(url) => Kind::Standalone(redis::Client::open(url.as_str())?),
-            Topology::Cluster(nodes) => Kind::Cluster(
-                ClusterClient::builder(nodes.iter().map(String::as_str))
+            Topology::Standalone(url) => Kind::Standalone(match tls {
+                Some(t) => redis::Client::build_with_tls(url.as_str(), t.certificates())?,
+                None => redis::Client::open(url.as_str())?,
+            }),
+            Topology::Cluster(nodes) => {
+                let mut b = ClusterClient::builder(nodes.iter().map(String::as_str))
                     .connection_timeout(timeout)
                     .response_timeout(timeout)
-                    .retries(2)
-                    .build()?,
-            ),
+                    .retries(2);
+                if let Some(t) = tls {
+                    b = b.certs(t.certificates());
+                }
+                Kind::Cluster(b.build()?)
+            }
+            Topology::Sentinel { .. } if tls.is_some() => {
+                return Err(RedisError::from((
+                    redis::ErrorKind::InvalidClientConfig,
+                    "TLS files (ca_file, client_cert) are not supported with sentinel; use rediss:// URLs with the system's roots",
+                )));
+            }
             Topology::Sentinel { master, nodes } => {
                 let first = nodes
                     .first()

@@ -303,6 +303,26 @@ pub struct RedisConfig {
     /// Timeout of one Redis call on the request path; default 50ms.
     #[serde(default = "default_redis_timeout")]
     pub timeout: Duration,
+    /// TLS beyond what a `rediss://` URL says: a CA to trust instead of the system's
+    /// roots, and a client certificate for a Redis with `tls-auth-clients yes`. Needs
+    /// `rediss://` URLs; standalone and cluster only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<RedisTlsConfig>,
+}
+
+/// TLS files for Redis connections (PEM; paths relative to the working directory).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RedisTlsConfig {
+    /// CA certificate(s) that sign the Redis servers' certificates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<String>,
+    /// Client certificate chain (mutual TLS); needs `client_key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert: Option<String>,
+    /// The client certificate's private key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_key: Option<String>,
 }
 
 impl RedisConfig {
@@ -320,6 +340,40 @@ impl RedisConfig {
         } else {
             Topology::Standalone(self.url.clone().unwrap_or_default())
         }
+    }
+
+    /// The TLS files' contents, read now.
+    ///
+    /// # Errors
+    /// A file that cannot be read or holds no PEM block, or a client certificate
+    /// without its key (or the other way round); the message names the key and the file.
+    pub fn tls_material(&self) -> Result<Option<gatehouse_registry::topology::RedisTls>, String> {
+        let Some(t) = &self.tls else {
+            return Ok(None);
+        };
+        let read = |key: &str, path: &str| -> Result<Vec<u8>, String> {
+            let pem = std::fs::read(path)
+                .map_err(|e| format!("redis.tls.{key}: cannot read {path:?}: {e}"))?;
+            if !pem.windows(11).any(|w| w == b"-----BEGIN ") {
+                return Err(format!("redis.tls.{key}: {path:?} holds no PEM block"));
+            }
+            Ok(pem)
+        };
+        let ca_pem = t
+            .ca_file
+            .as_deref()
+            .map(|p| read("ca_file", p))
+            .transpose()?;
+        let client = match (&t.client_cert, &t.client_key) {
+            (Some(c), Some(k)) => Some((read("client_cert", c)?, read("client_key", k)?)),
+            (None, None) => None,
+            (Some(_), None) => return Err("redis.tls.client_cert: needs client_key".into()),
+            (None, Some(_)) => return Err("redis.tls.client_key: needs client_cert".into()),
+        };
+        Ok(Some(gatehouse_registry::topology::RedisTls {
+            ca_pem,
+            client,
+        }))
     }
 }
 

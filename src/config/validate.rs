@@ -811,6 +811,34 @@ fn redis(r: &crate::config::model::RedisConfig, errs: &mut Vec<ConfigError>) {
             check(format!("redis.sentinel.nodes[{i}]"), u);
         }
     }
+    if let Some(tls) = &r.tls {
+        if let Err(e) = r.tls_material() {
+            let (path, msg) = e.split_once(": ").unwrap_or(("redis.tls", e.as_str()));
+            errs.push(ConfigError::at(path.to_string(), msg.to_string()));
+        }
+        if r.sentinel.is_some() {
+            errs.push(ConfigError::at(
+                "redis.tls",
+                "is not supported with sentinel (use rediss:// URLs with the system's roots)",
+            ));
+        }
+        let urls = r
+            .url
+            .iter()
+            .chain(r.cluster.iter().flatten())
+            .collect::<Vec<_>>();
+        if tls.ca_file.is_some() || tls.client_cert.is_some() {
+            if let Some(u) = urls.iter().find(|u| !u.starts_with("rediss://")) {
+                errs.push(
+                    ConfigError::at(
+                        "redis.tls",
+                        format!("needs rediss:// URLs; {u:?} is clear text"),
+                    )
+                    .with_hint("write the URL as rediss://host:port"),
+                );
+            }
+        }
+    }
     if r.cluster.as_ref().is_some_and(|n| n.is_empty()) {
         errs.push(ConfigError::at(
             "redis.cluster",

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use gatehouse_registry::topology::Topology;
+use gatehouse_registry::topology::{RedisTls, Topology};
 use gatehouse_registry::Registry;
 use serde::Deserialize;
 
@@ -75,6 +75,7 @@ struct SeenFile {
 /// a bad one is reported once, not every second).
 pub struct Discovery {
     redis: Option<Topology>,
+    tls: Option<RedisTls>,
     registry: tokio::sync::OnceCell<Registry>,
     prefix: String,
     seen_files: Mutex<HashMap<(String, PathBuf), SeenFile>>,
@@ -86,10 +87,17 @@ impl Discovery {
         Self::with_prefix(redis, gatehouse_registry::DEFAULT_PREFIX)
     }
 
+    /// With TLS material (CA, client certificate) for the `rediss://` URLs.
+    pub fn with_tls(mut self, tls: Option<RedisTls>) -> Self {
+        self.tls = tls;
+        self
+    }
+
     /// Same, with another registry key prefix.
     pub fn with_prefix(redis: Option<Topology>, prefix: &str) -> Self {
         Self {
             redis,
+            tls: None,
             registry: tokio::sync::OnceCell::new(),
             prefix: prefix.to_string(),
             seen_files: Mutex::new(HashMap::new()),
@@ -104,7 +112,8 @@ impl Discovery {
         };
         self.registry
             .get_or_try_init(|| async {
-                let r = Registry::connect_topology(topology, &self.prefix).await?;
+                let r = Registry::connect_topology_tls(topology, self.tls.as_ref(), &self.prefix)
+                    .await?;
                 tracing::info!("connected to the redis registry for discovery");
                 Ok(r)
             })

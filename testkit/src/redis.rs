@@ -1,6 +1,7 @@
 //! A private `redis-server` on a loopback port of its own, for tests that stop Redis or
 //! start it again (the shared one on 127.0.0.1:6379 is never stopped by a test).
 
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -34,18 +35,49 @@ impl PrivateRedis {
             .unwrap_or_else(|| panic!("private redis-server did not start on port {port}"))
     }
 
+    /// Starts one that speaks only TLS on a fresh port (`--port 0 --tls-port N`), with
+    /// these PEM files; `auth_clients`: it requires a client certificate signed by `ca`.
+    /// Panics when it does not start (redis-server without TLS support, bad files).
+    pub fn start_tls(cert: &Path, key: &Path, ca: &Path, auth_clients: bool) -> Self {
+        let files = [
+            "--tls-cert-file".to_string(),
+            cert.display().to_string(),
+            "--tls-key-file".to_string(),
+            key.display().to_string(),
+            "--tls-ca-cert-file".to_string(),
+            ca.display().to_string(),
+            "--tls-auth-clients".to_string(),
+            if auth_clients { "yes" } else { "no" }.to_string(),
+        ];
+        for _ in 0..3 {
+            let port = free_port();
+            let mut args = vec![
+                "--port".to_string(),
+                "0".to_string(),
+                "--tls-port".to_string(),
+                port.to_string(),
+            ];
+            args.extend(files.iter().cloned());
+            if let Some(redis) = Self::spawn(port, &args) {
+                return redis;
+            }
+        }
+        panic!("private TLS redis-server did not start on three fresh ports");
+    }
+
+    /// Its `rediss://` URL (for one started with [`PrivateRedis::start_tls`]).
+    pub fn tls_url(&self) -> String {
+        format!("rediss://127.0.0.1:{}", self.port)
+    }
+
     fn try_start_on(port: u16) -> Option<Self> {
+        Self::spawn(port, &["--port".to_string(), port.to_string()])
+    }
+
+    fn spawn(port: u16, listen: &[String]) -> Option<Self> {
         let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--bind",
-                "127.0.0.1",
-            ])
+            .args(listen)
+            .args(["--save", "", "--appendonly", "no", "--bind", "127.0.0.1"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

@@ -22,6 +22,7 @@ mod observability;
 mod overload;
 mod parser_refusals;
 mod rate_limits;
+mod redis_tls;
 mod redis_topologies;
 mod refusal_log;
 mod reload;

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use gatehouse_registry::topology::{Connector, RedisConn, Topology};
+use gatehouse_registry::topology::{Connector, RedisConn, RedisTls, Topology};
 use redis::Script;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
@@ -82,6 +82,8 @@ const MAX_BATCH: usize = 256;
 pub struct RedisSettings {
     /// Standalone, Cluster or Sentinel, with the URLs of each.
     pub topology: Topology,
+    /// CA and client certificate for `rediss://` URLs; `None`: system roots, no client cert.
+    pub tls: Option<RedisTls>,
     /// Timeout of one call on the request path (connect included). Default 50ms.
     pub timeout: Duration,
     /// After a failure, Redis is not called again for this long (requests follow each
@@ -101,6 +103,7 @@ impl RedisSettings {
     pub fn with_topology(topology: Topology) -> Self {
         Self {
             topology,
+            tls: None,
             timeout: Duration::from_millis(50),
             breaker_open_for: Duration::from_secs(1),
             key_prefix: "gatehouse:rl".into(),
@@ -249,8 +252,11 @@ impl RedisStore {
         if settings.timeout.is_zero() {
             return Err(BuildError::new("redis timeout must be positive"));
         }
-        let connector = Connector::new(&settings.topology, settings.timeout)
-            .map_err(|e| BuildError::new(format!("redis {:?}: {e}", settings.topology.urls())))?;
+        let connector =
+            Connector::with_tls(&settings.topology, settings.timeout, settings.tls.as_ref())
+                .map_err(|e| {
+                    BuildError::new(format!("redis {:?}: {e}", settings.topology.urls()))
+                })?;
         metrics.redis_up(false);
         Ok(Self {
             settings,
