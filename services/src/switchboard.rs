@@ -125,11 +125,12 @@ impl Switchboard {
         }
     }
 
-    fn slot(&self, name: &str) -> Result<&Mutex<Listening>, SwitchError> {
+    /// The service's own (static) name and its listener slot.
+    fn slot(&self, name: &str) -> Result<(&'static str, &Mutex<Listening>), SwitchError> {
         self.slots
             .iter()
             .find(|(n, _)| *n == name)
-            .map(|(_, l)| l)
+            .map(|(n, l)| (*n, l))
             .ok_or_else(|| SwitchError::Unknown(name.to_owned()))
     }
 
@@ -149,14 +150,14 @@ impl Switchboard {
     ///
     /// [`SwitchError::Unknown`] for a name that is not one of the services.
     pub async fn stop(&self, name: &str) -> Result<SwitchState, SwitchError> {
-        let slot = self.slot(name)?;
+        let (name, slot) = self.slot(name)?;
         let serving = lock(slot).serving.take();
         if let Some(s) = serving {
             let _ = s.stop.send(true);
             let _ = tokio::time::timeout(STOP_GRACE, s.task).await;
             tracing::warn!(service = name, "service stopped (demo control)");
         }
-        Ok(state_of(self.name_of(slot), &lock(slot)))
+        Ok(state_of(name, &lock(slot)))
     }
 
     /// Serves `name` again on its address. Starting a serving service does nothing.
@@ -165,11 +166,11 @@ impl Switchboard {
     ///
     /// [`SwitchError::Unknown`]; [`SwitchError::Bind`] when the port was taken meanwhile.
     pub async fn start(&self, name: &str) -> Result<SwitchState, SwitchError> {
-        let slot = self.slot(name)?;
+        let (name, slot) = self.slot(name)?;
         let (addr, router) = {
             let l = lock(slot);
             if l.serving.is_some() {
-                return Ok(state_of(self.name_of(slot), &l));
+                return Ok(state_of(name, &l));
             }
             (l.addr, l.router.clone())
         };
@@ -181,7 +182,7 @@ impl Switchboard {
             l.serving = Some(serve(listener, router, self.shutdown.clone()));
             tracing::info!(service = name, %addr, "service started again (demo control)");
         }
-        Ok(state_of(self.name_of(slot), &l))
+        Ok(state_of(name, &l))
     }
 
     /// The name of the first service whose listener failed on its own, if any.
@@ -198,13 +199,6 @@ impl Switchboard {
             .iter()
             .filter_map(|(_, l)| lock(l).take_task())
             .collect()
-    }
-
-    fn name_of(&self, slot: &Mutex<Listening>) -> &'static str {
-        self.slots
-            .iter()
-            .find(|(_, l)| std::ptr::eq(l, slot))
-            .map_or("", |(n, _)| *n)
     }
 }
 

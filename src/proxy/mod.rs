@@ -46,7 +46,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use pingora_core::upstreams::peer::HttpPeer;
-use pingora_core::{Error, ErrorType, Result};
+use pingora_core::{Error, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, ProxyWarnLogContext, Session};
 
@@ -64,16 +64,6 @@ impl Gateway {
     /// A proxy over the shared state with a listener's request limits.
     pub fn new(state: Arc<State>, edge: edge::EdgeLimits) -> Self {
         Self { state, edge }
-    }
-
-    /// Admission and endpoint choice of one try: backoff of a retry, breaker, bulkhead
-    /// slot (cheap refusals before the call), then an endpoint with its timeouts.
-    async fn prepare_try(&self, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
-        let Some(route) = ctx.route.clone() else {
-            return Err(Error::explain(ErrorType::InternalError, "no route"));
-        };
-        resilience::before_try(&self.state.telemetry, ctx).await?;
-        peer::choose(ctx, &route)
     }
 
     /// On SIGTERM responses ask clients to close their connection.
@@ -147,7 +137,7 @@ impl ProxyHttp for Gateway {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<bool> {
-        match self.prepare_try(ctx).await {
+        match peer::next_try(&self.state.telemetry, ctx).await {
             Ok(peer) => {
                 ctx.next_peer = Some(peer);
                 Ok(true)
@@ -169,7 +159,7 @@ impl ProxyHttp for Gateway {
         ctx.upstream_phase = true;
         match ctx.next_peer.take() {
             Some(peer) => Ok(peer),
-            None => self.prepare_try(ctx).await,
+            None => peer::next_try(&self.state.telemetry, ctx).await,
         }
     }
 

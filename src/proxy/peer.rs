@@ -3,12 +3,25 @@
 //! cut to what is left of the total deadline.
 
 use pingora_core::upstreams::peer::HttpPeer;
-use pingora_core::Result;
+use pingora_core::{Error, ErrorType, Result};
 
 use super::ctx::{EndpointInflight, RequestCtx};
 use super::refusal::Refusal;
+use super::resilience;
 use crate::clock::mono_ms;
 use crate::state::Route;
+use crate::telemetry::Telemetry;
+
+/// Admission and endpoint choice of one try: backoff of a retry, breaker, bulkhead
+/// slot (cheap refusals before the call), then an endpoint with its timeouts. The
+/// first try runs it in `proxy_upstream_filter`, a retry in `upstream_peer`.
+pub async fn next_try(tel: &Telemetry, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+    let Some(route) = ctx.route.clone() else {
+        return Err(Error::explain(ErrorType::InternalError, "no route"));
+    };
+    resilience::before_try(tel, ctx).await?;
+    choose(ctx, &route)
+}
 
 /// The peer of the next try; a [`Refusal`] (`NoHealthyEndpoint`, `DeadlineSpent`) as the
 /// error's cause when there is none.
