@@ -52,15 +52,11 @@ pub fn example_bin(name: &str) -> PathBuf {
         return bin;
     }
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let log = tempfile::NamedTempFile::new().unwrap();
     let mut cmd = Command::new(cargo);
     cmd.args(["build", "--quiet", "-p", "gatehouse", "--example", name])
         .arg("--target-dir")
         .arg(target_dir)
-        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-        .stdout(Stdio::null())
-        // A file, not a pipe: compiler errors could fill a pipe and stall the build.
-        .stderr(Stdio::from(log.reopen().unwrap()));
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
     match profile_dir.file_name().and_then(|p| p.to_str()) {
         Some("debug") | None => {}
         Some("release") => {
@@ -70,19 +66,8 @@ pub fn example_bin(name: &str) -> PathBuf {
             cmd.args(["--profile", profile]);
         }
     }
-    let mut child = cmd.spawn().expect("cargo runs");
-    let deadline = Instant::now() + BUILD_WITHIN;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("cargo build --example {name} did not finish within {BUILD_WITHIN:?}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let stderr = std::fs::read_to_string(log.path()).unwrap_or_default();
+    let what = format!("cargo build --example {name}");
+    let (status, stderr) = crate::process::run_bounded(&mut cmd, &what, BUILD_WITHIN);
     assert!(
         status.success() && bin.exists(),
         "cargo build --example {name} failed ({status}):\n{stderr}"
@@ -259,6 +244,13 @@ impl TestGateway {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Scrapes /metrics until the series `name{labels}` reads `value` (at most 3 s), and
+    /// returns the last scrape: an assertion on it shows what was there if it never did.
+    pub async fn metrics_at(&self, name: &str, labels: &[(&str, &str)], value: f64) -> String {
+        self.metrics_when(|m| crate::metric_value(m, name, labels) == Some(value))
+            .await
     }
 
     /// Scrapes /metrics.

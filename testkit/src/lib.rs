@@ -12,15 +12,19 @@
 mod gateway;
 mod http;
 mod ports;
+mod process;
 mod redis;
 mod redis_topology;
 mod upstream;
 mod wasm;
+mod yaml;
 
 pub use gateway::{example_bin, fill, gatehouse_bin, TestGateway};
 pub use http::{admin_json, client, eventually, get_json, metric_value, send, JsonResponse};
 pub use ports::{free_port, free_ports, is_listening, unique};
+pub use process::{output_of, run_bounded};
 pub use redis::PrivateRedis;
 pub use redis_topology::{redis_cli, RedisCluster, RedisSentinels};
 pub use upstream::{black_hole, Mode, TestUpstream, UpstreamState};
 pub use wasm::wasm_guest;
+pub use yaml::AppConfig;

@@ -141,10 +141,15 @@ impl PrivateRedis {
 
     /// Kills it (SIGKILL, no goodbye) and waits for the exit; a no-op when stopped.
     pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        kill_and_reap(&mut self.child);
+    }
+}
+
+/// Kills the child (SIGKILL) if there is one and waits for its exit.
+pub(crate) fn kill_and_reap(child: &mut Option<std::process::Child>) {
+    if let Some(mut c) = child.take() {
+        let _ = c.kill();
+        let _ = c.wait();
     }
 }
 

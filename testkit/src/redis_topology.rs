@@ -49,10 +49,7 @@ impl Node {
     }
 
     fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        crate::redis::kill_and_reap(&mut self.child);
     }
 }
 

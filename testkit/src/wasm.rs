@@ -3,8 +3,8 @@
 //! `<target dir>/wasm-guests`, once per test process.
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 /// The built module of guest `name` (`headers`, `auth`, `body`, `local_response`,
 /// `shared_timer`, `looping`, `bench`). Builds them all on first use; needs the
@@ -23,29 +23,13 @@ pub fn wasm_guest(name: &str) -> PathBuf {
             .expect("test executable under target/<profile>/deps")
             .to_path_buf();
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/wasm-guests/build.sh");
-        let log = tempfile::NamedTempFile::new().unwrap();
-        let mut child = Command::new("bash")
-            .arg(script)
+        let mut cmd = Command::new("bash");
+        cmd.arg(script)
             .env("CARGO_TARGET_DIR", &target_dir)
             // The test's cargo sets these for the host build; the guests build for wasm.
             .env_remove("RUSTFLAGS")
-            .env_remove("CARGO_BUILD_TARGET")
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log.reopen().unwrap()))
-            .spawn()
-            .expect("bash runs");
-        let deadline = Instant::now() + BUILD_WITHIN;
-        let status = loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                break status;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                panic!("{script} did not finish within {BUILD_WITHIN:?}");
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        };
-        let stderr = std::fs::read_to_string(log.path()).unwrap_or_default();
+            .env_remove("CARGO_BUILD_TARGET");
+        let (status, stderr) = crate::process::run_bounded(&mut cmd, script, BUILD_WITHIN);
         assert!(status.success(), "{script} failed ({status}):\n{stderr}");
         target_dir.join("wasm-guests/wasm32-wasip1/release")
     });

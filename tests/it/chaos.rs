@@ -6,19 +6,18 @@
 //! Every phase is bounded in time and every loop in count; all traffic stays on 127.0.0.1.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
 
+use crate::support::load::{ms, quantile, Load, Sample};
+use crate::support::redis_policies::*;
 use crate::support::*;
 
-/// Redis call timeout of the Redis test (`redis.timeout`): longer than the 50 ms default
-/// because a debug gateway on two busy cores sometimes takes over 100 ms for a healthy call.
-const REDIS_TIMEOUT: Duration = Duration::from_millis(200);
 /// What a request may wait beyond the Redis timeout: the request's own path through a debug
 /// gateway, the upstream and the client on two busy cores (a healthy request's p99 here is
 /// tens of milliseconds).
@@ -27,232 +26,101 @@ const LATENCY_MARGIN: Duration = Duration::from_millis(300);
 /// breaker probes once a second).
 const RECOVERY_BOUND: Duration = Duration::from_secs(2);
 
-/// One answered (or failed) request of a load run.
-#[derive(Clone, Copy, Debug)]
-struct Sample {
-    /// Since the run started.
-    at: Duration,
-    took: Duration,
-    /// 0: no answer (transport error).
-    status: u16,
-    lane: usize,
-}
-
-/// Closed-loop load: `per_lane` clients per lane, each sending its lane's request again as
-/// soon as the previous one is answered, recording every answer.
-struct Load {
-    started: Instant,
-    samples: Mutex<Vec<Sample>>,
-    stop: AtomicBool,
-}
-
-impl Load {
-    /// Starts the clients; they stop at [`Load::stop`] or after `cap`, whichever is first.
-    fn start(
-        urls: Vec<String>,
-        per_lane: usize,
-        cap: Duration,
-    ) -> (Arc<Self>, Vec<JoinHandle<()>>) {
-        let load = Arc::new(Self {
-            started: Instant::now(),
-            samples: Mutex::new(Vec::new()),
-            stop: AtomicBool::new(false),
-        });
-        let mut tasks = Vec::new();
-        for (lane, url) in urls.into_iter().enumerate() {
-            for c in 0..per_lane {
-                let (load, url) = (load.clone(), url.clone());
-                tasks.push(tokio::spawn(async move {
-                    let http = reqwest::Client::builder()
-                        .no_proxy()
-                        .timeout(Duration::from_secs(10))
-                        .build()
-                        .unwrap();
-                    let mut n = 0u64;
-                    while !load.stop.load(Ordering::Relaxed) && load.started.elapsed() < cap {
-                        n += 1;
-                        let t = Instant::now();
-                        let at = load.started.elapsed();
-                        // 64 keys per client: rate-limit batching sees several keys at once.
-                        let key = format!("c{lane}-{c}-{}", n % 64);
-                        let status = match http.get(&url).header("x-k", key).send().await {
-                            Ok(r) => {
-                                let s = r.status().as_u16();
-                                match r.bytes().await {
-                                    Ok(_) => s,
-                                    Err(_) => 0,
-                                }
-                            }
-                            Err(_) => 0,
-                        };
-                        let took = t.elapsed();
-                        load.samples.lock().unwrap().push(Sample {
-                            at,
-                            took,
-                            status,
-                            lane,
-                        });
-                    }
-                }));
-            }
-        }
-        (load, tasks)
-    }
-
-    fn now(&self) -> Duration {
-        self.started.elapsed()
-    }
-
-    fn samples(&self) -> Vec<Sample> {
-        self.samples.lock().unwrap().clone()
-    }
-
-    async fn stop(&self, tasks: Vec<JoinHandle<()>>) {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in tasks {
-            t.await.unwrap();
-        }
-    }
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-/// The `q` quantile (0..=1) of `v`, sorted in place; zero when empty.
-fn quantile(v: &mut [Duration], q: f64) -> Duration {
-    if v.is_empty() {
-        return Duration::ZERO;
-    }
-    v.sort();
-    v[((v.len() - 1) as f64 * q).round() as usize]
-}
-
 // === Redis: killed, frozen, slowed ===
 
-/// A TCP relay in front of Redis that holds each chunk Redis sends back for the current
-/// delay before passing it on (order kept): a slowed Redis without touching Redis. A
-/// connection it cannot make to Redis is closed at once, as a dead Redis's would be.
-struct SlowRelay {
+/// A task serving every connection accepted on a fresh loopback port; dropping it (or
+/// [`Server::kill`]) aborts it, which closes every connection it holds and its port, as
+/// a killed process's.
+struct Server {
     addr: SocketAddr,
-    delay_ms: Arc<AtomicU64>,
     task: JoinHandle<()>,
 }
 
-impl Drop for SlowRelay {
+impl Drop for Server {
     fn drop(&mut self) {
         self.task.abort();
     }
 }
 
-impl SlowRelay {
-    async fn start(redis_port: u16) -> Self {
+impl Server {
+    async fn start<F, Fut>(handle: F) -> Self
+    where
+        F: Fn(TcpStream) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
-        let delay_ms = Arc::new(AtomicU64::new(0));
-        let delay = delay_ms.clone();
         let task = tokio::spawn(async move {
-            // Owned here: aborting the relay closes every connection it carries.
+            // Owned by the accept task: aborting it drops every connection.
             let mut conns = JoinSet::new();
-            while let Ok((client, _)) = l.accept().await {
+            while let Ok((s, _)) = l.accept().await {
                 while conns.try_join_next().is_some() {}
-                let delay = delay.clone();
-                conns.spawn(async move {
-                    let Ok(server) = TcpStream::connect(("127.0.0.1", redis_port)).await else {
-                        return;
-                    };
-                    let (mut cr, mut cw) = client.into_split();
-                    let (mut sr, mut sw) = server.into_split();
-                    let up = async move {
-                        let _ = tokio::io::copy(&mut cr, &mut sw).await;
-                        let _ = sw.shutdown().await;
-                    };
-                    let (tx, mut rx) =
-                        tokio::sync::mpsc::unbounded_channel::<(tokio::time::Instant, Vec<u8>)>();
-                    let read_down = async move {
-                        let mut buf = vec![0u8; 16 * 1024];
-                        while let Ok(n @ 1..) = sr.read(&mut buf).await {
-                            let hold = Duration::from_millis(delay.load(Ordering::Relaxed));
-                            let due = tokio::time::Instant::now() + hold;
-                            if tx.send((due, buf[..n].to_vec())).is_err() {
-                                break;
-                            }
-                        }
-                    };
-                    let write_down = async move {
-                        while let Some((due, bytes)) = rx.recv().await {
-                            tokio::time::sleep_until(due).await;
-                            if cw.write_all(&bytes).await.is_err() {
-                                break;
-                            }
-                        }
-                        let _ = cw.shutdown().await;
-                    };
-                    tokio::join!(up, read_down, write_down);
-                });
+                conns.spawn(handle(s));
             }
         });
-        Self {
-            addr,
-            delay_ms,
-            task,
-        }
+        Self { addr, task }
+    }
+
+    fn kill(&self) {
+        self.task.abort();
+    }
+}
+
+/// A TCP relay in front of Redis that holds each chunk Redis sends back for the current
+/// delay before passing it on (order kept): a slowed Redis without touching Redis. A
+/// connection it cannot make to Redis is closed at once, as a dead Redis's would be.
+struct SlowRelay {
+    server: Server,
+    delay_ms: Arc<AtomicU64>,
+}
+
+impl SlowRelay {
+    async fn start(redis_port: u16) -> Self {
+        let delay_ms = Arc::new(AtomicU64::new(0));
+        let delay = delay_ms.clone();
+        let server = Server::start(move |client| {
+            let delay = delay.clone();
+            async move {
+                let Ok(server) = TcpStream::connect(("127.0.0.1", redis_port)).await else {
+                    return;
+                };
+                let (mut cr, mut cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                let up = async move {
+                    let _ = tokio::io::copy(&mut cr, &mut sw).await;
+                    let _ = sw.shutdown().await;
+                };
+                let (tx, mut rx) =
+                    tokio::sync::mpsc::unbounded_channel::<(tokio::time::Instant, Vec<u8>)>();
+                let read_down = async move {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    while let Ok(n @ 1..) = sr.read(&mut buf).await {
+                        let hold = Duration::from_millis(delay.load(Ordering::Relaxed));
+                        let due = tokio::time::Instant::now() + hold;
+                        if tx.send((due, buf[..n].to_vec())).is_err() {
+                            break;
+                        }
+                    }
+                };
+                let write_down = async move {
+                    while let Some((due, bytes)) = rx.recv().await {
+                        tokio::time::sleep_until(due).await;
+                        if cw.write_all(&bytes).await.is_err() {
+                            break;
+                        }
+                    }
+                    let _ = cw.shutdown().await;
+                };
+                tokio::join!(up, read_down, write_down);
+            }
+        })
+        .await;
+        Self { server, delay_ms }
     }
 
     fn set_delay(&self, d: Duration) {
         self.delay_ms.store(d.as_millis() as u64, Ordering::Relaxed);
     }
-}
-
-const POLICIES: [&str; 3] = ["fail_open", "fail_closed", "local"];
-
-/// One route per failure policy, `/<policy>`, each with a load limit (key `x-k`, never
-/// reached) and a probe limit (key `x-p`, 3 a minute, skipped without the header).
-fn redis_chaos_config(app: SocketAddr, redis: SocketAddr) -> String {
-    let mut routes = String::new();
-    for p in POLICIES {
-        routes += &format!(
-            "  - name: {p}\n    match: {{ path_prefix: /{p} }}\n    upstream: app\n    filters:\n      \
-             - rate_limit: {{ name: {p}_load, key: \"header:x-k\", limit: 1000000, window: 1m, on_redis_error: {p} }}\n      \
-             - rate_limit: {{ name: {p}_probe, key: \"header:x-p\", limit: 3, window: 1m, on_redis_error: {p}, on_missing_key: skip }}\n"
-        );
-    }
-    format!(
-        "listeners: [ {{ name: public, address: \"{{listen}}\" }} ]\nadmin: {{ address: \"{{admin}}\" }}\n\
-         runtime: {{ threads: 2 }}\naccess_log: {{ enabled: false }}\n\
-         redis: {{ url: \"redis://{redis}\", timeout: {}ms }}\n\
-         upstreams:\n  app: {{ discovery: {{ static: [ {{ address: \"{app}\" }} ] }} }}\nroutes:\n{routes}",
-        REDIS_TIMEOUT.as_millis()
-    )
-}
-
-/// Decisions of `limit` that Redis made (allowed or limited), as opposed to a policy's
-/// fallback (`fail_open`, `local_*`) or a refusal (`fail_closed`).
-fn redis_decisions(m: &str, limit: &str) -> f64 {
-    ["allowed", "limited"]
-        .iter()
-        .filter_map(|d| {
-            metric_value(
-                m,
-                "gatehouse_ratelimit_decisions_total",
-                &[("limit", limit), ("decision", d)],
-            )
-        })
-        .sum()
-}
-
-/// Decisions of `limit` that were not Redis's (the policy's fallback while Redis failed).
-fn fallback_decisions(m: &str, limit: &str) -> f64 {
-    ["fail_open", "fail_closed", "local_allowed", "local_limited"]
-        .iter()
-        .filter_map(|d| {
-            metric_value(
-                m,
-                "gatehouse_ratelimit_decisions_total",
-                &[("limit", limit), ("decision", d)],
-            )
-        })
-        .sum()
 }
 
 /// The ways Redis fails in the test.
@@ -288,14 +156,15 @@ async fn redis_killed_frozen_and_slowed_under_load_for_each_failure_policy() {
     let mut redis = PrivateRedis::start();
     let redis_port = redis.port();
     let relay = SlowRelay::start(redis_port).await;
-    let gw = TestGateway::start(&redis_chaos_config(app.addr, relay.addr)).await;
+    let redis_yaml = format!("url: \"redis://{}\"", relay.server.addr);
+    let gw = TestGateway::start(&policies_config(app.addr, &redis_yaml)).await;
     for p in POLICIES {
         let r = get_with(&gw, &format!("/{p}"), &[("x-k", "warm")]).await;
         assert_eq!(r.status(), 200, "{p} before any fault");
     }
 
     let urls: Vec<String> = POLICIES.iter().map(|p| gw.url(&format!("/{p}"))).collect();
-    let (load, tasks) = Load::start(urls, 2, HARD_CAP);
+    let (load, tasks) = Load::start_rotating(urls, 2, HARD_CAP);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let warm_end = load.now();
 
@@ -347,11 +216,7 @@ async fn redis_killed_frozen_and_slowed_under_load_for_each_failure_policy() {
         // Enforcement, not only answers: a fresh key gets its 3 and then 429.
         let mut probes: [Vec<u16>; 3] = Default::default();
         for (i, p) in POLICIES.iter().enumerate() {
-            let key = unique("probe");
-            for _ in 0..4 {
-                let r = get_with(&gw, &format!("/{p}"), &[("x-k", "probe"), ("x-p", &key)]).await;
-                probes[i].push(r.status().as_u16());
-            }
+            probes[i] = probe(&gw, p).await;
         }
         reports.push(FaultReport {
             fault,
@@ -364,8 +229,7 @@ async fn redis_killed_frozen_and_slowed_under_load_for_each_failure_policy() {
         tokio::time::sleep(Duration::from_millis(1000)).await;
     }
     let total = load.now();
-    load.stop(tasks).await;
-    let samples = load.samples();
+    let samples = load.stop(tasks).await;
 
     // Figures.
     let bound = REDIS_TIMEOUT + LATENCY_MARGIN;
@@ -468,63 +332,49 @@ async fn redis_killed_frozen_and_slowed_under_load_for_each_failure_policy() {
 /// current status after `service_time`, counts requests, and can be killed: every socket
 /// it holds is closed at once and its port refuses connections, as a killed process's.
 struct Replica {
-    addr: SocketAddr,
+    server: Server,
     hits: Arc<AtomicUsize>,
     status: Arc<AtomicU16>,
-    task: JoinHandle<()>,
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
 }
 
 impl Replica {
     async fn start(service_time: Duration) -> Self {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
         let hits = Arc::new(AtomicUsize::new(0));
         let status = Arc::new(AtomicU16::new(200));
         let (h, st) = (hits.clone(), status.clone());
-        let task = tokio::spawn(async move {
-            // Owned by the accept task: aborting it drops every connection.
-            let mut conns = JoinSet::new();
-            while let Ok((mut s, _)) = l.accept().await {
-                while conns.try_join_next().is_some() {}
-                let (h, st) = (h.clone(), st.clone());
-                conns.spawn(async move {
-                    let mut buf = Vec::with_capacity(4096);
-                    let mut chunk = [0u8; 4096];
-                    loop {
-                        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-                            match s.read(&mut chunk).await {
-                                Ok(n @ 1..) => buf.extend_from_slice(&chunk[..n]),
-                                _ => return,
-                            }
-                            continue;
-                        };
-                        buf.drain(..end + 4);
-                        h.fetch_add(1, Ordering::SeqCst);
-                        if !service_time.is_zero() {
-                            tokio::time::sleep(service_time).await;
+        let server = Server::start(move |mut s| {
+            let (h, st) = (h.clone(), st.clone());
+            async move {
+                let mut buf = Vec::with_capacity(4096);
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        match s.read(&mut chunk).await {
+                            Ok(n @ 1..) => buf.extend_from_slice(&chunk[..n]),
+                            _ => return,
                         }
-                        let code = st.load(Ordering::Relaxed);
-                        let resp = format!(
-                            "HTTP/1.1 {code} X\r\ncontent-type: text/plain\r\ncontent-length: 2\r\n\r\nok"
-                        );
-                        if s.write_all(resp.as_bytes()).await.is_err() {
-                            return;
-                        }
+                        continue;
+                    };
+                    buf.drain(..end + 4);
+                    h.fetch_add(1, Ordering::SeqCst);
+                    if !service_time.is_zero() {
+                        tokio::time::sleep(service_time).await;
                     }
-                });
+                    let code = st.load(Ordering::Relaxed);
+                    let resp = format!(
+                        "HTTP/1.1 {code} X\r\ncontent-type: text/plain\r\ncontent-length: 2\r\n\r\nok"
+                    );
+                    if s.write_all(resp.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
             }
-        });
+        })
+        .await;
         Self {
-            addr,
+            server,
             hits,
             status,
-            task,
         }
     }
 
@@ -537,7 +387,7 @@ impl Replica {
     }
 
     fn kill(&self) {
-        self.task.abort();
+        self.server.kill();
     }
 }
 
@@ -563,10 +413,10 @@ async fn a_replica_killed_under_load_costs_almost_nothing_and_is_ejected_fast() 
         Replica::start(Duration::from_millis(2)).await,
         Replica::start(Duration::from_millis(2)).await,
     ];
-    let addrs: Vec<SocketAddr> = replicas.iter().map(|r| r.addr).collect();
+    let addrs: Vec<SocketAddr> = replicas.iter().map(|r| r.server.addr).collect();
     // The defaults: passive ejection after 5 failures, one retry of a connect error.
     let gw = TestGateway::start(&upstream_config(&addrs, "")).await;
-    let (load, tasks) = Load::start(vec![gw.url("/x")], 8, Duration::from_secs(30));
+    let (load, tasks) = Load::start_rotating(vec![gw.url("/x")], 8, Duration::from_secs(30));
     tokio::time::sleep(Duration::from_millis(2000)).await;
     let victim = addrs[0].to_string();
     let killed_at = load.now();
@@ -588,8 +438,7 @@ async fn a_replica_killed_under_load_costs_almost_nothing_and_is_ejected_fast() 
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     tokio::time::sleep(Duration::from_millis(3000).saturating_sub(killed.elapsed())).await;
-    load.stop(tasks).await;
-    let samples = load.samples();
+    let samples = load.stop(tasks).await;
     let failed: Vec<&Sample> = samples.iter().filter(|s| s.status != 200).collect();
     let after: Vec<&Sample> = samples.iter().filter(|s| s.at >= killed_at).collect();
     let mut took: Vec<Duration> = after.iter().map(|s| s.took).collect();
@@ -631,7 +480,7 @@ async fn a_failing_upstream_gets_no_retry_storm() {
     // Retries as eager as the config allows, on every failure, with the default budget;
     // no breaker or ejection to hide the failures from the retry policy.
     let extra = "    retry: { attempts: 3, on: [503, reset, connect_error], backoff: { base: 1ms, max: 2ms } }\n    outlier_detection: null\n";
-    let gw = TestGateway::start(&upstream_config(&[a.addr, b.addr], extra)).await;
+    let gw = TestGateway::start(&upstream_config(&[a.server.addr, b.server.addr], extra)).await;
     a.set_status(503);
     let mut line = String::from("CHAOS retry budget (attempts 3, budget 20% + 10/s):");
     let mut checks = Vec::new();
@@ -643,10 +492,9 @@ async fn a_failing_upstream_gets_no_retry_storm() {
             b.set_status(503);
         }
         let hits0 = a.hits() + b.hits();
-        let (load, tasks) = Load::start(vec![gw.url("/x")], 8, Duration::from_secs(20));
+        let (load, tasks) = Load::start_rotating(vec![gw.url("/x")], 8, Duration::from_secs(20));
         tokio::time::sleep(Duration::from_millis(3000)).await;
-        load.stop(tasks).await;
-        let samples = load.samples();
+        let samples = load.stop(tasks).await;
         let requests = samples.len() as f64;
         let attempts = (a.hits() + b.hits() - hits0) as f64;
         let ok = samples.iter().filter(|s| s.status == 200).count();
@@ -683,7 +531,7 @@ async fn an_open_breaker_answers_within_5ms_p99() {
     let cb = "    circuit_breaker: { failure_rate: 0.5, min_requests: 5, window: 10s, open_for: 60s }\n    retry: null\n";
     let ups = format!(
         "  bad:\n    discovery: {{ static: [ {{ address: \"{}\" }} ] }}\n{cb}  good:\n    discovery: {{ static: [ {{ address: \"{}\" }} ] }}\n",
-        bad.addr, good.addr
+        bad.server.addr, good.server.addr
     );
     let yaml = format!(
         "listeners: [ {{ name: public, address: \"{{listen}}\" }} ]\nadmin: {{ address: \"{{admin}}\" }}\n\

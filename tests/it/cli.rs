@@ -3,6 +3,8 @@
 
 use std::process::Command;
 
+use crate::support::output_of;
+
 fn gatehouse(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_gatehouse"))
         .args(args)
@@ -158,15 +160,10 @@ fn validate_and_route_test_work_without_production_secrets() {
     let p = secret_config(dir.path(), var, false);
     let path = p.to_str().unwrap();
     let run = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
-            .args(args)
-            .env_remove(var)
-            .output()
-            .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).to_string(),
-            String::from_utf8_lossy(&out.stderr).to_string(),
+        output_of(
+            Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+                .args(args)
+                .env_remove(var),
         )
     };
     // Without --no-env the secret is required, as `run` requires it.

@@ -81,6 +81,14 @@ fn header<'a>(h: &'a http::HeaderMap, n: &str) -> Vec<&'a str> {
     h.get_all(n).iter().map(|v| v.to_str().unwrap()).collect()
 }
 
+/// The upstream's last request named `client` in `X-Real-IP`, and carried `header`
+/// (name, value) once.
+fn assert_forwarded(app: &TestUpstream, client: &str, (name, value): (&str, &str)) {
+    let h = app.last_headers();
+    assert_eq!(header(&h, "x-real-ip"), [client]);
+    assert_eq!(header(&h, name), [value], "{name}");
+}
+
 #[tokio::test]
 async fn forwarded_for_chains_from_trusted_and_untrusted_peers() {
     let app = TestUpstream::start("app").await;
@@ -151,13 +159,15 @@ async fn forwarded_for_chains_from_trusted_and_untrusted_peers() {
          Forwarded: for=6.6.6.6, for=\"[2001:db8:cafe::17]:4711\";proto=https, for=10.2.2.2\r\n",
     )
     .await;
-    let h = app.last_headers();
-    assert_eq!(header(&h, "x-real-ip"), ["2001:db8:cafe::17"]);
-    assert_eq!(
-        header(&h, "forwarded"),
-        ["for=6.6.6.6, for=\"[2001:db8:cafe::17]:4711\";proto=https, for=10.2.2.2, for=127.0.0.1"]
+    assert_forwarded(
+        &app,
+        "2001:db8:cafe::17",
+        ("forwarded", "for=6.6.6.6, for=\"[2001:db8:cafe::17]:4711\";proto=https, for=10.2.2.2, for=127.0.0.1"),
     );
-    assert_eq!(header(&h, "x-forwarded-for"), ["127.0.0.1"]);
+    assert_eq!(
+        header(&app.last_headers(), "x-forwarded-for"),
+        ["127.0.0.1"]
+    );
 }
 
 #[tokio::test]
@@ -284,11 +294,10 @@ async fn proxy_protocol_v1_and_v2_from_trusted_peers_only() {
         "GET /who HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 6.6.6.6, 198.51.100.8\r\n",
     )
     .await;
-    let h = app.last_headers();
-    assert_eq!(header(&h, "x-real-ip"), ["198.51.100.8"]);
-    assert_eq!(
-        header(&h, "x-forwarded-for"),
-        ["6.6.6.6, 198.51.100.8, 10.0.0.9"]
+    assert_forwarded(
+        &app,
+        "198.51.100.8",
+        ("x-forwarded-for", "6.6.6.6, 198.51.100.8, 10.0.0.9"),
     );
 
     // v2 LOCAL (a balancer's own health check): the connection's address stays.

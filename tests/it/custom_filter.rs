@@ -8,28 +8,14 @@
 use std::process::Command;
 
 use gatehouse_testkit::{
-    client, example_bin, metric_value, send, JsonResponse, TestGateway, TestUpstream,
+    client, example_bin, metric_value, output_of, send, AppConfig, JsonResponse, TestGateway,
+    TestUpstream,
 };
 
 fn config(upstream: std::net::SocketAddr, filter: &str) -> String {
-    format!(
-        r#"
-listeners:
-  - name: public
-    address: "{{listen}}"
-admin:
-  address: "{{admin}}"
-upstreams:
-  app:
-    discovery: {{ static: [ {{ address: "{upstream}" }} ] }}
-routes:
-  - name: api
-    match: {{ path_prefix: /api }}
-    upstream: app
-    filters:
-      - {filter}
-"#
-    )
+    AppConfig::new(&[upstream])
+        .route("api", "/api", &[filter])
+        .to_string()
 }
 
 const API_KEY: &str = "api_key: { header: x-api-key, keys_file: keys.txt }";
@@ -83,13 +69,11 @@ async fn api_key_filter_guards_the_route_and_rereads_its_keys_on_reload() {
     // Per-filter metrics under the registered name (three request phases, and the response
     // phase of the one request that went upstream), and the access log's filter time.
     let metrics = gw
-        .metrics_when(|m| {
-            metric_value(
-                m,
-                "gatehouse_filter_duration_seconds_count",
-                &[("filter", "api_key")],
-            ) == Some(4.0)
-        })
+        .metrics_at(
+            "gatehouse_filter_duration_seconds_count",
+            &[("filter", "api_key")],
+            4.0,
+        )
         .await;
     assert_eq!(
         metric_value(
@@ -129,12 +113,7 @@ async fn api_key_filter_guards_the_route_and_rereads_its_keys_on_reload() {
 }
 
 fn run(program: &std::path::Path, args: &[&str]) -> (Option<i32>, String, String) {
-    let out = Command::new(program).args(args).output().unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    output_of(Command::new(program).args(args))
 }
 
 #[test]
@@ -149,7 +128,7 @@ fn validate_locates_errors_in_a_custom_kind_and_schema_lists_it() {
         std::fs::write(&p, text).unwrap();
         p.display().to_string()
     };
-    // The filter entry is on line 15 of `config`, its value from column 9.
+    // The filter entry is on line 11 of `config`, its value from column 9.
     let good = write("good.yaml", API_KEY);
     let (code, out, err) = run(&bin, &["validate", "-c", &good]);
     assert_eq!(code, Some(0), "{err}");
@@ -160,25 +139,25 @@ fn validate_locates_errors_in_a_custom_kind_and_schema_lists_it() {
             "field.yaml",
             "api_key: { hedaer: x-api-key, keys_file: keys.txt }",
             &[
-                "field.yaml:15:20: routes[0].filters[0].api_key.hedaer: unknown field `hedaer`",
+                "field.yaml:11:20: routes[0].filters[0].api_key.hedaer: unknown field `hedaer`",
                 "did you mean `header`?",
             ],
         ),
         (
             "type.yaml",
             "api_key: { keys_file: keys.txt, hide_credentials: sometimes }",
-            &["type.yaml:15:41: routes[0].filters[0].api_key.hide_credentials: invalid type"],
+            &["type.yaml:11:41: routes[0].filters[0].api_key.hide_credentials: invalid type"],
         ),
         (
             "missing.yaml",
             "api_key: { header: x-api-key }",
-            &["missing.yaml:15:9: routes[0].filters[0].api_key: missing field `keys_file`"],
+            &["missing.yaml:11:9: routes[0].filters[0].api_key: missing field `keys_file`"],
         ),
         (
             "file.yaml",
             "api_key: { keys_file: nowhere.txt }",
             &[
-                "file.yaml:15:20: routes[0].filters[0].api_key.keys_file: cannot read",
+                "file.yaml:11:20: routes[0].filters[0].api_key.keys_file: cannot read",
                 "nowhere.txt",
             ],
         ),
@@ -186,7 +165,7 @@ fn validate_locates_errors_in_a_custom_kind_and_schema_lists_it() {
             "kind.yaml",
             "api_kye: { keys_file: keys.txt }",
             &[
-                "kind.yaml:15:9: routes[0].filters[0].api_kye: unknown filter kind `api_kye`",
+                "kind.yaml:11:9: routes[0].filters[0].api_kye: unknown filter kind `api_kye`",
                 "known kinds: jwt, rate_limit, headers, cors, compression, envelope, wasm, api_key",
                 "did you mean `api_key`?",
             ],

@@ -13,7 +13,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::support::{
-    admin_status, client, eventually, fill, free_port, validate, Mode, TestGateway, TestUpstream,
+    admin_status, client, eventually, fill, free_port, output_of, validate, Mode, TestGateway,
+    TestUpstream,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_gatehouse");
@@ -221,15 +222,8 @@ async fn health_command_exits_0_only_on_a_2xx_answer() {
     let probe = free_port();
     let _gw = TestGateway::start(&with_probe(probe)).await;
     let health = |url: String| {
-        let out = Command::new(BIN)
-            .args(["health", "--url"])
-            .arg(&url)
-            .output()
-            .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stderr).to_string(),
-        )
+        let (code, _, stderr) = output_of(Command::new(BIN).args(["health", "--url"]).arg(&url));
+        (code, stderr)
     };
     assert_eq!(
         health(format!("http://127.0.0.1:{probe}/readyz")).0,

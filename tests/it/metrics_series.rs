@@ -26,10 +26,7 @@ async fn gateway_to_app(a: &TestUpstream, prefix: &str) -> TestGateway {
 
 #[tokio::test]
 async fn endpoint_series_leave_with_the_endpoint_on_reload() {
-    let (a, b) = (
-        TestUpstream::start("a").await,
-        TestUpstream::start("b").await,
-    );
+    let [a, b] = upstreams(["a", "b"]).await;
     let both = config(
         &checked_upstream("app", &[a.addr, b.addr], "300ms", "healthy"),
         &route("app", "/", "app"),
@@ -77,10 +74,7 @@ async fn endpoint_series_leave_with_the_endpoint_on_reload() {
 
 #[tokio::test]
 async fn endpoint_labels_off_gives_one_series_per_upstream() {
-    let (a, b) = (
-        TestUpstream::start("a").await,
-        TestUpstream::start("b").await,
-    );
+    let [a, b] = upstreams(["a", "b"]).await;
     let yaml = config(
         &static_upstream("app", &[a.addr, b.addr], ""),
         &route("app", "/", "app"),

@@ -81,7 +81,11 @@ impl Shed {
 
 /// Waits for the gateway to close `s` (EOF or reset), at most until `stop` plus a grace;
 /// returns whether it did, and counts any bytes it sent.
-async fn until_closed(s: &mut TcpStream, stop: &AtomicBool, shed: &Shed) -> bool {
+async fn until_closed(
+    s: &mut (impl tokio::io::AsyncRead + Unpin),
+    stop: &AtomicBool,
+    shed: &Shed,
+) -> bool {
     let mut b = [0u8; 512];
     loop {
         match tokio::time::timeout(Duration::from_millis(100), s.read(&mut b)).await {
@@ -95,18 +99,25 @@ async fn until_closed(s: &mut TcpStream, stop: &AtomicBool, shed: &Shed) -> bool
     }
 }
 
+/// An attacker's connection (at most 2 s to connect); `None`, counted and after a pause,
+/// when the connect failed or timed out.
+async fn connect(port: u16, shed: &Shed) -> Option<TcpStream> {
+    let connect = TcpStream::connect(("127.0.0.1", port));
+    match tokio::time::timeout(Duration::from_secs(2), connect).await {
+        Ok(Ok(s)) => Some(s),
+        _ => {
+            shed.connect_failed.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            None
+        }
+    }
+}
+
 /// One idle attacker: connect, send nothing, wait to be closed, again.
 async fn idle_attacker(port: u16, stop: Arc<AtomicBool>, shed: Arc<Shed>) {
     while !stop.load(Ordering::Relaxed) {
         let t = Instant::now();
-        let Ok(Ok(mut s)) = tokio::time::timeout(
-            Duration::from_secs(2),
-            TcpStream::connect(("127.0.0.1", port)),
-        )
-        .await
-        else {
-            shed.connect_failed.fetch_add(1, Ordering::Relaxed);
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        let Some(mut s) = connect(port, &shed).await else {
             continue;
         };
         if until_closed(&mut s, &stop, &shed).await {
@@ -127,14 +138,7 @@ async fn idle_attacker(port: u16, stop: Arc<AtomicBool>, shed: Arc<Shed>) {
 async fn slow_attacker(port: u16, stop: Arc<AtomicBool>, shed: Arc<Shed>) {
     while !stop.load(Ordering::Relaxed) {
         let t = Instant::now();
-        let Ok(Ok(s)) = tokio::time::timeout(
-            Duration::from_secs(2),
-            TcpStream::connect(("127.0.0.1", port)),
-        )
-        .await
-        else {
-            shed.connect_failed.fetch_add(1, Ordering::Relaxed);
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        let Some(s) = connect(port, &shed).await else {
             continue;
         };
         let (mut r, mut w) = s.into_split();
@@ -153,19 +157,7 @@ async fn slow_attacker(port: u16, stop: Arc<AtomicBool>, shed: Arc<Shed>) {
                 }
             }
         };
-        let reader = async {
-            let mut b = [0u8; 512];
-            loop {
-                match tokio::time::timeout(Duration::from_millis(100), r.read(&mut b)).await {
-                    Ok(Ok(0)) | Ok(Err(_)) => return true,
-                    Ok(Ok(n)) => {
-                        shed.answered.fetch_add(n, Ordering::Relaxed);
-                    }
-                    Err(_) if stop.load(Ordering::Relaxed) => return false,
-                    Err(_) => {}
-                }
-            }
-        };
+        let reader = until_closed(&mut r, &stop, &shed);
         // The reader decides: the writer stops at a write error or at the stop.
         let closed = tokio::select! {
             closed = reader => closed,

@@ -90,29 +90,14 @@ async fn parser_refusals_go_through_the_gateways_renderer_log_and_metrics() {
     assert_eq!(app.hits(), 0, "nothing reached the upstream");
 
     let n = cases.len() as f64;
-    let m = gw
-        .metrics_when(|m| {
-            metric_value(
-                m,
-                "gatehouse_requests_total",
-                &[
-                    ("route", "(none)"),
-                    ("status_class", "4xx"),
-                    ("source", "gateway"),
-                ],
-            ) == Some(n)
-        })
-        .await;
+    let series = [
+        ("route", "(none)"),
+        ("status_class", "4xx"),
+        ("source", "gateway"),
+    ];
+    let m = gw.metrics_at("gatehouse_requests_total", &series, n).await;
     assert_eq!(
-        metric_value(
-            &m,
-            "gatehouse_requests_total",
-            &[
-                ("route", "(none)"),
-                ("status_class", "4xx"),
-                ("source", "gateway")
-            ]
-        ),
+        metric_value(&m, "gatehouse_requests_total", &series),
         Some(n),
         "one request metric per refusal"
     );

@@ -3,158 +3,19 @@
 //! traffic; and three gateways sharing one limit. Each test prints one `TOPOLOGY` line of
 //! figures and asserts generous bounds (debug build on two busy cores).
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use tokio::task::JoinHandle;
-
+use crate::support::load::{ms, quantile, Load, Sample};
+use crate::support::redis_policies::*;
 use crate::support::*;
 
-/// Redis call timeout of these tests (`redis.timeout`), as in the chaos tests.
-const REDIS_TIMEOUT: Duration = Duration::from_millis(200);
 /// What a request may wait beyond the Redis timeout: a batched request waits for the call
 /// before its own (2x the timeout at most), plus its path through a debug gateway.
 const LATENCY_MARGIN: Duration = Duration::from_millis(400);
 /// Enforcement by Redis must be back this soon after the replica is promoted (the
 /// limiter's breaker probes once a second; the cluster client refreshes its slot map).
 const ENFORCED_WITHIN: Duration = Duration::from_secs(5);
-
-const POLICIES: [&str; 3] = ["fail_open", "fail_closed", "local"];
-
-/// One answered (or failed) request.
-#[derive(Clone, Copy, Debug)]
-struct Sample {
-    /// Since the run started (sent).
-    at: Duration,
-    took: Duration,
-    /// 0: no answer.
-    status: u16,
-    lane: usize,
-}
-
-/// Closed-loop clients, `per_lane` per URL, each with its own rotating keys.
-struct Load {
-    started: Instant,
-    samples: Mutex<Vec<Sample>>,
-    stop: AtomicBool,
-}
-
-impl Load {
-    fn start(
-        lanes: Vec<(String, &'static str)>,
-        per_lane: usize,
-        cap: Duration,
-        key: impl Fn(usize, usize, u64) -> String + Send + Sync + 'static,
-    ) -> (Arc<Self>, Vec<JoinHandle<()>>) {
-        let load = Arc::new(Self {
-            started: Instant::now(),
-            samples: Mutex::new(Vec::new()),
-            stop: AtomicBool::new(false),
-        });
-        let key = Arc::new(key);
-        let mut tasks = Vec::new();
-        for (lane, (url, header)) in lanes.into_iter().enumerate() {
-            for c in 0..per_lane {
-                let (load, url, key) = (load.clone(), url.clone(), key.clone());
-                tasks.push(tokio::spawn(async move {
-                    let http = reqwest::Client::builder()
-                        .no_proxy()
-                        .timeout(Duration::from_secs(10))
-                        .build()
-                        .unwrap();
-                    let mut n = 0u64;
-                    while !load.stop.load(Ordering::Relaxed) && load.started.elapsed() < cap {
-                        n += 1;
-                        let t = Instant::now();
-                        let at = load.started.elapsed();
-                        let status =
-                            match http.get(&url).header(header, key(lane, c, n)).send().await {
-                                Ok(r) => {
-                                    let s = r.status().as_u16();
-                                    match r.bytes().await {
-                                        Ok(_) => s,
-                                        Err(_) => 0,
-                                    }
-                                }
-                                Err(_) => 0,
-                            };
-                        load.samples.lock().unwrap().push(Sample {
-                            at,
-                            took: t.elapsed(),
-                            status,
-                            lane,
-                        });
-                    }
-                }));
-            }
-        }
-        (load, tasks)
-    }
-
-    fn now(&self) -> Duration {
-        self.started.elapsed()
-    }
-
-    async fn stop(&self, tasks: Vec<JoinHandle<()>>) -> Vec<Sample> {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in tasks {
-            t.await.unwrap();
-        }
-        self.samples.lock().unwrap().clone()
-    }
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-fn decisions(m: &str, limit: &str, kinds: &[&str]) -> f64 {
-    kinds
-        .iter()
-        .filter_map(|d| {
-            metric_value(
-                m,
-                "gatehouse_ratelimit_decisions_total",
-                &[("limit", limit), ("decision", d)],
-            )
-        })
-        .sum()
-}
-
-/// Decisions Redis made.
-fn redis_decisions(m: &str, limit: &str) -> f64 {
-    decisions(m, limit, &["allowed", "limited"])
-}
-
-/// Decisions a failure policy made while Redis failed.
-fn fallback_decisions(m: &str, limit: &str) -> f64 {
-    decisions(
-        m,
-        limit,
-        &["fail_open", "fail_closed", "local_allowed", "local_limited"],
-    )
-}
-
-/// One route per failure policy (`/<policy>`), each with a load limit (key `x-k`, never
-/// reached) and a probe limit (key `x-p`, 3 a minute, skipped without the header).
-fn policies_config(app: std::net::SocketAddr, redis_yaml: &str) -> String {
-    let mut routes = String::new();
-    for p in POLICIES {
-        routes += &format!(
-            "  - name: {p}\n    match: {{ path_prefix: /{p} }}\n    upstream: app\n    filters:\n      \
-             - rate_limit: {{ name: {p}_load, key: \"header:x-k\", limit: 1000000, window: 1m, on_redis_error: {p} }}\n      \
-             - rate_limit: {{ name: {p}_probe, key: \"header:x-p\", limit: 3, window: 1m, on_redis_error: {p}, on_missing_key: skip }}\n"
-        );
-    }
-    format!(
-        "listeners: [ {{ name: public, address: \"{{listen}}\" }} ]\nadmin: {{ address: \"{{admin}}\" }}\n\
-         runtime: {{ threads: 2 }}\naccess_log: {{ enabled: false }}\n\
-         redis: {{ {redis_yaml}, timeout: {}ms }}\n\
-         upstreams:\n  app: {{ discovery: {{ static: [ {{ address: \"{app}\" }} ] }} }}\nroutes:\n{routes}",
-        REDIS_TIMEOUT.as_millis()
-    )
-}
 
 /// Probes each policy not yet enforced with 6 fresh keys (spread over the shards), 4
 /// requests each; a policy is enforced when every key answered 200, 200, 200, 429 and
@@ -168,13 +29,7 @@ async fn probe_enforced(gw: &TestGateway, enforced: &mut [bool; 3]) {
         let before = redis_decisions(&gw.metrics().await, &limit);
         let mut ok = true;
         for _ in 0..6 {
-            let key = unique("probe");
-            let mut got = Vec::new();
-            for _ in 0..4 {
-                let r = get_with(gw, &format!("/{p}"), &[("x-k", "probe"), ("x-p", &key)]).await;
-                got.push(r.status().as_u16());
-            }
-            ok &= got == [200, 200, 200, 429];
+            ok &= probe(gw, p).await == [200, 200, 200, 429];
         }
         let after = redis_decisions(&gw.metrics().await, &limit);
         enforced[i] = ok && after - before >= 24.0;
@@ -204,13 +59,8 @@ async fn failover_under_load(
         "{what}: limits not enforced before the kill: {warm:?}"
     );
 
-    let lanes = POLICIES
-        .iter()
-        .map(|p| (gw.url(&format!("/{p}")), "x-k"))
-        .collect();
-    let (load, tasks) = Load::start(lanes, 2, CAP, |lane, c, n| {
-        format!("c{lane}-{c}-{}", n % 64)
-    });
+    let urls = POLICIES.iter().map(|p| gw.url(&format!("/{p}"))).collect();
+    let (load, tasks) = Load::start_rotating(urls, 2, CAP);
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let m0 = gw.metrics().await;
     let killed_at = load.now();
@@ -257,10 +107,7 @@ async fn failover_under_load(
         let lane: Vec<&Sample> = samples.iter().filter(|s| s.lane == i).collect();
         let during: Vec<&&Sample> = lane.iter().filter(|s| s.at >= killed_at).collect();
         let mut took: Vec<Duration> = during.iter().map(|s| s.took).collect();
-        took.sort();
-        let p99 = took
-            .get((took.len().saturating_sub(1) as f64 * 0.99) as usize)
-            .copied();
+        let p99 = quantile(&mut took, 0.99);
         let count = |code: u16| during.iter().filter(|s| s.status == code).count();
         line += &format!(
             "; {p}: n={} 200={} 503={} 429={} other={} p99={:.0}ms max={:.0}ms fallback={}",
@@ -269,7 +116,7 @@ async fn failover_under_load(
             count(503),
             count(429),
             during.len() - count(200) - count(503) - count(429),
-            ms(p99.unwrap_or_default()),
+            ms(p99),
             ms(took.last().copied().unwrap_or_default()),
             fallback_decisions(&m1, &format!("{p}_load"))
                 - fallback_decisions(&m0, &format!("{p}_load")),
@@ -304,6 +151,12 @@ async fn failover_under_load(
     );
 }
 
+/// The URLs as a YAML flow list's items: `"redis://..", "redis://.."`.
+fn quoted(urls: &[String]) -> String {
+    let quoted: Vec<String> = urls.iter().map(|u| format!("\"{u}\"")).collect();
+    quoted.join(", ")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_primary_killed_under_load_each_policy_holds_and_enforcement_returns() {
     let cluster = Arc::new(Mutex::new(RedisCluster::start()));
@@ -311,13 +164,7 @@ async fn cluster_primary_killed_under_load_each_policy_holds_and_enforcement_ret
         let c = cluster.lock().unwrap();
         (c.urls(), c.primaries()[0])
     };
-    let yaml = format!(
-        "cluster: [ {} ]",
-        urls.iter()
-            .map(|u| format!("\"{u}\""))
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
+    let yaml = format!("cluster: [ {} ]", quoted(&urls));
     let (k, w) = (cluster.clone(), cluster.clone());
     failover_under_load(
         "cluster",
@@ -343,10 +190,7 @@ async fn sentinel_primary_killed_under_load_each_policy_holds_and_enforcement_re
     let yaml = format!(
         "sentinel: {{ master: {}, nodes: [ {} ] }}",
         RedisSentinels::MASTER,
-        urls.iter()
-            .map(|u| format!("\"{u}\""))
-            .collect::<Vec<_>>()
-            .join(", ")
+        quoted(&urls)
     );
     let (k, w) = (set.clone(), set.clone());
     failover_under_load(
@@ -360,7 +204,7 @@ async fn sentinel_primary_killed_under_load_each_policy_holds_and_enforcement_re
 
 /// Three gateways, one limit: `limit` per `window`, counted from the admitted answers of
 /// all three under concurrent load.
-async fn three_instances_share_one_limit(algorithm: &str, redis_yaml: &str) -> Vec<usize> {
+async fn three_instances_share_one_limit(algorithm: &str, redis_yaml: &str) {
     const L: usize = 100;
     const WINDOW: Duration = Duration::from_secs(2);
     const WINDOWS: u32 = 3;
@@ -430,7 +274,6 @@ async fn three_instances_share_one_limit(algorithm: &str, redis_yaml: &str) -> V
             (certain, possible)
         })
         .collect();
-    let per_window: Vec<usize> = counts.iter().map(|(c, _)| *c).collect();
     let per_instance: Vec<usize> = (0..3)
         .map(|i| {
             samples
@@ -457,7 +300,6 @@ async fn three_instances_share_one_limit(algorithm: &str, redis_yaml: &str) -> V
         per_instance.iter().all(|n| *n > 0),
         "every instance admitted some: {per_instance:?}"
     );
-    per_window
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -470,15 +312,7 @@ async fn three_instances_share_one_limit_on_standalone_redis() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_instances_share_one_limit_on_a_cluster() {
     let cluster = RedisCluster::start();
-    let redis = format!(
-        "cluster: [ {} ]",
-        cluster
-            .urls()
-            .iter()
-            .map(|u| format!("\"{u}\""))
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
+    let redis = format!("cluster: [ {} ]", quoted(&cluster.urls()));
     three_instances_share_one_limit("sliding_window", &redis).await;
     three_instances_share_one_limit("gcra", &redis).await;
 }

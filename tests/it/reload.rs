@@ -15,11 +15,18 @@ fn two_routes(a: &TestUpstream, b: &TestUpstream, with_b_route: bool) -> String 
     config(&ups, &routes)
 }
 
-#[tokio::test]
-async fn reload_by_file_edit_rename_and_configmap_symlink_swap() {
+/// A gateway started on `v1` (route `/a` to upstream `a`) or, `with_b_route`, on `v2`
+/// (and route `/b` to `b`); both texts; the upstreams, kept alive for the gateway.
+async fn start_on(with_b_route: bool) -> (TestGateway, String, String, [TestUpstream; 2]) {
     let [a, b] = upstreams(["a", "b"]).await;
     let (v1, v2) = (two_routes(&a, &b, false), two_routes(&a, &b, true));
-    let gw = TestGateway::start(&v1).await;
+    let gw = TestGateway::start(if with_b_route { &v2 } else { &v1 }).await;
+    (gw, v1, v2, [a, b])
+}
+
+#[tokio::test]
+async fn reload_by_file_edit_rename_and_configmap_symlink_swap() {
+    let (gw, v1, v2, _ups) = start_on(false).await;
     assert_eq!(status_of(&gw, "/b").await, 404);
 
     // In-place edit.
@@ -67,9 +74,7 @@ async fn reload_by_file_edit_rename_and_configmap_symlink_swap() {
 
 #[tokio::test]
 async fn reload_by_sighup_and_admin_endpoint() {
-    let [a, b] = upstreams(["a", "b"]).await;
-    let (v1, v2) = (two_routes(&a, &b, false), two_routes(&a, &b, true));
-    let gw = TestGateway::start(&v1).await;
+    let (gw, v1, v2, _ups) = start_on(false).await;
     let outside = tempfile::tempdir().unwrap();
     let real = detach_config(&gw, &outside);
     // Let the watcher see the link swap (same content: no reload) before editing.
@@ -118,9 +123,7 @@ async fn reload_by_sighup_and_admin_endpoint() {
 
 #[tokio::test]
 async fn broken_file_keeps_the_old_routes_and_admin_returns_the_errors() {
-    let [a, b] = upstreams(["a", "b"]).await;
-    let v2 = two_routes(&a, &b, true);
-    let gw = TestGateway::start(&v2).await;
+    let (gw, _, v2, _ups) = start_on(true).await;
     let failures = async || reload_failures(&gw).await;
     let ts = metric(
         &gw,
@@ -205,25 +208,18 @@ async fn broken_file_keeps_the_old_routes_and_admin_returns_the_errors() {
 
 #[tokio::test]
 async fn restoring_the_running_file_after_a_broken_edit_clears_degraded() {
-    let [a, b] = upstreams(["a", "b"]).await;
-    let v2 = two_routes(&a, &b, true);
-    let gw = TestGateway::start(&v2).await;
+    let (gw, _, v2, _ups) = start_on(true).await;
     let status = async || admin_json(&gw, "/admin/status").await["status"].clone();
     assert_eq!(status().await, "HEALTHY");
+    let becomes = async |want: &str| {
+        eventually(Duration::from_secs(10), async || status().await == want).await
+    };
     gw.write_config(&v2.replace("routes:\n", "routes:\n  - { name: x\n"));
-    assert!(
-        eventually(Duration::from_secs(10), async || status().await
-            == "DEGRADED")
-        .await,
-        "{}",
-        gw.logs()
-    );
+    assert!(becomes("DEGRADED").await, "{}", gw.logs());
     // The exact running text again (an editor's undo): a successful no-op reload.
     gw.write_config(&v2);
     assert!(
-        eventually(Duration::from_secs(10), async || status().await
-            == "HEALTHY")
-        .await,
+        becomes("HEALTHY").await,
         "restoring the running file clears DEGRADED:\n{}",
         gw.logs()
     );
@@ -434,9 +430,8 @@ async fn reload_keeps_rate_limit_counters_of_routes_that_stay() {
 
 #[tokio::test]
 async fn a_file_that_is_not_utf8_is_refused_alike_by_the_watcher_sighup_and_admin() {
-    let [a, b] = upstreams(["a", "b"]).await;
-    let v1 = two_routes(&a, &b, true);
-    let gw = TestGateway::start(&v1).await;
+    // Started on both routes: `running`.
+    let (gw, _, running, _ups) = start_on(true).await;
     let failures = async || reload_failures(&gw).await;
     let refusals = |trigger: &str| {
         gw.logs()
@@ -449,7 +444,7 @@ async fn a_file_that_is_not_utf8_is_refused_alike_by_the_watcher_sighup_and_admi
             .count()
     };
     // Latin-1 bytes in a comment: YAML text must be UTF-8.
-    let mut bytes = fill(&v1, gw.port, gw.admin_port).into_bytes();
+    let mut bytes = fill(&running, gw.port, gw.admin_port).into_bytes();
     bytes.extend_from_slice(b"# caf\xe9\n");
     let tmp = gw.config_path.with_extension("tmp~");
     std::fs::write(&tmp, &bytes).unwrap();
@@ -493,16 +488,13 @@ async fn a_file_that_is_not_utf8_is_refused_alike_by_the_watcher_sighup_and_admi
     );
     assert_eq!(failures().await, 3.0);
     assert_eq!(refusals("admin"), 1, "{}", gw.logs());
-    assert_eq!(gw.config_hash().await, hash_of(&gw, &v1));
+    assert_eq!(gw.config_hash().await, hash_of(&gw, &running));
 }
 
 #[tokio::test]
 async fn an_in_place_write_in_pieces_is_applied_whole_and_never_as_zero_routes() {
     use std::io::Write;
-    let [a, b] = upstreams(["a", "b"]).await;
-    let v1 = two_routes(&a, &b, false);
-    let v2 = two_routes(&a, &b, true);
-    let gw = TestGateway::start(&v1).await;
+    let (gw, _, v2, _ups) = start_on(false).await;
     let text = fill(&v2, gw.port, gw.admin_port);
     // The first piece is valid YAML without `routes`: applied alone it would be a
     // zero-route config (404 for everything).
@@ -560,10 +552,7 @@ async fn an_in_place_write_in_pieces_is_applied_whole_and_never_as_zero_routes()
 #[tokio::test]
 async fn a_writer_that_closes_the_file_is_applied_without_waiting_for_quiet() {
     use std::io::Write;
-    let [a, b] = upstreams(["a", "b"]).await;
-    let v1 = two_routes(&a, &b, false);
-    let v2 = two_routes(&a, &b, true);
-    let gw = TestGateway::start(&v1).await;
+    let (gw, _, v2, _ups) = start_on(false).await;
     let text = fill(&v2, gw.port, gw.admin_port);
     // `cat > file`: several writes, then close.
     let mut f = std::fs::File::create(&gw.config_path).unwrap();

@@ -55,6 +55,16 @@ async fn gateway_to_app(addrs: &[SocketAddr], extra: &str) -> TestGateway {
     TestGateway::start(&config(&upstream("app", addrs, extra), ROOT_TO_APP)).await
 }
 
+/// Two endpoints `a` and `b` of upstream `app`, both answering every request with `mode`,
+/// behind a gateway with `extra` under the upstream.
+async fn both_failing(mode: Mode, extra: &str) -> ([TestUpstream; 2], TestGateway) {
+    let [a, b] = upstreams(["a", "b"]).await;
+    a.set_mode(mode);
+    b.set_mode(mode);
+    let gw = gateway_to_app(&[a.addr, b.addr], extra).await;
+    ([a, b], gw)
+}
+
 async fn breaker_of(gw: &TestGateway, upstream: &str) -> Value {
     admin_json(gw, "/admin/upstreams").await[upstream]["breaker"].clone()
 }
@@ -408,11 +418,8 @@ async fn status_retries_replay_the_body_but_not_beyond_the_retry_buffer() {
 
 #[tokio::test]
 async fn retry_budget_caps_retries_under_a_total_outage() {
-    let [a, b] = upstreams(["a", "b"]).await;
-    a.set_mode(Mode::Status(503));
-    b.set_mode(Mode::Status(503));
     let retry = "    retry: { attempts: 3, on: [503], backoff: { base: 1ms, max: 2ms }, budget: 0.2, min_retries_per_second: 1 }\n";
-    let gw = gateway_to_app(&[a.addr, b.addr], retry).await;
+    let ([a, b], gw) = both_failing(Mode::Status(503), retry).await;
     let requests = 100;
     let started = Instant::now();
     for _ in 0..requests {
@@ -477,11 +484,8 @@ async fn backoff_spaces_tries_within_bounds() {
 
 #[tokio::test]
 async fn total_deadline_bounds_tries_and_backoff() {
-    let [a, b] = upstreams(["a", "b"]).await;
-    a.set_mode(Mode::Sleep(3000));
-    b.set_mode(Mode::Sleep(3000));
     let extra = "    timeouts: { connect: 500ms, read: 1s, total: 1500ms }\n    retry: { attempts: 3, on: [timeout], backoff: { base: 50ms, max: 100ms } }\n";
-    let gw = gateway_to_app(&[a.addr, b.addr], extra).await;
+    let ([a, b], gw) = both_failing(Mode::Sleep(3000), extra).await;
     let t = Instant::now();
     let r = get(&gw, "/").await;
     let took = t.elapsed();

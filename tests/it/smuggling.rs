@@ -148,16 +148,16 @@ async fn fate(gw: &TestGateway, up: &RecordingUpstream, name: &str, v: &[u8]) ->
     Fate::Forwarded(new_reqs.len())
 }
 
+/// Every request to the recording upstream at `up`.
+fn config(up: std::net::SocketAddr) -> String {
+    AppConfig::new(&[up])
+        .top("runtime: { threads: 1 }\nshutdown: { grace_period: 1s }")
+        .to_string()
+}
+
 async fn run_suite(answer: Answer) {
     let up = RecordingUpstream::start(answer).await;
-    let gw = TestGateway::start(&format!(
-        "listeners: [ {{ name: public, address: \"{{listen}}\" }} ]\n\
-         admin: {{ address: \"{{admin}}\" }}\nruntime: {{ threads: 1 }}\nshutdown: {{ grace_period: 1s }}\n\
-         upstreams:\n  app: {{ discovery: {{ static: [ {{ address: \"{}\" }} ] }} }}\n\
-         routes:\n  - {{ name: all, upstream: app }}\n",
-        up.addr
-    ))
-    .await;
+    let gw = TestGateway::start(&config(up.addr)).await;
     let vs = vectors();
     let mut refused = 0;
     let mut forwarded = 0;
@@ -192,14 +192,7 @@ async fn smuggling_vectors_against_a_chunked_upstream() {
 #[tokio::test]
 async fn whitespace_in_the_request_target_is_refused_not_escaped() {
     let up = RecordingUpstream::start(Answer::Ok11).await;
-    let gw = TestGateway::start(&format!(
-        "listeners: [ {{ name: public, address: \"{{listen}}\" }} ]\n\
-         admin: {{ address: \"{{admin}}\" }}\nruntime: {{ threads: 1 }}\nshutdown: {{ grace_period: 1s }}\n\
-         upstreams:\n  app: {{ discovery: {{ static: [ {{ address: \"{}\" }} ] }} }}\n\
-         routes:\n  - {{ name: all, upstream: app }}\n",
-        up.addr
-    ))
-    .await;
+    let gw = TestGateway::start(&config(up.addr)).await;
     for bad in [
         &b"GET /a b c HTTP/1.1\r\nHost: h\r\n\r\n"[..],
         b"GET  / HTTP/1.1\r\nHost: h\r\n\r\n",

@@ -10,6 +10,13 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::support::*;
 
+const REQUESTS: &str = "gatehouse_upstream_requests_total";
+
+/// The labels of upstream `app`'s tries with `outcome`.
+fn outcome(outcome: &str) -> [(&'static str, &str); 2] {
+    [("upstream", "app"), ("outcome", outcome)]
+}
+
 /// An upstream that answers every request (once its head arrived) with `answer`, byte for
 /// byte, then closes the connection.
 async fn scripted_upstream(answer: &'static [u8]) -> SocketAddr {
@@ -91,21 +98,9 @@ async fn truncated_upstream_body_is_a_failure_and_the_client_connection_is_close
         assert!(head.contains("content-length: 100"), "try {i}: {head}");
         assert_eq!(body, b"0123456789", "try {i}: only what the upstream sent");
     }
-    let m = gw
-        .metrics_when(|m| {
-            metric_value(
-                m,
-                "gatehouse_upstream_requests_total",
-                &[("upstream", "app"), ("outcome", "truncated")],
-            ) == Some(2.0)
-        })
-        .await;
+    let m = gw.metrics_at(REQUESTS, &outcome("truncated"), 2.0).await;
     assert_eq!(
-        metric_value(
-            &m,
-            "gatehouse_upstream_requests_total",
-            &[("upstream", "app"), ("outcome", "success")]
-        ),
+        metric_value(&m, REQUESTS, &outcome("success")),
         Some(0.0),
         "a cut body is never a success"
     );
@@ -133,15 +128,7 @@ async fn truncated_upstream_body_feeds_outlier_detection() {
         let (_, closed) = get_until_close(gw.port, "/cut").await;
         assert!(closed);
     }
-    let m = gw
-        .metrics_when(|m| {
-            metric_value(
-                m,
-                "gatehouse_upstream_requests_total",
-                &[("upstream", "app"), ("outcome", "truncated")],
-            ) == Some(2.0)
-        })
-        .await;
+    let m = gw.metrics_at(REQUESTS, &outcome("truncated"), 2.0).await;
     assert!(
         m.contains("gatehouse_upstream_requests_total"),
         "metrics are served"
@@ -174,20 +161,10 @@ async fn garbage_from_upstream_is_a_protocol_error_not_a_reset() {
             "{name}"
         );
         let m = gw
-            .metrics_when(|m| {
-                metric_value(
-                    m,
-                    "gatehouse_upstream_requests_total",
-                    &[("upstream", "app"), ("outcome", "protocol_error")],
-                ) == Some(1.0)
-            })
+            .metrics_at(REQUESTS, &outcome("protocol_error"), 1.0)
             .await;
         assert_eq!(
-            metric_value(
-                &m,
-                "gatehouse_upstream_requests_total",
-                &[("upstream", "app"), ("outcome", "reset")]
-            ),
+            metric_value(&m, REQUESTS, &outcome("reset")),
             Some(0.0),
             "{name}: not a reset"
         );

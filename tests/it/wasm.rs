@@ -7,31 +7,17 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use gatehouse_testkit::{
-    client, metric_value, send, wasm_guest, JsonResponse, TestGateway, TestUpstream,
+    client, metric_value, output_of, send, wasm_guest, AppConfig, JsonResponse, TestGateway,
+    TestUpstream,
 };
 
 /// A gateway with upstream `app` (and `extra` upstreams) and one route `/api` whose filter
 /// list is `filter`.
 fn config(app: SocketAddr, extra: &str, filter: &str) -> String {
-    format!(
-        r#"
-listeners:
-  - name: public
-    address: "{{listen}}"
-admin:
-  address: "{{admin}}"
-upstreams:
-  app:
-    discovery: {{ static: [ {{ address: "{app}" }} ] }}
-{extra}
-routes:
-  - name: api
-    match: {{ path_prefix: /api }}
-    upstream: app
-    filters:
-      - {filter}
-"#
-    )
+    AppConfig::new(&[app])
+        .upstreams(extra)
+        .route("api", "/api", &[filter])
+        .to_string()
 }
 
 fn module(name: &str) -> String {
@@ -314,7 +300,7 @@ async fn shared_data_a_timer_and_metrics_span_requests() {
     // 50 ms ticks on the root context; 300 ms apart at least a few (generous: busy cores).
     assert!(ticks[2] > ticks[0], "the timer ticks: {ticks:?}");
     let metrics = gw
-        .metrics_when(|m| metric_value(m, "gatehouse_wasm_custom_wasm_requests", &[]) == Some(3.0))
+        .metrics_at("gatehouse_wasm_custom_wasm_requests", &[], 3.0)
         .await;
     assert_eq!(
         metric_value(&metrics, "gatehouse_wasm_custom_wasm_requests", &[]),
@@ -367,15 +353,9 @@ async fn a_looping_or_hoarding_filter_is_stopped_answered_500_and_counted() {
 fn validate(dir: &std::path::Path, name: &str, yaml: &str) -> (Option<i32>, String) {
     let path = dir.join(name);
     std::fs::write(&path, gatehouse_testkit::fill(yaml, 1, 2)).unwrap();
-    let out = std::process::Command::new(gatehouse_testkit::gatehouse_bin())
-        .args(["validate", "-c"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let mut cmd = std::process::Command::new(gatehouse_testkit::gatehouse_bin());
+    let (code, _, stderr) = output_of(cmd.args(["validate", "-c"]).arg(&path));
+    (code, stderr)
 }
 
 #[test]
@@ -383,14 +363,14 @@ fn module_errors_are_located_config_errors() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("not.wasm"), "definitely not wasm").unwrap();
     let app: SocketAddr = "127.0.0.1:9".parse().unwrap();
-    // The filter entry is on line 16 of `config` (after the empty `extra`), its value from
+    // The filter entry is on line 11 of `config` (with no `extra` upstream), its value from
     // column 9.
     let cases = [
         (
             "missing.yaml",
             "wasm: { module: nowhere.wasm }".to_string(),
             vec![
-                "missing.yaml:16:17: routes[0].filters[0].wasm.module: cannot read",
+                "missing.yaml:11:17: routes[0].filters[0].wasm.module: cannot read",
                 "nowhere.wasm",
             ],
         ),
@@ -444,15 +424,19 @@ async fn a_reload_reuses_the_compiled_module_and_a_bad_one_keeps_the_old_config(
     let compiled = |m: &str| metric_value(m, "gatehouse_wasm_modules_compiled_total", &[]);
     assert_eq!(compiled(&gw.metrics().await), Some(1.0));
 
-    gw.write_config(&config(up.addr, "", &filter("second")));
-    let r = send(client().post(gw.admin_url("/admin/reload"))).await;
+    // Writes the route's filter config, reloads; the reload's answer, and the config the
+    // guest served the next request with.
+    let reload = async |cfg: &str| {
+        gw.write_config(&config(up.addr, "", &filter(cfg)));
+        let r = send(client().post(gw.admin_url("/admin/reload"))).await;
+        assert_eq!(get(&gw, "/api/x", &[]).await.status(), 200);
+        let served = up.last_headers().get("x-wasm-config").cloned();
+        (r, served.and_then(|v| v.to_str().ok().map(str::to_owned)))
+    };
+    let (r, served) = reload("second").await;
     assert_eq!(r.status, 200, "{:?}", r.body);
-    let r = get(&gw, "/api/x", &[]).await;
-    assert_eq!(r.status(), 200);
     assert_eq!(
-        up.last_headers()
-            .get("x-wasm-config")
-            .and_then(|v| v.to_str().ok()),
+        served.as_deref(),
         Some("second"),
         "the new configuration is served"
     );
@@ -463,15 +447,7 @@ async fn a_reload_reuses_the_compiled_module_and_a_bad_one_keeps_the_old_config(
     );
 
     // An empty configuration is refused by the guest: the reload fails, "second" stays.
-    gw.write_config(&config(up.addr, "", &filter("")));
-    let r = send(client().post(gw.admin_url("/admin/reload"))).await;
+    let (r, served) = reload("").await;
     assert_ne!(r.status, 200, "{:?}", r.body);
-    let r = get(&gw, "/api/x", &[]).await;
-    assert_eq!(r.status(), 200);
-    assert_eq!(
-        up.last_headers()
-            .get("x-wasm-config")
-            .and_then(|v| v.to_str().ok()),
-        Some("second")
-    );
+    assert_eq!(served.as_deref(), Some("second"));
 }

@@ -34,6 +34,20 @@ fn gateway(settings: Option<RedisSettings>) -> Gw {
     Gw { registry, runtime }
 }
 
+/// `n` gateways on the shared Redis with one key prefix, and a 2 s Redis timeout (many
+/// concurrent calls on a busy machine).
+fn gateways_sharing(prefix: &str, n: usize) -> Vec<Gw> {
+    (0..n)
+        .map(|_| {
+            gateway(Some(
+                RedisSettings::new(SHARED_REDIS)
+                    .with_key_prefix(prefix)
+                    .with_timeout(Duration::from_secs(2)),
+            ))
+        })
+        .collect()
+}
+
 impl Gw {
     fn filter(&self, cfg: serde_json::Value) -> Arc<dyn Filter> {
         let cfg: FilterConfig = serde_json::from_value(json!({ "rate_limit": cfg })).unwrap();
@@ -195,15 +209,7 @@ async fn two_gateways_on_one_redis_share_the_limit() {
 async fn concurrent_requests_never_exceed_the_limit() {
     shared_redis().await;
     let p = prefix("concurrent");
-    let gws: Vec<Gw> = (0..3)
-        .map(|_| {
-            gateway(Some(
-                RedisSettings::new(SHARED_REDIS)
-                    .with_key_prefix(&p)
-                    .with_timeout(Duration::from_secs(2)),
-            ))
-        })
-        .collect();
+    let gws = gateways_sharing(&p, 3);
     let filters: Vec<_> = gws
         .iter()
         .map(|g| g.filter(json!({"key": "header:x-api-key", "limit": 20, "window": "1m"})))
@@ -599,15 +605,7 @@ async fn redis_case(
     pauses: Vec<u64>,
 ) -> (Vec<(Instant, Instant)>, Vec<u16>) {
     let p = prefix("prop");
-    let gws: Vec<Gw> = (0..gateways)
-        .map(|_| {
-            gateway(Some(
-                RedisSettings::new(SHARED_REDIS)
-                    .with_key_prefix(&p)
-                    .with_timeout(Duration::from_secs(2)),
-            ))
-        })
-        .collect();
+    let gws = gateways_sharing(&p, gateways);
     let filters: Vec<_> = gws.iter().map(|g| g.filter(cfg.clone())).collect();
     let tasks: Vec<_> = (0..callers)
         .map(|c| {

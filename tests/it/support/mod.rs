@@ -11,7 +11,9 @@ use serde_json::Value;
 
 pub use gatehouse_testkit::*;
 
+pub mod load;
 pub mod raw;
+pub mod redis_policies;
 
 pub fn upstream_yaml(name: &str, eps: &[(&std::net::SocketAddr, u32)]) -> String {
     let list: Vec<String> = eps

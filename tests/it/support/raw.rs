@@ -43,14 +43,17 @@ impl Recorded {
     }
     /// Every value of header `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Vec<String> {
-        self.head
-            .split("\r\n")
-            .skip(1)
-            .filter_map(|l| l.split_once(':'))
-            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.trim().to_string())
-            .collect()
+        header_values(&self.head, name).collect()
     }
+}
+
+/// The values of header `name` (case-insensitive) in a message head, in order, trimmed.
+fn header_values<'a>(head: &'a str, name: &'a str) -> impl Iterator<Item = String> + 'a {
+    head.split("\r\n")
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.trim().to_string())
 }
 
 /// What arrived on one upstream connection.
@@ -282,13 +285,9 @@ pub struct Resp {
 }
 
 impl Resp {
+    /// The first value of header `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<String> {
-        self.head
-            .split("\r\n")
-            .skip(1)
-            .filter_map(|l| l.split_once(':'))
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.trim().to_string())
+        header_values(&self.head, name).next()
     }
 }
 
