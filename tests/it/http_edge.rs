@@ -37,6 +37,19 @@ async fn exchange(gw: &TestGateway, bytes: &[u8]) -> Vec<Resp> {
     c.responses(IDLE).await
 }
 
+/// Sends `bytes` on a fresh connection and asserts one answer, a 200; the requests the
+/// upstream received so far.
+async fn ok_exchange(gw: &TestGateway, up: &RecordingUpstream, bytes: &[u8]) -> Vec<Recorded> {
+    let rs = exchange(gw, bytes).await;
+    assert_eq!(
+        statuses(&rs),
+        vec![200],
+        "{}",
+        String::from_utf8_lossy(bytes)
+    );
+    up.requests()
+}
+
 fn statuses(rs: &[Resp]) -> Vec<u16> {
     rs.iter().map(|r| r.status).collect()
 }
@@ -106,9 +119,8 @@ async fn http11_requests_need_exactly_one_valid_host() {
     }
     assert_eq!(up.total_bytes(), 0, "nothing reached the upstream");
     // HTTP/1.0 has no Host requirement (RFC 9112 §3.2 is for HTTP/1.1).
-    let rs = exchange(&gw, b"GET /ten HTTP/1.0\r\n\r\n").await;
-    assert_eq!(statuses(&rs), vec![200]);
-    assert_eq!(up.requests().len(), 1);
+    let reqs = ok_exchange(&gw, &up, b"GET /ten HTTP/1.0\r\n\r\n").await;
+    assert_eq!(reqs.len(), 1);
 }
 
 // === 3. absolute-form targets ===
@@ -135,23 +147,21 @@ async fn absolute_form_target_is_routed_on_its_authority_and_sent_in_origin_form
     assert_eq!(statuses(&rs), vec![401]);
     assert_eq!(up.total_bytes(), 0);
     // On the catch-all host: forwarded in origin form with the authority as Host.
-    let rs = exchange(
+    let reqs = ok_exchange(
         &gw,
+        &up,
         b"GET http://www.example.com/whoami?x=1 HTTP/1.1\r\n\r\n",
     )
     .await;
-    assert_eq!(statuses(&rs), vec![200]);
-    let reqs = up.requests();
     assert_eq!(reqs[0].request_line(), "GET /whoami?x=1 HTTP/1.1");
     assert_eq!(reqs[0].header("host"), vec!["www.example.com"]);
     // With a conflicting Host: the upstream gets the authority as its only Host.
-    let rs = exchange(
+    let reqs = ok_exchange(
         &gw,
+        &up,
         b"GET http://a.example.com/x HTTP/1.1\r\nHost: b.example.com\r\n\r\n",
     )
     .await;
-    assert_eq!(statuses(&rs), vec![200]);
-    let reqs = up.requests();
     assert_eq!(reqs.len(), 2);
     assert_eq!(reqs[1].request_line(), "GET /x HTTP/1.1");
     assert_eq!(reqs[1].header("host"), vec!["a.example.com"]);
@@ -480,11 +490,17 @@ async fn default_limits_refuse_a_64k_header() {
     assert_eq!(up.total_bytes(), 0);
 }
 
-#[tokio::test]
-async fn slow_header_is_cut_and_others_are_served() {
+/// A recording upstream behind a gateway that waits 1 s for a request header.
+async fn header_deadline_gateway() -> (RecordingUpstream, TestGateway) {
     let up = RecordingUpstream::start(Answer::Ok11).await;
     let http = ", http: { header_read_timeout: 1s }";
     let gw = TestGateway::start(&config(up.addr, http, CATCH_ALL)).await;
+    (up, gw)
+}
+
+#[tokio::test]
+async fn slow_header_is_cut_and_others_are_served() {
+    let (up, gw) = header_deadline_gateway().await;
     let mut slow = Raw::connect(gw.port).await;
     slow.send(b"GET / HTTP/1.1\r\nHost: h\r\n").await;
     let mut sent = 0;
@@ -502,16 +518,13 @@ async fn slow_header_is_cut_and_others_are_served() {
         "slow client still connected after {sent} lines"
     );
     assert!(slow.buf.is_empty() || !String::from_utf8_lossy(&slow.buf).contains(" 200 "));
-    let ok = exchange(&gw, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n").await;
-    assert_eq!(statuses(&ok), vec![200]);
-    assert_eq!(up.requests().len(), 1);
+    let reqs = ok_exchange(&gw, &up, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n").await;
+    assert_eq!(reqs.len(), 1);
 }
 
 #[tokio::test]
 async fn idle_fresh_connection_is_closed_at_the_header_deadline() {
-    let up = RecordingUpstream::start(Answer::Ok11).await;
-    let http = ", http: { header_read_timeout: 1s }";
-    let gw = TestGateway::start(&config(up.addr, http, CATCH_ALL)).await;
+    let (_up, gw) = header_deadline_gateway().await;
     // A socket that never sends a byte: once held for pingora's 60 s keep-alive read.
     let mut idle = Raw::connect(gw.port).await;
     let t = Instant::now();

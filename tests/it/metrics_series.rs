@@ -24,6 +24,13 @@ async fn gateway_to_app(a: &TestUpstream, prefix: &str) -> TestGateway {
     .await
 }
 
+/// The metrics with one series per endpoint.
+const ENDPOINT_SERIES: [&str; 3] = [
+    "gatehouse_upstream_requests_total",
+    "gatehouse_upstream_health_transitions_total",
+    "gatehouse_upstream_endpoint_healthy",
+];
+
 #[tokio::test]
 async fn endpoint_series_leave_with_the_endpoint_on_reload() {
     let [a, b] = upstreams(["a", "b"]).await;
@@ -37,11 +44,7 @@ async fn endpoint_series_leave_with_the_endpoint_on_reload() {
     }
     let (ea, eb) = (a.addr.to_string(), b.addr.to_string());
     let before = gw.metrics().await;
-    for name in [
-        "gatehouse_upstream_requests_total",
-        "gatehouse_upstream_health_transitions_total",
-        "gatehouse_upstream_endpoint_healthy",
-    ] {
+    for name in ENDPOINT_SERIES {
         assert!(
             !series_of(&before, name, &ea).is_empty(),
             "{name} of {ea} before the reload"
@@ -55,11 +58,7 @@ async fn endpoint_series_leave_with_the_endpoint_on_reload() {
     gw.write_config(&only_b);
     assert!(wait_applied(&gw, &only_b, Duration::from_secs(10)).await);
     let after = gw.metrics().await;
-    for name in [
-        "gatehouse_upstream_requests_total",
-        "gatehouse_upstream_health_transitions_total",
-        "gatehouse_upstream_endpoint_healthy",
-    ] {
+    for name in ENDPOINT_SERIES {
         assert_eq!(
             series_of(&after, name, &ea),
             Vec::<&str>::new(),

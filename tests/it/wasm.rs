@@ -20,6 +20,15 @@ fn config(app: SocketAddr, extra: &str, filter: &str) -> String {
         .to_string()
 }
 
+/// Upstream `app` and a gateway whose `/api` route runs guest `guest` with `settings`
+/// (more keys of the `wasm` entry, each with a leading `, `).
+async fn with_guest(guest: &str, settings: &str) -> (TestUpstream, TestGateway) {
+    let up = TestUpstream::start("app").await;
+    let filter = format!(r#"wasm: {{ module: "{}"{settings} }}"#, module(guest));
+    let gw = TestGateway::start(&config(up.addr, "", &filter)).await;
+    (up, gw)
+}
+
 fn module(name: &str) -> String {
     wasm_guest(name).display().to_string()
 }
@@ -38,12 +47,7 @@ fn header<'a>(r: &'a reqwest::Response, name: &str) -> Option<&'a str> {
 
 #[tokio::test]
 async fn header_filter_edits_both_directions_and_reads_request_properties() {
-    let up = TestUpstream::start("app").await;
-    let filter = format!(
-        r#"wasm: {{ module: "{}", config: "from-config", root_id: my_root }}"#,
-        module("headers")
-    );
-    let gw = TestGateway::start(&config(up.addr, "", &filter)).await;
+    let (up, gw) = with_guest("headers", r#", config: "from-config", root_id: my_root"#).await;
     let r = get(
         &gw,
         "/api/things?page=2",
@@ -105,9 +109,7 @@ async fn header_filter_edits_both_directions_and_reads_request_properties() {
 
 #[tokio::test]
 async fn local_response_filter_answers_without_the_upstream() {
-    let up = TestUpstream::start("app").await;
-    let filter = format!(r#"wasm: {{ module: "{}" }}"#, module("local_response"));
-    let gw = TestGateway::start(&config(up.addr, "", &filter)).await;
+    let (up, gw) = with_guest("local_response", "").await;
     // The route is /api; the guest answers paths that start with /wasm/hello only, so ask
     // with a query the guest ignores on another path first.
     let r = get(&gw, "/api/x", &[("x-deny", "yes")]).await;
@@ -237,12 +239,7 @@ async fn auth_filter_waits_for_an_upstream_call_without_blocking_others() {
 
 #[tokio::test]
 async fn body_filter_redacts_a_response_and_refuses_a_request_body() {
-    let up = TestUpstream::start("app").await;
-    let filter = format!(
-        r#"wasm: {{ module: "{}", request_body: true }}"#,
-        module("body")
-    );
-    let gw = TestGateway::start(&config(up.addr, "", &filter)).await;
+    let (up, gw) = with_guest("body", ", request_body: true").await;
 
     // The echo's JSON names the path, so this body contains "secret".
     let r = get(&gw, "/api/secret", &[]).await;
@@ -259,21 +256,15 @@ async fn body_filter_redacts_a_response_and_refuses_a_request_body() {
         "a body without the word passes untouched"
     );
 
-    let r = client()
-        .post(gw.url("/api/upload"))
-        .body("this is forbidden")
-        .send()
-        .await
-        .unwrap();
+    let upload = async |body: &'static str| {
+        let r = client().post(gw.url("/api/upload")).body(body).send();
+        r.await.unwrap()
+    };
+    let r = upload("this is forbidden").await;
     assert_eq!(r.status(), 400);
     assert_eq!(r.text().await.unwrap(), "forbidden word\n");
     let hits = up.hits();
-    let r = client()
-        .post(gw.url("/api/upload"))
-        .body("this is fine")
-        .send()
-        .await
-        .unwrap();
+    let r = upload("this is fine").await;
     assert_eq!(r.status(), 200);
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["body_bytes"], 12, "the body went upstream whole");
@@ -282,9 +273,7 @@ async fn body_filter_redacts_a_response_and_refuses_a_request_body() {
 
 #[tokio::test]
 async fn shared_data_a_timer_and_metrics_span_requests() {
-    let up = TestUpstream::start("app").await;
-    let filter = format!(r#"wasm: {{ module: "{}" }}"#, module("shared_timer"));
-    let gw = TestGateway::start(&config(up.addr, "", &filter)).await;
+    let (_up, gw) = with_guest("shared_timer", "").await;
     let mut ticks = Vec::new();
     for i in 1..=3 {
         let r = get(&gw, "/api/count", &[]).await;
@@ -311,12 +300,8 @@ async fn shared_data_a_timer_and_metrics_span_requests() {
 
 #[tokio::test]
 async fn a_looping_or_hoarding_filter_is_stopped_answered_500_and_counted() {
-    let up = TestUpstream::start("app").await;
-    let filter = format!(
-        r#"wasm: {{ module: "{}", vm_config: {{ call_timeout: 50ms, memory_limit: 16MiB }} }}"#,
-        module("looping")
-    );
-    let gw = TestGateway::start(&config(up.addr, "", &filter)).await;
+    let settings = ", vm_config: { call_timeout: 50ms, memory_limit: 16MiB }";
+    let (up, gw) = with_guest("looping", settings).await;
     for (mode, reason) in [("loop", "timeout"), ("alloc", "memory")] {
         let start = Instant::now();
         let r = send(client().get(gw.url("/api/x")).header("x-mode", mode)).await;

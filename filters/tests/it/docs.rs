@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use gatehouse_filters::{build, FilterConfig, FilterRuntime};
+use gatehouse_filters::{build, FilterConfig, FilterRuntime, BUILT_IN_KINDS};
 
 /// The ```yaml blocks of a text; `doc` strips a leading `/// `.
 fn yaml_blocks(text: &str, doc: bool) -> Vec<String> {
@@ -105,14 +105,7 @@ fn doc_comment_examples_parse() {
 fn json_schema_has_every_filter_and_its_docs() {
     let schema = schemars::schema_for!(FilterConfig);
     let text = serde_json::to_string(&schema).unwrap();
-    for kind in [
-        "jwt",
-        "rate_limit",
-        "headers",
-        "cors",
-        "compression",
-        "envelope",
-    ] {
+    for kind in BUILT_IN_KINDS {
         assert!(
             text.contains(&format!("\"{kind}\"")),
             "{kind} missing from the schema"
