@@ -256,6 +256,7 @@ fn run_filter(f: &dyn Filter, req: &mut RequestHeader) -> bool {
         client_ip: Some(IpAddr::V4(Ipv4Addr::LOCALHOST)),
         request_id: "bench-request-id",
         body_prefix: None,
+        body: None,
         claims: None,
         response_headers: Vec::new(),
         state: &Default::default(),

@@ -17,6 +17,8 @@ use crate::{
 #[derive(Default)]
 pub struct Chain {
     filters: Vec<(Arc<dyn Filter>, Option<Histogram>)>,
+    /// Per filter, whether its response phase may wait ([`Filter::waits_in_response`]).
+    waits: Vec<bool>,
 }
 
 /// How a request phase ended when it did not go on to the upstream.
@@ -32,6 +34,7 @@ impl Chain {
     /// A chain of `filters` in order, timed on `metrics`.
     pub fn new(filters: Vec<Arc<dyn Filter>>, metrics: &FilterMetrics) -> Self {
         Self {
+            waits: filters.iter().map(|f| f.waits_in_response()).collect(),
             filters: filters
                 .into_iter()
                 .map(|f| {
@@ -78,11 +81,16 @@ impl Chain {
             .await
     }
 
+    /// Whether a filter needs the whole request body ([`Filter::buffers_request_body`]).
+    pub fn buffers_request_body(&self) -> bool {
+        self.iter().any(|f| f.buffers_request_body())
+    }
+
     /// The index of the first filter that reads the request body (the chain's length when
     /// none does): the filters before it can run before the body is read.
     pub fn first_body_reader(&self) -> usize {
         self.iter()
-            .position(|f| f.body_prefix_limit().is_some())
+            .position(|f| f.body_prefix_limit().is_some() || f.buffers_request_body())
             .unwrap_or(self.filters.len())
     }
 
@@ -110,8 +118,8 @@ impl Chain {
     /// Runs every filter's response phase in order, collecting body transforms into
     /// `transforms`. A failing filter does not stop the others (the response is already
     /// the upstream's); its error is returned for the log. Each filter's time is observed
-    /// and added to `spent`.
-    pub fn on_response(
+    /// and added to `spent` (for a filter that waits, the wait included).
+    pub async fn on_response(
         &self,
         resp: &mut ResponseHeader,
         cx: &ResponseCx<'_>,
@@ -119,9 +127,13 @@ impl Chain {
         spent: &mut Duration,
     ) -> Vec<FilterError> {
         let mut errors = Vec::new();
-        for (f, timer) in &self.filters {
+        for ((f, timer), waits) in self.filters.iter().zip(&self.waits) {
             let start = Instant::now();
-            let result = f.on_response(resp, cx);
+            let result = if *waits {
+                f.on_response_waiting(resp, cx).await
+            } else {
+                f.on_response(resp, cx)
+            };
             observe(timer, start, spent);
             match result {
                 Ok(Some(t)) => transforms.push(t),

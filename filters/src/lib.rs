@@ -472,6 +472,12 @@ pub struct RequestCx<'a> {
     /// through [`Filter::body_prefix_limit`]; `None` otherwise. The full body still goes
     /// upstream unchanged.
     pub body_prefix: Option<&'a [u8]>,
+    /// The whole request body, when a filter of the chain buffers it
+    /// ([`Filter::buffers_request_body`]) and the request has one; `None` otherwise. A filter
+    /// may replace it ([`RequestBody::replace`]): the upstream then receives the new bytes,
+    /// with `Content-Length` set to their length (the filters after it see the new body in
+    /// `body`, the client's in `body_prefix`).
+    pub body: Option<&'a mut RequestBody>,
     /// Claims of a verified JWT, set by the `jwt` filter for the filters after it.
     pub claims: Option<Arc<serde_json::Value>>,
     /// Headers to add to the response sent downstream (e.g. `RateLimit-*` on allowed
@@ -489,9 +495,44 @@ pub(crate) fn test_cx() -> RequestCx<'static> {
         client_ip: None,
         request_id: "id",
         body_prefix: None,
+        body: None,
         claims: None,
         response_headers: Vec::new(),
         state: Box::leak(Box::default()),
+    }
+}
+
+/// A request body read whole before the request phase (up to the route's `max_body_bytes`),
+/// which a filter may replace before it goes upstream.
+#[derive(Debug, Default, Clone)]
+pub struct RequestBody {
+    bytes: Bytes,
+    replaced: bool,
+}
+
+impl RequestBody {
+    /// The body as the client sent it.
+    pub fn new(bytes: Bytes) -> Self {
+        Self {
+            bytes,
+            replaced: false,
+        }
+    }
+
+    /// The body as it is now (the client's, or the last replacement).
+    pub fn bytes(&self) -> &Bytes {
+        &self.bytes
+    }
+
+    /// Replaces the body that goes upstream.
+    pub fn replace(&mut self, bytes: Bytes) {
+        self.bytes = bytes;
+        self.replaced = true;
+    }
+
+    /// Whether a filter replaced it.
+    pub fn is_replaced(&self) -> bool {
+        self.replaced
     }
 }
 
@@ -514,6 +555,11 @@ pub trait BodyTransform: Send + Sync {
     /// Called with each body chunk; `end_of_stream` on the last call. Returns the bytes
     /// to send in place of `chunk` (possibly empty while buffering).
     fn transform(&mut self, chunk: Option<Bytes>, end_of_stream: bool) -> Option<Bytes>;
+
+    /// The response's trailer fields, when it has some (a chunked HTTP/1.1 body that ends with
+    /// trailers), after the last [`BodyTransform::transform`] call (`end_of_stream` true); the
+    /// transform may edit them. By default it leaves them as they are.
+    fn trailers(&mut self, _trailers: &mut http::HeaderMap) {}
 }
 
 /// An infrastructure failure inside a filter (e.g. Redis unreachable with a
@@ -571,6 +617,14 @@ pub trait Filter: Send + Sync + 'static {
         None
     }
 
+    /// Whether this filter needs the whole request body (up to the route's
+    /// `max_body_bytes`, answered 413 beyond) in [`RequestCx::body`], where it may replace
+    /// it. The gateway then reads the body before this filter's request phase. Asked once,
+    /// when the route's chain is built.
+    fn buffers_request_body(&self) -> bool {
+        false
+    }
+
     /// After routing, before the upstream is chosen. May edit the request header (it
     /// goes upstream as left here, before the route's path rewrite), add response
     /// headers through `cx.response_headers`, or answer the request with
@@ -602,5 +656,27 @@ pub trait Filter: Send + Sync + 'static {
         _cx: &ResponseCx<'_>,
     ) -> Result<Option<Box<dyn BodyTransform>>, FilterError> {
         Ok(None)
+    }
+
+    /// Whether the response phase of this filter may wait (e.g. for a call to another
+    /// service): the gateway then calls [`Filter::on_response_waiting`] instead of
+    /// [`Filter::on_response`]. Asked once, when the route's chain is built.
+    fn waits_in_response(&self) -> bool {
+        false
+    }
+
+    /// The response phase of a filter whose [`Filter::waits_in_response`] is true: as
+    /// [`Filter::on_response`], but it may await (the response header waits, the proxy
+    /// thread serves other requests). By default it is [`Filter::on_response`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Filter::on_response`].
+    async fn on_response_waiting(
+        &self,
+        resp: &mut ResponseHeader,
+        cx: &ResponseCx<'_>,
+    ) -> Result<Option<Box<dyn BodyTransform>>, FilterError> {
+        self.on_response(resp, cx)
     }
 }

@@ -13,19 +13,22 @@
 //!
 //! Per request: an instance from the proxy thread's pool, an HTTP context in it,
 //! `proxy_on_request_headers` (waiting, without blocking the thread, for the answers of the
-//! `proxy_http_call`s the guest paused for), `proxy_on_request_body` when `request_body` is
-//! on, then `proxy_on_response_headers` and `proxy_on_response_body` per response chunk
-//! (buffered while the guest pauses, up to `max_body_bytes`), and `proxy_on_done`,
-//! `proxy_on_log`, `proxy_on_delete` when the request ends. A guest that traps or runs past
+//! `proxy_http_call`s the guest paused for, all in flight at once), `proxy_on_request_body`
+//! on the whole body when `request_body` is on (it may rewrite it), then
+//! `proxy_on_response_headers` (calls waited for likewise) and `proxy_on_response_body` per
+//! response chunk (buffered while the guest pauses, up to `max_body_bytes`), and
+//! `proxy_on_done`, `proxy_on_log`, `proxy_on_delete` when the request ends. A guest that traps or runs past
 //! its time limit in the request phase gets the request answered 500 `wasm_trap`.
 
-use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use gatehouse_wasm::{GuestError, HttpStream, LocalResponse, Plugin, PluginSpec, Step, StreamInfo};
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use gatehouse_wasm::{
+    GuestError, HttpStream, LocalResponse, Phase, Plugin, PluginSpec, Step, StreamInfo,
+};
 use http::{HeaderName, HeaderValue, StatusCode};
 use pingora_http::{RequestHeader, ResponseHeader};
 use schemars::JsonSchema;
@@ -53,9 +56,11 @@ pub struct WasmConfig {
     /// The VM's settings and limits.
     #[serde(default)]
     pub vm_config: VmConfig,
-    /// Read the request body before the upstream is chosen and give it to
-    /// `proxy_on_request_body` (read-only; up to 64 KiB, `end_of_stream` false when the body
-    /// is longer). Default false: the body goes upstream unseen by the module.
+    /// Read the whole request body (up to the route's `max_body_bytes`; a larger one is
+    /// answered 413) before the upstream is chosen and give it to `proxy_on_request_body`
+    /// (`end_of_stream` true), where the module may read and rewrite it; a rewritten body
+    /// goes upstream with `Content-Length` set to its length. Default false: the body
+    /// streams upstream unseen by the module.
     #[serde(default)]
     pub request_body: bool,
     /// Most response-body bytes held while the module pauses to see more (a larger body is
@@ -111,10 +116,7 @@ fn default_max_body() -> u64 {
     1 << 20
 }
 
-/// Most request-body bytes given to `proxy_on_request_body` (the gateway's body-prefix cap).
-pub const MAX_REQUEST_BODY: usize = 64 * 1024;
-
-/// Most `proxy_http_call` answers one request phase waits for.
+/// Most `proxy_http_call`s one phase (request or response) sends.
 const MAX_CALLS: usize = 16;
 
 fn config_bytes(v: &Option<serde_json::Value>) -> Vec<u8> {
@@ -187,30 +189,57 @@ impl Wasm {
         ))
     }
 
-    /// Follows the guest from `step` until it continues or answers, sending the calls it
-    /// waits for one after the other. `Some`: it answered.
+    /// Follows the guest from `step` until it continues or answers: the calls it waits for
+    /// are all in flight at once (the request waits, the proxy thread serves others), and
+    /// each answer is delivered as it comes, in `headers`' phase. `Some`: it answered.
     async fn drive(
         &self,
         stream: &mut HttpStream,
-        req: &mut RequestHeader,
+        mut headers: Headers<'_>,
         mut step: Step,
     ) -> Result<Option<LocalResponse>, GuestError> {
         let runtime = self.plugin.runtime();
-        let mut queue = VecDeque::new();
-        for _ in 0..MAX_CALLS {
+        let mut inflight = FuturesUnordered::new();
+        let mut sent = 0usize;
+        loop {
             match step {
                 Step::Respond(local) => return Ok(Some(local)),
                 Step::Continue => return Ok(None),
-                Step::Wait(calls) => queue.extend(calls),
+                Step::Wait(calls) => {
+                    for call in calls {
+                        if sent == MAX_CALLS {
+                            tracing::warn!(module = %self.plugin.name(), "wasm filter: more than {MAX_CALLS} http calls in one phase; the rest are not sent");
+                            break;
+                        }
+                        sent += 1;
+                        inflight.push(async move {
+                            let answer = gatehouse_wasm::http::send(runtime, &call).await;
+                            (call.token, answer)
+                        });
+                    }
+                }
             }
-            let Some(call) = queue.pop_front() else {
+            let Some((token, answer)) = inflight.next().await else {
                 // Paused with nothing in flight: Envoy would wait for ever; go on instead.
                 return Ok(None);
             };
-            let answer = gatehouse_wasm::http::send(runtime, &call).await;
-            step = stream.call_response(req, call.token, answer)?;
+            step = stream.call_response(headers.phase(), token, answer)?;
         }
-        Ok(None)
+    }
+}
+
+/// The headers a phase's callbacks have in reach.
+enum Headers<'a> {
+    Request(&'a mut RequestHeader),
+    Response(&'a mut ResponseHeader),
+}
+
+impl Headers<'_> {
+    fn phase(&mut self) -> Phase<'_> {
+        match self {
+            Headers::Request(r) => Phase::Request(r),
+            Headers::Response(r) => Phase::Response(r),
+        }
     }
 }
 
@@ -241,8 +270,8 @@ impl Filter for Wasm {
         "wasm"
     }
 
-    fn body_prefix_limit(&self) -> Option<usize> {
-        self.request_body.then_some(MAX_REQUEST_BODY)
+    fn buffers_request_body(&self) -> bool {
+        self.request_body
     }
 
     async fn on_request(
@@ -259,17 +288,29 @@ impl Filter for Wasm {
             Ok(s) => s,
             Err(e) => return Ok(self.failed(&e, cx.request_id)),
         };
-        let no_body = cx.body_prefix.is_none()
-            && !req.headers.contains_key(http::header::CONTENT_LENGTH)
-            && !req.headers.contains_key(http::header::TRANSFER_ENCODING);
+        let no_body = match (self.request_body, &cx.body) {
+            (true, body) => body.is_none(),
+            (false, _) => {
+                let h = &req.headers;
+                h.get(http::header::CONTENT_LENGTH)
+                    .is_some_and(|v| v.as_bytes() == b"0")
+                    || !(h.contains_key(http::header::CONTENT_LENGTH)
+                        || h.contains_key(http::header::TRANSFER_ENCODING))
+            }
+        };
         let mut result = match stream.request_headers(req, no_body) {
-            Ok(step) => self.drive(&mut stream, req, step).await,
+            Ok(step) => self.drive(&mut stream, Headers::Request(req), step).await,
             Err(e) => Err(e),
         };
-        if let (Ok(None), true, Some(body)) = (&result, self.request_body, cx.body_prefix) {
-            let complete = body.len() < MAX_REQUEST_BODY;
-            result = match stream.request_body(req, body, complete) {
-                Ok(step) => self.drive(&mut stream, req, step).await,
+        if let (Ok(None), true, Some(body)) = (&result, self.request_body, cx.body.as_deref_mut()) {
+            let mut bytes = body.bytes().to_vec();
+            result = match stream.request_body(req, &mut bytes, true) {
+                Ok((step, rewritten)) => {
+                    if rewritten {
+                        body.replace(Bytes::from(bytes));
+                    }
+                    self.drive(&mut stream, Headers::Request(req), step).await
+                }
                 Err(e) => Err(e),
             };
         }
@@ -283,7 +324,11 @@ impl Filter for Wasm {
         }
     }
 
-    fn on_response(
+    fn waits_in_response(&self) -> bool {
+        true
+    }
+
+    async fn on_response_waiting(
         &self,
         resp: &mut ResponseHeader,
         cx: &ResponseCx<'_>,
@@ -291,13 +336,18 @@ impl Filter for Wasm {
         let Some(mut stream) = cx.state.take::<HttpStream>(FilterState::key(self)) else {
             return Ok(None);
         };
+        let failed = |e: GuestError| FilterError {
+            kind: "wasm",
+            message: e.to_string(),
+        };
         let step = stream
             .response_headers(cx.request, resp, false)
-            .map_err(|e| FilterError {
-                kind: "wasm",
-                message: e.to_string(),
-            })?;
-        if let Step::Respond(local) = step {
+            .map_err(failed)?;
+        let local = self
+            .drive(&mut stream, Headers::Response(resp), step)
+            .await
+            .map_err(failed)?;
+        if let Some(local) = local {
             replace_response(resp, &local).map_err(FilterError::header("wasm"))?;
             return Ok(Some(Box::new(Replaced {
                 body: Some(Bytes::from(local.body)),
@@ -378,6 +428,11 @@ impl BodyTransform for ResponseBody {
                 self.passthrough = true;
                 Some(Bytes::from(std::mem::take(&mut self.pending)))
             }
+        }
+    }
+    fn trailers(&mut self, trailers: &mut http::HeaderMap) {
+        if let Err(e) = self.stream.response_trailers(trailers) {
+            tracing::warn!(module = %e.module, error = %e, "wasm filter failed on the response trailers; sent as they are");
         }
     }
 }

@@ -113,6 +113,7 @@ fuzz_target!(|input: Input| {
         client_ip: None,
         request_id: "fuzz",
         body_prefix: None,
+        body: None,
         claims: None,
         response_headers: Vec::new(),
         state: &Default::default(),

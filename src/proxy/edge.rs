@@ -172,10 +172,12 @@ pub fn strip_client_nominated(req: &mut RequestHeader) {
 }
 
 /// Reads the request body before the request goes upstream: the first `prefix` bytes for
-/// filters, or, with `whole` > 0, the complete body (request buffering). A client that
-/// sent `Expect: 100-continue` is answered `100 Continue` first (RFC 9110 §10.1.1) and the
-/// expectation is not forwarded: the gateway met it. pingora's retry buffer replays what
-/// was read to the upstream. Errors: 400 for a malformed body, 413 beyond `whole`.
+/// filters, or, with `whole` > 0, the complete body (request buffering, or a filter that
+/// buffers it), which it returns whole. A client that sent `Expect: 100-continue` is answered
+/// `100 Continue` first (RFC 9110 §10.1.1) and the expectation is not forwarded: the gateway
+/// met it. pingora's retry buffer replays what was read to the upstream (a body larger than
+/// that buffer is put back in it by the caller, [`replay_body`]). Errors: 400 for a malformed
+/// body, 413 beyond `whole`.
 pub async fn read_body(
     session: &mut Session,
     prefix: usize,
@@ -209,11 +211,30 @@ pub async fn read_body(
             }
         }
     }
-    if prefix == 0 {
-        return Ok(None);
+    if whole == 0 {
+        buf.truncate(prefix);
     }
-    buf.truncate(prefix);
     Ok(Some(Bytes::from(buf)))
+}
+
+/// Makes `body` the request body sent upstream for a body read whole before connecting: a
+/// filter's replacement (then `Content-Length` is set to its length and a
+/// `Transfer-Encoding` removed: the upstream gets a sized body, RFC 9112 §6.2), or the
+/// client's body when it outgrew pingora's retry buffer (64 KiB). Vendored pingora patch 10
+/// (`set_retry_buffer`): pingora has no hook that supplies a request body it did not read.
+pub fn replay_body(session: &mut Session, body: Bytes, replaced: bool) -> Result<(), Refusal> {
+    if replaced {
+        let req = session.req_header_mut();
+        req.remove_header(&header::TRANSFER_ENCODING);
+        req.insert_header(header::CONTENT_LENGTH, body.len())
+            .map_err(|_| Refusal::BadRequestBody)?;
+    }
+    if (replaced || session.as_ref().retry_buffer_truncated())
+        && !session.as_mut().set_retry_buffer(body)
+    {
+        return Err(Refusal::BadRequestBody);
+    }
+    Ok(())
 }
 
 /// Largest request body read and dropped so that a refused request keeps its connection

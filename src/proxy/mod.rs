@@ -231,6 +231,17 @@ impl ProxyHttp for Gateway {
         Ok(None)
     }
 
+    /// A chunked response's trailers end the upstream's body (vendored pingora patch 11).
+    fn upstream_response_trailer_filter(
+        &self,
+        _session: &mut Session,
+        _trailers: &mut http::HeaderMap,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        resilience::end_try(&self.state.telemetry, ctx, None);
+        Ok(())
+    }
+
     async fn response_filter(
         &self,
         session: &mut Session,
@@ -239,7 +250,7 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         edge::downstream_version(session, resp);
         self.close_if_draining(session);
-        response::to_downstream(session.req_header(), resp, ctx)
+        response::to_downstream(session.req_header(), resp, ctx).await
     }
 
     fn response_body_filter(
@@ -251,6 +262,21 @@ impl ProxyHttp for Gateway {
     ) -> Result<Option<Duration>> {
         for t in &mut ctx.body_transforms {
             *body = t.transform(body.take(), end_of_stream);
+        }
+        Ok(None)
+    }
+
+    /// The response's trailers, after the body transforms saw the body's end (vendored
+    /// pingora patch 11): each transform may edit them (a wasm filter's
+    /// `proxy_on_response_trailers`).
+    async fn response_trailer_filter(
+        &self,
+        _session: &mut Session,
+        trailers: &mut http::HeaderMap,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Bytes>> {
+        for t in &mut ctx.body_transforms {
+            t.trailers(trailers);
         }
         Ok(None)
     }

@@ -5,7 +5,7 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use gatehouse_filters::{RequestCx, Stop};
+use gatehouse_filters::{RequestBody, RequestCx, Stop};
 use pingora_core::{Error, ErrorType, Result};
 use pingora_http::RequestHeader;
 use pingora_proxy::Session;
@@ -98,19 +98,41 @@ pub async fn run_filters(
 ) -> Result<bool> {
     let (len, split) = (route.filters.len(), route.filters.first_body_reader());
     let mut claims = None;
-    if run_part(session, ctx, route, 0..split, None, &mut claims).await {
+    if run_part(session, ctx, route, 0..split, None, None, &mut claims).await {
         return Ok(true);
     }
     let prefix = if split == len { 0 } else { route.body_prefix };
-    let body_prefix = match edge::read_body(session, prefix, route.buffer_body).await {
+    let read = match edge::read_body(session, prefix, route.buffer_body).await {
         Ok(b) => b,
         Err(r) => {
             respond::refuse(session, ctx, &r).await;
             return Ok(true);
         }
     };
-    let body = body_prefix.as_deref();
-    Ok(run_part(session, ctx, route, split..len, body, &mut claims).await)
+    let Some(read) = read else {
+        return Ok(run_part(session, ctx, route, split..len, None, None, &mut claims).await);
+    };
+    // Prefix filters see the client's first bytes; a buffering filter the whole body, which
+    // it may replace.
+    let prefix = read.slice(..read.len().min(route.body_prefix));
+    let mut whole = (route.filter_body || route.buffer_body > 0).then(|| RequestBody::new(read));
+    let body = if route.filter_body {
+        whole.as_mut()
+    } else {
+        None
+    };
+    let prefix = (route.body_prefix > 0).then_some(&prefix[..]);
+    if run_part(session, ctx, route, split..len, prefix, body, &mut claims).await {
+        return Ok(true);
+    }
+    if let Some(whole) = whole {
+        let replaced = whole.is_replaced();
+        if let Err(r) = edge::replay_body(session, whole.bytes().clone(), replaced) {
+            respond::refuse(session, ctx, &r).await;
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// Runs the route's filters in `range` and answers for the one that stops; `true` when the
@@ -121,6 +143,7 @@ async fn run_part(
     route: &Route,
     range: std::ops::Range<usize>,
     body_prefix: Option<&[u8]>,
+    body: Option<&mut RequestBody>,
     claims: &mut Option<Arc<serde_json::Value>>,
 ) -> bool {
     if range.is_empty() {
@@ -131,6 +154,7 @@ async fn run_part(
         client_ip: ctx.client_ip,
         request_id: &ctx.request_id,
         body_prefix,
+        body,
         claims: claims.take(),
         response_headers: Vec::new(),
         state: &ctx.filter_state,

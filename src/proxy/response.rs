@@ -9,9 +9,10 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use super::ctx::RequestCtx;
 
 /// Prepares the response header sent to the client (an upstream's or the gateway's).
-/// A response filter that fails is logged and skipped: the response still goes out.
+/// A response filter that fails is logged and skipped: the response still goes out. A filter
+/// may wait here (a wasm filter's `proxy_http_call`); the header waits with it.
 /// Errors: an invalid header value (pingora's `InvalidHTTPHeader`).
-pub fn to_downstream(
+pub async fn to_downstream(
     req: &RequestHeader,
     resp: &mut ResponseHeader,
     ctx: &mut RequestCtx,
@@ -28,10 +29,14 @@ pub fn to_downstream(
         request: req,
         state: &ctx.filter_state,
     };
-    let errors =
-        route
-            .filters
-            .on_response(resp, &cx, &mut ctx.body_transforms, &mut ctx.filter_time);
+    let mut transforms = std::mem::take(&mut ctx.body_transforms);
+    let mut spent = ctx.filter_time;
+    let errors = route
+        .filters
+        .on_response(resp, &cx, &mut transforms, &mut spent)
+        .await;
+    ctx.body_transforms = transforms;
+    ctx.filter_time = spent;
     for e in errors {
         tracing::warn!(request_id = %ctx.request_id, error = %e, "response filter failed");
     }

@@ -184,6 +184,12 @@ pub fn compile(
         }
         let filters = gatehouse_filters::Chain::new(filters, runtime.metrics());
         let body_prefix = filters.body_prefix().min(MAX_BODY_PREFIX);
+        let max_body_bytes = r.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES);
+        let filter_body = filters.buffers_request_body();
+        let mut buffer_body = r.request_buffering.as_ref().map_or(0, |b| b.max_bytes);
+        if filter_body {
+            buffer_body = buffer_body.max(usize::try_from(max_body_bytes).unwrap_or(usize::MAX));
+        }
         let route = Route {
             name: Arc::from(r.name.as_str()),
             cluster,
@@ -191,10 +197,11 @@ pub fn compile(
             add_prefix: r.add_prefix.clone(),
             rewrite_path: r.rewrite_path.clone(),
             encoded_slashes: r.encoded_slashes,
-            max_body_bytes: r.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES),
+            max_body_bytes,
             filters,
             body_prefix,
-            buffer_body: r.request_buffering.as_ref().map_or(0, |b| b.max_bytes),
+            buffer_body,
+            filter_body,
             metrics: std::sync::OnceLock::new(),
         };
         entries.push((matcher, Arc::new(route)));

@@ -69,8 +69,11 @@ pub struct Route {
     /// Bytes of body the filters need to see before running (0: none).
     pub body_prefix: usize,
     /// Whole bodies up to this many bytes are read before connecting upstream (0: bodies
-    /// stream; `request_buffering`).
+    /// stream; `request_buffering`, or `max_body_bytes` when a filter buffers the body).
     pub buffer_body: usize,
+    /// Whether a filter needs the whole body (and may replace it): the body read before the
+    /// filters is given to them as `RequestCx::body`.
+    pub filter_body: bool,
     /// This route's metric handles, resolved on first use.
     pub metrics: std::sync::OnceLock<crate::telemetry::RouteMetrics>,
 }

@@ -56,6 +56,13 @@ async fn header_filter_edits_both_directions_and_reads_request_properties() {
     .await;
     assert_eq!(r.status(), 200);
     assert_eq!(header(&r, "x-wasm-response"), Some("saw 200"));
+    // The request stays readable in the response phase (as sent: with the module's edits).
+    assert_eq!(header(&r, "x-wasm-request-ua"), Some("wasm-test/1"));
+    assert_eq!(
+        header(&r, "x-wasm-request-path"),
+        Some("/api/things?page=2")
+    );
+    assert_eq!(header(&r, "x-wasm-request-added"), Some("2"));
     let request_id = header(&r, "x-request-id").unwrap().to_string();
     let seen = up.last_headers();
     let h = |n: &str| {
@@ -435,4 +442,269 @@ async fn a_reload_reuses_the_compiled_module_and_a_bad_one_keeps_the_old_config(
     let (r, served) = reload("").await;
     assert_ne!(r.status, 200, "{:?}", r.body);
     assert_eq!(served.as_deref(), Some("second"));
+}
+
+/// What an upstream received: method, path, headers and the exact body bytes.
+type Seen = std::sync::Arc<std::sync::Mutex<Vec<(String, axum::http::HeaderMap, bytes::Bytes)>>>;
+
+/// An upstream that records every request it receives (body read whole) and answers 200.
+async fn recorder() -> (SocketAddr, Seen) {
+    let seen: Seen = Default::default();
+    let keep = seen.clone();
+    let app = axum::Router::new().fallback(
+        move |uri: axum::http::Uri, headers: axum::http::HeaderMap, body: bytes::Bytes| {
+            let keep = keep.clone();
+            async move {
+                keep.lock().unwrap().push((uri.to_string(), headers, body));
+                "recorded"
+            }
+        },
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    });
+    (addr, seen)
+}
+
+#[tokio::test]
+async fn body_filter_rewrites_a_request_body_up_to_the_routes_limit() {
+    let (app, seen) = recorder().await;
+    let filter = format!(
+        r#"wasm: {{ module: "{}", request_body: true }}"#,
+        module("body")
+    );
+    let yaml = config(app, "", &filter).replace(
+        "    upstream: app\n",
+        "    upstream: app\n    max_body_bytes: 300000\n",
+    );
+    let gw = TestGateway::start(&yaml).await;
+    let last = || seen.lock().unwrap().last().cloned().unwrap();
+    let len_of = |h: &axum::http::HeaderMap| {
+        h.get("content-length")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+
+    // A small body with a length: rewritten, Content-Length fixed.
+    let r = client()
+        .post(gw.url("/api/upload"))
+        .body("please rewrite-me now")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let (path, headers, body) = last();
+    assert_eq!(path, "/api/upload");
+    assert_eq!(&body[..], b"please rewritten by wasm now");
+    assert_eq!(len_of(&headers).as_deref(), Some("28"));
+
+    // A chunked body of 200 KB (past pingora's 64 KiB replay buffer) with the word at its
+    // end: rewritten whole and sent with a Content-Length instead of chunked.
+    let mut big = "x".repeat(200_000);
+    big.push_str("rewrite-me");
+    let chunks: Vec<Result<bytes::Bytes, std::io::Error>> = big
+        .as_bytes()
+        .chunks(16 * 1024)
+        .map(|c| Ok(bytes::Bytes::copy_from_slice(c)))
+        .collect();
+    let r = client()
+        .post(gw.url("/api/big"))
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            chunks,
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let (_, headers, body) = last();
+    let expected = format!("{}rewritten by wasm", "x".repeat(200_000));
+    assert_eq!(body.len(), expected.len());
+    assert!(body == expected.as_bytes(), "the rewritten 200 KB body");
+    assert_eq!(len_of(&headers), Some(expected.len().to_string()));
+    assert!(headers.get("transfer-encoding").is_none(), "{headers:?}");
+
+    // 250 KB the module leaves alone: the client's exact bytes reach the upstream.
+    let untouched: Vec<u8> = (0..250_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+    let r = client()
+        .post(gw.url("/api/same"))
+        .body(untouched.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let (_, headers, body) = last();
+    assert!(body[..] == untouched[..], "{} bytes arrived", body.len());
+    assert_eq!(len_of(&headers).as_deref(), Some("250000"));
+
+    // Past the route's max_body_bytes: 413, the upstream never asked.
+    let before = seen.lock().unwrap().len();
+    let r = send(client().post(gw.url("/api/huge")).body(vec![b'z'; 400_000])).await;
+    assert_eq!(r.status, 413, "{:?}", r.body);
+    assert_eq!(seen.lock().unwrap().len(), before);
+}
+
+/// A service for the `calls` guest: `/a` answers only once `/b` has arrived (so the two calls
+/// must be in flight together; it gives up with 504 after 5 s), `/b` answers at once, `/c`
+/// answers `from-c`.
+async fn call_service() -> SocketAddr {
+    use std::sync::Arc;
+    let b_arrived = Arc::new(tokio::sync::Notify::new());
+    let (for_a, for_b) = (b_arrived.clone(), b_arrived);
+    let app = axum::Router::new()
+        .route(
+            "/a",
+            axum::routing::get(move || {
+                let b = for_a.clone();
+                async move {
+                    match tokio::time::timeout(Duration::from_secs(5), b.notified()).await {
+                        Ok(()) => (axum::http::StatusCode::OK, "a-after-b"),
+                        Err(_) => (axum::http::StatusCode::GATEWAY_TIMEOUT, "b never came"),
+                    }
+                }
+            }),
+        )
+        .route(
+            "/b",
+            axum::routing::get(move || {
+                let b = for_b.clone();
+                async move {
+                    b.notify_one();
+                    "b"
+                }
+            }),
+        )
+        .route("/c", axum::routing::get(|| async { "from-c" }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    });
+    addr
+}
+
+#[tokio::test]
+async fn http_calls_run_concurrently_and_from_the_response_phase() {
+    let up = TestUpstream::start("app").await;
+    let svc = call_service().await;
+    let extra = format!("  svc:\n    discovery: {{ static: [ {{ address: \"{svc}\" }} ] }}\n");
+    let filter = format!(r#"wasm: {{ module: "{}" }}"#, module("calls"));
+    // One proxy thread: the waiting request must not hold it.
+    let yaml = format!(
+        "runtime:\n  threads: 1\n{}",
+        config(up.addr, &extra, &filter)
+    );
+    let gw = TestGateway::start(&yaml).await;
+    for _ in 0..2 {
+        let r = get(&gw, "/api/x", &[]).await;
+        assert_eq!(r.status(), 200);
+        let seen = up.last_headers();
+        let h = |n: &str| {
+            seen.get(n)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        // /a answers only while /b is in flight too: both answers reached the guest.
+        assert_eq!(h("x-call-a").as_deref(), Some("200 a-after-b"));
+        assert_eq!(h("x-call-b").as_deref(), Some("200 b"));
+        // The response phase waited for its own call.
+        assert_eq!(header(&r, "x-call-c"), Some("200 from-c"));
+    }
+    assert_eq!(up.hits(), 2);
+}
+
+/// An upstream that answers every request with a chunked body `hello` ending with the
+/// trailers `x-upstream: up-value` and `x-drop-me: 1`, then closes the connection.
+async fn trailing_upstream() -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut sock, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match sock.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let answer =
+                    "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: x-upstream\r\n\
+                              Connection: close\r\n\r\n5\r\nhello\r\n0\r\nx-upstream: up-value\r\n\
+                              x-drop-me: 1\r\n\r\n";
+                let _ = sock.write_all(answer.as_bytes()).await;
+                let _ = sock.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+/// The raw HTTP/1.1 response to `GET path` (the connection closed after it).
+async fn raw_get(gw: &TestGateway, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut sock = tokio::net::TcpStream::connect(("127.0.0.1", gw.port))
+        .await
+        .unwrap();
+    let req =
+        format!("GET {path} HTTP/1.1\r\nHost: gw\r\nTE: trailers\r\nConnection: close\r\n\r\n");
+    sock.write_all(req.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), sock.read_to_end(&mut out))
+        .await
+        .expect("the response ends")
+        .unwrap();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The trailer section of a raw chunked response (after the last chunk `0`).
+fn trailer_section(raw: &str) -> &str {
+    let at = raw.rfind("\r\n0\r\n").expect("a last chunk");
+    &raw[at + 5..]
+}
+
+#[tokio::test]
+async fn response_trailers_reach_the_module_and_the_client() {
+    let up = trailing_upstream().await;
+    let filter = format!(r#"wasm: {{ module: "{}" }}"#, module("trailers"));
+    let yaml = config(up, "", &filter).replace(
+        "routes:\n",
+        "routes:\n  - name: plain\n    match: { path_prefix: /plain }\n    upstream: app\n",
+    );
+    let gw = TestGateway::start(&yaml).await;
+
+    // Without a filter the upstream's trailers go through as they came.
+    let raw = raw_get(&gw, "/plain").await;
+    assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
+    assert!(raw.contains("\r\n5\r\nhello\r\n"), "{raw}");
+    assert_eq!(
+        trailer_section(&raw),
+        "x-upstream: up-value\r\nx-drop-me: 1\r\n\r\n"
+    );
+
+    // The module read them, edited them, and the body still came whole before them.
+    let raw = raw_get(&gw, "/api/t").await;
+    assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
+    assert!(raw.contains("\r\nx-wasm-request-trailers: 0\r\n"), "{raw}");
+    assert!(raw.contains("\r\n5\r\nhello\r\n"), "{raw}");
+    let mut fields: Vec<&str> = trailer_section(&raw)
+        .trim_end_matches("\r\n\r\n")
+        .split("\r\n")
+        .collect();
+    fields.sort_unstable();
+    assert_eq!(
+        fields,
+        [
+            "x-upstream: up-value",
+            "x-wasm-saw-upstream: up-value",
+            "x-wasm-trailer: added"
+        ],
+        "{raw}"
+    );
 }

@@ -80,6 +80,7 @@ impl ResourceLimiter for Limiter {
 }
 
 type Stream3 = TypedFunc<(u32, u32, u32), u32>;
+type Stream2 = TypedFunc<(u32, u32), u32>;
 type CallResponse = TypedFunc<(u32, u32, u32, u32, u32), ()>;
 
 /// The guest's callbacks (those a module does not export are skipped as `Continue`).
@@ -87,8 +88,10 @@ pub(crate) struct Exports {
     pub context_create: TypedFunc<(u32, u32), ()>,
     pub request_headers: Option<Stream3>,
     pub request_body: Option<Stream3>,
+    pub request_trailers: Option<Stream2>,
     pub response_headers: Option<Stream3>,
     pub response_body: Option<Stream3>,
+    pub response_trailers: Option<Stream2>,
     pub http_call_response: Option<CallResponse>,
     pub done: Option<TypedFunc<u32, u32>>,
     pub log: Option<TypedFunc<u32, ()>>,
@@ -162,8 +165,10 @@ impl Instance {
             context_create,
             request_headers: opt!("proxy_on_request_headers"),
             request_body: opt!("proxy_on_request_body"),
+            request_trailers: opt!("proxy_on_request_trailers"),
             response_headers: opt!("proxy_on_response_headers"),
             response_body: opt!("proxy_on_response_body"),
+            response_trailers: opt!("proxy_on_response_trailers"),
             http_call_response: opt!("proxy_on_http_call_response"),
             done: opt!("proxy_on_done"),
             log: opt!("proxy_on_log"),

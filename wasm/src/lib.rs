@@ -30,4 +30,4 @@ pub use instance::{Failure, GuestError};
 pub use plugin::{LoadError, Plugin, PluginSpec};
 pub use runtime::{Upstreams, WasmRuntime};
 pub use state::{CallAnswer, CallRequest, LocalResponse, StreamInfo};
-pub use stream::{HttpStream, Step};
+pub use stream::{HttpStream, Phase, Step};

@@ -59,8 +59,11 @@ pub struct StreamInfo {
     pub route: String,
 }
 
-/// The HTTP stream the instance is serving now. The headers are moved in for the duration of
-/// one guest call (swapped with placeholders, so no allocation) and moved back after it.
+/// The HTTP stream the instance is serving now. In the request phase the request header is
+/// moved in for the duration of one guest call (swapped with a placeholder, so no allocation)
+/// and moved back after it; from the response phase on, `request` is a copy of the request as
+/// it was sent (read-only in effect: edits change the copy only), kept until the stream ends so
+/// that `proxy_on_log` reads it too. The response header is moved in for each call.
 pub(crate) struct Stream {
     pub request: RequestHeader,
     pub has_request: bool,
@@ -70,6 +73,14 @@ pub(crate) struct Stream {
     pub body: Vec<u8>,
     pub body_kind: Option<i32>,
     pub body_writable: bool,
+    /// Whether the guest called `proxy_set_buffer_bytes` on `body` in this callback.
+    pub body_changed: bool,
+    /// Request and response trailers, when the stream has them (moved in for a trailers
+    /// callback and kept readable after it).
+    pub request_trailers: Option<http::HeaderMap>,
+    pub response_trailers: Option<http::HeaderMap>,
+    /// Whether `proxy_http_call` may be made now (an HTTP context in a phase that can wait).
+    pub calls_allowed: bool,
     pub local: Option<LocalResponse>,
     pub calls: Vec<CallRequest>,
     pub answer: Option<CallAnswer>,
@@ -90,6 +101,10 @@ impl Stream {
             body: Vec::new(),
             body_kind: None,
             body_writable: false,
+            body_changed: false,
+            request_trailers: None,
+            response_trailers: None,
+            calls_allowed: false,
             local: None,
             calls: Vec::new(),
             answer: None,
@@ -103,6 +118,12 @@ impl Stream {
     pub fn reset(&mut self, info: StreamInfo) {
         self.body.clear();
         self.body_kind = None;
+        self.body_changed = false;
+        self.has_request = false;
+        self.has_response = false;
+        self.request_trailers = None;
+        self.response_trailers = None;
+        self.calls_allowed = false;
         self.local = None;
         self.calls.clear();
         self.answer = None;

@@ -5,7 +5,8 @@
 //!
 //! The request and response headers are moved into the store for each call (swapped with
 //! placeholders kept in the store, so no allocation) and moved back after it, so host
-//! functions edit pingora's headers in place.
+//! functions edit pingora's headers in place. From the response phase on the store keeps a
+//! copy of the request (read-only in effect), as Envoy keeps the request's headers readable.
 
 use std::sync::Arc;
 
@@ -28,6 +29,14 @@ pub enum Step {
     /// [`crate::http::send`], deliver each with [`HttpStream::call_response`]). Empty: it
     /// waits for nothing more than what was already asked.
     Wait(Vec<CallRequest>),
+}
+
+/// Which headers a callback has in reach besides the stream's kept state.
+pub enum Phase<'a> {
+    /// The request phase: the request header, editable.
+    Request(&'a mut RequestHeader),
+    /// The response phase: the response header, editable (the request's copy is kept).
+    Response(&'a mut ResponseHeader),
 }
 
 /// One stream's context in one instance.
@@ -73,19 +82,55 @@ impl HttpStream {
         })
     }
 
-    /// Runs `f` with `req` moved into the store.
+    /// Runs `f` with `req` moved into the store (and `proxy_http_call` allowed).
     fn with_request<R>(
         &mut self,
         req: &mut RequestHeader,
         f: impl FnOnce(&mut Instance) -> Result<R, GuestError>,
     ) -> Result<R, GuestError> {
         let inst = self.inst()?;
-        std::mem::swap(req, &mut inst.store.data_mut().stream.request);
-        inst.store.data_mut().stream.has_request = true;
+        let s = &mut inst.store.data_mut().stream;
+        std::mem::swap(req, &mut s.request);
+        s.has_request = true;
+        s.calls_allowed = true;
         let r = f(inst);
-        inst.store.data_mut().stream.has_request = false;
-        std::mem::swap(req, &mut inst.store.data_mut().stream.request);
+        let s = &mut inst.store.data_mut().stream;
+        s.has_request = false;
+        s.calls_allowed = false;
+        std::mem::swap(req, &mut s.request);
         r
+    }
+
+    /// Runs `f` with `resp` moved into the store (the request's copy is there already) and
+    /// `proxy_http_call` allowed.
+    fn with_response<R>(
+        &mut self,
+        resp: &mut ResponseHeader,
+        f: impl FnOnce(&mut Instance) -> Result<R, GuestError>,
+    ) -> Result<R, GuestError> {
+        let inst = self.inst()?;
+        let s = &mut inst.store.data_mut().stream;
+        std::mem::swap(resp, &mut s.response);
+        s.has_response = true;
+        s.calls_allowed = true;
+        let r = f(inst);
+        let s = &mut inst.store.data_mut().stream;
+        s.has_response = false;
+        s.calls_allowed = false;
+        std::mem::swap(resp, &mut s.response);
+        r
+    }
+
+    /// Runs `f` in `phase`.
+    fn in_phase<R>(
+        &mut self,
+        phase: Phase<'_>,
+        f: impl FnOnce(&mut Instance) -> Result<R, GuestError>,
+    ) -> Result<R, GuestError> {
+        match phase {
+            Phase::Request(req) => self.with_request(req, f),
+            Phase::Response(resp) => self.with_response(resp, f),
+        }
     }
 
     /// What follows a callback that returned `action`.
@@ -102,7 +147,8 @@ impl HttpStream {
             return Step::Wait(std::mem::take(&mut s.calls));
         }
         // A pause with nothing to wait for continues: the next phase (the body) follows, as
-        // Envoy goes on to the body after headers stopped iteration.
+        // Envoy goes on to the body after headers stopped iteration. Calls made by a callback
+        // that continued are not sent.
         s.calls.clear();
         Step::Continue
     }
@@ -128,8 +174,10 @@ impl HttpStream {
         })
     }
 
-    /// `proxy_on_request_body` with the whole buffered body (`end_of_stream` true). The body
-    /// is readable, not writable.
+    /// `proxy_on_request_body` on `body` (the whole buffered body when `end_of_stream`), which
+    /// the guest may read and rewrite (`proxy_set_buffer_bytes` on `HttpRequestBody`).
+    /// Returns what follows and whether the guest rewrote `body` (then it holds the new
+    /// bytes).
     ///
     /// # Errors
     ///
@@ -137,44 +185,76 @@ impl HttpStream {
     pub fn request_body(
         &mut self,
         req: &mut RequestHeader,
-        body: &[u8],
+        body: &mut Vec<u8>,
         end_of_stream: bool,
-    ) -> Result<Step, GuestError> {
+    ) -> Result<(Step, bool), GuestError> {
         let id = self.id;
         self.with_request(req, |inst| {
             let Some(f) = inst.ex.request_body.clone() else {
-                return Ok(Step::Continue);
+                return Ok((Step::Continue, false));
             };
+            let len = body.len() as u32;
             {
                 let s = &mut inst.store.data_mut().stream;
-                s.body.clear();
-                s.body.extend_from_slice(body);
+                std::mem::swap(&mut s.body, body);
                 s.body_kind = Some(buffer::REQUEST_BODY);
-                s.body_writable = false;
+                s.body_writable = true;
+                s.body_changed = false;
             }
-            let r = inst.call(|s| f.call(s, (id, body.len() as u32, u32::from(end_of_stream))));
+            let r = inst.call(|s| f.call(s, (id, len, u32::from(end_of_stream))));
             let s = &mut inst.store.data_mut().stream;
             s.body_kind = None;
+            s.body_writable = false;
+            std::mem::swap(&mut s.body, body);
             s.body.clear();
+            let changed = std::mem::take(&mut s.body_changed);
+            Ok((Self::step(inst, r?), changed))
+        })
+    }
+
+    /// `proxy_on_request_trailers` with `trailers` in reach (the guest may edit them).
+    ///
+    /// # Errors
+    ///
+    /// As [`HttpStream::request_headers`].
+    pub fn request_trailers(
+        &mut self,
+        req: &mut RequestHeader,
+        trailers: &mut http::HeaderMap,
+    ) -> Result<Step, GuestError> {
+        let id = self.id;
+        self.with_request(req, |inst| {
+            let Some(f) = inst.ex.request_trailers.clone() else {
+                return Ok(Step::Continue);
+            };
+            let n = trailers.len() as u32;
+            inst.store.data_mut().stream.request_trailers = Some(std::mem::take(trailers));
+            let r = inst.call(|s| f.call(s, (id, n)));
+            let s = &mut inst.store.data_mut().stream;
+            if let Some(t) = s.request_trailers.as_mut() {
+                // Kept readable for the later phases as a copy.
+                *trailers = t.clone();
+            }
             Ok(Self::step(inst, r?))
         })
     }
 
-    /// `proxy_on_http_call_response` for call `token`, with the request's headers in reach
-    /// (the guest usually edits them and resumes, or answers). `Step::Wait` with new calls
-    /// when it made more; `Step::Wait(vec![])` when it neither resumed nor answered.
+    /// `proxy_on_http_call_response` for call `token`, in `phase` (the request's or the
+    /// response's headers in reach: the guest usually edits them and resumes, or answers).
+    /// `Step::Wait` with new calls when it made more; `Step::Wait(vec![])` when it neither
+    /// resumed nor answered (it waits for calls still in flight).
     ///
     /// # Errors
     ///
     /// As [`HttpStream::request_headers`].
     pub fn call_response(
         &mut self,
-        req: &mut RequestHeader,
+        phase: Phase<'_>,
         token: u32,
         answer: CallAnswer,
     ) -> Result<Step, GuestError> {
         let id = self.id;
-        self.with_request(req, |inst| {
+        self.in_phase(phase, |inst| {
             let Some(f) = inst.ex.http_call_response.clone() else {
                 return Ok(Step::Continue);
             };
@@ -195,9 +275,10 @@ impl HttpStream {
         })
     }
 
-    /// `proxy_on_response_headers`, with the response's headers (and the request's, for
-    /// properties) in reach. A call the guest makes here is not sent (the response phase
-    /// does not wait).
+    /// `proxy_on_response_headers`, with the response's headers in reach and, read-only in
+    /// effect, a copy of the request as sent (Envoy keeps the request's headers readable in
+    /// the response phase; edits to them change the copy only). The copy stays for the
+    /// later callbacks, `proxy_on_log` included.
     ///
     /// # Errors
     ///
@@ -213,25 +294,21 @@ impl HttpStream {
         let Some(f) = inst.ex.response_headers.clone() else {
             return Ok(Step::Continue);
         };
-        // The request header is only read here: a clone of its parts would allocate, so only
-        // the response is moved in; request properties read the stored copy below.
-        let _ = req;
-        std::mem::swap(resp, &mut inst.store.data_mut().stream.response);
-        inst.store.data_mut().stream.has_response = true;
-        let n = inst.store.data().stream.response.headers.len() as u32;
-        let r = inst.call(|s| f.call(s, (id, n, u32::from(end_of_stream))));
-        inst.store.data_mut().stream.has_response = false;
-        std::mem::swap(resp, &mut inst.store.data_mut().stream.response);
-        let action = r?;
-        let step = Self::step(inst, action);
-        Ok(match step {
-            Step::Wait(_) => Step::Continue,
-            s => s,
+        {
+            let s = &mut inst.store.data_mut().stream;
+            s.request.clone_from(req);
+            s.has_request = true;
+        }
+        self.with_response(resp, |inst| {
+            let n = inst.store.data().stream.response.headers.len() as u32;
+            let action = inst.call(|s| f.call(s, (id, n, u32::from(end_of_stream))))?;
+            Ok(Self::step(inst, action))
         })
     }
 
     /// `proxy_on_response_body` on `body` (the chunks not yet let through), which the guest may
     /// rewrite. `Ok(true)`: let `body` through now; `Ok(false)`: the guest paused to see more.
+    /// A `proxy_http_call` made here answers `InternalFailure` (the body phase cannot wait).
     ///
     /// # Errors
     ///
@@ -257,10 +334,36 @@ impl HttpStream {
         let s = &mut inst.store.data_mut().stream;
         s.body_kind = None;
         s.body_writable = false;
+        s.body_changed = false;
         std::mem::swap(&mut s.body, body);
         s.body.clear();
         s.local = None;
+        s.calls.clear();
         Ok(r? as i32 == ACTION_CONTINUE || end_of_stream)
+    }
+
+    /// `proxy_on_response_trailers` with `trailers` in reach (the guest may edit them).
+    /// `proxy_http_call` answers `InternalFailure` here.
+    ///
+    /// # Errors
+    ///
+    /// As [`HttpStream::request_headers`].
+    pub fn response_trailers(&mut self, trailers: &mut http::HeaderMap) -> Result<(), GuestError> {
+        let id = self.id;
+        let inst = self.inst()?;
+        let Some(f) = inst.ex.response_trailers.clone() else {
+            return Ok(());
+        };
+        let n = trailers.len() as u32;
+        inst.store.data_mut().stream.response_trailers = Some(std::mem::take(trailers));
+        let r = inst.call(|s| f.call(s, (id, n)));
+        let s = &mut inst.store.data_mut().stream;
+        if let Some(t) = s.response_trailers.take() {
+            *trailers = t;
+        }
+        s.local = None;
+        s.calls.clear();
+        r.map(drop)
     }
 }
 

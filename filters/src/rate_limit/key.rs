@@ -136,6 +136,7 @@ mod tests {
             client_ip: Some("10.0.0.7".parse().unwrap()),
             request_id: "id",
             body_prefix: body,
+            body: None,
             claims: Some(Arc::new(serde_json::json!({"sub": "u1", "n": 5}))),
             response_headers: Vec::new(),
             state: Box::leak(Box::default()),

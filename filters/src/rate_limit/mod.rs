@@ -434,6 +434,7 @@ mod tests {
             client_ip: Some("10.0.0.1".parse().unwrap()),
             request_id: "id",
             body_prefix: body,
+            body: None,
             claims: None,
             response_headers: Vec::new(),
             state: Box::leak(Box::default()),

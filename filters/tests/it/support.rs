@@ -80,6 +80,7 @@ pub async fn run(
         client_ip: Some("192.0.2.10".parse().unwrap()),
         request_id: "req-1",
         body_prefix: body,
+        body: None,
         claims,
         response_headers: Vec::new(),
         state: &Default::default(),

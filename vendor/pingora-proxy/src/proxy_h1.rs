@@ -412,6 +412,24 @@ where
             #[cfg(feature = "upstream_modules")]
             session.upstream_modules_filter_task(&mut t).await?;
             session.upstream_compression.response_filter(&mut t);
+            if matches!(t, HttpTask::Trailer(Some(_))) {
+                // gatehouse patch 11: the body filters see the end of the body (a last call
+                // with no bytes and end_of_stream) before the trailers, so that what they
+                // held back is sent ahead of them.
+                let end = self
+                    .h1_response_filter(
+                        session,
+                        HttpTask::Body(None, true),
+                        ctx,
+                        serve_from_cache,
+                        range_body_filter,
+                        false,
+                    )
+                    .await?;
+                if let HttpTask::Body(Some(data), _) = end {
+                    filtered_tasks.push(HttpTask::Body(Some(data), false));
+                }
+            }
             let task = self
                 .h1_response_filter(session, t, ctx, serve_from_cache, range_body_filter, false)
                 .await?;
@@ -999,7 +1017,19 @@ where
 
                 Ok(HttpTask::UpgradedBody(data, end))
             }
-            HttpTask::Trailer(h) => Ok(HttpTask::Trailer(h)), // TODO: support trailers for h1
+            // gatehouse patch 11: an HTTP/1.1 chunked body's trailers go through the same
+            // filter as over HTTP/2 (a buffer it returns replaces them, as there).
+            HttpTask::Trailer(Some(mut trailers)) => {
+                match self
+                    .inner
+                    .response_trailer_filter(session, &mut trailers, ctx)
+                    .await?
+                {
+                    Some(buf) => Ok(HttpTask::Body(Some(buf), true)),
+                    None => Ok(HttpTask::Trailer(Some(trailers))),
+                }
+            }
+            HttpTask::Trailer(None) => Ok(HttpTask::Trailer(None)),
             HttpTask::Done => Ok(task),
             HttpTask::Failed(_) => Ok(task), // Do nothing just pass the error down
         };

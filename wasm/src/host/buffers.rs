@@ -1,7 +1,7 @@
 //! Buffer calls (`proxy_get_buffer_bytes`, `proxy_set_buffer_bytes`): the body of the current
-//! body callback, an HTTP call's answer body, and the VM and plugin configurations. A
-//! response body may be rewritten; the request body is read-only (it is forwarded as the
-//! client sent it), so setting it answers `Unimplemented`.
+//! body callback, an HTTP call's answer body, and the VM and plugin configurations. The body
+//! of the current body callback (request or response) may be rewritten; setting another
+//! buffer answers `Unimplemented`.
 
 use wasmtime::{Caller, Linker};
 
@@ -65,6 +65,7 @@ fn set(
         let start = (start as u32 as usize).min(body.len());
         let end = start.saturating_add(size as u32 as usize).min(body.len());
         body.splice(start..end, data);
+        caller.data_mut().stream.body_changed = true;
     });
     status(r)
 }

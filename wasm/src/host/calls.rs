@@ -29,7 +29,7 @@ fn http_call(
     timeout_ms: i32,
     ret_token: i32,
 ) -> i32 {
-    if caller.data().in_root {
+    if caller.data().in_root || !caller.data().stream.calls_allowed {
         return Status::InternalFailure.code();
     }
     let r = (|| {

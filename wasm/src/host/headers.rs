@@ -2,7 +2,9 @@
 //! `_get_header_map_value`, `_replace_`, `_add_`, `_remove_header_map_value`) on the request and
 //! response headers of the current stream and on an HTTP call's answer. Pseudo-headers follow
 //! Envoy: `:method`, `:path` (with the query), `:authority`, `:scheme` on requests, `:status`
-//! on responses. Trailers are not passed to guests: their maps read as empty.
+//! on responses. The trailer maps are the stream's trailers once they came (edited in place in
+//! their callback); before that, or on a stream without trailers, they read as empty and an
+//! edit answers `NotFound`, as in Envoy.
 
 use wasmtime::{Caller, Linker};
 
@@ -56,15 +58,48 @@ fn pairs(st: &HostState, kind: i32) -> Result<Pairs, Status> {
             .as_ref()
             .map(|a| a.headers.clone())
             .ok_or(Status::NotFound),
-        map::REQUEST_TRAILERS | map::RESPONSE_TRAILERS | map::HTTP_CALL_RESPONSE_TRAILERS => {
-            Ok(Vec::new())
-        }
+        map::REQUEST_TRAILERS | map::RESPONSE_TRAILERS => Ok(trailers(s, kind)
+            .map(|t| {
+                t.iter()
+                    .map(|(n, v)| (n.as_str().as_bytes().to_vec(), v.as_bytes().to_vec()))
+                    .collect()
+            })
+            .unwrap_or_default()),
+        map::HTTP_CALL_RESPONSE_TRAILERS => Ok(Vec::new()),
         // The map of a phase that is not the current one (the request's in the response
         // phase, the response's in the request phase) reads as empty: the SDKs panic on
         // `NotFound` from this call, and a filter that looks must not trap for it.
         map::REQUEST_HEADERS | map::RESPONSE_HEADERS => Ok(Vec::new()),
         _ => Err(Status::BadArgument),
     }
+}
+
+/// The trailers of map `kind` (request or response), when the stream has them.
+fn trailers(s: &crate::state::Stream, kind: i32) -> Option<&http::HeaderMap> {
+    match kind {
+        map::REQUEST_TRAILERS => s.request_trailers.as_ref(),
+        map::RESPONSE_TRAILERS => s.response_trailers.as_ref(),
+        _ => None,
+    }
+}
+
+/// Edits a trailer map (no pseudo-headers there).
+fn edit_trailers(t: &mut http::HeaderMap, name: &str, val: &[u8], how: Edit) -> Result<(), Status> {
+    let name = http::HeaderName::from_bytes(name.as_bytes()).map_err(|_| Status::BadArgument)?;
+    if how == Edit::Remove {
+        t.remove(&name);
+        return Ok(());
+    }
+    let val = http::HeaderValue::from_bytes(val).map_err(|_| Status::BadArgument)?;
+    match how {
+        Edit::Add => {
+            t.append(name, val);
+        }
+        _ => {
+            t.insert(name, val);
+        }
+    }
+    Ok(())
 }
 
 fn request_pseudo(req: &pingora_http::RequestHeader, name: &str) -> Option<Vec<u8>> {
@@ -191,7 +226,13 @@ fn edit(st: &mut HostState, kind: i32, key: &[u8], val: &[u8], how: Edit) -> Res
             }
         }
         map::REQUEST_HEADERS | map::RESPONSE_HEADERS => Err(Status::NotFound),
-        map::REQUEST_TRAILERS | map::RESPONSE_TRAILERS => Err(Status::Unimplemented),
+        map::REQUEST_TRAILERS | map::RESPONSE_TRAILERS => {
+            let t = match kind {
+                map::REQUEST_TRAILERS => s.request_trailers.as_mut(),
+                _ => s.response_trailers.as_mut(),
+            };
+            edit_trailers(t.ok_or(Status::NotFound)?, &name, val, how)
+        }
         _ => Err(Status::BadArgument),
     }
 }

@@ -1,6 +1,8 @@
 //! Body inspection and rewrite, as the SDK's `http_body` example: a response body that
 //! contains "secret" is replaced once complete (its `content-length` removed at the header
-//! phase); a request body that contains "forbidden" is answered 400.
+//! phase); a request body that contains "forbidden" is answered 400, and in one that contains
+//! "rewrite-me" each occurrence is replaced by "rewritten by wasm" (`set_http_request_body`
+//! over the whole buffered body).
 use proxy_wasm::traits::*;
 use proxy_wasm::types::*;
 
@@ -22,6 +24,11 @@ impl HttpContext for Body {
         if String::from_utf8_lossy(&body).contains("forbidden") {
             self.send_http_response(400, vec![("x-wasm-body", "refused")], Some(b"forbidden word\n"));
             return Action::Pause;
+        }
+        let text = String::from_utf8_lossy(&body);
+        if text.contains("rewrite-me") {
+            let new_body = text.replace("rewrite-me", "rewritten by wasm");
+            self.set_http_request_body(0, body_size, new_body.as_bytes());
         }
         Action::Continue
     }

@@ -1,6 +1,7 @@
 //! Header manipulation, as the SDK's `http_headers` example: the plugin configuration names a
 //! request header to add; the request's path, method and client address (properties) go
-//! upstream as headers; `x-remove-me` is removed; the response gets `x-wasm-response`.
+//! upstream as headers; `x-remove-me` is removed; the response gets `x-wasm-response`, and
+//! the request's `user-agent`, path and count of `x-wasm-added` as read in the response phase.
 use proxy_wasm::traits::*;
 use proxy_wasm::types::*;
 
@@ -79,6 +80,13 @@ impl HttpContext for Headers {
         let status = self.get_http_response_header(":status").unwrap_or_default();
         self.add_http_response_header("x-wasm-response", &format!("saw {status}"));
         self.set_http_response_header("x-upstream-secret", None);
+        // The request stays readable in the response phase, as in Envoy.
+        let ua = self.get_http_request_header("user-agent").unwrap_or_else(|| "-".into());
+        let path = text(self.get_property(vec!["request", "path"]));
+        let added = self.get_http_request_headers().iter().filter(|(k, _)| k == "x-wasm-added").count();
+        self.set_http_response_header("x-wasm-request-ua", Some(&ua));
+        self.set_http_response_header("x-wasm-request-path", Some(&path));
+        self.set_http_response_header("x-wasm-request-added", Some(&added.to_string()));
         Action::Continue
     }
 }

@@ -31,6 +31,14 @@ impl FixedBuffer {
         }
     }
 
+    /// A buffer that holds exactly `body` (gatehouse patch 10: a proxy's replacement of a
+    /// request body it read whole, replayed to the upstream as the retry buffer).
+    pub fn holding(body: &Bytes) -> Self {
+        let mut b = FixedBuffer::new(body.len());
+        b.write_to_buffer(body);
+        b
+    }
+
     // TODO: maybe store a Vec of Bytes for zero-copy
     pub fn write_to_buffer(&mut self, data: &Bytes) {
         if self.truncated {

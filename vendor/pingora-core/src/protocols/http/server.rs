@@ -676,6 +676,19 @@ impl Session {
         }
     }
 
+    /// Replaces the retry buffer with `body` (gatehouse patch 10): the request body the proxy
+    /// sends upstream when it read the body before connecting (an empty `body` sends none).
+    /// `false` for a custom session, which has no retry buffer of its own to set.
+    pub fn set_retry_buffer(&mut self, body: Bytes) -> bool {
+        match self {
+            Self::H1(s) => s.set_retry_buffer(body),
+            Self::H2(s) => s.set_retry_buffer(body),
+            Self::Subrequest(s) => s.set_retry_buffer(body),
+            Self::Custom(_) => return false,
+        }
+        true
+    }
+
     pub fn get_retry_buffer(&self) -> Option<Bytes> {
         match self {
             Self::H1(s) => s.get_retry_buffer(),

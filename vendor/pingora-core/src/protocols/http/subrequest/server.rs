@@ -587,6 +587,13 @@ impl HttpSession {
         }
     }
 
+    /// Replaces the retry buffer with `body` (whatever its size; gatehouse patch 10): what
+    /// the proxy sends upstream as the request body it already read, e.g. a body a filter
+    /// read whole and rewrote, or one larger than the retry buffer's limit.
+    pub fn set_retry_buffer(&mut self, body: Bytes) {
+        self.retry_buffer = Some(FixedBuffer::holding(&body));
+    }
+
     pub fn get_retry_buffer(&self) -> Option<Bytes> {
         self.retry_buffer.as_ref().and_then(|b| {
             if b.is_truncated() {

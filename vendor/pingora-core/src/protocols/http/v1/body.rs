@@ -151,6 +151,8 @@ pub struct BodyReader {
     rewind_buf_len: usize,
     upstream: bool,
     body_buf_overread: Option<BytesMut>,
+    /// The raw trailer section of a chunked body, as read (gatehouse patch 11).
+    trailer_bytes: Option<Vec<u8>>,
 }
 
 impl BodyReader {
@@ -162,7 +164,30 @@ impl BodyReader {
             rewind_buf_len: 0,
             upstream,
             body_buf_overread: None,
+            trailer_bytes: None,
         }
+    }
+
+    /// The trailer fields of a chunked body that ended with some (RFC 9112 §7.1.2), once the
+    /// body is done; `None` when it had none (or they did not parse as fields). Taken once
+    /// (gatehouse patch 11: pingora 0.9.1 read and dropped them).
+    pub fn take_trailers(&mut self) -> Option<http::HeaderMap> {
+        let raw = self.trailer_bytes.take()?;
+        let mut fields = [httparse::EMPTY_HEADER; 64];
+        let parsed = match httparse::parse_headers(&raw, &mut fields) {
+            Ok(httparse::Status::Complete((_, parsed))) => parsed,
+            _ => return None,
+        };
+        let mut map = http::HeaderMap::new();
+        for f in parsed {
+            if let (Ok(n), Ok(v)) = (
+                http::HeaderName::from_bytes(f.name.as_bytes()),
+                http::HeaderValue::from_bytes(f.value),
+            ) {
+                map.append(n, v);
+            }
+        }
+        (!map.is_empty()).then_some(map)
     }
 
     pub fn need_init(&self) -> bool {
@@ -853,6 +878,8 @@ impl BodyReader {
                     .as_deref()
                     .expect("body buf is initialized before reading trailers")[..n];
 
+                // gatehouse patch 11: every byte of this section is kept to parse the trailers.
+                let whole = buf;
                 let mut start = 0;
                 // try to find end within the current IO buffer
                 while start < n {
@@ -913,11 +940,17 @@ impl BodyReader {
                                 String::from_utf8_lossy(buf).escape_default(),
                             );
 
+                            self.trailer_bytes
+                                .get_or_insert_with(Vec::new)
+                                .extend_from_slice(&whole[..start + end_idx]);
                             self.finish_body_buf(start + end_idx, n);
                             return Ok(None);
                         }
                     }
                 }
+                self.trailer_bytes
+                    .get_or_insert_with(Vec::new)
+                    .extend_from_slice(whole);
             }
             _ => panic!("wrong body state: {:?}", self.body_state),
         }
@@ -1271,6 +1304,8 @@ pub struct BodyWriter {
     // Boxed to reduce inline size. Only used by the cancel-safe proxy task API.
     send_body_state: Box<SendBodyState>,
     send_finish_state: FinishWriteState,
+    /// Trailer fields written after the last chunk of a chunked body (gatehouse patch 11).
+    trailers: Option<Box<http::HeaderMap>>,
 }
 
 impl Default for BodyWriter {
@@ -1285,7 +1320,32 @@ impl BodyWriter {
             body_mode: BM::ToSelect,
             send_body_state: Box::new(SendBodyState::new()),
             send_finish_state: FinishWriteState::NotStarted,
+            trailers: None,
         }
+    }
+
+    /// Trailer fields to send with the last chunk when the body is chunked (dropped
+    /// otherwise: a sized body has no place for them, RFC 9110 §6.5). Gatehouse patch 11.
+    pub fn set_trailers(&mut self, trailers: Box<http::HeaderMap>) {
+        self.trailers = Some(trailers);
+    }
+
+    /// The last chunk, with the trailer fields when there are any:
+    /// `0 CRLF *(field-line CRLF) CRLF` (RFC 9112 §7.1).
+    fn last_chunk(&mut self) -> Bytes {
+        let Some(trailers) = self.trailers.take() else {
+            return Bytes::from_static(&LAST_CHUNK[..]);
+        };
+        let mut out = Vec::with_capacity(64);
+        out.extend_from_slice(b"0\r\n");
+        for (name, value) in trailers.iter() {
+            out.extend_from_slice(name.as_str().as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        Bytes::from(out)
     }
 
     pub fn init_chunked(&mut self) {
@@ -1461,7 +1521,8 @@ impl BodyWriter {
     {
         match self.body_mode {
             BM::ChunkedEncoding(written) => {
-                let res = stream.write_all(&LAST_CHUNK[..]).await;
+                let last = self.last_chunk();
+                let res = stream.write_all(&last).await;
                 self.body_mode = BM::Complete(written);
                 match res {
                     Ok(()) => Ok(Some(written)),
@@ -1705,7 +1766,7 @@ impl BodyWriter {
             match &mut self.send_finish_state {
                 FinishWriteState::Idle => {
                     // Start writing last chunk marker "0\r\n\r\n"
-                    let buf = WriteBuf::Simple(Bytes::from_static(&LAST_CHUNK[..]));
+                    let buf = WriteBuf::Simple(self.last_chunk());
                     self.send_finish_state = FinishWriteState::WritingLastChunk(buf);
                 }
                 FinishWriteState::WritingLastChunk(buf) => {

@@ -59,6 +59,9 @@ pub struct HttpSession {
     body_recv: usize,
     // Tracks whether upgrade handshake was successfully completed
     upgraded: bool,
+    /// Trailers of the response's chunked body, returned as a task after its last body bytes
+    /// (gatehouse patch 11).
+    pending_trailers: Option<Box<http::HeaderMap>>,
     // Tracks whether downstream request body started sending upgraded bytes
     received_upgrade_req_body: bool,
     // Tracks whether the response read was ever close-delimited
@@ -97,6 +100,7 @@ impl HttpSession {
             bytes_sent: 0,
             body_recv: 0,
             upgraded: false,
+            pending_trailers: None,
             received_upgrade_req_body: false,
             close_delimited_resp: false,
             allow_h1_response_invalid_content_length: false,
@@ -819,13 +823,25 @@ impl HttpSession {
             );
             Ok(HttpTask::Header(resp_header, end_of_body))
         } else if self.is_body_done() {
+            if let Some(trailers) = self.pending_trailers.take() {
+                // gatehouse patch 11: the chunked body's trailers end the response.
+                return Ok(HttpTask::Trailer(Some(trailers)));
+            }
             // no body
             debug!("Response is done");
             Ok(HttpTask::Done)
         } else {
             /* need to read body */
             let body = self.read_body_bytes().await?;
-            let end_of_body = self.is_body_done();
+            let mut end_of_body = self.is_body_done();
+            if end_of_body && !self.upgraded {
+                // gatehouse patch 11: a body that ended with trailers is not the end of the
+                // response; the trailers are (the next task, as over HTTP/2).
+                if let Some(trailers) = self.body_reader.take_trailers() {
+                    self.pending_trailers = Some(Box::new(trailers));
+                    end_of_body = false;
+                }
+            }
             debug!(
                 "Response body: {} bytes, end: {end_of_body}",
                 body.as_ref().map_or(0, |b| b.len())
@@ -837,7 +853,6 @@ impl HttpSession {
                 Ok(HttpTask::Body(body, end_of_body))
             }
         }
-        // TODO: support h1 trailer
     }
 
     /// Return the [Digest] of the connection

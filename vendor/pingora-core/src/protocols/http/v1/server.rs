@@ -1269,6 +1269,13 @@ impl HttpSession {
         }
     }
 
+    /// Replaces the retry buffer with `body` (whatever its size; gatehouse patch 10): what
+    /// the proxy sends upstream as the request body it already read, e.g. a body a filter
+    /// read whole and rewrote, or one larger than the retry buffer's limit.
+    pub fn set_retry_buffer(&mut self, body: Bytes) {
+        self.retry_buffer = Some(FixedBuffer::holding(&body));
+    }
+
     pub fn get_retry_buffer(&self) -> Option<Bytes> {
         self.retry_buffer.as_ref().and_then(|b| {
             if b.is_truncated() {
@@ -1626,7 +1633,13 @@ impl HttpSession {
                 self.write_non_empty_body(data, true).await?;
                 end_stream
             }
-            HttpTask::Trailer(_) => true, // h1 trailer is not supported yet
+            HttpTask::Trailer(trailers) => {
+                // gatehouse patch 11: sent with the last chunk of a chunked body.
+                if let Some(t) = trailers {
+                    self.body_writer.set_trailers(t);
+                }
+                true
+            }
             HttpTask::Done => true,
             HttpTask::Failed(e) => return Err(e),
         };
@@ -1679,7 +1692,13 @@ impl HttpSession {
                     self.buffer_body_data(data, true);
                     end_stream
                 }
-                HttpTask::Trailer(_) => true, // h1 trailer is not supported yet
+                HttpTask::Trailer(trailers) => {
+                    // gatehouse patch 11: sent with the last chunk of a chunked body.
+                    if let Some(t) = trailers {
+                        self.body_writer.set_trailers(t);
+                    }
+                    true
+                }
                 HttpTask::Done => true,
                 HttpTask::Failed(e) => {
                     // flush the data we have and quit
@@ -1834,7 +1853,14 @@ impl HttpSession {
                     }
                     end_stream = end;
                 }
-                HttpTask::Trailer(_) | HttpTask::Done => {
+                HttpTask::Trailer(ref trailers) => {
+                    // gatehouse patch 11: sent with the last chunk of a chunked body.
+                    if let Some(t) = trailers {
+                        self.body_writer.set_trailers(t.clone());
+                    }
+                    end_stream = true;
+                }
+                HttpTask::Done => {
                     end_stream = true;
                 }
                 HttpTask::Failed(e) => {
