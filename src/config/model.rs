@@ -201,6 +201,59 @@ pub struct HttpListenerConfig {
     /// pipelined request closes the connection after the first answer.
     #[serde(default = "default_true")]
     pub pipelining: bool,
+    /// Serve HTTP/2 in clear text (h2c) to clients that open with the HTTP/2 connection
+    /// preface ("prior knowledge", RFC 9113 §3.3); HTTP/1.1 clients keep working on the
+    /// same port. Default false (nginx's `http2` on a plain listener, Envoy's
+    /// `codec_type: AUTO`). Over TLS, HTTP/2 is chosen by ALPN instead. Needs a restart.
+    #[serde(default)]
+    pub h2c: bool,
+    /// Limits of HTTP/2 connections on this listener (h2c, and h2 over TLS); every field
+    /// has a default. Needs a restart.
+    #[serde(default)]
+    pub h2: H2ListenerConfig,
+}
+
+/// Limits of one listener's HTTP/2 connections (RFC 9113 §6.5.2 settings the gateway
+/// announces, and its defence against stream-reset floods).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct H2ListenerConfig {
+    /// `SETTINGS_MAX_CONCURRENT_STREAMS`: requests one connection may have open at once;
+    /// default 100 (the RFC 9113 §6.5.2 recommended minimum and pingora's value; nginx's
+    /// `http2_max_concurrent_streams` is 128, Envoy's default is unbounded). A stream beyond it is refused with
+    /// `REFUSED_STREAM` (RFC 9113 §5.1.2, §8.7), which clients retry.
+    #[serde(default = "default_h2_max_concurrent_streams")]
+    pub max_concurrent_streams: u32,
+    /// `SETTINGS_MAX_HEADER_LIST_SIZE`: largest decoded header list of a request (names,
+    /// values and 32 bytes per field, RFC 9113 §6.5.2), in bytes; default: the listener's
+    /// `max_request_header_bytes`, so HTTP/1.1 and HTTP/2 share one limit. Larger: 431.
+    #[serde(default, deserialize_with = "gatehouse_filters::size::de_opt")]
+    #[schemars(with = "Option<gatehouse_filters::size::ByteSize>")]
+    pub max_header_list_size: Option<usize>,
+    /// Rapid-reset protection (CVE-2023-44487): how many streams the client may reset
+    /// before the gateway has taken them up (HEADERS then RST_STREAM, the attack's
+    /// pattern); one more and the connection is closed with `GOAWAY(ENHANCE_YOUR_CALM)`
+    /// (the `h2` crate's `max_pending_accept_reset_streams`). Default 20 (the `h2` crate's
+    /// and hyper's value).
+    #[serde(default = "default_h2_max_pending_reset_streams")]
+    pub max_pending_reset_streams: usize,
+}
+
+impl Default for H2ListenerConfig {
+    fn default() -> Self {
+        Self {
+            max_concurrent_streams: default_h2_max_concurrent_streams(),
+            max_header_list_size: None,
+            max_pending_reset_streams: default_h2_max_pending_reset_streams(),
+        }
+    }
+}
+
+fn default_h2_max_concurrent_streams() -> u32 {
+    100
+}
+fn default_h2_max_pending_reset_streams() -> usize {
+    20
 }
 
 impl Default for HttpListenerConfig {
@@ -213,6 +266,8 @@ impl Default for HttpListenerConfig {
             header_read_timeout: default_header_read_timeout(),
             max_connections: default_max_connections(),
             pipelining: true,
+            h2c: false,
+            h2: H2ListenerConfig::default(),
         }
     }
 }
@@ -646,6 +701,12 @@ pub struct UpstreamConfig {
     /// with `{ set: "api.internal" }`.
     #[serde(default)]
     pub host_header: HostHeaderPolicy,
+    /// The HTTP version spoken to the endpoints: `http1` (default), `h2` (HTTP/2 chosen by
+    /// ALPN over TLS) or `h2c` (HTTP/2 in clear text by prior knowledge, RFC 9113 §3.3, as
+    /// gRPC servers speak it). gRPC needs `h2` or `h2c`: HTTP/1.1 carries no trailers.
+    /// Reloadable.
+    #[serde(default)]
+    pub protocol: UpstreamProtocol,
     /// Active health checks; none by default.
     #[serde(default)]
     pub health_check: Option<HealthCheckConfig>,
@@ -677,6 +738,19 @@ pub struct UpstreamConfig {
     /// the services' DB pools on the dashboard. Off by default.
     #[serde(default)]
     pub metrics_path: Option<String>,
+}
+
+/// The HTTP version of the connections to an upstream's endpoints.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 (RFC 9112), pooled keep-alive connections.
+    #[default]
+    Http1,
+    /// HTTP/2 over TLS, negotiated by ALPN `h2` (RFC 9113 §3.2).
+    H2,
+    /// HTTP/2 over clear-text TCP with prior knowledge (RFC 9113 §3.3).
+    H2c,
 }
 
 /// Endpoint discovery: exactly one source.

@@ -120,6 +120,21 @@ fn listeners(cfg: &GatewayConfig, errs: &mut Vec<ConfigError>, warns: &mut Vec<C
             ("max_headers", h.max_headers, 1),
             ("max_uri_bytes", h.max_uri_bytes, 16),
             ("max_connections", h.max_connections, 1),
+            (
+                "h2.max_concurrent_streams",
+                h.h2.max_concurrent_streams as usize,
+                1,
+            ),
+            (
+                "h2.max_header_list_size",
+                h.h2.max_header_list_size.unwrap_or(usize::MAX),
+                1024,
+            ),
+            (
+                "h2.max_pending_reset_streams",
+                h.h2.max_pending_reset_streams,
+                1,
+            ),
         ] {
             if v < min {
                 errs.push(ConfigError::at(

@@ -20,6 +20,9 @@ pub struct GatewayError {
     pub status: u16,
     /// Stable code.
     pub code: &'static str,
+    /// The `grpc-status` sent to a gRPC request, whose answer carries HTTP 200 while
+    /// metrics and the access log record `status` (so error rates see it).
+    pub grpc_status: Option<u8>,
 }
 
 /// Decrements an endpoint's in-flight count when the try ends.

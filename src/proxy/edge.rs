@@ -123,7 +123,20 @@ fn absolute_target(req: &RequestHeader) -> Option<http::Uri> {
 /// authority becomes `Host` (pingora has already replaced a differing one), so routing,
 /// filters, logs and the upstream all see one host, and the upstream gets `/path?query`
 /// (RFC 9112 §3.2.2: the target's authority wins; an origin server expects origin form).
+///
+/// An HTTP/2 request's `:authority` becomes `Host` the same way when it has none (RFC 9113
+/// §8.3.1: an intermediary that forwards to HTTP/1.1 must make `Host` from it; an HTTP/2
+/// upstream gets it back as `:authority`).
 pub fn absolute_to_origin(req: &mut RequestHeader) {
+    if req.version == Version::HTTP_2 && !req.headers.contains_key(header::HOST) {
+        if let Some(v) = req
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        {
+            let _ = req.insert_header(header::HOST, v);
+        }
+    }
     let Some(target) = absolute_target(req) else {
         return;
     };

@@ -81,13 +81,29 @@ fn hop_by_hop_names(h: &http::HeaderMap) -> Option<Vec<http::HeaderName>> {
 }
 
 /// Removes hop-by-hop headers from the request sent upstream; `Upgrade` and `Connection`
-/// survive only on an upgrade request (WebSocket).
+/// survive only on an upgrade request (WebSocket). A client's `TE: trailers` goes on as
+/// `TE: trailers` (the one value RFC 9113 §8.2.2 allows in HTTP/2; gRPC servers ask for
+/// it, and Envoy and nginx's `grpc_pass` forward it), any other `TE` value is dropped.
 pub fn strip_hop_by_hop_request(req: &mut RequestHeader, upgrade: bool) {
     let Some(names) = hop_by_hop_names(&req.headers) else {
         return;
     };
+    let trailers = req.headers.get_all(http::header::TE).iter().any(|v| {
+        v.to_str().is_ok_and(|v| {
+            v.split(',').any(|t| {
+                t.split(';')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .eq_ignore_ascii_case("trailers")
+            })
+        })
+    });
     for n in &names {
         req.remove_header(n);
+    }
+    if trailers {
+        let _ = req.insert_header(http::header::TE, "trailers");
     }
     if !upgrade {
         req.remove_header("upgrade");
@@ -201,10 +217,21 @@ mod tests {
         req.insert_header("te", "trailers").unwrap();
         req.insert_header("x-fine", "1").unwrap();
         strip_hop_by_hop_request(&mut req, false);
-        for h in ["connection", "x-secret", "keep-alive", "te"] {
+        for h in ["connection", "x-secret", "keep-alive"] {
             assert!(req.headers.get(h).is_none(), "{h} survived");
         }
         assert!(req.headers.get("x-fine").is_some());
+        assert_eq!(req.headers["te"], "trailers", "gRPC's TE: trailers goes on");
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        req.insert_header("te", "gzip;q=0.5, Trailers").unwrap();
+        strip_hop_by_hop_request(&mut req, false);
+        assert_eq!(req.headers["te"], "trailers", "only the trailers token");
+        req.insert_header("te", "gzip").unwrap();
+        strip_hop_by_hop_request(&mut req, false);
+        assert!(
+            req.headers.get("te").is_none(),
+            "other codings are hop-by-hop"
+        );
     }
 
     #[test]

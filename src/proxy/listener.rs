@@ -1,6 +1,7 @@
 //! One pingora service per client listener: its read buffer, request-header limits and
-//! deadline (pingora's `HttpServerOptions`), its cap on open connections, and the apps each
-//! connection goes through (cap, PROXY header, TLS handshake, HTTP).
+//! deadline (pingora's `HttpServerOptions`), HTTP/2 (h2c and its limits), its cap on open
+//! connections, and the apps each connection goes through (cap, PROXY header, TLS
+//! handshake, HTTP).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -8,6 +9,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use pingora_core::apps::{HttpServerOptions, ServerApp};
 use pingora_core::listeners::{L4BufferSettings, ListenerConfig as PingoraListener};
+use pingora_core::protocols::http::v2::server::{default_h2_options, H2Options};
 use pingora_core::protocols::Stream;
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::ShutdownWatch;
@@ -18,7 +20,7 @@ use super::edge::EdgeLimits;
 use super::proxy_protocol::ProxyProtocol;
 use super::tls::Tls;
 use super::Gateway;
-use crate::config::model::ListenerConfig;
+use crate::config::model::{HttpListenerConfig, ListenerConfig};
 use crate::state::State;
 
 /// The proxy service of one listener: `Gateway` behind a connection cap, the PROXY
@@ -38,7 +40,9 @@ pub fn service(
     let mut opts = HttpServerOptions::default();
     opts.max_request_header_bytes = Some(h.max_request_header_bytes);
     opts.request_header_timeout = Some(h.header_read_timeout.0);
+    opts.h2c = h.h2c;
     proxy.server_options = Some(opts);
+    proxy.h2_options = Some(h2_options(h));
     let tls = Tls {
         inner: Arc::new(proxy),
         store: state.tls.get(&l.name).cloned(),
@@ -59,6 +63,22 @@ pub fn service(
     let buffers = L4BufferSettings::default().read(read_buffer.max(1024));
     service.add_listener(PingoraListener::tcp(l.address.clone()).l4_buffer(buffers));
     service
+}
+
+/// The HTTP/2 settings of the listener's connections (h2c, and h2 over TLS): concurrent
+/// streams, header list size (the HTTP/1 header limit when unset) and the rapid-reset
+/// bound (CVE-2023-44487). Other settings keep pingora's defaults, among them the `h2`
+/// crate's bound of 1024 streams the gateway itself had to reset for a client's protocol
+/// errors (`max_local_error_reset_streams`, CVE-2025-8671).
+fn h2_options(h: &HttpListenerConfig) -> H2Options {
+    let mut o = default_h2_options();
+    let list =
+        h.h2.max_header_list_size
+            .unwrap_or(h.max_request_header_bytes);
+    o.max_concurrent_streams(h.h2.max_concurrent_streams)
+        .max_header_list_size(u32::try_from(list).unwrap_or(u32::MAX))
+        .max_pending_accept_reset_streams(h.h2.max_pending_reset_streams);
+    o
 }
 
 /// A server app that serves at most `max` connections at once; one beyond is closed as

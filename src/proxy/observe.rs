@@ -19,10 +19,14 @@ const CLIENT_CLOSED_CODE: &str = "client_closed";
 /// Counts the finished request and writes its access-log line (when the snapshot has an
 /// access log).
 pub fn finish(tel: &Telemetry, session: &Session, ctx: &RequestCtx) {
-    let answered = session
-        .response_written()
-        .map(|r| r.status.as_u16())
-        .or(ctx.gateway_error.map(|g| g.status));
+    let answered = match ctx.gateway_error {
+        // A gRPC refusal went out as HTTP 200: it counts as the status it stands for.
+        Some(g) if g.grpc_status.is_some() => Some(g.status),
+        _ => session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .or(ctx.gateway_error.map(|g| g.status)),
+    };
     let status = answered.unwrap_or(CLIENT_CLOSED);
     let source = if ctx.gateway_error.is_some() || ctx.upstream_status.is_none() {
         "gateway"

@@ -2,6 +2,7 @@
 //! that take traffic (retries prefer others), dialed with the upstream's lowered timeouts
 //! cut to what is left of the total deadline.
 
+use pingora_core::protocols::ALPN;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_core::{Error, ErrorType, Result};
 
@@ -11,6 +12,12 @@ use super::resilience;
 use crate::clock::mono_ms;
 use crate::state::Route;
 use crate::telemetry::Telemetry;
+use crate::upstream::Protocol;
+
+/// Requests one pooled HTTP/2 connection carries at once before another is opened (nginx's
+/// `grpc_pass` and Envoy keep one connection with many streams; the upstream's own
+/// `SETTINGS_MAX_CONCURRENT_STREAMS` still applies).
+const H2_STREAMS_PER_CONNECTION: usize = 100;
 
 /// Admission and endpoint choice of one try: backoff of a retry, breaker, bulkhead
 /// slot (cheap refusals before the call), then an endpoint with its timeouts. The
@@ -50,6 +57,7 @@ pub fn choose(ctx: &mut RequestCtx, route: &Route) -> Result<Box<HttpPeer>> {
     peer.options.read_timeout = Some(s.read);
     peer.options.write_timeout = Some(s.write);
     peer.options.idle_timeout = Some(s.idle);
+    set_protocol(&mut peer, s.protocol);
     if let Some(total) = s.total {
         let left = total.saturating_sub(ctx.started.elapsed());
         if left.is_zero() {
@@ -63,4 +71,18 @@ pub fn choose(ctx: &mut RequestCtx, route: &Route) -> Result<Box<HttpPeer>> {
         peer.options.connection_timeout = Some(s.connect.min(left));
     }
     Ok(Box::new(peer))
+}
+
+/// The ALPN of the try's connection. pingora speaks HTTP/2 when the lowest version offered
+/// is 2: negotiated over TLS (`h2`), or by prior knowledge on a clear-text connection
+/// (`h2c`, `connectors/http/v2.rs`), with up to [`H2_STREAMS_PER_CONNECTION`] requests
+/// multiplexed on one pooled connection.
+fn set_protocol(peer: &mut HttpPeer, protocol: Protocol) {
+    match protocol {
+        Protocol::Http1 => peer.options.alpn = ALPN::H1,
+        Protocol::H2 | Protocol::H2c => {
+            peer.options.alpn = ALPN::H2;
+            peer.options.max_h2_streams = H2_STREAMS_PER_CONNECTION;
+        }
+    }
 }

@@ -216,6 +216,38 @@ impl Refusal {
         }
     }
 
+    /// The gRPC status code (gRPC's `doc/statuscodes.md`) of the answer to a gRPC request,
+    /// which gets HTTP 200 and this code in `grpc-status` instead of the status: the
+    /// meaning where the refusal has one (no route: 12 UNIMPLEMENTED; unavailable,
+    /// breaker open, connect failures: 14 UNAVAILABLE; the upstream's or the total
+    /// deadline: 4 DEADLINE_EXCEEDED; a size limit or 429: 8 RESOURCE_EXHAUSTED), else
+    /// gRPC's "HTTP to gRPC status code mapping" of [`Refusal::status`]
+    /// ([`grpc_status_of_http`]).
+    pub fn grpc_status(&self) -> u8 {
+        match self {
+            Refusal::NoRoute => GRPC_UNIMPLEMENTED,
+            Refusal::NoHealthyEndpoint { .. }
+            | Refusal::CircuitOpen { .. }
+            | Refusal::BulkheadFull { .. }
+            | Refusal::Unavailable
+            | Refusal::UpstreamConnectFailed
+            | Refusal::UpstreamConnectTimeout
+            | Refusal::UpstreamReset
+            | Refusal::UpstreamProtocolError
+            | Refusal::UpstreamTruncated
+            | Refusal::UpstreamError => GRPC_UNAVAILABLE,
+            Refusal::DeadlineSpent { .. } | Refusal::UpstreamTimeout => GRPC_DEADLINE_EXCEEDED,
+            Refusal::BodyTooLarge
+            | Refusal::BodyOverBuffer
+            | Refusal::UriTooLong
+            | Refusal::TooManyHeaderFields
+            | Refusal::HeaderFieldTooLarge
+            | Refusal::HeaderSectionTooLarge => GRPC_RESOURCE_EXHAUSTED,
+            Refusal::FilterFailed | Refusal::Internal => GRPC_INTERNAL,
+            _ => grpc_status_of_http(self.status()),
+        }
+    }
+
     /// The human message of the JSON body (never a secret).
     pub fn message(&self) -> String {
         self.to_string()
@@ -259,6 +291,39 @@ impl Refusal {
     /// The refusal a pingora error carries, if it was made by [`Refusal::into_error`].
     pub fn of_error(e: &Error) -> Option<&Refusal> {
         e.root_cause().downcast_ref::<Refusal>()
+    }
+}
+
+/// gRPC status 2: UNKNOWN.
+const GRPC_UNKNOWN: u8 = 2;
+/// gRPC status 4: DEADLINE_EXCEEDED.
+const GRPC_DEADLINE_EXCEEDED: u8 = 4;
+/// gRPC status 7: PERMISSION_DENIED.
+const GRPC_PERMISSION_DENIED: u8 = 7;
+/// gRPC status 8: RESOURCE_EXHAUSTED.
+const GRPC_RESOURCE_EXHAUSTED: u8 = 8;
+/// gRPC status 12: UNIMPLEMENTED.
+const GRPC_UNIMPLEMENTED: u8 = 12;
+/// gRPC status 13: INTERNAL.
+const GRPC_INTERNAL: u8 = 13;
+/// gRPC status 14: UNAVAILABLE.
+const GRPC_UNAVAILABLE: u8 = 14;
+/// gRPC status 16: UNAUTHENTICATED.
+const GRPC_UNAUTHENTICATED: u8 = 16;
+
+/// gRPC's "HTTP to gRPC status code mapping" (`doc/http-grpc-status-mapping.md`), with
+/// 429 and the size limits (413, 414, 431) as 8 RESOURCE_EXHAUSTED, their meaning (the
+/// table has 429 as UNAVAILABLE), and 408 as 4 DEADLINE_EXCEEDED.
+pub fn grpc_status_of_http(status: u16) -> u8 {
+    match status {
+        400 | 500 => GRPC_INTERNAL,
+        401 => GRPC_UNAUTHENTICATED,
+        403 => GRPC_PERMISSION_DENIED,
+        404 => GRPC_UNIMPLEMENTED,
+        408 => GRPC_DEADLINE_EXCEEDED,
+        413 | 414 | 429 | 431 => GRPC_RESOURCE_EXHAUSTED,
+        502..=504 => GRPC_UNAVAILABLE,
+        _ => GRPC_UNKNOWN,
     }
 }
 
@@ -334,6 +399,40 @@ mod tests {
         for (r, status, code, headers) in cases {
             assert_eq!((r.status(), r.code()), (status, code), "{r:?}");
             assert_eq!(r.headers(), headers, "{r:?}");
+        }
+    }
+
+    #[test]
+    fn grpc_requests_get_the_status_code_of_the_refusals_meaning() {
+        let rejected = |status| Refusal::Rejected {
+            status,
+            code: "x",
+            message: "m".into(),
+            headers: vec![],
+        };
+        #[rustfmt::skip]
+        let cases: Vec<(Refusal, u8)> = vec![
+            (Refusal::NoRoute, 12),
+            (Refusal::NoHealthyEndpoint { upstream: up() }, 14),
+            (Refusal::CircuitOpen { upstream: up(), retry_after: Duration::from_secs(1) }, 14),
+            (Refusal::BulkheadFull { upstream: up(), reason: "full".into() }, 14),
+            (Refusal::UpstreamConnectFailed, 14),
+            (Refusal::UpstreamConnectTimeout, 14),
+            (Refusal::UpstreamReset, 14),
+            (Refusal::UpstreamTimeout, 4),
+            (Refusal::DeadlineSpent { upstream: up(), retrying: true }, 4),
+            (Refusal::BodyTooLarge, 8),
+            (Refusal::HeaderSectionTooLarge, 8),
+            (Refusal::FilterFailed, 13),
+            (Refusal::BadRequest, 13),
+            (rejected(401), 16),
+            (rejected(403), 7),
+            (rejected(429), 8),
+            (rejected(418), 2),
+            (Refusal::Status(503), 14),
+        ];
+        for (r, code) in cases {
+            assert_eq!(r.grpc_status(), code, "{r:?}");
         }
     }
 

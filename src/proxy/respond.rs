@@ -1,6 +1,6 @@
 //! The one place where failures become HTTP responses: a [`Refusal`] (made by the gateway,
 //! or read from a pingora error by [`classify`]) becomes a status, a stable
-//! `X-Gatehouse-Error` code and a small JSON body.
+//! `X-Gatehouse-Error` code and a small JSON body, or for a gRPC request a gRPC status.
 
 use bytes::Bytes;
 use pingora_core::{Error, ErrorSource, ErrorType};
@@ -91,26 +91,92 @@ pub fn error_body(code: &str, message: &str, request_id: &str) -> Bytes {
     ))
 }
 
-/// Sends the gateway's answer for `refusal` and records it in the context. Errors
-/// writing to a client that went away are logged at debug level only.
+/// Sends the gateway's answer for `refusal` and records it in the context: a JSON body
+/// with the refusal's status, or for a gRPC request a gRPC status ([`grpc_answer`]).
+/// Errors writing to a client that went away are logged at debug level only.
 pub async fn refuse(session: &mut Session, ctx: &mut RequestCtx, refusal: &Refusal) {
     let (status, code) = (refusal.status(), refusal.code());
-    ctx.gateway_error = Some(GatewayError { status, code });
-    let body = error_body(code, &refusal.message(), &ctx.request_id);
-    let headers = refusal.headers();
-    if let Err(e) = write(
-        session,
-        ctx,
+    let mut headers = refusal.headers();
+    let grpc = grpc_content_type(session.req_header());
+    let grpc_status = grpc.map(|_| refusal.grpc_status());
+    ctx.gateway_error = Some(GatewayError {
         status,
-        Some(code),
-        &headers,
-        "application/json",
-        body,
-    )
-    .await
-    {
+        code,
+        grpc_status,
+    });
+    let written = match (grpc, grpc_status) {
+        (Some(content_type), Some(g)) => {
+            headers.extend(grpc_answer(g, &refusal.message()));
+            write(
+                session,
+                ctx,
+                200,
+                Some(code),
+                &headers,
+                content_type,
+                Bytes::new(),
+            )
+            .await
+        }
+        _ => {
+            let body = error_body(code, &refusal.message(), &ctx.request_id);
+            write(
+                session,
+                ctx,
+                status,
+                Some(code),
+                &headers,
+                "application/json",
+                body,
+            )
+            .await
+        }
+    };
+    if let Err(e) = written {
         tracing::debug!(error = %e, "could not send error response");
     }
+}
+
+/// The `content-type` of the gateway's answer when `req` is a gRPC call (its
+/// `content-type` is `application/grpc`, `application/grpc+proto`, ... or gRPC-Web's
+/// `application/grpc-web*`), `None` for any other request.
+fn grpc_content_type(req: &pingora_http::RequestHeader) -> Option<&'static str> {
+    let ct = req.headers.get(http::header::CONTENT_TYPE)?.as_bytes();
+    let lower = |p: &[u8]| ct.len() >= p.len() && ct[..p.len()].eq_ignore_ascii_case(p);
+    if lower(b"application/grpc-web") {
+        Some("application/grpc-web")
+    } else if lower(b"application/grpc") {
+        Some("application/grpc")
+    } else {
+        None
+    }
+}
+
+/// The headers of a gRPC "Trailers-Only" answer (gRPC's `PROTOCOL-HTTP2.md`): HTTP 200
+/// with `grpc-status` and `grpc-message` in the one header block that ends the stream,
+/// which every gRPC client reads as the call's status. The message is percent-encoded as
+/// the protocol requires (bytes outside 0x20..=0x7E, and `%`).
+pub fn grpc_answer(status: u8, message: &str) -> [(http::HeaderName, http::HeaderValue); 2] {
+    let mut encoded = String::with_capacity(message.len());
+    for b in message.bytes() {
+        if (0x20..=0x7e).contains(&b) && b != b'%' {
+            encoded.push(b as char);
+        } else {
+            encoded.push_str(&format!("%{b:02X}"));
+        }
+    }
+    [
+        (
+            http::HeaderName::from_static("grpc-status"),
+            http::HeaderValue::from(u16::from(status)),
+        ),
+        (
+            http::HeaderName::from_static("grpc-message"),
+            // Only visible ASCII is left, which is always a valid header value.
+            http::HeaderValue::from_str(&encoded)
+                .unwrap_or_else(|_| http::HeaderValue::from_static("")),
+        ),
+    ]
 }
 
 /// `fail_to_proxy`: the answer for a failed request, from the refusal its error carries or
@@ -126,7 +192,11 @@ pub async fn fail(session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> Fai
     let (status, code) = (refusal.status(), refusal.code());
     if session.response_written().is_some() {
         if Refusal::of_error(e).is_some() {
-            ctx.gateway_error = Some(GatewayError { status, code });
+            ctx.gateway_error = Some(GatewayError {
+                status,
+                code,
+                grpc_status: None,
+            });
         }
         return FailToProxy {
             error_code: status,
@@ -214,7 +284,11 @@ pub fn unparsed(
     ctx.request_id = super::headers::new_request_id();
     ctx.client_ip = peer;
     let (status, code) = (refusal.status(), refusal.code());
-    ctx.gateway_error = Some(GatewayError { status, code });
+    ctx.gateway_error = Some(GatewayError {
+        status,
+        code,
+        grpc_status: None,
+    });
     let body = error_body(code, &refusal.message(), &ctx.request_id);
     let resp = head(
         &ctx,
@@ -306,6 +380,35 @@ mod tests {
                 Some(crate::resilience::RetryReason::ConnectError)
             )
         );
+    }
+
+    #[test]
+    fn grpc_answers_carry_a_percent_encoded_message() {
+        let [(n, v), (m, w)] = grpc_answer(14, "upstream \"api\" is 100% down: ü");
+        assert_eq!((n.as_str(), v.to_str().unwrap()), ("grpc-status", "14"));
+        assert_eq!(m.as_str(), "grpc-message");
+        assert_eq!(
+            w.to_str().unwrap(),
+            "upstream \"api\" is 100%25 down: %C3%BC"
+        );
+        let req = |ct: &str| {
+            let mut r = pingora_http::RequestHeader::build("POST", b"/a.B/C", None).unwrap();
+            r.insert_header("content-type", ct).unwrap();
+            r
+        };
+        assert_eq!(
+            grpc_content_type(&req("application/grpc")),
+            Some("application/grpc")
+        );
+        assert_eq!(
+            grpc_content_type(&req("application/grpc+proto")),
+            Some("application/grpc")
+        );
+        assert_eq!(
+            grpc_content_type(&req("application/grpc-web+proto")),
+            Some("application/grpc-web")
+        );
+        assert_eq!(grpc_content_type(&req("application/json")), None);
     }
 
     #[test]

@@ -14,7 +14,7 @@ use arc_swap::ArcSwap;
 
 use std::time::Duration;
 
-use crate::config::model::{HostHeaderPolicy, UpstreamConfig};
+use crate::config::model::{HostHeaderPolicy, UpstreamConfig, UpstreamProtocol};
 pub use select::Swrr;
 
 /// Where an endpoint came from, shown on `/admin/upstreams`.
@@ -286,6 +286,19 @@ pub struct PeerSettings {
     pub idle: Duration,
     /// The `Host` header policy.
     pub host_header: HostHeader,
+    /// The HTTP version spoken to the endpoints.
+    pub protocol: Protocol,
+}
+
+/// The HTTP version of an upstream's connections (`upstreams.*.protocol`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// HTTP/1.1.
+    Http1,
+    /// HTTP/2 over TLS (ALPN `h2`).
+    H2,
+    /// HTTP/2 in clear text, prior knowledge.
+    H2c,
 }
 
 impl PeerSettings {
@@ -302,6 +315,11 @@ impl PeerSettings {
                 HostHeaderPolicy::Preserve => HostHeader::Preserve,
                 HostHeaderPolicy::Endpoint => HostHeader::Endpoint,
                 HostHeaderPolicy::Set(v) => HostHeader::Set(v.clone()),
+            },
+            protocol: match cfg.protocol {
+                UpstreamProtocol::Http1 => Protocol::Http1,
+                UpstreamProtocol::H2 => Protocol::H2,
+                UpstreamProtocol::H2c => Protocol::H2c,
             },
         }
     }

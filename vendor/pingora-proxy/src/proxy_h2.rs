@@ -640,6 +640,8 @@ where
                             // downstream session anyway.
                             session.downstream_session.on_proxy_failure(e);
                         },
+                        // gatehouse patch 12: request_body_filter refused the body.
+                        Err(e) if e.esource == ErrorSource::Internal => return Err(e),
                         Err(e) => {
                             // mark request done, attempt to drain receive
                             warn!("Upstream h2 body send error: {e}");
@@ -1050,14 +1052,19 @@ where
         SV: ProxyHttp + Send + Sync,
         SV::CTX: Send + Sync,
     {
+        // gatehouse patch 12: a filter's error is the proxy's own (`Internal`), so the caller
+        // ends the request with it as proxy_h1 does, instead of taking it for an upstream
+        // write error and waiting for a response the upstream never sends.
         session
             .downstream_modules_ctx
             .request_body_filter(&mut data, end_of_body)
-            .await?;
+            .await
+            .map_err(|e| e.into_in())?;
 
         self.inner
             .request_body_filter(session, &mut data, end_of_body, ctx)
-            .await?;
+            .await
+            .map_err(|e| e.into_in())?;
 
         /* it is normal to get 0 bytes because of multi-chunk parsing or request_body_filter.
          * Although there is no harm writing empty byte to h2, unlike h1, we ignore it
