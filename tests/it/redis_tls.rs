@@ -47,21 +47,17 @@ impl Pki {
 }
 
 fn config(upstream: &std::net::SocketAddr, redis_url: &str, tls: &str) -> String {
-    format!(
-        r#"listeners: [ {{ name: public, address: "{{listen}}" }} ]
-admin: {{ address: "{{admin}}" }}
-runtime: {{ threads: 1 }}
-redis: {{ url: "{redis_url}", timeout: 500ms, tls: {tls} }}
-upstreams:
-  app: {{ discovery: {{ static: [ {{ address: "{upstream}" }} ] }} }}
-routes:
-  - name: limited
-    match: {{ path_prefix: / }}
-    upstream: app
-    filters:
-      - rate_limit: {{ name: per_client, key: "header:x-client", limit: 3, window: 1m, on_redis_error: fail_open }}
-"#
-    )
+    AppConfig::new(&[*upstream])
+        .top("runtime: { threads: 1 }")
+        .top(&format!(
+            "redis: {{ url: \"{redis_url}\", timeout: 500ms, tls: {tls} }}"
+        ))
+        .route(
+            "limited",
+            "/",
+            &["rate_limit: { name: per_client, key: \"header:x-client\", limit: 3, window: 1m, on_redis_error: fail_open }"],
+        )
+        .to_string()
 }
 
 fn files(pki: &Pki, client: bool) -> String {
@@ -93,17 +89,28 @@ async fn statuses(gw: &TestGateway, n: usize) -> Vec<u16> {
     out
 }
 
-fn start_redis(pki: &Pki) -> PrivateRedis {
+/// A TLS-only Redis that requires client certificates, and a gateway limiting through it
+/// with the CA and, when `client_cert`, the client certificate. The parts stay alive with
+/// the returned values.
+async fn gateway_with_tls_redis(
+    client_cert: bool,
+) -> (Pki, PrivateRedis, TestUpstream, TestGateway) {
+    let pki = Pki::new();
     let p = |n: &str| pki.path(n);
-    PrivateRedis::start_tls(&p("server.crt"), &p("server.key"), &p("ca.crt"), true)
+    let redis = PrivateRedis::start_tls(&p("server.crt"), &p("server.key"), &p("ca.crt"), true);
+    let app = TestUpstream::start("app").await;
+    let gw = TestGateway::start(&config(
+        &app.addr,
+        &redis.tls_url(),
+        &files(&pki, client_cert),
+    ))
+    .await;
+    (pki, redis, app, gw)
 }
 
 #[tokio::test]
 async fn rate_limits_reach_a_tls_redis_with_a_client_certificate() {
-    let pki = Pki::new();
-    let redis = start_redis(&pki);
-    let app = TestUpstream::start("app").await;
-    let gw = TestGateway::start(&config(&app.addr, &redis.tls_url(), &files(&pki, true))).await;
+    let (_pki, _redis, _app, gw) = gateway_with_tls_redis(true).await;
     // fail_open admits everything when Redis is unreachable: the 429s prove the counts
     // live in the TLS Redis.
     assert_eq!(
@@ -118,10 +125,7 @@ async fn rate_limits_reach_a_tls_redis_with_a_client_certificate() {
 
 #[tokio::test]
 async fn a_tls_redis_refuses_a_gateway_without_its_client_certificate() {
-    let pki = Pki::new();
-    let redis = start_redis(&pki);
-    let app = TestUpstream::start("app").await;
-    let gw = TestGateway::start(&config(&app.addr, &redis.tls_url(), &files(&pki, false))).await;
+    let (_pki, _redis, _app, gw) = gateway_with_tls_redis(false).await;
     // The handshake fails (the server wants a certificate): fail_open admits all.
     assert_eq!(statuses(&gw, 5).await, [200; 5]);
     let m = gw.metrics().await;
