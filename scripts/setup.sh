@@ -22,6 +22,7 @@ if [ "$mode" = test ]; then
   command -v chromium >/dev/null || need_pkgs+=(chromium)
   command -v nginx >/dev/null || need_pkgs+=(nginx)
   command -v wrk >/dev/null || need_pkgs+=(wrk)
+  command -v h2load >/dev/null || need_pkgs+=(nghttp2-client)   # the load harness's HTTP/2 targets
   command -v openssl >/dev/null || need_pkgs+=(openssl)   # the load harness's TLS certificate
   command -v redis-server >/dev/null || need_pkgs+=(redis-server)
   [ -x /usr/sbin/mariadbd ] || need_pkgs+=(mariadb-server)

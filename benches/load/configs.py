@@ -103,10 +103,17 @@ _RUST_HEADER = """\
 """
 
 # (k) (d) over TLS: the driver's certificate (ECDSA P-256, made with `openssl req`), TLS 1.3
-# only, as (j)'s nginx.
+# only, as (j)'s nginx. The listener's ALPN offers h2 and http/1.1, so (m) is this same config
+# with h2load's clients choosing h2.
 _GATEHOUSE_TLS_BASE = _GATEHOUSE_BASE.replace(
     "    address: 127.0.0.1:$port\n",
     '    address: 127.0.0.1:$port\n    tls: { cert: "$cert", key: "$key", min_version: "1.3" }\n',
+)
+
+# (o) (d) with HTTP/2 in clear text by prior knowledge besides HTTP/1.1 (`http.h2c`).
+_GATEHOUSE_H2C_BASE = _GATEHOUSE_BASE.replace(
+    "    address: 127.0.0.1:$port\n",
+    "    address: 127.0.0.1:$port\n    http: { h2c: true }\n",
 )
 
 GATEHOUSE = {
@@ -121,6 +128,8 @@ GATEHOUSE = {
     "rust_header": Template(_GATEHOUSE_BASE + _ROUTE + _RUST_HEADER),
     # (k) one plain route, clients on https
     "plain_tls": Template(_GATEHOUSE_TLS_BASE + _ROUTE),
+    # (o) one plain route, clients on h2c
+    "plain_h2c": Template(_GATEHOUSE_H2C_BASE + _ROUTE),
 }
 
 # A response header that proves the full stack's headers filter ran.
@@ -160,51 +169,56 @@ NGINX_UPSTREAM = Template(_nginx_head("upstream") + """\
 }
 """)
 
-# (b) nginx as a reverse proxy: one worker, upstream keepalive pool of 1024.
-NGINX_PROXY = Template(_nginx_head("proxy") + """\
-    proxy_temp_path $prefix/tmp_proxy_p;
-    upstream app {
+# Every nginx proxy target: one worker, an upstream keepalive pool of 1024, HTTP/1.1 to
+# the upstream; `listen` and the `ssl_*` lines are what differ. `keepalive_requests`
+# (raised in `_nginx_head`) also bounds the requests of one HTTP/2 connection since
+# nginx 1.19.7 (it replaced `http2_max_requests`, 1000 by default): at 1000 nginx sends
+# GOAWAY and h2load, which does not reconnect, would count the streams in flight as failed.
+def _nginx_proxy(role: str, temp: str, listen: str, tls: bool) -> Template:
+    ssl = """\
+        ssl_certificate $cert;
+        ssl_certificate_key $key;
+        ssl_protocols TLSv1.3;
+""" if tls else ""
+    return Template(_nginx_head(role) + f"""\
+    proxy_temp_path $prefix/tmp_proxy_{temp};
+    upstream app {{
         server 127.0.0.1:$upstream_port;
         keepalive 1024;
         keepalive_requests 1000000;
         keepalive_timeout 300s;
-    }
-    server {
-        listen 127.0.0.1:$port backlog=4096;
-        location / {
+    }}
+    server {{
+        listen 127.0.0.1:$port {listen}backlog=4096;
+{ssl}\
+        location / {{
             proxy_pass http://app;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
-        }
-    }
-}
+        }}
+    }}
+}}
 """)
+
+
+# (b) nginx as a reverse proxy: one worker, upstream keepalive pool of 1024.
+NGINX_PROXY = _nginx_proxy("proxy", "p", "", tls=False)
 
 # (j) (b) with clients on https: the same certificate as (k), TLS 1.3 only, OpenSSL's
 # default TLS 1.3 suites on both (both link the system's libssl); the driver records the
 # protocol and cipher a client negotiates with each. Session tickets and the session cache
 # stay at their defaults on both (wrk keeps its connections: one handshake each).
-NGINX_TLS_PROXY = Template(_nginx_head("tlsproxy") + """\
-    proxy_temp_path $prefix/tmp_proxy_t;
-    upstream app {
-        server 127.0.0.1:$upstream_port;
-        keepalive 1024;
-        keepalive_requests 1000000;
-        keepalive_timeout 300s;
-    }
-    server {
-        listen 127.0.0.1:$port ssl backlog=4096;
-        ssl_certificate $cert;
-        ssl_certificate_key $key;
-        ssl_protocols TLSv1.3;
-        location / {
-            proxy_pass http://app;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-        }
-    }
-}
-""")
+NGINX_TLS_PROXY = _nginx_proxy("tlsproxy", "t", "ssl ", tls=True)
+
+# (l) (j) with HTTP/2 offered by ALPN (`listen ... ssl http2`, nginx 1.22's syntax; 1.25.1
+# moved it to `http2 on;`). nginx's own HTTP/2 limits stay at their defaults
+# (128 concurrent streams per connection; h2load opens 10).
+NGINX_H2_PROXY = _nginx_proxy("h2proxy", "h", "ssl http2 ", tls=True)
+
+# (n) HTTP/2 in clear text: before 1.25.1 a `listen ... http2` without `ssl` speaks
+# only HTTP/2 with prior knowledge (an HTTP/1.1 request there is not answered), which
+# is what h2load sends for an http:// URI.
+NGINX_H2C_PROXY = _nginx_proxy("h2cproxy", "c", "http2 ", tls=False)
 
 # The fixed body the upstream answers (19 bytes; no quotes or `$`, it is pasted
 # into nginx's config as is).

@@ -3,11 +3,12 @@
 
 In one run on 127.0.0.1 it starts one nginx upstream, then for each target
 (a) upstream direct, (b) nginx reverse proxy, (c) bare pingora, (d) gatehouse plain,
-(e) gatehouse full stack, (f) full stack with the limit in Redis, starts the target,
-checks that it answers correctly, and measures it with wrk at each connection count.
+(e) gatehouse full stack, (f) full stack with the limit in Redis, ... (the list is
+`TARGETS`), starts the target, checks that it answers correctly, and measures it with wrk
+(h2load for the HTTP/2 targets) at each connection count.
 It prints a table with ratios and writes the same data as JSON.
 
-Every process it starts is stopped by PID (also on error or Ctrl-C); every wrk run is
+Every process it starts is stopped by PID (also on error or Ctrl-C); every wrk/h2load run is
 bounded by DURATION (+ a hard kill deadline). See README.md beside this file.
 Settings come from the environment (see `Settings`).
 """
@@ -54,14 +55,31 @@ TARGETS = {
     "i": "gatehouse + header Rust filter",
     "j": "nginx proxy, https",
     "k": "gatehouse plain, https",
+    "l": "nginx proxy, h2 (TLS)",
+    "m": "gatehouse plain, h2 (TLS)",
+    "n": "nginx proxy, h2c",
+    "o": "gatehouse plain, h2c",
 }
 
 # gatehouse targets: the config variant of each (configs.GATEHOUSE) and its process name.
 VARIANTS = {"d": "plain", "e": "full", "f": "full_redis", "g": "wasm_noop", "h": "wasm_header",
-            "i": "rust_header", "k": "plain_tls"}
+            "i": "rust_header", "k": "plain_tls", "m": "plain_tls", "o": "plain_h2c"}
+
+# nginx targets: the role of each (its process and file names) and its config template.
+NGINX_TARGETS = {"b": ("proxy", configs.NGINX_PROXY), "j": ("tlsproxy", configs.NGINX_TLS_PROXY),
+                 "l": ("h2proxy", configs.NGINX_H2_PROXY), "n": ("h2cproxy", configs.NGINX_H2C_PROXY)}
 
 # Targets whose clients speak https (the harness's own certificate).
-TLS_TARGETS = ("j", "k")
+TLS_TARGETS = ("j", "k", "l", "m")
+
+# Targets measured with h2load instead of wrk, and the protocol its clients must end up
+# speaking (ALPN `h2` over TLS, or `h2c` by prior knowledge); anything else fails the target.
+H2_TARGETS = {"l": "h2", "m": "h2", "n": "h2c", "o": "h2c"}
+
+# h2load's streams in flight per connection (`-m`): HTTP/2's point is several requests
+# per connection; 10 stays under both servers' concurrent-stream limits (nginx 128,
+# gatehouse 100).
+H2_STREAMS = 10
 
 
 def log(msg: str) -> None:
@@ -117,7 +135,7 @@ class Settings:
             duration=int(os.environ.get("DURATION", "3" if check else "10")),
             warmup=int(os.environ.get("WARMUP", "1" if check else "2")),
             conns=[int(c) for c in os.environ.get("CONNS", "64,1000").split(",") if c],
-            targets=[t.strip() for t in os.environ.get("TARGETS", "a,b,c,d,e,f,g,h,i,j,k").split(",") if t.strip()],
+            targets=[t.strip() for t in os.environ.get("TARGETS", ",".join(TARGETS)).split(",") if t.strip()],
             proxy_cpu=proxy_cpu,
             load_cpu=load_cpu,
             upstream_cpu=int(os.environ.get("UPSTREAM_CPU", str(load_cpu))),
@@ -371,37 +389,169 @@ def redis_counters(addr: str) -> dict[str, int] | None:
 # --- wrk -------------------------------------------------------------------------------
 
 
+def run_load_tool(name: str, cmd: list[str], s: Settings, deadline_s: float, out_path: str,
+                  env: dict | None = None, on_line=None) -> tuple[str, float]:
+    """Runs a load generator pinned to the load CPU, killed after `deadline_s`.
+    `on_line(line, pid)`, when given, sees each line of its output as it is printed.
+    Returns (its stdout and stderr with its exit code appended, its own CPU seconds)."""
+    cmd = ["taskset", "-c", str(s.load_cpu)] + cmd
+    with open(out_path, "wb") as out:
+        p = subprocess.Popen(cmd, stdout=subprocess.PIPE if on_line else out, stderr=subprocess.STDOUT,
+                             stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+        with PROCS.lock:
+            PROCS.live[p.pid] = (name, p, signal.SIGKILL)
+        killer = threading.Timer(deadline_s, lambda: os.kill(p.pid, signal.SIGKILL))
+        killer.start()
+        try:
+            if on_line:
+                assert p.stdout is not None
+                for raw in p.stdout:  # EOF when it exits (or is killed)
+                    out.write(raw)
+                    on_line(raw.decode(errors="replace").rstrip("\n"), p.pid)
+            _, status, ru = os.wait4(p.pid, 0)
+            p.returncode = os.waitstatus_to_exitcode(status)
+        finally:
+            killer.cancel()
+            with PROCS.lock:
+                PROCS.live.pop(p.pid, None)
+    text = open(out_path, encoding="utf-8", errors="replace").read()
+    return text + f"\n[{name} rc={p.returncode}]", ru.ru_utime + ru.ru_stime
+
+
 def run_wrk(s: Settings, port: int, conns: int, duration: int, token: str | None,
             logdir: str, label: str, tls: bool = False) -> tuple[dict, float]:
     """One wrk run pinned to the load CPU. Returns (wrk's counters, wrk's own CPU seconds)."""
     scheme = "https" if tls else "http"
-    cmd = ["taskset", "-c", str(s.load_cpu), "wrk", "-t1", f"-c{conns}", f"-d{duration}s",
-           f"--timeout={s.wrk_timeout}", "-s", os.path.join(HERE, "report.lua"),
-           f"{scheme}://127.0.0.1:{port}/"]
     env = dict(os.environ)
     env.pop("BENCH_TOKEN", None)
     if token:
         env["BENCH_TOKEN"] = token
-    out_path = os.path.join(logdir, f"wrk-{label}.out")
-    with open(out_path, "wb") as out:
-        p = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                             env=env, start_new_session=True)
-    with PROCS.lock:
-        PROCS.live[p.pid] = ("wrk", p, signal.SIGKILL)
-    killer = threading.Timer(duration + 30, lambda: os.kill(p.pid, signal.SIGKILL))
-    killer.start()
-    try:
-        _, status, ru = os.wait4(p.pid, 0)
-        p.returncode = os.waitstatus_to_exitcode(status)
-    finally:
-        killer.cancel()
-        with PROCS.lock:
-            PROCS.live.pop(p.pid, None)
-    text = open(out_path, encoding="utf-8", errors="replace").read()
+    text, cpu_s = run_load_tool(
+        "wrk", ["wrk", "-t1", f"-c{conns}", f"-d{duration}s", f"--timeout={s.wrk_timeout}",
+                "-s", os.path.join(HERE, "report.lua"), f"{scheme}://127.0.0.1:{port}/"],
+        s, duration + 30, os.path.join(logdir, f"wrk-{label}.out"), env)
     for line in text.splitlines():
         if line.startswith("BENCH_JSON "):
-            return json.loads(line[len("BENCH_JSON "):]), ru.ru_utime + ru.ru_stime
-    raise RuntimeError(f"wrk rc={p.returncode} printed no result:\n{text[-2000:]}")
+            return json.loads(line[len("BENCH_JSON "):]), cpu_s
+    raise RuntimeError(f"wrk printed no result:\n{text[-2000:]}")
+
+
+def percentile(sorted_vals: list[int], q: float) -> int:
+    """Nearest-rank percentile (q in 0..100) of an ascending list; 0 for an empty one."""
+    if not sorted_vals:
+        return 0
+    rank = max(1, -(-len(sorted_vals) * q // 100))  # ceil(n * q / 100), at least 1
+    return sorted_vals[int(rank) - 1]
+
+
+def parse_h2load(text: str, log_path: str | None, duration: int) -> dict:
+    """h2load's summary and its per-request log, as the counters `report.lua` gives for wrk.
+
+    h2load 1.52 prints no percentiles, only min/max/mean/sd: the percentiles come from
+    `--log-file` (one line per finished request: start in us since the epoch, status or
+    -1 for a failed stream, us from the request's start to the end of its response, the
+    same span wrk measures)."""
+    out: dict = {"err_connect": text.count("client could not connect to host")}
+    for line in text.splitlines():
+        w = line.replace(",", "").split()
+        if line.startswith("requests: "):
+            # requests: N total, N started, N done, N succeeded, N failed, N errored, N timeout
+            vals = dict(zip(w[2::2], map(int, w[1::2])))
+            out["requests"] = vals["done"]
+            out["succeeded"] = vals["succeeded"]
+            # h2load's `failed`: streams reset, cut off or timed out (`errored`, `timeout`)
+            # and responses with status >= 400 (also counted under "status codes")
+            out["err_failed"] = vals["failed"]
+            out["errored"], out["timed_out"] = vals["errored"], vals["timeout"]
+        elif line.startswith("status codes: "):
+            vals = dict(zip(w[3::2], map(int, w[2::2])))
+            out["status_4xx"], out["status_5xx"] = vals["4xx"], vals["5xx"]
+        elif line.startswith("Application protocol: "):
+            out["protocol"] = w[2]
+        elif line.startswith("TLS Protocol: "):
+            out["tls"] = w[2]
+        elif line.startswith("Cipher: "):
+            out["cipher"] = w[1]
+    if "requests" not in out:
+        raise RuntimeError(f"h2load printed no result:\n{text[-2000:]}")
+    # In a timed run h2load counts the requests that ended within its measured span and
+    # divides by `-D` ("finished in" is the whole run, warm-up included): so does the harness.
+    out["duration_us"] = duration * 1e6
+    lat: list[int] = []
+    if log_path and os.path.exists(log_path):  # absent when no request ended
+        with open(log_path) as f:
+            for row in f:
+                cols = row.split("\t")
+                if len(cols) >= 3:
+                    lat.append(int(cols[2]))
+        lat.sort()
+    out["logged"] = len(lat)
+    for q, k in ((50, "p50_us"), (90, "p90_us"), (99, "p99_us"), (99.9, "p999_us"), (100, "lat_max_us")):
+        out[k] = percentile(lat, q)
+    return out
+
+
+def run_h2load(s: Settings, port: int, conns: int, duration: int, warmup: int, logdir: str,
+               label: str, proto: str, on_phase=None) -> tuple[dict, float]:
+    """One h2load run (one thread, `conns` connections, H2_STREAMS streams each) pinned to
+    the load CPU: `warmup` s of h2load's own warm-up (from its first connect; not counted),
+    then `duration` s measured. `proto` is what the clients must speak: `h2` (https, ALPN
+    offering only h2) or `h2c` (http, prior knowledge). `on_phase("start" | "end", pid)`
+    is called when h2load says that the measured span starts and ends, so that the caller
+    can probe CPU at those instants (h2load's own counters cover only that span). Returns
+    (counters as `parse_h2load`, h2load's CPU seconds over the whole run).
+
+    The warm-up is in the same run because h2load 1.52 has a bug that hangs it: a client
+    whose connection (TLS handshake) completes after the measured span ended is never
+    stopped and keeps sending requests forever. A warm-up lets every connection complete
+    before the span starts; should one still be late, the run is killed 10 s after the span
+    and the target fails with that explanation."""
+    scheme = "https" if proto == "h2" else "http"
+    log_path = os.path.join(logdir, f"h2load-{label}.tsv")
+    if os.path.exists(log_path):
+        os.remove(log_path)  # h2load appends to it
+    cmd = ["h2load", "-t1", f"-c{conns}", f"-m{H2_STREAMS}", f"-D{duration}", "--npn-list=h2",
+           f"--log-file={log_path}"]
+    if warmup > 0:
+        cmd.append(f"--warm-up-time={warmup}")
+    stuck = threading.Event()
+    timers: list[threading.Timer] = []
+
+    def on_line(line: str, pid: int) -> None:
+        if line.startswith("Main benchmark duration is started"):
+            if on_phase:
+                on_phase("start", pid)
+        elif line.startswith("Main benchmark duration is over"):
+            if on_phase:
+                on_phase("end", pid)
+        elif line.startswith("Stopped all clients"):
+            def kill_if_stuck() -> None:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                    stuck.set()
+                except ProcessLookupError:
+                    pass
+            timers.append(threading.Timer(10, kill_if_stuck))
+            timers[-1].start()
+
+    try:
+        text, cpu_s = run_load_tool("h2load", cmd + [f"{scheme}://127.0.0.1:{port}/"], s,
+                                    warmup + duration + 30, os.path.join(logdir, f"h2load-{label}.out"),
+                                    on_line=on_line)
+    finally:
+        for timer in timers:
+            timer.cancel()
+    if stuck.is_set():
+        raise RuntimeError(f"h2load did not exit 10 s after its measured span: a connection that "
+                           f"completed only after the span keeps sending (h2load 1.52's bug; "
+                           f"{conns} connections did not all connect within WARMUP={warmup}s: "
+                           f"raise WARMUP)")
+    res = parse_h2load(text, log_path, duration)
+    if os.path.exists(log_path):
+        os.remove(log_path)  # up to DURATION x req/s lines: the figures are in the JSON
+    if res.get("protocol") != proto:
+        raise RuntimeError(f"h2load spoke {res.get('protocol')!r}, not {proto}:\n{text[-2000:]}")
+    return res, cpu_s
 
 
 # --- targets ---------------------------------------------------------------------------
@@ -506,23 +656,16 @@ class Harness:
             pin_all_threads(self.upstream.pid, s.proxy_cpu)
             return Target(key, TARGETS[key], self.upstream_port, self.upstream.pid, None)
         port = free_port()
-        if key == "b":
-            conf = os.path.join(self.tmp, "proxy.conf")
+        if key in NGINX_TARGETS:
+            role, template = NGINX_TARGETS[key]
+            cert, key_file = self.tls_cert() if key in TLS_TARGETS else ("", "")
+            conf = os.path.join(self.tmp, f"{role}.conf")
             with open(conf, "w") as f:
-                f.write(configs.NGINX_PROXY.substitute(prefix=self.tmp, port=port,
-                                                       upstream_port=self.upstream_port))
-            p = PROCS.start("nginx-proxy", ["nginx", "-p", self.tmp, "-e", "stderr", "-c", conf],
+                f.write(template.substitute(prefix=self.tmp, port=port, cert=cert, key=key_file,
+                                            upstream_port=self.upstream_port))
+            p = PROCS.start(f"nginx-{role}", ["nginx", "-p", self.tmp, "-e", "stderr", "-c", conf],
                             self.tmp, s.proxy_cpu, signal.SIGTERM)
-            return Target(key, TARGETS[key], port, p.pid, p)
-        if key == "j":
-            cert, key_file = self.tls_cert()
-            conf = os.path.join(self.tmp, "tlsproxy.conf")
-            with open(conf, "w") as f:
-                f.write(configs.NGINX_TLS_PROXY.substitute(prefix=self.tmp, port=port, cert=cert,
-                                                           key=key_file, upstream_port=self.upstream_port))
-            p = PROCS.start("nginx-tlsproxy", ["nginx", "-p", self.tmp, "-e", "stderr", "-c", conf],
-                            self.tmp, s.proxy_cpu, signal.SIGTERM)
-            return Target(key, TARGETS[key], port, p.pid, p, tls=True)
+            return Target(key, TARGETS[key], port, p.pid, p, tls=key in TLS_TARGETS)
         if key == "c":
             if not os.access(s.bare_bin, os.X_OK):
                 raise FileNotFoundError(
@@ -531,7 +674,7 @@ class Harness:
                                            f"127.0.0.1:{self.upstream_port}"],
                             self.tmp, s.proxy_cpu, signal.SIGINT)
             return Target(key, TARGETS[key], port, p.pid, p)
-        # d, e, f: gatehouse
+        # the others: gatehouse
         if not os.access(s.gatehouse_bin, os.X_OK):
             raise FileNotFoundError(
                 f"{s.gatehouse_bin} missing: cargo build --release (or BUILD=1, or GATEHOUSE_BIN=...)")
@@ -560,18 +703,44 @@ class Harness:
                       token=self.token if key in ("e", "f") else None, admin_port=admin_port,
                       tls=key in TLS_TARGETS)
 
-    def sanity(self, t: Target) -> None:
-        """The target must answer the upstream's body; the full stack must really filter."""
-        wait_port(t.port, t.proc)
-        hdrs = {"Authorization": f"Bearer {t.token}"} if t.token else {}
+    def sanity_h2(self, t: Target) -> None:
+        """An HTTP/2 target must answer the upstream's body over HTTP/2 (nghttp, which speaks
+        nothing else: h2 by ALPN over TLS, h2c by prior knowledge in clear text)."""
+        proto = H2_TARGETS[t.key]
+        url = f"{'https' if proto == 'h2' else 'http'}://127.0.0.1:{t.port}/"
+        har = os.path.join(self.tmp, f"nghttp-{t.key}.har")
         deadline = time.monotonic() + 10
         while True:  # the listener may accept before the proxy is ready to route
-            status, h, body = http_get(t.port, "/", hdrs, tls=t.tls)
+            out = subprocess.run(["nghttp", f"--har={har}", url], capture_output=True, timeout=15)
+            try:
+                with open(har) as f:
+                    status = json.load(f)["log"]["entries"][0]["response"]["status"]
+            except (OSError, ValueError, KeyError, IndexError):
+                status = None
             if status == 200 or time.monotonic() > deadline:
                 break
             time.sleep(0.2)
-        if status != 200 or body.decode(errors="replace") != configs.UPSTREAM_BODY:
-            raise RuntimeError(f"GET / answered {status} {body[:200]!r}")
+        body = out.stdout.decode(errors="replace")
+        if status != 200 or body != configs.UPSTREAM_BODY:
+            raise RuntimeError(f"nghttp GET {url} ({proto}) answered {status} {body[:200]!r} "
+                               f"{out.stderr.decode(errors='replace')[-500:]}")
+        t.notes.append(f"checked: 200 and the body over {proto} (nghttp)")
+
+    def sanity(self, t: Target) -> None:
+        """The target must answer the upstream's body; the full stack must really filter."""
+        wait_port(t.port, t.proc)
+        if t.key in H2_TARGETS:
+            self.sanity_h2(t)
+        hdrs = {"Authorization": f"Bearer {t.token}"} if t.token else {}
+        deadline = time.monotonic() + 10
+        while t.key != "n":  # (n) speaks only HTTP/2 (sanity_h2 checked it)
+            # the listener may accept before the proxy is ready to route
+            status, h, body = http_get(t.port, "/", hdrs, tls=t.tls)
+            if status == 200 or time.monotonic() > deadline:
+                if status != 200 or body.decode(errors="replace") != configs.UPSTREAM_BODY:
+                    raise RuntimeError(f"GET / answered {status} {body[:200]!r}")
+                break
+            time.sleep(0.2)
         if t.key in ("e", "f"):
             mark = configs.FULL_STACK_MARKER_HEADER
             if h.get(mark) != "1":
@@ -585,8 +754,12 @@ class Harness:
             ctx = ssl.create_default_context()
             ctx.check_hostname = False
             ctx.verify_mode = ssl.CERT_NONE
+            ctx.set_alpn_protocols(["h2", "http/1.1"])
             with ctx.wrap_socket(raw, server_hostname="localhost") as tls:
-                t.notes.append(f"TLS: {tls.version()} {tls.cipher()[0]}")
+                alpn = tls.selected_alpn_protocol()
+                t.notes.append(f"TLS: {tls.version()} {tls.cipher()[0]} ALPN {alpn}")
+            if t.key in H2_TARGETS and alpn != "h2":
+                raise RuntimeError(f"ALPN offering h2 and http/1.1 selected {alpn!r}, not h2")
         if t.admin_port:
             status, _, body = http_get(t.admin_port, "/metrics")
             if status != 200 or b"gatehouse_" not in body:
@@ -601,28 +774,46 @@ class Harness:
         redis_before = redis_counters(self.redis_addr) if t.key == "f" else None
         for c in s.conns:
             label = f"{t.key}-c{c}"
-            if s.warmup > 0:
+            h2 = H2_TARGETS.get(t.key)
+            if s.warmup > 0 and not h2:  # h2load warms up inside its run (see run_h2load)
                 run_wrk(s, t.port, c, s.warmup, t.token, self.tmp, label + "-warmup", t.tls)
             sampler = Sampler(t.pid)
-            up_pid = self.upstream.pid if self.upstream else None
-            t0_cpu = cpu_ticks(t.pid)
-            up0 = cpu_ticks(up_pid) if (up_pid and t.key != "a") else 0
-            rc0 = redis_counters(self.redis_addr) if t.key == "f" else None
+            up_pid = self.upstream.pid if (self.upstream and t.key != "a") else None
             rp = self.redis_proc.pid if (t.key == "f" and self.redis_proc) else None
-            redis0 = cpu_ticks(rp) if rp else 0
-            busy0 = busy_ticks()
+
+            def snap(load_pid: int | None = None) -> dict:
+                """CPU ticks of the target, the upstream, the private Redis, the load
+                generator and all CPUs, and Redis's command counters, at one instant."""
+                return {"target": cpu_ticks(t.pid), "up": cpu_ticks(up_pid) if up_pid else 0,
+                        "redis": cpu_ticks(rp) if rp else 0, "busy": busy_ticks(),
+                        "load": cpu_ticks(load_pid) if load_pid else 0,
+                        "rc": redis_counters(self.redis_addr) if t.key == "f" else None}
+
             sampler.start()
-            wrk, wrk_cpu_s = run_wrk(s, t.port, c, s.duration, t.token, self.tmp, label, t.tls)
+            if h2:
+                # probed when h2load's measured span starts and ends (after its warm-up)
+                marks: dict[str, dict] = {}
+                wrk, _ = run_h2load(s, t.port, c, s.duration, s.warmup, self.tmp, label, h2,
+                                    on_phase=lambda phase, pid: marks.__setitem__(phase, snap(pid)))
+                if "start" not in marks or "end" not in marks:
+                    raise RuntimeError(f"h2load never reported its measured span ({sorted(marks)})")
+                before, after = marks["start"], marks["end"]
+                wrk_cpu_s = (after["load"] - before["load"]) / CLK_TCK
+            else:
+                before = snap()
+                wrk, wrk_cpu_s = run_wrk(s, t.port, c, s.duration, t.token, self.tmp, label, t.tls)
+                after = snap()
             sampler.finish()
-            busy_s = (busy_ticks() - busy0) / CLK_TCK
-            cpu_s = (cpu_ticks(t.pid) - t0_cpu) / CLK_TCK
-            up_cpu_s = (cpu_ticks(up_pid) - up0) / CLK_TCK if (up_pid and t.key != "a") else 0.0
-            rc1 = redis_counters(self.redis_addr) if t.key == "f" else None
-            redis_cpu_s = (cpu_ticks(rp) - redis0) / CLK_TCK if rp else 0.0
+            busy_s = (after["busy"] - before["busy"]) / CLK_TCK
+            cpu_s = (after["target"] - before["target"]) / CLK_TCK
+            up_cpu_s = (after["up"] - before["up"]) / CLK_TCK
+            rc0, rc1 = before["rc"], after["rc"]
+            redis_cpu_s = (after["redis"] - before["redis"]) / CLK_TCK
             n = wrk["requests"]
             secs = wrk["duration_us"] / 1e6
-            errors = wrk["err_connect"] + wrk["err_read"] + wrk["err_write"] + \
-                wrk["err_status"] + wrk["err_timeout"]
+            # wrk: connect, read, write, timeout, status >= 400; h2load: connect, failed
+            # (streams reset, cut off or timed out, and status >= 400).
+            errors = sum(v for k, v in wrk.items() if k.startswith("err_"))
             # CPU busy on the load core: wrk, plus the upstream when it shares that core.
             # (a private Redis is pinned with the upstream)
             load_core = wrk_cpu_s + ((up_cpu_s + redis_cpu_s) if s.upstream_cpu == s.load_cpu else 0.0)
@@ -638,6 +829,7 @@ class Harness:
                 "cpu_us_per_req": round(cpu_s * 1e6 / n, 2) if n else None,
                 "peak_rss_kib": sampler.max_rss, "peak_fds": sampler.max_fds,
                 "upstream_cpu_us_per_req": round(up_cpu_s * 1e6 / n, 2) if n and up_pid and t.key != "a" else None,
+                # the load generator's (wrk's or h2load's) CPU per request
                 "wrk_cpu_us_per_req": round(wrk_cpu_s * 1e6 / n, 2) if n else None,
                 "load_core_busy": round(load_core / secs, 3) if secs else None,
                 # CPU that neither the target, the upstream nor wrk used (other processes,
@@ -652,6 +844,11 @@ class Harness:
                 run["redis_script_calls_per_req"] = round((rc1["scripts"] - rc0["scripts"]) / n, 3)
             if rp and n:
                 run["redis_cpu_us_per_req"] = round(redis_cpu_s * 1e6 / n, 2)
+            if h2:
+                run["load_tool"] = f"h2load -m{H2_STREAMS} ({h2})"
+                run["h2load"] = {k: wrk[k] for k in ("succeeded", "errored", "timed_out", "status_4xx",
+                                                     "status_5xx", "logged", "protocol", "tls", "cipher")
+                                 if k in wrk}
             res["runs"][str(c)] = run
             log(f"{t.key} {t.name} c={c}: {run['rps']:.0f} req/s p50={run['p50_ms']:.2f}ms "
                 f"p99={run['p99_ms']:.2f}ms errors={errors} cpu={run['cpu_us_per_req']}us/req "
@@ -661,8 +858,8 @@ class Harness:
         res["after"] = probe(t.pid)
         res["hwm_kib"] = res["after"]["hwm_kib"]
         if redis_before is not None:
-            after = redis_counters(self.redis_addr)
-            res["redis_used"] = bool(after and after["scripts"] > redis_before["scripts"])
+            counters = redis_counters(self.redis_addr)
+            res["redis_used"] = bool(counters and counters["scripts"] > redis_before["scripts"])
             res["redis"] = self.redis_addr + (" (private, started by the harness)" if self.redis_proc else "")
         return res
 
@@ -691,7 +888,8 @@ class Harness:
                     self.sanity(t)
                     per_round.setdefault(key, []).append(self.measure(t))
                 except Exception as e:
-                    name = {"b": "nginx-proxy", "c": "bare-proxy", "j": "nginx-tlsproxy"}.get(key) or \
+                    name = (f"nginx-{NGINX_TARGETS[key][0]}" if key in NGINX_TARGETS else None) or \
+                        ("bare-proxy" if key == "c" else None) or \
                         (f"gatehouse-{VARIANTS[key]}" if key in VARIANTS else "upstream")
                     tail = log_tail(self.tmp, name)
                     self.failures[key] = f"{e}" + (f"\n--- log tail ---\n{tail}" if tail else "")
@@ -828,6 +1026,9 @@ def issue_targets(results: dict, mem: dict, conns: list[int]) -> list[dict]:
     # Issue 15: TLS termination, gatehouse against nginx with the same certificate and cipher.
     v = pr("k", "j"); add(f"https: gatehouse / nginx req/s @{small}", v, "(reported)", True)
     v = pr("k", "d"); add(f"https / clear-text gatehouse req/s @{small}", v, "(reported)", True)
+    # Issue 15: HTTP/2 (h2load, 10 streams per connection), over TLS and in clear text.
+    v = pr("m", "l"); add(f"h2 (TLS): gatehouse / nginx req/s @{small}", v, "(reported)", True)
+    v = pr("o", "n"); add(f"h2c: gatehouse / nginx req/s @{small}", v, "(reported)", True)
     for k in ("d", "e", "f"):
         r = run(k, big)
         if not r or not many:
@@ -873,7 +1074,7 @@ def env_info(s: Settings) -> dict:
         "time": dt.datetime.now().isoformat(timespec="seconds"),
         "git": cmd(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"]),
         "kernel": platform.release(), "cpus": os.cpu_count(), "cpu_model": model,
-        "nginx": cmd(["nginx", "-v"]), "wrk": cmd(["wrk", "-v"]),
+        "nginx": cmd(["nginx", "-v"]), "wrk": cmd(["wrk", "-v"]), "h2load": cmd(["h2load", "--version"]),
         "gatehouse_bin": binfo(s.gatehouse_bin), "bare_bin": binfo(s.bare_bin),
     }
 
@@ -890,9 +1091,10 @@ def main(argv: list[str]) -> int:
     if s.check and not configs.REDIS_TIMEOUT:
         # CI asserts errors, never timing: a 50ms Redis timeout on a busy CI box is timing.
         configs.REDIS_TIMEOUT = "1s"
-    for tool in ("wrk", "nginx", "taskset"):
+    tools = ["wrk", "nginx", "taskset"] + (["h2load", "nghttp"] if set(s.targets) & set(H2_TARGETS) else [])
+    for tool in tools:
         if not shutil.which(tool):
-            log(f"{tool} not found on PATH")
+            log(f"{tool} not found on PATH" + (" (Debian: nghttp2-client)" if tool in ("h2load", "nghttp") else ""))
             return 2
     need = max(s.conns) * 4 + 1024
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -924,8 +1126,8 @@ def main(argv: list[str]) -> int:
     mtbl, mem = mem_table(h.results, s.conns)
     checks = issue_targets(h.results, mem, s.conns)
     print()
-    print(f"wrk -t1, {s.duration}s per run after {s.warmup}s warmup; proxy/target on CPU {s.proxy_cpu}, "
-          f"wrk on CPU {s.load_cpu}, upstream on CPU {s.upstream_cpu}; rate limit algorithm "
+    print(f"wrk -t1 (h2 targets: h2load -t1 -m{H2_STREAMS}), {s.duration}s per run after {s.warmup}s warmup; "
+          f"proxy/target on CPU {s.proxy_cpu}, load generator on CPU {s.load_cpu}, upstream on CPU {s.upstream_cpu}; rate limit algorithm "
           f"{configs.RL_ALGORITHM}; Redis {h.redis_addr or '-'} timeout {configs.REDIS_TIMEOUT or 'default'}")
     print(tbl)
     for c, run in h.results.get("f", {}).get("runs", {}).items():
