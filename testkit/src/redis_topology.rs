@@ -182,6 +182,108 @@ impl RedisCluster {
             n.kill();
         }
     }
+
+    /// The port of the primary serving `slot`, as the first running primary's
+    /// `CLUSTER NODES` says. Panics when none is named.
+    pub fn owner_of(&self, slot: u16) -> u16 {
+        self.primaries()
+            .first()
+            .and_then(|p| slot_owner_port(*p, slot))
+            .unwrap_or_else(|| panic!("no primary serves slot {slot}"))
+    }
+
+    /// Moves `slot` from the primary on `from` to the primary on `to` the way
+    /// `redis-cli --cluster reshard` does, in three phases with `pause` after each of
+    /// the first two so that clients meet every state under load: (1) `SETSLOT
+    /// IMPORTING` on the target and `MIGRATING` on the source (existing keys still
+    /// served by the source; a missing key answers `ASK`); (2) `MIGRATE` of every key
+    /// (each now answers `ASK`, served by the target after `ASKING`); (3) `SETSLOT
+    /// NODE` on every primary (the source answers `MOVED`). Panics when a step fails.
+    pub fn move_slot(&self, slot: u16, from: u16, to: u16, pause: Duration) -> SlotMove {
+        let s = slot.to_string();
+        let id = |port: u16| redis_cli(port, &["cluster", "myid"]).trim().to_string();
+        let (from_id, to_id) = (id(from), id(to));
+        let ok = |port: u16, args: &[&str]| {
+            let out = redis_cli(port, args);
+            assert!(out.trim() == "OK", "redis {port} {args:?}: {out:?}");
+        };
+        ok(to, &["cluster", "setslot", &s, "importing", &from_id]);
+        ok(from, &["cluster", "setslot", &s, "migrating", &to_id]);
+        std::thread::sleep(pause);
+        let mut keys = 0;
+        for _ in 0..1000 {
+            let batch = redis_cli(from, &["cluster", "getkeysinslot", &s, "100"]);
+            let batch: Vec<&str> = batch.lines().filter(|l| !l.is_empty()).collect();
+            if batch.is_empty() {
+                break;
+            }
+            let to_port = to.to_string();
+            let mut args = vec!["migrate", "127.0.0.1", &to_port, "", "0", "5000", "keys"];
+            args.extend(batch.iter().copied());
+            let out = redis_cli(from, &args);
+            // NOKEY: every key of the batch expired between listing and migrating.
+            assert!(
+                ["OK", "NOKEY"].contains(&out.trim()),
+                "MIGRATE {batch:?}: {out:?}"
+            );
+            keys += batch.len();
+        }
+        std::thread::sleep(pause);
+        ok(to, &["cluster", "setslot", &s, "node", &to_id]);
+        ok(from, &["cluster", "setslot", &s, "node", &to_id]);
+        for p in self.primaries() {
+            if p != from && p != to {
+                ok(p, &["cluster", "setslot", &s, "node", &to_id]);
+            }
+        }
+        SlotMove { keys }
+    }
+
+    /// Waits until every running node maps `slot` to the primary on `port`. Panics after
+    /// `within`.
+    pub fn wait_slot_owner(&self, slot: u16, port: u16, within: Duration) {
+        let deadline = Instant::now() + within;
+        while !self
+            .running_ports()
+            .iter()
+            .all(|p| slot_owner_port(*p, slot) == Some(port))
+        {
+            assert!(
+                Instant::now() < deadline,
+                "slot {slot} not owned by {port} everywhere within {within:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// What [`RedisCluster::move_slot`] did.
+#[derive(Debug, Clone, Copy)]
+pub struct SlotMove {
+    /// Keys migrated (as listed by `CLUSTER GETKEYSINSLOT`).
+    pub keys: usize,
+}
+
+/// The port of the primary that the node on `asked` maps `slot` to.
+fn slot_owner_port(asked: u16, slot: u16) -> Option<u16> {
+    redis_cli(asked, &["cluster", "nodes"])
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            // Fields: id addr flags primary ping pong epoch link slot-ranges...; a range is
+            // `lo-hi` or one slot (`[slot->-id]` entries of a move in progress never parse).
+            let serves = f.get(2)?.contains("master")
+                && f.iter().skip(8).any(|range| {
+                    let (lo, hi) = range.split_once('-').unwrap_or((range, range));
+                    matches!((lo.parse::<u16>(), hi.parse::<u16>()),
+                    (Ok(lo), Ok(hi)) if (lo..=hi).contains(&slot))
+                });
+            if !serves {
+                return None;
+            }
+            let addr = f.get(1)?.split('@').next()?;
+            addr.rsplit(':').next()?.parse().ok()
+        })
 }
 
 /// A Sentinel set: one primary, one replica and three sentinels (quorum 2, down after

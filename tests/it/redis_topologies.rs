@@ -202,9 +202,13 @@ async fn sentinel_primary_killed_under_load_each_policy_holds_and_enforcement_re
     .await;
 }
 
+/// Something done to Redis while the load runs: `at` after the load started, given the
+/// limit's name; it returns figures for the `TOPOLOGY` line. It blocks (redis-cli calls).
+type During<'a> = Option<(Duration, Box<dyn FnOnce(&str) -> String + 'a>)>;
+
 /// Three gateways, one limit: `limit` per `window`, counted from the admitted answers of
-/// all three under concurrent load.
-async fn three_instances_share_one_limit(algorithm: &str, redis_yaml: &str) {
+/// all three under concurrent load (with `during` done to Redis meanwhile).
+async fn three_instances_share_one_limit(algorithm: &str, redis_yaml: &str, during: During<'_>) {
     const L: usize = 100;
     const WINDOW: Duration = Duration::from_secs(2);
     const WINDOWS: u32 = 3;
@@ -233,7 +237,13 @@ async fn three_instances_share_one_limit(algorithm: &str, redis_yaml: &str) {
     let key = unique("one-key");
     let cap = WINDOW * (WINDOWS + 1) + WINDOW / 2 + Duration::from_millis(500);
     let (load, tasks) = Load::start(lanes, 6, cap, move |_, _, _| key.clone());
-    tokio::time::sleep(cap).await;
+    let mut done = String::new();
+    if let Some((at, act)) = during {
+        tokio::time::sleep(at).await;
+        // The clients run on the runtime's other worker meanwhile.
+        done = tokio::task::block_in_place(|| act(&name));
+    }
+    tokio::time::sleep(cap.saturating_sub(load.now())).await;
     let samples = load.stop(tasks).await;
     let errors = samples
         .iter()
@@ -283,7 +293,7 @@ async fn three_instances_share_one_limit(algorithm: &str, redis_yaml: &str) {
         })
         .collect();
     eprintln!(
-        "TOPOLOGY 3 instances {algorithm} ({}): limit {L}/{}ms; {} requests, admitted per window (certainly, possibly) {counts:?}, per instance {per_instance:?}",
+        "TOPOLOGY 3 instances {algorithm} ({}): limit {L}/{}ms; {} requests, admitted per window (certainly, possibly) {counts:?}, per instance {per_instance:?}{done}",
         redis_yaml.split(':').next().unwrap_or(""),
         WINDOW.as_millis(),
         samples.len(),
@@ -305,14 +315,94 @@ async fn three_instances_share_one_limit(algorithm: &str, redis_yaml: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_instances_share_one_limit_on_standalone_redis() {
     let redis = "url: \"redis://127.0.0.1:6379\"";
-    three_instances_share_one_limit("sliding_window", redis).await;
-    three_instances_share_one_limit("gcra", redis).await;
+    three_instances_share_one_limit("sliding_window", redis, None).await;
+    three_instances_share_one_limit("gcra", redis, None).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_instances_share_one_limit_on_a_cluster() {
     let cluster = RedisCluster::start();
     let redis = format!("cluster: [ {} ]", quoted(&cluster.urls()));
-    three_instances_share_one_limit("sliding_window", &redis).await;
-    three_instances_share_one_limit("gcra", &redis).await;
+    three_instances_share_one_limit("sliding_window", &redis, None).await;
+    three_instances_share_one_limit("gcra", &redis, None).await;
+}
+
+/// A counter of `INFO <section>` on the node at `port` (`errorstat_ASK` gives `count=N`,
+/// `cmdstat_asking` gives `calls=N`); 0 when absent.
+fn info_count(port: u16, section: &str, line: &str, field: &str) -> u64 {
+    redis_cli(port, &["info", section])
+        .lines()
+        .find_map(|l| l.trim().strip_prefix(line)?.strip_prefix(':'))
+        .and_then(|rest| {
+            rest.split(',')
+                .find_map(|kv| kv.strip_prefix(field)?.strip_prefix('='))
+        })
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Moves the slot of the limit's only key from its primary to another one (3 phases,
+/// 500 ms apart) and returns the figures; asserts that clients took the `ASK` path.
+fn move_limit_slot(cluster: &RedisCluster, limit: &str) -> String {
+    let primaries = cluster.primaries();
+    let pattern = format!("*:{limit}:*");
+    let (from, key) = primaries
+        .iter()
+        .find_map(|p| {
+            let keys = redis_cli(*p, &["keys", &pattern]);
+            let key = keys.lines().find(|l| !l.is_empty())?.to_string();
+            Some((*p, key))
+        })
+        .unwrap_or_else(|| panic!("no key of limit {limit} in the cluster"));
+    let slot: u16 = redis_cli(from, &["cluster", "keyslot", &key])
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        cluster.owner_of(slot),
+        from,
+        "{key} lives on its slot's owner"
+    );
+    let to = *primaries.iter().find(|p| **p != from).unwrap();
+    let asking = |p| info_count(p, "commandstats", "cmdstat_asking", "calls");
+    let errors = |p, e| info_count(p, "errorstats", e, "count");
+    let (ask0, moved0, asking0) = (
+        errors(from, "errorstat_ASK"),
+        errors(from, "errorstat_MOVED"),
+        asking(to),
+    );
+    let t = std::time::Instant::now();
+    let moved = cluster.move_slot(slot, from, to, Duration::from_millis(500));
+    let took = t.elapsed();
+    cluster.wait_slot_owner(slot, to, Duration::from_secs(10));
+    let (ask, moved_errs, asking) = (
+        errors(from, "errorstat_ASK") - ask0,
+        errors(from, "errorstat_MOVED") - moved0,
+        asking(to) - asking0,
+    );
+    assert!(
+        ask > 0 && asking > 0,
+        "the move was not seen by clients: ASK {ask}, ASKING {asking}"
+    );
+    format!(
+        "; slot {slot} ({} key) moved {from} -> {to} in {:.0}ms: {ask} ASK and {moved_errs} MOVED answered by the source, {asking} ASKING on the target",
+        moved.keys,
+        ms(took)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_slot_moved_under_load_limit_holds() {
+    let cluster = RedisCluster::start();
+    let redis = format!("cluster: [ {} ]", quoted(&cluster.urls()));
+    // The move starts after the first 2 s window and ends about 1.1 s later.
+    for algorithm in ["sliding_window", "gcra"] {
+        let act = Box::new(|limit: &str| move_limit_slot(&cluster, limit));
+        three_instances_share_one_limit(
+            algorithm,
+            &redis,
+            Some((Duration::from_millis(2500), act)),
+        )
+        .await;
+    }
 }
