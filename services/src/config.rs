@@ -3,6 +3,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use gatehouse_registry::topology::Topology;
+
 use crate::faults::FaultConfig;
 
 /// How the services run: `production` refuses test-only features.
@@ -46,8 +48,9 @@ pub struct Settings {
     pub db_prefix: String,
     /// Maximum connections per service pool.
     pub db_max_connections: u32,
-    /// Redis URL for the registry and the event streams; None = in-process events.
-    pub redis_url: Option<String>,
+    /// Redis for the registry and the event streams (one server, or a Redis Cluster
+    /// through its seed nodes); None = in-process events.
+    pub redis: Option<Topology>,
     /// Prefix of every Redis key (`<prefix>:registry:*`, `<prefix>:events`).
     pub redis_prefix: String,
     /// HS256 secret for the JWTs the user service issues and verifies.

@@ -5,7 +5,7 @@ use std::pin::Pin;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use gatehouse_registry::topology::{Connector, RedisConn, Topology};
 use redis::streams::{StreamReadOptions, StreamReadReply};
 use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
@@ -88,10 +88,15 @@ pub struct LocalBus {
 }
 
 /// Delivery through a Redis stream with one consumer group per consumer.
+///
+/// On a Redis Cluster the stream is one key, and a consumer group's state (its last
+/// delivered id, its pending entries) lives inside that key, so every command here
+/// (`XADD`, `XGROUP CREATE`, `XREADGROUP` of one stream, `XACK`) touches one slot and
+/// needs no hash tag; the cluster client routes each to the slot's primary.
 #[derive(Clone)]
 pub struct RedisBus {
-    url: String,
-    conn: ConnectionManager,
+    connector: Connector,
+    conn: RedisConn,
     stream: String,
 }
 
@@ -101,7 +106,7 @@ pub enum Bus {
     /// In-process: every handler of this process is called by the publisher.
     Local(Arc<LocalBus>),
     /// Redis Streams: `XADD` to the stream; consumers read with `XREADGROUP`.
-    Redis(RedisBus),
+    Redis(Box<RedisBus>),
 }
 
 impl std::fmt::Debug for Bus {
@@ -113,22 +118,18 @@ impl std::fmt::Debug for Bus {
     }
 }
 
-async fn redis_conn(url: &str) -> Result<ConnectionManager, redis::RedisError> {
-    let client = redis::Client::open(url)?;
-    let cfg = ConnectionManagerConfig::new()
-        .set_connection_timeout(Duration::from_secs(2))
-        .set_response_timeout(Duration::from_secs(5))
-        .set_number_of_retries(1)
-        .set_max_delay(500);
-    // The manager's own retries can take long against a dead server: bound the whole connect.
-    tokio::time::timeout(
-        Duration::from_secs(5),
-        ConnectionManager::new_with_config(client, cfg),
-    )
-    .await
-    .map_err(|_| {
-        redis::RedisError::from((redis::ErrorKind::IoError, "connect timed out after 5s"))
-    })?
+/// Bounds each connect and each answer. Above the consumers' 1 s `BLOCK`, so a blocking
+/// read that gets no entry is not taken for a dead server.
+const REDIS_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A connection that reconnects by itself (standalone) or follows the cluster's slot map.
+async fn redis_conn(connector: &Connector) -> Result<RedisConn, redis::RedisError> {
+    // A manager's own retries can take long against a dead server: bound the whole connect.
+    tokio::time::timeout(REDIS_TIMEOUT, connector.connect_managed())
+        .await
+        .map_err(|_| {
+            redis::RedisError::from((redis::ErrorKind::IoError, "connect timed out after 5s"))
+        })?
 }
 
 impl Bus {
@@ -137,14 +138,15 @@ impl Bus {
         Bus::Local(Arc::new(LocalBus::default()))
     }
 
-    /// A Redis Streams bus on `<prefix>:events`.
-    pub async fn redis(url: &str, prefix: &str) -> Result<Self, redis::RedisError> {
-        let conn = redis_conn(url).await?;
-        Ok(Bus::Redis(RedisBus {
-            url: url.to_string(),
+    /// A Redis Streams bus on `<prefix>:events`, on one server or a Redis Cluster.
+    pub async fn redis(topology: &Topology, prefix: &str) -> Result<Self, redis::RedisError> {
+        let connector = Connector::new(topology, REDIS_TIMEOUT)?;
+        let conn = redis_conn(&connector).await?;
+        Ok(Bus::Redis(Box::new(RedisBus {
+            connector,
             conn,
             stream: format!("{prefix}:events"),
-        }))
+        })))
     }
 
     /// Publishes one event; an error leaves it in the outbox for the next try.
@@ -193,7 +195,7 @@ impl Bus {
                 }
             }
             Bus::Redis(r) => {
-                let r = r.clone();
+                let r = RedisBus::clone(r);
                 let group = group.to_string();
                 let consumer = format!("{group}@{instance}");
                 tokio::spawn(async move {
@@ -204,7 +206,7 @@ impl Bus {
     }
 }
 
-async fn ensure_group(conn: &mut ConnectionManager, stream: &str, group: &str) {
+async fn ensure_group(conn: &mut RedisConn, stream: &str, group: &str) {
     // From "0": a consumer group created late still sees the stream's history;
     // consumers are idempotent so replays are harmless.
     let r: Result<(), _> = conn.xgroup_create_mkstream(stream, group, "0").await;
@@ -224,7 +226,7 @@ async fn redis_consume(
 ) {
     // A blocking XREADGROUP must not share the publisher's multiplexed connection.
     let mut conn = loop {
-        match redis_conn(&r.url).await {
+        match redis_conn(&r.connector).await {
             Ok(c) => break c,
             Err(e) => {
                 tracing::warn!(%group, error = %e, "redis consumer connect failed; retrying");

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use gatehouse_registry::topology::Topology;
 use gatehouse_services::config::{random_secret, Mode, Ports, SagaSettings, Settings};
 use gatehouse_services::faults::FaultConfig;
 use gatehouse_services::server::{Kind, System};
@@ -36,8 +37,22 @@ struct Cli {
     )]
     db_max_connections: u32,
     /// Redis for the registry and the event streams; unset = in-process events.
-    #[arg(long, env = "GATEHOUSE_REDIS_URL", global = true)]
+    #[arg(
+        long,
+        env = "GATEHOUSE_REDIS_URL",
+        global = true,
+        conflicts_with = "redis_cluster"
+    )]
     redis_url: Option<String>,
+    /// A Redis Cluster instead of one server: its seed nodes' URLs, comma-separated
+    /// (`redis://10.0.0.1:7000,redis://10.0.0.2:7000`).
+    #[arg(
+        long,
+        env = "GATEHOUSE_REDIS_CLUSTER",
+        global = true,
+        value_delimiter = ','
+    )]
+    redis_cluster: Vec<String>,
     /// Prefix of every Redis key.
     #[arg(
         long,
@@ -213,6 +228,17 @@ fn settings(cli: &Cli) -> Result<Settings> {
             PathBuf::from("data")
         }
     });
+    let cluster: Vec<String> = cli
+        .redis_cluster
+        .iter()
+        .map(|u| u.trim().to_string())
+        .filter(|u| !u.is_empty())
+        .collect();
+    let redis = match cli.redis_url.clone().filter(|s| !s.is_empty()) {
+        Some(url) => Some(Topology::Standalone(url)),
+        None if !cluster.is_empty() => Some(Topology::Cluster(cluster)),
+        None => None,
+    };
     Ok(Settings {
         mode,
         data_dir,
@@ -223,7 +249,7 @@ fn settings(cli: &Cli) -> Result<Settings> {
         },
         db_prefix: cli.db_prefix.clone(),
         db_max_connections: cli.db_max_connections,
-        redis_url: cli.redis_url.clone().filter(|s| !s.is_empty()),
+        redis: redis.clone(),
         redis_prefix: cli.redis_prefix.clone(),
         jwt_secret,
         internal_token,
@@ -243,7 +269,7 @@ fn settings(cli: &Cli) -> Result<Settings> {
             .notification_url
             .clone()
             .unwrap_or_else(|| format!("http://127.0.0.1:{}", cli.notification_port)),
-        peer_discovery: cli.redis_url.as_deref().is_some_and(|u| !u.is_empty())
+        peer_discovery: redis.is_some()
             && cli.payment_url.is_none()
             && cli.notification_url.is_none(),
         faults,

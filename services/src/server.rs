@@ -177,13 +177,13 @@ impl System {
     pub async fn start(settings: Settings, kinds: &[Kind]) -> Result<System, StartError> {
         let settings = Arc::new(settings);
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let (bus, registry) = match &settings.redis_url {
-            Some(url) => {
-                let bus = Bus::redis(url, &settings.redis_prefix)
+        let (bus, registry) = match &settings.redis {
+            Some(topology) => {
+                let bus = Bus::redis(topology, &settings.redis_prefix)
                     .await
                     .map_err(|e| StartError::Redis(format!("event bus: {e}")))?;
-                let reg = Registry::connect_with_prefix(
-                    url,
+                let reg = Registry::connect_topology(
+                    topology,
                     &format!("{}:registry", settings.redis_prefix),
                 )
                 .await

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use gatehouse_registry::topology::{Connector, Topology};
 use serde_json::{json, Value};
 
 use crate::harness::*;
@@ -570,9 +571,33 @@ fn b64url(s: &str) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_over_redis_streams_across_processes_and_registry() {
     let _heavy = HEAVY.lock().await;
+    events_and_registry_over(
+        ("GATEHOUSE_REDIS_URL", REDIS.to_string()),
+        Topology::Standalone(REDIS.to_string()),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_and_registry_on_a_redis_cluster() {
+    let _heavy = HEAVY.lock().await;
+    // 3 primaries: the stream and each service's registry keys land on slots of their own.
+    let cluster = gatehouse_testkit::RedisCluster::start();
+    events_and_registry_over(
+        ("GATEHOUSE_REDIS_CLUSTER", cluster.urls().join(",")),
+        Topology::Cluster(cluster.urls()),
+    )
+    .await;
+}
+
+/// Four service processes that share only Redis (`env` names it, `topology` is the same
+/// for the test's own client): registration in the registry, a welcome notification and
+/// a transfer's saga through the event stream, the read model built from it, and
+/// deregistration on SIGTERM.
+async fn events_and_registry_over(env: (&str, String), topology: Topology) {
     let mut dep = Deployment::new("redis", false);
     let prefix = format!("test:{}", unique("svc"));
-    dep.set("GATEHOUSE_REDIS_URL", REDIS)
+    dep.set(env.0, &env.1)
         .set("GATEHOUSE_REDIS_PREFIX", &prefix);
     // Four separate processes: only Redis can carry events between them.
     let _p = dep.start("payment", &["payment"]).await;
@@ -589,9 +614,11 @@ async fn events_over_redis_streams_across_processes_and_registry() {
 
     // Each service registered itself in the registry.
     let reg =
-        gatehouse_registry::Registry::connect_with_prefix(REDIS, &format!("{prefix}:registry"))
+        gatehouse_registry::Registry::connect_topology(&topology, &format!("{prefix}:registry"))
             .await
-            .expect("the shared Redis at 127.0.0.1:6379 must be running");
+            .expect(
+                "Redis must be running (the shared one at 127.0.0.1:6379, or the test's cluster)",
+            );
     for s in ["user", "payment", "transaction", "notification"] {
         let live = reg.list_live(s).await.unwrap();
         assert_eq!(
@@ -664,10 +691,35 @@ async fn events_over_redis_streams_across_processes_and_registry() {
     .await;
     assert_eq!(v["items"][0]["saga_id"], saga.as_str());
     assert_eq!(v["items"][0]["direction"], "out");
+    // The saga's notify step (and the TransferCompleted event) reached the payer.
+    let sent = eventually(
+        "transfer_sent notification",
+        Duration::from_secs(20),
+        || {
+            let (c, url) = (c.clone(), notes_url.clone());
+            async move {
+                let (_, v) = get(&c, &url).await;
+                v["notifications"]
+                    .as_array()
+                    .and_then(|n| n.iter().find(|n| n["kind"] == "transfer_sent").cloned())
+            }
+        },
+    )
+    .await;
+    assert!(
+        sent["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("You sent 200 "),
+        "{sent}"
+    );
 
     // The stream and its consumer groups exist under the test's prefix.
-    let client = redis::Client::open(REDIS).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let mut conn = Connector::new(&topology, Duration::from_secs(2))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
     let len: i64 = redis::cmd("XLEN")
         .arg(format!("{prefix}:events"))
         .query_async(&mut conn)
