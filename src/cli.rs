@@ -422,7 +422,7 @@ fn probe(url: &str) -> anyhow::Result<u16> {
         .enable_all()
         .build()?;
     let request = crate::upstream::probe::request(
-        addr,
+        crate::upstream::probe::Target::plain(addr),
         "GET",
         path,
         &authority,

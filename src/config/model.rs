@@ -707,6 +707,10 @@ pub struct UpstreamConfig {
     /// Reloadable.
     #[serde(default)]
     pub protocol: UpstreamProtocol,
+    /// TLS to the endpoints (HTTPS, and mutual TLS with `client_cert`); clear text when
+    /// absent. `protocol: h2` needs it. Reloadable; the files are read on every load.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<UpstreamTlsConfig>,
     /// Active health checks; none by default.
     #[serde(default)]
     pub health_check: Option<HealthCheckConfig>,
@@ -751,6 +755,32 @@ pub enum UpstreamProtocol {
     H2,
     /// HTTP/2 over clear-text TCP with prior knowledge (RFC 9113 §3.3).
     H2c,
+}
+
+/// TLS to an upstream's endpoints (PEM files, relative to the config file).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTlsConfig {
+    /// CA certificate(s) that sign the endpoints' certificates; absent: the system's
+    /// trusted roots (OpenSSL's default paths).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<String>,
+    /// The name sent as SNI and checked against the endpoint's certificate (RFC 6125).
+    /// Default: the DNS discovery name, else the host of the endpoint's `host:port`
+    /// address. An endpoint given as an IP address needs it when `verify` is on: an IP is
+    /// not sent as SNI (RFC 6066 §3) nor matched against the certificate's names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
+    /// Client certificate chain (leaf first) for mutual TLS; needs `client_key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert: Option<String>,
+    /// The client certificate's private key (PKCS#8, PKCS#1 or SEC1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_key: Option<String>,
+    /// Verify the endpoint's certificate chain and name (default true). `false` accepts
+    /// any certificate, as nginx's `proxy_ssl_verify off` does: for tests only.
+    #[serde(default = "default_true")]
+    pub verify: bool,
 }
 
 /// Endpoint discovery: exactly one source.

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use super::error::{did_you_mean, ConfigError, ConfigWarning};
 use super::model::{
     AccessLogConfig, AccessLogFormat, DiscoveryConfig, GatewayConfig, ListenerConfig, MatchConfig,
-    RetryOn,
+    RetryOn, UpstreamConfig, UpstreamProtocol,
 };
 use crate::client_addr::TrustedProxies;
 
@@ -282,6 +282,68 @@ fn trust(
     }
 }
 
+/// `protocol` and `tls` of upstream `base`: `h2` is HTTP/2 over TLS (RFC 9113 §3.2) and
+/// `h2c` clear text (§3.3); a client certificate needs its key; with `verify` on, an
+/// endpoint given as an IP address needs `server_name` (an IP is not sent as SNI, RFC 6066
+/// §3, and OpenSSL matches the name against the certificate's DNS names).
+fn upstream_tls(base: &str, u: &UpstreamConfig, errs: &mut Vec<ConfigError>) {
+    match (u.protocol, &u.tls) {
+        (UpstreamProtocol::H2, None) => errs.push(
+            ConfigError::at(
+                format!("{base}.protocol"),
+                "`h2` is HTTP/2 over TLS, and this upstream has no `tls` block",
+            )
+            .with_hint("add `tls: {}` (system roots) or use `protocol: h2c` for clear-text HTTP/2"),
+        ),
+        (UpstreamProtocol::H2c, Some(_)) => errs.push(
+            ConfigError::at(
+                format!("{base}.tls"),
+                "`h2c` is clear-text HTTP/2 and cannot be combined with `tls`",
+            )
+            .with_hint("use `protocol: h2` for HTTP/2 over TLS"),
+        ),
+        _ => {}
+    }
+    let Some(t) = &u.tls else { return };
+    let p = format!("{base}.tls");
+    match (&t.client_cert, &t.client_key) {
+        (Some(_), None) => errs.push(ConfigError::at(
+            format!("{p}.client_key"),
+            "`client_cert` needs its `client_key`",
+        )),
+        (None, Some(_)) => errs.push(ConfigError::at(
+            format!("{p}.client_cert"),
+            "`client_key` without `client_cert`",
+        )),
+        _ => {}
+    }
+    if t.server_name.as_deref().is_some_and(str::is_empty) {
+        errs.push(ConfigError::at(
+            format!("{p}.server_name"),
+            "must not be empty",
+        ));
+    }
+    if let (true, None, DiscoveryConfig::Static(list)) = (t.verify, &t.server_name, &u.discovery) {
+        if let Some(ep) = list
+            .iter()
+            .find(|ep| ep.address.parse::<SocketAddr>().is_ok())
+        {
+            errs.push(
+                ConfigError::at(
+                    format!("{p}.server_name"),
+                    format!(
+                        "endpoint {:?} is an IP address: name the certificate's host to verify it",
+                        ep.address
+                    ),
+                )
+                .with_hint(
+                    "add `server_name: api.internal` (a DNS name in the endpoint's certificate)",
+                ),
+            );
+        }
+    }
+}
+
 fn upstreams(cfg: &GatewayConfig, errs: &mut Vec<ConfigError>, warns: &mut Vec<ConfigWarning>) {
     for (name, u) in &cfg.upstreams {
         let base = format!("upstreams.{name}");
@@ -366,6 +428,7 @@ fn upstreams(cfg: &GatewayConfig, errs: &mut Vec<ConfigError>, warns: &mut Vec<C
                 }
             }
         }
+        upstream_tls(&base, u, errs);
         let t = &u.timeouts;
         for (field, d) in [("connect", t.connect), ("read", t.read), ("write", t.write)] {
             if d.get().is_zero() {

@@ -52,7 +52,10 @@ pub fn choose(ctx: &mut RequestCtx, route: &Route) -> Result<Box<HttpPeer>> {
     ctx.endpoint_inflight = Some(EndpointInflight(ep.clone()));
 
     let s = &upstream.peer;
-    let mut peer = HttpPeer::new(ep.addr, false, String::new());
+    let mut peer = match &s.tls {
+        Some(tls) => tls.peer(ep.addr, &ep.address),
+        None => HttpPeer::new(ep.addr, false, String::new()),
+    };
     peer.options.connection_timeout = Some(s.connect);
     peer.options.read_timeout = Some(s.read);
     peer.options.write_timeout = Some(s.write);
@@ -74,7 +77,8 @@ pub fn choose(ctx: &mut RequestCtx, route: &Route) -> Result<Box<HttpPeer>> {
 }
 
 /// The ALPN of the try's connection. pingora speaks HTTP/2 when the lowest version offered
-/// is 2: negotiated over TLS (`h2`), or by prior knowledge on a clear-text connection
+/// is 2: negotiated over TLS (`h2`; an upstream that selects no ALPN protocol is spoken to
+/// in HTTP/1.1, pingora's `connectors/http/v2.rs`), or by prior knowledge on a clear-text connection
 /// (`h2c`, `connectors/http/v2.rs`), with up to [`H2_STREAMS_PER_CONNECTION`] requests
 /// multiplexed on one pooled connection.
 fn set_protocol(peer: &mut HttpPeer, protocol: Protocol) {

@@ -74,6 +74,11 @@ pub enum Refusal {
     /// The upstream could not be reached: 502 `upstream_connect_failed`.
     #[error("the upstream could not be reached")]
     UpstreamConnectFailed,
+    /// The TLS handshake with the upstream failed (its certificate did not verify against
+    /// `tls.ca_file` or the name, it refused our client certificate or had none for us, no
+    /// shared protocol): 502 `upstream_tls`.
+    #[error("the TLS handshake with the upstream failed")]
+    UpstreamTls,
     /// The upstream did not accept the connection in time: 504 `upstream_connect_timeout`.
     #[error("the upstream did not accept the connection in time")]
     UpstreamConnectTimeout,
@@ -177,6 +182,7 @@ impl Refusal {
             Refusal::FilterFailed | Refusal::Internal => 500,
             Refusal::Rejected { status, .. } | Refusal::Status(status) => *status,
             Refusal::UpstreamConnectFailed
+            | Refusal::UpstreamTls
             | Refusal::UpstreamReset
             | Refusal::UpstreamProtocolError
             | Refusal::UpstreamTruncated
@@ -197,6 +203,7 @@ impl Refusal {
             Refusal::FilterFailed => "filter_error",
             Refusal::Rejected { code, .. } => code,
             Refusal::UpstreamConnectFailed => "upstream_connect_failed",
+            Refusal::UpstreamTls => "upstream_tls",
             Refusal::UpstreamConnectTimeout => "upstream_connect_timeout",
             Refusal::UpstreamReset => "upstream_reset",
             Refusal::UpstreamProtocolError => "upstream_protocol_error",
@@ -231,6 +238,7 @@ impl Refusal {
             | Refusal::BulkheadFull { .. }
             | Refusal::Unavailable
             | Refusal::UpstreamConnectFailed
+            | Refusal::UpstreamTls
             | Refusal::UpstreamConnectTimeout
             | Refusal::UpstreamReset
             | Refusal::UpstreamProtocolError
@@ -375,6 +383,7 @@ mod tests {
                 401, "unauthorized", h("www-authenticate", "Bearer"),
             ),
             (Refusal::UpstreamConnectFailed,                502, "upstream_connect_failed",  vec![]),
+            (Refusal::UpstreamTls,                          502, "upstream_tls",             vec![]),
             (Refusal::UpstreamConnectTimeout,               504, "upstream_connect_timeout", vec![]),
             (Refusal::UpstreamTimeout,                      504, "upstream_timeout",         vec![]),
             (Refusal::UpstreamReset,                        502, "upstream_reset",           vec![]),

@@ -41,8 +41,12 @@ pub fn classify(e: &Error) -> Classified {
         ConnectTimedout | TLSHandshakeTimedout => {
             (Some(Refusal::UpstreamConnectTimeout), K::ConnectTimeout)
         }
+        // The TCP connection was made but TLS was not: the certificate, the name, a client
+        // certificate or the protocol (pingora's openssl connector, `InvalidCert` when the
+        // chain did not verify).
+        TLSHandshakeFailure | InvalidCert => (Some(Refusal::UpstreamTls), K::TlsError),
         ConnectRefused | ConnectNoRoute | ConnectError | SocketError | BindError
-        | ConnectProxyFailure | TLSHandshakeFailure | InvalidCert | HandshakeError => {
+        | ConnectProxyFailure | HandshakeError => {
             (Some(Refusal::UpstreamConnectFailed), K::ConnectError)
         }
         ReadTimedout | WriteTimedout => match source {
@@ -337,6 +341,13 @@ mod tests {
     #[test]
     fn errors_are_classified_by_type_and_only_upstream_ones_count() {
         let up = |t| classify(&Error::new_up(t)).outcome.map(|o| o.kind);
+        for t in [ErrorType::TLSHandshakeFailure, ErrorType::InvalidCert] {
+            assert_eq!(up(t.clone()), Some(OutcomeKind::TlsError));
+            assert_eq!(
+                classify(&Error::new_up(t)).refusal,
+                Some(Refusal::UpstreamTls)
+            );
+        }
         assert_eq!(
             up(ErrorType::ConnectRefused),
             Some(OutcomeKind::ConnectError)

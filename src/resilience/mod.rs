@@ -39,6 +39,9 @@ pub enum OutcomeKind {
     HttpError,
     /// The connection could not be made.
     ConnectError,
+    /// The TCP connection was made but the TLS handshake failed (a certificate that did
+    /// not verify, a refused client certificate): the request never left.
+    TlsError,
     /// The connection was not made in time.
     ConnectTimeout,
     /// No answer in time after connecting.
@@ -60,6 +63,7 @@ impl OutcomeKind {
             OutcomeKind::Success => "success",
             OutcomeKind::HttpError => "http_error",
             OutcomeKind::ConnectError => "connect_error",
+            OutcomeKind::TlsError => "tls_error",
             OutcomeKind::ConnectTimeout | OutcomeKind::Timeout => "timeout",
             OutcomeKind::Reset => "reset",
             OutcomeKind::ProtocolError => "protocol_error",
@@ -95,7 +99,8 @@ impl Outcome {
     /// The retry condition this outcome matches.
     pub fn retry_reason(&self) -> Option<RetryReason> {
         match self.kind {
-            OutcomeKind::ConnectError | OutcomeKind::ConnectTimeout => {
+            // A failed handshake sent nothing either: another endpoint may be set up right.
+            OutcomeKind::ConnectError | OutcomeKind::TlsError | OutcomeKind::ConnectTimeout => {
                 Some(RetryReason::ConnectError)
             }
             OutcomeKind::Timeout => Some(RetryReason::Timeout),

@@ -15,6 +15,7 @@ use crate::config::{self, ConfigError, ConfigErrors, LoadedConfig};
 use crate::resilience::Resilience;
 use crate::router::{Matcher, Router};
 use crate::upstream::discovery::{self, Found};
+use crate::upstream::tls::UpstreamTls;
 use crate::upstream::{Endpoint, Source, Upstream};
 
 /// Compile errors are config errors with their field path and location.
@@ -71,11 +72,40 @@ pub fn compile(
     let cfg = &loaded.config;
     let mut errs: Vec<ConfigError> = Vec::new();
 
+    // Relative paths in a filter's config are relative to the config file (FilterBuildContext).
+    let config_dir = loaded
+        .file
+        .as_deref()
+        .map(|f| f.parent().unwrap_or(std::path::Path::new("")))
+        .map(|d| {
+            if d.as_os_str().is_empty() {
+                std::path::Path::new(".")
+            } else {
+                d
+            }
+        });
+
     let mut upstreams: BTreeMap<String, Arc<Cluster>> = BTreeMap::new();
     for (name, ucfg) in &cfg.upstreams {
+        // The TLS files are read on every compile, so that a reload picks up renewed ones.
+        let tls = match &ucfg.tls {
+            None => None,
+            Some(t) => {
+                let dir = config_dir.unwrap_or(std::path::Path::new("."));
+                let at = format!("upstreams.{name}.tls");
+                match UpstreamTls::load(t, &ucfg.discovery, dir, &at, name) {
+                    Ok(t) => Some(Arc::new(t)),
+                    // The compile fails; the upstream still exists for its routes.
+                    Err(e) => {
+                        errs.extend(e);
+                        None
+                    }
+                }
+            }
+        };
         let prev_cluster = prev.and_then(|p| p.upstreams.get(name));
         if let Some(p) = prev_cluster {
-            if p.upstream.config == *ucfg {
+            if p.upstream.config == *ucfg && p.upstream.peer.tls == tls {
                 upstreams.insert(name.clone(), p.clone());
                 continue;
             }
@@ -110,7 +140,8 @@ pub fn compile(
             None => Resilience::new(ucfg),
         };
         let upstream = Upstream::new(name, ucfg.clone(), endpoints)
-            .with_idle_timeout(cfg.runtime.upstream_idle_timeout.get());
+            .with_idle_timeout(cfg.runtime.upstream_idle_timeout.get())
+            .with_tls(tls);
         let upstream = Arc::new(upstream);
         upstreams.insert(
             name.clone(),
@@ -121,18 +152,6 @@ pub fn compile(
         );
     }
 
-    // Relative paths in a filter's config are relative to the config file (FilterBuildContext).
-    let config_dir = loaded
-        .file
-        .as_deref()
-        .map(|f| f.parent().unwrap_or(std::path::Path::new("")))
-        .map(|d| {
-            if d.as_os_str().is_empty() {
-                std::path::Path::new(".")
-            } else {
-                d
-            }
-        });
     let mut owned_headers: Vec<http::HeaderName> = Vec::new();
     let mut entries = Vec::with_capacity(cfg.routes.len());
     for (i, r) in cfg.routes.iter().enumerate() {

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use super::{Cluster, State};
 use crate::config::model::DiscoveryConfig;
 use crate::upstream::discovery::{self, Discovery, DiscoveryError};
+use crate::upstream::probe::Target;
 use crate::upstream::{health, pools, Endpoint};
 
 /// How often an endpoint file is looked at (a read and a hash; parsed only when changed).
@@ -122,8 +123,14 @@ impl Maintainer {
                 ) {
                     for ep in u.endpoints().iter() {
                         let (state, ep, path) = (self.state.clone(), ep.clone(), path.clone());
+                        let tls = u.peer.tls.clone();
                         self.spawn_once(&format!("pools|{name}|{}", ep.address), async move {
-                            pools::scrape(&state.service_pools, ep.addr, &ep.address, &path).await
+                            let target = Target {
+                                addr: ep.addr,
+                                tls: tls.as_deref(),
+                                address: &ep.address,
+                            };
+                            pools::scrape(&state.service_pools, target, &ep.address, &path).await
                         });
                     }
                 }
@@ -177,7 +184,12 @@ async fn run_check(state: Arc<State>, c: Arc<Cluster>, ep: Arc<Endpoint>) {
     let Some(hc) = u.config.health_check.clone() else {
         return;
     };
-    let result = health::check(ep.addr, &hc).await;
+    let target = Target {
+        addr: ep.addr,
+        tls: u.peer.tls.as_deref(),
+        address: &ep.address,
+    };
+    let result = health::check(target, &hc).await;
     let tel = &state.telemetry;
     c.resilience.on_health_check(tel, &u.name, result.is_ok());
     if let Some(now_healthy) =

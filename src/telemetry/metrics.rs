@@ -100,7 +100,7 @@ impl Metrics {
             errors_all: prometheus::IntCounter::new("gatehouse_all_errors_total", "internal")?,
             upstream_requests: reg!(counter(
                 "gatehouse_upstream_requests_total",
-                "Tries sent to upstream endpoints, by outcome (success, http_error, connect_error, timeout, reset, protocol_error, truncated).",
+                "Tries sent to upstream endpoints, by outcome (success, http_error, connect_error, tls_error, timeout, reset, protocol_error, truncated).",
                 &["upstream", "endpoint", "outcome"]
             )?),
             inflight: reg!(IntGauge::new("gatehouse_inflight_requests", "Requests being processed.")?),

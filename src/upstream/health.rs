@@ -1,9 +1,8 @@
 //! Active health checks: one HTTP request or TCP connect to an endpoint, with a timeout.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use super::probe::{self, ProbeError};
+use super::probe::{self, ProbeError, Target};
 use crate::config::model::{HealthCheckConfig, HealthCheckKind};
 
 /// Why a check failed (logged on the transition to unhealthy).
@@ -12,6 +11,9 @@ pub enum CheckFailure {
     /// The connection could not be made.
     #[error("connect failed: {0}")]
     Connect(String),
+    /// The TLS handshake failed.
+    #[error("{0}")]
+    Tls(String),
     /// No complete answer within the timeout.
     #[error("timed out")]
     Timeout,
@@ -30,29 +32,31 @@ impl From<ProbeError> for CheckFailure {
     fn from(e: ProbeError) -> Self {
         match e {
             ProbeError::Connect(m) => CheckFailure::Connect(m),
+            ProbeError::Tls(m) => CheckFailure::Tls(m),
             ProbeError::Malformed => CheckFailure::Malformed,
         }
     }
 }
 
-/// Runs one check against `addr`.
-pub async fn check(addr: SocketAddr, cfg: &HealthCheckConfig) -> Result<(), CheckFailure> {
-    match tokio::time::timeout(cfg.timeout.get(), check_inner(addr, cfg)).await {
+/// Runs one check against `target` (over TLS for a TLS upstream: a `tcp` check then
+/// completes the handshake too, as HAProxy's `check-ssl` does).
+pub async fn check(target: Target<'_>, cfg: &HealthCheckConfig) -> Result<(), CheckFailure> {
+    match tokio::time::timeout(cfg.timeout.get(), check_inner(target, cfg)).await {
         Ok(r) => r,
         Err(_) => Err(CheckFailure::Timeout),
     }
 }
 
-async fn check_inner(addr: SocketAddr, cfg: &HealthCheckConfig) -> Result<(), CheckFailure> {
+async fn check_inner(target: Target<'_>, cfg: &HealthCheckConfig) -> Result<(), CheckFailure> {
     if cfg.kind == HealthCheckKind::Tcp {
-        probe::connect(addr).await?;
+        probe::open(target).await?;
         return Ok(());
     }
-    let host = cfg.host.clone().unwrap_or_else(|| addr.to_string());
+    let host = cfg.host.clone().unwrap_or_else(|| target.addr.to_string());
     // Read to EOF (Connection: close), at most 64 KiB, when the body is checked.
     let want_body = cfg.body_contains.is_some();
     let resp = probe::request(
-        addr,
+        target,
         &cfg.method,
         &cfg.path,
         &host,
@@ -80,6 +84,8 @@ pub fn jittered(interval: Duration) -> Duration {
 
 #[cfg(test)]
 mod tests {
+    use std::net::SocketAddr;
+
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use super::*;
@@ -119,17 +125,29 @@ mod tests {
         let junk = server("SSH-2.0-OpenSSH\r\n").await;
         let silent = server("").await;
         let c = cfg("{ interval: 1s, timeout: 300ms }");
-        assert_eq!(check(ok, &c).await, Ok(()));
-        assert_eq!(check(bad, &c).await, Err(CheckFailure::Status(503)));
-        assert_eq!(check(junk, &c).await, Err(CheckFailure::Malformed));
-        assert_eq!(check(silent, &c).await, Err(CheckFailure::Timeout));
-        assert_eq!(check(ok, &cfg("{ body_contains: healthy }")).await, Ok(()));
+        assert_eq!(check(Target::plain(ok), &c).await, Ok(()));
         assert_eq!(
-            check(ok, &cfg("{ body_contains: READY }")).await,
+            check(Target::plain(bad), &c).await,
+            Err(CheckFailure::Status(503))
+        );
+        assert_eq!(
+            check(Target::plain(junk), &c).await,
+            Err(CheckFailure::Malformed)
+        );
+        assert_eq!(
+            check(Target::plain(silent), &c).await,
+            Err(CheckFailure::Timeout)
+        );
+        assert_eq!(
+            check(Target::plain(ok), &cfg("{ body_contains: healthy }")).await,
+            Ok(())
+        );
+        assert_eq!(
+            check(Target::plain(ok), &cfg("{ body_contains: READY }")).await,
             Err(CheckFailure::Body)
         );
         assert_eq!(
-            check(bad, &cfg("{ expected_status: [200, 599] }")).await,
+            check(Target::plain(bad), &cfg("{ expected_status: [200, 599] }")).await,
             Ok(())
         );
     }
@@ -138,13 +156,13 @@ mod tests {
     async fn tcp_check_only_connects() {
         let silent = server("").await;
         let c = cfg("{ kind: tcp, timeout: 300ms }");
-        assert_eq!(check(silent, &c).await, Ok(()));
+        assert_eq!(check(Target::plain(silent), &c).await, Ok(()));
         let closed = {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap()
         };
         assert!(matches!(
-            check(closed, &c).await,
+            check(Target::plain(closed), &c).await,
             Err(CheckFailure::Connect(_))
         ));
     }

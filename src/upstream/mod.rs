@@ -5,6 +5,7 @@ pub mod health;
 pub mod pools;
 pub mod probe;
 pub mod select;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -73,7 +74,7 @@ pub struct Endpoint {
     /// Requests in flight to it.
     pub inflight: AtomicU64,
     /// `gatehouse_upstream_requests_total` handles by outcome, resolved on first use.
-    outcome_counters: std::sync::OnceLock<[prometheus::IntCounter; 7]>,
+    outcome_counters: std::sync::OnceLock<[prometheus::IntCounter; 8]>,
 }
 
 impl Endpoint {
@@ -121,14 +122,16 @@ impl Endpoint {
         }
     }
 
-    /// Counts one try's outcome (`success`, `http_error`, `connect_error`, `timeout`,
-    /// `reset`, `protocol_error`, `truncated`) without hashing labels on the request path.
+    /// Counts one try's outcome (`success`, `http_error`, `connect_error`, `tls_error`,
+    /// `timeout`, `reset`, `protocol_error`, `truncated`) without hashing labels on the
+    /// request path.
     pub fn count_outcome(&self, tel: &Telemetry, upstream: &str, outcome: &str) {
         let metrics = &tel.metrics;
-        const OUTCOMES: [&str; 7] = [
+        const OUTCOMES: [&str; 8] = [
             "success",
             "http_error",
             "connect_error",
+            "tls_error",
             "timeout",
             "reset",
             "protocol_error",
@@ -288,6 +291,8 @@ pub struct PeerSettings {
     pub host_header: HostHeader,
     /// The HTTP version spoken to the endpoints.
     pub protocol: Protocol,
+    /// TLS to the endpoints; clear text when `None`.
+    pub tls: Option<Arc<tls::UpstreamTls>>,
 }
 
 /// The HTTP version of an upstream's connections (`upstreams.*.protocol`).
@@ -321,6 +326,7 @@ impl PeerSettings {
                 UpstreamProtocol::H2 => Protocol::H2,
                 UpstreamProtocol::H2c => Protocol::H2c,
             },
+            tls: None,
         }
     }
 }
@@ -350,6 +356,12 @@ impl Upstream {
             swrr: Mutex::new(Swrr::default()),
             config,
         }
+    }
+
+    /// Sets its TLS settings (loaded from `config.tls` by the compile).
+    pub fn with_tls(mut self, tls: Option<Arc<tls::UpstreamTls>>) -> Self {
+        self.peer.tls = tls;
+        self
     }
 
     /// Sets the pool idle time of its connections (`runtime.upstream_idle_timeout`).

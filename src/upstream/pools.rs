@@ -4,7 +4,6 @@
 //! answers 2xx is invisible in the gateway's own HTTP figures.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -164,9 +163,9 @@ pub fn parse(text: &str, endpoint: &str) -> BTreeMap<String, Pool> {
 
 /// Reads one endpoint's pools into `pools`; failures are only logged at debug level (the
 /// dashboard shows the last known value, health checks report the endpoint itself).
-pub async fn scrape(pools: &Pools, addr: SocketAddr, endpoint: &str, path: &str) {
-    let host = addr.to_string();
-    let fetch = super::probe::request(addr, "GET", path, &host, "gatehouse", 1 << 20, true);
+pub async fn scrape(pools: &Pools, target: super::probe::Target<'_>, endpoint: &str, path: &str) {
+    let host = target.addr.to_string();
+    let fetch = super::probe::request(target, "GET", path, &host, "gatehouse", 1 << 20, true);
     match tokio::time::timeout(Duration::from_secs(2), fetch).await {
         Ok(Ok(resp)) => pools.store(
             endpoint,

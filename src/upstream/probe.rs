@@ -1,12 +1,15 @@
 //! The gateway's own small HTTP/1.1 client for probing endpoints: one request with
 //! `Connection: close`, the status line and (when asked) the body up to a bound. Shared
-//! by active health checks and the scraping of the services' pool gauges. Callers bound
-//! the whole exchange with their own timeout.
+//! by active health checks and the scraping of the services' pool gauges, over TLS with
+//! the upstream's settings when it has them. Callers bound the whole exchange with their
+//! own timeout.
 
 use std::net::SocketAddr;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+use super::tls::UpstreamTls;
 
 /// Why a probe got no usable answer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -14,6 +17,9 @@ pub enum ProbeError {
     /// The connection could not be made or the request not written.
     #[error("connect failed: {0}")]
     Connect(String),
+    /// The TLS handshake failed (OpenSSL's reason).
+    #[error("{0}")]
+    Tls(String),
     /// The answer is not an HTTP/1.x response (or the read failed).
     #[error("malformed response")]
     Malformed,
@@ -28,6 +34,29 @@ pub struct ProbeResponse {
     pub body: Vec<u8>,
 }
 
+/// Where a probe goes: the endpoint's socket address, and for a TLS upstream its settings
+/// and the endpoint's `host:port` as configured (the default server name).
+#[derive(Clone, Copy)]
+pub struct Target<'a> {
+    /// Connected to.
+    pub addr: SocketAddr,
+    /// The upstream's TLS, spoken as a try speaks it.
+    pub tls: Option<&'a UpstreamTls>,
+    /// The endpoint's address as configured or discovered.
+    pub address: &'a str,
+}
+
+impl<'a> Target<'a> {
+    /// A clear-text target.
+    pub fn plain(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            tls: None,
+            address: "",
+        }
+    }
+}
+
 /// A TCP connection to `addr` (a TCP health check stops here).
 pub async fn connect(addr: SocketAddr) -> Result<TcpStream, ProbeError> {
     TcpStream::connect(addr)
@@ -35,11 +64,23 @@ pub async fn connect(addr: SocketAddr) -> Result<TcpStream, ProbeError> {
         .map_err(|e| ProbeError::Connect(e.to_string()))
 }
 
-/// Sends `method path` with `Host: host` on a new connection to `addr` and reads the
-/// answer: up to `max_bytes` in all, to the end when `want_body`, else only until the
-/// header is complete.
+/// A connection to `target`, with its TLS handshake done when the upstream speaks TLS (a
+/// TCP health check of a TLS upstream stops here).
+pub async fn open(target: Target<'_>) -> Result<(), ProbeError> {
+    let tcp = connect(target.addr).await?;
+    if let Some(tls) = target.tls {
+        tls.connect(tcp, target.address)
+            .await
+            .map_err(ProbeError::Tls)?;
+    }
+    Ok(())
+}
+
+/// Sends `method path` with `Host: host` on a new connection to `target` (over TLS when
+/// the upstream speaks it) and reads the answer: up to `max_bytes` in all, to the end when
+/// `want_body`, else only until the header is complete.
 pub async fn request(
-    addr: SocketAddr,
+    target: Target<'_>,
     method: &str,
     path: &str,
     host: &str,
@@ -47,10 +88,29 @@ pub async fn request(
     max_bytes: usize,
     want_body: bool,
 ) -> Result<ProbeResponse, ProbeError> {
-    let mut stream = connect(addr).await?;
+    let tcp = connect(target.addr).await?;
     let req = format!(
         "{method} {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: {user_agent}\r\nConnection: close\r\n\r\n"
     );
+    match target.tls {
+        Some(tls) => {
+            let stream = tls
+                .connect(tcp, target.address)
+                .await
+                .map_err(ProbeError::Tls)?;
+            exchange(stream, &req, max_bytes, want_body).await
+        }
+        None => exchange(tcp, &req, max_bytes, want_body).await,
+    }
+}
+
+/// Writes `req` on `stream` and reads the answer (see [`request`]).
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    req: &str,
+    max_bytes: usize,
+    want_body: bool,
+) -> Result<ProbeResponse, ProbeError> {
     stream
         .write_all(req.as_bytes())
         .await
@@ -118,9 +178,17 @@ mod tests {
                 .unwrap();
             String::from_utf8_lossy(&buf[..n]).into_owned()
         });
-        let r = request(addr, "GET", "/metrics", "svc:1", "gatehouse", 1 << 20, true)
-            .await
-            .unwrap();
+        let r = request(
+            Target::plain(addr),
+            "GET",
+            "/metrics",
+            "svc:1",
+            "gatehouse",
+            1 << 20,
+            true,
+        )
+        .await
+        .unwrap();
         assert_eq!((r.status, r.body.as_slice()), (200, &b"hello"[..]));
         let sent = server.await.unwrap();
         assert!(

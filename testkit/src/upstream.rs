@@ -1,5 +1,5 @@
-//! Real HTTP/1.1 upstreams on 127.0.0.1 that echo each request as JSON, record what they
-//! received, and misbehave on command (a status, a delay, a dropped connection), plus a
+//! Real HTTP upstreams on 127.0.0.1 that echo each request as JSON (with its HTTP
+//! version), record what they received, and misbehave on command (a status, a delay, a dropped connection), plus a
 //! black hole that accepts connections and never answers.
 
 use std::net::SocketAddr;
@@ -81,6 +81,7 @@ async fn handle(State(st): State<Arc<UpstreamState>>, req: Request) -> Response 
     *st.last_path.lock().unwrap() = path.clone();
     *st.last_headers.lock().unwrap() = Some(req.headers().clone());
     let method = req.method().to_string();
+    let version = format!("{:?}", req.version());
     let headers: serde_json::Map<String, serde_json::Value> = req
         .headers()
         .iter()
@@ -103,7 +104,7 @@ async fn handle(State(st): State<Arc<UpstreamState>>, req: Request) -> Response 
         }
     }
     st.body_bytes.fetch_add(n, Ordering::SeqCst);
-    let echo = serde_json::json!({"upstream": st.name, "method": method, "path": path, "headers": headers, "body_bytes": n});
+    let echo = serde_json::json!({"upstream": st.name, "method": method, "path": path, "version": version, "headers": headers, "body_bytes": n});
     let ok = |status: StatusCode| {
         Response::builder()
             .status(status)
@@ -141,6 +142,19 @@ impl TestUpstream {
 
     /// Starts one on a given address (to bring a "dead" one back on its old port).
     pub async fn start_on(name: &str, addr: &str) -> Self {
+        Self::start_served(name, addr, |listener, app| async move {
+            let _ = axum::serve(listener, app).await;
+        })
+        .await
+    }
+
+    /// Starts one on `addr` whose listener and app are served by `serve` (over TLS, say):
+    /// the same echo, modes and records as [`TestUpstream::start`].
+    pub async fn start_served<F, Fut>(name: &str, addr: &str, serve: F) -> Self
+    where
+        F: FnOnce(tokio::net::TcpListener, axum::Router) -> Fut,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
         let state = Arc::new(UpstreamState {
             hits: AtomicUsize::new(0),
             mode: Mutex::new(Mode::Echo),
@@ -155,9 +169,7 @@ impl TestUpstream {
         let app = axum::Router::new()
             .fallback(handle)
             .with_state(state.clone());
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        let task = tokio::spawn(serve(listener, app));
         Self { addr, state, task }
     }
 

@@ -37,4 +37,5 @@ mod support;
 mod tls;
 mod upstream_errors;
 mod upstream_faults;
+mod upstream_tls;
 mod wasm;

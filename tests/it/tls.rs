@@ -10,70 +10,11 @@ use openssl::hash::MessageDigest;
 use openssl::ssl::{SslConnector, SslMethod, SslVersion};
 use openssl::x509::X509;
 use pingora_core::tls::tokio_ssl::SslStream;
-use rcgen::{CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::support::pki::Pki;
 use crate::support::*;
-
-/// A test CA and the leaves it signs.
-struct Pki {
-    ca: CertifiedIssuer<'static, KeyPair>,
-}
-
-/// A leaf certificate and key in PEM.
-#[derive(Clone)]
-struct Leaf {
-    cert: String,
-    key: String,
-}
-
-impl Leaf {
-    /// SHA-256 of the leaf, to compare with what a client got.
-    fn fingerprint(&self) -> Vec<u8> {
-        let x = X509::from_pem(self.cert.as_bytes()).unwrap();
-        x.digest(MessageDigest::sha256()).unwrap().to_vec()
-    }
-}
-
-impl Pki {
-    fn new() -> Self {
-        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-        p.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        p.distinguished_name
-            .push(DnType::CommonName, "gatehouse test CA");
-        let ca = CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap()).unwrap();
-        Self { ca }
-    }
-
-    fn ca_x509(&self) -> X509 {
-        X509::from_pem(self.ca.pem().as_bytes()).unwrap()
-    }
-
-    /// A leaf for `names` (SAN DNS names), valid until `not_after` (unix seconds) or for
-    /// a year.
-    fn leaf_until(&self, names: &[&str], not_after: Option<i64>) -> Leaf {
-        let mut p = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
-            .unwrap();
-        p.distinguished_name.push(DnType::CommonName, names[0]);
-        let now = time::OffsetDateTime::now_utc();
-        p.not_before = now - time::Duration::days(1);
-        p.not_after = match not_after {
-            Some(t) => time::OffsetDateTime::from_unix_timestamp(t).unwrap(),
-            None => now + time::Duration::days(365),
-        };
-        let key = KeyPair::generate().unwrap();
-        let cert = p.signed_by(&key, &self.ca).unwrap();
-        Leaf {
-            cert: cert.pem(),
-            key: key.serialize_pem(),
-        }
-    }
-
-    fn leaf(&self, names: &[&str]) -> Leaf {
-        self.leaf_until(names, None)
-    }
-}
 
 /// What one client handshake should offer.
 #[derive(Clone, Copy)]

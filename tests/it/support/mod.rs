@@ -11,7 +11,9 @@ use serde_json::Value;
 
 pub use gatehouse_testkit::*;
 
+pub mod https_upstream;
 pub mod load;
+pub mod pki;
 pub mod raw;
 pub mod redis_policies;
 
