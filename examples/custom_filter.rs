@@ -22,7 +22,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use gatehouse::filters::{
-    BuildError, Filter, FilterBuildContext, FilterError, FilterFactory, FilterOutcome, RequestCx,
+    BuildError, Filter, FilterBuildContext, FilterFactory, FilterOutcome, RequestCx, RequestResult,
     Response,
 };
 use http::{HeaderName, HeaderValue, StatusCode};
@@ -141,11 +141,7 @@ impl Filter for ApiKey {
         "api_key"
     }
 
-    async fn on_request(
-        &self,
-        req: &mut RequestHeader,
-        _cx: &mut RequestCx<'_>,
-    ) -> Result<FilterOutcome, FilterError> {
+    async fn on_request(&self, req: &mut RequestHeader, _cx: &mut RequestCx<'_>) -> RequestResult {
         let admitted = match req.headers.get(&self.header) {
             None => return Ok(self.refuse("missing API key")),
             Some(v) => self.admits(v.as_bytes()),

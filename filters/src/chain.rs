@@ -161,13 +161,14 @@ mod tests {
     use http::StatusCode;
 
     use super::*;
+    use crate::RequestResult;
 
     /// A test filter: counts its calls, waits `wait`, then does `then`.
     struct Probe {
         kind: &'static str,
         calls: AtomicU32,
         wait: Duration,
-        then: fn() -> Result<FilterOutcome, FilterError>,
+        then: fn() -> RequestResult,
     }
 
     #[async_trait]
@@ -179,18 +180,14 @@ mod tests {
             &self,
             _req: &mut RequestHeader,
             _cx: &mut RequestCx<'_>,
-        ) -> Result<FilterOutcome, FilterError> {
+        ) -> RequestResult {
             self.calls.fetch_add(1, Ordering::Relaxed);
             tokio::time::sleep(self.wait).await;
             (self.then)()
         }
     }
 
-    fn probe(
-        kind: &'static str,
-        wait: Duration,
-        then: fn() -> Result<FilterOutcome, FilterError>,
-    ) -> Arc<Probe> {
+    fn probe(kind: &'static str, wait: Duration, then: fn() -> RequestResult) -> Arc<Probe> {
         Arc::new(Probe {
             kind,
             calls: AtomicU32::new(0),

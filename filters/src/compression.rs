@@ -10,8 +10,8 @@ use pingora_http::ResponseHeader;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::util::{body_rewritable, content_length, header_lists, header_str};
-use crate::{BodyTransform, BuildError, Filter, FilterError, ResponseCx};
+use crate::util::{body_rewritable, content_length, header_lists, header_str, media_type};
+use crate::{BodyTransform, BuildError, Filter, FilterError, ResponseCx, ResponseResult};
 
 /// A content coding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
@@ -110,12 +110,7 @@ impl Compression {
     }
 
     fn type_listed(&self, ct: &str) -> bool {
-        let mime = ct
-            .split(';')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase();
+        let mime = media_type(ct);
         self.cfg.content_types.iter().any(|t| {
             let t = t.to_ascii_lowercase();
             if t.starts_with('+') {
@@ -231,11 +226,7 @@ impl Filter for Compression {
         "compression"
     }
 
-    fn on_response(
-        &self,
-        resp: &mut ResponseHeader,
-        cx: &ResponseCx<'_>,
-    ) -> Result<Option<Box<dyn BodyTransform>>, FilterError> {
+    fn on_response(&self, resp: &mut ResponseHeader, cx: &ResponseCx<'_>) -> ResponseResult {
         let err = FilterError::header("compression");
         if !body_rewritable(&cx.request.method, resp.status.as_u16()) {
             return Ok(None);

@@ -11,8 +11,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::util::header_lists;
 use crate::{
-    BodyTransform, BuildError, Duration, Filter, FilterError, FilterOutcome, RequestCx, Response,
-    ResponseCx,
+    BuildError, Duration, Filter, FilterError, FilterOutcome, RequestCx, RequestResult, Response,
+    ResponseCx, ResponseResult,
 };
 
 /// Config of the `cors` filter.
@@ -240,11 +240,7 @@ impl Filter for Cors {
         "cors"
     }
 
-    async fn on_request(
-        &self,
-        req: &mut RequestHeader,
-        cx: &mut RequestCx<'_>,
-    ) -> Result<FilterOutcome, FilterError> {
+    async fn on_request(&self, req: &mut RequestHeader, cx: &mut RequestCx<'_>) -> RequestResult {
         let origin = self.allowed_origin(req).cloned();
         let is_preflight = req.method == Method::OPTIONS
             && req.headers.contains_key(header::ORIGIN)
@@ -265,11 +261,7 @@ impl Filter for Cors {
         Ok(FilterOutcome::Continue)
     }
 
-    fn on_response(
-        &self,
-        resp: &mut ResponseHeader,
-        cx: &ResponseCx<'_>,
-    ) -> Result<Option<Box<dyn BodyTransform>>, FilterError> {
+    fn on_response(&self, resp: &mut ResponseHeader, cx: &ResponseCx<'_>) -> ResponseResult {
         let err = FilterError::header("cors");
         let Some(origin) = self.allowed_origin(cx.request) else {
             return Ok(None);

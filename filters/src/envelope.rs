@@ -9,8 +9,8 @@ use pingora_http::ResponseHeader;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::util::{body_rewritable, content_length, header_str};
-use crate::{BodyTransform, BuildError, Filter, FilterError, ResponseCx};
+use crate::util::{body_rewritable, content_length, header_str, media_type};
+use crate::{BodyTransform, BuildError, Filter, ResponseCx, ResponseResult};
 
 /// Config of the `envelope` filter. List it before `compression`.
 ///
@@ -57,12 +57,7 @@ impl Envelope {
 }
 
 fn is_json(ct: &str) -> bool {
-    let mime = ct
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
+    let mime = media_type(ct);
     mime == "application/json" || mime.ends_with("+json")
 }
 
@@ -127,11 +122,7 @@ impl Filter for Envelope {
         "envelope"
     }
 
-    fn on_response(
-        &self,
-        resp: &mut ResponseHeader,
-        cx: &ResponseCx<'_>,
-    ) -> Result<Option<Box<dyn BodyTransform>>, FilterError> {
+    fn on_response(&self, resp: &mut ResponseHeader, cx: &ResponseCx<'_>) -> ResponseResult {
         let status = resp.status.as_u16();
         if !body_rewritable(&cx.request.method, status) {
             return Ok(None);

@@ -18,7 +18,7 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde::de::DeserializeOwned;
 
-use crate::{BodyTransform, BuildError, Filter, FilterError, FilterOutcome, RequestCx, ResponseCx};
+use crate::{BuildError, Filter, RequestCx, RequestResult, ResponseCx, ResponseResult};
 
 /// The kinds built into this crate, as written in YAML. A custom kind may not take one
 /// of these names.
@@ -301,19 +301,11 @@ impl Filter for Named {
         self.inner.body_prefix_limit()
     }
 
-    async fn on_request(
-        &self,
-        req: &mut RequestHeader,
-        cx: &mut RequestCx<'_>,
-    ) -> Result<FilterOutcome, FilterError> {
+    async fn on_request(&self, req: &mut RequestHeader, cx: &mut RequestCx<'_>) -> RequestResult {
         self.inner.on_request(req, cx).await
     }
 
-    fn on_response(
-        &self,
-        resp: &mut ResponseHeader,
-        cx: &ResponseCx<'_>,
-    ) -> Result<Option<Box<dyn BodyTransform>>, FilterError> {
+    fn on_response(&self, resp: &mut ResponseHeader, cx: &ResponseCx<'_>) -> ResponseResult {
         self.inner.on_response(resp, cx)
     }
 }

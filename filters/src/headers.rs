@@ -7,7 +7,10 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-use crate::{BodyTransform, BuildError, Filter, FilterError, FilterOutcome, RequestCx, ResponseCx};
+use crate::{
+    BuildError, Filter, FilterError, FilterOutcome, RequestCx, RequestResult, ResponseCx,
+    ResponseResult,
+};
 
 /// Header edits for one direction. Applied in the order remove, set, add.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
@@ -110,20 +113,12 @@ impl Filter for Headers {
         "headers"
     }
 
-    async fn on_request(
-        &self,
-        req: &mut RequestHeader,
-        _cx: &mut RequestCx<'_>,
-    ) -> Result<FilterOutcome, FilterError> {
+    async fn on_request(&self, req: &mut RequestHeader, _cx: &mut RequestCx<'_>) -> RequestResult {
         apply_edits!(self.request, req, "headers");
         Ok(FilterOutcome::Continue)
     }
 
-    fn on_response(
-        &self,
-        resp: &mut ResponseHeader,
-        _cx: &ResponseCx<'_>,
-    ) -> Result<Option<Box<dyn BodyTransform>>, FilterError> {
+    fn on_response(&self, resp: &mut ResponseHeader, _cx: &ResponseCx<'_>) -> ResponseResult {
         apply_edits!(self.response, resp, "headers");
         Ok(None)
     }

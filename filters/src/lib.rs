@@ -458,6 +458,14 @@ pub enum FilterOutcome {
     Respond(Response),
 }
 
+/// What [`Filter::on_request`] returns: how the request goes on, or an infrastructure
+/// failure.
+pub type RequestResult = Result<FilterOutcome, FilterError>;
+
+/// What [`Filter::on_response`] returns: the transform for this response's body, if the
+/// filter rewrites it, or an infrastructure failure.
+pub type ResponseResult = Result<Option<Box<dyn BodyTransform>>, FilterError>;
+
 /// What a request filter may know besides the request header, and where it leaves what
 /// the filters after it or the response should see. Lives for one call of
 /// [`Filter::on_request`]; the gateway carries `claims` and `response_headers` on.
@@ -634,11 +642,7 @@ pub trait Filter: Send + Sync + 'static {
     ///
     /// A [`FilterError`] for an infrastructure failure: the gateway answers 500
     /// `filter_error` and logs the error.
-    async fn on_request(
-        &self,
-        _req: &mut RequestHeader,
-        _cx: &mut RequestCx<'_>,
-    ) -> Result<FilterOutcome, FilterError> {
+    async fn on_request(&self, _req: &mut RequestHeader, _cx: &mut RequestCx<'_>) -> RequestResult {
         Ok(FilterOutcome::Continue)
     }
 
@@ -650,11 +654,7 @@ pub trait Filter: Send + Sync + 'static {
     ///
     /// A [`FilterError`]: logged; the response still goes downstream, and the other
     /// filters' response phases still run.
-    fn on_response(
-        &self,
-        _resp: &mut ResponseHeader,
-        _cx: &ResponseCx<'_>,
-    ) -> Result<Option<Box<dyn BodyTransform>>, FilterError> {
+    fn on_response(&self, _resp: &mut ResponseHeader, _cx: &ResponseCx<'_>) -> ResponseResult {
         Ok(None)
     }
 
@@ -676,7 +676,7 @@ pub trait Filter: Send + Sync + 'static {
         &self,
         resp: &mut ResponseHeader,
         cx: &ResponseCx<'_>,
-    ) -> Result<Option<Box<dyn BodyTransform>>, FilterError> {
+    ) -> ResponseResult {
         self.on_response(resp, cx)
     }
 }

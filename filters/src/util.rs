@@ -130,6 +130,13 @@ pub fn body_rewritable(method: &http::Method, status: u16) -> bool {
         || status == 206)
 }
 
+/// The media type of a `Content-Type` value, lowercased and without its parameters
+/// (`Text/HTML; charset=utf-8` is `text/html`; RFC 9110 section 8.3.1: case-insensitive).
+pub fn media_type(content_type: &str) -> String {
+    let essence = content_type.split(';').next().unwrap_or("");
+    essence.trim().to_ascii_lowercase()
+}
+
 /// A response header's value as text; `None` when absent or not visible ASCII.
 pub fn header_str(headers: &http::HeaderMap, name: http::header::HeaderName) -> Option<&str> {
     headers.get(name).and_then(|v| v.to_str().ok())

@@ -36,7 +36,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     BodyTransform, BuildError, Filter, FilterBuildContext, FilterError, FilterOutcome,
-    FilterRuntime, FilterState, RequestCx, Response, ResponseCx,
+    FilterRuntime, FilterState, RequestCx, RequestResult, Response, ResponseCx, ResponseResult,
 };
 
 /// Run a proxy-wasm filter module (ABI v0.2.1, as the Rust, Go and C++ SDKs build for Envoy).
@@ -274,11 +274,7 @@ impl Filter for Wasm {
         self.request_body
     }
 
-    async fn on_request(
-        &self,
-        req: &mut RequestHeader,
-        cx: &mut RequestCx<'_>,
-    ) -> Result<FilterOutcome, FilterError> {
+    async fn on_request(&self, req: &mut RequestHeader, cx: &mut RequestCx<'_>) -> RequestResult {
         let info = StreamInfo {
             client_ip: cx.client_ip,
             request_id: cx.request_id.to_string(),
@@ -332,7 +328,7 @@ impl Filter for Wasm {
         &self,
         resp: &mut ResponseHeader,
         cx: &ResponseCx<'_>,
-    ) -> Result<Option<Box<dyn BodyTransform>>, FilterError> {
+    ) -> ResponseResult {
         let Some(mut stream) = cx.state.take::<HttpStream>(FilterState::key(self)) else {
             return Ok(None);
         };

@@ -22,7 +22,7 @@ pub use verify::Reason;
 use crate::util::OneOrMany;
 use crate::{
     BuildError, Duration, Filter, FilterError, FilterMetrics, FilterOutcome, FilterRuntime,
-    RequestCx, Response,
+    RequestCx, RequestResult, Response,
 };
 
 /// Config of the `jwt` filter. Keys are a list of key sources, each bound to its
@@ -330,11 +330,7 @@ impl Filter for JwtAuth {
         "jwt"
     }
 
-    async fn on_request(
-        &self,
-        req: &mut RequestHeader,
-        cx: &mut RequestCx<'_>,
-    ) -> Result<FilterOutcome, FilterError> {
+    async fn on_request(&self, req: &mut RequestHeader, cx: &mut RequestCx<'_>) -> RequestResult {
         // Forwarded headers come from verified claims only, whatever happens below.
         for (_, h) in &self.forward {
             req.remove_header(h);

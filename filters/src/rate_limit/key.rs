@@ -132,14 +132,10 @@ mod tests {
 
     fn cx<'a>(body: Option<&'a [u8]>) -> RequestCx<'a> {
         RequestCx {
-            route: "r",
             client_ip: Some("10.0.0.7".parse().unwrap()),
-            request_id: "id",
             body_prefix: body,
-            body: None,
             claims: Some(Arc::new(serde_json::json!({"sub": "u1", "n": 5}))),
-            response_headers: Vec::new(),
-            state: Box::leak(Box::default()),
+            ..crate::test_cx()
         }
     }
 

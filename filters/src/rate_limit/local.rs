@@ -224,6 +224,14 @@ mod tests {
         }
     }
 
+    /// Asserts key `k`'s decision at each (ms after `t0`, allowed) in turn.
+    fn assert_allowed_at(l: &LocalLimiter, p: &Policy, t0: Instant, steps: &[(u64, bool)]) {
+        for &(ms, allowed) in steps {
+            let d = l.check("k", p, t0 + Duration::from_millis(ms));
+            assert_eq!(d.allowed, allowed, "at t0 + {ms} ms");
+        }
+    }
+
     #[test]
     fn sliding_window_is_exact() {
         let l = LocalLimiter::default();
@@ -243,9 +251,7 @@ mod tests {
                 .allowed
         );
         // The first request leaves the window at t0+1000.
-        assert!(!l.check("k", &p, t0 + Duration::from_millis(999)).allowed);
-        assert!(l.check("k", &p, t0 + Duration::from_millis(1000)).allowed);
-        assert!(!l.check("k", &p, t0 + Duration::from_millis(1001)).allowed);
+        assert_allowed_at(&l, &p, t0, &[(999, false), (1000, true), (1001, false)]);
     }
 
     #[test]
@@ -260,9 +266,7 @@ mod tests {
         let d = l.check("k", &p, t0);
         assert!(!d.allowed);
         assert_eq!(d.retry_after, Duration::from_millis(100));
-        assert!(!l.check("k", &p, t0 + Duration::from_millis(99)).allowed);
-        assert!(l.check("k", &p, t0 + Duration::from_millis(100)).allowed);
-        assert!(!l.check("k", &p, t0 + Duration::from_millis(150)).allowed);
+        assert_allowed_at(&l, &p, t0, &[(99, false), (100, true), (150, false)]);
     }
 
     #[test]

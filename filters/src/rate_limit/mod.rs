@@ -21,7 +21,7 @@ pub use redis_store::RedisSettings;
 use crate::metrics::RatelimitCounters;
 use crate::util::ceil_secs;
 use crate::{
-    BuildError, Duration, Filter, FilterError, FilterOutcome, FilterRuntime, RequestCx, Response,
+    BuildError, Duration, Filter, FilterOutcome, FilterRuntime, RequestCx, RequestResult, Response,
 };
 
 /// Largest body prefix a `body.<field>` key reads (pingora's retry buffer).
@@ -359,11 +359,7 @@ impl Filter for RateLimit {
         self.body_limit
     }
 
-    async fn on_request(
-        &self,
-        req: &mut RequestHeader,
-        cx: &mut RequestCx<'_>,
-    ) -> Result<FilterOutcome, FilterError> {
+    async fn on_request(&self, req: &mut RequestHeader, cx: &mut RequestCx<'_>) -> RequestResult {
         let Some(value) = self.key.extract(req, cx) else {
             return Ok(match self.missing {
                 MissingKey::Skip => {
@@ -432,12 +428,8 @@ mod tests {
         RequestCx {
             route: "login",
             client_ip: Some("10.0.0.1".parse().unwrap()),
-            request_id: "id",
             body_prefix: body,
-            body: None,
-            claims: None,
-            response_headers: Vec::new(),
-            state: Box::leak(Box::default()),
+            ..crate::test_cx()
         }
     }
 
