@@ -216,3 +216,33 @@ pub async fn black_hole() -> (SocketAddr, tokio::task::JoinHandle<()>) {
     });
     (addr, task)
 }
+
+/// A hand-written HTTP/1.1 server on 127.0.0.1, for answers a framework would not send as
+/// they are (chunked trailers, exact header bytes): on each connection it reads the request
+/// head, writes what `answer` returns at that moment, and closes the connection.
+pub async fn raw_upstream(
+    answer: impl Fn() -> String + Send + Sync + 'static,
+) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let answer = Arc::new(answer);
+    let task = tokio::spawn(async move {
+        while let Ok((mut sock, _)) = l.accept().await {
+            let answer = answer.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match sock.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let _ = sock.write_all(answer().as_bytes()).await;
+                let _ = sock.shutdown().await;
+            });
+        }
+    });
+    (addr, task)
+}

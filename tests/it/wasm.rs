@@ -7,8 +7,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use gatehouse_testkit::{
-    client, metric_value, output_of, send, wasm_guest, AppConfig, JsonResponse, TestGateway,
-    TestUpstream,
+    client, metric_value, output_of, raw_upstream, send, wasm_guest, AppConfig, JsonResponse,
+    TestGateway, TestUpstream,
 };
 
 /// A gateway with upstream `app` (and `extra` upstreams) and one route `/api` whose filter
@@ -617,32 +617,13 @@ async fn http_calls_run_concurrently_and_from_the_response_phase() {
 /// An upstream that answers every request with a chunked body `hello` ending with the
 /// trailers `x-upstream: up-value` and `x-drop-me: 1`, then closes the connection.
 async fn trailing_upstream() -> SocketAddr {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut sock, _)) = listener.accept().await else {
-                return;
-            };
-            tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match sock.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let answer =
-                    "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: x-upstream\r\n\
-                              Connection: close\r\n\r\n5\r\nhello\r\n0\r\nx-upstream: up-value\r\n\
-                              x-drop-me: 1\r\n\r\n";
-                let _ = sock.write_all(answer.as_bytes()).await;
-                let _ = sock.shutdown().await;
-            });
-        }
-    });
+    let (addr, _task) = raw_upstream(|| {
+        "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: x-upstream\r\n\
+         Connection: close\r\n\r\n5\r\nhello\r\n0\r\nx-upstream: up-value\r\n\
+         x-drop-me: 1\r\n\r\n"
+            .to_string()
+    })
+    .await;
     addr
 }
 

@@ -7,12 +7,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use gatehouse_filters::{build, Filter, FilterConfig, FilterRuntime};
+use gatehouse_testkit::raw_upstream;
 use jsonwebtoken::jwk::{Jwk, JwkSet};
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use pingora_http::RequestHeader;
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
 
 use crate::support::{key, metric, run};
 
@@ -27,41 +26,21 @@ struct JwksServer {
 
 impl JwksServer {
     async fn start(body: String) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!(
-            "http://{}/.well-known/jwks.json",
-            listener.local_addr().unwrap()
-        );
         let body = Arc::new(Mutex::new(body));
         let cache_control = Arc::new(Mutex::new("max-age=3600".to_string()));
         let hits = Arc::new(AtomicUsize::new(0));
         let (b, cc, h) = (body.clone(), cache_control.clone(), hits.clone());
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((mut sock, _)) = listener.accept().await else {
-                    return;
-                };
-                let (b, cc, h) = (b.clone(), cc.clone(), h.clone());
-                tokio::spawn(async move {
-                    let mut buf = Vec::new();
-                    let mut chunk = [0u8; 1024];
-                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match sock.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                    }
-                    h.fetch_add(1, Ordering::SeqCst);
-                    let body = b.lock().unwrap().clone();
-                    let cc = cc.lock().unwrap().clone();
-                    let resp = format!(
-                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncache-control: {cc}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                        body.len()
-                    );
-                    let _ = sock.write_all(resp.as_bytes()).await;
-                });
-            }
-        });
+        let (addr, task) = raw_upstream(move || {
+            h.fetch_add(1, Ordering::SeqCst);
+            let body = b.lock().unwrap().clone();
+            let cc = cc.lock().unwrap().clone();
+            format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncache-control: {cc}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            )
+        })
+        .await;
+        let url = format!("http://{addr}/.well-known/jwks.json");
         Self {
             url,
             body,
