@@ -14,7 +14,7 @@ use tonic::codegen::http;
 use tonic::codegen::http::uri::PathAndQuery;
 use tonic::codegen::Service;
 use tonic::metadata::MetadataMap;
-use tonic::server::NamedService;
+use tonic::server::{NamedService, ServerStreamingService, UnaryService};
 use tonic::{Code, Request, Response, Status};
 use tonic_prost::ProstCodec;
 
@@ -49,13 +49,9 @@ impl NamedService for Echo {
 #[derive(Clone, Copy)]
 struct Method(&'static str);
 
-impl Service<Request<Msg>> for Method {
-    type Response = Response<Msg>;
-    type Error = Status;
+impl UnaryService<Msg> for Method {
+    type Response = Msg;
     type Future = BoxFut<Result<Response<Msg>, Status>>;
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Status>> {
-        Poll::Ready(Ok(()))
-    }
     fn call(&mut self, req: Request<Msg>) -> Self::Future {
         let name = self.0;
         Box::pin(async move {
@@ -92,13 +88,10 @@ type MsgStream = Pin<Box<dyn futures_util::Stream<Item = Result<Msg, Status>> + 
 #[derive(Clone, Copy)]
 struct Streamer;
 
-impl Service<Request<Msg>> for Streamer {
-    type Response = Response<MsgStream>;
-    type Error = Status;
+impl ServerStreamingService<Msg> for Streamer {
+    type Response = Msg;
+    type ResponseStream = MsgStream;
     type Future = BoxFut<Result<Response<MsgStream>, Status>>;
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Status>> {
-        Poll::Ready(Ok(()))
-    }
     fn call(&mut self, req: Request<Msg>) -> Self::Future {
         Box::pin(async move {
             let m = req.into_inner();
@@ -177,7 +170,9 @@ async fn grpc_upstream() -> GrpcUpstream {
 }
 
 /// A gRPC client over h2c to the gateway.
-async fn client(gw: &TestGateway) -> tonic::client::Grpc<tonic::transport::Channel> {
+type Client = tonic::client::Grpc<tonic::transport::Channel>;
+
+async fn client(gw: &TestGateway) -> Client {
     let ch = tonic::transport::Endpoint::from_shared(gw.url(""))
         .unwrap()
         .timeout(Duration::from_secs(10))
@@ -188,13 +183,21 @@ async fn client(gw: &TestGateway) -> tonic::client::Grpc<tonic::transport::Chann
 }
 
 async fn unary(
-    c: &mut tonic::client::Grpc<tonic::transport::Channel>,
+    c: &mut Client,
     path: &'static str,
     req: Request<Msg>,
 ) -> Result<Response<Msg>, Status> {
     c.ready().await.unwrap();
     c.unary(req, PathAndQuery::from_static(path), ProstCodec::default())
         .await
+}
+
+/// `/test.Echo/Stream` called with `req`: the stream of its answers.
+async fn open_stream(c: &mut Client, req: Request<Msg>) -> tonic::Streaming<Msg> {
+    c.ready().await.unwrap();
+    let path = PathAndQuery::from_static("/test.Echo/Stream");
+    let r = c.server_streaming(req, path, ProstCodec::<Msg, Msg>::default());
+    r.await.unwrap().into_inner()
 }
 
 fn msg(text: &str, count: u32) -> Request<Msg> {
@@ -252,16 +255,7 @@ async fn unary_and_streaming_calls_pass_with_their_trailers() {
     assert!(s.metadata().get("x-gatehouse-error").is_none(), "{s:?}");
 
     // Server streaming: every message, then the status in the trailers after the data.
-    c.ready().await.unwrap();
-    let mut stream = c
-        .server_streaming(
-            msg("tick", 5),
-            PathAndQuery::from_static("/test.Echo/Stream"),
-            ProstCodec::<Msg, Msg>::default(),
-        )
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = open_stream(&mut c, msg("tick", 5)).await;
     let mut got = Vec::new();
     while let Some(m) = stream.message().await.unwrap() {
         got.push(m.text);
@@ -273,16 +267,7 @@ async fn unary_and_streaming_calls_pass_with_their_trailers() {
     let trailers = stream.trailers().await.unwrap().expect("trailers");
     assert!(trailers.get("grpc-status").is_none_or(|v| v == "0"));
 
-    c.ready().await.unwrap();
-    let mut stream = c
-        .server_streaming(
-            msg("fail", 3),
-            PathAndQuery::from_static("/test.Echo/Stream"),
-            ProstCodec::<Msg, Msg>::default(),
-        )
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = open_stream(&mut c, msg("fail", 3)).await;
     let mut n = 0;
     let err = loop {
         match stream.message().await {
@@ -372,51 +357,27 @@ async fn gateway_failures_reach_grpc_clients_as_grpc_statuses() {
     let mut c = client(&gw).await;
 
     // Routing per /package.Service/Method: an unknown service has no route.
-    assert_gateway_status(
-        &gw,
-        unary(&mut c, "/other.Service/Method", msg("x", 0)).await,
-        Code::Unimplemented,
-        "no_route",
-    );
+    let r = unary(&mut c, "/other.Service/Method", msg("x", 0)).await;
+    assert_gateway_status(&gw, r, Code::Unimplemented, "no_route");
     // The upstream refuses connections: unavailable.
-    assert_gateway_status(
-        &gw,
-        unary(&mut c, "/dead.Echo/Unary", msg("x", 0)).await,
-        Code::Unavailable,
-        "upstream_connect_failed",
-    );
+    let r = unary(&mut c, "/dead.Echo/Unary", msg("x", 0)).await;
+    assert_gateway_status(&gw, r, Code::Unavailable, "upstream_connect_failed");
     // The upstream does not answer within the read timeout: deadline exceeded.
-    assert_gateway_status(
-        &gw,
-        unary(&mut c, "/slow.Echo/Slow", msg("x", 3000)).await,
-        Code::DeadlineExceeded,
-        "upstream_timeout",
-    );
+    let r = unary(&mut c, "/slow.Echo/Slow", msg("x", 3000)).await;
+    assert_gateway_status(&gw, r, Code::DeadlineExceeded, "upstream_timeout");
     // A message over the route's body limit.
-    assert_gateway_status(
-        &gw,
-        unary(&mut c, "/small.Echo/Unary", msg(&"x".repeat(1000), 0)).await,
-        Code::ResourceExhausted,
-        "body_too_large",
-    );
+    let r = unary(&mut c, "/small.Echo/Unary", msg(&"x".repeat(1000), 0)).await;
+    assert_gateway_status(&gw, r, Code::ResourceExhausted, "body_too_large");
     // Rate limits count gRPC calls: two pass, the third is refused.
     for _ in 0..2 {
         let r = unary(&mut c, "/limited.Echo/Unary", msg("x", 0)).await;
         assert_eq!(r.unwrap().get_ref().text, "echo x");
     }
-    assert_gateway_status(
-        &gw,
-        unary(&mut c, "/limited.Echo/Unary", msg("x", 0)).await,
-        Code::ResourceExhausted,
-        "rate_limited",
-    );
+    let r = unary(&mut c, "/limited.Echo/Unary", msg("x", 0)).await;
+    assert_gateway_status(&gw, r, Code::ResourceExhausted, "rate_limited");
     // JWT on gRPC metadata: none is unauthenticated, a wrong role is denied, a good one passes.
-    assert_gateway_status(
-        &gw,
-        unary(&mut c, "/secure.Echo/Unary", msg("x", 0)).await,
-        Code::Unauthenticated,
-        "unauthorized",
-    );
+    let r = unary(&mut c, "/secure.Echo/Unary", msg("x", 0)).await;
+    assert_gateway_status(&gw, r, Code::Unauthenticated, "unauthorized");
     let ok = unary(
         &mut c,
         "/secure.Echo/Unary",
@@ -424,17 +385,9 @@ async fn gateway_failures_reach_grpc_clients_as_grpc_statuses() {
     )
     .await;
     assert_eq!(ok.unwrap().get_ref().text, "echo ok");
-    assert_gateway_status(
-        &gw,
-        unary(
-            &mut c,
-            "/admin.Echo/Unary",
-            with_auth(msg("x", 0), &bearer("USER")),
-        )
-        .await,
-        Code::PermissionDenied,
-        "forbidden",
-    );
+    let user = with_auth(msg("x", 0), &bearer("USER"));
+    let r = unary(&mut c, "/admin.Echo/Unary", user).await;
+    assert_gateway_status(&gw, r, Code::PermissionDenied, "forbidden");
 
     // The metrics count each by the status it stands for, as for any other request.
     let m = gw.metrics().await;

@@ -70,6 +70,13 @@ async fn counting_upstream(delay: Duration) -> CountingUpstream {
     }
 }
 
+/// A [`counting_upstream`] answering after `delay_ms`, behind an [`h2c_gateway`] with `h2`.
+async fn counted_h2c(delay_ms: u64, h2: &str) -> (CountingUpstream, TestGateway) {
+    let up = counting_upstream(Duration::from_millis(delay_ms)).await;
+    let gw = h2c_gateway(up.addr, h2).await;
+    (up, gw)
+}
+
 /// A gateway with h2c on its listener (plus `h2` limits, YAML flow mapping entries) in
 /// front of `upstream`.
 async fn h2c_gateway(upstream: SocketAddr, h2: &str) -> TestGateway {
@@ -152,12 +159,7 @@ async fn get_h1(gw: &TestGateway, path: &str) -> u16 {
 
 #[tokio::test]
 async fn concurrent_streams_beyond_the_limit_wait_and_oversized_header_lists_get_431() {
-    let up = counting_upstream(Duration::from_millis(300)).await;
-    let gw = h2c_gateway(
-        up.addr,
-        "max_concurrent_streams: 3, max_header_list_size: 4KiB",
-    )
-    .await;
+    let (up, gw) = counted_h2c(300, "max_concurrent_streams: 3, max_header_list_size: 4KiB").await;
     let (client, _conn) = h2c_connect(gw.port).await;
     let client = client.ready().await.unwrap();
     // Ten requests at once on one connection: the client may open three streams at a
@@ -253,9 +255,8 @@ async fn reset_flood(port: u16, max: usize, pace: Option<Duration>) -> usize {
 
 #[tokio::test]
 async fn a_rapid_reset_flood_is_cut_off_and_reaches_the_upstream_a_bounded_number_of_times() {
-    let up = counting_upstream(Duration::from_secs(3)).await;
-    let gw = h2c_gateway(
-        up.addr,
+    let (up, gw) = counted_h2c(
+        3000,
         "max_concurrent_streams: 50, max_pending_reset_streams: 10",
     )
     .await;

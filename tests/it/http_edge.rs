@@ -56,15 +56,21 @@ fn statuses(rs: &[Resp]) -> Vec<u16> {
 
 // === 1. hop-by-hop headers named by the client ===
 
+/// The JWT filters' secret, which the gateway reads from `EDGE_JWT_SECRET`.
+const SECRET: &str = "edge-test-secret-at-least-32-bytes!!";
+
+/// The gateway before `up` with `routes`, and [`SECRET`] in its environment.
+async fn jwt_gateway(up: &RecordingUpstream, routes: &str) -> TestGateway {
+    let env = [("EDGE_JWT_SECRET", SECRET)];
+    TestGateway::start_with_env(&config(up.addr, "", routes), &env).await
+}
+
 #[tokio::test]
 async fn client_connection_header_cannot_remove_gateway_headers() {
     use jsonwebtoken::{encode, EncodingKey, Header};
-    const SECRET: &str = "edge-test-secret-at-least-32-bytes!!";
     let up = RecordingUpstream::start(Answer::Ok11).await;
     let routes = "  - name: me\n    upstream: app\n    filters:\n      - jwt:\n          issuer: gatehouse\n          audience: gatehouse\n          keys: [ { secret_env: EDGE_JWT_SECRET, algorithms: [HS256] } ]\n          forward_claims: { sub: X-User-Id, role: X-User-Role }\n      - headers: { request: { set: { x-gateway-verified: \"yes\" } } }\n";
-    let gw =
-        TestGateway::start_with_env(&config(up.addr, "", routes), &[("EDGE_JWT_SECRET", SECRET)])
-            .await;
+    let gw = jwt_gateway(&up, routes).await;
     let exp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -129,11 +135,7 @@ async fn http11_requests_need_exactly_one_valid_host() {
 async fn absolute_form_target_is_routed_on_its_authority_and_sent_in_origin_form() {
     let up = RecordingUpstream::start(Answer::Ok11).await;
     let routes = "  - name: admin\n    match: { hosts: [admin.example.com] }\n    upstream: app\n    filters:\n      - jwt:\n          issuer: gatehouse\n          audience: gatehouse\n          keys: [ { secret_env: EDGE_JWT_SECRET, algorithms: [HS256] } ]\n  - { name: all, upstream: app }\n";
-    let gw = TestGateway::start_with_env(
-        &config(up.addr, "", routes),
-        &[("EDGE_JWT_SECRET", "edge-test-secret-at-least-32-bytes!!")],
-    )
-    .await;
+    let gw = jwt_gateway(&up, routes).await;
     // No Host: the target's authority routes it, to the admin route's JWT check.
     let rs = exchange(&gw, b"GET http://admin.example.com/whoami HTTP/1.1\r\n\r\n").await;
     assert_eq!(statuses(&rs), vec![401]);
@@ -185,16 +187,10 @@ async fn expect_continue_is_answered_before_the_gateway_reads_the_body() {
     )
     .await;
     // The client waits for 100 before it sends the body (generous bound: no timing asserted).
-    let first = c
-        .response(Duration::from_secs(10))
-        .await
-        .expect("an interim response");
+    let first = c.expect_response("an interim response").await;
     assert_eq!(first.status, 100);
     c.send(body).await;
-    let last = c
-        .response(Duration::from_secs(10))
-        .await
-        .expect("a final response");
+    let last = c.expect_response("a final response").await;
     assert_eq!(last.status, 200);
     let reqs = up.requests();
     assert_eq!(reqs.len(), 1);
@@ -217,11 +213,7 @@ async fn expect_continue_answer(gw: &TestGateway, path: &str) -> Option<Resp> {
 async fn expect_continue_gets_the_refusal_that_needs_no_body() {
     let up = RecordingUpstream::start(Answer::Ok11).await;
     let routes = "  - name: login\n    match: { path_prefix: /login }\n    upstream: app\n    filters:\n      - jwt:\n          issuer: gatehouse\n          audience: gatehouse\n          keys: [ { secret_env: EDGE_JWT_SECRET, algorithms: [HS256] } ]\n      - rate_limit: { name: per_email, key: body.email, limit: 100, window: 1m }\n  - name: signup\n    match: { path_prefix: /signup }\n    upstream: app\n    filters:\n      - rate_limit: { name: per_ip, key: client_ip, limit: 1, window: 1m }\n      - rate_limit: { name: per_email, key: body.email, limit: 100, window: 1m }\n";
-    let gw = TestGateway::start_with_env(
-        &config(up.addr, "", routes),
-        &[("EDGE_JWT_SECRET", "edge-test-secret-at-least-32-bytes!!")],
-    )
-    .await;
+    let gw = jwt_gateway(&up, routes).await;
     // No token: the jwt filter refuses without the body, so that is the answer, not 100.
     let first = expect_continue_answer(&gw, "/login")
         .await
@@ -289,13 +281,13 @@ async fn pooled_connection_closed_by_the_upstream_is_never_reused() {
             let mut c = Raw::connect(port).await;
             for i in 0..250 {
                 c.send(b"HEAD /h HTTP/1.1\r\nHost: h\r\n\r\n").await;
-                let h = c.response(Duration::from_secs(10)).await.map(|r| r.status);
+                let h = c.next_status().await;
                 c.send(
                     format!("POST /p{i} HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nhi")
                         .as_bytes(),
                 )
                 .await;
-                let p = c.response(Duration::from_secs(10)).await.map(|r| r.status);
+                let p = c.next_status().await;
                 if h != Some(200) || p != Some(200) {
                     failed.push((i, h, p));
                     c = Raw::connect(port).await;
@@ -340,13 +332,13 @@ async fn pooled_connection_the_upstream_closed_later_is_not_reused_for_a_post() 
     let gw = plain_gateway(&up).await;
     let mut c = Raw::connect(gw.port).await;
     c.send(b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n").await;
-    let first = c.response(Duration::from_secs(10)).await.map(|r| r.status);
+    let first = c.next_status().await;
     assert_eq!(first, Some(200));
     // Well after the upstream's FIN, a POST (never retried on a closed connection).
     tokio::time::sleep(FIN_DELAY * 5).await;
     c.send(b"POST /b HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nhi")
         .await;
-    let second = c.response(Duration::from_secs(10)).await.map(|r| r.status);
+    let second = c.next_status().await;
     assert_eq!(second, Some(200), "{}", gw.logs());
     let conns = up.conns();
     assert_eq!(conns.len(), 2, "the POST went on a new upstream connection");
@@ -541,20 +533,10 @@ async fn idle_fresh_connection_is_closed_at_the_header_deadline() {
     // A keep-alive connection waiting for its second request is not cut by the deadline.
     let mut kept = Raw::connect(gw.port).await;
     kept.send(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n").await;
-    assert_eq!(
-        kept.response(Duration::from_secs(10))
-            .await
-            .map(|r| r.status),
-        Some(200)
-    );
+    assert_eq!(kept.next_status().await, Some(200));
     assert!(!kept.closed_within(Duration::from_millis(2500)).await);
     kept.send(b"GET /again HTTP/1.1\r\nHost: h\r\n\r\n").await;
-    assert_eq!(
-        kept.response(Duration::from_secs(10))
-            .await
-            .map(|r| r.status),
-        Some(200)
-    );
+    assert_eq!(kept.next_status().await, Some(200));
     assert!(
         !gw.logs().contains("ERROR"),
         "an idle socket is no error:\n{}",
@@ -571,10 +553,7 @@ async fn connection_cap_refuses_beyond_the_limit_and_frees_slots() {
     for _ in 0..3 {
         let mut c = Raw::connect(gw.port).await;
         c.send(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n").await;
-        assert_eq!(
-            c.response(Duration::from_secs(10)).await.map(|r| r.status),
-            Some(200)
-        );
+        assert_eq!(c.next_status().await, Some(200));
         held.push(c);
     }
     let mut extra = Raw::connect(gw.port).await;
@@ -615,10 +594,7 @@ async fn gateway_refusal_keeps_the_client_connection() {
     for i in 0..3 {
         c.send(format!("GET /r{i} HTTP/1.1\r\nHost: h\r\n\r\n").as_bytes())
             .await;
-        let r = c
-            .response(Duration::from_secs(10))
-            .await
-            .expect("a response on the same connection");
+        let r = c.expect_response("a response on the same connection").await;
         assert_eq!(r.status, 503);
         assert_eq!(
             r.header("x-gatehouse-error").as_deref(),
@@ -646,10 +622,7 @@ async fn forwarded_responses_carry_the_gateways_http_version() {
     let mut c = Raw::connect(gw.port).await;
     for _ in 0..2 {
         c.send(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n").await;
-        let r = c
-            .response(Duration::from_secs(10))
-            .await
-            .expect("response on the same connection");
+        let r = c.expect_response("response on the same connection").await;
         assert_eq!(
             (r.version.as_str(), r.status),
             ("HTTP/1.1", 200),

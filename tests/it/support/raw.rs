@@ -344,6 +344,21 @@ impl Raw {
         }
     }
 
+    /// The next response, waited for up to a generous 10 s (no timing asserted); panics
+    /// saying `what` was expected when none comes.
+    pub async fn expect_response(&mut self, what: &str) -> Resp {
+        let r = self.response(Duration::from_secs(10)).await;
+        r.unwrap_or_else(|| panic!("expected {what}"))
+    }
+
+    /// The next response's status, waited for up to a generous 10 s; `None` when none
+    /// comes.
+    pub async fn next_status(&mut self) -> Option<u16> {
+        self.response(Duration::from_secs(10))
+            .await
+            .map(|r| r.status)
+    }
+
     /// Every response until the connection ends or is quiet for `idle`.
     pub async fn responses(&mut self, idle: Duration) -> Vec<Resp> {
         let mut out = Vec::new();
