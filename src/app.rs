@@ -102,6 +102,13 @@ pub fn build_state(
     }
     let tls = crate::tls::TlsStores::new(&loaded.config, &telemetry)
         .map_err(|e| StartError::Other(format!("TLS: {e}")))?;
+    let tracing = match &loaded.config.tracing {
+        Some(t) => Some(
+            gatehouse_otel::Tracing::start(tracing_settings(t))
+                .map_err(|e| StartError::Other(format!("tracing: {e}")))?,
+        ),
+        None => None,
+    };
     let snap = compile(loaded, None, &filter_runtime)?;
     tls.apply(&snap.tls_files);
     telemetry.config_loaded(&hash, "start");
@@ -115,11 +122,27 @@ pub fn build_state(
         service_pools: Default::default(),
         draining: std::sync::atomic::AtomicBool::new(false),
         tls,
+        tracing,
     });
     state.filter_runtime.wasm().set_upstreams(Arc::new(
         crate::state::calls::SnapshotUpstreams::new(&state),
     ));
     Ok(state)
+}
+
+/// The exporter's settings from the `tracing` section.
+fn tracing_settings(t: &crate::config::model::TracingConfig) -> gatehouse_otel::Settings {
+    use crate::config::model::OtlpProtocol;
+    let protocol = match t.protocol {
+        OtlpProtocol::HttpProtobuf => gatehouse_otel::Protocol::HttpProtobuf,
+        OtlpProtocol::Grpc => gatehouse_otel::Protocol::Grpc,
+    };
+    let mut s = gatehouse_otel::Settings::new(&t.otlp_endpoint, protocol, &t.service_name);
+    s.ratio = t.sampler.ratio;
+    s.scheduled_delay = t.scheduled_delay.get();
+    s.max_queue_size = t.max_queue_size;
+    s.export_timeout = t.export_timeout.get();
+    s
 }
 
 /// SIGTERM: graceful (stop accepting, drain up to the grace period); SIGINT: fast;

@@ -116,6 +116,18 @@ _GATEHOUSE_H2C_BASE = _GATEHOUSE_BASE.replace(
     "    address: 127.0.0.1:$port\n    http: { h2c: true }\n",
 )
 
+# (p)/(q) the full stack with tracing: every request makes a server span and a try span,
+# kept at ratio 1.0 (all exported) or 0.01; OTLP/HTTP batches go to the nginx upstream,
+# which answers `/v1/traces` with an empty 200 (an empty protobuf is a valid
+# ExportTraceServiceResponse), so the gateway's export cost is real but no collector runs.
+def _tracing(ratio: str) -> str:
+    return f"""\
+tracing:
+  otlp_endpoint: http://127.0.0.1:$upstream_port
+  sampler: {{ ratio: {ratio} }}
+"""
+
+
 GATEHOUSE = {
     # (d) one plain route, no filters
     "plain": Template(_GATEHOUSE_BASE + _ROUTE),
@@ -130,6 +142,9 @@ GATEHOUSE = {
     "plain_tls": Template(_GATEHOUSE_TLS_BASE + _ROUTE),
     # (o) one plain route, clients on h2c
     "plain_h2c": Template(_GATEHOUSE_H2C_BASE + _ROUTE),
+    # (p) (e) with tracing, every trace kept; (q) 1 in 100 kept
+    "full_trace_1": Template(_GATEHOUSE_BASE + _tracing("1.0") + _ROUTE + _FULL_FILTERS),
+    "full_trace_001": Template(_GATEHOUSE_BASE + _tracing("0.01") + _ROUTE + _FULL_FILTERS),
 }
 
 # A response header that proves the full stack's headers filter ran.
@@ -165,6 +180,7 @@ NGINX_UPSTREAM = Template(_nginx_head("upstream") + """\
         listen 127.0.0.1:$port backlog=4096;
         default_type text/plain;
         location / { return 200 "$body"; }
+        location = /v1/traces { return 200 ""; }
     }
 }
 """)

@@ -59,11 +59,17 @@ TARGETS = {
     "m": "gatehouse plain, h2 (TLS)",
     "n": "nginx proxy, h2c",
     "o": "gatehouse plain, h2c",
+    "p": "gatehouse full + tracing 1.0",
+    "q": "gatehouse full + tracing 0.01",
 }
 
 # gatehouse targets: the config variant of each (configs.GATEHOUSE) and its process name.
 VARIANTS = {"d": "plain", "e": "full", "f": "full_redis", "g": "wasm_noop", "h": "wasm_header",
-            "i": "rust_header", "k": "plain_tls", "m": "plain_tls", "o": "plain_h2c"}
+            "i": "rust_header", "k": "plain_tls", "m": "plain_tls", "o": "plain_h2c",
+            "p": "full_trace_1", "q": "full_trace_001"}
+
+# Targets that run the full stack (a JWT on every request; the headers filter's mark).
+FULL_STACK = ("e", "f", "p", "q")
 
 # nginx targets: the role of each (its process and file names) and its config template.
 NGINX_TARGETS = {"b": ("proxy", configs.NGINX_PROXY), "j": ("tlsproxy", configs.NGINX_TLS_PROXY),
@@ -700,7 +706,7 @@ class Harness:
         p = PROCS.start(f"gatehouse-{variant}", [s.gatehouse_bin, "run", "-c", conf], self.tmp,
                         s.proxy_cpu, signal.SIGINT)
         return Target(key, TARGETS[key], port, p.pid, p,
-                      token=self.token if key in ("e", "f") else None, admin_port=admin_port,
+                      token=self.token if key in FULL_STACK else None, admin_port=admin_port,
                       tls=key in TLS_TARGETS)
 
     def sanity_h2(self, t: Target) -> None:
@@ -741,7 +747,7 @@ class Harness:
                     raise RuntimeError(f"GET / answered {status} {body[:200]!r}")
                 break
             time.sleep(0.2)
-        if t.key in ("e", "f"):
+        if t.key in FULL_STACK:
             mark = configs.FULL_STACK_MARKER_HEADER
             if h.get(mark) != "1":
                 raise RuntimeError(f"full stack: response lacks `{mark}: 1` (headers filter not applied)")

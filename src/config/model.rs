@@ -31,6 +31,11 @@ pub struct GatewayConfig {
     /// Graceful shutdown settings.
     #[serde(default)]
     pub shutdown: ShutdownConfig,
+    /// Distributed tracing: W3C Trace Context and OpenTelemetry spans exported with OTLP
+    /// (see the README's "Tracing"). Absent (the default): no span is made and trace
+    /// headers pass through untouched. `sampler.ratio` reloads; the rest needs a restart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracing: Option<TracingConfig>,
     /// Named upstream clusters.
     #[serde(default)]
     pub upstreams: BTreeMap<String, UpstreamConfig>,
@@ -570,6 +575,9 @@ pub enum AccessLogField {
     Error,
     /// The parser's reason for a request it refused; written only when there is one.
     Detail,
+    /// The W3C trace id (32 hex digits) of the request's trace; written only when
+    /// `tracing` is configured.
+    TraceId,
     /// Tries made upstream (1 without retries).
     Tries,
     /// Time from the request's first byte to the end of the response, ms (3 decimals).
@@ -595,6 +603,7 @@ impl AccessLogField {
     /// gatehouse has always written.
     pub const DEFAULT: &'static [AccessLogField] = &[
         Self::RequestId,
+        Self::TraceId,
         Self::Method,
         Self::Path,
         Self::Host,
@@ -639,6 +648,87 @@ impl Default for MetricsConfig {
             endpoint_labels: true,
         }
     }
+}
+
+/// Where spans go and how many traces are kept.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TracingConfig {
+    /// The OTLP collector's base URL, as `OTEL_EXPORTER_OTLP_ENDPOINT`:
+    /// `http://127.0.0.1:4318` for `http/protobuf` (spans are POSTed to its path plus
+    /// `/v1/traces`), `http://127.0.0.1:4317` for `grpc`. `https://` uses TLS with the
+    /// system's roots.
+    pub otlp_endpoint: String,
+    /// `http/protobuf` (default) or `grpc`, as `OTEL_EXPORTER_OTLP_PROTOCOL`.
+    #[serde(default)]
+    pub protocol: OtlpProtocol,
+    /// Which traces are kept.
+    #[serde(default)]
+    pub sampler: SamplerConfig,
+    /// The `service.name` of the gateway's spans; default `gatehouse`.
+    #[serde(default = "default_service_name")]
+    pub service_name: String,
+    /// Longest wait before a batch of finished spans is sent
+    /// (`OTEL_BSP_SCHEDULE_DELAY`); default 5s.
+    #[serde(default = "default_scheduled_delay")]
+    pub scheduled_delay: Duration,
+    /// Finished spans held for export at most; spans beyond it are dropped until the
+    /// queue drains, never waited for (`OTEL_BSP_MAX_QUEUE_SIZE`); default 2048.
+    #[serde(default = "default_max_queue_size")]
+    pub max_queue_size: usize,
+    /// Longest wait for one export request; default 10s.
+    #[serde(default = "default_export_timeout")]
+    pub export_timeout: Duration,
+}
+
+/// The OTLP transport.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+pub enum OtlpProtocol {
+    /// Protobuf over HTTP/1.1 POST (OTLP/HTTP).
+    #[default]
+    #[serde(rename = "http/protobuf")]
+    HttpProtobuf,
+    /// The OTLP gRPC service (OTLP/gRPC).
+    #[serde(rename = "grpc")]
+    Grpc,
+}
+
+/// Head sampling: `ParentBased(TraceIdRatioBased(ratio))` of the OpenTelemetry SDK.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SamplerConfig {
+    /// Fraction of new traces kept, 0.0 to 1.0; default 1.0. A request whose
+    /// `traceparent` is valid follows its sampled flag instead. Reloadable.
+    #[serde(default = "default_ratio")]
+    pub ratio: f64,
+}
+
+impl Default for SamplerConfig {
+    fn default() -> Self {
+        Self {
+            ratio: default_ratio(),
+        }
+    }
+}
+
+fn default_ratio() -> f64 {
+    1.0
+}
+
+fn default_service_name() -> String {
+    "gatehouse".to_string()
+}
+
+fn default_scheduled_delay() -> Duration {
+    Duration::from_secs(5)
+}
+
+fn default_max_queue_size() -> usize {
+    2048
+}
+
+fn default_export_timeout() -> Duration {
+    Duration::from_secs(10)
 }
 
 /// Graceful shutdown.

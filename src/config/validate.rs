@@ -36,7 +36,45 @@ pub fn validate(cfg: &GatewayConfig) -> (Vec<ConfigError>, Vec<ConfigWarning>) {
         ));
     }
     access_log(&cfg.access_log, &mut errs);
+    if let Some(t) = &cfg.tracing {
+        tracing_section(t, &mut errs);
+    }
     (errs, warns)
+}
+
+/// The `tracing:` section: an http(s) collector URL, a ratio in 0..=1, a non-empty queue.
+fn tracing_section(t: &crate::config::model::TracingConfig, errs: &mut Vec<ConfigError>) {
+    let url = t.otlp_endpoint.as_str();
+    let scheme_ok = url.starts_with("http://") || url.starts_with("https://");
+    if !scheme_ok
+        || url
+            .parse::<http::Uri>()
+            .map_or(true, |u| u.host().is_none())
+    {
+        errs.push(
+            ConfigError::at(
+                "tracing.otlp_endpoint",
+                format!("{url:?} is not an http:// or https:// URL"),
+            )
+            .with_hint("e.g. `otlp_endpoint: http://127.0.0.1:4318` (4317 for grpc)"),
+        );
+    }
+    let r = t.sampler.ratio;
+    if !(0.0..=1.0).contains(&r) {
+        errs.push(ConfigError::at(
+            "tracing.sampler.ratio",
+            format!("{r} is not between 0.0 and 1.0"),
+        ));
+    }
+    if t.max_queue_size == 0 {
+        errs.push(ConfigError::at(
+            "tracing.max_queue_size",
+            "must be at least 1",
+        ));
+    }
+    if t.service_name.trim().is_empty() {
+        errs.push(ConfigError::at("tracing.service_name", "must not be empty"));
+    }
 }
 
 fn access_log(cfg: &AccessLogConfig, errs: &mut Vec<ConfigError>) {
@@ -1085,6 +1123,30 @@ routes:
                 "missing {e:?} in {errs:#?}"
             );
         }
+    }
+
+    #[test]
+    fn a_tracing_section_needs_a_url_a_ratio_in_range_and_a_queue() {
+        let base = "listeners: [ { name: a, address: \"127.0.0.1:8080\" } ]\n";
+        let bad = format!("{base}tracing: {{ otlp_endpoint: \"127.0.0.1:4318\", sampler: {{ ratio: 1.5 }}, max_queue_size: 0 }}\n");
+        let errs = errors(&bad);
+        for e in [
+            "tracing.otlp_endpoint: \"127.0.0.1:4318\" is not an http:// or https:// URL",
+            "tracing.sampler.ratio: 1.5 is not between 0.0 and 1.0",
+            "tracing.max_queue_size: must be at least 1",
+        ] {
+            assert!(
+                errs.iter().any(|x| x.starts_with(e)),
+                "missing {e:?} in {errs:#?}"
+            );
+        }
+        assert_eq!(errs.len(), 3, "{errs:#?}");
+        let good = format!("{base}tracing: {{ otlp_endpoint: \"http://127.0.0.1:4317\", protocol: grpc, sampler: {{ ratio: 0.01 }} }}\n");
+        let c = load_str(&good, None).unwrap();
+        let t = c.config.tracing.unwrap();
+        assert_eq!(t.protocol, crate::config::model::OtlpProtocol::Grpc);
+        assert_eq!(t.service_name, "gatehouse");
+        assert_eq!(t.scheduled_delay.get(), std::time::Duration::from_secs(5));
     }
 
     #[test]

@@ -16,6 +16,8 @@ use crate::config::model::{AccessLogConfig, AccessLogField, AccessLogFormat};
 pub struct AccessRecord<'a> {
     /// Request id.
     pub request_id: &'a str,
+    /// Trace id, 32 hex digits; empty without tracing.
+    pub trace_id: &'a str,
     /// Method.
     pub method: &'a str,
     /// Normalized path, no query.
@@ -95,6 +97,8 @@ fn json(fields: &[AccessLogField], rec: &AccessRecord<'_>, now: OffsetDateTime) 
     for f in fields {
         let value = match f {
             AccessLogField::RequestId => Value::from(rec.request_id),
+            AccessLogField::TraceId if rec.trace_id.is_empty() => continue,
+            AccessLogField::TraceId => Value::from(rec.trace_id),
             AccessLogField::Method => Value::from(rec.method),
             AccessLogField::Path => Value::from(rec.path),
             AccessLogField::Query => Value::from(rec.query),
@@ -134,6 +138,7 @@ fn json(fields: &[AccessLogField], rec: &AccessRecord<'_>, now: OffsetDateTime) 
 fn field_name(f: AccessLogField) -> &'static str {
     match f {
         AccessLogField::RequestId => "request_id",
+        AccessLogField::TraceId => "trace_id",
         AccessLogField::Method => "method",
         AccessLogField::Path => "path",
         AccessLogField::Query => "query",
@@ -349,6 +354,21 @@ mod tests {
         assert_eq!(v["fields"]["duration_ms"], 1.5);
         assert_eq!(v["fields"]["status"], 200);
         assert_eq!(v["fields"]["client_ip"], "10.0.0.1");
+    }
+
+    #[test]
+    fn the_trace_id_follows_the_request_id_when_there_is_one() {
+        let rec = AccessRecord {
+            trace_id: "4bf92f3577b34da6a3ce929d0e0e4736",
+            ..record()
+        };
+        let line = render(&cfg(AccessLogFormat::Json, None), &rec, at());
+        assert!(
+            line.contains(
+                "{\"request_id\":\"abc\",\"trace_id\":\"4bf92f3577b34da6a3ce929d0e0e4736\",\"method\""
+            ),
+            "{line}"
+        );
     }
 
     #[test]

@@ -97,6 +97,8 @@ pub struct RequestCtx {
     /// What filters keep from the request phase to the response phase (a wasm filter's
     /// guest context); dropped, and so ended, with the request.
     pub filter_state: gatehouse_filters::FilterState,
+    /// The request's spans, when `tracing` is configured.
+    pub trace: Option<super::trace::RequestTrace>,
 }
 
 impl RequestCtx {
@@ -130,12 +132,18 @@ impl RequestCtx {
             resilience: Default::default(),
             filter_time: Duration::ZERO,
             filter_state: Default::default(),
+            trace: None,
         }
     }
 
     /// Route name, or "" before routing.
     pub fn route_name(&self) -> &str {
         self.route.as_ref().map_or("", |r| &r.name)
+    }
+
+    /// The trace id (32 hex digits), or "" without tracing.
+    pub fn trace_id(&self) -> &str {
+        self.trace.as_ref().map_or("", |t| t.trace_id())
     }
 
     /// Upstream name, or "" before routing.

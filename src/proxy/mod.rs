@@ -20,7 +20,8 @@
 //!                          cut body is `truncated`); retry on a listed status
 //! response_filter          request id, response filters, body transforms    response.rs
 //! fail_to_proxy            the gateway's answer for a refusal or an error   refusal.rs, respond.rs
-//! logging                  metrics and the access log                       observe.rs, access_log.rs
+//! logging                  metrics, the access log, the request's spans     observe.rs, access_log.rs,
+//!                                                                           trace.rs
 //! ```
 
 pub mod access_log;
@@ -38,6 +39,7 @@ pub mod resilience;
 pub mod respond;
 pub mod response;
 pub mod tls;
+pub mod trace;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -101,6 +103,7 @@ impl ProxyHttp for Gateway {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         ctx.request_id = headers::request_id(session.req_header());
+        ctx.trace = trace::start(self.state.tracing.as_ref(), session.req_header());
         ctx.client = client_addr::resolve(session, &ctx.snap);
         ctx.client_ip = ctx.client.map(|c| c.client);
         ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());

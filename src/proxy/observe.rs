@@ -1,5 +1,5 @@
-//! The end of a request: its metrics (by route, status class and who made the status)
-//! and its access-log line.
+//! The end of a request: its metrics (by route, status class and who made the status),
+//! its access-log line and the end of its spans.
 
 use pingora_proxy::Session;
 
@@ -18,7 +18,7 @@ const CLIENT_CLOSED_CODE: &str = "client_closed";
 
 /// Counts the finished request and writes its access-log line (when the snapshot has an
 /// access log).
-pub fn finish(tel: &Telemetry, session: &Session, ctx: &RequestCtx) {
+pub fn finish(tel: &Telemetry, session: &Session, ctx: &mut RequestCtx) {
     let answered = match ctx.gateway_error {
         // A gRPC refusal went out as HTTP 200: it counts as the status it stands for.
         Some(g) if g.grpc_status.is_some() => Some(g.status),
@@ -33,11 +33,24 @@ pub fn finish(tel: &Telemetry, session: &Session, ctx: &RequestCtx) {
     } else {
         "upstream"
     };
+    let error = error_code(ctx, answered.is_none());
     // The line first, then the metric: whoever sees a request counted finds its line.
     if let Some(cfg) = &ctx.snap.access_log {
-        write_line(cfg, session, ctx, status, source, answered.is_none());
+        write_line(cfg, session, ctx, status, source, error);
     }
     count(tel, ctx, status, source);
+    let req = session.req_header();
+    super::trace::finish(ctx, &super::trace::Finished { status, error, req });
+}
+
+/// The access log's `error`: the gateway's code, a failure of the upstream's body, or
+/// `client_closed` for a request left unanswered.
+fn error_code(ctx: &RequestCtx, unanswered: bool) -> &'static str {
+    ctx.gateway_error
+        .map(|g| g.code)
+        .or(ctx.body_error)
+        .or(unanswered.then_some(CLIENT_CLOSED_CODE))
+        .unwrap_or("")
 }
 
 /// Writes the access-log line of a finished request.
@@ -47,7 +60,7 @@ fn write_line(
     ctx: &RequestCtx,
     status: u16,
     source: &str,
-    unanswered: bool,
+    error: &str,
 ) {
     let req = session.req_header();
     let header = |name: http::header::HeaderName| {
@@ -58,6 +71,7 @@ fn write_line(
     };
     let rec = AccessRecord {
         request_id: &ctx.request_id,
+        trace_id: ctx.trace_id(),
         method: req.method.as_str(),
         path: &ctx.path,
         target: req.uri.path_and_query().map_or("", |p| p.as_str()),
@@ -73,12 +87,7 @@ fn write_line(
         endpoint: ctx.endpoint.as_ref().map_or("", |e| e.address.as_str()),
         status,
         source,
-        error: ctx
-            .gateway_error
-            .map(|g| g.code)
-            .or(ctx.body_error)
-            .or(unanswered.then_some(CLIENT_CLOSED_CODE))
-            .unwrap_or(""),
+        error,
         detail: None,
         tries: ctx.tries,
         duration: ctx.started.elapsed(),

@@ -50,6 +50,7 @@ pub fn choose(ctx: &mut RequestCtx, route: &Route) -> Result<Box<HttpPeer>> {
     ep.inflight
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     ctx.endpoint_inflight = Some(EndpointInflight(ep.clone()));
+    super::trace::start_try(ctx, &ep);
 
     let s = &upstream.peer;
     let mut peer = match &s.tls {

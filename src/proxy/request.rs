@@ -160,10 +160,11 @@ async fn run_part(
         state: &ctx.filter_state,
     };
     let mut spent = ctx.filter_time;
-    let result = route
+    let trace = super::trace::context(ctx);
+    let run = route
         .filters
-        .on_request_range(range, session.req_header_mut(), &mut cx, &mut spent)
-        .await;
+        .on_request_range(range, session.req_header_mut(), &mut cx, &mut spent);
+    let result = gatehouse_otel::within(trace.as_ref(), run).await;
     let added = std::mem::take(&mut cx.response_headers);
     *claims = cx.claims.take();
     drop(cx);
@@ -246,5 +247,6 @@ pub fn to_upstream(
     let endpoint = ctx.endpoint.as_ref().map(|e| e.address.as_str());
     let policy = &route.cluster.upstream.peer.host_header;
     headers::set_forwarding(req, ctx, policy, endpoint)?;
+    super::trace::to_upstream(ctx, req)?;
     super::resilience::deadline_header(ctx, req)
 }

@@ -144,6 +144,7 @@ pub fn record_try(tel: &Telemetry, ctx: &mut RequestCtx, outcome: Option<Outcome
         return;
     }
     ctx.try_outcome_recorded = true;
+    super::trace::end_try(ctx, outcome.as_ref());
     let Some(ep) = ctx.endpoint.clone() else {
         return;
     };

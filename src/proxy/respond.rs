@@ -85,10 +85,16 @@ fn json_escape(s: &str) -> String {
     serde_json::to_string(s).unwrap_or_else(|_| "\"\"".to_string())
 }
 
-/// The JSON body of a gateway error.
-pub fn error_body(code: &str, message: &str, request_id: &str) -> Bytes {
+/// The JSON body of a gateway error; `trace_id` (W3C, 32 hex digits) follows the
+/// request id when the request is traced (`trace_id` not empty).
+pub fn error_body(code: &str, message: &str, request_id: &str, trace_id: &str) -> Bytes {
+    let trace = if trace_id.is_empty() {
+        String::new()
+    } else {
+        format!(",\"trace_id\":{}", json_escape(trace_id))
+    };
     Bytes::from(format!(
-        "{{\"error\":{},\"message\":{},\"request_id\":{}}}",
+        "{{\"error\":{},\"message\":{},\"request_id\":{}{trace}}}",
         json_escape(code),
         json_escape(message),
         json_escape(request_id)
@@ -123,7 +129,7 @@ pub async fn refuse(session: &mut Session, ctx: &mut RequestCtx, refusal: &Refus
             .await
         }
         _ => {
-            let body = error_body(code, &refusal.message(), &ctx.request_id);
+            let body = error_body(code, &refusal.message(), &ctx.request_id, ctx.trace_id());
             write(
                 session,
                 ctx,
@@ -293,7 +299,7 @@ pub fn unparsed(
         code,
         grpc_status: None,
     });
-    let body = error_body(code, &refusal.message(), &ctx.request_id);
+    let body = error_body(code, &refusal.message(), &ctx.request_id, ctx.trace_id());
     let resp = head(
         &ctx,
         status,

@@ -63,6 +63,17 @@ fn unknown_kind(at: String, kind: &str, kinds: &FilterKinds) -> ConfigError {
     }
 }
 
+/// The low-cardinality path pattern of a route for traces (`http.route`).
+fn http_route(m: &crate::config::model::MatchConfig) -> Option<Arc<str>> {
+    if let Some(p) = m.path.as_deref().or(m.path_template.as_deref()) {
+        return Some(Arc::from(p));
+    }
+    let prefix = m.path_prefix.as_deref()?;
+    Some(Arc::from(
+        format!("{}/*", prefix.trim_end_matches('/')).as_str(),
+    ))
+}
+
 /// Compiles a loaded config into a snapshot. `prev` donates live state.
 pub fn compile(
     loaded: LoadedConfig,
@@ -218,6 +229,7 @@ pub fn compile(
             encoded_slashes: r.encoded_slashes,
             max_body_bytes,
             filters,
+            http_route: http_route(&r.matcher),
             body_prefix,
             buffer_body,
             filter_body,

@@ -66,6 +66,10 @@ pub struct Route {
     pub max_body_bytes: u64,
     /// Filters in order, run as one chain.
     pub filters: Chain,
+    /// The path pattern the route matches, as the span attribute `http.route` (OTel HTTP
+    /// semantic conventions): the exact path, the template, or the prefix with `/*`;
+    /// `None` for regex and path-less routes.
+    pub http_route: Option<Arc<str>>,
     /// Bytes of body the filters need to see before running (0: none).
     pub body_prefix: usize,
     /// Whole bodies up to this many bytes are read before connecting upstream (0: bodies
@@ -136,6 +140,9 @@ pub struct State {
     /// The certificate store of each TLS listener (outlives snapshots: ACME installs
     /// certificates there at run time).
     pub tls: crate::tls::TlsStores,
+    /// The tracer and its exporter, when `tracing` was configured at start (its
+    /// `sampler.ratio` follows reloads; the rest needs a restart).
+    pub tracing: Option<Arc<gatehouse_otel::Tracing>>,
 }
 
 impl State {

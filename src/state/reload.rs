@@ -39,7 +39,20 @@ fn restart_only(old: &config::GatewayConfig, new: &config::GatewayConfig) -> Vec
     check("redis", old.redis != new.redis);
     check("shutdown", old.shutdown != new.shutdown);
     check("metrics", old.metrics != new.metrics);
+    check("tracing", !same_tracing(old, new));
     w
+}
+
+/// Whether both configs trace the same way but for `sampler.ratio`, which reloads.
+fn same_tracing(a: &config::GatewayConfig, b: &config::GatewayConfig) -> bool {
+    match (&a.tracing, &b.tracing) {
+        (Some(x), Some(y)) => {
+            let mut y = y.clone();
+            y.sampler = x.sampler.clone();
+            *x == y
+        }
+        (x, y) => x == y,
+    }
 }
 
 /// Whether both configs have the same listeners but for what is read per connection from
@@ -82,6 +95,14 @@ fn keep_restart_only(new: &mut config::GatewayConfig, running: &config::GatewayC
     new.redis = running.redis.clone();
     new.shutdown = running.shutdown.clone();
     new.metrics = running.metrics.clone();
+    // The ratio of a running tracer reloads; the exporter's settings do not.
+    if !same_tracing(new, running) {
+        let ratio = new.tracing.as_ref().map(|t| t.sampler.clone());
+        new.tracing = running.tracing.clone();
+        if let (Some(t), Some(r)) = (&mut new.tracing, ratio) {
+            t.sampler = r;
+        }
+    }
 }
 
 /// Reloads run one at a time: each reads the file inside the lock, so the last to run
@@ -107,6 +128,9 @@ pub fn reload(state: &State, trigger: &str) -> Result<ReloadReport, ConfigErrors
             // Certificates first: a request on the new snapshot may follow a handshake
             // with the new certificate, never the other way round.
             state.tls.apply(&snap.tls_files);
+            if let (Some(t), Some(c)) = (&state.tracing, &snap.loaded.config.tracing) {
+                t.set_ratio(c.sampler.ratio);
+            }
             let old = state.snapshot.swap(Arc::new(snap));
             super::publish::after_swap(state, &old);
             let warnings: Vec<String> = warnings.iter().map(|w| w.to_string()).collect();

@@ -35,6 +35,7 @@ mod shutdown;
 mod smuggling;
 mod support;
 mod tls;
+mod traces;
 mod upstream_errors;
 mod upstream_faults;
 mod upstream_tls;

@@ -6,6 +6,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use gatehouse_otel::opentelemetry::trace::SpanKind;
+use gatehouse_otel::opentelemetry::KeyValue;
 use jsonwebtoken::jwk::{Jwk, KeyAlgorithm, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey};
 use tokio::time::Instant;
@@ -195,7 +197,17 @@ impl JwksCache {
         if self.generation.load(Ordering::Acquire) != seen {
             return;
         }
+        let mut span = gatehouse_otel::child("JWKS fetch", SpanKind::Client, || {
+            vec![
+                KeyValue::new("http.request.method", "GET"),
+                KeyValue::new("url.full", self.url.clone()),
+            ]
+        });
         let result = self.fetch().await;
+        if let (Some(s), Err(e)) = (span.as_mut(), &result) {
+            s.fail(e);
+        }
+        drop(span);
         let now = Instant::now();
         match result {
             Ok((keys, ttl)) => {

@@ -9,6 +9,8 @@ use std::sync::Arc;
 use std::time::Duration as StdDuration;
 
 use async_trait::async_trait;
+use gatehouse_otel::opentelemetry::trace::SpanKind;
+use gatehouse_otel::opentelemetry::KeyValue;
 use http::{HeaderName, HeaderValue, StatusCode};
 use pingora_http::RequestHeader;
 use schemars::JsonSchema;
@@ -304,7 +306,23 @@ impl RateLimit {
             return Ok((Some(d), if d.allowed { "allowed" } else { "limited" }));
         };
         let key = self.redis_key(redis.key_prefix(), value);
-        match redis.check(&key, &self.policy).await {
+        // The Redis call's span (OTel database conventions), in a traced request only.
+        let mut span = gatehouse_otel::child("redis rate_limit", SpanKind::Client, || {
+            vec![
+                KeyValue::new("db.system.name", "redis"),
+                KeyValue::new("db.operation.name", "EVALSHA"),
+                KeyValue::new("gatehouse.limit", self.name.to_string()),
+            ]
+        });
+        let checked = redis.check(&key, &self.policy).await;
+        if let Some(s) = span.as_mut() {
+            match &checked {
+                Ok(d) => s.set(KeyValue::new("gatehouse.allowed", d.allowed)),
+                Err(e) => s.fail(&e.to_string()),
+            }
+        }
+        drop(span);
+        match checked {
             Ok(d) => Ok((Some(d), if d.allowed { "allowed" } else { "limited" })),
             Err(e) => {
                 tracing::debug!(route = %self.route, limit = %self.name, error = %e, policy = ?self.failure, "rate limit: redis unavailable");
