@@ -78,6 +78,9 @@ pub struct Settings {
     pub registry_weight: u32,
     /// Test mode only: do not run the history projection (to exercise the write-model fallback).
     pub disable_projection: bool,
+    /// Where each service exports its spans (its `service.name` is the service's name);
+    /// None = no tracing.
+    pub tracing: Option<gatehouse_otel::Settings>,
 }
 
 /// The listening ports of the four services.

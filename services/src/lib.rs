@@ -15,6 +15,7 @@ pub mod saga;
 pub mod server;
 pub mod switchboard;
 pub mod text_enum;
+pub mod trace;
 pub mod transaction;
 pub mod user;
 

@@ -161,6 +161,34 @@ struct Cli {
         global = true
     )]
     registry_weight: u32,
+    /// OTLP collector base URL for the services' spans (`http://127.0.0.1:4318`); unset:
+    /// no tracing. The OpenTelemetry SDK's own variable.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", global = true)]
+    otlp_endpoint: Option<String>,
+    /// `http/protobuf` or `grpc`.
+    #[arg(
+        long,
+        env = "OTEL_EXPORTER_OTLP_PROTOCOL",
+        default_value = "http/protobuf",
+        global = true
+    )]
+    otlp_protocol: String,
+    /// Fraction of new traces kept (0.0 to 1.0); a caller's sampled flag wins.
+    #[arg(
+        long,
+        env = "OTEL_TRACES_SAMPLER_ARG",
+        default_value_t = 1.0,
+        global = true
+    )]
+    trace_ratio: f64,
+    /// Longest wait before a batch of spans is sent, in milliseconds.
+    #[arg(
+        long,
+        env = "OTEL_BSP_SCHEDULE_DELAY",
+        default_value_t = 5000,
+        global = true
+    )]
+    otlp_schedule_delay_ms: u64,
 }
 
 #[derive(Subcommand, Debug, Clone, Copy)]
@@ -282,7 +310,29 @@ fn settings(cli: &Cli) -> Result<Settings> {
         },
         registry_weight: cli.registry_weight.max(1),
         disable_projection: cli.disable_projection,
+        tracing: tracing_settings(cli)?,
     })
+}
+
+/// The services' exporter settings from the OpenTelemetry variables, when an endpoint is set.
+fn tracing_settings(cli: &Cli) -> Result<Option<gatehouse_otel::Settings>> {
+    let Some(endpoint) = cli.otlp_endpoint.as_deref().filter(|e| !e.is_empty()) else {
+        return Ok(None);
+    };
+    let protocol: gatehouse_otel::Protocol = cli
+        .otlp_protocol
+        .parse()
+        .context("OTEL_EXPORTER_OTLP_PROTOCOL")?;
+    if !(0.0..=1.0).contains(&cli.trace_ratio) {
+        anyhow::bail!(
+            "OTEL_TRACES_SAMPLER_ARG: {} is not between 0.0 and 1.0",
+            cli.trace_ratio
+        );
+    }
+    let mut s = gatehouse_otel::Settings::new(endpoint, protocol, "gatehouse-services");
+    s.ratio = cli.trace_ratio;
+    s.scheduled_delay = Duration::from_millis(cli.otlp_schedule_delay_ms.max(1));
+    Ok(Some(s))
 }
 
 /// JSON lines on stdout, `RUST_LOG` directives: with the gateway built in (`demo`), the

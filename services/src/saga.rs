@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use gatehouse_registry::Registry;
 
+use gatehouse_otel::opentelemetry::KeyValue;
 use serde::Serialize;
 use serde_json::{json, Value};
 use tokio::sync::{watch, Notify, Semaphore};
@@ -137,6 +138,7 @@ pub struct Coordinator {
     permits: Semaphore,
     registry: Option<Registry>,
     peers: Mutex<PeerCache>,
+    tracer: crate::trace::Tracer,
 }
 
 type PeerCache = HashMap<&'static str, (Instant, Vec<(String, u32)>)>;
@@ -178,6 +180,7 @@ impl Coordinator {
         metrics: Metrics,
         wake_publisher: Arc<Notify>,
         registry: Option<Registry>,
+        tracer: crate::trace::Tracer,
     ) -> Result<Self, reqwest::Error> {
         let http = reqwest::Client::builder()
             .timeout(settings.saga.call_timeout)
@@ -193,6 +196,7 @@ impl Coordinator {
             permits: Semaphore::new(64),
             registry,
             peers: Mutex::new(HashMap::new()),
+            tracer,
         })
     }
 
@@ -237,7 +241,8 @@ impl Coordinator {
         fallback.to_string()
     }
 
-    /// Starts running saga `id` unless it is already running in this process.
+    /// Starts running saga `id` unless it is already running in this process. The run
+    /// joins the caller's trace (its steps are spans under the current span).
     pub fn spawn_run(self: &Arc<Self>, id: &str) -> Option<JoinHandle<()>> {
         {
             let mut inflight = self.inflight.lock().ok()?;
@@ -247,8 +252,10 @@ impl Coordinator {
         }
         let me = Arc::clone(self);
         let id = id.to_string();
+        let cx = gatehouse_otel::opentelemetry::Context::current();
         Some(tokio::spawn(async move {
-            match me.run(&id).await {
+            let run = crate::trace::within(Some(&cx), me.run(&id));
+            match run.await {
                 Ok(()) => {}
                 Err(RunError::Db(e)) => {
                     tracing::warn!(saga = %id, error = %e, "saga run stopped on a database error; recovery resumes it");
@@ -304,9 +311,7 @@ impl Coordinator {
     }
 
     async fn call(&self, url: &str, body: &Value) -> Call {
-        let resp = self
-            .http
-            .post(url)
+        let resp = crate::trace::outgoing(self.http.post(url))
             .header(INTERNAL_TOKEN_HEADER, &self.settings.internal_token)
             .json(body)
             .send()
@@ -455,7 +460,15 @@ impl Coordinator {
             if s.step == Step::Done {
                 return Ok(());
             }
-            let call = self.step_call(&s).await;
+            let span = crate::trace::child(
+                &self.tracer,
+                format!("saga {}", s.step.label()),
+                vec![
+                    KeyValue::new("gatehouse.saga.id", s.id.clone()),
+                    KeyValue::new("gatehouse.saga.step", s.step.as_str()),
+                ],
+            );
+            let call = crate::trace::within(span.as_ref(), self.step_call(&s)).await;
             let reply = match &call {
                 StepCall::Payment(c) => c.reply(),
                 StepCall::Notify(None) => Reply::Delivered,
@@ -464,6 +477,14 @@ impl Coordinator {
                     last_try: s.notify_attempts + 1 >= self.settings.saga.max_notify_attempts,
                 },
             };
+            let (outcome, failed) = match &call {
+                StepCall::Payment(Call::Answer(_)) | StepCall::Notify(None) => ("answered", false),
+                StepCall::Payment(Call::Refused(_)) => ("refused", false),
+                StepCall::Payment(Call::Transient(_)) | StepCall::Notify(Some(_)) => {
+                    ("failed", true)
+                }
+            };
+            crate::trace::end(span, outcome, failed);
             match machine::next(s.step, reply)? {
                 Decision::Move(m) => {
                     let done = m.step == Step::Done;
@@ -515,9 +536,7 @@ impl Coordinator {
             .peer("notification", &self.settings.notification_url)
             .await;
         let url = format!("{}/internal/notifications", base.trim_end_matches('/'));
-        let resp = self
-            .http
-            .post(&url)
+        let resp = crate::trace::outgoing(self.http.post(&url))
             .header(INTERNAL_TOKEN_HEADER, &self.settings.internal_token)
             .json(&json!({ "notifications": notes }))
             .send()

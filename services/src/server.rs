@@ -149,7 +149,7 @@ async fn run_to_completion(req: Request, next: Next) -> Response {
     }
 }
 
-fn finish(routes: Router, db: &Db, metrics: &Metrics) -> Router {
+fn finish(routes: Router, db: &Db, metrics: &Metrics, tracer: crate::trace::Tracer) -> Router {
     let ops = Router::new()
         .route("/health", get(health))
         .with_state(db.clone())
@@ -161,7 +161,12 @@ fn finish(routes: Router, db: &Db, metrics: &Metrics) -> Router {
                     db: db.clone(),
                 }),
         );
+    // /health and /metrics are polled: they get no spans.
     routes
+        .layer(middleware::from_fn_with_state(
+            tracer,
+            crate::trace::server_span,
+        ))
         .merge(ops)
         .layer(middleware::from_fn(run_to_completion))
         .layer(middleware::from_fn_with_state(metrics.clone(), track))
@@ -200,6 +205,8 @@ impl System {
             let name = kind.name();
             let metrics = Metrics::new(name)?;
             let instance = format!("{}:{}", settings.advertise_host, kind.port(&settings));
+            let tracer = crate::trace::start(settings.tracing.as_ref(), name)
+                .map_err(|e| StartError::Config(format!("tracing: {e}")))?;
             let router = match kind {
                 Kind::Payment => {
                     let db = Db::open(&settings, name, payment::MIGRATIONS).await?;
@@ -213,7 +220,7 @@ impl System {
                         })),
                         settings: settings.clone(),
                     };
-                    finish(payment::router(st), &db, &metrics)
+                    finish(payment::router(st), &db, &metrics, tracer)
                 }
                 Kind::Notification => {
                     let db = Db::open(&settings, name, notification::MIGRATIONS).await?;
@@ -228,7 +235,7 @@ impl System {
                         notification::handler(st.clone()),
                         shutdown_rx.clone(),
                     );
-                    finish(notification::router(st), &db, &metrics)
+                    finish(notification::router(st), &db, &metrics, tracer)
                 }
                 Kind::User => {
                     let db = Db::open(&settings, name, user::MIGRATIONS).await?;
@@ -241,7 +248,7 @@ impl System {
                         settings: settings.clone(),
                         wake,
                     };
-                    finish(user::router(st), &db, &metrics)
+                    finish(user::router(st), &db, &metrics, tracer)
                 }
                 Kind::Transaction => {
                     let db = Db::open(&settings, name, transaction::MIGRATIONS).await?;
@@ -265,6 +272,7 @@ impl System {
                             metrics.clone(),
                             wake,
                             registry.clone().filter(|_| settings.peer_discovery),
+                            tracer.clone(),
                         )
                         .map_err(|e| StartError::Config(format!("http client: {e}")))?,
                     );
@@ -275,7 +283,7 @@ impl System {
                         coordinator,
                         settings: settings.clone(),
                     };
-                    finish(transaction::router(st), &db, &metrics)
+                    finish(transaction::router(st), &db, &metrics, tracer)
                 }
             };
             prepared.push(Prepared { kind, router });

@@ -8,3 +8,5 @@ mod bank;
 #[cfg(feature = "demo")]
 mod demo_log;
 mod harness;
+#[cfg(feature = "demo")]
+mod traces;
