@@ -517,6 +517,13 @@ mod tests {
         panic!("did not trip");
     }
 
+    /// A breaker with the test settings, tripped at 0 ms (open for the base 1 s).
+    fn tripped() -> Breaker {
+        let b = Breaker::new(settings());
+        trip(&b, 0);
+        b
+    }
+
     #[test]
     fn opens_at_the_failure_rate_after_min_requests() {
         let b = Breaker::new(settings());
@@ -595,8 +602,7 @@ mod tests {
 
     #[test]
     fn half_open_lets_probes_through_and_closes_when_they_succeed() {
-        let b = Breaker::new(settings());
-        trip(&b, 0);
+        let b = tripped();
         assert!(rejected(&b, 999));
         let (adm, tr) = b.admit(1_010);
         let tr = tr.unwrap();
@@ -621,8 +627,7 @@ mod tests {
 
     #[test]
     fn a_failed_probe_reopens_with_a_doubled_open_time_up_to_the_cap() {
-        let b = Breaker::new(settings());
-        trip(&b, 0);
+        let b = tripped();
         assert_eq!(b.open_for(), Duration::from_secs(1));
         let mut now = 0;
         for expected in [2_000, 4_000, 5_000, 5_000] {
@@ -640,8 +645,7 @@ mod tests {
 
     #[test]
     fn open_time_resets_after_a_calm_period_but_grows_when_flapping() {
-        let b = Breaker::new(settings());
-        trip(&b, 0);
+        let b = tripped();
         let p1 = admit(&b, 1_000);
         let p2 = admit(&b, 1_000);
         b.record(p1, false, 1_000);
@@ -673,8 +677,7 @@ mod tests {
 
     #[test]
     fn released_probes_free_their_slot() {
-        let b = Breaker::new(settings());
-        trip(&b, 0);
+        let b = tripped();
         let p1 = admit(&b, 1_000);
         let _p2 = admit(&b, 1_000);
         assert!(rejected(&b, 1_000));
@@ -704,8 +707,7 @@ mod tests {
 
     #[test]
     fn inherit_keeps_an_open_breaker_open() {
-        let b = Breaker::new(settings());
-        trip(&b, 0);
+        let b = tripped();
         let n = Breaker::inherit(
             BreakerSettings {
                 min_requests: 100,
