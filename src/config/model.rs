@@ -596,6 +596,11 @@ pub enum AccessLogField {
     UserAgent,
     /// The `Referer` header (not in the default set).
     Referer,
+    /// Why an upgraded connection (a WebSocket tunnel) ended: `client_close`,
+    /// `upstream_close`, `idle_timeout` or `error`; written only for one.
+    TunnelEnd,
+    /// How long the tunnel lasted after the `101`, ms (3 decimals); written only for one.
+    TunnelMs,
 }
 
 impl AccessLogField {
@@ -621,6 +626,8 @@ impl AccessLogField {
         Self::BytesOut,
         Self::ClientIp,
         Self::PeerIp,
+        Self::TunnelEnd,
+        Self::TunnelMs,
     ];
 }
 
@@ -1309,6 +1316,32 @@ pub struct RouteConfig {
     /// Filters, run in this order.
     #[serde(default)]
     pub filters: Vec<FilterConfig>,
+    /// Upgraded connections (WebSocket) of this route: their idle timeout.
+    #[serde(default)]
+    pub websocket: WebSocketConfig,
+}
+
+/// A route's upgraded connections (`Upgrade: websocket` answered `101`).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WebSocketConfig {
+    /// How long a tunnel may wait for the next byte from one side before the gateway
+    /// closes it (nginx's `proxy_read_timeout` on a WebSocket); replaces the upstream's
+    /// `timeouts.read` once the upstream answered `101`. Default 1h.
+    #[serde(default = "default_tunnel_idle")]
+    pub idle_timeout: Duration,
+}
+
+impl Default for WebSocketConfig {
+    fn default() -> Self {
+        Self {
+            idle_timeout: default_tunnel_idle(),
+        }
+    }
+}
+
+fn default_tunnel_idle() -> Duration {
+    Duration::from_secs(3600)
 }
 
 /// Whole-body buffering of a route's requests. A body that is malformed (bad chunked

@@ -62,6 +62,8 @@ pub struct AccessRecord<'a> {
     pub user_agent: &'a str,
     /// `Referer`.
     pub referer: &'a str,
+    /// Why the request's tunnel ended and how long it lasted, for an upgraded connection.
+    pub tunnel: Option<(&'static str, Duration)>,
 }
 
 /// Writes `rec`'s line to stdout in `cfg`'s format, as one write (lines from several
@@ -123,6 +125,14 @@ fn json(fields: &[AccessLogField], rec: &AccessRecord<'_>, now: OffsetDateTime) 
             AccessLogField::PeerIp => ip(rec.peer_ip),
             AccessLogField::UserAgent => Value::from(rec.user_agent),
             AccessLogField::Referer => Value::from(rec.referer),
+            AccessLogField::TunnelEnd => match rec.tunnel {
+                Some((end, _)) => Value::from(end),
+                None => continue,
+            },
+            AccessLogField::TunnelMs => match rec.tunnel {
+                Some((_, d)) => Value::from(millis(d)),
+                None => continue,
+            },
         };
         if !first {
             out.push(',');
@@ -160,6 +170,8 @@ fn field_name(f: AccessLogField) -> &'static str {
         AccessLogField::PeerIp => "peer_ip",
         AccessLogField::UserAgent => "user_agent",
         AccessLogField::Referer => "referer",
+        AccessLogField::TunnelEnd => "tunnel_end",
+        AccessLogField::TunnelMs => "tunnel_ms",
     }
 }
 

@@ -99,6 +99,8 @@ pub struct RequestCtx {
     pub filter_state: gatehouse_filters::FilterState,
     /// The request's spans, when `tracing` is configured.
     pub trace: Option<super::trace::RequestTrace>,
+    /// The tunnel of an upgraded connection (after a `101`).
+    pub tunnel: Option<super::tunnel::Tunnel>,
 }
 
 impl RequestCtx {
@@ -133,6 +135,7 @@ impl RequestCtx {
             filter_time: Duration::ZERO,
             filter_state: Default::default(),
             trace: None,
+            tunnel: None,
         }
     }
 

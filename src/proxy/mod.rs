@@ -40,6 +40,7 @@ pub mod respond;
 pub mod response;
 pub mod tls;
 pub mod trace;
+pub mod tunnel;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -121,13 +122,20 @@ impl ProxyHttp for Gateway {
         }
     }
 
+    /// After a `101` the bytes are the tunnel's, not a request body: no body limit.
     async fn request_body_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         body: &mut Option<Bytes>,
-        _end_of_stream: bool,
+        end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if session.was_upgraded() {
+            if end_of_stream {
+                tunnel::closed(ctx, tunnel::TunnelEnd::ClientClose);
+            }
+            return Ok(());
+        }
         request::count_body(ctx, body.as_ref())
     }
 
@@ -230,6 +238,7 @@ impl ProxyHttp for Gateway {
     ) -> Result<Option<Duration>> {
         if end_of_stream {
             resilience::end_try(&self.state.telemetry, ctx, None);
+            tunnel::closed(ctx, tunnel::TunnelEnd::UpstreamClose);
         }
         Ok(None)
     }
@@ -252,6 +261,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         edge::downstream_version(session, resp);
+        tunnel::on_response(session, ctx, resp.status.as_u16());
         self.close_if_draining(session);
         response::to_downstream(session.req_header(), resp, ctx).await
     }
@@ -263,6 +273,10 @@ impl ProxyHttp for Gateway {
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<Duration>> {
+        // A tunnel's bytes are not a response body to transform.
+        if ctx.tunnel.is_some() {
+            return Ok(None);
+        }
         for t in &mut ctx.body_transforms {
             *body = t.transform(body.take(), end_of_stream);
         }
@@ -324,6 +338,6 @@ impl ProxyHttp for Gateway {
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         resilience::end_request(&self.state.telemetry, ctx, e);
-        observe::finish(&self.state.telemetry, session, ctx);
+        observe::finish(&self.state.telemetry, session, ctx, e);
     }
 }

@@ -18,7 +18,12 @@ const CLIENT_CLOSED_CODE: &str = "client_closed";
 
 /// Counts the finished request and writes its access-log line (when the snapshot has an
 /// access log).
-pub fn finish(tel: &Telemetry, session: &Session, ctx: &mut RequestCtx) {
+pub fn finish(
+    tel: &Telemetry,
+    session: &Session,
+    ctx: &mut RequestCtx,
+    e: Option<&pingora_core::Error>,
+) {
     let answered = match ctx.gateway_error {
         // A gRPC refusal went out as HTTP 200: it counts as the status it stands for.
         Some(g) if g.grpc_status.is_some() => Some(g.status),
@@ -36,7 +41,7 @@ pub fn finish(tel: &Telemetry, session: &Session, ctx: &mut RequestCtx) {
     let error = error_code(ctx, answered.is_none());
     // The line first, then the metric: whoever sees a request counted finds its line.
     if let Some(cfg) = &ctx.snap.access_log {
-        write_line(cfg, session, ctx, status, source, error);
+        write_line(cfg, session, ctx, status, source, error, e);
     }
     count(tel, ctx, status, source);
     let req = session.req_header();
@@ -61,6 +66,7 @@ fn write_line(
     status: u16,
     source: &str,
     error: &str,
+    e: Option<&pingora_core::Error>,
 ) {
     let req = session.req_header();
     let header = |name: http::header::HeaderName| {
@@ -98,6 +104,7 @@ fn write_line(
         peer_ip: ctx.client.map(|c| c.peer),
         user_agent: header(http::header::USER_AGENT),
         referer: header(http::header::REFERER),
+        tunnel: super::tunnel::finish(ctx, e),
     };
     access_log::write(cfg, &rec);
 }

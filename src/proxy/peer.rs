@@ -61,6 +61,8 @@ pub fn choose(ctx: &mut RequestCtx, route: &Route) -> Result<Box<HttpPeer>> {
     peer.options.read_timeout = Some(s.read);
     peer.options.write_timeout = Some(s.write);
     peer.options.idle_timeout = Some(s.idle);
+    // A tunnel after `101` waits for the upstream this long instead (vendor patch 13).
+    peer.options.upgraded_read_timeout = Some(route.tunnel_idle_timeout);
     set_protocol(&mut peer, s.protocol);
     if let Some(total) = s.total {
         let left = total.saturating_sub(ctx.started.elapsed());

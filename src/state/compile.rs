@@ -228,6 +228,7 @@ pub fn compile(
             rewrite_path: r.rewrite_path.clone(),
             encoded_slashes: r.encoded_slashes,
             max_body_bytes,
+            tunnel_idle_timeout: r.websocket.idle_timeout.get(),
             filters,
             http_route: http_route(&r.matcher),
             body_prefix,

@@ -62,8 +62,10 @@ pub struct Route {
     pub rewrite_path: Option<String>,
     /// What `%2F` in the path does on this route.
     pub encoded_slashes: crate::config::model::EncodedSlashes,
-    /// Request body limit in bytes.
+    /// Request body limit in bytes (not applied to a tunnel's bytes).
     pub max_body_bytes: u64,
+    /// Read timeout of an upgraded connection's both sides (`websocket.idle_timeout`).
+    pub tunnel_idle_timeout: std::time::Duration,
     /// Filters in order, run as one chain.
     pub filters: Chain,
     /// The path pattern the route matches, as the span attribute `http.route` (OTel HTTP

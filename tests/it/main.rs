@@ -40,3 +40,4 @@ mod upstream_errors;
 mod upstream_faults;
 mod upstream_tls;
 mod wasm;
+mod websocket;

@@ -159,7 +159,13 @@ where
                 &mut downstream_custom_message_reader,
                 pipe_state.clone(),
             ),
-            self.proxy_handle_upstream(client_session, tx_upstream, rx_downstream, pipe_state),
+            self.proxy_handle_upstream(
+                client_session,
+                tx_upstream,
+                rx_downstream,
+                pipe_state,
+                peer.options.upgraded_read_timeout,
+            ),
         );
 
         if let Some(custom_session) = session.downstream_session.as_custom_mut() {
@@ -251,6 +257,7 @@ where
         tx: mpsc::Sender<HttpTask>,
         mut rx: mpsc::Receiver<HttpTask>,
         pipe_state: Arc<AtomicU8>,
+        upgraded_read_timeout: Option<std::time::Duration>,
     ) -> Result<bool>
     where
         SV: ProxyHttp + Send + Sync,
@@ -272,6 +279,11 @@ where
                             if !upgraded && client_session.was_upgraded() {
                                 // upgrade can only happen once
                                 upgraded = true;
+                                // gatehouse patch 13: the tunnel waits for the upstream
+                                // with its own timeout, not the response's read timeout.
+                                if upgraded_read_timeout.is_some() {
+                                    client_session.read_timeout = upgraded_read_timeout;
+                                }
                                 if send_error.is_none() {
                                     // continue receiving from downstream after body mode change
                                     request_done = false;

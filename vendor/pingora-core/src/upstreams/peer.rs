@@ -501,6 +501,9 @@ pub struct PeerOptions {
     pub connection_timeout: Option<Duration>,
     pub total_connection_timeout: Option<Duration>,
     pub read_timeout: Option<Duration>,
+    /// gatehouse patch 13: the read timeout of an HTTP/1.1 connection once it was upgraded
+    /// (`101 Switching Protocols`, a WebSocket tunnel); `None` keeps `read_timeout`.
+    pub upgraded_read_timeout: Option<Duration>,
     pub idle_timeout: Option<Duration>,
     pub write_timeout: Option<Duration>,
     pub verify_cert: bool,
@@ -577,6 +580,7 @@ impl PeerOptions {
             connection_timeout: None,
             total_connection_timeout: None,
             read_timeout: None,
+            upgraded_read_timeout: None,
             idle_timeout: None,
             write_timeout: None,
             verify_cert: true,
