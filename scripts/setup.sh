@@ -29,6 +29,7 @@ if [ "$mode" = test ]; then
   command -v node >/dev/null || need_pkgs+=(nodejs npm)
   python3 -c 'import yaml' 2>/dev/null || need_pkgs+=(python3-yaml)
   command -v systemd-analyze >/dev/null || need_pkgs+=(systemd)
+  command -v pebble >/dev/null || need_pkgs+=(pebble)   # the ACME tests' CA (with pebble-challtestsrv)
 fi
 if [ "${#need_pkgs[@]}" -gt 0 ]; then
   echo "setup: installing ${need_pkgs[*]}"

@@ -423,6 +423,34 @@ fn watch_certificates(watch: &reload::CertWatch, state: &State) {
     watch.sync(crate::tls::TlsStores::files_of(&state.current().tls_files));
 }
 
+/// The ACME certificate of each TLS listener that has `tls.acme`, renewed by a background
+/// service once every listener is bound (the ACME server validates against them).
+fn acme_managers(
+    cfg: &config::GatewayConfig,
+    config_path: &Path,
+    state: &Arc<State>,
+    readiness: &Arc<Readiness>,
+) -> Vec<crate::tls::acme::AcmeManager> {
+    let config_dir = config_path.parent().unwrap_or(Path::new("."));
+    cfg.listeners
+        .iter()
+        .filter_map(|l| {
+            let acme = l.tls.as_ref()?.acme.clone()?;
+            let store = state.tls.get(&l.name)?.clone();
+            let ready = readiness.clone();
+            Some(crate::tls::acme::AcmeManager::new(
+                &l.name,
+                acme,
+                config_dir,
+                store,
+                state.tls.http01.clone(),
+                state.telemetry.clone(),
+                Box::new(move || ready.check().is_ok()),
+            ))
+        })
+        .collect()
+}
+
 /// Adds a listening service whose socket `spec` counts for `/readyz`, started only after
 /// the binder has bound every listener.
 fn add_tracked<S: pingora_core::services::ServiceWithDependents + 'static>(
@@ -565,6 +593,11 @@ pub fn run(opts: RunOptions) -> Result<(), StartError> {
         add_tracked(&mut server, probe, probe_spec, &readiness, &binder);
     }
     server.add_service(maintenance);
+    for acme in acme_managers(&cfg, &opts.config_path, &state, &readiness) {
+        let mut service = background_service("gatehouse acme", acme);
+        service.threads = Some(1);
+        server.add_service(service);
+    }
 
     let watch_state = state.clone();
     let watch_path = opts.config_path.clone();

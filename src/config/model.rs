@@ -75,7 +75,8 @@ pub struct ListenerConfig {
     pub tls: Option<ListenerTlsConfig>,
     /// On a clear-text listener: answer every request with `308 Permanent Redirect` to the
     /// same URL over https (RFC 9110 §15.4.9), except `/.well-known/acme-challenge/`
-    /// (ACME HTTP-01, RFC 8555 §8.3), which is routed as usual. Default false. Reloadable.
+    /// (ACME HTTP-01, RFC 8555 §8.3), answered for the gateway's own pending challenges and
+    /// routed as usual otherwise. Default false. Reloadable.
     #[serde(default)]
     pub redirect_https: bool,
     /// The port in a `redirect_https` Location, when the TLS listener is not on 443.
@@ -102,6 +103,58 @@ pub struct ListenerTlsConfig {
     /// Lowest TLS version accepted: `"1.2"` (default) or `"1.3"`.
     #[serde(default)]
     pub min_version: TlsVersion,
+    /// Certificates obtained and renewed by ACME (RFC 8555; see the README's "ACME"),
+    /// served for `domains` beside (and before) the files' certificates. Needs a restart.
+    #[serde(default)]
+    pub acme: Option<AcmeConfig>,
+}
+
+/// An ACME certificate of one TLS listener: one account per directory URL, one
+/// certificate for all `domains`, renewed `renew_before` its expiry.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AcmeConfig {
+    /// The ACME server's directory URL (https), e.g.
+    /// `https://acme-v02.api.letsencrypt.org/directory`.
+    pub directory: String,
+    /// Contact address registered with the account (`mailto:`); optional.
+    #[serde(default)]
+    pub email: Option<String>,
+    /// DNS names of the certificate (the first is its name in metrics); no wildcards
+    /// (they need DNS-01, which gatehouse does not answer).
+    pub domains: Vec<String>,
+    /// Directory for the account key, certificate and key (created 0700, files 0600),
+    /// relative to the config file. Must be writable by the gateway.
+    pub storage: String,
+    /// How the server validates the domains: `http-01` (default; answered on this
+    /// config's clear-text listeners, which must be reachable on port 80) or
+    /// `tls-alpn-01` (answered on this TLS listener, reachable on port 443).
+    #[serde(default)]
+    pub challenge: AcmeChallenge,
+    /// Renew this long before the certificate's `notAfter` (minus a random jitter of up
+    /// to a tenth of it); default 30d (Let's Encrypt's advice for 90-day certificates).
+    #[serde(default = "default_acme_renew_before")]
+    pub renew_before: Duration,
+    /// PEM CA certificate to trust for the directory's HTTPS instead of the system's
+    /// roots (a private or test ACME server such as pebble), relative to the config file.
+    #[serde(default)]
+    pub ca_file: Option<String>,
+}
+
+fn default_acme_renew_before() -> Duration {
+    Duration::from_secs(30 * 86_400)
+}
+
+/// The ACME challenge type gatehouse answers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+pub enum AcmeChallenge {
+    /// HTTP-01 (RFC 8555 §8.3): `/.well-known/acme-challenge/TOKEN` over clear text.
+    #[default]
+    #[serde(rename = "http-01")]
+    Http01,
+    /// TLS-ALPN-01 (RFC 8737): a handshake with ALPN `acme-tls/1` on the TLS listener.
+    #[serde(rename = "tls-alpn-01")]
+    TlsAlpn01,
 }
 
 /// One certificate of a TLS listener.

@@ -189,6 +189,9 @@ fn listeners(cfg: &GatewayConfig, errs: &mut Vec<ConfigError>, warns: &mut Vec<C
         }
         trust(l, &format!("listeners[{i}]"), errs, warns);
         tls(l, &format!("listeners[{i}]"), errs, warns);
+        if let Some(a) = l.tls.as_ref().and_then(|t| t.acme.as_ref()) {
+            acme(cfg, a, &format!("listeners[{i}].tls.acme"), errs);
+        }
     }
     if let Some(a) = parse_addr(&cfg.admin.address, "admin.address".into(), errs) {
         if let Some((other, _)) = bound.iter().find(|(_, b)| overlaps(&a, b)) {
@@ -248,11 +251,10 @@ fn tls(
         (None, Some(_)) => errs.push(ConfigError::at(format!("{at}.cert"), "key needs its cert")),
         _ => {}
     }
-    // (ACME, when configured, counts as a certificate source here.)
-    if t.cert.is_none() && t.key.is_none() && t.certificates.is_empty() {
+    if t.cert.is_none() && t.key.is_none() && t.certificates.is_empty() && t.acme.is_none() {
         errs.push(ConfigError::at(
             at.clone(),
-            "a TLS listener needs a certificate: cert and key, or certificates: [ { cert, key } ]",
+            "a TLS listener needs a certificate: cert and key, certificates: [ { cert, key } ], or acme",
         ));
     }
     let mut default = None;
@@ -268,19 +270,103 @@ fn tls(
             }
         }
         for (k, n) in c.names.iter().enumerate() {
-            let label_ok = |x: &str| {
-                !x.is_empty()
-                    && x.bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-            };
-            let body = n.strip_prefix("*.").unwrap_or(n);
-            if !body.split('.').all(label_ok) {
+            if !dns_name_ok(n, true) {
                 errs.push(ConfigError::at(
                     format!("{cat}.names[{k}]"),
                     format!("{n:?} is not a DNS name or a *.wildcard of one (a leading `*.` only)"),
                 ));
             }
         }
+    }
+}
+
+/// Whether `n` is a DNS name of letters, digits, `-` and `_` labels (`*.` allowed first
+/// when `wildcard`).
+fn dns_name_ok(n: &str, wildcard: bool) -> bool {
+    let label_ok = |x: &str| {
+        !x.is_empty()
+            && x.len() <= 63
+            && x.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    let body = if wildcard {
+        n.strip_prefix("*.").unwrap_or(n)
+    } else {
+        n
+    };
+    body.len() <= 253 && body.split('.').all(label_ok)
+}
+
+/// A listener's `tls.acme` (at `at`). The storage directory and `ca_file` are opened when
+/// the renewal service starts.
+fn acme(
+    cfg: &GatewayConfig,
+    a: &crate::config::model::AcmeConfig,
+    at: &str,
+    errs: &mut Vec<ConfigError>,
+) {
+    use crate::config::model::AcmeChallenge;
+    match http::Uri::try_from(a.directory.as_str()) {
+        Ok(u) if u.scheme_str() == Some("https") && u.host().is_some() => {}
+        // RFC 8555 §6.1: ACME runs over HTTPS only.
+        _ => errs.push(ConfigError::at(
+            format!("{at}.directory"),
+            format!(
+                "{:?} is not an https:// URL (RFC 8555 §6.1: ACME is served over HTTPS)",
+                a.directory
+            ),
+        )),
+    }
+    if let Some(e) = &a.email {
+        let e = e.strip_prefix("mailto:").unwrap_or(e);
+        if !e.contains('@')
+            || e.starts_with('@')
+            || e.ends_with('@')
+            || e.contains(char::is_whitespace)
+        {
+            errs.push(ConfigError::at(
+                format!("{at}.email"),
+                format!("{e:?} is not an email address"),
+            ));
+        }
+    }
+    if a.domains.is_empty() {
+        errs.push(ConfigError::at(
+            format!("{at}.domains"),
+            "at least one domain is needed",
+        ));
+    }
+    let mut seen = BTreeSet::new();
+    for (k, d) in a.domains.iter().enumerate() {
+        let path = format!("{at}.domains[{k}]");
+        if d.starts_with("*.") {
+            errs.push(ConfigError::at(path, format!("{d:?}: wildcard names need the DNS-01 challenge, which gatehouse does not answer")));
+        } else if !dns_name_ok(d, false) || !d.contains('.') {
+            errs.push(ConfigError::at(
+                path,
+                format!("{d:?} is not a fully qualified DNS name"),
+            ));
+        } else if !seen.insert(d.to_ascii_lowercase()) {
+            errs.push(ConfigError::at(path, format!("{d:?} is listed twice")));
+        }
+    }
+    if a.storage.trim().is_empty() {
+        errs.push(ConfigError::at(
+            format!("{at}.storage"),
+            "must name a directory",
+        ));
+    }
+    if a.renew_before.get().is_zero() {
+        errs.push(ConfigError::at(
+            format!("{at}.renew_before"),
+            "must be more than 0",
+        ));
+    }
+    if a.challenge == AcmeChallenge::Http01 && cfg.listeners.iter().all(|l| l.tls.is_some()) {
+        errs.push(ConfigError::at(
+            format!("{at}.challenge"),
+            "http-01 is answered on a clear-text listener (port 80), and this config has none: add one, or use tls-alpn-01",
+        ));
     }
 }
 
@@ -1022,6 +1108,51 @@ routes:
             ),
             "{errs:#?}"
         );
+    }
+
+    #[test]
+    fn acme_settings_are_checked_where_they_are_written() {
+        let yaml = r#"
+listeners:
+  - name: tls
+    address: "127.0.0.1:8443"
+    tls:
+      acme:
+        directory: http://ca.example/dir
+        email: nobody
+        domains: ["*.example.com", "localhost", "a.example.com", "A.example.com"]
+        storage: " "
+        renew_before: 0s
+"#;
+        let err = load_str(yaml, None).unwrap_err();
+        let got: Vec<String> = err
+            .0
+            .iter()
+            .map(|e| format!("{}:{}: {}", e.line.unwrap_or(0), e.path, e.message))
+            .collect();
+        let at = "listeners[0].tls.acme";
+        assert_eq!(
+            got,
+            [
+                format!("7:{at}.directory: \"http://ca.example/dir\" is not an https:// URL (RFC 8555 §6.1: ACME is served over HTTPS)"),
+                format!("8:{at}.email: \"nobody\" is not an email address"),
+                format!("9:{at}.domains[0]: \"*.example.com\": wildcard names need the DNS-01 challenge, which gatehouse does not answer"),
+                format!("9:{at}.domains[1]: \"localhost\" is not a fully qualified DNS name"),
+                format!("9:{at}.domains[3]: \"A.example.com\" is listed twice"),
+                format!("10:{at}.storage: must name a directory"),
+                format!("11:{at}.renew_before: must be more than 0"),
+                format!("6:{at}.challenge: http-01 is answered on a clear-text listener (port 80), and this config has none: add one, or use tls-alpn-01"),
+            ],
+        );
+        let ok = yaml
+            .replace("http://ca.example", "https://ca.example")
+            .replace("nobody", "ops@example.com")
+            .replace("\"*.example.com\", \"localhost\", ", "")
+            .replace(", \"A.example.com\"", "")
+            .replace("\" \"", "acme")
+            .replace("0s", "30d")
+            + "        challenge: tls-alpn-01\n";
+        assert!(load_str(&ok, None).is_ok(), "{ok}");
     }
 
     #[test]

@@ -312,6 +312,23 @@ pub fn downstream_version(session: &Session, resp: &mut ResponseHeader) {
 /// Where ACME HTTP-01 challenges are fetched (RFC 8555 §8.3): never redirected.
 pub const ACME_CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
 
+/// The key authorization answering an ACME HTTP-01 challenge (RFC 8555 §8.3): a `GET`
+/// (or `HEAD`) of `/.well-known/acme-challenge/TOKEN` over clear text, for a token whose
+/// challenge is pending. Other tokens are routed as usual (another ACME client may be
+/// behind the gateway).
+pub fn acme_http01(
+    session: &Session,
+    ctx: &super::ctx::RequestCtx,
+    tokens: &crate::tls::acme::Http01Tokens,
+) -> Option<String> {
+    let req = session.req_header();
+    if ctx.tls || !(req.method == http::Method::GET || req.method == http::Method::HEAD) {
+        return None;
+    }
+    let token = req.uri.path().strip_prefix(ACME_CHALLENGE_PREFIX)?;
+    tokens.answer(token)
+}
+
 /// `redirect_https` on the listener that accepted this request: the `Location` of its
 /// 308 (see [`https_location`]), or `None` (no redirect on this listener, a TLS
 /// connection, or a request [`https_location`] leaves alone).

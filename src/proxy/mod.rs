@@ -6,9 +6,9 @@
 //!                          same renderer, access log and metric
 //! new_ctx                  pin the config snapshot                         ctx.rs
 //! early_request_filter     pipelining per listener                         edge.rs
-//! request_filter           request id, redirect_https, edge checks (Host,   edge.rs
-//!                          limits, hop-by-hop), route, body limit, body     request.rs
-//!                          read, filter chain
+//! request_filter           request id, ACME HTTP-01 answer, redirect_https, edge.rs
+//!                          edge checks (Host, limits, hop-by-hop), route,   request.rs
+//!                          body limit, body read, filter chain
 //! request_body_filter      body limit while the body streams               request.rs
 //! proxy_upstream_filter    first try's admission and endpoint: a refusal   resilience.rs, peer.rs
 //!                          here keeps the client's connection
@@ -109,6 +109,10 @@ impl ProxyHttp for Gateway {
         ctx.client_ip = ctx.client.map(|c| c.client);
         ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         self.close_if_draining(session);
+        if let Some(answer) = edge::acme_http01(session, ctx, &self.state.tls.http01) {
+            respond::acme_challenge(session, ctx, answer).await;
+            return Ok(true);
+        }
         if let Some(location) = edge::https_redirect(session, ctx) {
             respond::redirect(session, ctx, location).await;
             return Ok(true);

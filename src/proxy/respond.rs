@@ -253,6 +253,23 @@ pub async fn redirect(session: &mut Session, ctx: &RequestCtx, location: http::H
     }
 }
 
+/// Answers an ACME HTTP-01 validation: `200` with the key authorization as an
+/// `application/octet-stream` body (RFC 8555 §8.3). A successful answer of the gateway.
+pub async fn acme_challenge(session: &mut Session, ctx: &RequestCtx, key_authorization: String) {
+    let sent = write(
+        session,
+        ctx,
+        200,
+        None,
+        &[],
+        "application/octet-stream",
+        Bytes::from(key_authorization),
+    );
+    if let Err(e) = sent.await {
+        tracing::debug!(error = %e, "could not send the ACME challenge answer");
+    }
+}
+
 /// Sends a complete response made at the gateway (an error or e.g. a CORS preflight).
 pub async fn write(
     session: &mut Session,

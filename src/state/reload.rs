@@ -66,13 +66,15 @@ fn same_sockets(a: &config::GatewayConfig, b: &config::GatewayConfig) -> bool {
             x.proxy_protocol = false;
             x.redirect_https = false;
             x.https_port = None;
-            // Certificates and min_version reload; TLS on or off is the socket's shape.
+            // Certificates and min_version reload; TLS on or off is the socket's shape,
+            // and so is ACME (its renewal service starts with the process).
             if let Some(tls) = &mut x.tls {
                 *tls = config::model::ListenerTlsConfig {
                     cert: None,
                     key: None,
                     certificates: Vec::new(),
                     min_version: Default::default(),
+                    acme: tls.acme.take(),
                 };
             }
         }

@@ -14,7 +14,7 @@ const MAX_RELOADS: usize = 20;
 pub struct Event {
     /// RFC 3339 time.
     pub time: String,
-    /// `health`, `breaker`, `reload`, `discovery`.
+    /// `health`, `breaker`, `reload`, `discovery`, `acme`.
     pub kind: &'static str,
     /// What happened.
     pub message: String,

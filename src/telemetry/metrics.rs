@@ -61,6 +61,10 @@ pub struct Metrics {
     pub tls_certificate_expiry: IntGaugeVec,
     /// `gatehouse_tls_handshake_failures_total{listener,reason}`.
     pub tls_handshake_failures: IntCounterVec,
+    /// `gatehouse_acme_renewals_total{name,result}`.
+    pub acme_renewals: IntCounterVec,
+    /// `gatehouse_acme_renewal_timestamp_seconds{name}`.
+    pub acme_renewal_timestamp: IntGaugeVec,
 }
 
 /// A metric could not be registered (a programming error: duplicate names).
@@ -161,6 +165,16 @@ impl Metrics {
                 "gatehouse_tls_handshake_failures_total",
                 "TLS handshakes that failed, by listener and reason (no_shared_cipher, protocol_version, unknown_ca, bad_certificate, no_certificate, not_tls, client_closed, timeout, other).",
                 &["listener", "reason"]
+            )?),
+            acme_renewals: reg!(counter(
+                "gatehouse_acme_renewals_total",
+                "ACME orders (first issuance and renewals) by certificate (its first domain) and result (success, failure).",
+                &["name", "result"]
+            )?),
+            acme_renewal_timestamp: reg!(gauge(
+                "gatehouse_acme_renewal_timestamp_seconds",
+                "Unix time of each ACME certificate's last successful order.",
+                &["name"]
             )?),
             registry,
         };

@@ -332,6 +332,78 @@ impl Telemetry {
     }
 }
 
+impl Telemetry {
+    // === ACME ===
+
+    /// An ACME certificate (named by its first domain) is managed: its renewal counters
+    /// start at 0.
+    pub fn acme_certificate(&self, name: &str) {
+        for result in ["success", "failure"] {
+            self.metrics
+                .acme_renewals
+                .with_label_values(&[name, result]);
+        }
+    }
+
+    /// An ACME account was registered at `directory` (`account`: its URL) and stored.
+    pub fn acme_account_registered(&self, directory: &str, account: &str) {
+        tracing::info!(directory, account, "ACME account registered");
+        self.events
+            .push("acme", format!("ACME account registered at {directory}"));
+    }
+
+    /// An ACME order succeeded: the certificate (valid until `not_after`, unix seconds)
+    /// is stored and served; the next renewal is due at `due` (unix seconds).
+    pub fn acme_renewed(&self, listener: &str, name: &str, not_after: i64, due: i64) {
+        tracing::info!(
+            listener,
+            name,
+            not_after,
+            renew_at = due,
+            "ACME certificate issued"
+        );
+        self.events.push(
+            "acme",
+            format!(
+                "{name}: ACME certificate issued, valid until {}",
+                rfc3339(
+                    SystemTime::UNIX_EPOCH
+                        + std::time::Duration::from_secs(not_after.max(0) as u64)
+                )
+            ),
+        );
+        self.metrics
+            .acme_renewals
+            .with_label_values(&[name, "success"])
+            .inc();
+        self.metrics
+            .acme_renewal_timestamp
+            .with_label_values(&[name])
+            .set(unix_now() as i64);
+    }
+
+    /// An ACME order failed; the certificate served so far (if any) stays, and the next
+    /// try comes after `retry_in`.
+    pub fn acme_renewal_failed(
+        &self,
+        listener: &str,
+        name: &str,
+        error: &dyn Display,
+        retry_in: std::time::Duration,
+    ) {
+        let retry_in_s = retry_in.as_secs();
+        tracing::warn!(listener, name, error = %error, retry_in_s, "ACME order failed; the current certificate keeps serving");
+        self.events.push(
+            "acme",
+            format!("{name}: ACME order failed, retry in {retry_in_s}s: {error}"),
+        );
+        self.metrics
+            .acme_renewals
+            .with_label_values(&[name, "failure"])
+            .inc();
+    }
+}
+
 /// Unix time in seconds.
 pub fn unix_now() -> f64 {
     SystemTime::now()

@@ -2,6 +2,7 @@
 //! (reloaded from files, installed at run time by ACME, TLS-ALPN-01 challenges), the
 //! expiry gauge, and the reasons a handshake failed.
 
+pub mod acme;
 pub mod cert;
 pub mod store;
 
@@ -98,6 +99,8 @@ impl Expiry {
 /// set of TLS listeners changes only with a restart.
 pub struct TlsStores {
     stores: BTreeMap<String, Arc<CertStore>>,
+    /// Pending ACME HTTP-01 answers, served by every clear-text listener.
+    pub http01: Arc<acme::Http01Tokens>,
 }
 
 impl TlsStores {
@@ -116,7 +119,10 @@ impl TlsStores {
                 Arc::new(CertStore::new(&l.name, expiry.clone())?),
             );
         }
-        Ok(Self { stores })
+        Ok(Self {
+            stores,
+            http01: Arc::default(),
+        })
     }
 
     /// The store of TLS listener `listener`.
@@ -145,8 +151,9 @@ impl TlsStores {
     }
 }
 
-/// Loads listener `tls`'s certificate files (relative to `config_dir`); every problem is
-/// an error at the certificate's YAML path (`at` is `listeners[i].tls`) naming the file.
+/// Loads listener `tls`'s certificate files (relative to `config_dir`) and checks its ACME
+/// `ca_file`; every problem is an error at the field's YAML path (`at` is
+/// `listeners[i].tls`) naming the file.
 pub fn load_files(
     tls: &ListenerTlsConfig,
     at: &str,
@@ -172,6 +179,21 @@ pub fn load_files(
                     format!("listener {listener:?}: {}: {e}", file.display()),
                 ));
             }
+        }
+    }
+    if let Some(ca) = tls.acme.as_ref().and_then(|a| a.ca_file.as_ref()) {
+        let path = config_dir.join(ca);
+        let problem = match std::fs::read(&path) {
+            Ok(pem) => openssl::x509::X509::from_pem(&pem)
+                .err()
+                .map(|e| format!("not a PEM certificate: {e}")),
+            Err(e) => Some(format!("cannot read: {e}")),
+        };
+        if let Some(p) = problem {
+            errs.push(ConfigError::at(
+                format!("{at}.acme.ca_file"),
+                format!("listener {listener:?}: {}: {p}", path.display()),
+            ));
         }
     }
     if !errs.is_empty() {

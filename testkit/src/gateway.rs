@@ -128,11 +128,23 @@ impl TestGateway {
         files: &[(&str, &str)],
         env: &[(&str, &str)],
     ) -> Self {
+        Self::start_on(program, free_port(), yaml, files, env).await
+    }
+
+    /// [`TestGateway::start_program`] with `{listen}` on `port`, chosen before (for a
+    /// peer that must know the gateway's port before it starts, such as an ACME server
+    /// validating against it, or a restart on the same port).
+    pub async fn start_on(
+        program: &std::path::Path,
+        port: u16,
+        yaml: &str,
+        files: &[(&str, &str)],
+        env: &[(&str, &str)],
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         for (name, content) in files {
             std::fs::write(dir.path().join(name), content).unwrap();
         }
-        let port = free_port();
         let admin_port = free_port();
         let config_path = dir.path().join("gatehouse.yaml");
         std::fs::write(&config_path, fill(yaml, port, admin_port)).unwrap();

@@ -2,6 +2,7 @@
 //! one file per behaviour.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod acme;
 mod bodies;
 mod chaos;
 mod cli;

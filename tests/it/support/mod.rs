@@ -16,6 +16,7 @@ pub mod load;
 pub mod pki;
 pub mod raw;
 pub mod redis_policies;
+pub mod tls;
 
 pub fn upstream_yaml(name: &str, eps: &[(&std::net::SocketAddr, u32)]) -> String {
     let list: Vec<String> = eps
