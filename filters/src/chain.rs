@@ -10,7 +10,8 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use prometheus::Histogram;
 
 use crate::{
-    BodyTransform, Filter, FilterError, FilterMetrics, FilterOutcome, RequestCx, ResponseCx,
+    BodyTransform, Filter, FilterError, FilterMetrics, FilterOutcome, FilterState, RequestCx,
+    ResponseCx,
 };
 
 /// The filters of one route, in config order, each with its timing series.
@@ -113,6 +114,22 @@ impl Chain {
             }
         }
         Ok(())
+    }
+
+    /// Runs every filter's request-trailer phase in order ([`Filter::on_request_trailers`]),
+    /// observing each filter's time and adding it to `spent`.
+    pub fn on_request_trailers(
+        &self,
+        req: &mut RequestHeader,
+        trailers: &mut http::HeaderMap,
+        state: &FilterState,
+        spent: &mut Duration,
+    ) {
+        for (f, timer) in &self.filters {
+            let start = Instant::now();
+            f.on_request_trailers(req, trailers, state);
+            observe(timer, start, spent);
+        }
     }
 
     /// Runs every filter's response phase in order, collecting body transforms into

@@ -658,6 +658,19 @@ pub trait Filter: Send + Sync + 'static {
         Ok(None)
     }
 
+    /// The request's trailer fields (an HTTP/1.1 chunked body's trailer section, an HTTP/2
+    /// request's trailing HEADERS), when it has some, once its body has ended (after
+    /// [`Filter::on_request`], the upstream already chosen). The filter may edit them before
+    /// they go upstream; it can no longer answer the request. Synchronous. By default it
+    /// leaves them as they are.
+    fn on_request_trailers(
+        &self,
+        _req: &mut RequestHeader,
+        _trailers: &mut http::HeaderMap,
+        _state: &FilterState,
+    ) {
+    }
+
     /// Whether the response phase of this filter may wait (e.g. for a call to another
     /// service): the gateway then calls [`Filter::on_response_waiting`] instead of
     /// [`Filter::on_response`]. Asked once, when the route's chain is built.

@@ -320,6 +320,24 @@ impl Filter for Wasm {
         }
     }
 
+    /// `proxy_on_request_trailers`, with the guest context kept from the request phase (none
+    /// when the response phase already took it: the request's end came after the answer).
+    fn on_request_trailers(
+        &self,
+        req: &mut RequestHeader,
+        trailers: &mut http::HeaderMap,
+        state: &FilterState,
+    ) {
+        let key = FilterState::key(self);
+        let Some(mut stream) = state.take::<HttpStream>(key) else {
+            return;
+        };
+        if let Err(e) = stream.request_trailers(req, trailers) {
+            tracing::warn!(module = %e.module, error = %e, "wasm filter failed on the request trailers; sent as they are");
+        }
+        state.put(key, *stream);
+    }
+
     fn waits_in_response(&self) -> bool {
         true
     }

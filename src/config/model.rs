@@ -295,6 +295,19 @@ pub struct H2ListenerConfig {
     /// and hyper's value).
     #[serde(default = "default_h2_max_pending_reset_streams")]
     pub max_pending_reset_streams: usize,
+    /// Paced-reset protection (Envoy's premature-reset rule): a stream the client resets
+    /// before the gateway finished it and within `premature_reset_min_stream_lifetime` of
+    /// its start is premature; once premature resets reach half of the larger of this count
+    /// and the connection's streams so far, the connection is closed with
+    /// `GOAWAY(ENHANCE_YOUR_CALM)`. Catches a flood that takes each stream up before
+    /// resetting it, which `max_pending_reset_streams` does not see. Default 500 (Envoy's
+    /// `overload.premature_reset_total_stream_count`); at least 2.
+    #[serde(default = "default_h2_premature_reset_total_stream_count")]
+    pub premature_reset_total_stream_count: u64,
+    /// A client reset later than this after a stream's start is not premature. Default 1s
+    /// (Envoy's `overload.premature_reset_min_stream_lifetime_seconds`).
+    #[serde(default = "default_h2_premature_reset_min_stream_lifetime")]
+    pub premature_reset_min_stream_lifetime: Duration,
 }
 
 impl Default for H2ListenerConfig {
@@ -303,6 +316,8 @@ impl Default for H2ListenerConfig {
             max_concurrent_streams: default_h2_max_concurrent_streams(),
             max_header_list_size: None,
             max_pending_reset_streams: default_h2_max_pending_reset_streams(),
+            premature_reset_total_stream_count: default_h2_premature_reset_total_stream_count(),
+            premature_reset_min_stream_lifetime: default_h2_premature_reset_min_stream_lifetime(),
         }
     }
 }
@@ -312,6 +327,12 @@ fn default_h2_max_concurrent_streams() -> u32 {
 }
 fn default_h2_max_pending_reset_streams() -> usize {
     20
+}
+fn default_h2_premature_reset_total_stream_count() -> u64 {
+    500
+}
+fn default_h2_premature_reset_min_stream_lifetime() -> Duration {
+    Duration::from_secs(1)
 }
 
 impl Default for HttpListenerConfig {

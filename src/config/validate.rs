@@ -173,6 +173,11 @@ fn listeners(cfg: &GatewayConfig, errs: &mut Vec<ConfigError>, warns: &mut Vec<C
                 h.h2.max_pending_reset_streams,
                 1,
             ),
+            (
+                "h2.premature_reset_total_stream_count",
+                usize::try_from(h.h2.premature_reset_total_stream_count).unwrap_or(usize::MAX),
+                2,
+            ),
         ] {
             if v < min {
                 errs.push(ConfigError::at(

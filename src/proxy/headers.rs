@@ -55,6 +55,26 @@ fn is_hop_by_hop(n: &http::HeaderName) -> bool {
     n == http::header::CONNECTION || n == http::header::UPGRADE || HOP_BY_HOP.contains(&n.as_str())
 }
 
+/// Removes from a request's trailer section the fields that only mean something in a
+/// header section and must not reach the upstream as trailers: hop-by-hop fields, framing
+/// (`Content-Length`, `Transfer-Encoding`) and routing (`Host`) — RFC 9110 §6.5.1 lists
+/// framing, routing and request modifiers among the fields a trailer cannot carry.
+pub(super) fn sanitize_trailers(t: &mut http::HeaderMap) {
+    let drop: Vec<http::HeaderName> = t
+        .keys()
+        .filter(|n| {
+            is_hop_by_hop(n)
+                || *n == http::header::CONTENT_LENGTH
+                || *n == http::header::TRANSFER_ENCODING
+                || *n == http::header::HOST
+        })
+        .cloned()
+        .collect();
+    for n in drop {
+        t.remove(n);
+    }
+}
+
 /// Header names a `Connection` header nominates, framing headers excepted.
 pub(super) fn connection_listed(h: &http::HeaderMap) -> Vec<http::HeaderName> {
     h.get_all(http::header::CONNECTION)

@@ -9,7 +9,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use pingora_core::apps::{HttpServerOptions, ServerApp};
 use pingora_core::listeners::{L4BufferSettings, ListenerConfig as PingoraListener};
-use pingora_core::protocols::http::v2::server::{default_h2_options, H2Options};
+use pingora_core::protocols::http::v2::server::{
+    default_h2_options, H2Options, PrematureResetLimit,
+};
 use pingora_core::protocols::Stream;
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::ShutdownWatch;
@@ -41,6 +43,15 @@ pub fn service(
     opts.max_request_header_bytes = Some(h.max_request_header_bytes);
     opts.request_header_timeout = Some(h.header_read_timeout.0);
     opts.h2c = h.h2c;
+    state.telemetry.http_listener(&l.name);
+    let (telemetry, listener) = (state.telemetry.clone(), l.name.clone());
+    opts.h2_premature_reset = Some(PrematureResetLimit {
+        total_stream_count: h.h2.premature_reset_total_stream_count,
+        min_stream_lifetime: h.h2.premature_reset_min_stream_lifetime.0,
+        on_close: Some(Arc::new(move || {
+            telemetry.h2_premature_reset_close(&listener)
+        })),
+    });
     proxy.server_options = Some(opts);
     proxy.h2_options = Some(h2_options(h));
     let tls = Tls {

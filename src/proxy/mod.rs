@@ -143,6 +143,18 @@ impl ProxyHttp for Gateway {
         request::count_body(ctx, body.as_ref())
     }
 
+    /// The request's trailers (vendored pingora patch 15): the route's filters may edit them
+    /// (a wasm filter's `proxy_on_request_trailers`) before they follow the body upstream.
+    async fn request_trailer_filter(
+        &self,
+        session: &mut Session,
+        trailers: &mut http::HeaderMap,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        request::trailers(session.req_header_mut(), trailers, ctx);
+        Ok(())
+    }
+
     /// The first try's admission (breaker, bulkhead, endpoint) runs here rather than in
     /// `upstream_peer`: pingora closes the client's connection after any error from
     /// `upstream_peer`, but keeps it after a response written here. A refusal that never

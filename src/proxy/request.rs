@@ -250,3 +250,20 @@ pub fn to_upstream(
     super::trace::to_upstream(ctx, req)?;
     super::resilience::deadline_header(ctx, req)
 }
+
+/// The request's trailers, without the fields a trailer cannot carry, through the route's
+/// filters (each may edit them), their time added to the request's filter time.
+pub(super) fn trailers(
+    req: &mut RequestHeader,
+    trailers: &mut http::HeaderMap,
+    ctx: &mut RequestCtx,
+) {
+    headers::sanitize_trailers(trailers);
+    if let Some(route) = ctx.route.clone() {
+        let mut spent = ctx.filter_time;
+        route
+            .filters
+            .on_request_trailers(req, trailers, &ctx.filter_state, &mut spent);
+        ctx.filter_time = spent;
+    }
+}

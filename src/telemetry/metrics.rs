@@ -65,6 +65,8 @@ pub struct Metrics {
     pub acme_renewals: IntCounterVec,
     /// `gatehouse_acme_renewal_timestamp_seconds{name}`.
     pub acme_renewal_timestamp: IntGaugeVec,
+    /// `gatehouse_http2_premature_reset_closes_total{listener}`.
+    pub h2_premature_reset_closes: IntCounterVec,
 }
 
 /// A metric could not be registered (a programming error: duplicate names).
@@ -175,6 +177,11 @@ impl Metrics {
                 "gatehouse_acme_renewal_timestamp_seconds",
                 "Unix time of each ACME certificate's last successful order.",
                 &["name"]
+            )?),
+            h2_premature_reset_closes: reg!(counter(
+                "gatehouse_http2_premature_reset_closes_total",
+                "HTTP/2 connections closed with GOAWAY(ENHANCE_YOUR_CALM) because the client reset too many streams early (Envoy's downstream_rq_too_many_premature_resets).",
+                &["listener"]
             )?),
             registry,
         };

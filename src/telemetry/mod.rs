@@ -296,6 +296,22 @@ impl Telemetry {
 impl Telemetry {
     // === TLS ===
 
+    /// A listener exists: its HTTP/2 premature-reset series starts at 0.
+    pub fn http_listener(&self, listener: &str) {
+        self.metrics
+            .h2_premature_reset_closes
+            .with_label_values(&[listener]);
+    }
+
+    /// An HTTP/2 connection was closed for its client's premature stream resets (pingora
+    /// logs the peer's address at WARN).
+    pub fn h2_premature_reset_close(&self, listener: &str) {
+        self.metrics
+            .h2_premature_reset_closes
+            .with_label_values(&[listener])
+            .inc();
+    }
+
     /// A TLS listener exists: its handshake-failure series start at 0 for every reason.
     pub fn tls_listener(&self, listener: &str, reasons: &[&str]) {
         for r in reasons {

@@ -112,6 +112,11 @@ fn get(path: &str) -> http::Request<()> {
 }
 
 async fn body_of(mut body: h2::RecvStream) -> Vec<u8> {
+    body_of_ref(&mut body).await
+}
+
+/// The body's bytes to its end, leaving the stream readable for its trailers.
+async fn body_of_ref(body: &mut h2::RecvStream) -> Vec<u8> {
     let mut out = Vec::new();
     while let Some(chunk) = body.data().await {
         let chunk = chunk.unwrap();
@@ -281,4 +286,157 @@ async fn a_rapid_reset_flood_is_cut_off_and_reaches_the_upstream_a_bounded_numbe
         .unwrap()
         .status();
     assert_eq!(status, 200, "{}", gw.logs());
+}
+
+const PREMATURE_CLOSES: &str = "gatehouse_http2_premature_reset_closes_total";
+
+#[tokio::test]
+async fn a_paced_reset_flood_is_cut_off_by_the_premature_reset_rule() {
+    // Each request is held 3 s upstream, so a stream reset 2 ms after its HEADERS was taken
+    // up by the gateway (it counts against no pending-accept bound) and reset early.
+    let up = counting_upstream(Duration::from_secs(3)).await;
+    // The defaults: 500 streams, 1 s; max_pending_reset_streams never fires at this pace.
+    let gw = h2c_gateway(up.addr, "").await;
+    let labels = [("listener", "public")];
+
+    // Well-behaved traffic on one connection first: 60 complete streams count nothing.
+    let (client, _conn) = h2c_connect(gw.port).await;
+    let mut client = client;
+    let mut answers = Vec::new();
+    for i in 0..60 {
+        client = client.ready().await.unwrap();
+        answers.push(
+            client
+                .send_request(get(&format!("/ok/{i}")), true)
+                .unwrap()
+                .0,
+        );
+    }
+    for a in answers {
+        assert_eq!(a.await.unwrap().status(), 200);
+    }
+    let m = gw.metrics().await;
+    assert_eq!(metric_value(&m, PREMATURE_CLOSES, &labels), Some(0.0));
+
+    let opened = reset_flood(gw.port, 5_000, Some(Duration::from_millis(2))).await;
+    // 250 premature resets close the connection (half of 500); the gateway learns of each
+    // one when its stream ends, so a few dozen more streams may get in.
+    assert!(
+        (250..=600).contains(&opened),
+        "the connection ended after {opened} streams; upstream saw {}",
+        up.seen.load(Ordering::SeqCst)
+    );
+    let m = gw.metrics_at(PREMATURE_CLOSES, &labels, 1.0).await;
+    assert_eq!(
+        metric_value(&m, PREMATURE_CLOSES, &labels),
+        Some(1.0),
+        "{}",
+        gw.logs()
+    );
+    assert!(
+        gw.logs().contains("reset by the client early"),
+        "{}",
+        gw.logs()
+    );
+
+    // The client that was not flooding keeps its connection.
+    client = client.ready().await.unwrap();
+    let (resp, _) = client.send_request(get("/still"), true).unwrap();
+    assert_eq!(resp.await.unwrap().status(), 200);
+}
+
+/// An h2c upstream (a raw `h2` server) that reads each request to its end and answers 200
+/// with the request's body and trailer fields as text (`name: value` lines after the body).
+async fn trailer_echo_h2c() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        while let Ok((sock, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut conn) = h2::server::handshake(sock).await else {
+                    return;
+                };
+                while let Some(Ok((req, mut respond))) = conn.accept().await {
+                    tokio::spawn(async move {
+                        let mut body = req.into_body();
+                        let mut text = body_of_ref(&mut body).await;
+                        let trailers = body.trailers().await.ok().flatten().unwrap_or_default();
+                        let mut lines: Vec<String> = trailers
+                            .iter()
+                            .map(|(n, v)| format!("{n}: {}", v.to_str().unwrap_or("?")))
+                            .collect();
+                        lines.sort_unstable();
+                        text.extend_from_slice(format!("\n{}", lines.join("\n")).as_bytes());
+                        let resp = http::Response::builder().status(200).body(()).unwrap();
+                        if let Ok(mut send) = respond.send_response(resp, false) {
+                            let _ = send.send_data(Bytes::from(text), true);
+                        }
+                    });
+                }
+            });
+        }
+    });
+    (addr, task)
+}
+
+/// Sends `POST path` with body `hello` and the trailers `x-checksum: abc`, `x-drop-me: 1`
+/// and `content-length: 99` on an h2c connection; returns the status and answer body.
+async fn post_with_trailers(port: u16, path: &str) -> (u16, String) {
+    let (client, _conn) = h2c_connect(port).await;
+    let mut client = client.ready().await.unwrap();
+    let req = http::Request::builder()
+        .method("POST")
+        .uri(format!("http://gatehouse.test{path}"))
+        .body(())
+        .unwrap();
+    let (resp, mut stream) = client.send_request(req, false).unwrap();
+    stream
+        .send_data(Bytes::from_static(b"hello"), false)
+        .unwrap();
+    let mut t = http::HeaderMap::new();
+    t.insert("x-checksum", "abc".parse().unwrap());
+    t.insert("x-drop-me", "1".parse().unwrap());
+    t.insert("content-length", "99".parse().unwrap());
+    stream.send_trailers(t).unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(10), resp)
+        .await
+        .expect("answered")
+        .unwrap();
+    let status = resp.status().as_u16();
+    let body = body_of(resp.into_body()).await;
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test]
+async fn request_trailers_of_an_h2_client_reach_h2c_and_http1_upstreams() {
+    use crate::support::raw::{Answer, RecordingUpstream};
+    let (h2_up, _task) = trailer_echo_h2c().await;
+    let h1_up = RecordingUpstream::start(Answer::Ok11).await;
+    let yaml = config(
+        &format!(
+            "  grpcish: {{ protocol: h2c, discovery: {{ static: [ {{ address: \"{h2_up}\" }} ] }} }}\n{}",
+            plain_upstream("h1", h1_up.addr)
+        ),
+        "  - { name: h2, match: { path_prefix: /h2 }, upstream: grpcish }\n  - { name: h1, match: { path_prefix: /h1 }, upstream: h1 }\n",
+    )
+    .replacen(
+        "address: \"{listen}\" }",
+        "address: \"{listen}\", http: { h2c: true } }",
+        1,
+    );
+    let gw = TestGateway::start(&yaml).await;
+
+    // To an h2c upstream: a HEADERS frame after the DATA, framing fields removed.
+    let (status, body) = post_with_trailers(gw.port, "/h2").await;
+    assert_eq!(status, 200, "{}", gw.logs());
+    assert_eq!(body, "hello\nx-checksum: abc\nx-drop-me: 1");
+
+    // To an HTTP/1.1 upstream: a chunked body whose trailer section carries them.
+    let (status, _) = post_with_trailers(gw.port, "/h1").await;
+    assert_eq!(status, 200, "{}", gw.logs());
+    let reqs = h1_up.requests();
+    assert_eq!(reqs.len(), 1, "{:?}", h1_up.conns());
+    assert_eq!(reqs[0].body, b"hello");
+    assert_eq!(reqs[0].header("transfer-encoding"), ["chunked"]);
+    assert_eq!(reqs[0].trailers, ["x-checksum: abc", "x-drop-me: 1"]);
 }

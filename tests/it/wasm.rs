@@ -689,3 +689,52 @@ async fn response_trailers_reach_the_module_and_the_client() {
         "{raw}"
     );
 }
+
+#[tokio::test]
+async fn request_trailers_reach_the_module_and_follow_the_body_upstream() {
+    use crate::support::raw::{Answer, Raw, RecordingUpstream};
+    let up = RecordingUpstream::start(Answer::Ok11).await;
+    let filter = format!(r#"wasm: {{ module: "{}" }}"#, module("trailers"));
+    let yaml = config(up.addr, "", &filter).replace(
+        "routes:\n",
+        "routes:\n  - name: plain\n    match: { path_prefix: /plain }\n    upstream: app\n",
+    );
+    let gw = TestGateway::start(&yaml).await;
+    let post = |path: &str| {
+        format!(
+            "POST {path} HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\nTrailer: x-checksum\r\n\r\n\
+             5\r\nhello\r\n6\r\n world\r\n0\r\nx-checksum: abc\r\nx-drop-me: 1\r\n\
+             content-length: 99\r\nhost: evil\r\n\r\n"
+        )
+    };
+    let mut c = Raw::connect(gw.port).await;
+
+    // Without a filter the trailers follow the body as they came, less the fields a trailer
+    // cannot carry (framing, routing: RFC 9110 §6.5.1).
+    c.send(post("/plain").as_bytes()).await;
+    let r = c
+        .response(Duration::from_secs(10))
+        .await
+        .expect("an answer");
+    assert_eq!(r.status, 200, "{}", gw.logs());
+    // The module saw two trailers: the sanitized set.
+    c.send(post("/api/t").as_bytes()).await;
+    let r = c
+        .response(Duration::from_secs(10))
+        .await
+        .expect("an answer");
+    assert_eq!(r.status, 200, "{}", gw.logs());
+    assert_eq!(r.header("x-wasm-request-trailers").as_deref(), Some("2"));
+
+    let reqs = up.requests();
+    assert_eq!(reqs.len(), 2, "{:?}", up.conns());
+    for r in &reqs {
+        assert_eq!(r.body, b"hello world");
+        assert_eq!(r.header("transfer-encoding"), ["chunked"]);
+    }
+    assert_eq!(reqs[0].trailers, ["x-checksum: abc", "x-drop-me: 1"]);
+    let mut edited = reqs[1].trailers.clone();
+    edited.sort_unstable();
+    assert_eq!(edited, ["x-checksum: abc", "x-wasm-saw-checksum: abc"]);
+    assert!(up.conns().iter().all(|c| !c.garbage), "{:?}", up.conns());
+}

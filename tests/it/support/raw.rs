@@ -30,11 +30,13 @@ pub enum Answer {
 /// How long [`Answer::OkThenFin`] keeps a connection after its answer.
 pub const FIN_DELAY: Duration = Duration::from_millis(200);
 
-/// One request the upstream parsed: its head as text and its decoded body.
+/// One request the upstream parsed: its head as text, its decoded body, and the field lines
+/// of a chunked body's trailer section (RFC 9112 §7.1.2), in order.
 #[derive(Clone, Debug)]
 pub struct Recorded {
     pub head: String,
     pub body: Vec<u8>,
+    pub trailers: Vec<String>,
 }
 
 impl Recorded {
@@ -223,6 +225,7 @@ pub fn parse_request(b: &[u8]) -> Parsed {
         }
         let mut pos = 0;
         let mut body = Vec::new();
+        let mut trailers = Vec::new();
         loop {
             let Some(le) = rest[pos..].windows(2).position(|w| w == b"\r\n") else {
                 return Parsed::Partial;
@@ -233,14 +236,21 @@ pub fn parse_request(b: &[u8]) -> Parsed {
             };
             pos += le + 2;
             if size == 0 {
-                // no trailers expected from the gateway
-                if rest.len() < pos + 2 {
-                    return Parsed::Partial;
+                // The trailer section: field lines up to an empty line.
+                loop {
+                    let Some(le) = rest[pos..].windows(2).position(|w| w == b"\r\n") else {
+                        return Parsed::Partial;
+                    };
+                    let line = String::from_utf8_lossy(&rest[pos..pos + le]).into_owned();
+                    pos += le + 2;
+                    if line.is_empty() {
+                        break;
+                    }
+                    if !line.contains(':') || line.contains('\r') || line.contains('\n') {
+                        return Parsed::Invalid;
+                    }
+                    trailers.push(line);
                 }
-                if &rest[pos..pos + 2] != b"\r\n" {
-                    return Parsed::Invalid;
-                }
-                pos += 2;
                 break;
             }
             if rest.len() < pos + size + 2 {
@@ -252,7 +262,14 @@ pub fn parse_request(b: &[u8]) -> Parsed {
             }
             pos += size + 2;
         }
-        return Parsed::Complete(Recorded { head, body }, body_start + pos);
+        return Parsed::Complete(
+            Recorded {
+                head,
+                body,
+                trailers,
+            },
+            body_start + pos,
+        );
     }
     let len = match cl.first() {
         Some(v) => match v.parse::<usize>() {
@@ -268,6 +285,7 @@ pub fn parse_request(b: &[u8]) -> Parsed {
         Recorded {
             head,
             body: rest[..len].to_vec(),
+            trailers: Vec::new(),
         },
         body_start + len,
     )

@@ -649,6 +649,11 @@ pub struct Session {
     upstream_write_pending_time: Duration,
     /// Flag that is set when the shutdown process has begun.
     shutdown_flag: Arc<AtomicBool>,
+    /// The request's trailer fields after `request_trailer_filter`, kept for a retry that
+    /// replays the buffered body (gatehouse patch 15).
+    request_trailers: Option<Box<http::HeaderMap>>,
+    /// Trailers whose body bytes went upstream first; sent on the next body step (patch 15).
+    pending_request_trailers: Option<Box<http::HeaderMap>>,
 }
 
 impl Session {
@@ -676,7 +681,28 @@ impl Session {
             downstream_task_seen_upgraded: false,
             upstream_write_pending_time: Duration::ZERO,
             shutdown_flag,
+            request_trailers: None,
+            pending_request_trailers: None,
         }
+    }
+
+    /// The request's trailers, once its body has ended: read from the client the first
+    /// time (and given to `request_trailer_filter`), the filtered copy on a replay
+    /// (gatehouse patch 15).
+    pub(crate) async fn request_trailers_at_end<SV>(
+        &mut self,
+        proxy: &SV,
+        ctx: &mut SV::CTX,
+    ) -> Result<Option<Box<http::HeaderMap>>>
+    where
+        SV: ProxyHttp + Send + Sync,
+        SV::CTX: Send + Sync,
+    {
+        if let Some(mut t) = self.downstream_session.take_request_trailers() {
+            proxy.request_trailer_filter(self, &mut t, ctx).await?;
+            self.request_trailers = Some(Box::new(t));
+        }
+        Ok(self.request_trailers.clone())
     }
 
     /// Create a new [Session] from the given [Stream]

@@ -558,6 +558,7 @@ where
             || !response_state.is_done()
             || downstream_custom_read && !downstream_state.is_errored()
             || downstream_custom_write
+            || session.pending_request_trailers.is_some()
         {
             // reserve tx capacity ahead to avoid deadlock, see below
 
@@ -579,8 +580,17 @@ where
             let support_cache_partial_read =
                 session.cache.support_streaming_partial_write() == Some(true);
             let upgraded = session.was_upgraded();
+            let trailers_pending = session.pending_request_trailers.is_some();
 
             tokio::select! {
+                // gatehouse patch 15: the trailers of a body whose last bytes went out on
+                // the previous step (the filters already saw its end) finish the body.
+                _ = std::future::ready(()), if trailers_pending && send_permit.is_ok() => {
+                    let trailers = session.pending_request_trailers.take();
+                    send_permit.unwrap().send(HttpTask::Trailer(trailers)); // checked is_ok()
+                    downstream_state.maybe_finished(true);
+                },
+
                 // only try to send to pipe if there is capacity to avoid deadlock
                 // Otherwise deadlock could happen if both upstream and downstream are blocked
                 // on sending to their corresponding pipes which are both full.
@@ -635,7 +645,7 @@ where
                     downstream_state.maybe_finished(request_done);
                 },
 
-                _ = tx.reserve(), if downstream_state.is_reading() && send_permit.is_err() => {
+                _ = tx.reserve(), if (downstream_state.is_reading() || trailers_pending) && send_permit.is_err() => {
                     // If tx is closed, the upstream has already finished its job.
                     downstream_state.maybe_finished(tx.is_closed());
                     debug!("waiting for permit {send_permit:?}, upstream closed {}", tx.is_closed());
@@ -1103,6 +1113,20 @@ where
             data.as_ref().map_or(-1, |d| d.len() as isize)
         );
 
+        // gatehouse patch 15: the request's trailers follow its last body bytes, as the
+        // body's end; bytes still to go are sent first and the trailers on the next step.
+        if upstream_end_of_body && !session.was_upgraded() {
+            if let Some(trailers) = session.request_trailers_at_end(&self.inner, ctx).await? {
+                if data.as_ref().is_some_and(|d| !d.is_empty()) {
+                    session.pending_request_trailers = Some(trailers);
+                    tx.send(HttpTask::Body(data, false));
+                    return Ok(false);
+                }
+                tx.send(HttpTask::Trailer(Some(trailers)));
+                return Ok(end_of_body);
+            }
+        }
+
         // upgraded body needs to be marked
         if session.was_upgraded() {
             tx.send(HttpTask::UpgradedBody(data, upstream_end_of_body));
@@ -1162,6 +1186,13 @@ pub(crate) async fn send_body_to1(
                             return e.into_up().into_err();
                         }
                     }
+                }
+            }
+            // gatehouse patch 15: the request's trailers end its (chunked) body.
+            HttpTask::Trailer(trailers) => {
+                body_done = true;
+                if let Some(t) = trailers {
+                    client_session.set_request_trailers(t);
                 }
             }
             _ => {

@@ -1073,6 +1073,26 @@ where
             return Ok(false);
         }
 
+        // gatehouse patch 15: the request's trailers end the stream (a HEADERS frame after the
+        // DATA) instead of END_STREAM on the last DATA frame.
+        let trailers = if end_of_body || data.is_none() {
+            session.request_trailers_at_end(&self.inner, ctx).await?
+        } else {
+            None
+        };
+        if let Some(trailers) = trailers {
+            if let Some(data) = data.filter(|d| !d.is_empty()) {
+                write_body(client_body, data, false, write_timeout)
+                    .await
+                    .map_err(|e| e.into_up())?;
+            }
+            client_body
+                .send_trailers(*trailers)
+                .or_err(WriteError, "while writing h2 request trailers")
+                .map_err(|e| e.into_up())?;
+            return Ok(true);
+        }
+
         let (data, end) = match data {
             Some(data) => {
                 debug!("Write {} bytes body to h2 upstream", data.len());

@@ -158,6 +158,24 @@ pub trait ProxyHttp {
         Ok(())
     }
 
+    /// Handle the request's trailer fields (an HTTP/1.1 chunked body's trailer section, an
+    /// HTTP/2 request's trailing HEADERS), called once after the last
+    /// [`Self::request_body_filter`] call (`end_of_stream` true) when the request has them.
+    /// The filter may edit them; they then go upstream after the body (HTTP/2, or an
+    /// HTTP/1.1 chunked body; a sized HTTP/1.1 body has no place for them and they are
+    /// dropped). Gatehouse patch 15: pingora 0.9.1 read and dropped request trailers.
+    async fn request_trailer_filter(
+        &self,
+        _session: &mut Session,
+        _trailers: &mut http::HeaderMap,
+        _ctx: &mut Self::CTX,
+    ) -> Result<()>
+    where
+        Self::CTX: Send + Sync,
+    {
+        Ok(())
+    }
+
     /// This filter decides if the request is cacheable and what cache backend to use
     ///
     /// The caller can interact with `Session.cache` to enable caching.

@@ -101,6 +101,12 @@ pub struct HttpServerOptions {
     ///
     /// Default: `None` (only the per-read timeouts apply).
     pub request_header_timeout: Option<Duration>,
+
+    /// Close an HTTP/2 connection whose client resets too many of its streams early
+    /// (Envoy's premature-reset rule, gatehouse patch 14).
+    ///
+    /// Default: `None` (only the `h2` crate's `max_pending_accept_reset_streams`).
+    pub h2_premature_reset: Option<crate::protocols::http::v2::server::PrematureResetLimit>,
 }
 
 impl HttpServerOptions {
@@ -344,11 +350,15 @@ where
             let app = self.clone();
             let shutdown_for_session = shutdown.clone();
             let h2_idle_timeout = self.server_options().and_then(|o| o.h2_idle_timeout);
-            server::accept_downstream_sessions(
+            let premature = self
+                .server_options()
+                .and_then(|o| o.h2_premature_reset.clone());
+            server::accept_downstream_sessions_limited(
                 h2_conn,
                 digest,
                 shutdown.clone(),
                 h2_idle_timeout,
+                premature,
                 |h2_stream, guard| {
                     let app = app.clone();
                     let shutdown = shutdown_for_session.clone();

@@ -568,6 +568,17 @@ impl Session {
         }
     }
 
+    /// The request's trailer fields once its body has been read to the end (HTTP/1.1
+    /// chunked trailers, HTTP/2 trailing HEADERS); `None` when it had none. Taken once
+    /// (gatehouse patch 15).
+    pub fn take_request_trailers(&mut self) -> Option<HeaderMap> {
+        match self {
+            Self::H1(s) => s.take_request_trailers(),
+            Self::H2(s) => s.take_request_trailers(),
+            Self::Subrequest(_) | Self::Custom(_) => None,
+        }
+    }
+
     /// Whether the whole request body is sent
     pub fn is_body_done(&mut self) -> bool {
         match self {

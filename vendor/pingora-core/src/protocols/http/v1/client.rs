@@ -194,6 +194,12 @@ impl HttpSession {
 
     /// Flush local buffer and notify the server by sending the last chunk if chunked encoding is
     /// used.
+    /// Trailer fields to send after the request body's last chunk (dropped when the body is
+    /// not chunked: RFC 9110 §6.5 gives a sized body no place for them). Gatehouse patch 15.
+    pub fn set_request_trailers(&mut self, trailers: Box<http::HeaderMap>) {
+        self.body_writer.set_trailers(trailers);
+    }
+
     pub async fn finish_body(&mut self) -> Result<Option<usize>> {
         let res = self.body_writer.finish(&mut self.underlying_stream).await?;
         self.underlying_stream

@@ -742,6 +742,15 @@ impl HttpSession {
         }
     }
 
+    /// The trailer fields the client's chunked request body ended with, once the body is
+    /// done; `None` when it had none. Taken once (gatehouse patch 15).
+    pub fn take_request_trailers(&mut self) -> Option<http::HeaderMap> {
+        if !self.is_body_done() {
+            return None;
+        }
+        self.body_reader.take_trailers()
+    }
+
     /// Whether there is no (more) body to be read.
     pub fn is_body_done(&mut self) -> bool {
         self.init_body_reader();

@@ -25,7 +25,7 @@ use http::{header, HeaderMap, Response, StatusCode};
 use log::{debug, warn};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_timeout::timeout;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::ready;
 use std::time::Duration;
@@ -130,11 +130,66 @@ pub async fn handshake(io: Stream, options: Option<H2Options>) -> Result<H2Conne
 /// that bound during drain.
 // TODO: add a per-connection drain timeout to bound how long a single
 // misbehaving client can keep this task alive after GOAWAY.
+// The app's accept loop calls the `_limited` form (gatehouse patch 14); this one serves the
+// crate's own tests.
+#[cfg_attr(not(test), allow(dead_code))]
 pub(crate) async fn accept_downstream_sessions<F>(
+    conn: H2Connection<Stream>,
+    digest: Arc<Digest>,
+    shutdown: ShutdownWatch,
+    idle_timeout: Option<Duration>,
+    on_session: F,
+) where
+    F: FnMut(HttpSession, StreamGuard),
+{
+    accept_downstream_sessions_limited(conn, digest, shutdown, idle_timeout, None, on_session)
+        .await
+}
+
+/// Envoy's premature-reset rule for one HTTP/2 connection (gatehouse patch 14): a stream the
+/// client resets (`RST_STREAM`) before the server ended it and within `min_stream_lifetime`
+/// of its start is "premature"; once the premature resets reach half of
+/// `max(total_stream_count, streams closed so far)`, the connection is closed with
+/// `GOAWAY(ENHANCE_YOUR_CALM)`. This catches a reset flood paced to stay under the `h2`
+/// crate's `max_pending_accept_reset_streams` (which only counts streams reset before they
+/// were accepted). Envoy: `overload.premature_reset_total_stream_count` (500) and
+/// `overload.premature_reset_min_stream_lifetime_seconds` (1).
+#[derive(Clone)]
+pub struct PrematureResetLimit {
+    /// Streams a connection may close before the ratio rule alone applies; until then,
+    /// `total_stream_count / 2` premature resets close it.
+    pub total_stream_count: u64,
+    /// A client reset later than this after the stream's start is not premature.
+    pub min_stream_lifetime: Duration,
+    /// Called once for each connection closed by this rule (a metric, say).
+    pub on_close: Option<Arc<dyn Fn() + Send + Sync>>,
+}
+
+impl std::fmt::Debug for PrematureResetLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PrematureResetLimit")
+            .field("total_stream_count", &self.total_stream_count)
+            .field("min_stream_lifetime", &self.min_stream_lifetime)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PrematureResetLimit {
+    fn exceeded(&self, active: &ActiveSessions) -> bool {
+        let premature = active.premature.load(Ordering::Relaxed);
+        let closed = active.closed.load(Ordering::Relaxed);
+        premature > 0 && premature * 2 >= self.total_stream_count.max(closed)
+    }
+}
+
+/// [`accept_downstream_sessions`] with Envoy's premature-reset rule when `premature` is set
+/// (gatehouse patch 14).
+pub(crate) async fn accept_downstream_sessions_limited<F>(
     mut conn: H2Connection<Stream>,
     digest: Arc<Digest>,
     mut shutdown: ShutdownWatch,
     idle_timeout: Option<Duration>,
+    premature: Option<PrematureResetLimit>,
     mut on_session: F,
 ) where
     F: FnMut(HttpSession, StreamGuard),
@@ -191,11 +246,47 @@ pub(crate) async fn accept_downstream_sessions<F>(
             // The offending stream was already answered or reset; keep the
             // connection alive and continue accepting sibling streams.
             Ok(Some(H2Accept::Rejected)) => continue,
-            Ok(Some(H2Accept::Session(session))) => {
+            Ok(Some(H2Accept::Session(mut session))) => {
+                if let Some(limit) = &premature {
+                    if limit.exceeded(&active) {
+                        warn!(
+                            "closing an HTTP/2 connection from {:?}: {} of {} streams reset by the client early",
+                            digest.socket_digest.as_ref().and_then(|d| d.peer_addr()),
+                            active.premature.load(Ordering::Relaxed),
+                            active.closed.load(Ordering::Relaxed),
+                        );
+                        if let Some(on_close) = &limit.on_close {
+                            on_close();
+                        }
+                        drop(session);
+                        conn.abrupt_shutdown(h2::Reason::ENHANCE_YOUR_CALM);
+                        // Drive the connection so that the GOAWAY is written, for a bounded
+                        // time; streams still arriving are refused.
+                        let _ = timeout(Duration::from_secs(1), async {
+                            while let Some(Ok((_, mut send))) = conn.accept().await {
+                                send.send_reset(h2::Reason::REFUSED_STREAM);
+                            }
+                        })
+                        .await;
+                        return;
+                    }
+                    session.reset_watch = Some(ResetWatch {
+                        started: std::time::Instant::now(),
+                        min_lifetime: limit.min_stream_lifetime,
+                        active: active.clone(),
+                    });
+                }
                 on_session(session, active.start_session());
             }
         }
     }
+}
+
+/// What a session reports when it ends, for [`PrematureResetLimit`].
+struct ResetWatch {
+    started: std::time::Instant,
+    min_lifetime: Duration,
+    active: Arc<ActiveSessions>,
 }
 
 /// Tracks one in-flight downstream H2 session for [`accept_downstream_sessions`].
@@ -216,6 +307,9 @@ impl Drop for StreamGuard {
 struct ActiveSessions {
     count: AtomicUsize,
     idle: Notify,
+    /// Streams ended so far, and those of them the client reset early (patch 14).
+    closed: AtomicU64,
+    premature: AtomicU64,
 }
 
 impl ActiveSessions {
@@ -223,6 +317,8 @@ impl ActiveSessions {
         Self {
             count: AtomicUsize::new(0),
             idle: Notify::new(),
+            closed: AtomicU64::new(0),
+            premature: AtomicU64::new(0),
         }
     }
 
@@ -291,6 +387,32 @@ pub struct HttpSession {
     pub write_timeout: Option<Duration>,
     // How long to wait when draining (discarding) request body
     total_drain_timeout: Option<Duration>,
+    // Set by the accept loop when the connection counts premature resets (patch 14).
+    reset_watch: Option<ResetWatch>,
+    // Whether this side reset the stream (not counted as the client's reset).
+    reset_sent: bool,
+}
+
+impl Drop for HttpSession {
+    fn drop(&mut self) {
+        let Some(watch) = self.reset_watch.take() else {
+            return;
+        };
+        watch.active.closed.fetch_add(1, Ordering::Relaxed);
+        if self.ended || self.reset_sent || watch.started.elapsed() >= watch.min_lifetime {
+            return;
+        }
+        // A stream the peer reset reports its reason at once; an open one is Pending (the
+        // no-op waker is never woken, and the stream is released right after).
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let reset = match self.send_response_body.as_mut() {
+            Some(body) => body.poll_reset(&mut cx),
+            None => self.send_response.poll_reset(&mut cx),
+        };
+        if matches!(reset, std::task::Poll::Ready(Ok(_))) {
+            watch.active.premature.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 /// The outcome of accepting the next event on an HTTP/2 downstream connection.
@@ -499,6 +621,8 @@ impl HttpSession {
             digest,
             write_timeout: None,
             total_drain_timeout: None,
+            reset_watch: None,
+            reset_sent: false,
         })))
     }
 
@@ -841,6 +965,7 @@ impl HttpSession {
     /// - [`h2::Reason::REFUSED_STREAM`] - Indicate the stream was refused before processing.
     pub fn shutdown_with_reason(&mut self, reason: h2::Reason) {
         if !self.ended {
+            self.reset_sent = true;
             self.send_response.send_reset(reason);
         }
     }
@@ -861,6 +986,17 @@ impl HttpSession {
         http_req_header_to_wire(&self.request_header)
             .map(|buf| buf.freeze())
             .expect("http_req_header_to_wire should not fail for a validated h2 request")
+    }
+
+    /// The trailer fields (a HEADERS frame after the DATA) the client's request ended
+    /// with, once its body has been read to the end; `None` when it had none or they have
+    /// not arrived. Taken once (gatehouse patch 15).
+    pub fn take_request_trailers(&mut self) -> Option<HeaderMap> {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match self.request_body_reader.poll_trailers(&mut cx) {
+            std::task::Poll::Ready(Ok(trailers)) => trailers,
+            _ => None,
+        }
     }
 
     /// Whether there is no more body to read
