@@ -10,6 +10,7 @@
 //!                          edge checks (Host, limits, hop-by-hop), route,   request.rs
 //!                          body limit, body read, filter chain
 //! request_body_filter      body limit while the body streams               request.rs
+//! request_trailer_filter   the request's trailers through the filters       request.rs
 //! proxy_upstream_filter    first try's admission and endpoint: a refusal   resilience.rs, peer.rs
 //!                          here keeps the client's connection
 //! upstream_peer            backoff, breaker, bulkhead; pick an endpoint     resilience.rs, peer.rs
@@ -143,8 +144,7 @@ impl ProxyHttp for Gateway {
         request::count_body(ctx, body.as_ref())
     }
 
-    /// The request's trailers (vendored pingora patch 15): the route's filters may edit them
-    /// (a wasm filter's `proxy_on_request_trailers`) before they follow the body upstream.
+    /// The request's trailers, before they follow its body upstream (vendor patch 15).
     async fn request_trailer_filter(
         &self,
         session: &mut Session,
@@ -289,28 +289,18 @@ impl ProxyHttp for Gateway {
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<Duration>> {
-        // A tunnel's bytes are not a response body to transform.
-        if ctx.tunnel.is_some() {
-            return Ok(None);
-        }
-        for t in &mut ctx.body_transforms {
-            *body = t.transform(body.take(), end_of_stream);
-        }
+        response::transform_body(ctx, body, end_of_stream);
         Ok(None)
     }
 
-    /// The response's trailers, after the body transforms saw the body's end (vendored
-    /// pingora patch 11): each transform may edit them (a wasm filter's
-    /// `proxy_on_response_trailers`).
+    /// The response's trailers, after the body transforms saw its end (vendor patch 11).
     async fn response_trailer_filter(
         &self,
         _session: &mut Session,
         trailers: &mut http::HeaderMap,
         ctx: &mut RequestCtx,
     ) -> Result<Option<Bytes>> {
-        for t in &mut ctx.body_transforms {
-            t.trailers(trailers);
-        }
+        response::trailers(ctx, trailers);
         Ok(None)
     }
 

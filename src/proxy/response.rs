@@ -2,6 +2,7 @@
 //! on the request side, then the route's response filters (their body transforms run in
 //! `response_body_filter`).
 
+use bytes::Bytes;
 use gatehouse_filters::ResponseCx;
 use pingora_core::Result;
 use pingora_http::{RequestHeader, ResponseHeader};
@@ -41,4 +42,23 @@ pub async fn to_downstream(
         tracing::warn!(request_id = %ctx.request_id, error = %e, "response filter failed");
     }
     Ok(())
+}
+
+/// One response body chunk through the request's body transforms, in order; a tunnel's
+/// bytes (after a `101`) are not a response body and pass as they are.
+pub(super) fn transform_body(ctx: &mut RequestCtx, body: &mut Option<Bytes>, end_of_stream: bool) {
+    if ctx.tunnel.is_some() {
+        return;
+    }
+    for t in &mut ctx.body_transforms {
+        *body = t.transform(body.take(), end_of_stream);
+    }
+}
+
+/// The response's trailers through the body transforms, which may edit them (a wasm
+/// filter's `proxy_on_response_trailers`).
+pub(super) fn trailers(ctx: &mut RequestCtx, trailers: &mut http::HeaderMap) {
+    for t in &mut ctx.body_transforms {
+        t.trailers(trailers);
+    }
 }
