@@ -116,6 +116,19 @@ _GATEHOUSE_H2C_BASE = _GATEHOUSE_BASE.replace(
     "    address: 127.0.0.1:$port\n    http: { h2c: true }\n",
 )
 
+# (r) (d) behind a trusted proxy: the listener trusts 127.0.0.1 (the load generator), and
+# every request carries a two-address `X-Forwarded-For`, so the gateway walks the chain to
+# the rightmost untrusted address and rewrites the header for the upstream on each request.
+_GATEHOUSE_TRUSTED_BASE = _GATEHOUSE_BASE.replace(
+    "    address: 127.0.0.1:$port\n",
+    "    address: 127.0.0.1:$port\n    trusted_proxies: [127.0.0.1]\n",
+)
+
+# The chain wrk sends in (r) (`BENCH_XFF`), and what the upstream must then receive: the
+# client's chain with the trusted peer appended.
+XFF_CHAIN = "203.0.113.7, 198.51.100.2"
+XFF_UPSTREAM = "203.0.113.7, 198.51.100.2, 127.0.0.1"
+
 # (p)/(q) the full stack with tracing: every request makes a server span and a try span,
 # kept at ratio 1.0 (all exported) or 0.01; OTLP/HTTP batches go to the nginx upstream,
 # which answers `/v1/traces` with an empty 200 (an empty protobuf is a valid
@@ -142,6 +155,8 @@ GATEHOUSE = {
     "plain_tls": Template(_GATEHOUSE_TLS_BASE + _ROUTE),
     # (o) one plain route, clients on h2c
     "plain_h2c": Template(_GATEHOUSE_H2C_BASE + _ROUTE),
+    # (r) one plain route behind a trusted proxy (X-Forwarded-For on every request)
+    "plain_trusted": Template(_GATEHOUSE_TRUSTED_BASE + _ROUTE),
     # (p) (e) with tracing, every trace kept; (q) 1 in 100 kept
     "full_trace_1": Template(_GATEHOUSE_BASE + _tracing("1.0") + _ROUTE + _FULL_FILTERS),
     "full_trace_001": Template(_GATEHOUSE_BASE + _tracing("0.01") + _ROUTE + _FULL_FILTERS),
@@ -181,6 +196,7 @@ NGINX_UPSTREAM = Template(_nginx_head("upstream") + """\
         default_type text/plain;
         location / { return 200 "$body"; }
         location = /v1/traces { return 200 ""; }
+        location = /xff { return 200 "$$http_x_forwarded_for"; }
     }
 }
 """)

@@ -1,10 +1,16 @@
--- wrk script for the load harness: adds the JWT (when BENCH_TOKEN is set) and prints
+-- wrk script for the load harness: adds the JWT (when BENCH_TOKEN is set) and an
+-- X-Forwarded-For chain (when BENCH_XFF is set), and prints
 -- one machine-readable line with wrk's own counters and latency percentiles.
 -- Only `done` is defined: a `response` callback would make wrk itself much slower.
 
 local token = os.getenv("BENCH_TOKEN")
 if token ~= nil and token ~= "" then
   wrk.headers["Authorization"] = "Bearer " .. token
+end
+
+local xff = os.getenv("BENCH_XFF")
+if xff ~= nil and xff ~= "" then
+  wrk.headers["X-Forwarded-For"] = xff
 end
 
 done = function(summary, latency, requests)
