@@ -23,7 +23,10 @@ NODE = re.compile(r"^(\S+) v(\S+)(?: \(([^)]*)\))?(?: ([^ (]\S*))?(?: \(\*\))?$"
 
 
 def features(args):
-    """Package `name version` -> the features this command enables on it."""
+    """Package `name version` -> the feature sets this command builds it with: one per unit,
+    so a crate built for the host (a build script's or a proc macro's dependency) with other
+    features than for the target shows as two sets (resolver 2 resolves the two sides
+    apart, and a difference on the host side alone recompiles every crate above it)."""
     out = subprocess.run(
         ["cargo", "tree", "--prefix", "none", "-f", "{p} {f}", *args],
         capture_output=True,
@@ -32,30 +35,34 @@ def features(args):
     )
     if out.returncode != 0:
         sys.exit(f"cargo tree {' '.join(args)} failed:\n{out.stderr}")
-    found = collections.defaultdict(set)
+    found = collections.defaultdict(set)  # crate -> {frozenset of features}
     for line in out.stdout.splitlines():
         m = NODE.match(line.strip())
         if not m:
             continue
         name, version, _path, feats = m.groups()
-        found[f"{name} {version}"].update(feats.split(",") if feats else [])
+        found[f"{name} {version}"].add(frozenset(feats.split(",") if feats else []))
     return found
 
 
 def compare(label_a, a, label_b, b):
+    """Fails when `b` (the command run second) builds a shared crate with a feature set that
+    `a` (run first) did not build it with: that unit, and every crate above it, compiles
+    again. Sets that only `a` builds (e.g. host-side crates of the services' proc macros)
+    cost nothing when `b` runs."""
     bad = []
     for crate in sorted(set(a) & set(b)):
-        if a[crate] != b[crate]:
-            bad.append(
-                f"  {crate}: only with {label_a}: {sorted(a[crate] - b[crate])}; "
-                f"only with {label_b}: {sorted(b[crate] - a[crate])}"
-            )
+        new = b[crate] - a[crate]
+        if new:
+            bad.append(f"  {crate}: {label_b} builds it with features "
+                       f"{[sorted(f) for f in new]}; {label_a} only with "
+                       f"{[sorted(f) for f in a[crate]]}")
     shared = len(set(a) & set(b))
     if bad:
-        print(f"{label_a} vs {label_b}: {len(bad)} of {shared} shared crates differ:")
+        print(f"{label_a} then {label_b}: {len(bad)} of {shared} shared crates compile again:")
         print("\n".join(bad))
     else:
-        print(f"{label_a} vs {label_b}: all {shared} shared crates get the same features")
+        print(f"{label_a} then {label_b}: all {shared} shared crates are reused")
     return not bad
 
 
@@ -70,7 +77,8 @@ def main():
     ok = compare("the demo", demo, "the gateway", gateway)
     ok &= compare("the workspace tests", tests, "gatehouse with dev-deps", gateway_dev)
     if not ok:
-        sys.exit("add the features above to workspace-hack/Cargo.toml")
+        sys.exit("add the features above to workspace-hack/Cargo.toml ([build-dependencies] "
+                 "for a crate built for the host)")
 
 
 if __name__ == "__main__":
