@@ -56,6 +56,9 @@ mutations=(
   's/for: 1m$/for: 5m/'
   's/< 14 \* 86400$/< 7 * 86400/'
   's/for: 10m$/for: 20m/'
+  's/for: 30m$/for: 45m/'
+  's/\[2h\])) > 0$/[1h])) > 0/'
+  's/^            unless on (job, instance, name)$/            or on (job, instance, name)/'
 )
 killed=0
 for m in "${mutations[@]}"; do
