@@ -263,7 +263,15 @@ impl Registry {
                     tracing::warn!(%service, %addr, error = %e, "registry heartbeat failed");
                 }
             }
-            if let Err(e) = reg.deregister(&service, &addr).await {
+            // One more try after a failure: after a Redis failover the first command on
+            // the old primary's connection fails and the next one reconnects, and nothing
+            // retries once the instance is gone.
+            let first = reg.deregister(&service, &addr).await;
+            let result = match first {
+                Err(_) => reg.deregister(&service, &addr).await,
+                ok => ok,
+            };
+            if let Err(e) = result {
                 tracing::warn!(%service, %addr, error = %e, "registry deregister failed");
             }
         });

@@ -11,7 +11,8 @@ use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
 use redis::{
-    Cmd, IntoConnectionInfo, Pipeline, RedisError, RedisFuture, RedisResult, TlsCertificates, Value,
+    AsyncConnectionConfig, Cmd, IntoConnectionInfo, Pipeline, RedisError, RedisFuture, RedisResult,
+    TlsCertificates, Value,
 };
 
 /// TLS material for `rediss://` connections beyond the URL: a CA to trust instead of the
@@ -197,6 +198,7 @@ impl Connector {
                 let conn = SentinelConn {
                     client: Arc::clone(s),
                     current: Arc::new(tokio::sync::Mutex::new(None)),
+                    timeout: self.timeout,
                 };
                 conn.get().await?;
                 Ok(RedisConn::Sentinel(conn))
@@ -232,6 +234,10 @@ impl Connector {
 pub struct SentinelConn {
     client: Arc<tokio::sync::Mutex<SentinelClient>>,
     current: Arc<tokio::sync::Mutex<Option<MultiplexedConnection>>>,
+    /// Bounds the sentinels' lookup, the connect to the primary and each answer: a
+    /// primary cut off by the network (not refusing, just silent) must not hang callers
+    /// that have no timeout of their own (the registry, the services' event bus).
+    timeout: Duration,
 }
 
 impl SentinelConn {
@@ -240,8 +246,21 @@ impl SentinelConn {
         if let Some(c) = cur.as_ref() {
             return Ok(c.clone());
         }
-        let client = self.client.lock().await.async_get_client().await?;
-        let c = client.get_multiplexed_async_connection().await?;
+        let lookup = async { self.client.lock().await.async_get_client().await };
+        let client = tokio::time::timeout(self.timeout, lookup)
+            .await
+            .map_err(|_| {
+                RedisError::from((
+                    redis::ErrorKind::IoError,
+                    "no sentinel named a primary within the timeout",
+                ))
+            })??;
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(self.timeout)
+            .set_response_timeout(self.timeout);
+        let c = client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
         *cur = Some(c.clone());
         Ok(c)
     }

@@ -48,8 +48,8 @@ pub struct Settings {
     pub db_prefix: String,
     /// Maximum connections per service pool.
     pub db_max_connections: u32,
-    /// Redis for the registry and the event streams (one server, or a Redis Cluster
-    /// through its seed nodes); None = in-process events.
+    /// Redis for the registry and the event streams (one server, a Redis Cluster through
+    /// its seed nodes, or a Sentinel-managed primary); None = in-process events.
     pub redis: Option<Topology>,
     /// Prefix of every Redis key (`<prefix>:registry:*`, `<prefix>:events`).
     pub redis_prefix: String,
@@ -134,8 +134,167 @@ impl Default for SagaSettings {
     }
 }
 
+/// The three ways to name the services' Redis, as given on the command line or in the
+/// environment; empty values (and empty items of a list) count as unset.
+#[derive(Debug, Clone, Default)]
+pub struct RedisForms {
+    /// `GATEHOUSE_REDIS_URL`: one server.
+    pub url: Option<String>,
+    /// `GATEHOUSE_REDIS_CLUSTER`: a Redis Cluster's seed URLs, comma-separated.
+    pub cluster: Option<String>,
+    /// `GATEHOUSE_REDIS_SENTINEL_MASTER`: the name the sentinels monitor.
+    pub sentinel_master: Option<String>,
+    /// `GATEHOUSE_REDIS_SENTINEL`: the sentinels' URLs, comma-separated.
+    pub sentinel: Option<String>,
+}
+
+impl RedisForms {
+    /// The one topology given, or None (in-process events, no registry).
+    ///
+    /// # Errors
+    /// More than one form, or a Sentinel form without its master name or without its
+    /// nodes; the message names the environment variables and the flags.
+    pub fn topology(&self) -> Result<Option<Topology>, String> {
+        let one = |v: &Option<String>| {
+            v.as_deref()
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+        };
+        let list = |v: &Option<String>| -> Vec<String> {
+            v.iter()
+                .flat_map(|l| l.split(','))
+                .map(|u| u.trim().to_string())
+                .filter(|u| !u.is_empty())
+                .collect()
+        };
+        let (url, cluster) = (one(&self.url), list(&self.cluster));
+        let (master, sentinel) = (one(&self.sentinel_master), list(&self.sentinel));
+        let given: Vec<&str> = [
+            (url.is_some(), "GATEHOUSE_REDIS_URL (--redis-url)"),
+            (
+                !cluster.is_empty(),
+                "GATEHOUSE_REDIS_CLUSTER (--redis-cluster)",
+            ),
+            (
+                master.is_some() || !sentinel.is_empty(),
+                "GATEHOUSE_REDIS_SENTINEL (--redis-sentinel)",
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(set, name)| set.then_some(name))
+        .collect();
+        if given.len() > 1 {
+            return Err(format!(
+                "Redis is named more than one way (set: {}); set only one of \
+                 GATEHOUSE_REDIS_URL (one server), GATEHOUSE_REDIS_CLUSTER (a Redis Cluster) \
+                 or GATEHOUSE_REDIS_SENTINEL_MASTER with GATEHOUSE_REDIS_SENTINEL (a \
+                 Sentinel-managed primary)",
+                given.join(", ")
+            ));
+        }
+        Ok(match (url, master) {
+            (Some(url), _) => Some(Topology::Standalone(url)),
+            _ if !cluster.is_empty() => Some(Topology::Cluster(cluster)),
+            (None, Some(_)) if sentinel.is_empty() => {
+                return Err(
+                    "GATEHOUSE_REDIS_SENTINEL_MASTER (--redis-sentinel-master) needs \
+                     GATEHOUSE_REDIS_SENTINEL (--redis-sentinel): the sentinels' URLs, \
+                     comma-separated"
+                        .to_string(),
+                )
+            }
+            (None, Some(master)) => Some(Topology::Sentinel {
+                master,
+                nodes: sentinel,
+            }),
+            (None, None) if !sentinel.is_empty() => {
+                return Err("GATEHOUSE_REDIS_SENTINEL (--redis-sentinel) needs \
+                     GATEHOUSE_REDIS_SENTINEL_MASTER (--redis-sentinel-master): the name the \
+                     sentinels monitor"
+                    .to_string())
+            }
+            (None, None) => None,
+        })
+    }
+}
+
 /// Generates a random 32-byte hex secret.
 pub fn random_secret() -> String {
     let bytes: [u8; 32] = rand::random();
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn forms(url: &str, cluster: &str, master: &str, sentinel: &str) -> RedisForms {
+        let some = |s: &str| Some(s.to_string());
+        RedisForms {
+            url: some(url),
+            cluster: some(cluster),
+            sentinel_master: some(master),
+            sentinel: some(sentinel),
+        }
+    }
+
+    #[test]
+    fn each_form_alone_gives_its_topology_and_none_gives_none() {
+        assert_eq!(RedisForms::default().topology(), Ok(None));
+        assert_eq!(forms(" ", ",", "", " , ").topology(), Ok(None));
+        assert_eq!(
+            forms("redis://a:1", "", "", "").topology(),
+            Ok(Some(Topology::Standalone("redis://a:1".into())))
+        );
+        assert_eq!(
+            forms("", "redis://a:1, redis://b:2", "", "").topology(),
+            Ok(Some(Topology::Cluster(vec![
+                "redis://a:1".into(),
+                "redis://b:2".into()
+            ])))
+        );
+        assert_eq!(
+            forms("", "", "mymaster", "redis://s1:26379,redis://s2:26379").topology(),
+            Ok(Some(Topology::Sentinel {
+                master: "mymaster".into(),
+                nodes: vec!["redis://s1:26379".into(), "redis://s2:26379".into()],
+            }))
+        );
+    }
+
+    #[test]
+    fn two_forms_or_half_a_sentinel_form_are_refused_by_name() {
+        let err = forms("redis://a:1", "", "m", "redis://s:26379")
+            .topology()
+            .unwrap_err();
+        assert!(
+            err.starts_with(
+                "Redis is named more than one way (set: GATEHOUSE_REDIS_URL (--redis-url), \
+                 GATEHOUSE_REDIS_SENTINEL (--redis-sentinel)); set only one of"
+            ),
+            "{err}"
+        );
+        let err = forms("", "redis://a:1", "", "redis://s:26379")
+            .topology()
+            .unwrap_err();
+        assert!(
+            err.contains(
+                "(set: GATEHOUSE_REDIS_CLUSTER (--redis-cluster), GATEHOUSE_REDIS_SENTINEL"
+            ),
+            "{err}"
+        );
+        let err = forms("", "", "m", "").topology().unwrap_err();
+        assert!(
+            err.starts_with("GATEHOUSE_REDIS_SENTINEL_MASTER (--redis-sentinel-master) needs GATEHOUSE_REDIS_SENTINEL"),
+            "{err}"
+        );
+        let err = forms("", "", "", "redis://s:26379").topology().unwrap_err();
+        assert!(
+            err.starts_with(
+                "GATEHOUSE_REDIS_SENTINEL (--redis-sentinel) needs GATEHOUSE_REDIS_SENTINEL_MASTER"
+            ),
+            "{err}"
+        );
+    }
 }

@@ -93,6 +93,13 @@ pub struct LocalBus {
 /// delivered id, its pending entries) lives inside that key, so every command here
 /// (`XADD`, `XGROUP CREATE`, `XREADGROUP` of one stream, `XACK`) touches one slot and
 /// needs no hash tag; the cluster client routes each to the slot's primary.
+///
+/// With Sentinel every command goes to the primary the sentinels name. After a failover
+/// the first command on the old primary's connection fails (the publisher leaves the
+/// event in the outbox, a consumer waits a second); the next one asks the sentinels
+/// again. The stream and its groups reach the promoted replica by replication; an entry
+/// written in the last moment before the kill can be lost with the old primary (Redis
+/// replication is asynchronous), which the outbox does not see.
 #[derive(Clone)]
 pub struct RedisBus {
     connector: Connector,
@@ -122,7 +129,8 @@ impl std::fmt::Debug for Bus {
 /// read that gets no entry is not taken for a dead server.
 const REDIS_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// A connection that reconnects by itself (standalone) or follows the cluster's slot map.
+/// A connection that reconnects by itself (standalone), follows the cluster's slot map,
+/// or asks the sentinels for the primary again after an error.
 async fn redis_conn(connector: &Connector) -> Result<RedisConn, redis::RedisError> {
     // A manager's own retries can take long against a dead server: bound the whole connect.
     tokio::time::timeout(REDIS_TIMEOUT, connector.connect_managed())
@@ -138,7 +146,8 @@ impl Bus {
         Bus::Local(Arc::new(LocalBus::default()))
     }
 
-    /// A Redis Streams bus on `<prefix>:events`, on one server or a Redis Cluster.
+    /// A Redis Streams bus on `<prefix>:events`, on one server, a Redis Cluster or a
+    /// Sentinel-managed primary.
     pub async fn redis(topology: &Topology, prefix: &str) -> Result<Self, redis::RedisError> {
         let connector = Connector::new(topology, REDIS_TIMEOUT)?;
         let conn = redis_conn(&connector).await?;

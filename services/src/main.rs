@@ -5,8 +5,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use gatehouse_registry::topology::Topology;
-use gatehouse_services::config::{random_secret, Mode, Ports, SagaSettings, Settings};
+use gatehouse_services::config::{random_secret, Mode, Ports, RedisForms, SagaSettings, Settings};
 use gatehouse_services::faults::FaultConfig;
 use gatehouse_services::server::{Kind, System};
 
@@ -36,23 +35,23 @@ struct Cli {
         global = true
     )]
     db_max_connections: u32,
-    /// Redis for the registry and the event streams; unset = in-process events.
-    #[arg(
-        long,
-        env = "GATEHOUSE_REDIS_URL",
-        global = true,
-        conflicts_with = "redis_cluster"
-    )]
+    /// Redis for the registry and the event streams; unset = in-process events. The URL,
+    /// the cluster and the Sentinel forms exclude each other (checked in `settings`, which
+    /// names the environment variables too).
+    #[arg(long, env = "GATEHOUSE_REDIS_URL", global = true)]
     redis_url: Option<String>,
     /// A Redis Cluster instead of one server: its seed nodes' URLs, comma-separated
     /// (`redis://10.0.0.1:7000,redis://10.0.0.2:7000`).
-    #[arg(
-        long,
-        env = "GATEHOUSE_REDIS_CLUSTER",
-        global = true,
-        value_delimiter = ','
-    )]
-    redis_cluster: Vec<String>,
+    #[arg(long, env = "GATEHOUSE_REDIS_CLUSTER", global = true)]
+    redis_cluster: Option<String>,
+    /// A Sentinel-managed primary instead of one server: the name the sentinels monitor
+    /// (with `--redis-sentinel`).
+    #[arg(long, env = "GATEHOUSE_REDIS_SENTINEL_MASTER", global = true)]
+    redis_sentinel_master: Option<String>,
+    /// The sentinels' URLs, comma-separated (`redis://10.0.0.1:26379,redis://10.0.0.2:26379`);
+    /// auth and TLS of the data nodes come from the first one.
+    #[arg(long, env = "GATEHOUSE_REDIS_SENTINEL", global = true)]
+    redis_sentinel: Option<String>,
     /// Prefix of every Redis key.
     #[arg(
         long,
@@ -256,17 +255,14 @@ fn settings(cli: &Cli) -> Result<Settings> {
             PathBuf::from("data")
         }
     });
-    let cluster: Vec<String> = cli
-        .redis_cluster
-        .iter()
-        .map(|u| u.trim().to_string())
-        .filter(|u| !u.is_empty())
-        .collect();
-    let redis = match cli.redis_url.clone().filter(|s| !s.is_empty()) {
-        Some(url) => Some(Topology::Standalone(url)),
-        None if !cluster.is_empty() => Some(Topology::Cluster(cluster)),
-        None => None,
-    };
+    let redis = RedisForms {
+        url: cli.redis_url.clone(),
+        cluster: cli.redis_cluster.clone(),
+        sentinel_master: cli.redis_sentinel_master.clone(),
+        sentinel: cli.redis_sentinel.clone(),
+    }
+    .topology()
+    .map_err(anyhow::Error::msg)?;
     Ok(Settings {
         mode,
         data_dir,

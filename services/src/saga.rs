@@ -213,19 +213,21 @@ impl Coordinator {
         });
         let live = match cached {
             Some(l) => l,
-            None => {
-                let l = match reg.list_live(service).await {
-                    Ok(l) => l,
-                    Err(e) => {
-                        tracing::warn!(service, error = %e, "registry lookup failed; using the configured address");
-                        Vec::new()
+            None => match reg.list_live(service).await {
+                Ok(l) => {
+                    if let Ok(mut p) = self.peers.lock() {
+                        p.insert(service, (Instant::now(), l.clone()));
                     }
-                };
-                if let Ok(mut p) = self.peers.lock() {
-                    p.insert(service, (Instant::now(), l.clone()));
+                    l
                 }
-                l
-            }
+                // Not cached: after a Redis failover the first command on the old
+                // connection fails and the next reconnects, so the step's next try asks
+                // again instead of using the fallback for 2 s.
+                Err(e) => {
+                    tracing::warn!(service, error = %e, "registry lookup failed; using the configured address");
+                    Vec::new()
+                }
+            },
         };
         let total: u64 = live.iter().map(|(_, w)| u64::from(*w)).sum();
         if total == 0 {

@@ -398,4 +398,22 @@ impl RedisSentinels {
     pub fn replica_promoted(&self) -> bool {
         redis_cli(self.replica.port, &["role"]).starts_with("master")
     }
+
+    /// The primary's port when every sentinel names the same one
+    /// (`SENTINEL get-master-addr-by-name`); clients ask any of them.
+    pub fn primary_named_by_every_sentinel(&self) -> Option<u16> {
+        let named: Vec<Option<u16>> = self
+            .sentinels
+            .iter()
+            .map(|s| {
+                let out = redis_cli(
+                    s.port,
+                    &["sentinel", "get-master-addr-by-name", Self::MASTER],
+                );
+                out.lines().nth(1).and_then(|p| p.trim().parse().ok())
+            })
+            .collect();
+        let first = *named.first()?;
+        named.iter().all(|p| *p == first).then_some(first).flatten()
+    }
 }

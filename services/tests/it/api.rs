@@ -1,9 +1,10 @@
 //! API behaviour: payment idempotency, Idempotency-Key, users and roles, events over Redis
 //! Streams across processes, the read-model fallback, metrics, and the demo command.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use gatehouse_registry::topology::{Connector, Topology};
+use gatehouse_testkit::RedisSentinels;
 use serde_json::{json, Value};
 
 use crate::harness::*;
@@ -572,8 +573,9 @@ fn b64url(s: &str) -> Vec<u8> {
 async fn events_over_redis_streams_across_processes_and_registry() {
     let _heavy = HEAVY.lock().await;
     events_and_registry_over(
-        ("GATEHOUSE_REDIS_URL", REDIS.to_string()),
+        &[("GATEHOUSE_REDIS_URL", REDIS.to_string())],
         Topology::Standalone(REDIS.to_string()),
+        None,
     )
     .await;
 }
@@ -584,21 +586,61 @@ async fn events_and_registry_on_a_redis_cluster() {
     // 3 primaries: the stream and each service's registry keys land on slots of their own.
     let cluster = gatehouse_testkit::RedisCluster::start();
     events_and_registry_over(
-        ("GATEHOUSE_REDIS_CLUSTER", cluster.urls().join(",")),
+        &[("GATEHOUSE_REDIS_CLUSTER", cluster.urls().join(","))],
         Topology::Cluster(cluster.urls()),
+        None,
     )
     .await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_and_registry_on_redis_sentinel() {
+    let _heavy = HEAVY.lock().await;
+    // 1 primary, 1 replica, 3 sentinels (quorum 2, the primary down after 1 s).
+    let mut set = RedisSentinels::start();
+    let (master, urls) = (RedisSentinels::MASTER.to_string(), set.urls());
+    let replica = set.replica_port();
+    let env = [
+        ("GATEHOUSE_REDIS_SENTINEL_MASTER", master.clone()),
+        ("GATEHOUSE_REDIS_SENTINEL", urls.join(",")),
+    ];
+    let topology = Topology::Sentinel {
+        master,
+        nodes: urls,
+    };
+    // After the first transfer: SIGKILL the primary, then wait until the replica says it
+    // is primary and every sentinel names it.
+    let failover = || {
+        set.kill_primary();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !(set.replica_promoted() && set.primary_named_by_every_sentinel() == Some(replica)) {
+            assert!(Instant::now() < deadline, "no promotion within 30 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    events_and_registry_over(&env, topology, Some(Box::new(failover))).await;
+}
+
+/// A Redis failover done by the test between two transfers; it blocks until a replica
+/// is primary.
+type Failover<'a> = Box<dyn FnOnce() + Send + 'a>;
+
 /// Four service processes that share only Redis (`env` names it, `topology` is the same
 /// for the test's own client): registration in the registry, a welcome notification and
 /// a transfer's saga through the event stream, the read model built from it, and
-/// deregistration on SIGTERM.
-async fn events_and_registry_over(env: (&str, String), topology: Topology) {
+/// deregistration on SIGTERM. With a `failover`, Redis fails over after the first
+/// transfer and a second transfer must go through too.
+async fn events_and_registry_over(
+    env: &[(&str, String)],
+    topology: Topology,
+    failover: Option<Failover<'_>>,
+) {
     let mut dep = Deployment::new("redis", false);
     let prefix = format!("test:{}", unique("svc"));
-    dep.set(env.0, &env.1)
-        .set("GATEHOUSE_REDIS_PREFIX", &prefix);
+    for (k, v) in env {
+        dep.set(k, v);
+    }
+    dep.set("GATEHOUSE_REDIS_PREFIX", &prefix);
     // Four separate processes: only Redis can carry events between them.
     let _p = dep.start("payment", &["payment"]).await;
     let _n = dep.start("notification", &["notification"]).await;
@@ -613,12 +655,10 @@ async fn events_and_registry_over(env: (&str, String), topology: Topology) {
     let c = http();
 
     // Each service registered itself in the registry.
-    let reg =
+    let mut reg =
         gatehouse_registry::Registry::connect_topology(&topology, &format!("{prefix}:registry"))
             .await
-            .expect(
-                "Redis must be running (the shared one at 127.0.0.1:6379, or the test's cluster)",
-            );
+            .expect("Redis must be running (the shared one at 127.0.0.1:6379, or the test's own)");
     for s in ["user", "payment", "transaction", "notification"] {
         let live = reg.list_live(s).await.unwrap();
         assert_eq!(
@@ -655,64 +695,34 @@ async fn events_and_registry_over(env: (&str, String), topology: Topology) {
     )
     .await;
 
-    // A transfer: the history read model is built from the stream and used once caught up.
     let pay = dep.url("payment");
     let a = account(&c, &pay, &uid, 500).await;
     let b = account(&c, &pay, "other", 0).await;
-    let r = c
-        .post(format!("{}/transfers", dep.url("transaction")))
-        .header("x-user-id", &uid)
-        .json(&json!({"from_account": a, "to_account": b, "amount": 200}))
-        .send()
+    transfer_through_the_stream(&c, &dep, &uid, (&a, &b), 200).await;
+    if let Some(failover) = failover {
+        let killed = Instant::now();
+        tokio::task::block_in_place(failover);
+        let promoted = killed.elapsed();
+        // Each service's first command on the old primary's connection fails; the
+        // next asks the sentinels again.
+        transfer_through_the_stream(&c, &dep, &uid, (&a, &b), 50).await;
+        println!(
+            "FAILOVER sentinel: primary SIGKILLed; replica promoted and named by every \
+                 sentinel after {:.2} s; second transfer COMPLETED in the read model with its \
+                 notification delivered {:.2} s after the kill",
+            promoted.as_secs_f64(),
+            killed.elapsed().as_secs_f64()
+        );
+        assert_eq!(balance(&c, &pay, &a).await, 250, "both debits, once each");
+        assert_eq!(balance(&c, &pay, &b).await, 250, "both credits, once each");
+        // The test's own registry client was connected to the killed primary.
+        reg = gatehouse_registry::Registry::connect_topology(
+            &topology,
+            &format!("{prefix}:registry"),
+        )
         .await
         .unwrap();
-    let saga = r.json::<Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let hist_url = format!("{}/history", dep.url("transaction"));
-    let v = eventually(
-        "history from the read model",
-        Duration::from_secs(20),
-        || {
-            let (c, url, uid) = (c.clone(), hist_url.clone(), uid.clone());
-            async move {
-                let r = c.get(&url).header("x-user-id", &uid).send().await.ok()?;
-                let v: Value = r.json().await.ok()?;
-                (v["source"] == "read_model"
-                    && v["items"]
-                        .as_array()?
-                        .iter()
-                        .any(|i| i["state"] == "COMPLETED"))
-                .then_some(v)
-            }
-        },
-    )
-    .await;
-    assert_eq!(v["items"][0]["saga_id"], saga.as_str());
-    assert_eq!(v["items"][0]["direction"], "out");
-    // The saga's notify step (and the TransferCompleted event) reached the payer.
-    let sent = eventually(
-        "transfer_sent notification",
-        Duration::from_secs(20),
-        || {
-            let (c, url) = (c.clone(), notes_url.clone());
-            async move {
-                let (_, v) = get(&c, &url).await;
-                v["notifications"]
-                    .as_array()
-                    .and_then(|n| n.iter().find(|n| n["kind"] == "transfer_sent").cloned())
-            }
-        },
-    )
-    .await;
-    assert!(
-        sent["message"]
-            .as_str()
-            .unwrap()
-            .starts_with("You sent 200 "),
-        "{sent}"
-    );
+    }
 
     // The stream and its consumer groups exist under the test's prefix.
     let mut conn = Connector::new(&topology, Duration::from_secs(2))
@@ -748,6 +758,99 @@ async fn events_and_registry_over(env: (&str, String), topology: Topology) {
     );
     assert!(reg.list_live("user").await.unwrap().is_empty());
     assert_eq!(reg.list_live("payment").await.unwrap().len(), 1);
+}
+
+/// Redis named two ways at once (a URL and a Sentinel set): the process refuses to start
+/// and its error names both settings.
+#[test]
+fn redis_named_two_ways_is_refused_by_name() {
+    let mut cmd = std::process::Command::new(BIN);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("GATEHOUSE_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.arg("all")
+        .env("GATEHOUSE_DATA_DIR", temp_dir("twice").join("data"))
+        .env("GATEHOUSE_REDIS_URL", REDIS)
+        .env("GATEHOUSE_REDIS_SENTINEL_MASTER", "mymaster")
+        .env("GATEHOUSE_REDIS_SENTINEL", "redis://127.0.0.1:26379");
+    let (status, err) =
+        gatehouse_testkit::run_bounded(&mut cmd, "gatehouse-services all", Duration::from_secs(20));
+    assert!(!status.success(), "{err}");
+    assert!(
+        err.contains(
+            "Redis is named more than one way (set: GATEHOUSE_REDIS_URL (--redis-url), \
+             GATEHOUSE_REDIS_SENTINEL (--redis-sentinel))"
+        ),
+        "{err}"
+    );
+}
+
+/// A transfer of `amount` from `accounts.0` (owned by `uid`) to `accounts.1`, followed
+/// until the saga is COMPLETED in the history read model (built from the stream) and the
+/// saga's notify step told the payer.
+async fn transfer_through_the_stream(
+    c: &reqwest::Client,
+    dep: &Deployment,
+    uid: &str,
+    accounts: (&str, &str),
+    amount: i64,
+) {
+    let r = c
+        .post(format!("{}/transfers", dep.url("transaction")))
+        .header("x-user-id", uid)
+        .json(&json!({"from_account": accounts.0, "to_account": accounts.1, "amount": amount}))
+        .send()
+        .await
+        .unwrap();
+    let saga = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let hist_url = format!("{}/history", dep.url("transaction"));
+    let item = eventually(
+        "the transfer COMPLETED in the history read model",
+        Duration::from_secs(20),
+        || {
+            let (c, url, uid, saga) = (c.clone(), hist_url.clone(), uid.to_string(), saga.clone());
+            async move {
+                let r = c.get(&url).header("x-user-id", &uid).send().await.ok()?;
+                let v: Value = r.json().await.ok()?;
+                if v["source"] != "read_model" {
+                    return None;
+                }
+                v["items"]
+                    .as_array()?
+                    .iter()
+                    .find(|i| i["saga_id"] == saga.as_str() && i["state"] == "COMPLETED")
+                    .cloned()
+            }
+        },
+    )
+    .await;
+    assert_eq!(item["direction"], "out", "{item}");
+    let notes_url = format!("{}/notifications?user_id={uid}", dep.url("notification"));
+    let sent = format!("You sent {amount} ");
+    eventually(
+        "the transfer_sent notification",
+        Duration::from_secs(20),
+        || {
+            let (c, url, sent) = (c.clone(), notes_url.clone(), sent.clone());
+            async move {
+                let (_, v) = get(&c, &url).await;
+                v["notifications"].as_array().and_then(|n| {
+                    n.iter()
+                        .find(|n| {
+                            n["kind"] == "transfer_sent"
+                                && n["message"].as_str().is_some_and(|m| m.starts_with(&sent))
+                        })
+                        .cloned()
+                })
+            }
+        },
+    )
+    .await;
 }
 
 #[tokio::test]
