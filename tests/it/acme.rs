@@ -142,6 +142,24 @@ async fn http_01_issues_from_pebble_stores_owner_only_and_a_restart_reuses_accou
         .await
             > 0.0
     );
+    // observability.rs checks the dashboard's and the alert rules' ACME names against
+    // tests/it/data/acme-metrics.txt, a scrape like this one: it must still match.
+    let scrape = gw.metrics().await;
+    let captured = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/data/acme-metrics.txt"),
+    )
+    .unwrap();
+    let types: Vec<&str> = captured
+        .lines()
+        .filter(|l| l.starts_with("# TYPE "))
+        .collect();
+    assert_eq!(types.len(), 2, "{captured}");
+    for line in types {
+        assert!(
+            scrape.contains(line),
+            "the scrape lacks {line:?}:\n{scrape}"
+        );
+    }
 
     let root = s.root().await;
     let mut conn = connect_verified(gw.port, &root).await;
