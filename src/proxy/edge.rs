@@ -4,6 +4,8 @@
 //! forwarded responses. The limits of the read itself (header bytes, header deadline,
 //! connection cap) are pingora's, set per listener in `app.rs`.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use bytes::Bytes;
 use http::{header, HeaderValue, Version};
 use pingora_http::{RequestHeader, ResponseHeader};
@@ -290,6 +292,14 @@ async fn answer_expect_continue(session: &mut Session) {
         if let Err(e) = session.as_mut().write_continue_response().await {
             tracing::debug!(error = %e, "could not send 100 Continue");
         }
+    }
+}
+
+/// After SIGTERM (`draining`, set by `app.rs`) responses ask clients to close their
+/// connection.
+pub fn close_if_draining(session: &mut Session, draining: &AtomicBool) {
+    if draining.load(Ordering::Relaxed) {
+        session.set_keepalive(None);
     }
 }
 

@@ -43,7 +43,6 @@ pub mod tls;
 pub mod trace;
 pub mod tunnel;
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -68,13 +67,6 @@ impl Gateway {
     /// A proxy over the shared state with a listener's request limits.
     pub fn new(state: Arc<State>, edge: edge::EdgeLimits) -> Self {
         Self { state, edge }
-    }
-
-    /// On SIGTERM responses ask clients to close their connection.
-    fn close_if_draining(&self, session: &mut Session) {
-        if self.state.draining.load(Ordering::Relaxed) {
-            session.set_keepalive(None);
-        }
     }
 }
 
@@ -104,30 +96,10 @@ impl ProxyHttp for Gateway {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        ctx.request_id = headers::request_id(session.req_header());
-        ctx.trace = trace::start(self.state.tracing.as_ref(), session.req_header());
-        ctx.client = client_addr::resolve(session, &ctx.snap);
-        ctx.client_ip = ctx.client.map(|c| c.client);
-        ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
-        self.close_if_draining(session);
-        if let Some(answer) = edge::acme_http01(session, ctx, &self.state.tls.http01) {
-            respond::acme_challenge(session, ctx, answer).await;
-            return Ok(true);
-        }
-        if let Some(location) = edge::https_redirect(session, ctx) {
-            respond::redirect(session, ctx, location).await;
-            return Ok(true);
-        }
-        match request::admit(session, ctx, &self.edge) {
-            Ok(route) => request::run_filters(session, ctx, &route).await,
-            Err(refusal) => {
-                respond::refuse(session, ctx, &refusal).await;
-                Ok(true)
-            }
-        }
+        edge::close_if_draining(session, &self.state.draining);
+        request::filter(session, ctx, &self.state, &self.edge).await
     }
 
-    /// After a `101` the bytes are the tunnel's, not a request body: no body limit.
     async fn request_body_filter(
         &self,
         session: &mut Session,
@@ -135,13 +107,7 @@ impl ProxyHttp for Gateway {
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if session.was_upgraded() {
-            if end_of_stream {
-                tunnel::closed(ctx, tunnel::TunnelEnd::ClientClose);
-            }
-            return Ok(());
-        }
-        request::count_body(ctx, body.as_ref())
+        request::body_chunk(session, ctx, body.as_ref(), end_of_stream)
     }
 
     /// The request's trailers, before they follow its body upstream (vendor patch 15).
@@ -155,27 +121,14 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
-    /// The first try's admission (breaker, bulkhead, endpoint) runs here rather than in
-    /// `upstream_peer`: pingora closes the client's connection after any error from
-    /// `upstream_peer`, but keeps it after a response written here. A refusal that never
-    /// reached an upstream keeps the connection (the request body, if small, is drained).
+    /// The first try's admission runs here, not in `upstream_peer`: a refusal written here
+    /// keeps the client's connection (see `peer::first_try`).
     async fn proxy_upstream_filter(
         &self,
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<bool> {
-        match peer::next_try(&self.state.telemetry, ctx).await {
-            Ok(peer) => {
-                ctx.next_peer = Some(peer);
-                Ok(true)
-            }
-            Err(e) => {
-                ctx.upstream_phase = false;
-                edge::discard_small_body(session).await;
-                self.fail_to_proxy(session, &e, ctx).await;
-                Ok(false)
-            }
-        }
+        peer::first_try(&self.state.telemetry, session, ctx).await
     }
 
     async fn upstream_peer(
@@ -223,10 +176,7 @@ impl ProxyHttp for Gateway {
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        match ctx.route.clone() {
-            Some(route) => request::to_upstream(session, upstream_request, ctx, &route),
-            None => Ok(()),
-        }
+        request::to_upstream(session, upstream_request, ctx)
     }
 
     async fn upstream_response_filter(
@@ -235,12 +185,7 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        let status = upstream_response.status.as_u16();
-        ctx.upstream_status = Some(status);
-        let tel = &self.state.telemetry;
-        resilience::on_response_header(tel, ctx, session.req_header(), upstream_response);
-        let replay = resilience::Replay::of(session);
-        resilience::retry_on_status(tel, ctx, status, &replay)?;
+        resilience::on_upstream_response(&self.state.telemetry, session, ctx, upstream_response)?;
         headers::strip_hop_by_hop_response(upstream_response);
         Ok(())
     }
@@ -278,7 +223,7 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         edge::downstream_version(session, resp);
         tunnel::on_response(session, ctx, resp.status.as_u16());
-        self.close_if_draining(session);
+        edge::close_if_draining(session, &self.state.draining);
         response::to_downstream(session.req_header(), resp, ctx).await
     }
 

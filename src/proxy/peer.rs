@@ -5,10 +5,11 @@
 use pingora_core::protocols::ALPN;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_core::{Error, ErrorType, Result};
+use pingora_proxy::Session;
 
 use super::ctx::{EndpointInflight, RequestCtx};
 use super::refusal::Refusal;
-use super::resilience;
+use super::{edge, resilience, respond};
 use crate::clock::mono_ms;
 use crate::state::Route;
 use crate::telemetry::Telemetry;
@@ -28,6 +29,30 @@ pub async fn next_try(tel: &Telemetry, ctx: &mut RequestCtx) -> Result<Box<HttpP
     };
     resilience::before_try(tel, ctx).await?;
     choose(ctx, &route)
+}
+
+/// `proxy_upstream_filter`: the first try's admission and endpoint, kept for
+/// `upstream_peer` (`Ok(true)`: proxy on). It runs here rather than in `upstream_peer`
+/// because pingora closes the client's connection after any error from `upstream_peer`,
+/// but keeps it after a response written here: a refusal that never reached an upstream
+/// keeps the connection (the request body, if small, is drained). `Ok(false)`: answered.
+pub async fn first_try(
+    tel: &Telemetry,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+) -> Result<bool> {
+    match next_try(tel, ctx).await {
+        Ok(peer) => {
+            ctx.next_peer = Some(peer);
+            Ok(true)
+        }
+        Err(e) => {
+            ctx.upstream_phase = false;
+            edge::discard_small_body(session).await;
+            respond::fail(session, &e, ctx).await;
+            Ok(false)
+        }
+    }
 }
 
 /// The peer of the next try; a [`Refusal`] (`NoHealthyEndpoint`, `DeadlineSpent`) as the

@@ -12,11 +12,44 @@ use pingora_proxy::Session;
 
 use super::ctx::RequestCtx;
 use super::refusal::Refusal;
-use super::{edge, headers, respond};
+use super::tunnel::{self, TunnelEnd};
+use super::{client_addr, edge, headers, respond, trace};
 use crate::config::model::EncodedSlashes;
 use crate::path::rewrite_path;
 use crate::router::{apply_encoded_slashes, Incoming};
-use crate::state::Route;
+use crate::state::{Route, State};
+
+/// `request_filter`: the request's id, trace and client address; then the answers the
+/// gateway gives by itself (an ACME HTTP-01 challenge, the listener's HTTPS redirect), else
+/// the edge checks and the route ([`admit`]) and the route's filters ([`run_filters`]).
+/// `Ok(true)`: the request was answered.
+pub async fn filter(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    state: &State,
+    limits: &edge::EdgeLimits,
+) -> Result<bool> {
+    ctx.request_id = headers::request_id(session.req_header());
+    ctx.trace = trace::start(state.tracing.as_ref(), session.req_header());
+    ctx.client = client_addr::resolve(session, &ctx.snap);
+    ctx.client_ip = ctx.client.map(|c| c.client);
+    ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+    if let Some(answer) = edge::acme_http01(session, ctx, &state.tls.http01) {
+        respond::acme_challenge(session, ctx, answer).await;
+        return Ok(true);
+    }
+    if let Some(location) = edge::https_redirect(session, ctx) {
+        respond::redirect(session, ctx, location).await;
+        return Ok(true);
+    }
+    match admit(session, ctx, limits) {
+        Ok(route) => run_filters(session, ctx, &route).await,
+        Err(refusal) => {
+            respond::refuse(session, ctx, &refusal).await;
+            Ok(true)
+        }
+    }
+}
 
 /// The edge checks and rewrites of a client's request (`edge.rs`: limits, Host,
 /// absolute form, client-nominated hop-by-hop headers), then its route ([`route`]); the
@@ -71,6 +104,24 @@ pub fn route(session: &Session, ctx: &mut RequestCtx) -> Result<Arc<Route>, Refu
         return Err(Refusal::BodyTooLarge);
     }
     Ok(route)
+}
+
+/// `request_body_filter`: a chunk of the request body, counted by [`count_body`]. After a
+/// `101` the bytes are the tunnel's, not a request body: no body limit, and their end is
+/// the client closing the tunnel.
+pub fn body_chunk(
+    session: &Session,
+    ctx: &mut RequestCtx,
+    chunk: Option<&bytes::Bytes>,
+    end_of_stream: bool,
+) -> Result<()> {
+    if session.was_upgraded() {
+        if end_of_stream {
+            tunnel::closed(ctx, TunnelEnd::ClientClose);
+        }
+        return Ok(());
+    }
+    count_body(ctx, chunk)
 }
 
 /// Counts a streamed request body chunk against the route's `max_body_bytes` (a
@@ -209,15 +260,13 @@ async fn run_part(
     true
 }
 
-/// The request that goes upstream: the route's path rewrite (most requests keep their
-/// parsed origin-form URI), hop-by-hop headers removed, forwarding headers and the
-/// deadline header set.
-pub fn to_upstream(
-    session: &Session,
-    req: &mut RequestHeader,
-    ctx: &RequestCtx,
-    route: &Route,
-) -> Result<()> {
+/// `upstream_request_filter`: the request that goes upstream (untouched without a route):
+/// the route's path rewrite (most requests keep their parsed origin-form URI), hop-by-hop
+/// headers removed, forwarding headers and the deadline header set.
+pub fn to_upstream(session: &Session, req: &mut RequestHeader, ctx: &RequestCtx) -> Result<()> {
+    let Some(route) = ctx.route.as_deref() else {
+        return Ok(());
+    };
     // `{name}` in a rewrite takes the route template's captured parameter.
     let rewrite = route.rewrite_path.as_deref().map(|r| {
         if ctx.path_params.is_empty() {

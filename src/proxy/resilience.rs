@@ -185,12 +185,26 @@ pub fn record_unfinished_try(tel: &Telemetry, ctx: &mut RequestCtx, e: &Error) {
     }
 }
 
-/// `upstream_response_filter`: a response with a body keeps its header's outcome until
-/// the body ends ([`end_try`], from the upstream body filter's end of stream, before the
-/// last bytes go to the client); one without a body (RFC 9112 section 6.3: a response
+/// `upstream_response_filter`: the try's status, its outcome (`on_response_header`), and
+/// the error that retries it when its status is one to retry (`retry_on_status`).
+pub fn on_upstream_response(
+    tel: &Telemetry,
+    session: &Session,
+    ctx: &mut RequestCtx,
+    resp: &ResponseHeader,
+) -> Result<()> {
+    let status = resp.status.as_u16();
+    ctx.upstream_status = Some(status);
+    on_response_header(tel, ctx, session.req_header(), resp);
+    retry_on_status(tel, ctx, status, &Replay::of(session))
+}
+
+/// A response with a body keeps its header's outcome until the body ends ([`end_try`],
+/// from the upstream body filter's end of stream, before the last bytes go to the
+/// client); one without a body (RFC 9112 section 6.3: a response
 /// to HEAD, 1xx, 204, 304, `Content-Length: 0`; and a 101 whose tunnel may last
 /// forever) is counted at once, as is a status retry ([`retry_on_status`]).
-pub fn on_response_header(
+fn on_response_header(
     tel: &Telemetry,
     ctx: &mut RequestCtx,
     req: &RequestHeader,
@@ -378,9 +392,9 @@ pub fn end_request(tel: &Telemetry, ctx: &mut RequestCtx, e: Option<&Error>) {
     ctx.endpoint_inflight = None;
 }
 
-/// `upstream_response_filter`, after the try was recorded: when the status is one to retry
+/// After the try was recorded ([`on_upstream_response`]): when the status is one to retry
 /// and nothing went downstream yet, returns the error that makes pingora try again.
-pub fn retry_on_status(
+fn retry_on_status(
     tel: &Telemetry,
     ctx: &mut RequestCtx,
     status: u16,
