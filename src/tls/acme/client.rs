@@ -164,12 +164,15 @@ impl Client {
 
     fn storage_error(&self, source: std::io::Error) -> AcmeError {
         AcmeError::Storage {
-            path: self
-                .storage
-                .dir()
-                .join("account.json")
-                .display()
-                .to_string(),
+            path: self.storage.account_path().display().to_string(),
+            source,
+        }
+    }
+
+    /// The stored account's credentials JSON could not be read or written.
+    fn bad_account(&self, source: serde_json::Error) -> AcmeError {
+        AcmeError::BadAccount {
+            path: self.storage.account_path().display().to_string(),
             source,
         }
     }
@@ -188,15 +191,7 @@ impl Client {
         let (account, created) = match stored {
             Some(json) => {
                 let creds: AccountCredentials =
-                    serde_json::from_slice(&json).map_err(|source| AcmeError::BadAccount {
-                        path: self
-                            .storage
-                            .dir()
-                            .join("account.json")
-                            .display()
-                            .to_string(),
-                        source,
-                    })?;
+                    serde_json::from_slice(&json).map_err(|e| self.bad_account(e))?;
                 (self.builder()?.from_credentials(creds).await?, false)
             }
             None => {
@@ -215,15 +210,7 @@ impl Client {
                     .builder()?
                     .create(&new, self.directory.clone(), None)
                     .await?;
-                let json = serde_json::to_vec(&creds).map_err(|source| AcmeError::BadAccount {
-                    path: self
-                        .storage
-                        .dir()
-                        .join("account.json")
-                        .display()
-                        .to_string(),
-                    source,
-                })?;
+                let json = serde_json::to_vec(&creds).map_err(|e| self.bad_account(e))?;
                 self.storage
                     .save_account(&json)
                     .map_err(|e| self.storage_error(e))?;

@@ -41,14 +41,19 @@ impl Storage {
         &self.dir
     }
 
+    /// The file of the account credentials, `account.json` in this server's directory.
+    pub fn account_path(&self) -> PathBuf {
+        self.dir.join("account.json")
+    }
+
     /// The stored account credentials (JSON), if any.
     pub fn account(&self) -> std::io::Result<Option<Vec<u8>>> {
-        read_if_exists(&self.dir.join("account.json"))
+        read_if_exists(&self.account_path())
     }
 
     /// Stores the account credentials (JSON), replacing any.
     pub fn save_account(&self, json: &[u8]) -> std::io::Result<()> {
-        write_private(&self.dir.join("account.json"), json)
+        write_private(&self.account_path(), json)
     }
 
     /// The stored certificate chain and key (PEM) named `name`, if both exist.
@@ -153,7 +158,7 @@ mod tests {
         s.save_account(b"{\"a\":1}").unwrap();
         s.save_account(b"{\"a\":2}").unwrap();
         assert_eq!(s.account().unwrap().as_deref(), Some(&b"{\"a\":2}"[..]));
-        assert_eq!(mode(&s.dir().join("account.json")), 0o600);
+        assert_eq!(mode(&s.account_path()), 0o600);
         s.save_certificate("a.test", b"CERT", b"KEY").unwrap();
         let (c, k) = s.cert_paths("a.test");
         assert_eq!((mode(&c), mode(&k)), (0o600, 0o600));
