@@ -212,23 +212,19 @@ mod tests {
 
     #[test]
     fn openssl_reasons_map_to_a_bounded_set() {
-        assert_eq!(failure_reason("no shared cipher"), "no_shared_cipher");
-        assert_eq!(failure_reason("unsupported protocol"), "protocol_version");
-        assert_eq!(
-            failure_reason("tlsv1 alert protocol version"),
-            "protocol_version"
-        );
-        assert_eq!(failure_reason("tlsv1 alert unknown ca"), "unknown_ca");
-        assert_eq!(
-            failure_reason("ssl/tls alert bad certificate"),
-            "bad_certificate"
-        );
-        assert_eq!(failure_reason("http request"), "not_tls");
-        assert_eq!(failure_reason("wrong version number"), "not_tls");
-        assert_eq!(
-            failure_reason("unexpected eof while reading"),
-            "client_closed"
-        );
-        assert_eq!(failure_reason("something new"), "other");
+        let cases = [
+            ("no shared cipher", "no_shared_cipher"),
+            ("unsupported protocol", "protocol_version"),
+            ("tlsv1 alert protocol version", "protocol_version"),
+            ("tlsv1 alert unknown ca", "unknown_ca"),
+            ("ssl/tls alert bad certificate", "bad_certificate"),
+            ("http request", "not_tls"),
+            ("wrong version number", "not_tls"),
+            ("unexpected eof while reading", "client_closed"),
+            ("something new", "other"),
+        ];
+        for (openssl, reason) in cases {
+            assert_eq!(failure_reason(openssl), reason, "{openssl}");
+        }
     }
 }

@@ -379,6 +379,21 @@ mod tests {
             .to_vec()
     }
 
+    /// A store whose files give one self-signed certificate for `a.test` (TLS 1.2 and up),
+    /// with that certificate's fingerprint.
+    fn store_with_file() -> (CertStore, Arc<crate::telemetry::Telemetry>, Vec<u8>) {
+        let (store, tel) = new_store();
+        let file = rcgen_cert(&["a.test"], None);
+        let file_fp = fingerprint(&file.chain[0]);
+        let files = FileCerts {
+            certs: vec![Served::new(Arc::new(file), Vec::new(), false)],
+            min_version: TlsVersion::Tls12,
+            files: Vec::new(),
+        };
+        store.set_files(files).unwrap();
+        (store, tel, file_fp)
+    }
+
     fn new_store() -> (CertStore, Arc<crate::telemetry::Telemetry>) {
         let tel = Arc::new(crate::telemetry::Telemetry::new().unwrap());
         let expiry = Arc::new(Expiry::new(tel.clone()));
@@ -431,16 +446,7 @@ mod tests {
 
     #[tokio::test]
     async fn tls_alpn_01_answers_with_the_challenge_certificate_only_for_acme_tls_1() {
-        let (store, _tel) = new_store();
-        let regular = rcgen_cert(&["a.test"], None);
-        let regular_fp = fingerprint(&regular.chain[0]);
-        store
-            .set_files(FileCerts {
-                certs: vec![Served::new(Arc::new(regular), Vec::new(), false)],
-                min_version: TlsVersion::Tls12,
-                files: Vec::new(),
-            })
-            .unwrap();
+        let (store, _tel, regular_fp) = store_with_file();
         let challenge = rcgen_cert(&["a.test"], Some([7; 32]));
         let challenge_fp = fingerprint(&challenge.chain[0]);
         store.set_alpn_challenge("A.test", challenge).unwrap();
@@ -463,16 +469,7 @@ mod tests {
 
     #[tokio::test]
     async fn installed_certificates_win_over_files_and_drive_the_expiry_gauge() {
-        let (store, tel) = new_store();
-        let file = rcgen_cert(&["a.test"], None);
-        let file_fp = fingerprint(&file.chain[0]);
-        store
-            .set_files(FileCerts {
-                certs: vec![Served::new(Arc::new(file), Vec::new(), false)],
-                min_version: TlsVersion::Tls12,
-                files: Vec::new(),
-            })
-            .unwrap();
+        let (store, tel, file_fp) = store_with_file();
         let acme = rcgen_cert(&["a.test", "b.test"], None);
         let (acme_fp, acme_expiry) = (fingerprint(&acme.chain[0]), acme.not_after);
         store.install("acme", Vec::new(), acme).unwrap();
