@@ -82,15 +82,16 @@ pub fn build_state(
 ) -> Result<Arc<State>, StartError> {
     let telemetry = Arc::new(Telemetry::new()?);
     telemetry.set_endpoint_labels(loaded.config.metrics.endpoint_labels);
-    let redis = match loaded.config.redis.as_ref() {
-        Some(r) => {
-            let mut settings = gatehouse_filters::RedisSettings::with_topology(r.topology());
-            settings.timeout = r.timeout.get();
-            settings.tls = r.tls_material().map_err(StartError::Other)?;
-            Some(settings)
-        }
+    let redis_tls = match loaded.config.redis.as_ref() {
+        Some(r) => r.tls_material().map_err(StartError::Other)?,
         None => None,
     };
+    let redis = loaded.config.redis.as_ref().map(|r| {
+        let mut settings = gatehouse_filters::RedisSettings::with_topology(r.topology());
+        settings.timeout = r.timeout.get();
+        settings.tls = redis_tls.clone();
+        settings
+    });
     let filter_runtime = Arc::new(
         FilterRuntime::new(redis, &telemetry.metrics.registry)
             .map_err(|e| StartError::Other(e.message))?
@@ -123,6 +124,7 @@ pub fn build_state(
         draining: std::sync::atomic::AtomicBool::new(false),
         tls,
         tracing,
+        redis_tls,
     });
     state.filter_runtime.wasm().set_upstreams(Arc::new(
         crate::state::calls::SnapshotUpstreams::new(&state),

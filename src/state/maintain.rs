@@ -45,16 +45,14 @@ impl Maintainer {
     /// A maintainer over the shared state. Discovery's Redis connection is made from the
     /// `redis:` section of the config the gateway runs with now (a restart-only field).
     pub fn new(state: Arc<State>) -> Self {
-        let redis = state.current().loaded.config.redis.clone();
-        let url = redis.as_ref().map(|r| r.topology());
-        // Validation read the files already; a failure here means they changed since.
-        let tls = redis.as_ref().and_then(|r| match r.tls_material() {
-            Ok(t) => t,
-            Err(e) => {
-                tracing::error!(error = %e, "redis.tls: registry discovery connects without it");
-                None
-            }
-        });
+        let url = state
+            .current()
+            .loaded
+            .config
+            .redis
+            .as_ref()
+            .map(|r| r.topology());
+        let tls = state.redis_tls.clone();
         Self::with_discovery(state, Arc::new(Discovery::new(url).with_tls(tls)))
     }
 

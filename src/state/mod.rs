@@ -145,6 +145,9 @@ pub struct State {
     /// The tracer and its exporter, when `tracing` was configured at start (its
     /// `sampler.ratio` follows reloads; the rest needs a restart).
     pub tracing: Option<Arc<gatehouse_otel::Tracing>>,
+    /// The `redis.tls` files' contents, read once at start (the section is restart-only):
+    /// the filters' Redis and registry discovery both connect with them.
+    pub redis_tls: Option<gatehouse_registry::topology::RedisTls>,
 }
 
 impl State {
