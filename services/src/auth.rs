@@ -6,6 +6,7 @@ use axum::http::HeaderMap;
 use jsonwebtoken::{decode, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
+use crate::config::Settings;
 use crate::error::{ApiError, ApiResult};
 
 /// Header carrying the internal service token on service-to-service calls.
@@ -102,6 +103,11 @@ fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
 }
 
 impl Caller {
+    /// [`Caller::from_headers`] with this service's internal token and JWT secret.
+    pub fn of(h: &HeaderMap, settings: &Settings) -> ApiResult<Caller> {
+        Self::from_headers(h, &settings.internal_token, settings.jwt_secret.as_deref())
+    }
+
     /// Reads the caller from the headers.
     ///
     /// Order: a valid internal token; else `X-User-Id`/`X-User-Role` (set by the gateway,

@@ -261,11 +261,7 @@ async fn list(
     h: HeaderMap,
     Query(q): Query<ListQuery>,
 ) -> ApiResult<Json<Value>> {
-    let caller = Caller::from_headers(
-        &h,
-        &s.settings.internal_token,
-        s.settings.jwt_secret.as_deref(),
-    )?;
+    let caller = Caller::of(&h, &s.settings)?;
     let user = match (&q.user_id, caller.is_admin()) {
         (Some(u), true) => u.clone(),
         _ => caller.user()?.to_string(),

@@ -462,11 +462,7 @@ fn check_amount(amount: i64) -> ApiResult<()> {
 
 impl PaymentState {
     fn caller(&self, h: &HeaderMap) -> ApiResult<Caller> {
-        Caller::from_headers(
-            h,
-            &self.settings.internal_token,
-            self.settings.jwt_secret.as_deref(),
-        )
+        Caller::of(h, &self.settings)
     }
 }
 

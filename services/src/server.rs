@@ -172,6 +172,21 @@ fn finish(routes: Router, db: &Db, metrics: &Metrics, tracer: crate::trace::Trac
         .layer(middleware::from_fn_with_state(metrics.clone(), track))
 }
 
+/// The outbox publisher of a service that writes events, kept in `publishers` until every
+/// consumer has subscribed; the handle returned wakes it after a commit.
+fn outbox(
+    publishers: &mut Vec<Publisher>,
+    name: &'static str,
+    db: &Db,
+    bus: &Bus,
+    metrics: &Metrics,
+) -> Arc<tokio::sync::Notify> {
+    let publisher = Publisher::new(name, db, bus, metrics);
+    let wake = publisher.wake.clone();
+    publishers.push(publisher);
+    wake
+}
+
 struct Prepared {
     kind: Kind,
     router: Router,
@@ -239,9 +254,7 @@ impl System {
                 }
                 Kind::User => {
                     let db = Db::open(&settings, name, user::MIGRATIONS).await?;
-                    let publisher = Publisher::new(name, &db, &bus, &metrics);
-                    let wake = publisher.wake.clone();
-                    publishers.push(publisher);
+                    let wake = outbox(&mut publishers, name, &db, &bus, &metrics);
                     let st = user::UserState {
                         db: db.clone(),
                         metrics: metrics.clone(),
@@ -252,9 +265,7 @@ impl System {
                 }
                 Kind::Transaction => {
                     let db = Db::open(&settings, name, transaction::MIGRATIONS).await?;
-                    let publisher = Publisher::new(name, &db, &bus, &metrics);
-                    let wake = publisher.wake.clone();
-                    publishers.push(publisher);
+                    let wake = outbox(&mut publishers, name, &db, &bus, &metrics);
                     if settings.disable_projection && settings.mode.testing() {
                         tracing::warn!("history projection disabled (test mode): history reads fall back to the write model");
                     } else {

@@ -174,11 +174,7 @@ fn check_id(what: &str, v: &str) -> ApiResult<()> {
 
 impl TransactionState {
     fn caller(&self, h: &HeaderMap) -> ApiResult<Caller> {
-        Caller::from_headers(
-            h,
-            &self.settings.internal_token,
-            self.settings.jwt_secret.as_deref(),
-        )
+        Caller::of(h, &self.settings)
     }
 }
 

@@ -162,11 +162,7 @@ async fn register(
         return Err(ApiError::BadRequest("role must be USER or ADMIN".into()));
     }
     if role == ADMIN && !s.settings.mode.testing() {
-        let caller = Caller::from_headers(
-            &h,
-            &s.settings.internal_token,
-            s.settings.jwt_secret.as_deref(),
-        )?;
+        let caller = Caller::of(&h, &s.settings)?;
         if !caller.is_admin() {
             return Err(ApiError::Forbidden(
                 "only an admin may create an ADMIN user".into(),
@@ -274,11 +270,7 @@ async fn dummy_hash() -> String {
 const USER_COLUMNS: &str = "id, email, role, display_name, created_at";
 
 async fn profile(State(s): State<UserState>, h: HeaderMap) -> ApiResult<Json<UserView>> {
-    let caller = Caller::from_headers(
-        &h,
-        &s.settings.internal_token,
-        s.settings.jwt_secret.as_deref(),
-    )?;
+    let caller = Caller::of(&h, &s.settings)?;
     let id = caller.user()?;
     let u: Option<UserView> =
         sqlx::query_as(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = ?"))
@@ -306,11 +298,7 @@ async fn update_profile(
     h: HeaderMap,
     Json(req): Json<ProfileUpdate>,
 ) -> ApiResult<Json<UserView>> {
-    let caller = Caller::from_headers(
-        &h,
-        &s.settings.internal_token,
-        s.settings.jwt_secret.as_deref(),
-    )?;
+    let caller = Caller::of(&h, &s.settings)?;
     let id = caller.user()?.to_string();
     let now = crate::now_ms();
     if let Some(d) = &req.display_name {
@@ -354,12 +342,7 @@ async fn admin_users(
     Query(q): Query<AdminQuery>,
 ) -> ApiResult<Json<Value>> {
     // The gateway already checks role ADMIN; checking again keeps a direct call honest.
-    Caller::from_headers(
-        &h,
-        &s.settings.internal_token,
-        s.settings.jwt_secret.as_deref(),
-    )?
-    .require_admin()?;
+    Caller::of(&h, &s.settings)?.require_admin()?;
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
     let users: Vec<UserView> = sqlx::query_as(&format!(
         "SELECT {USER_COLUMNS} FROM users ORDER BY created_at LIMIT ?"
