@@ -9,17 +9,6 @@ use serde_json::{json, Value};
 
 use crate::harness::*;
 
-async fn account(c: &reqwest::Client, pay: &str, owner: &str, balance: i64) -> String {
-    let (st, v) = post(
-        c,
-        &format!("{pay}/accounts"),
-        &json!({ "owner_id": owner, "initial_balance": balance }),
-    )
-    .await;
-    assert_eq!(st, 201, "{v}");
-    v["id"].as_str().unwrap().to_string()
-}
-
 async fn balance(c: &reqwest::Client, pay: &str, id: &str) -> i64 {
     let (st, v) = get(c, &format!("{pay}/accounts/{id}")).await;
     assert_eq!(st, 200, "{v}");
@@ -182,20 +171,10 @@ async fn payment_ops(mariadb: bool) {
     assert_eq!(v["reason"], "unknown_account");
 
     // Users see their own accounts only.
-    let r = c
-        .get(format!("{pay}/accounts/{a}"))
-        .header("x-user-id", "mallory")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 404);
-    let r = c
-        .get(format!("{pay}/accounts/{a}"))
-        .header("x-user-id", "alice")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    let (st, _) = as_user(c.get(format!("{pay}/accounts/{a}")), "mallory").await;
+    assert_eq!(st, 404);
+    let (st, _) = as_user(c.get(format!("{pay}/accounts/{a}")), "alice").await;
+    assert_eq!(st, 200);
     drop(_p);
     if mariadb {
         dep.drop_mariadb();
@@ -209,14 +188,13 @@ async fn fault_injection_admin_endpoint_changes_behaviour() {
     let c = http();
     let pay = dep.url("payment");
     let a = account(&c, &pay, "u", 100).await;
-    let r = c
-        .put(format!("{pay}/admin/faults"))
-        .header("x-user-id", "u")
-        .json(&json!({"fail": 1.0}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 403);
+    let (st, _) = as_user(
+        c.put(format!("{pay}/admin/faults"))
+            .json(&json!({"fail": 1.0})),
+        "u",
+    )
+    .await;
+    assert_eq!(st, 403);
     let r = c
         .put(format!("{pay}/admin/faults"))
         .header("x-internal-token", TOKEN)
@@ -287,14 +265,13 @@ async fn fault_injection_is_off_in_production_mode() {
     )
     .await;
     assert_eq!(st, 200, "{v}");
-    let r = c
-        .post(format!("{pay}/accounts"))
-        .header("x-user-id", "u")
-        .json(&json!({"initial_balance": 5}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 403);
+    let (st, _) = as_user(
+        c.post(format!("{pay}/accounts"))
+            .json(&json!({"initial_balance": 5})),
+        "u",
+    )
+    .await;
+    assert_eq!(st, 403);
 }
 
 #[tokio::test]
@@ -312,16 +289,11 @@ async fn idempotency_key_starts_one_saga() {
     for _ in 0..10 {
         let (c, tx, body) = (c.clone(), tx.clone(), body.clone());
         tasks.push(tokio::spawn(async move {
-            let r = c
+            let req = c
                 .post(format!("{tx}/transfers"))
-                .header("x-user-id", "alice")
                 .header("idempotency-key", "same-key")
-                .json(&body)
-                .send()
-                .await
-                .unwrap();
-            let st = r.status().as_u16();
-            (st, r.json::<Value>().await.unwrap())
+                .json(&body);
+            as_user(req, "alice").await
         }));
     }
     let mut ids = std::collections::HashSet::new();
@@ -349,38 +321,29 @@ async fn idempotency_key_starts_one_saga() {
     assert_eq!(balance(&c, &pay, &a).await, 900);
     assert_eq!(balance(&c, &pay, &b).await, 100);
     // Same key, different transfer: refused.
-    let r = c
-        .post(format!("{tx}/transfers"))
-        .header("x-user-id", "alice")
-        .header("idempotency-key", "same-key")
-        .json(&json!({"from_account": a, "to_account": b, "amount": 999}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 422);
+    let (st, _) = as_user(
+        c.post(format!("{tx}/transfers"))
+            .header("idempotency-key", "same-key")
+            .json(&json!({"from_account": a, "to_account": b, "amount": 999})),
+        "alice",
+    )
+    .await;
+    assert_eq!(st, 422);
     // Keys are per user: bob's identical key is bob's own transfer, never a replay of alice's.
-    let r = c
-        .post(format!("{tx}/transfers"))
-        .header("x-user-id", "bob")
-        .header("idempotency-key", "same-key")
-        .json(&json!({"from_account": b, "to_account": a, "amount": 10}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
-    let v: Value = r.json().await.unwrap();
+    let (st, v) = as_user(
+        c.post(format!("{tx}/transfers"))
+            .header("idempotency-key", "same-key")
+            .json(&json!({"from_account": b, "to_account": a, "amount": 10})),
+        "bob",
+    )
+    .await;
+    assert_eq!(st, 201);
     assert_ne!(v["id"].as_str().unwrap(), id);
     assert_eq!(v["status"], "COMPLETED", "{v}");
     assert_eq!(balance(&c, &pay, &a).await, 910);
     // Someone else's account cannot be debited through a user's transfer.
-    let r = c
-        .post(format!("{tx}/transfers"))
-        .header("x-user-id", "mallory")
-        .json(&json!({"from_account": a, "to_account": b, "amount": 1}))
-        .send()
-        .await
-        .unwrap();
-    let v: Value = r.json().await.unwrap();
+    let theft = json!({"from_account": a, "to_account": b, "amount": 1});
+    let (_, v) = as_user(c.post(format!("{tx}/transfers")).json(&theft), "mallory").await;
     assert_eq!(v["status"], "FAILED", "{v}");
     assert!(
         v["last_error"].as_str().unwrap().contains("not_owner"),
@@ -388,13 +351,8 @@ async fn idempotency_key_starts_one_saga() {
     );
     assert_eq!(balance(&c, &pay, &a).await, 910);
     // Users only see their own transfers; anonymous calls are refused.
-    let r = c
-        .get(format!("{tx}/transfers/{id}"))
-        .header("x-user-id", "mallory")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 404);
+    let (st, _) = as_user(c.get(format!("{tx}/transfers/{id}")), "mallory").await;
+    assert_eq!(st, 404);
     let r = c
         .post(format!("{tx}/transfers"))
         .json(&body)
@@ -507,14 +465,10 @@ async fn users_flow(mariadb: bool) {
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
-    let r = c
+    let profile = c
         .put(format!("{user}/profile"))
-        .header("x-user-id", ann["id"].as_str().unwrap())
-        .json(&json!({"display_name": "Ann"}))
-        .send()
-        .await
-        .unwrap();
-    let v: Value = r.json().await.unwrap();
+        .json(&json!({"display_name": "Ann"}));
+    let (_, v) = as_user(profile, ann["id"].as_str().unwrap()).await;
     assert_eq!(v["display_name"], "Ann");
     assert_eq!(
         c.get(format!("{user}/profile"))
@@ -533,15 +487,13 @@ async fn users_flow(mariadb: bool) {
         .await
         .unwrap();
     assert_eq!(r.status(), 403);
-    let r = c
-        .get(format!("{user}/admin/users"))
-        .header("x-user-id", "x")
-        .header("x-user-role", "ADMIN")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let v: Value = r.json().await.unwrap();
+    let (st, v) = as_user(
+        c.get(format!("{user}/admin/users"))
+            .header("x-user-role", "ADMIN"),
+        "x",
+    )
+    .await;
+    assert_eq!(st, 200);
     assert_eq!(v["users"].as_array().unwrap().len(), 2);
     // The password is never in the logs.
     let logs = std::fs::read_to_string(&_u.log).unwrap();
@@ -625,6 +577,21 @@ async fn events_and_registry_on_redis_sentinel() {
 /// is primary.
 type Failover<'a> = Box<dyn FnOnce() + Send + 'a>;
 
+/// Waits (20 s at most, failing with `what`) for a notification of `kind` in the list at
+/// `url` (`/notifications?user_id=..`); returns it.
+async fn notification(c: &reqwest::Client, url: &str, kind: &str, what: &str) -> Value {
+    eventually(what, Duration::from_secs(20), || {
+        let (c, url) = (c.clone(), url.to_string());
+        async move {
+            let (_, v) = get(&c, &url).await;
+            v["notifications"]
+                .as_array()
+                .and_then(|n| n.iter().find(|n| n["kind"] == kind).cloned())
+        }
+    })
+    .await
+}
+
 /// Four service processes that share only Redis (`env` names it, `topology` is the same
 /// for the test's own client): registration in the registry, a welcome notification and
 /// a transfer's saga through the event stream, the read model built from it, and
@@ -680,18 +647,11 @@ async fn events_and_registry_over(
         .unwrap()
         .to_string();
     let notes_url = format!("{}/notifications?user_id={uid}", dep.url("notification"));
-    eventually(
+    notification(
+        &c,
+        &notes_url,
+        "welcome",
         "welcome notification via Redis Streams",
-        Duration::from_secs(20),
-        || {
-            let (c, url) = (c.clone(), notes_url.clone());
-            async move {
-                let (_, v) = get(&c, &url).await;
-                v["notifications"]
-                    .as_array()
-                    .and_then(|n| n.iter().find(|n| n["kind"] == "welcome").cloned())
-            }
-        },
     )
     .await;
 
@@ -864,24 +824,15 @@ async fn history_falls_back_to_the_write_model_when_the_read_model_lags() {
     let pay = dep.url("payment");
     let a = account(&c, &pay, "ul", 500).await;
     let b = account(&c, &pay, "um", 0).await;
-    let r = c
-        .post(format!("{}/transfers", dep.url("transaction")))
-        .header("x-user-id", "ul")
-        .json(&json!({"from_account": a, "to_account": b, "amount": 75}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
+    let (st, _) = as_user(
+        c.post(format!("{}/transfers", dep.url("transaction")))
+            .json(&json!({"from_account": a, "to_account": b, "amount": 75})),
+        "ul",
+    )
+    .await;
+    assert_eq!(st, 201);
     let hist = format!("{}/history", dep.url("transaction"));
-    let v: Value = c
-        .get(&hist)
-        .header("x-user-id", "ul")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, v) = as_user(c.get(&hist), "ul").await;
     assert_eq!(v["source"], "write_model", "{v}");
     assert!(
         v["write_model_position"].as_i64().unwrap() > v["read_model_position"].as_i64().unwrap()
@@ -889,26 +840,10 @@ async fn history_falls_back_to_the_write_model_when_the_read_model_lags() {
     assert_eq!(v["items"][0]["amount"], 75);
     assert_eq!(v["items"][0]["state"], "COMPLETED");
     // The receiver sees it too, as incoming.
-    let v: Value = c
-        .get(&hist)
-        .header("x-user-id", "um")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, v) = as_user(c.get(&hist), "um").await;
     assert_eq!(v["items"][0]["direction"], "in");
     // The lagging read model itself is empty.
-    let v: Value = c
-        .get(format!("{hist}?source=read"))
-        .header("x-user-id", "ul")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, v) = as_user(c.get(format!("{hist}?source=read")), "ul").await;
     assert_eq!(v["items"].as_array().unwrap().len(), 0);
     // In-process delivery still reached the notification service.
     let (_, v) = get(

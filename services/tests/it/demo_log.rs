@@ -11,22 +11,11 @@ use crate::harness::*;
 #[tokio::test]
 async fn demo_log_lines_are_json_with_rounded_durations() {
     let mut d = Deployment::new("demolog", false);
-    let p = free_ports(2);
-    let (listen, admin) = (p[0], p[1]);
-    let config = d.dir.join("demo.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "listeners: [ {{ name: public, address: \"127.0.0.1:{listen}\" }} ]\n\
-             admin: {{ address: \"127.0.0.1:{admin}\" }}\n\
-             access_log: {{ enabled: true }}\n\
-             upstreams:\n  user: {{ discovery: {{ static: [ {{ address: \"127.0.0.1:{}\" }} ] }} }}\n\
-             routes:\n  - {{ name: user, match: {{ path_prefix: /api/user }}, upstream: user, strip_prefix: /api/user }}\n",
-            d.ports["user"]
-        ),
-    )
-    .unwrap();
-    d.set("GATEHOUSE_DEMO_CONFIG", &config.display().to_string());
+    let listen = d.demo_gateway(
+        "access_log: { enabled: true }\n",
+        "user",
+        "{ name: user, match: { path_prefix: /api/user }, upstream: user, strip_prefix: /api/user }",
+    );
     let mut demo = d.start("demo", &["user"]).await;
 
     let client = http();
@@ -103,19 +92,11 @@ async fn a_demo_without_its_gateway_config_fails_loudly_before_starting() {
 #[tokio::test]
 async fn demo_fresh_starts_from_empty_demo_data() {
     let mut d = Deployment::new("demofresh", false);
-    let p = free_ports(2);
-    let config = d.dir.join("demo.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "listeners: [ {{ name: public, address: \"127.0.0.1:{}\" }} ]\nadmin: {{ address: \"127.0.0.1:{}\" }}\n\
-             upstreams:\n  user: {{ discovery: {{ static: [ {{ address: \"127.0.0.1:{}\" }} ] }} }}\n\
-             routes:\n  - {{ name: user, match: {{ path_prefix: / }}, upstream: user }}\n",
-            p[0], p[1], d.ports["user"]
-        ),
-    )
-    .unwrap();
-    d.set("GATEHOUSE_DEMO_CONFIG", &config.display().to_string());
+    d.demo_gateway(
+        "",
+        "user",
+        "{ name: user, match: { path_prefix: / }, upstream: user }",
+    );
     let data = std::path::PathBuf::from(&d.env["GATEHOUSE_DATA_DIR"]);
     std::fs::create_dir_all(&data).unwrap();
     let marker = data.join("left-over-from-an-earlier-run");

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 pub use gatehouse_testkit::free_ports;
 use gatehouse_testkit::send;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_gatehouse-services");
 pub const TOKEN: &str = "it-internal-token";
@@ -92,6 +92,31 @@ impl Deployment {
 
     pub fn url(&self, service: &str) -> String {
         format!("http://127.0.0.1:{}", self.ports[service])
+    }
+
+    /// Writes the config of the demo's built-in gateway and points `GATEHOUSE_DEMO_CONFIG`
+    /// at it: a public and an admin listener on free ports, the top-level keys in `extra`
+    /// (YAML lines), the upstream `service` at this deployment's port, and one `route` (a
+    /// YAML flow mapping). Returns the public listener's port.
+    #[cfg(feature = "demo")]
+    pub fn demo_gateway(&mut self, extra: &str, service: &str, route: &str) -> u16 {
+        let p = free_ports(2);
+        let (listen, admin) = (p[0], p[1]);
+        let config = self.dir.join("demo.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "listeners: [ {{ name: public, address: \"127.0.0.1:{listen}\" }} ]\n\
+                 admin: {{ address: \"127.0.0.1:{admin}\" }}\n\
+                 {extra}\
+                 upstreams:\n  {service}: {{ discovery: {{ static: [ {{ address: \"127.0.0.1:{}\" }} ] }} }}\n\
+                 routes:\n  - {route}\n",
+                self.ports[service]
+            ),
+        )
+        .unwrap();
+        self.set("GATEHOUSE_DEMO_CONFIG", &config.display().to_string());
+        listen
     }
 
     /// Starts `gatehouse-services <command>` and waits until each of `wait_for` answers /health.
@@ -233,6 +258,26 @@ pub async fn post(c: &reqwest::Client, url: &str, body: &Value) -> (u16, Value) 
 pub async fn get(c: &reqwest::Client, url: &str) -> (u16, Value) {
     let r = send(c.get(url).header("x-internal-token", TOKEN)).await;
     (r.status, r.body)
+}
+
+/// Sends `req` as user `user` (`X-User-Id`, the header the gateway sets for a verified
+/// caller); returns (status, json body or Null).
+pub async fn as_user(req: reqwest::RequestBuilder, user: &str) -> (u16, Value) {
+    let r = send(req.header("x-user-id", user)).await;
+    (r.status, r.body)
+}
+
+/// Opens an account at payment (`pay`, its base URL) for `owner` with an opening
+/// `balance`; returns its id.
+pub async fn account(c: &reqwest::Client, pay: &str, owner: &str, balance: i64) -> String {
+    let (st, v) = post(
+        c,
+        &format!("{pay}/accounts"),
+        &json!({ "owner_id": owner, "initial_balance": balance }),
+    )
+    .await;
+    assert_eq!(st, 201, "{v}");
+    v["id"].as_str().unwrap().to_string()
 }
 
 /// Polls `f` every 200 ms until it returns Some, failing after `limit`.

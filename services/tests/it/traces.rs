@@ -22,23 +22,14 @@ async fn one_transfer_is_one_trace_across_gateway_transaction_payment_and_notifi
     let _heavy = HEAVY.lock().await;
     let rx = OtlpReceiver::http().await;
     let mut d = Deployment::new("traces", false);
-    let p = free_ports(2);
-    let (listen, admin) = (p[0], p[1]);
-    let config = d.dir.join("demo.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "listeners: [ {{ name: public, address: \"127.0.0.1:{listen}\" }} ]\n\
-             admin: {{ address: \"127.0.0.1:{admin}\" }}\n\
-             tracing: {{ otlp_endpoint: \"{}\", scheduled_delay: 100ms }}\n\
-             upstreams:\n  transaction: {{ discovery: {{ static: [ {{ address: \"127.0.0.1:{}\" }} ] }} }}\n\
-             routes:\n  - {{ name: transactions, match: {{ path_prefix: /api/transactions }}, upstream: transaction, strip_prefix: /api/transactions }}\n",
-            rx.endpoint(),
-            d.ports["transaction"]
+    let listen = d.demo_gateway(
+        &format!(
+            "tracing: {{ otlp_endpoint: \"{}\", scheduled_delay: 100ms }}\n",
+            rx.endpoint()
         ),
-    )
-    .unwrap();
-    d.set("GATEHOUSE_DEMO_CONFIG", &config.display().to_string());
+        "transaction",
+        "{ name: transactions, match: { path_prefix: /api/transactions }, upstream: transaction, strip_prefix: /api/transactions }",
+    );
     d.set("OTEL_EXPORTER_OTLP_ENDPOINT", &rx.endpoint());
     d.set("OTEL_BSP_SCHEDULE_DELAY", "100");
     let demo = d
@@ -47,17 +38,10 @@ async fn one_transfer_is_one_trace_across_gateway_transaction_payment_and_notifi
 
     let c = http();
     let pay = d.url("payment");
-    let mut accounts = Vec::new();
-    for (owner, balance) in [("alice", 1000), ("bob", 0)] {
-        let (st, v) = post(
-            &c,
-            &format!("{pay}/accounts"),
-            &json!({ "owner_id": owner, "initial_balance": balance }),
-        )
-        .await;
-        assert_eq!(st, 201, "{v}");
-        accounts.push(v["id"].as_str().unwrap().to_string());
-    }
+    let accounts = [
+        account(&c, &pay, "alice", 1000).await,
+        account(&c, &pay, "bob", 0).await,
+    ];
     let gateway = format!("http://127.0.0.1:{listen}/api/transactions/transfers?wait_ms=10000");
     let body = json!({ "from_account": accounts[0], "to_account": accounts[1], "amount": 100 });
     let r = eventually(
