@@ -172,17 +172,9 @@ impl OtlpReceiver {
     /// An OTLP/gRPC receiver (the `TraceService` of `opentelemetry-proto`).
     pub async fn grpc() -> Self {
         let got = Spans::default();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let incoming = tonic::transport::server::TcpIncoming::from(listener);
         let svc = TraceServiceServer::new(Grpc(got.clone()));
-        let task = tokio::spawn(async move {
-            tonic::transport::Server::builder()
-                .add_service(svc)
-                .serve_with_incoming(incoming)
-                .await
-                .unwrap();
-        });
+        let (addr, task) =
+            crate::grpc_server(tonic::transport::Server::builder().add_service(svc)).await;
         Self { addr, got, task }
     }
 

@@ -204,6 +204,20 @@ impl TestUpstream {
     }
 }
 
+/// Serves a tonic router (HTTP/2 only, as gRPC servers are) on a fresh loopback port;
+/// returns its address and the serving task.
+pub async fn grpc_server(
+    router: tonic::transport::server::Router,
+) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let incoming = tonic::transport::server::TcpIncoming::from(listener);
+    let task = tokio::spawn(async move {
+        router.serve_with_incoming(incoming).await.unwrap();
+    });
+    (addr, task)
+}
+
 /// A TCP listener that accepts connections and never answers (a black hole).
 pub async fn black_hole() -> (SocketAddr, tokio::task::JoinHandle<()>) {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -154,18 +154,9 @@ impl Drop for GrpcUpstream {
 }
 
 async fn grpc_upstream() -> GrpcUpstream {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let echo = Echo::default();
     let hits = echo.hits.clone();
-    let incoming = tonic::transport::server::TcpIncoming::from(listener);
-    let task = tokio::spawn(async move {
-        tonic::transport::Server::builder()
-            .add_service(echo)
-            .serve_with_incoming(incoming)
-            .await
-            .unwrap();
-    });
+    let (addr, task) = grpc_server(tonic::transport::Server::builder().add_service(echo)).await;
     GrpcUpstream { addr, hits, task }
 }
 

@@ -74,6 +74,23 @@ fn of_trace<'a>(spans: &'a [ReceivedSpan], trace: &str, kind: i32) -> Vec<&'a Re
         .collect()
 }
 
+/// Waits until `trace` has its server span and `tries` client spans (one per try).
+async fn server_and_tries(rx: &OtlpReceiver, trace: &str, tries: usize) -> Vec<ReceivedSpan> {
+    rx.wait_for(WAIT, |s| {
+        of_trace(s, trace, KIND_SERVER).len() == 1 && of_trace(s, trace, KIND_CLIENT).len() == tries
+    })
+    .await
+}
+
+/// GETs `path` (200 expected) as a child of the sampled parent `TRACE`/`PARENT`; returns
+/// the `traceparent` sent.
+async fn get_in_sampled_trace(gw: &TestGateway, path: &str) -> String {
+    let incoming = format!("00-{TRACE}-{PARENT}-01");
+    let r = get_with(gw, path, &[("traceparent", &incoming)]).await;
+    assert_eq!(r.status(), 200, "{path}");
+    incoming
+}
+
 async fn bad_upstreams() -> (TestUpstream, TestUpstream) {
     let up = TestUpstream::start("app").await;
     let bad = TestUpstream::start("bad").await;
@@ -106,11 +123,7 @@ async fn an_incoming_trace_is_continued_with_a_span_per_request_and_per_try() {
     assert_ne!(try_span_id, PARENT);
     assert_eq!(up.last_headers().get("tracestate").unwrap(), "vendor=1");
 
-    let spans = rx
-        .wait_for(WAIT, |s| {
-            of_trace(s, TRACE, KIND_SERVER).len() == 1 && of_trace(s, TRACE, KIND_CLIENT).len() == 1
-        })
-        .await;
+    let spans = server_and_tries(&rx, TRACE, 1).await;
     let server = of_trace(&spans, TRACE, KIND_SERVER)[0];
     let client = of_trace(&spans, TRACE, KIND_CLIENT)[0];
     assert_eq!(server.service, "edge");
@@ -160,12 +173,7 @@ async fn an_incoming_trace_is_continued_with_a_span_per_request_and_per_try() {
     let [_, new_trace, last_try, flags] = parts(&upstream_traceparent(&bad));
     assert_ne!(new_trace, TRACE);
     assert_eq!(flags, "01");
-    let spans = rx
-        .wait_for(WAIT, |s| {
-            of_trace(s, &new_trace, KIND_SERVER).len() == 1
-                && of_trace(s, &new_trace, KIND_CLIENT).len() == 2
-        })
-        .await;
+    let spans = server_and_tries(&rx, &new_trace, 2).await;
     let server = of_trace(&spans, &new_trace, KIND_SERVER)[0];
     assert_eq!(server.parent_span_id, "", "a root span");
     assert_eq!(server.attr("http.response.status_code"), Some("503"));
@@ -221,13 +229,7 @@ async fn ratio_zero_keeps_no_new_trace_follows_a_sampled_parent_and_reloads() {
         assert_eq!(flags, "00", "an unsampled trace still propagates");
     }
     // A sampled parent wins over the ratio (parent-based sampling).
-    let incoming = format!("00-{TRACE}-{PARENT}-01");
-    assert_eq!(
-        get_with(&gw, "/api/b", &[("traceparent", &incoming)])
-            .await
-            .status(),
-        200
-    );
+    get_in_sampled_trace(&gw, "/api/b").await;
     let spans = rx
         .wait_for(WAIT, |s| of_trace(s, TRACE, KIND_CLIENT).len() == 1)
         .await;
@@ -255,12 +257,7 @@ async fn spans_export_over_grpc() {
     let gw = TestGateway::start(&config(&up, &bad, &rx, "grpc", 1.0)).await;
     assert_eq!(get(&gw, "/api/g").await.status(), 200);
     let [_, trace, try_span, _] = parts(&upstream_traceparent(&up));
-    let spans = rx
-        .wait_for(WAIT, |s| {
-            of_trace(s, &trace, KIND_SERVER).len() == 1
-                && of_trace(s, &trace, KIND_CLIENT).len() == 1
-        })
-        .await;
+    let spans = server_and_tries(&rx, &trace, 1).await;
     let server = of_trace(&spans, &trace, KIND_SERVER)[0];
     let client = of_trace(&spans, &trace, KIND_CLIENT)[0];
     assert_eq!(
@@ -284,13 +281,7 @@ async fn without_a_tracing_section_nothing_is_exported_and_headers_pass_through(
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let gw = TestGateway::start_with_env(&yaml, &env).await;
     assert!(!has_export_thread(&gw));
-    let incoming = format!("00-{TRACE}-{PARENT}-01");
-    assert_eq!(
-        get_with(&gw, "/api/x", &[("traceparent", &incoming)])
-            .await
-            .status(),
-        200
-    );
+    let incoming = get_in_sampled_trace(&gw, "/api/x").await;
     assert_eq!(
         upstream_traceparent(&up),
         incoming,

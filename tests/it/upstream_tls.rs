@@ -13,6 +13,16 @@ use crate::support::https_upstream::https_upstream;
 use crate::support::pki::Pki;
 use crate::support::*;
 
+/// TLS settings that trust the test CA (`ca.pem`) and expect the name `localhost`.
+const TEST_CA: &str = "{ ca_file: ca.pem, server_name: localhost }";
+/// TLS settings that trust another CA (`other.pem`) than the one that signed the upstream.
+const OTHER_CA: &str = "{ ca_file: other.pem, server_name: localhost }";
+
+/// The CA files beside the gateway's config: `ca.pem` (of `pki`) and `other.pem`.
+fn ca_files(pki: &Pki, other: &Pki) -> [(&'static str, String); 2] {
+    [("ca.pem", pki.ca_pem()), ("other.pem", other.ca_pem())]
+}
+
 /// Upstream `name` to the one endpoint `addr` over TLS (`tls` a YAML flow mapping), no
 /// retries, so that one request is one try.
 fn tls_upstream(name: &str, addr: SocketAddr, tls: &str, extra: &str) -> String {
@@ -60,18 +70,8 @@ async fn verified_upstream_and_refused_certificates() {
     let (pki, other) = (Pki::new(), Pki::new());
     let up = https_upstream("secure", &pki.leaf(&["localhost"]), None, None).await;
     let ups = [
-        tls_upstream(
-            "good",
-            up.addr,
-            "{ ca_file: ca.pem, server_name: localhost }",
-            "",
-        ),
-        tls_upstream(
-            "wrongca",
-            up.addr,
-            "{ ca_file: other.pem, server_name: localhost }",
-            "",
-        ),
+        tls_upstream("good", up.addr, TEST_CA, ""),
+        tls_upstream("wrongca", up.addr, OTHER_CA, ""),
         tls_upstream(
             "wrongname",
             up.addr,
@@ -84,7 +84,7 @@ async fn verified_upstream_and_refused_certificates() {
     ]
     .concat();
     let names = ["good", "wrongca", "wrongname", "systemroots", "noverify"];
-    let files = [("ca.pem", pki.ca_pem()), ("other.pem", other.ca_pem())];
+    let files = ca_files(&pki, &other);
     let files: Vec<(&str, &str)> = files.iter().map(|(n, c)| (*n, c.as_str())).collect();
     let gw = gateway(&ups, &names, &files).await;
 
@@ -138,7 +138,7 @@ async fn mutual_tls_upstream_requires_the_client_certificate() {
     let tls13 = https_upstream("mtls13", &leaf, Some(pki.ca_x509()), None).await;
     let client = pki.leaf(&["gatehouse"]);
     let with_cert = "{ ca_file: ca.pem, server_name: localhost, client_cert: client.pem, client_key: client.key }";
-    let without = "{ ca_file: ca.pem, server_name: localhost }";
+    let without = TEST_CA;
     let ups = [
         tls_upstream("cert12", tls12.addr, with_cert, ""),
         tls_upstream("nocert12", tls12.addr, without, ""),
@@ -180,21 +180,11 @@ async fn health_probes_speak_tls_with_the_upstreams_settings() {
     let up = https_upstream("secure", &pki.leaf(&["localhost"]), None, None).await;
     let check = "    health_check: { path: /health, interval: 200ms, timeout: 1s, healthy_threshold: 1, unhealthy_threshold: 1, initial_state: unhealthy }\n";
     let ups = [
-        tls_upstream(
-            "trusted",
-            up.addr,
-            "{ ca_file: ca.pem, server_name: localhost }",
-            check,
-        ),
-        tls_upstream(
-            "untrusted",
-            up.addr,
-            "{ ca_file: other.pem, server_name: localhost }",
-            check,
-        ),
+        tls_upstream("trusted", up.addr, TEST_CA, check),
+        tls_upstream("untrusted", up.addr, OTHER_CA, check),
     ]
     .concat();
-    let files = [("ca.pem", pki.ca_pem()), ("other.pem", other.ca_pem())];
+    let files = ca_files(&pki, &other);
     let files: Vec<(&str, &str)> = files.iter().map(|(n, c)| (*n, c.as_str())).collect();
     let gw = gateway(&ups, &["trusted", "untrusted"], &files).await;
     let ep = up.addr.to_string();
@@ -228,18 +218,8 @@ async fn http2_over_tls_by_alpn() {
     let pki = Pki::new();
     let up = https_upstream("h2", &pki.leaf(&["localhost"]), None, None).await;
     let ups = [
-        tls_upstream(
-            "two",
-            up.addr,
-            "{ ca_file: ca.pem, server_name: localhost }",
-            "    protocol: h2\n",
-        ),
-        tls_upstream(
-            "one",
-            up.addr,
-            "{ ca_file: ca.pem, server_name: localhost }",
-            "",
-        ),
+        tls_upstream("two", up.addr, TEST_CA, "    protocol: h2\n"),
+        tls_upstream("one", up.addr, TEST_CA, ""),
     ]
     .concat();
     let gw = gateway(&ups, &["two", "one"], &[("ca.pem", pki.ca_pem().as_str())]).await;

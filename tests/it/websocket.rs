@@ -46,13 +46,18 @@ async fn ws_upstream() -> (SocketAddr, tokio::task::JoinHandle<()>) {
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
-/// The gateway in front of `upstream`: `/open/` with a 1 KiB body limit and a 3 s tunnel
-/// idle timeout, `/auth/` behind a JWT filter (default idle timeout); the upstream's read
-/// timeout is 1 s.
-async fn gateway(upstream: SocketAddr) -> TestGateway {
+/// The gateway in front of a [`ws_upstream`] (returned too, to keep it running): `/open/`
+/// with a 1 KiB body limit and a 3 s tunnel idle timeout, `/auth/` behind a JWT filter
+/// (default idle timeout); the upstream's read timeout is 1 s.
+async fn gateway() -> (TestGateway, tokio::task::JoinHandle<()>) {
+    let (upstream, task) = ws_upstream().await;
     let ups = upstream_yaml("ws", &[(&upstream, 1)]);
     let routes = "  - name: open\n    match: { path_prefix: /open/ }\n    upstream: ws\n    max_body_bytes: 1k\n    websocket: { idle_timeout: 3s }\n  - name: auth\n    match: { path_prefix: /auth/ }\n    upstream: ws\n    filters:\n      - jwt: { issuer: gatehouse, audience: gatehouse, keys: [ { secret_env: WS_JWT_SECRET, algorithms: [HS256] } ] }\n";
-    TestGateway::start_with_env(&config(&ups, routes), &[("WS_JWT_SECRET", SECRET)]).await
+    let env = [("WS_JWT_SECRET", SECRET)];
+    (
+        TestGateway::start_with_env(&config(&ups, routes), &env).await,
+        task,
+    )
 }
 
 /// Opens a WebSocket to the gateway's `path` with extra request headers.
@@ -73,6 +78,13 @@ async fn open(gw: &TestGateway, path: &str, headers: &[(&str, &str)]) -> Result<
     .await
     .expect("the handshake answered in time")
     .map(|(ws, _)| ws)
+}
+
+/// Opens a WebSocket to the gateway's `path` and checks that it echoes `text`.
+async fn open_echoing(gw: &TestGateway, path: &str, text: &str) -> Ws {
+    let mut ws = open(gw, path, &[]).await.unwrap();
+    assert_eq!(echo(&mut ws, text).await.as_deref(), Some(text), "{path}");
+    ws
 }
 
 /// Sends `text` and returns the next text message (within 5 s; `None` when the connection
@@ -112,8 +124,7 @@ async fn tunnels(gw: &TestGateway, route: &str, n: usize) -> Vec<Value> {
 
 #[tokio::test]
 async fn echo_with_jwt_on_the_upgrade_and_no_body_limit_on_the_tunnel() {
-    let (up, _task) = ws_upstream().await;
-    let gw = gateway(up).await;
+    let (gw, _upstream) = gateway().await;
 
     match open(&gw, "/auth/chat", &[]).await {
         Err(WsError::Http(resp)) => {
@@ -158,10 +169,8 @@ async fn echo_with_jwt_on_the_upgrade_and_no_body_limit_on_the_tunnel() {
 
 #[tokio::test]
 async fn idle_tunnel_outlives_the_read_timeout_until_its_idle_timeout() {
-    let (up, _task) = ws_upstream().await;
-    let gw = gateway(up).await;
-    let mut ws = open(&gw, "/open/idle", &[]).await.unwrap();
-    assert_eq!(echo(&mut ws, "one").await.as_deref(), Some("one"));
+    let (gw, _upstream) = gateway().await;
+    let mut ws = open_echoing(&gw, "/open/idle", "one").await;
     // Idle for twice the upstream's read timeout (1 s), within the tunnel's 3 s.
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(echo(&mut ws, "two").await.as_deref(), Some("two"));
@@ -189,11 +198,9 @@ async fn idle_tunnel_outlives_the_read_timeout_until_its_idle_timeout() {
 
 #[tokio::test]
 async fn client_and_upstream_closes_are_logged_as_such() {
-    let (up, _task) = ws_upstream().await;
-    let gw = gateway(up).await;
+    let (gw, _upstream) = gateway().await;
 
-    let mut ws = open(&gw, "/open/client", &[]).await.unwrap();
-    assert_eq!(echo(&mut ws, "a").await.as_deref(), Some("a"));
+    let ws = open_echoing(&gw, "/open/client", "a").await;
     // The client goes away (its TCP connection closes) without a close handshake.
     drop(ws);
     let lines = tunnels(&gw, "open", 1).await;
@@ -204,8 +211,7 @@ async fn client_and_upstream_closes_are_logged_as_such() {
         gw.logs()
     );
 
-    let mut ws = open(&gw, "/open/upstream", &[]).await.unwrap();
-    assert_eq!(echo(&mut ws, "b").await.as_deref(), Some("b"));
+    let mut ws = open_echoing(&gw, "/open/upstream", "b").await;
     // The upstream closes: a Close frame reaches the client, then the end.
     assert_eq!(echo(&mut ws, "close").await, None);
     let lines = tunnels(&gw, "open", 2).await;
