@@ -16,7 +16,7 @@ use crate::abi::{buffer, ACTION_CONTINUE};
 use crate::instance::{GuestError, Instance, ROOT};
 use crate::plugin::Plugin;
 use crate::pool;
-use crate::state::{CallAnswer, CallRequest, LocalResponse, StreamInfo};
+use crate::state::{CallAnswer, CallRequest, LocalResponse, Stream, StreamInfo};
 
 /// What the stream does after a callback.
 #[derive(Debug)]
@@ -82,54 +82,44 @@ impl HttpStream {
         })
     }
 
-    /// Runs `f` with `req` moved into the store (and `proxy_http_call` allowed).
-    fn with_request<R>(
+    /// Runs `f` with `header` swapped into its place in the store (`slot`: the place and
+    /// the flag that says the header is there) and `proxy_http_call` allowed, then swaps it
+    /// back.
+    fn with_moved<H, R>(
         &mut self,
-        req: &mut RequestHeader,
+        header: &mut H,
+        slot: fn(&mut Stream) -> (&mut H, &mut bool),
         f: impl FnOnce(&mut Instance) -> Result<R, GuestError>,
     ) -> Result<R, GuestError> {
         let inst = self.inst()?;
         let s = &mut inst.store.data_mut().stream;
-        std::mem::swap(req, &mut s.request);
-        s.has_request = true;
         s.calls_allowed = true;
+        let (held, present) = slot(s);
+        std::mem::swap(header, held);
+        *present = true;
         let r = f(inst);
         let s = &mut inst.store.data_mut().stream;
-        s.has_request = false;
         s.calls_allowed = false;
-        std::mem::swap(req, &mut s.request);
+        let (held, present) = slot(s);
+        *present = false;
+        std::mem::swap(header, held);
         r
     }
 
-    /// Runs `f` with `resp` moved into the store (the request's copy is there already) and
-    /// `proxy_http_call` allowed.
-    fn with_response<R>(
-        &mut self,
-        resp: &mut ResponseHeader,
-        f: impl FnOnce(&mut Instance) -> Result<R, GuestError>,
-    ) -> Result<R, GuestError> {
-        let inst = self.inst()?;
-        let s = &mut inst.store.data_mut().stream;
-        std::mem::swap(resp, &mut s.response);
-        s.has_response = true;
-        s.calls_allowed = true;
-        let r = f(inst);
-        let s = &mut inst.store.data_mut().stream;
-        s.has_response = false;
-        s.calls_allowed = false;
-        std::mem::swap(resp, &mut s.response);
-        r
-    }
-
-    /// Runs `f` in `phase`.
+    /// Runs `f` in `phase`: its header moved into the store (in the response phase the
+    /// request's copy is there already) and `proxy_http_call` allowed.
     fn in_phase<R>(
         &mut self,
         phase: Phase<'_>,
         f: impl FnOnce(&mut Instance) -> Result<R, GuestError>,
     ) -> Result<R, GuestError> {
         match phase {
-            Phase::Request(req) => self.with_request(req, f),
-            Phase::Response(resp) => self.with_response(resp, f),
+            Phase::Request(req) => {
+                self.with_moved(req, |s| (&mut s.request, &mut s.has_request), f)
+            }
+            Phase::Response(resp) => {
+                self.with_moved(resp, |s| (&mut s.response, &mut s.has_response), f)
+            }
         }
     }
 
@@ -164,7 +154,7 @@ impl HttpStream {
         end_of_stream: bool,
     ) -> Result<Step, GuestError> {
         let id = self.id;
-        self.with_request(req, |inst| {
+        self.in_phase(Phase::Request(req), |inst| {
             let Some(f) = inst.ex.request_headers.clone() else {
                 return Ok(Step::Continue);
             };
@@ -189,7 +179,7 @@ impl HttpStream {
         end_of_stream: bool,
     ) -> Result<(Step, bool), GuestError> {
         let id = self.id;
-        self.with_request(req, |inst| {
+        self.in_phase(Phase::Request(req), |inst| {
             let Some(f) = inst.ex.request_body.clone() else {
                 return Ok((Step::Continue, false));
             };
@@ -223,7 +213,7 @@ impl HttpStream {
         trailers: &mut http::HeaderMap,
     ) -> Result<Step, GuestError> {
         let id = self.id;
-        self.with_request(req, |inst| {
+        self.in_phase(Phase::Request(req), |inst| {
             let Some(f) = inst.ex.request_trailers.clone() else {
                 return Ok(Step::Continue);
             };
@@ -299,7 +289,7 @@ impl HttpStream {
             s.request.clone_from(req);
             s.has_request = true;
         }
-        self.with_response(resp, |inst| {
+        self.in_phase(Phase::Response(resp), |inst| {
             let n = inst.store.data().stream.response.headers.len() as u32;
             let action = inst.call(|s| f.call(s, (id, n, u32::from(end_of_stream))))?;
             Ok(Self::step(inst, action))
