@@ -188,12 +188,8 @@ async fn fault_injection_admin_endpoint_changes_behaviour() {
     let c = http();
     let pay = dep.url("payment");
     let a = account(&c, &pay, "u", 100).await;
-    let (st, _) = as_user(
-        c.put(format!("{pay}/admin/faults"))
-            .json(&json!({"fail": 1.0})),
-        "u",
-    )
-    .await;
+    let faults = c.put(format!("{pay}/admin/faults"));
+    let (st, _) = as_user(faults.json(&json!({"fail": 1.0})), "u").await;
     assert_eq!(st, 403);
     let r = c
         .put(format!("{pay}/admin/faults"))
@@ -265,12 +261,8 @@ async fn fault_injection_is_off_in_production_mode() {
     )
     .await;
     assert_eq!(st, 200, "{v}");
-    let (st, _) = as_user(
-        c.post(format!("{pay}/accounts"))
-            .json(&json!({"initial_balance": 5})),
-        "u",
-    )
-    .await;
+    let open = c.post(format!("{pay}/accounts"));
+    let (st, _) = as_user(open.json(&json!({"initial_balance": 5})), "u").await;
     assert_eq!(st, 403);
 }
 
@@ -320,23 +312,17 @@ async fn idempotency_key_starts_one_saga() {
     assert_eq!(v["amount"], 100);
     assert_eq!(balance(&c, &pay, &a).await, 900);
     assert_eq!(balance(&c, &pay, &b).await, 100);
+    // A transfer with the same Idempotency-Key, as `user`.
+    let same_key = |user: &'static str, from: &str, to: &str, amount: i64| {
+        let body = json!({"from_account": from, "to_account": to, "amount": amount});
+        let req = c.post(format!("{tx}/transfers"));
+        as_user(req.header("idempotency-key", "same-key").json(&body), user)
+    };
     // Same key, different transfer: refused.
-    let (st, _) = as_user(
-        c.post(format!("{tx}/transfers"))
-            .header("idempotency-key", "same-key")
-            .json(&json!({"from_account": a, "to_account": b, "amount": 999})),
-        "alice",
-    )
-    .await;
+    let (st, _) = same_key("alice", &a, &b, 999).await;
     assert_eq!(st, 422);
     // Keys are per user: bob's identical key is bob's own transfer, never a replay of alice's.
-    let (st, v) = as_user(
-        c.post(format!("{tx}/transfers"))
-            .header("idempotency-key", "same-key")
-            .json(&json!({"from_account": b, "to_account": a, "amount": 10})),
-        "bob",
-    )
-    .await;
+    let (st, v) = same_key("bob", &b, &a, 10).await;
     assert_eq!(st, 201);
     assert_ne!(v["id"].as_str().unwrap(), id);
     assert_eq!(v["status"], "COMPLETED", "{v}");
