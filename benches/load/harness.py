@@ -435,6 +435,17 @@ def run_load_tool(name: str, cmd: list[str], s: Settings, deadline_s: float, out
     return text + f"\n[{name} rc={p.returncode}]", ru.ru_utime + ru.ru_stime
 
 
+def tool_args(argv: list[str], doc: str | None, default_conns: list[int],
+              duration: str) -> tuple[str, list[int], "Settings"] | None:
+    """The start the scripts in benches/tools share: `SCRIPT GATEHOUSE_BIN [CONNS ...]`, with
+    DURATION defaulting to `duration` seconds. None (after printing `doc`) without a binary."""
+    if len(argv) < 2:
+        print(doc)
+        return None
+    os.environ.setdefault("DURATION", duration)
+    return argv[1], [int(c) for c in argv[2:]] or default_conns, Settings.from_env([])
+
+
 def run_wrk(s: Settings, port: int, conns: int, duration: int, token: str | None,
             logdir: str, label: str, tls: bool = False, xff: str | None = None) -> tuple[dict, float]:
     """One wrk run pinned to the load CPU. Returns (wrk's counters, wrk's own CPU seconds)."""

@@ -88,13 +88,10 @@ def failing_hits(tmp: str) -> int:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) < 2:
-        print(__doc__)
+    args = harness.tool_args(argv, __doc__, [4, 64], "10")
+    if args is None:
         return 2
-    binary = argv[1]
-    conns = [int(c) for c in argv[2:]] or [4, 64]
-    os.environ.setdefault("DURATION", "10")
-    s = harness.Settings.from_env([])
+    binary, conns, s = args
     h = harness.Harness(s)
     rows = []
     try:

@@ -124,13 +124,10 @@ def redis_benchmark(addr: str, sha: str, pipeline: int) -> float:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) < 2:
-        print(__doc__)
+    args = harness.tool_args(argv, __doc__, [64, 1000], "5")
+    if args is None:
         return 2
-    binary = argv[1]
-    conns = [int(c) for c in argv[2:]] or [64, 1000]
-    os.environ.setdefault("DURATION", "5")
-    s = harness.Settings.from_env([])
+    binary, conns, s = args
     algorithm = os.environ.get("ALGORITHM", "sliding_window")
     h = harness.Harness(s)
     rows = []
