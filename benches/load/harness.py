@@ -447,8 +447,10 @@ def tool_args(argv: list[str], doc: str | None, default_conns: list[int],
 
 
 def run_wrk(s: Settings, port: int, conns: int, duration: int, token: str | None,
-            logdir: str, label: str, tls: bool = False, xff: str | None = None) -> tuple[dict, float]:
-    """One wrk run pinned to the load CPU. Returns (wrk's counters, wrk's own CPU seconds)."""
+            logdir: str, label: str, tls: bool = False, xff: str | None = None,
+            path: str = "/") -> tuple[dict, float]:
+    """One wrk run of `GET path`, pinned to the load CPU. Returns (wrk's counters, wrk's own
+    CPU seconds)."""
     scheme = "https" if tls else "http"
     env = dict(os.environ)
     env.pop("BENCH_TOKEN", None)
@@ -459,7 +461,7 @@ def run_wrk(s: Settings, port: int, conns: int, duration: int, token: str | None
         env["BENCH_XFF"] = xff
     text, cpu_s = run_load_tool(
         "wrk", ["wrk", "-t1", f"-c{conns}", f"-d{duration}s", f"--timeout={s.wrk_timeout}",
-                "-s", os.path.join(HERE, "report.lua"), f"{scheme}://127.0.0.1:{port}/"],
+                "-s", os.path.join(HERE, "report.lua"), f"{scheme}://127.0.0.1:{port}{path}"],
         s, duration + 30, os.path.join(logdir, f"wrk-{label}.out"), env)
     for line in text.splitlines():
         if line.startswith("BENCH_JSON "):

@@ -17,8 +17,6 @@ usage: open_breaker.py GATEHOUSE_BIN [CONNS ...]   (default CONNS: 4 64)
 env:   DURATION (10) and the load harness's PROXY_CPU / LOAD_CPU / UPSTREAM_CPU pinning.
 """
 import os
-import re
-import subprocess
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -57,28 +55,17 @@ routes:
   - {{ name: bad, match: {{ path_prefix: /bad }}, upstream: bad }}
 """
 
-UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
-
-
-def wrk(s: "harness.Settings", port: int, conns: int, path: str) -> dict:
-    """wrk --latency against one path: requests, req/s, non-2xx/3xx, percentiles in ms."""
-    cmd = ["taskset", "-c", str(s.load_cpu), "wrk", "-t1", f"-c{conns}", f"-d{s.duration}s",
-           "--timeout=5s", "--latency", f"http://127.0.0.1:{port}{path}"]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=s.duration + 60).stdout
-    res = {"path": path, "conns": conns}
+def wrk(s: "harness.Settings", port: int, conns: int, path: str, logdir: str) -> dict:
+    """The harness's wrk run against one path: requests, req/s, answers >= 400 (the open
+    breaker's 503s), socket errors, percentiles in ms."""
+    w, _ = harness.run_wrk(s, port, conns, s.duration, None, logdir,
+                           f"{path.strip('/')}-c{conns}", path=path)
+    res = {"path": path, "conns": conns, "requests": w["requests"],
+           "rps": w["requests"] / (w["duration_us"] / 1e6) if w["duration_us"] else 0.0,
+           "non_2xx": w["err_status"],
+           "socket_errors": sum(w[f"err_{k}"] for k in ("connect", "read", "write", "timeout"))}
     for q in ("50", "90", "99"):
-        m = re.search(rf"^\s+{q}%\s+([\d.]+)(us|ms|s)$", out, re.M)
-        if not m:
-            raise RuntimeError(f"wrk printed no {q}th percentile:\n{out}")
-        res[f"p{q}"] = float(m.group(1)) * UNITS[m.group(2)]
-    m = re.search(r"^\s*(\d+) requests in", out, re.M)
-    res["requests"] = int(m.group(1)) if m else 0
-    m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    res["non_2xx"] = int(m.group(1)) if m else 0
-    m = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    res["rps"] = float(m.group(1)) if m else 0.0
-    m = re.search(r"Socket errors: (.*)", out)
-    res["socket_errors"] = m.group(1) if m else "none"
+        res[f"p{q}"] = w[f"p{q}_us"] / 1000
     return res
 
 
@@ -120,13 +107,13 @@ def main(argv: list[str]) -> int:
         before = failing_hits(h.tmp)
         for c in conns:
             for path in ("/good", "/bad"):
-                rows.append(wrk(s, port, c, path))
+                rows.append(wrk(s, port, c, path, h.tmp))
         reached = failing_hits(h.tmp) - before
     finally:
         harness.PROCS.stop_all()
     print(f"\ngateway {binary} (runtime.threads 1), {s.duration} s per run, "
           f"load average {harness.loadavg()}")
-    print("| route | conns | requests | req/s | non-2xx | p50 ms | p90 ms | p99 ms | socket errors |")
+    print("| route | conns | requests | req/s | status >= 400 | p50 ms | p90 ms | p99 ms | socket errors |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         what = "open breaker (503)" if r["path"] == "/bad" else "proxied (200)"

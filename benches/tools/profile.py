@@ -94,8 +94,9 @@ def main(argv: list[str]) -> int:
             h.sanity(t)
             for c in conns:
                 label = f"{key}-c{c}"
-                harness.run_wrk(s, t.port, c, s.warmup, t.token, h.tmp, label + "-warmup", t.tls,
-                                t.xff)
+                if s.warmup > 0:
+                    harness.run_wrk(s, t.port, c, s.warmup, t.token, h.tmp, label + "-warmup",
+                                    t.tls, t.xff)
                 stat_out = os.path.join(h.tmp, f"stat-{label}.csv")
                 stat = perf_stat(t.pid, stat_out)
                 rec = None
