@@ -13,6 +13,22 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$tmp"; }
 trap cleanup EXIT
 
+# Waits up to SECS seconds for URL to answer 2xx while process PID lives. Returns 0 when it
+# answered; otherwise prints the tail of LOG (a bare `curl` later would only say "exit 7")
+# and returns 1 when the process exited, 2 when it did not answer in time.
+wait_ready() {
+  local url=$1 pid=$2 secs=$3 log=$4 _
+  for _ in $(seq 1 $((secs * 10))); do
+    curl -sf "$url" >/dev/null && return 0
+    if ! kill -0 "$pid" 2>/dev/null; then
+      echo "error: the process behind $url exited before it answered; the end of $log:" >&2
+      tail -n 40 "$log" >&2; return 1
+    fi
+    sleep 0.1
+  done
+  echo "error: $url did not answer within ${secs}s; the end of $log:" >&2
+  tail -n 40 "$log" >&2; return 2
+}
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
 up_port=$(free_port); dead_port=$(free_port); gw_port=$(free_port); admin_port=$(free_port)
 
@@ -48,7 +64,7 @@ routes:
 YAML
 "$GATEHOUSE_BIN" validate -c "$tmp/gatehouse.yaml"
 "$GATEHOUSE_BIN" run -c "$tmp/gatehouse.yaml" > "$ARTIFACT_DIR/browser-gateway.log" 2>&1 & pids+=($!)
-for i in $(seq 1 100); do curl -sf "http://127.0.0.1:$admin_port/readyz" >/dev/null && break; sleep 0.1; done
+wait_ready "http://127.0.0.1:$admin_port/readyz" "$!" 30 "$ARTIFACT_DIR/browser-gateway.log" || exit 1
 
 cd tests/browser
 [ -d node_modules/playwright-core ] || npm ci --no-audit --no-fund
@@ -67,16 +83,26 @@ cd ../..
 # here would resolve the dev-dependencies' features differently and compile it again).
 SERVICES_BIN="${SERVICES_BIN:-$CARGO_TARGET_DIR/debug/gatehouse-services}"
 [ -x "$SERVICES_BIN" ] || cargo build -p gatehouse-services --features demo
-d_gw=$(free_port); d_admin=$(free_port); d_ctl=$(free_port)
-d_user=$(free_port); d_tx=$(free_port); d_pay=$(free_port); d_note=$(free_port)
-sed -e "s/127.0.0.1:3000/127.0.0.1:$d_gw/" -e "s/127.0.0.1:9901/127.0.0.1:$d_admin/" \
-    -e "s/127.0.0.1:3001/127.0.0.1:$d_user/" -e "s/127.0.0.1:3003/127.0.0.1:$d_tx/" \
-    -e "s/127.0.0.1:3004/127.0.0.1:$d_pay/" -e "s/127.0.0.1:3005/127.0.0.1:$d_note/" \
-    -e "s/interval: 10s/interval: 1s/" config/demo.yaml > "$tmp/demo.yaml"
-GATEHOUSE_DEMO_CONFIG="$tmp/demo.yaml" GATEHOUSE_DEMO_CONTROL="127.0.0.1:$d_ctl" RUST_LOG=warn \
-  "$SERVICES_BIN" demo --data-dir "$tmp/demo-data" --user-port "$d_user" --transaction-port "$d_tx" \
-  --payment-port "$d_pay" --notification-port "$d_note" > "$ARTIFACT_DIR/browser-demo.log" 2>&1 & pids+=($!)
-for i in $(seq 1 200); do curl -sf "http://127.0.0.1:$d_admin/readyz" >/dev/null && break; sleep 0.1; done
+# A port picked free may be taken before the demo binds it (an outgoing connection's source
+# port is drawn from the same range); the demo then exits naming the address, and it is
+# started again on new ports, at most 3 times.
+for attempt in 1 2 3; do
+  d_gw=$(free_port); d_admin=$(free_port); d_ctl=$(free_port)
+  d_user=$(free_port); d_tx=$(free_port); d_pay=$(free_port); d_note=$(free_port)
+  sed -e "s/127.0.0.1:3000/127.0.0.1:$d_gw/" -e "s/127.0.0.1:9901/127.0.0.1:$d_admin/" \
+      -e "s/127.0.0.1:3001/127.0.0.1:$d_user/" -e "s/127.0.0.1:3003/127.0.0.1:$d_tx/" \
+      -e "s/127.0.0.1:3004/127.0.0.1:$d_pay/" -e "s/127.0.0.1:3005/127.0.0.1:$d_note/" \
+      -e "s/interval: 10s/interval: 1s/" config/demo.yaml > "$tmp/demo.yaml"
+  rm -rf "$tmp/demo-data"
+  GATEHOUSE_DEMO_CONFIG="$tmp/demo.yaml" GATEHOUSE_DEMO_CONTROL="127.0.0.1:$d_ctl" RUST_LOG=warn \
+    "$SERVICES_BIN" demo --data-dir "$tmp/demo-data" --user-port "$d_user" --transaction-port "$d_tx" \
+    --payment-port "$d_pay" --notification-port "$d_note" > "$ARTIFACT_DIR/browser-demo.log" 2>&1 & pids+=($!)
+  # It starts four services, then its gateway (under a second on a debug build).
+  rc=0; wait_ready "http://127.0.0.1:$d_admin/readyz" "$!" 60 "$ARTIFACT_DIR/browser-demo.log" || rc=$?
+  [ "$rc" = 0 ] && break
+  [ "$rc" = 1 ] && [ "$attempt" -lt 3 ] || exit 1
+  echo "the demo exited before it was ready (attempt $attempt); again on new ports" >&2
+done
 api="http://127.0.0.1:$d_gw/api"
 json() { python3 -c "import json,sys; print(json.load(sys.stdin)[\"$1\"])"; }
 curl -sf "$api/user/register" -H 'content-type: application/json' \

@@ -39,7 +39,11 @@ pub async fn start_gateway(secret: &str) -> Result<(), StartError> {
         .spawn(move || {
             let opts = gatehouse::app::RunOptions::embedded(config_path);
             if let Err(e) = gatehouse::app::run(opts) {
+                // The services alone are not the demo: end the process, as the gateway
+                // itself exits non-zero when it cannot start (a port taken, a bad config).
                 tracing::error!(error = %e, "the demo gateway could not start");
+                eprintln!("error: the demo gateway could not start: {e}");
+                std::process::exit(1);
             }
         });
     match spawned {

@@ -1,6 +1,6 @@
 //! The demo's log (`gatehouse-services demo`, gateway built in): JSON lines in the
 //! gateway's format, no ANSI colours when redirected, access-log durations without float
-//! noise.
+//! noise; and a demo whose gateway cannot start ends, non-zero, saying why.
 
 use std::time::{Duration, Instant};
 
@@ -59,16 +59,12 @@ async fn demo_log_lines_are_json_with_rounded_durations() {
     }
 }
 
-#[tokio::test]
-async fn a_demo_without_its_gateway_config_fails_loudly_before_starting() {
-    let mut d = Deployment::new("demonocfg", false);
-    let missing = d.dir.join("nowhere/demo.yaml");
-    d.set("GATEHOUSE_DEMO_CONFIG", &missing.display().to_string());
-    let mut demo = d.start("demo", &[]).await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
+/// How `demo` exited; fails the test if it still runs after 60 s.
+async fn exit_status(demo: &mut Proc) -> std::process::ExitStatus {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
         if let Ok(Some(status)) = demo.child.try_wait() {
-            break status;
+            return status;
         }
         assert!(
             Instant::now() < deadline,
@@ -76,7 +72,16 @@ async fn a_demo_without_its_gateway_config_fails_loudly_before_starting() {
             demo.log_tail()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    }
+}
+
+#[tokio::test]
+async fn a_demo_without_its_gateway_config_fails_loudly_before_starting() {
+    let mut d = Deployment::new("demonocfg", false);
+    let missing = d.dir.join("nowhere/demo.yaml");
+    d.set("GATEHOUSE_DEMO_CONFIG", &missing.display().to_string());
+    let mut demo = d.start("demo", &[]).await;
+    let status = exit_status(&mut demo).await;
     assert!(!status.success(), "exits non-zero:\n{}", demo.log_tail());
     let log = std::fs::read_to_string(&demo.log).unwrap();
     assert!(
@@ -87,6 +92,41 @@ async fn a_demo_without_its_gateway_config_fails_loudly_before_starting() {
         !log.contains("demo service up"),
         "no service started:\n{log}"
     );
+}
+
+#[tokio::test]
+async fn a_demo_whose_gateway_cannot_bind_exits_non_zero_naming_the_address() {
+    let mut d = Deployment::new("demobusy", false);
+    let listen = d.demo_gateway(
+        "",
+        "user",
+        "{ name: user, match: { path_prefix: / }, upstream: user }",
+    );
+    // The gateway's port is taken: the services alone must not look like a running demo.
+    let _taken = std::net::TcpListener::bind(("127.0.0.1", listen)).unwrap();
+    let mut demo = d.start("demo", &[]).await;
+    let status = exit_status(&mut demo).await;
+    assert!(!status.success(), "exits non-zero:\n{}", demo.log_tail());
+    let log = std::fs::read_to_string(&demo.log).unwrap();
+    assert!(
+        log.contains(&format!(
+            "error: listener \"public\" cannot bind 127.0.0.1:{listen}: address in use"
+        )),
+        "{log}"
+    );
+}
+
+#[tokio::test]
+async fn a_demo_whose_gateway_config_is_refused_exits_non_zero() {
+    let mut d = Deployment::new("demobadcfg", false);
+    let config = d.dir.join("demo.yaml");
+    std::fs::write(&config, "listeners: [ { name: public, address: nowhere } ]\n").unwrap();
+    d.set("GATEHOUSE_DEMO_CONFIG", &config.display().to_string());
+    let mut demo = d.start("demo", &[]).await;
+    let status = exit_status(&mut demo).await;
+    assert!(!status.success(), "exits non-zero:\n{}", demo.log_tail());
+    let log = std::fs::read_to_string(&demo.log).unwrap();
+    assert!(log.contains("error: the demo gateway could not start"), "{log}");
 }
 
 #[tokio::test]
