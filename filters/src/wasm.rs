@@ -198,6 +198,12 @@ impl Wasm {
         mut headers: Headers<'_>,
         mut step: Step,
     ) -> Result<Option<LocalResponse>, GuestError> {
+        // Most callbacks continue or answer at once: no call set for them (it allocates).
+        match step {
+            Step::Respond(local) => return Ok(Some(local)),
+            Step::Continue => return Ok(None),
+            Step::Wait(_) => {}
+        }
         let runtime = self.plugin.runtime();
         let mut inflight = FuturesUnordered::new();
         let mut sent = 0usize;
@@ -277,8 +283,8 @@ impl Filter for Wasm {
     async fn on_request(&self, req: &mut RequestHeader, cx: &mut RequestCx<'_>) -> RequestResult {
         let info = StreamInfo {
             client_ip: cx.client_ip,
-            request_id: cx.request_id.to_string(),
-            route: cx.route.to_string(),
+            request_id: cx.request_id,
+            route: cx.route,
         };
         let mut stream = match HttpStream::open(&self.plugin, info) {
             Ok(s) => s,
@@ -299,11 +305,11 @@ impl Filter for Wasm {
             Err(e) => Err(e),
         };
         if let (Ok(None), true, Some(body)) = (&result, self.request_body, cx.body.as_deref_mut()) {
-            let mut bytes = body.bytes().to_vec();
+            let mut bytes = body.bytes().clone();
             result = match stream.request_body(req, &mut bytes, true) {
                 Ok((step, rewritten)) => {
                     if rewritten {
-                        body.replace(Bytes::from(bytes));
+                        body.replace(bytes);
                     }
                     self.drive(&mut stream, Headers::Request(req), step).await
                 }
@@ -370,7 +376,7 @@ impl Filter for Wasm {
         }
         Ok(Some(Box::new(ResponseBody {
             stream,
-            pending: Vec::new(),
+            pending: Bytes::new(),
             max: self.max_body,
             passthrough: false,
         })))
@@ -407,10 +413,12 @@ impl BodyTransform for Replaced {
     }
 }
 
-/// The response body through `proxy_on_response_body`.
+/// The response body through `proxy_on_response_body`. `pending`: the bytes not yet let
+/// through; a chunk is handed to the guest as it came (no copy) unless the guest paused on
+/// earlier ones, which are then joined with it.
 struct ResponseBody {
     stream: Box<HttpStream>,
-    pending: Vec<u8>,
+    pending: Bytes,
     max: usize,
     passthrough: bool,
 }
@@ -421,7 +429,14 @@ impl BodyTransform for ResponseBody {
             return chunk;
         }
         if let Some(c) = chunk {
-            self.pending.extend_from_slice(&c);
+            self.pending = if self.pending.is_empty() {
+                c
+            } else {
+                let mut joined = Vec::with_capacity(self.pending.len() + c.len());
+                joined.extend_from_slice(&self.pending);
+                joined.extend_from_slice(&c);
+                Bytes::from(joined)
+            };
         }
         if self.pending.len() > self.max {
             tracing::warn!(
@@ -429,18 +444,18 @@ impl BodyTransform for ResponseBody {
                 "wasm filter: response body over max_body_bytes, sent as is"
             );
             self.passthrough = true;
-            return Some(Bytes::from(std::mem::take(&mut self.pending)));
+            return Some(std::mem::take(&mut self.pending));
         }
         if self.pending.is_empty() && !end_of_stream {
             return None;
         }
         match self.stream.response_body(&mut self.pending, end_of_stream) {
-            Ok(true) => Some(Bytes::from(std::mem::take(&mut self.pending))),
+            Ok(true) => Some(std::mem::take(&mut self.pending)),
             Ok(false) => None,
             Err(e) => {
                 tracing::warn!(module = %e.module, error = %e, "wasm filter failed on the response body; sent as is");
                 self.passthrough = true;
-                Some(Bytes::from(std::mem::take(&mut self.pending)))
+                Some(std::mem::take(&mut self.pending))
             }
         }
     }

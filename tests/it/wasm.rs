@@ -278,6 +278,58 @@ async fn body_filter_redacts_a_response_and_refuses_a_request_body() {
     assert_eq!(up.hits(), hits + 1);
 }
 
+/// An upstream that answers with a chunked body written in `pieces`, 50 ms apart (each
+/// piece one chunk on the wire, so the gateway reads them one by one), then closes.
+async fn piecewise_upstream(pieces: &'static [&'static str]) -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match sock.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let start = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n";
+                let _ = sock.write_all(start.as_bytes()).await;
+                for p in pieces {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    let chunk = format!("{:x}\r\n{p}\r\n", p.len());
+                    let _ = sock.write_all(chunk.as_bytes()).await;
+                }
+                let _ = sock.write_all(b"0\r\n\r\n").await;
+                let _ = sock.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_paused_body_filter_sees_the_chunks_joined_in_order() {
+    // The guest pauses on each piece and decides at the end: it must see one body, the
+    // pieces in order ("secret" split across two of them), and only then let it through.
+    let filter = format!(r#"wasm: {{ module: "{}" }}"#, module("body"));
+    let up = piecewise_upstream(&["top se", "cret, ", "do not share"]).await;
+    let gw = TestGateway::start(&config(up, "", &filter)).await;
+    let r = get(&gw, "/api/x", &[]).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.text().await.unwrap(),
+        "Original message body (24 bytes) redacted.\n"
+    );
+    let up = piecewise_upstream(&["one, ", "two, ", "three"]).await;
+    let gw = TestGateway::start(&config(up, "", &filter)).await;
+    let r = get(&gw, "/api/x", &[]).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "one, two, three", "untouched, in order");
+}
+
 #[tokio::test]
 async fn shared_data_a_timer_and_metrics_span_requests() {
     let (_up, gw) = with_guest("shared_timer", "").await;

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use pingora_http::{RequestHeader, ResponseHeader};
 use wasmtime::{Memory, TypedFunc};
 
@@ -49,14 +50,34 @@ pub struct CallAnswer {
 }
 
 /// What the gateway knows about the request besides its header, for `proxy_get_property`.
-#[derive(Debug, Clone, Default)]
-pub struct StreamInfo {
+/// Borrowed: the stream copies it into buffers its instance keeps from stream to stream, so
+/// that opening a stream allocates nothing.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StreamInfo<'a> {
     /// The client's address (the TCP peer).
     pub client_ip: Option<IpAddr>,
     /// The gateway's request id.
-    pub request_id: String,
+    pub request_id: &'a str,
     /// The route's name.
+    pub route: &'a str,
+}
+
+/// The stream's [`StreamInfo`], owned by the instance (its strings reused).
+#[derive(Debug, Default)]
+pub(crate) struct OwnedInfo {
+    pub client_ip: Option<IpAddr>,
+    pub request_id: String,
     pub route: String,
+}
+
+impl OwnedInfo {
+    fn set(&mut self, info: StreamInfo<'_>) {
+        self.client_ip = info.client_ip;
+        self.request_id.clear();
+        self.request_id.push_str(info.request_id);
+        self.route.clear();
+        self.route.push_str(info.route);
+    }
 }
 
 /// The HTTP stream the instance is serving now. In the request phase the request header is
@@ -70,7 +91,9 @@ pub(crate) struct Stream {
     pub response: ResponseHeader,
     pub has_response: bool,
     /// The body buffer of the current body callback, and which one it is (`abi::buffer`).
-    pub body: Vec<u8>,
+    /// `Bytes`: the gateway's chunk is handed in and back without a copy; a guest's
+    /// `proxy_set_buffer_bytes` makes a new buffer.
+    pub body: Bytes,
     pub body_kind: Option<i32>,
     pub body_writable: bool,
     /// Whether the guest called `proxy_set_buffer_bytes` on `body` in this callback.
@@ -85,7 +108,7 @@ pub(crate) struct Stream {
     pub calls: Vec<CallRequest>,
     pub answer: Option<CallAnswer>,
     pub resumed: bool,
-    pub info: StreamInfo,
+    pub info: OwnedInfo,
     pub properties: HashMap<Vec<u8>, Vec<u8>>,
 }
 
@@ -98,7 +121,7 @@ impl Stream {
             has_request: false,
             response,
             has_response: false,
-            body: Vec::new(),
+            body: Bytes::new(),
             body_kind: None,
             body_writable: false,
             body_changed: false,
@@ -109,14 +132,14 @@ impl Stream {
             calls: Vec::new(),
             answer: None,
             resumed: false,
-            info: StreamInfo::default(),
+            info: OwnedInfo::default(),
             properties: HashMap::new(),
         })
     }
 
     /// Forgets the last stream (the headers were swapped back already).
-    pub fn reset(&mut self, info: StreamInfo) {
-        self.body.clear();
+    pub fn reset(&mut self, info: StreamInfo<'_>) {
+        self.body = Bytes::new();
         self.body_kind = None;
         self.body_changed = false;
         self.has_request = false;
@@ -128,7 +151,7 @@ impl Stream {
         self.calls.clear();
         self.answer = None;
         self.resumed = false;
-        self.info = info;
+        self.info.set(info);
         self.properties.clear();
     }
 }

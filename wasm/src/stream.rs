@@ -10,13 +10,15 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use pingora_http::{RequestHeader, ResponseHeader};
 
 use crate::abi::{buffer, ACTION_CONTINUE};
 use crate::instance::{GuestError, Instance, ROOT};
 use crate::plugin::Plugin;
 use crate::pool;
-use crate::state::{CallAnswer, CallRequest, LocalResponse, Stream, StreamInfo};
+use crate::state::{CallAnswer, CallRequest, HostState, LocalResponse, Stream, StreamInfo};
+use wasmtime::{Store, TypedFunc, WasmParams, WasmResults};
 
 /// What the stream does after a callback.
 #[derive(Debug)]
@@ -61,12 +63,11 @@ impl HttpStream {
     /// # Errors
     ///
     /// A new instance could not start, or the guest trapped creating the context.
-    pub fn open(plugin: &Arc<Plugin>, info: StreamInfo) -> Result<Self, GuestError> {
+    pub fn open(plugin: &Arc<Plugin>, info: StreamInfo<'_>) -> Result<Self, GuestError> {
         let mut inst = plugin.instance()?;
         inst.store.data_mut().stream.reset(info);
         let id = inst.next_context();
-        let create = inst.ex.context_create.clone();
-        inst.call(|s| create.call(s, (id, ROOT)))?;
+        inst.call(|s, ex| ex.context_create.call(s, (id, ROOT)))?;
         Ok(Self {
             plugin: plugin.clone(),
             inst: Some(inst),
@@ -155,11 +156,12 @@ impl HttpStream {
     ) -> Result<Step, GuestError> {
         let id = self.id;
         self.in_phase(Phase::Request(req), |inst| {
-            let Some(f) = inst.ex.request_headers.clone() else {
+            if inst.ex.request_headers.is_none() {
                 return Ok(Step::Continue);
-            };
+            }
             let n = inst.store.data().stream.request.headers.len() as u32;
-            let action = inst.call(|s| f.call(s, (id, n, u32::from(end_of_stream))))?;
+            let args = (id, n, u32::from(end_of_stream));
+            let action = inst.call(|s, ex| call_or(&ex.request_headers, s, args, CONTINUE))?;
             Ok(Self::step(inst, action))
         })
     }
@@ -175,14 +177,14 @@ impl HttpStream {
     pub fn request_body(
         &mut self,
         req: &mut RequestHeader,
-        body: &mut Vec<u8>,
+        body: &mut Bytes,
         end_of_stream: bool,
     ) -> Result<(Step, bool), GuestError> {
         let id = self.id;
         self.in_phase(Phase::Request(req), |inst| {
-            let Some(f) = inst.ex.request_body.clone() else {
+            if inst.ex.request_body.is_none() {
                 return Ok((Step::Continue, false));
-            };
+            }
             let len = body.len() as u32;
             {
                 let s = &mut inst.store.data_mut().stream;
@@ -191,12 +193,12 @@ impl HttpStream {
                 s.body_writable = true;
                 s.body_changed = false;
             }
-            let r = inst.call(|s| f.call(s, (id, len, u32::from(end_of_stream))));
+            let args = (id, len, u32::from(end_of_stream));
+            let r = inst.call(|s, ex| call_or(&ex.request_body, s, args, CONTINUE));
             let s = &mut inst.store.data_mut().stream;
             s.body_kind = None;
             s.body_writable = false;
-            std::mem::swap(&mut s.body, body);
-            s.body.clear();
+            *body = std::mem::take(&mut s.body);
             let changed = std::mem::take(&mut s.body_changed);
             Ok((Self::step(inst, r?), changed))
         })
@@ -214,12 +216,12 @@ impl HttpStream {
     ) -> Result<Step, GuestError> {
         let id = self.id;
         self.in_phase(Phase::Request(req), |inst| {
-            let Some(f) = inst.ex.request_trailers.clone() else {
+            if inst.ex.request_trailers.is_none() {
                 return Ok(Step::Continue);
-            };
+            }
             let n = trailers.len() as u32;
             inst.store.data_mut().stream.request_trailers = Some(std::mem::take(trailers));
-            let r = inst.call(|s| f.call(s, (id, n)));
+            let r = inst.call(|s, ex| call_or(&ex.request_trailers, s, (id, n), CONTINUE));
             let s = &mut inst.store.data_mut().stream;
             if let Some(t) = s.request_trailers.as_mut() {
                 // Kept readable for the later phases as a copy.
@@ -245,12 +247,13 @@ impl HttpStream {
     ) -> Result<Step, GuestError> {
         let id = self.id;
         self.in_phase(phase, |inst| {
-            let Some(f) = inst.ex.http_call_response.clone() else {
+            if inst.ex.http_call_response.is_none() {
                 return Ok(Step::Continue);
-            };
+            }
             let (n, len) = (answer.headers.len() as u32, answer.body.len() as u32);
             inst.store.data_mut().stream.answer = Some(answer);
-            let r = inst.call(|s| f.call(s, (id, token, n, len, 0)));
+            let args = (id, token, n, len, 0);
+            let r = inst.call(|s, ex| call_or(&ex.http_call_response, s, args, ()));
             inst.store.data_mut().stream.answer = None;
             r?;
             let s = &mut inst.store.data_mut().stream;
@@ -281,9 +284,9 @@ impl HttpStream {
     ) -> Result<Step, GuestError> {
         let id = self.id;
         let inst = self.inst()?;
-        let Some(f) = inst.ex.response_headers.clone() else {
+        if inst.ex.response_headers.is_none() {
             return Ok(Step::Continue);
-        };
+        }
         {
             let s = &mut inst.store.data_mut().stream;
             s.request.clone_from(req);
@@ -291,7 +294,8 @@ impl HttpStream {
         }
         self.in_phase(Phase::Response(resp), |inst| {
             let n = inst.store.data().stream.response.headers.len() as u32;
-            let action = inst.call(|s| f.call(s, (id, n, u32::from(end_of_stream))))?;
+            let args = (id, n, u32::from(end_of_stream));
+            let action = inst.call(|s, ex| call_or(&ex.response_headers, s, args, CONTINUE))?;
             Ok(Self::step(inst, action))
         })
     }
@@ -305,14 +309,14 @@ impl HttpStream {
     /// As [`HttpStream::request_headers`].
     pub fn response_body(
         &mut self,
-        body: &mut Vec<u8>,
+        body: &mut Bytes,
         end_of_stream: bool,
     ) -> Result<bool, GuestError> {
         let id = self.id;
         let inst = self.inst()?;
-        let Some(f) = inst.ex.response_body.clone() else {
+        if inst.ex.response_body.is_none() {
             return Ok(true);
-        };
+        }
         {
             let s = &mut inst.store.data_mut().stream;
             std::mem::swap(&mut s.body, body);
@@ -320,13 +324,13 @@ impl HttpStream {
             s.body_writable = true;
         }
         let len = inst.store.data().stream.body.len() as u32;
-        let r = inst.call(|s| f.call(s, (id, len, u32::from(end_of_stream))));
+        let args = (id, len, u32::from(end_of_stream));
+        let r = inst.call(|s, ex| call_or(&ex.response_body, s, args, CONTINUE));
         let s = &mut inst.store.data_mut().stream;
         s.body_kind = None;
         s.body_writable = false;
         s.body_changed = false;
-        std::mem::swap(&mut s.body, body);
-        s.body.clear();
+        *body = std::mem::take(&mut s.body);
         s.local = None;
         s.calls.clear();
         Ok(r? as i32 == ACTION_CONTINUE || end_of_stream)
@@ -341,12 +345,12 @@ impl HttpStream {
     pub fn response_trailers(&mut self, trailers: &mut http::HeaderMap) -> Result<(), GuestError> {
         let id = self.id;
         let inst = self.inst()?;
-        let Some(f) = inst.ex.response_trailers.clone() else {
+        if inst.ex.response_trailers.is_none() {
             return Ok(());
-        };
+        }
         let n = trailers.len() as u32;
         inst.store.data_mut().stream.response_trailers = Some(std::mem::take(trailers));
-        let r = inst.call(|s| f.call(s, (id, n)));
+        let r = inst.call(|s, ex| call_or(&ex.response_trailers, s, (id, n), CONTINUE));
         let s = &mut inst.store.data_mut().stream;
         if let Some(t) = s.response_trailers.take() {
             *trailers = t;
@@ -354,6 +358,23 @@ impl HttpStream {
         s.local = None;
         s.calls.clear();
         r.map(drop)
+    }
+}
+
+/// `ACTION_CONTINUE` as the callbacks return it.
+const CONTINUE: u32 = ACTION_CONTINUE as u32;
+
+/// Calls export `f` with `args`, or answers `absent` when the guest does not export it (the
+/// callers check first, so that a missing callback skips the work around the call too).
+fn call_or<P: WasmParams, R: WasmResults>(
+    f: &Option<TypedFunc<P, R>>,
+    store: &mut Store<HostState>,
+    args: P,
+    absent: R,
+) -> wasmtime::Result<R> {
+    match f {
+        Some(f) => f.call(store, args),
+        None => Ok(absent),
     }
 }
 
@@ -366,14 +387,15 @@ impl Drop for HttpStream {
             return;
         }
         let id = self.id;
-        if let Some(f) = inst.ex.done.clone() {
-            let _ = inst.call(|s| f.call(s, id));
+        // Each is skipped when not exported; a failure poisons the instance (not pooled).
+        if inst.ex.done.is_some() {
+            let _ = inst.call(|s, ex| call_or(&ex.done, s, id, 1));
         }
-        if let Some(f) = inst.ex.log.clone() {
-            let _ = inst.call(|s| f.call(s, id));
+        if inst.ex.log.is_some() {
+            let _ = inst.call(|s, ex| call_or(&ex.log, s, id, ()));
         }
-        if let Some(f) = inst.ex.delete.clone() {
-            let _ = inst.call(|s| f.call(s, id));
+        if inst.ex.delete.is_some() {
+            let _ = inst.call(|s, ex| call_or(&ex.delete, s, id, ()));
         }
         if !inst.poisoned {
             inst.store.data_mut().stream.reset(StreamInfo::default());

@@ -3,6 +3,7 @@
 //! of the current body callback (request or response) may be rewritten; setting another
 //! buffer answers `Unimplemented`.
 
+use bytes::Bytes;
 use wasmtime::{Caller, Linker};
 
 use crate::abi::{buffer, Status};
@@ -64,7 +65,11 @@ fn set(
         // the end appends.
         let start = (start as u32 as usize).min(body.len());
         let end = start.saturating_add(size as u32 as usize).min(body.len());
-        body.splice(start..end, data);
+        let mut new = Vec::with_capacity(body.len() - (end - start) + data.len());
+        new.extend_from_slice(&body[..start]);
+        new.extend_from_slice(&data);
+        new.extend_from_slice(&body[end..]);
+        *body = Bytes::from(new);
         caller.data_mut().stream.body_changed = true;
     });
     status(r)
