@@ -262,7 +262,11 @@ impl TransportConnector {
                         // first on an idle stream.
                         #[cfg(unix)]
                         if peer.matches_fd(stream.id())
-                            && test_reusable_stream(&mut stream, &self.unexpected_data_conn_count)
+                            && test_reusable_stream(
+                                &mut stream,
+                                &self.unexpected_data_conn_count,
+                                true,
+                            )
                         {
                             Some(stream)
                         } else {
@@ -281,6 +285,7 @@ impl TransportConnector {
                                 && test_reusable_stream(
                                     &mut stream,
                                     &self.unexpected_data_conn_count,
+                                    true,
                                 )
                             {
                                 Some(stream)
@@ -315,7 +320,7 @@ impl TransportConnector {
         key: u64, // usually peer.reuse_hash()
         idle_timeout: Option<Duration>,
     ) {
-        if !test_reusable_stream(&mut stream, &self.unexpected_data_conn_count) {
+        if !test_reusable_stream(&mut stream, &self.unexpected_data_conn_count, false) {
             return;
         }
         let id = stream.id();
@@ -471,14 +476,25 @@ impl PreferredHttpVersion {
 use futures::future::FutureExt;
 use tokio::io::AsyncReadExt;
 
-/// Test whether a stream is already closed or not reusable (server sent unexpected data)
-fn test_reusable_stream(stream: &mut Stream, unexpected_data_conn_count: &AtomicU64) -> bool {
+/// Test whether a stream is already closed or not reusable (server sent unexpected data).
+/// `ask_kernel`: also peek at the socket when tokio says "pending" (patch 2); done when a
+/// pooled stream is taken, not when it is released, since the pool watches it in between.
+fn test_reusable_stream(
+    stream: &mut Stream,
+    unexpected_data_conn_count: &AtomicU64,
+    ask_kernel: bool,
+) -> bool {
     let mut buf = [0; 1];
     // tokio::task::unconstrained because now_or_never may yield None when the future is ready
     let result = tokio::task::unconstrained(stream.read(&mut buf[..])).now_or_never();
     // tokio reports a socket readable only after its reactor has seen the event, so a FIN
-    // that already arrived can still look "pending" above; ask the kernel directly.
-    let result = result.or_else(|| peek_closed(stream));
+    // that already arrived can still look "pending" above; ask the kernel directly. One
+    // syscall per reuse: at release time the pool's idle watch (`idle_poll`) and this check
+    // at take time cover the same FIN, so release skips it.
+    let result = match result {
+        None if ask_kernel => peek_closed(stream),
+        r => r,
+    };
     if let Some(data_result) = result {
         match data_result {
             Ok(n) => {
@@ -841,7 +857,7 @@ mod tests {
         let mut stream: Stream = Box::new(client);
 
         // With no data available, the stream should be considered reusable
-        assert!(test_reusable_stream(&mut stream, &counter));
+        assert!(test_reusable_stream(&mut stream, &counter, true));
         assert_eq!(counter.load(Ordering::Relaxed), 0);
 
         // Write unexpected data from the server side
@@ -852,7 +868,7 @@ mod tests {
         tokio::task::yield_now().await;
 
         // Now test_reusable_stream should detect the unexpected data
-        assert!(!test_reusable_stream(&mut stream, &counter));
+        assert!(!test_reusable_stream(&mut stream, &counter, true));
         assert_eq!(
             counter.load(Ordering::Relaxed),
             1,
