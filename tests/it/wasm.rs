@@ -295,7 +295,8 @@ async fn piecewise_upstream(pieces: &'static [&'static str]) -> SocketAddr {
                         Ok(n) => head.extend_from_slice(&buf[..n]),
                     }
                 }
-                let start = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n";
+                let start =
+                    "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n";
                 let _ = sock.write_all(start.as_bytes()).await;
                 for p in pieces {
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -327,7 +328,11 @@ async fn a_paused_body_filter_sees_the_chunks_joined_in_order() {
     let gw = TestGateway::start(&config(up, "", &filter)).await;
     let r = get(&gw, "/api/x", &[]).await;
     assert_eq!(r.status(), 200);
-    assert_eq!(r.text().await.unwrap(), "one, two, three", "untouched, in order");
+    assert_eq!(
+        r.text().await.unwrap(),
+        "one, two, three",
+        "untouched, in order"
+    );
 }
 
 #[tokio::test]

@@ -120,13 +120,20 @@ async fn a_demo_whose_gateway_cannot_bind_exits_non_zero_naming_the_address() {
 async fn a_demo_whose_gateway_config_is_refused_exits_non_zero() {
     let mut d = Deployment::new("demobadcfg", false);
     let config = d.dir.join("demo.yaml");
-    std::fs::write(&config, "listeners: [ { name: public, address: nowhere } ]\n").unwrap();
+    std::fs::write(
+        &config,
+        "listeners: [ { name: public, address: nowhere } ]\n",
+    )
+    .unwrap();
     d.set("GATEHOUSE_DEMO_CONFIG", &config.display().to_string());
     let mut demo = d.start("demo", &[]).await;
     let status = exit_status(&mut demo).await;
     assert!(!status.success(), "exits non-zero:\n{}", demo.log_tail());
     let log = std::fs::read_to_string(&demo.log).unwrap();
-    assert!(log.contains("error: the demo gateway could not start"), "{log}");
+    assert!(
+        log.contains("error: the demo gateway could not start"),
+        "{log}"
+    );
 }
 
 #[tokio::test]
