@@ -145,11 +145,13 @@ impl Plugin {
         &self.shared.runtime
     }
 
-    /// An instance for one stream: an idle one of this thread's pool, or a new one.
-    pub(crate) fn instance(self: &Arc<Self>) -> Result<Instance, GuestError> {
+    /// An instance for one stream: an idle one of this thread's pool, or a new one. Boxed:
+    /// an instance is about a kilobyte (the exports' typed functions), and the stream moves
+    /// it from the pool, into the filter's state and back.
+    pub(crate) fn instance(self: &Arc<Self>) -> Result<Box<Instance>, GuestError> {
         match pool::take(self.id) {
             Some(i) => Ok(i),
-            None => Instance::new(self),
+            None => Instance::new(self).map(Box::new),
         }
     }
 }

@@ -14,19 +14,19 @@ use crate::plugin::Plugin;
 pub const MAX_IDLE: usize = 64;
 
 /// A plugin (weakly: a replaced one is noticed) and its idle instances.
-type Idle = (Weak<Plugin>, Vec<Instance>);
+type Idle = (Weak<Plugin>, Vec<Box<Instance>>);
 
 thread_local! {
     static POOLS: RefCell<HashMap<u64, Idle>> = RefCell::new(HashMap::new());
 }
 
 /// An idle instance of plugin `id` on this thread.
-pub(crate) fn take(id: u64) -> Option<Instance> {
+pub(crate) fn take(id: u64) -> Option<Box<Instance>> {
     POOLS.with(|p| p.borrow_mut().get_mut(&id).and_then(|(_, v)| v.pop()))
 }
 
 /// Gives `inst` back to this thread's pool of `plugin`.
-pub(crate) fn put(plugin: &Arc<Plugin>, inst: Instance) {
+pub(crate) fn put(plugin: &Arc<Plugin>, inst: Box<Instance>) {
     POOLS.with(|p| {
         let mut pools = p.borrow_mut();
         if !pools.contains_key(&plugin.id) {

@@ -44,7 +44,7 @@ pub enum Phase<'a> {
 /// One stream's context in one instance.
 pub struct HttpStream {
     plugin: Arc<Plugin>,
-    inst: Option<Instance>,
+    inst: Option<Box<Instance>>,
     id: u32,
 }
 
@@ -76,7 +76,7 @@ impl HttpStream {
     }
 
     fn inst(&mut self) -> Result<&mut Instance, GuestError> {
-        self.inst.as_mut().ok_or_else(|| GuestError {
+        self.inst.as_deref_mut().ok_or_else(|| GuestError {
             module: self.plugin.name().to_string(),
             failure: crate::instance::Failure::Trap,
             message: "the stream's instance failed before".into(),
