@@ -30,6 +30,8 @@ pub use ports::{free_port, free_ports, is_listening, unique};
 pub use process::{output_of, run_bounded};
 pub use redis::PrivateRedis;
 pub use redis_topology::{redis_cli, RedisCluster, RedisSentinels};
-pub use upstream::{black_hole, grpc_server, raw_upstream, Mode, TestUpstream, UpstreamState};
+pub use upstream::{
+    black_hole, grpc_server, raw_upstream, read_request_head, Mode, TestUpstream, UpstreamState,
+};
 pub use wasm::wasm_guest;
 pub use yaml::AppConfig;

@@ -231,13 +231,31 @@ pub async fn black_hole() -> (SocketAddr, tokio::task::JoinHandle<()>) {
     (addr, task)
 }
 
+/// Reads from `sock` until a request head's blank line (the body, if any, is left unread).
+/// `None`: the socket closed or failed first, or 64 KiB came without the blank line.
+pub async fn read_request_head(sock: &mut tokio::net::TcpStream) -> Option<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        if head.len() >= 65536 {
+            return None;
+        }
+        match sock.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => head.extend_from_slice(&chunk[..n]),
+        }
+    }
+    Some(head)
+}
+
 /// A hand-written HTTP/1.1 server on 127.0.0.1, for answers a framework would not send as
 /// they are (chunked trailers, exact header bytes): on each connection it reads the request
 /// head, writes what `answer` returns at that moment, and closes the connection.
 pub async fn raw_upstream(
     answer: impl Fn() -> String + Send + Sync + 'static,
 ) -> (SocketAddr, tokio::task::JoinHandle<()>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     let answer = Arc::new(answer);
@@ -245,13 +263,8 @@ pub async fn raw_upstream(
         while let Ok((mut sock, _)) = l.accept().await {
             let answer = answer.clone();
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut chunk = [0u8; 4096];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match sock.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&chunk[..n]),
-                    }
+                if read_request_head(&mut sock).await.is_none() {
+                    return;
                 }
                 let _ = sock.write_all(answer().as_bytes()).await;
                 let _ = sock.shutdown().await;

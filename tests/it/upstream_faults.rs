@@ -25,14 +25,8 @@ async fn scripted_upstream(answer: &'static [u8]) -> SocketAddr {
     tokio::spawn(async move {
         while let Ok((mut sock, _)) = listener.accept().await {
             tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                // Bounded: a request head is small; give up after 64 KiB or a closed socket.
-                while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 65536 {
-                    match sock.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
+                if read_request_head(&mut sock).await.is_none() {
+                    return;
                 }
                 let _ = sock.write_all(answer).await;
                 let _ = sock.shutdown().await;

@@ -7,8 +7,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use gatehouse_testkit::{
-    client, metric_value, output_of, raw_upstream, send, wasm_guest, AppConfig, JsonResponse,
-    TestGateway, TestUpstream,
+    client, metric_value, output_of, raw_upstream, read_request_head, send, wasm_guest, AppConfig,
+    JsonResponse, TestGateway, TestUpstream,
 };
 
 /// A gateway with upstream `app` (and `extra` upstreams) and one route `/api` whose filter
@@ -281,19 +281,14 @@ async fn body_filter_redacts_a_response_and_refuses_a_request_body() {
 /// An upstream that answers with a chunked body written in `pieces`, 50 ms apart (each
 /// piece one chunk on the wire, so the gateway reads them one by one), then closes.
 async fn piecewise_upstream(pieces: &'static [&'static str]) -> SocketAddr {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     tokio::spawn(async move {
         while let Ok((mut sock, _)) = l.accept().await {
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match sock.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
+                if read_request_head(&mut sock).await.is_none() {
+                    return;
                 }
                 let start =
                     "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n";
