@@ -50,9 +50,11 @@ pub struct RunOptions {
     /// resolved at start (after the file is replaced, `/proc/self/exe` names the old one).
     /// `None` (the gateway inside another program): SIGUSR2 is ignored.
     pub exe: Option<PathBuf>,
-    /// Gives the allocator's freed memory back to the OS. Called every second while the
-    /// proxy is quiet (no request in the last second, none in flight), so RSS returns to
-    /// near idle after a burst; the binary passes its allocator's collect function.
+    /// Gives the allocator's freed memory back to the OS. The maintenance thread calls it
+    /// every second while the proxy is quiet (no request in the last second, none in
+    /// flight), and each proxy thread on itself when it goes quiet ([`crate::memory`]:
+    /// mimalloc's per-thread heaps are collected only by their own thread), so RSS returns
+    /// toward idle after a burst; the binary passes its allocator's collect function.
     pub release_free_memory: Option<fn()>,
     /// The custom filter kinds the config may use, beside the built-in ones.
     pub filter_kinds: FilterKinds,
@@ -570,6 +572,9 @@ pub fn run(opts: RunOptions) -> Result<(), StartError> {
         .map_err(|e| StartError::Other(format!("cannot watch certificate files: {e}")))?,
     );
     watch_certificates(&cert_watch, &state);
+    if let Some(release) = opts.release_free_memory {
+        crate::memory::set_release(release);
+    }
     let mut maintenance = background_service(
         "gatehouse maintenance",
         Maintenance {

@@ -14,6 +14,7 @@ pub mod client_addr;
 pub mod clock;
 pub mod config;
 pub mod lifecycle;
+pub mod memory;
 pub mod path;
 pub mod proxy;
 pub mod resilience;

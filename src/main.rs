@@ -40,7 +40,8 @@ extern "C" fn tune_allocator() {
 
 /// Gives memory that mimalloc holds free back to the OS. mimalloc purges lazily, on
 /// later allocations of the thread that freed it, so after a burst an idle proxy
-/// thread would keep its peak RSS for good.
+/// thread would keep its peak RSS for good: each proxy thread calls this when it goes
+/// quiet (`gatehouse::memory`), the maintenance thread too.
 #[allow(unsafe_code)] // mimalloc's mi_collect through its C API (see SAFETY)
 fn release_free_memory() {
     // SAFETY: mi_collect only walks mimalloc's own heaps and arenas; it is safe to

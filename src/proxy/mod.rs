@@ -75,6 +75,7 @@ impl ProxyHttp for Gateway {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> RequestCtx {
+        crate::memory::note_request();
         let mut ctx = RequestCtx::new(self.state.current());
         ctx.inflight = Some(InflightGuard::new(&self.state.telemetry.metrics.inflight));
         ctx
