@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use gatehouse_registry::topology::{Connector, Topology};
-use gatehouse_testkit::RedisSentinels;
+use gatehouse_testkit::{send, RedisSentinels};
 use serde_json::{json, Value};
 
 use crate::harness::*;
@@ -622,16 +622,12 @@ async fn events_and_registry_over(
     }
 
     // UserRegistered travels user -> stream -> notification (no direct call exists).
-    let r = c
-        .post(format!("{}/register", dep.url("user")))
-        .json(&json!({"email": "r@example.com", "password": "password123"}))
-        .send()
-        .await
-        .unwrap();
-    let uid = r.json::<Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let r = send(
+        c.post(format!("{}/register", dep.url("user")))
+            .json(&json!({"email": "r@example.com", "password": "password123"})),
+    )
+    .await;
+    let uid = r.body["id"].as_str().unwrap().to_string();
     let notes_url = format!("{}/notifications?user_id={uid}", dep.url("notification"));
     notification(
         &c,
@@ -743,17 +739,13 @@ async fn transfer_through_the_stream(
     accounts: (&str, &str),
     amount: i64,
 ) {
-    let r = c
-        .post(format!("{}/transfers", dep.url("transaction")))
-        .header("x-user-id", uid)
-        .json(&json!({"from_account": accounts.0, "to_account": accounts.1, "amount": amount}))
-        .send()
-        .await
-        .unwrap();
-    let saga = r.json::<Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let (_, v) = as_user(
+        c.post(format!("{}/transfers", dep.url("transaction")))
+            .json(&json!({"from_account": accounts.0, "to_account": accounts.1, "amount": amount})),
+        uid,
+    )
+    .await;
+    let saga = v["id"].as_str().unwrap().to_string();
     let hist_url = format!("{}/history", dep.url("transaction"));
     let item = eventually(
         "the transfer COMPLETED in the history read model",
@@ -1038,20 +1030,14 @@ async fn demo_payment_failing_every_operation_shows_on_the_dashboard(
     assert_eq!(r.status(), 200, "the demo's ADMIN turns on payment faults");
     let mut accounts = Vec::new();
     for balance in [1000, 0] {
-        let r = c
-            .post(format!("{gateway}/api/payment/accounts"))
-            .bearer_auth(token)
-            .json(&json!({ "initial_balance": balance }))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 201);
-        accounts.push(
-            r.json::<Value>().await.unwrap()["id"]
-                .as_str()
-                .unwrap()
-                .to_string(),
-        );
+        let r = send(
+            c.post(format!("{gateway}/api/payment/accounts"))
+                .bearer_auth(token)
+                .json(&json!({ "initial_balance": balance })),
+        )
+        .await;
+        assert_eq!(r.status, 201);
+        accounts.push(r.body["id"].as_str().unwrap().to_string());
     }
     let status = eventually("the payment service's failures on /admin/status", Duration::from_secs(60), || {
         let (c, gateway, admin, token, accounts) = (c.clone(), gateway.to_string(), admin.to_string(), token.to_string(), accounts.clone());
