@@ -12,7 +12,8 @@ pub const QUIET: Duration = Duration::from_secs(1);
 
 /// Longest gap between two collects while a thread stays quiet (the gap doubles from
 /// [`QUIET`]): pooled upstream connections and other idle state are freed later than the
-/// last request (`upstream_idle_timeout`, 60 s by default), and their memory too.
+/// last request (`upstream_burst_idle_timeout`, 1 s, for a burst's extra connections;
+/// `upstream_idle_timeout`, 60 s by default, for the rest), and their memory too.
 pub const MAX_GAP: Duration = Duration::from_secs(64);
 
 static RELEASE: OnceLock<fn()> = OnceLock::new();
@@ -46,8 +47,9 @@ pub fn note_request() {
 }
 
 /// Every [`QUIET`]: after a second with no new request on this thread, collects; while the
-/// thread stays quiet, again after 2, 4, ... up to [`MAX_GAP`] seconds; a request starts
-/// it over. Never returns (it ends with its runtime).
+/// thread stays quiet, again 1 s later (a burst's extra upstream connections close
+/// `upstream_burst_idle_timeout`, 1 s by default, after their last use), then after 2, 4,
+/// ... up to [`MAX_GAP`] seconds; a request starts it over. Never returns (it ends with its runtime).
 async fn watch(release: fn()) {
     let mut seen = REQUESTS.with(Cell::get);
     let mut gap = Duration::ZERO;
@@ -65,7 +67,7 @@ async fn watch(release: fn()) {
         if quiet_for >= gap.max(QUIET) {
             release();
             gap = if gap.is_zero() {
-                QUIET * 2
+                QUIET
             } else {
                 (gap * 2).min(MAX_GAP)
             };
@@ -104,21 +106,23 @@ mod tests {
         at(6_250).await;
         assert_eq!(collects(), 1, "one collect after a quiet second (tick 6)");
         at(7_250).await;
-        assert_eq!(collects(), 1, "the next one waits 2 s");
+        assert_eq!(collects(), 2, "the second follows a second later (tick 7)");
         at(8_250).await;
-        assert_eq!(collects(), 2);
-        at(11_250).await;
-        assert_eq!(collects(), 2, "then 4 s");
+        assert_eq!(collects(), 2, "then 2 s");
+        at(9_250).await;
+        assert_eq!(collects(), 3);
         at(12_250).await;
-        assert_eq!(collects(), 3);
-        // A request starts it over: tick 13 sees it, tick 14 is quiet again.
-        note_request();
+        assert_eq!(collects(), 3, "then 4 s");
         at(13_250).await;
-        assert_eq!(collects(), 3);
+        assert_eq!(collects(), 4);
+        // A request starts it over: tick 14 sees it, tick 15 is quiet again.
+        note_request();
         at(14_250).await;
+        assert_eq!(collects(), 4);
+        at(15_250).await;
         assert_eq!(
             collects(),
-            4,
+            5,
             "a quiet second after new traffic collects again"
         );
     }

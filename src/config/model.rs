@@ -541,9 +541,23 @@ pub struct RuntimeConfig {
     /// concurrency, or connections churn).
     #[serde(default = "default_keepalive_pool")]
     pub upstream_keepalive_pool_size: usize,
-    /// How long an idle upstream connection is kept; default 60s.
+    /// How long an idle upstream connection is kept; default 60s. A connection last used by
+    /// a request that found more than `upstream_burst_threshold` requests in flight to its
+    /// endpoint is kept `upstream_burst_idle_timeout` instead.
     #[serde(default = "default_upstream_idle")]
     pub upstream_idle_timeout: Duration,
+    /// Requests in flight to one endpoint (the request's own included) above which the
+    /// connection a request used goes back to the pool for `upstream_burst_idle_timeout`
+    /// only; default 64. The connections a burst opened beyond what steady traffic keeps
+    /// busy then close soon after it (HAProxy's `pool-purge-delay` aim), while a connection
+    /// that steady traffic reuses every few milliseconds stays. HTTP/1.1 upstreams only (an
+    /// HTTP/2 connection carries many requests). 0: every connection gets the burst timeout.
+    #[serde(default = "default_burst_threshold")]
+    pub upstream_burst_threshold: u64,
+    /// How long an idle upstream connection last used above `upstream_burst_threshold` is
+    /// kept; default 1s, at most `upstream_idle_timeout`.
+    #[serde(default = "default_burst_idle")]
+    pub upstream_burst_idle_timeout: Duration,
     /// Read buffer per client connection in bytes; default 16384. pingora's own default
     /// (64 KiB, zero-filled) dominates memory per idle keep-alive connection.
     #[serde(
@@ -565,6 +579,8 @@ impl Default for RuntimeConfig {
             work_stealing: false,
             upstream_keepalive_pool_size: default_keepalive_pool(),
             upstream_idle_timeout: default_upstream_idle(),
+            upstream_burst_threshold: default_burst_threshold(),
+            upstream_burst_idle_timeout: default_burst_idle(),
             downstream_read_buffer: default_downstream_read_buffer(),
         }
     }
@@ -575,6 +591,12 @@ fn default_keepalive_pool() -> usize {
 }
 fn default_upstream_idle() -> Duration {
     Duration::from_secs(60)
+}
+fn default_burst_threshold() -> u64 {
+    64
+}
+fn default_burst_idle() -> Duration {
+    Duration::from_secs(1)
 }
 
 /// Access log settings: one line per request on stdout, in `format`.

@@ -29,6 +29,15 @@ pub fn validate(cfg: &GatewayConfig) -> (Vec<ConfigError>, Vec<ConfigWarning>) {
     if cfg.runtime.threads == Some(0) {
         errs.push(ConfigError::at("runtime.threads", "must be at least 1"));
     }
+    if cfg.runtime.upstream_burst_idle_timeout.get() > cfg.runtime.upstream_idle_timeout.get() {
+        errs.push(ConfigError::at(
+            "runtime.upstream_burst_idle_timeout",
+            format!(
+                "must be at most upstream_idle_timeout ({:?}): it shortens the idle time of connections a burst opened",
+                cfg.runtime.upstream_idle_timeout.get()
+            ),
+        ));
+    }
     if cfg.shutdown.drain_delay.get() > std::time::Duration::from_secs(300) {
         errs.push(ConfigError::at(
             "shutdown.drain_delay",
@@ -1158,6 +1167,22 @@ listeners:
             .replace("0s", "30d")
             + "        challenge: tls-alpn-01\n";
         assert!(load_str(&ok, None).is_ok(), "{ok}");
+    }
+
+    #[test]
+    fn a_burst_idle_timeout_longer_than_the_idle_timeout_is_refused() {
+        let base = "listeners: [ { name: a, address: \"127.0.0.1:8080\" } ]\n";
+        let errs = errors(&format!(
+            "{base}runtime: {{ upstream_idle_timeout: 5s, upstream_burst_idle_timeout: 10s }}\n"
+        ));
+        assert_eq!(
+            errs,
+            ["runtime.upstream_burst_idle_timeout: must be at most upstream_idle_timeout (5s): it shortens the idle time of connections a burst opened"]
+        );
+        assert!(errors(&format!(
+            "{base}runtime: {{ upstream_idle_timeout: 5s, upstream_burst_idle_timeout: 5s }}\n"
+        ))
+        .is_empty());
     }
 
     #[test]

@@ -72,8 +72,10 @@ pub fn choose(ctx: &mut RequestCtx, route: &Route) -> Result<Box<HttpPeer>> {
     ctx.tried.push(ep.clone());
     ctx.endpoint = Some(ep.clone());
     ctx.try_outcome_recorded = false;
-    ep.inflight
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let inflight = ep
+        .inflight
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        + 1;
     ctx.endpoint_inflight = Some(EndpointInflight(ep.clone()));
     super::trace::start_try(ctx, &ep);
 
@@ -85,7 +87,7 @@ pub fn choose(ctx: &mut RequestCtx, route: &Route) -> Result<Box<HttpPeer>> {
     peer.options.connection_timeout = Some(s.connect);
     peer.options.read_timeout = Some(s.read);
     peer.options.write_timeout = Some(s.write);
-    peer.options.idle_timeout = Some(s.idle);
+    peer.options.idle_timeout = Some(upstream.pool_idle(inflight));
     // A tunnel after `101` waits for the upstream this long instead (vendor patch 13).
     peer.options.upgraded_read_timeout = Some(route.tunnel_idle_timeout);
     set_protocol(&mut peer, s.protocol);

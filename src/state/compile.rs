@@ -151,7 +151,11 @@ pub fn compile(
             None => Resilience::new(ucfg),
         };
         let upstream = Upstream::new(name, ucfg.clone(), endpoints)
-            .with_idle_timeout(cfg.runtime.upstream_idle_timeout.get())
+            .with_idle_timeout(
+                cfg.runtime.upstream_idle_timeout.get(),
+                cfg.runtime.upstream_burst_threshold,
+                cfg.runtime.upstream_burst_idle_timeout.get(),
+            )
             .with_tls(tls);
         let upstream = Arc::new(upstream);
         upstreams.insert(

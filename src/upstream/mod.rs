@@ -287,6 +287,12 @@ pub struct PeerSettings {
     pub total: Option<Duration>,
     /// How long an idle pooled connection is kept (`runtime.upstream_idle_timeout`).
     pub idle: Duration,
+    /// Requests in flight to the endpoint above which a try's connection is pooled for
+    /// `burst_idle` only (`runtime.upstream_burst_threshold`).
+    pub burst_threshold: u64,
+    /// Pool idle time of a connection used above `burst_threshold`
+    /// (`runtime.upstream_burst_idle_timeout`).
+    pub burst_idle: Duration,
     /// The `Host` header policy.
     pub host_header: HostHeader,
     /// The HTTP version spoken to the endpoints.
@@ -316,6 +322,8 @@ impl PeerSettings {
             write: t.write.get(),
             total: t.total.map(|d| d.get()),
             idle,
+            burst_threshold: u64::MAX,
+            burst_idle: idle,
             host_header: match &cfg.host_header {
                 HostHeaderPolicy::Preserve => HostHeader::Preserve,
                 HostHeaderPolicy::Endpoint => HostHeader::Endpoint,
@@ -364,10 +372,32 @@ impl Upstream {
         self
     }
 
-    /// Sets the pool idle time of its connections (`runtime.upstream_idle_timeout`).
-    pub fn with_idle_timeout(mut self, idle: Duration) -> Self {
+    /// Sets the pool idle time of its connections (`runtime.upstream_idle_timeout`), and the
+    /// shorter one of connections used while more than `burst_threshold` requests were in
+    /// flight to their endpoint (`runtime.upstream_burst_*`).
+    pub fn with_idle_timeout(
+        mut self,
+        idle: Duration,
+        burst_threshold: u64,
+        burst_idle: Duration,
+    ) -> Self {
         self.peer.idle = idle;
+        self.peer.burst_threshold = burst_threshold;
+        self.peer.burst_idle = burst_idle.min(idle);
         self
+    }
+
+    /// Pool idle time of the connection of a try that found `inflight` requests (its own
+    /// included) in flight to its endpoint: HTTP/1.1 connections used above the burst
+    /// threshold are kept `burst_idle`, so that a burst's extra connections close soon
+    /// after it while steady traffic keeps reusing its own.
+    pub fn pool_idle(&self, inflight: u64) -> Duration {
+        let s = &self.peer;
+        if s.protocol == Protocol::Http1 && inflight > s.burst_threshold {
+            s.burst_idle
+        } else {
+            s.idle
+        }
     }
 
     /// The current endpoint set.

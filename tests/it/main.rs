@@ -39,6 +39,7 @@ mod tls;
 mod traces;
 mod upstream_errors;
 mod upstream_faults;
+mod upstream_pool;
 mod upstream_tls;
 mod wasm;
 mod websocket;
