@@ -11,7 +11,8 @@
 //!       vm_config: { call_timeout: 100ms, memory_limit: 64MiB }
 //! ```
 //!
-//! Per request: an instance from the proxy thread's pool, an HTTP context in it,
+//! Per request: an HTTP context in the proxy thread's instance of the module (Envoy's model:
+//! one instance per worker thread),
 //! `proxy_on_request_headers` (waiting, without blocking the thread, for the answers of the
 //! `proxy_http_call`s the guest paused for, all in flight at once), `proxy_on_request_body`
 //! on the whole body when `request_body` is on (it may rewrite it), then

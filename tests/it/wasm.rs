@@ -174,19 +174,26 @@ async fn authz() -> (SocketAddr, tokio::task::JoinHandle<()>) {
     (addr, task)
 }
 
-#[tokio::test]
-async fn auth_filter_waits_for_an_upstream_call_without_blocking_others() {
+/// Upstream `app`, the authorization service (`authz`, its task) and a gateway with one proxy
+/// thread whose `/api` route runs the `auth` guest.
+async fn auth_gateway() -> (TestUpstream, tokio::task::JoinHandle<()>, TestGateway) {
     let up = TestUpstream::start("app").await;
     let (authz_addr, authz_task) = authz().await;
     let extra =
         format!("  authz:\n    discovery: {{ static: [ {{ address: \"{authz_addr}\" }} ] }}\n");
     let filter = format!(r#"wasm: {{ module: "{}" }}"#, module("auth"));
-    // One proxy thread: the waiting request must not hold it.
     let yaml = format!(
         "runtime:\n  threads: 1\n{}",
         config(up.addr, &extra, &filter)
     );
     let gw = TestGateway::start(&yaml).await;
+    (up, authz_task, gw)
+}
+
+#[tokio::test]
+async fn auth_filter_waits_for_an_upstream_call_without_blocking_others() {
+    // One proxy thread: the waiting request must not hold it.
+    let (up, authz_task, gw) = auth_gateway().await;
 
     let r = get(&gw, "/api/me", &[("authorization", "Bearer good")]).await;
     assert_eq!(r.status(), 200);
@@ -242,6 +249,45 @@ async fn auth_filter_waits_for_an_upstream_call_without_blocking_others() {
     let r = get(&gw, "/api/me", &[("authorization", "Bearer good")]).await;
     assert_eq!(r.status(), 403);
     assert_eq!(header(&r, "x-authz-status"), Some(""));
+}
+
+/// Envoy's model: one instance per proxy thread, one context per stream. Fifteen streams in
+/// flight at once on one thread, a third of them paused on a slow authorization call while
+/// the others are served between their callbacks, each get their own answer, and the
+/// thread started one instance for all of them.
+#[tokio::test]
+async fn a_threads_concurrent_streams_share_one_instance_each_with_its_own_context() {
+    let (up, _authz_task, gw) = auth_gateway().await;
+    let tasks: Vec<_> = (0..15)
+        .map(|i| {
+            let token = ["slow", "good", "bad"][i % 3];
+            let req = client()
+                .get(gw.url(&format!("/api/{i}")))
+                .header("authorization", format!("Bearer {token}"));
+            tokio::spawn(async move { (token, send(req).await) })
+        })
+        .collect();
+    for t in tasks {
+        let (token, r) = t.await.unwrap();
+        let user = r.body["headers"]["x-auth-user"]
+            .as_str()
+            .map(str::to_string);
+        match token {
+            "slow" => assert_eq!((r.status, user.as_deref()), (200, Some("slowpoke"))),
+            "good" => assert_eq!((r.status, user.as_deref()), (200, Some("alice"))),
+            _ => {
+                assert_eq!(r.status, 403, "{:?}", r.body);
+                assert_eq!(r.header("x-authz-status"), Some("401"));
+            }
+        }
+    }
+    assert_eq!(up.hits(), 10);
+    let metrics = gw.metrics().await;
+    assert_eq!(
+        metric_value(&metrics, "gatehouse_wasm_instances_created_total", &[]),
+        Some(2.0),
+        "one instance proved the configuration, one served the thread's 15 streams:\n{metrics}"
+    );
 }
 
 #[tokio::test]

@@ -1,7 +1,7 @@
 //! One instance of a plugin's module in its own store: the guest's exported callbacks, each
 //! call bounded in time (epoch deadline) and the memory bounded by a limiter. A call that
-//! traps poisons the instance (it is dropped, never pooled again) and is counted in
-//! `gatehouse_wasm_traps_total{module, reason}`.
+//! traps poisons the instance (its thread starts a new one for the next stream) and is
+//! counted in `gatehouse_wasm_traps_total{module, reason}`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -99,12 +99,20 @@ pub(crate) struct Exports {
     pub tick: Option<TypedFunc<u32, ()>>,
 }
 
+/// Most per-stream states an instance keeps for reuse (more concurrent streams make more;
+/// the extra ones are dropped when their stream ends).
+const MAX_SPARE: usize = 256;
+
 /// An instance and its store.
 pub(crate) struct Instance {
     pub store: Store<HostState>,
     pub ex: Exports,
     next_context: u32,
     pub poisoned: bool,
+    /// States of ended streams, reused so that opening a stream allocates nothing.
+    #[allow(clippy::vec_box)]
+    // boxed: a stream moves its state in and out of the store by pointer
+    spare: Vec<Box<Stream>>,
 }
 
 impl Instance {
@@ -126,7 +134,7 @@ impl Instance {
             plugin: shared.clone(),
             memory: None,
             alloc: None,
-            stream,
+            stream: Box::new(stream),
             in_root: true,
             tick_period_ms: 0,
             next_token: 0,
@@ -186,6 +194,7 @@ impl Instance {
             ex,
             next_context: ROOT,
             poisoned: false,
+            spare: Vec::new(),
         };
         if let Some(f) = init {
             me.call(|s, _| f.call(s, ()))?;
@@ -243,6 +252,25 @@ impl Instance {
     pub(crate) fn next_context(&mut self) -> u32 {
         self.next_context = self.next_context.checked_add(1).unwrap_or(ROOT + 1);
         self.next_context
+    }
+
+    /// A stream state for a new stream: an ended stream's, or a new one.
+    pub(crate) fn stream_state(&mut self) -> Result<Box<Stream>, GuestError> {
+        match self.spare.pop() {
+            Some(s) => Ok(s),
+            None => Stream::new().map(Box::new).map_err(|message| GuestError {
+                module: self.store.data().plugin.name.clone(),
+                failure: Failure::Trap,
+                message,
+            }),
+        }
+    }
+
+    /// Keeps an ended stream's state (already reset) for the next stream.
+    pub(crate) fn keep_stream_state(&mut self, state: Box<Stream>) {
+        if self.spare.len() < MAX_SPARE {
+            self.spare.push(state);
+        }
     }
 
     /// The tick period the root context asked for, if any.

@@ -5,7 +5,7 @@
 //! - [`engine`]: the one engine (epoch interruption bounds every call) and the module cache
 //!   keyed by SHA-256.
 //! - [`plugin`]: a configured module, proven to start and configure before it is accepted.
-//! - `instance` / `pool`: an instance per concurrent stream, kept idle per thread.
+//! - `instance` / `vm`: one instance per plugin per proxy thread, one context per stream in it.
 //! - [`stream`]: one HTTP stream's callbacks, the API the filter adapter drives.
 //! - `host/`: the host functions, one group per file; [`abi`]: the ABI's numbers and
 //!   encodings; [`http`]: `proxy_http_call`'s sending; [`shared`], [`metrics`]: what guests
@@ -19,12 +19,12 @@ mod instance;
 mod memory;
 pub mod metrics;
 pub mod plugin;
-mod pool;
 pub mod runtime;
 pub mod shared;
 mod state;
 pub mod stream;
 mod ticker;
+mod vm;
 
 pub use instance::{Failure, GuestError};
 pub use plugin::{LoadError, Plugin, PluginSpec};

@@ -86,7 +86,7 @@ impl HostMetrics {
         )?;
         let instances = IntCounter::new(
             "gatehouse_wasm_instances_created_total",
-            "Wasm filter instances created (each proxy thread keeps a pool per module).",
+            "Wasm filter instances created (one per module per proxy thread, another after a trap).",
         )?;
         registry.register(Box::new(traps.clone()))?;
         registry.register(Box::new(compiled.clone()))?;

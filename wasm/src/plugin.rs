@@ -8,10 +8,10 @@ use std::time::Duration;
 use wasmtime::InstancePre;
 
 use crate::engine::{engine, EPOCH_TICK};
-use crate::instance::{GuestError, Instance};
+use crate::instance::Instance;
 use crate::runtime::WasmRuntime;
 use crate::state::HostState;
-use crate::{pool, ticker};
+use crate::ticker;
 
 /// What a `wasm` filter entry asks for.
 #[derive(Debug, Clone)]
@@ -143,15 +143,5 @@ impl Plugin {
     /// The runtime it was loaded in.
     pub fn runtime(&self) -> &WasmRuntime {
         &self.shared.runtime
-    }
-
-    /// An instance for one stream: an idle one of this thread's pool, or a new one. Boxed:
-    /// an instance is about a kilobyte (the exports' typed functions), and the stream moves
-    /// it from the pool, into the filter's state and back.
-    pub(crate) fn instance(self: &Arc<Self>) -> Result<Box<Instance>, GuestError> {
-        match pool::take(self.id) {
-            Some(i) => Ok(i),
-            None => Instance::new(self).map(Box::new),
-        }
     }
 }

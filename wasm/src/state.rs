@@ -1,5 +1,6 @@
 //! What a store carries between the host functions of one instance: the limits, the plugin's
-//! settings, the guest's memory and allocator, and the one HTTP stream being called into.
+//! settings, the guest's memory and allocator, and the state of the HTTP stream being called
+//! into (each stream keeps its own and moves it into the store for the length of a call).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -80,7 +81,7 @@ impl OwnedInfo {
     }
 }
 
-/// The HTTP stream the instance is serving now. In the request phase the request header is
+/// The state of one HTTP stream, moved into the store for each call on its behalf. In the request phase the request header is
 /// moved in for the duration of one guest call (swapped with a placeholder, so no allocation)
 /// and moved back after it; from the response phase on, `request` is a copy of the request as
 /// it was sent (read-only in effect: edits change the copy only), kept until the stream ends so
@@ -110,6 +111,8 @@ pub(crate) struct Stream {
     pub resumed: bool,
     pub info: OwnedInfo,
     pub properties: HashMap<Vec<u8>, Vec<u8>>,
+    /// The stream's context id (the root context's while no stream is being called).
+    pub context: u32,
 }
 
 impl Stream {
@@ -134,11 +137,14 @@ impl Stream {
             resumed: false,
             info: OwnedInfo::default(),
             properties: HashMap::new(),
+            context: crate::instance::ROOT,
         })
     }
 
-    /// Forgets the last stream (the headers were swapped back already).
-    pub fn reset(&mut self, info: StreamInfo<'_>) {
+    /// Forgets the last stream (the headers were swapped back already) and serves the stream
+    /// of context `context`.
+    pub fn reset(&mut self, context: u32, info: StreamInfo<'_>) {
+        self.context = context;
         self.body = Bytes::new();
         self.body_kind = None;
         self.body_changed = false;
@@ -162,7 +168,8 @@ pub(crate) struct HostState {
     pub plugin: Arc<PluginShared>,
     pub memory: Option<Memory>,
     pub alloc: Option<TypedFunc<u32, u32>>,
-    pub stream: Stream,
+    /// The state of the stream being called into (the root's own between streams' calls).
+    pub stream: Box<Stream>,
     /// Whether the current call is into the root context (configure, tick).
     pub in_root: bool,
     /// Set by `proxy_set_tick_period_milliseconds` (0: no timer).

@@ -1,11 +1,12 @@
-//! One HTTP stream (request and response) through one plugin: an instance taken from the
-//! thread's pool for the stream's life, an HTTP context created in it, the header and body
-//! callbacks, and `proxy_on_done`/`proxy_on_log`/`proxy_on_delete` when the stream is
-//! dropped (then the instance goes back to the pool of the thread that drops it).
+//! One HTTP stream (request and response) through one plugin: an HTTP context in the proxy
+//! thread's instance of the plugin, the header and body callbacks, and
+//! `proxy_on_done`/`proxy_on_log`/`proxy_on_delete` when the stream is dropped.
 //!
-//! The request and response headers are moved into the store for each call (swapped with
-//! placeholders kept in the store, so no allocation) and moved back after it, so host
-//! functions edit pingora's headers in place. From the response phase on the store keeps a
+//! The stream keeps its own state (`state::Stream`) and moves it into the store for each
+//! call (a pointer swap), so the thread's other streams are called between two of its
+//! callbacks. The request and response headers are moved into that state for each call
+//! (swapped with placeholders it keeps, so no allocation) and moved back after it, so host
+//! functions edit pingora's headers in place. From the response phase on the state keeps a
 //! copy of the request (read-only in effect), as Envoy keeps the request's headers readable.
 
 use std::sync::Arc;
@@ -14,10 +15,10 @@ use bytes::Bytes;
 use pingora_http::{RequestHeader, ResponseHeader};
 
 use crate::abi::{buffer, ACTION_CONTINUE};
-use crate::instance::{GuestError, Instance, ROOT};
+use crate::instance::{Failure, GuestError, Instance, ROOT};
 use crate::plugin::Plugin;
-use crate::pool;
 use crate::state::{CallAnswer, CallRequest, HostState, LocalResponse, Stream, StreamInfo};
+use crate::vm::{self, Vm};
 use wasmtime::{Store, TypedFunc, WasmParams, WasmResults};
 
 /// What the stream does after a callback.
@@ -41,10 +42,12 @@ pub enum Phase<'a> {
     Response(&'a mut ResponseHeader),
 }
 
-/// One stream's context in one instance.
+/// One stream's context in its thread's instance.
 pub struct HttpStream {
     plugin: Arc<Plugin>,
-    inst: Option<Box<Instance>>,
+    vm: Arc<Vm>,
+    /// Its state, moved into the store for each call (`None` once dropped).
+    state: Option<Box<Stream>>,
     id: u32,
 }
 
@@ -58,70 +61,70 @@ impl std::fmt::Debug for HttpStream {
 }
 
 impl HttpStream {
-    /// Takes an instance and creates the stream's HTTP context in it.
+    /// Creates the stream's HTTP context in this thread's instance of `plugin` (started
+    /// first when the thread has none or its last one failed).
     ///
     /// # Errors
     ///
     /// A new instance could not start, or the guest trapped creating the context.
     pub fn open(plugin: &Arc<Plugin>, info: StreamInfo<'_>) -> Result<Self, GuestError> {
-        let mut inst = plugin.instance()?;
-        inst.store.data_mut().stream.reset(info);
-        let id = inst.next_context();
-        inst.call(|s, ex| ex.context_create.call(s, (id, ROOT)))?;
-        Ok(Self {
+        let vm = vm::get(plugin)?;
+        let (state, id) = {
+            let mut inst = vm.lock();
+            let mut state = inst.stream_state()?;
+            let id = inst.next_context();
+            state.reset(id, info);
+            (state, id)
+        };
+        let mut me = Self {
             plugin: plugin.clone(),
-            inst: Some(inst),
+            vm,
+            state: Some(state),
             id,
-        })
+        };
+        me.with_inst(|inst| inst.call(|s, ex| ex.context_create.call(s, (id, ROOT))))?;
+        Ok(me)
     }
 
-    fn inst(&mut self) -> Result<&mut Instance, GuestError> {
-        self.inst.as_deref_mut().ok_or_else(|| GuestError {
-            module: self.plugin.name().to_string(),
-            failure: crate::instance::Failure::Trap,
-            message: "the stream's instance failed before".into(),
-        })
-    }
-
-    /// Runs `f` with `header` swapped into its place in the store (`slot`: the place and
-    /// the flag that says the header is there) and `proxy_http_call` allowed, then swaps it
-    /// back.
-    fn with_moved<H, R>(
+    /// Runs `f` on the instance with this stream's state moved into the store; fails at once
+    /// when a call into the instance failed before (this stream's or another's: the guest's
+    /// state went with it, as when a VM fails in Envoy).
+    fn with_inst<R>(
         &mut self,
-        header: &mut H,
-        slot: fn(&mut Stream) -> (&mut H, &mut bool),
         f: impl FnOnce(&mut Instance) -> Result<R, GuestError>,
     ) -> Result<R, GuestError> {
-        let inst = self.inst()?;
-        let s = &mut inst.store.data_mut().stream;
-        s.calls_allowed = true;
-        let (held, present) = slot(s);
-        std::mem::swap(header, held);
-        *present = true;
-        let r = f(inst);
-        let s = &mut inst.store.data_mut().stream;
-        s.calls_allowed = false;
-        let (held, present) = slot(s);
-        *present = false;
-        std::mem::swap(header, held);
+        let mut inst = self.vm.lock();
+        let state = match self.state.as_mut() {
+            Some(state) if !inst.poisoned => state,
+            _ => {
+                return Err(GuestError {
+                    module: self.plugin.name().to_string(),
+                    failure: Failure::Trap,
+                    message: "the instance holding the stream's context failed before".into(),
+                })
+            }
+        };
+        std::mem::swap(&mut inst.store.data_mut().stream, state);
+        let r = f(&mut inst);
+        std::mem::swap(&mut inst.store.data_mut().stream, state);
         r
     }
 
-    /// Runs `f` in `phase`: its header moved into the store (in the response phase the
-    /// request's copy is there already) and `proxy_http_call` allowed.
+    /// Runs `f` on the instance in `phase`: its header moved into the stream's state (in the
+    /// response phase the request's copy is there already) and `proxy_http_call` allowed.
     fn in_phase<R>(
         &mut self,
         phase: Phase<'_>,
         f: impl FnOnce(&mut Instance) -> Result<R, GuestError>,
     ) -> Result<R, GuestError> {
-        match phase {
+        self.with_inst(|inst| match phase {
             Phase::Request(req) => {
-                self.with_moved(req, |s| (&mut s.request, &mut s.has_request), f)
+                with_moved(inst, req, |s| (&mut s.request, &mut s.has_request), f)
             }
             Phase::Response(resp) => {
-                self.with_moved(resp, |s| (&mut s.response, &mut s.has_response), f)
+                with_moved(inst, resp, |s| (&mut s.response, &mut s.has_response), f)
             }
-        }
+        })
     }
 
     /// What follows a callback that returned `action`.
@@ -283,20 +286,25 @@ impl HttpStream {
         end_of_stream: bool,
     ) -> Result<Step, GuestError> {
         let id = self.id;
-        let inst = self.inst()?;
-        if inst.ex.response_headers.is_none() {
-            return Ok(Step::Continue);
-        }
-        {
+        self.with_inst(|inst| {
+            if inst.ex.response_headers.is_none() {
+                return Ok(Step::Continue);
+            }
             let s = &mut inst.store.data_mut().stream;
             s.request.clone_from(req);
             s.has_request = true;
-        }
-        self.in_phase(Phase::Response(resp), |inst| {
-            let n = inst.store.data().stream.response.headers.len() as u32;
-            let args = (id, n, u32::from(end_of_stream));
-            let action = inst.call(|s, ex| call_or(&ex.response_headers, s, args, CONTINUE))?;
-            Ok(Self::step(inst, action))
+            with_moved(
+                inst,
+                resp,
+                |s| (&mut s.response, &mut s.has_response),
+                |inst| {
+                    let n = inst.store.data().stream.response.headers.len() as u32;
+                    let args = (id, n, u32::from(end_of_stream));
+                    let action =
+                        inst.call(|s, ex| call_or(&ex.response_headers, s, args, CONTINUE))?;
+                    Ok(Self::step(inst, action))
+                },
+            )
         })
     }
 
@@ -313,27 +321,25 @@ impl HttpStream {
         end_of_stream: bool,
     ) -> Result<bool, GuestError> {
         let id = self.id;
-        let inst = self.inst()?;
-        if inst.ex.response_body.is_none() {
-            return Ok(true);
-        }
-        {
+        self.with_inst(|inst| {
+            if inst.ex.response_body.is_none() {
+                return Ok(true);
+            }
             let s = &mut inst.store.data_mut().stream;
             std::mem::swap(&mut s.body, body);
             s.body_kind = Some(buffer::RESPONSE_BODY);
             s.body_writable = true;
-        }
-        let len = inst.store.data().stream.body.len() as u32;
-        let args = (id, len, u32::from(end_of_stream));
-        let r = inst.call(|s, ex| call_or(&ex.response_body, s, args, CONTINUE));
-        let s = &mut inst.store.data_mut().stream;
-        s.body_kind = None;
-        s.body_writable = false;
-        s.body_changed = false;
-        *body = std::mem::take(&mut s.body);
-        s.local = None;
-        s.calls.clear();
-        Ok(r? as i32 == ACTION_CONTINUE || end_of_stream)
+            let args = (id, s.body.len() as u32, u32::from(end_of_stream));
+            let r = inst.call(|s, ex| call_or(&ex.response_body, s, args, CONTINUE));
+            let s = &mut inst.store.data_mut().stream;
+            s.body_kind = None;
+            s.body_writable = false;
+            s.body_changed = false;
+            *body = std::mem::take(&mut s.body);
+            s.local = None;
+            s.calls.clear();
+            Ok(r? as i32 == ACTION_CONTINUE || end_of_stream)
+        })
     }
 
     /// `proxy_on_response_trailers` with `trailers` in reach (the guest may edit them).
@@ -344,21 +350,44 @@ impl HttpStream {
     /// As [`HttpStream::request_headers`].
     pub fn response_trailers(&mut self, trailers: &mut http::HeaderMap) -> Result<(), GuestError> {
         let id = self.id;
-        let inst = self.inst()?;
-        if inst.ex.response_trailers.is_none() {
-            return Ok(());
-        }
-        let n = trailers.len() as u32;
-        inst.store.data_mut().stream.response_trailers = Some(std::mem::take(trailers));
-        let r = inst.call(|s, ex| call_or(&ex.response_trailers, s, (id, n), CONTINUE));
-        let s = &mut inst.store.data_mut().stream;
-        if let Some(t) = s.response_trailers.take() {
-            *trailers = t;
-        }
-        s.local = None;
-        s.calls.clear();
-        r.map(drop)
+        self.with_inst(|inst| {
+            if inst.ex.response_trailers.is_none() {
+                return Ok(());
+            }
+            let n = trailers.len() as u32;
+            inst.store.data_mut().stream.response_trailers = Some(std::mem::take(trailers));
+            let r = inst.call(|s, ex| call_or(&ex.response_trailers, s, (id, n), CONTINUE));
+            let s = &mut inst.store.data_mut().stream;
+            if let Some(t) = s.response_trailers.take() {
+                *trailers = t;
+            }
+            s.local = None;
+            s.calls.clear();
+            r.map(drop)
+        })
     }
+}
+
+/// Runs `f` with `header` swapped into its place in the stream's state (`slot`: the place and
+/// the flag that says the header is there) and `proxy_http_call` allowed, then swaps it back.
+fn with_moved<H, R>(
+    inst: &mut Instance,
+    header: &mut H,
+    slot: fn(&mut Stream) -> (&mut H, &mut bool),
+    f: impl FnOnce(&mut Instance) -> Result<R, GuestError>,
+) -> Result<R, GuestError> {
+    let s = &mut inst.store.data_mut().stream;
+    s.calls_allowed = true;
+    let (held, present) = slot(s);
+    std::mem::swap(header, held);
+    *present = true;
+    let r = f(inst);
+    let s = &mut inst.store.data_mut().stream;
+    s.calls_allowed = false;
+    let (held, present) = slot(s);
+    *present = false;
+    std::mem::swap(header, held);
+    r
 }
 
 /// `ACTION_CONTINUE` as the callbacks return it.
@@ -380,26 +409,24 @@ fn call_or<P: WasmParams, R: WasmResults>(
 
 impl Drop for HttpStream {
     fn drop(&mut self) {
-        let Some(mut inst) = self.inst.take() else {
-            return;
-        };
-        if inst.poisoned {
-            return;
-        }
         let id = self.id;
-        // Each is skipped when not exported; a failure poisons the instance (not pooled).
-        if inst.ex.done.is_some() {
-            let _ = inst.call(|s, ex| call_or(&ex.done, s, id, 1));
-        }
-        if inst.ex.log.is_some() {
-            let _ = inst.call(|s, ex| call_or(&ex.log, s, id, ()));
-        }
-        if inst.ex.delete.is_some() {
-            let _ = inst.call(|s, ex| call_or(&ex.delete, s, id, ()));
-        }
-        if !inst.poisoned {
-            inst.store.data_mut().stream.reset(StreamInfo::default());
-            pool::put(&self.plugin, inst);
+        // Each is skipped when not exported; a failure poisons the instance (its thread
+        // starts another for the next stream).
+        let ended = self.with_inst(|inst| {
+            if inst.ex.done.is_some() {
+                inst.call(|s, ex| call_or(&ex.done, s, id, 1))?;
+            }
+            if inst.ex.log.is_some() {
+                inst.call(|s, ex| call_or(&ex.log, s, id, ()))?;
+            }
+            if inst.ex.delete.is_some() {
+                inst.call(|s, ex| call_or(&ex.delete, s, id, ()))?;
+            }
+            Ok(())
+        });
+        if let (Ok(()), Some(mut state)) = (ended, self.state.take()) {
+            state.reset(ROOT, StreamInfo::default());
+            self.vm.lock().keep_stream_state(state);
         }
     }
 }

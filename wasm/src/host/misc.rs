@@ -14,11 +14,7 @@ pub(crate) fn add(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     linker.func_wrap("env", "proxy_get_log_level", log_level)?;
     linker.func_wrap("env", "proxy_get_current_time_nanoseconds", now)?;
     linker.func_wrap("env", "proxy_set_tick_period_milliseconds", tick_period)?;
-    linker.func_wrap(
-        "env",
-        "proxy_set_effective_context",
-        |_: Caller<'_, HostState>, _: i32| 0,
-    )?;
+    linker.func_wrap("env", "proxy_set_effective_context", effective_context)?;
     linker.func_wrap("env", "proxy_done", |_: Caller<'_, HostState>| 0)?;
     linker.func_wrap("env", "proxy_continue_stream", resume)?;
     // 0.2.0 name of the same call.
@@ -112,4 +108,16 @@ fn local_response(
         Ok(())
     })();
     status(r)
+}
+
+/// `proxy_set_effective_context`: the stream being called into (or the root) only. A thread's
+/// streams share one instance, but a call is made on behalf of one of them and only that
+/// stream's state is in the store, so another stream's id is refused with `BadArgument`
+/// (Envoy's answer for a context it does not know; Envoy would switch to a live one). The
+/// SDK's own use, before `on_http_call_response`, names the calling stream, which is the
+/// current one here.
+fn effective_context(c: Caller<'_, HostState>, id: i32) -> i32 {
+    let current = c.data().stream.context;
+    let ok = u32::try_from(id).is_ok_and(|id| id == current || id == crate::instance::ROOT);
+    status(if ok { Ok(()) } else { Err(Status::BadArgument) })
 }
