@@ -63,13 +63,14 @@ TARGETS = {
     "q": "gatehouse full + tracing 0.01",
     "r": "gatehouse plain, trusted XFF",
     "s": "gatehouse plain, binary B",
+    "t": "gatehouse + no-op wasm filter, binary B",
 }
 
 # gatehouse targets: the config variant of each (configs.GATEHOUSE) and its process name.
 VARIANTS = {"d": "plain", "e": "full", "f": "full_redis", "g": "wasm_noop", "h": "wasm_header",
             "i": "rust_header", "k": "plain_tls", "m": "plain_tls", "o": "plain_h2c",
             "p": "full_trace_1", "q": "full_trace_001", "r": "plain_trusted",
-            "s": "plain"}
+            "s": "plain", "t": "wasm_noop"}
 
 # Targets whose clients send an `X-Forwarded-For` chain (configs.XFF_CHAIN) from a trusted peer.
 XFF_TARGETS = ("r",)
@@ -150,7 +151,7 @@ class Settings:
             conns=[int(c) for c in os.environ.get("CONNS", "64,1000").split(",") if c],
             # every target but (s), which needs a second binary
             targets=[t.strip() for t in os.environ.get(
-                "TARGETS", ",".join(k for k in TARGETS if k != "s" or os.environ.get("GATEHOUSE_BIN_B"))
+                "TARGETS", ",".join(k for k in TARGETS if k not in ("s", "t") or os.environ.get("GATEHOUSE_BIN_B"))
             ).split(",") if t.strip()],
             proxy_cpu=proxy_cpu,
             load_cpu=load_cpu,
@@ -723,7 +724,7 @@ class Harness:
                 jwt_secret=self.secret, jwt_issuer=configs.JWT_ISSUER,
                 jwt_audience=configs.JWT_AUDIENCE, redis_addr=self.redis_addr,
                 rl_algorithm=configs.RL_ALGORITHM,
-                wasm_module=self.wasm_module() if key in ("g", "h") else "",
+                wasm_module=self.wasm_module() if key in ("g", "h", "t") else "",
                 cert=self.tls_cert()[0] if key in TLS_TARGETS else "",
                 key=self.tls_cert()[1] if key in TLS_TARGETS else "",
                 redis_timeout_line=f"  timeout: {configs.REDIS_TIMEOUT}\n" if configs.REDIS_TIMEOUT else ""))
@@ -731,11 +732,12 @@ class Harness:
                            timeout=30)
         if v.returncode != 0:
             raise RuntimeError(f"gatehouse validate refused {conf}:\n{v.stdout}{v.stderr}")
-        # (s): (d)'s config on a second binary (GATEHOUSE_BIN_B), for an A/B of two builds
-        # in one run: `TARGETS=d,s GATEHOUSE_BIN_B=... ROUNDS=5`.
-        binary = s.gatehouse_bin_b if key == "s" else s.gatehouse_bin
-        if key == "s" and not (binary and os.access(binary, os.X_OK)):
-            raise FileNotFoundError("(s) needs GATEHOUSE_BIN_B, a second gatehouse binary")
+        # (s), (t): (d)'s and (g)'s configs on a second binary (GATEHOUSE_BIN_B), for an A/B of
+        # two builds in one run: `TARGETS=d,s GATEHOUSE_BIN_B=... ROUNDS=5`.
+        on_b = key in ("s", "t")
+        binary = s.gatehouse_bin_b if on_b else s.gatehouse_bin
+        if on_b and not (binary and os.access(binary, os.X_OK)):
+            raise FileNotFoundError(f"({key}) needs GATEHOUSE_BIN_B, a second gatehouse binary")
         p = PROCS.start(f"gatehouse-{variant}", [binary, "run", "-c", conf], self.tmp,
                         s.proxy_cpu, signal.SIGINT)
         return Target(key, TARGETS[key], port, p.pid, p,
@@ -1096,6 +1098,8 @@ def issue_targets(results: dict, mem: dict, conns: list[int]) -> list[dict]:
     v = pr("r", "d"); add(f"trusted XFF / plain req/s @{small}", v, "(reported)", True)
     for c in dict.fromkeys((small, big)):
         v = pr("s", "d", c); add(f"binary B / binary A (plain) req/s @{c}", v, "(reported)", True)
+        v = pr("t", "s", c); add(f"no-op wasm / plain, binary B req/s @{c}", v, "(reported)", True)
+        v = pr("t", "g", c); add(f"binary B / binary A (no-op wasm) req/s @{c}", v, "(reported)", True)
     for k in ("d", "e", "f"):
         r = run(k, big)
         if not r or not many:
