@@ -1179,10 +1179,10 @@ listeners:
             errs,
             ["runtime.upstream_burst_idle_timeout: must be at most upstream_idle_timeout (5s): it shortens the idle time of connections a burst opened"]
         );
-        assert!(errors(&format!(
+        let equal = format!(
             "{base}runtime: {{ upstream_idle_timeout: 5s, upstream_burst_idle_timeout: 5s }}\n"
-        ))
-        .is_empty());
+        );
+        assert!(load_str(&equal, None).is_ok(), "{equal}");
     }
 
     #[test]
