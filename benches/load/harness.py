@@ -1060,14 +1060,25 @@ def issue_targets(results: dict, mem: dict, conns: list[int]) -> list[dict]:
         return results.get(k, {}).get("runs", {}).get(c)
 
     checks = []
+    # The per-round ratios behind the last `pr`, attached to the check `add` records next.
+    pending: dict = {}
 
     def add(what, value, limit, ok):
-        checks.append({"target": what, "value": value, "limit": limit,
-                       "met": None if value is None else bool(ok)})
+        check = {"target": what, "value": value, "limit": limit,
+                 "met": None if value is None else bool(ok)}
+        rounds = pending.pop("rounds", None)
+        if rounds:
+            check["round_ratios"] = rounds
+        checks.append(check)
 
     def pr(a, b, c=None):
         c = c or small
-        return paired_ratio(run(a, c), run(b, c))
+        ra, rb = run(a, c), run(b, c)
+        pending.pop("rounds", None)
+        xa, xb = (ra or {}).get("rps_rounds"), (rb or {}).get("rps_rounds")
+        if xa and xb and len(xa) == len(xb):
+            pending["rounds"] = [round(x / y, 3) if x and y else None for x, y in zip(xa, xb)]
+        return paired_ratio(ra, rb)
 
     v = pr("d", "c"); add(f"plain / bare req/s @{small}", v, ">= 1.0", v is not None and v >= 1.0)
     v = pr("d", "b"); add(f"plain / nginx req/s @{small}", v, ">= 0.60", v is not None and v >= 0.60)

@@ -19,6 +19,7 @@ pub mod duration;
 pub mod envelope;
 pub mod factory;
 pub mod headers;
+pub mod ip_text;
 pub mod jwt;
 pub mod metrics;
 pub mod rate_limit;
@@ -290,6 +291,13 @@ impl FilterRuntime {
     /// Whether a `redis:` section was given.
     pub fn has_redis(&self) -> bool {
         self.redis.is_some()
+    }
+
+    /// Open Redis connections of the rate limiters: one per thread that has called
+    /// Redis since the last failure (each proxy thread uses its own, made on its own
+    /// runtime). 0 without Redis.
+    pub fn redis_connections(&self) -> usize {
+        self.redis.as_ref().map_or(0, |r| r.connections())
     }
 
     /// Pings Redis through the rate limiter's connection (same timeout and breaker)

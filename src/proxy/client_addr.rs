@@ -2,6 +2,7 @@
 //! connection and the listener's trusted proxies (`crate::client_addr`), and writes the
 //! forwarding headers the upstream receives.
 
+use gatehouse_filters::ip_text::ip_text;
 use http::HeaderValue;
 use pingora_core::{Error, ErrorType, Result};
 use pingora_http::RequestHeader;
@@ -58,7 +59,14 @@ pub fn set_forwarding_headers(
         }
         return Ok(());
     };
-    let peer = c.peer.to_string();
+    let peer = ip_text(c.peer);
+    let peer_value = value(&peer)?;
+    // From an untrusted peer (most requests) the client is the peer: one text for both.
+    let client_ip = if c.client == c.peer {
+        peer_value.clone()
+    } else {
+        value(&ip_text(c.client))?
+    };
     let xff = if c.peer_trusted && req.headers.contains_key(X_FORWARDED_FOR) {
         let mut chain = String::new();
         for v in req.headers.get_all(X_FORWARDED_FOR) {
@@ -70,12 +78,11 @@ pub fn set_forwarding_headers(
             }
         }
         chain.push_str(&peer);
-        chain
+        value(&chain)?
     } else {
-        peer
+        peer_value
     };
-    req.insert_header(X_FORWARDED_FOR, value(&xff)?)?;
-    let client_ip = value(&c.client.to_string())?;
+    req.insert_header(X_FORWARDED_FOR, xff)?;
     req.insert_header("x-real-ip", client_ip.clone())?;
     req.insert_header("x-client-ip", client_ip)?;
 
@@ -100,8 +107,8 @@ pub fn set_forwarding_headers(
         chain.push_str("for=");
         chain.push_str(&forwarded_node(c.peer));
         req.insert_header(FORWARDED, value(&chain)?)?;
-    } else {
-        req.remove_header(FORWARDED);
+    } else if req.headers.contains_key(http::header::FORWARDED) {
+        req.remove_header(&http::header::FORWARDED);
     }
     Ok(())
 }

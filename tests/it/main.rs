@@ -13,6 +13,7 @@ mod deploy;
 mod discovery;
 mod drain;
 mod grpc;
+mod header_map_headroom;
 mod health;
 mod http2;
 mod http_edge;

@@ -3,7 +3,6 @@
 //! the verification once per minute instead of once per request.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -28,7 +27,6 @@ struct Entry {
 pub struct TokenCache {
     shards: Vec<Mutex<HashMap<Box<str>, Entry>>>,
     per_shard: usize,
-    hasher: RandomState,
     leeway: u64,
     validate_nbf: bool,
 }
@@ -47,15 +45,22 @@ impl TokenCache {
         Self {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             per_shard: capacity.div_ceil(SHARDS).max(1),
-            hasher: RandomState::new(),
             leeway: leeway.as_secs(),
             validate_nbf,
         }
     }
 
+    /// The shard of `token`, from its last 4 bytes (the end of the signature, which varies
+    /// from token to token): the shard's map hashes the whole token with SipHash anyway, and
+    /// a second keyed hash here cost as much as that lookup. A client that steers its tokens
+    /// into one shard only crowds that shard, which is bounded like the others.
     fn shard(&self, token: &str) -> &Mutex<HashMap<Box<str>, Entry>> {
-        let i = self.hasher.hash_one(token) as usize % SHARDS;
-        &self.shards[i]
+        let b = token.as_bytes();
+        let mut tail = [0u8; 4];
+        let n = b.len().min(4);
+        tail[..n].copy_from_slice(&b[b.len() - n..]);
+        let mixed = u32::from_le_bytes(tail).wrapping_mul(0x9E37_79B1);
+        &self.shards[(mixed >> 29) as usize % SHARDS]
     }
 
     /// The claims of `token` if it was accepted and is still inside its validity.
@@ -125,6 +130,27 @@ impl TokenCache {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn tokens_spread_over_every_shard() {
+        let c = TokenCache::new(1024, Duration::from_secs(0), false);
+        let mut hit = [false; SHARDS];
+        for i in 0..200u32 {
+            let token = format!("eyJhbGciOiJIUzI1NiJ9.e30.sig{i:08x}");
+            let shard = c.shard(&token) as *const _;
+            let at = c
+                .shards
+                .iter()
+                .position(|s| std::ptr::eq(s, shard))
+                .unwrap();
+            hit[at] = true;
+        }
+        assert!(hit.iter().all(|h| *h), "{hit:?}");
+        assert!(
+            std::ptr::eq(c.shard(""), c.shard("")),
+            "an empty token has a shard too"
+        );
+    }
 
     #[test]
     fn honours_exp_nbf_leeway_and_the_max_age() {

@@ -96,7 +96,7 @@ impl RateLimitKey {
     /// The key's value for this request, `None` when the request has none.
     pub fn extract(&self, req: &RequestHeader, cx: &RequestCx<'_>) -> Option<String> {
         let v = match self {
-            Self::ClientIp => cx.client_ip.map(|ip| ip.to_string()),
+            Self::ClientIp => cx.client_ip.map(crate::ip_text::ip_text),
             Self::Header(h) => req
                 .headers
                 .get(h)

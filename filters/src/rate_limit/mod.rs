@@ -5,7 +5,8 @@ pub mod key;
 pub mod local;
 pub mod redis_store;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration as StdDuration;
 
 use async_trait::async_trait;
@@ -204,7 +205,15 @@ pub struct RateLimit {
     decisions: RatelimitCounters,
     /// One `rate limited` line per interval (the metric counts every one).
     refusal_log: crate::refusal_log::RefusalLog,
+    /// Redis keys of recent key values ([`REDIS_KEY_CACHE`] at most): a busy client's key
+    /// is hashed once, not on every request (SHA-256 was a third of a Redis-counted
+    /// limit's own cost per request).
+    redis_keys: Mutex<HashMap<Box<str>, Arc<str>>>,
 }
+
+/// Key values whose Redis key [`RateLimit`] remembers; when full the memory is emptied
+/// and refilled by the next requests (no per-entry bookkeeping on the request path).
+pub const REDIS_KEY_CACHE: usize = 4096;
 
 impl RateLimit {
     /// Builds the filter; its in-process counters come from the runtime (kept across
@@ -268,6 +277,7 @@ impl RateLimit {
             headers: cfg.headers,
             body_limit,
             redis: runtime.redis.clone(),
+            redis_keys: Mutex::new(HashMap::new()),
         })
     }
 
@@ -292,6 +302,24 @@ impl RateLimit {
         format!("{prefix}:{}:{}:{algo}:{{{hex}}}", self.route, self.name)
     }
 
+    /// [`Self::redis_key`] through the cache of recent key values. A poisoned lock (a
+    /// panic elsewhere while it was held) only costs the cache: the key is computed.
+    fn cached_redis_key(&self, prefix: &str, value: &str) -> Arc<str> {
+        if let Ok(keys) = self.redis_keys.lock() {
+            if let Some(k) = keys.get(value) {
+                return Arc::clone(k);
+            }
+        }
+        let key: Arc<str> = Arc::from(self.redis_key(prefix, value));
+        if let Ok(mut keys) = self.redis_keys.lock() {
+            if keys.len() >= REDIS_KEY_CACHE {
+                keys.clear();
+            }
+            keys.insert(value.into(), Arc::clone(&key));
+        }
+        key
+    }
+
     fn count(&self, decision: &str) {
         self.decisions.inc(decision);
     }
@@ -305,7 +333,7 @@ impl RateLimit {
                 .check(value, &self.policy, tokio::time::Instant::now());
             return Ok((Some(d), if d.allowed { "allowed" } else { "limited" }));
         };
-        let key = self.redis_key(redis.key_prefix(), value);
+        let key = self.cached_redis_key(redis.key_prefix(), value);
         // The Redis call's span (OTel database conventions), in a traced request only.
         let mut span = gatehouse_otel::child("redis rate_limit", SpanKind::Client, || {
             vec![
@@ -555,5 +583,31 @@ mod tests {
                 .1,
             "3"
         );
+    }
+
+    #[test]
+    fn redis_keys_are_remembered_per_value_and_the_memory_is_bounded() {
+        let rt = FilterRuntime::default();
+        let f = RateLimit::new(
+            &cfg(serde_json::json!({"key": "client_ip", "limit": 5, "window": "1m"})),
+            "api",
+            &rt,
+        )
+        .unwrap();
+        let a = f.cached_redis_key("gatehouse:rl", "10.0.0.1");
+        assert_eq!(&*a, f.redis_key("gatehouse:rl", "10.0.0.1"));
+        assert!(a.starts_with("gatehouse:rl:api:client_ip:sw:{"), "{a}");
+        assert!(!a.contains("10.0.0.1"), "the value is hashed: {a}");
+        assert!(Arc::ptr_eq(
+            &a,
+            &f.cached_redis_key("gatehouse:rl", "10.0.0.1")
+        ));
+        assert_ne!(a, f.cached_redis_key("gatehouse:rl", "10.0.0.2"));
+        for i in 0..REDIS_KEY_CACHE + 10 {
+            let v = format!("user-{i}");
+            assert_eq!(&*f.cached_redis_key("p", &v), f.redis_key("p", &v));
+        }
+        let kept = f.redis_keys.lock().unwrap().len();
+        assert!((1..=REDIS_KEY_CACHE).contains(&kept), "{kept} keys kept");
     }
 }

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::thread::ThreadId;
 use std::time::Duration;
 
 use gatehouse_registry::topology::{Connector, RedisConn, RedisTls, Topology};
@@ -165,7 +166,12 @@ enum Admit {
 pub struct RedisStore {
     settings: RedisSettings,
     connector: Connector,
-    conn: Mutex<Option<RedisConn>>,
+    /// One connection per calling thread. A connection's driver task runs on the runtime
+    /// that made it, so a proxy thread calling through another thread's connection pays
+    /// two cross-thread wake-ups per call (measured: 0.36 context switches per request and
+    /// a quarter more CPU per request at 64 connections when the background ping thread
+    /// had made the one shared connection).
+    conns: Mutex<HashMap<ThreadId, RedisConn>>,
     connect_lock: tokio::sync::Mutex<()>,
     sliding: Script,
     gcra: Script,
@@ -261,7 +267,7 @@ impl RedisStore {
         Ok(Self {
             settings,
             connector,
-            conn: Mutex::new(None),
+            conns: Mutex::new(HashMap::new()),
             connect_lock: tokio::sync::Mutex::new(()),
             sliding: Script::new(SLIDING_WINDOW_LUA),
             gcra: Script::new(GCRA_LUA),
@@ -317,8 +323,9 @@ impl RedisStore {
         let until = self.now_ms() + self.settings.breaker_open_for.as_millis() as u64;
         let was = self.open_until_ms.swap(until, Ordering::AcqRel);
         self.probing.store(false, Ordering::Release);
-        if let Ok(mut c) = self.conn.lock() {
-            *c = None;
+        // Every thread's connection goes: a failure is seldom one thread's own.
+        if let Ok(mut c) = self.conns.lock() {
+            c.clear();
         }
         self.metrics.redis_up(false);
         self.metrics.redis_error(op);
@@ -329,12 +336,16 @@ impl RedisStore {
         }
     }
 
+    /// The calling thread's connection, made on first use (on the calling thread's
+    /// runtime, where its driver task then runs).
     async fn connection(&self) -> Result<RedisConn, StoreError> {
-        if let Some(c) = self.conn.lock().ok().and_then(|c| c.clone()) {
+        let thread = std::thread::current().id();
+        let mine = |s: &Self| s.conns.lock().ok().and_then(|c| c.get(&thread).cloned());
+        if let Some(c) = mine(self) {
             return Ok(c);
         }
         let _g = self.connect_lock.lock().await;
-        if let Some(c) = self.conn.lock().ok().and_then(|c| c.clone()) {
+        if let Some(c) = mine(self) {
             return Ok(c);
         }
         let c = self
@@ -342,10 +353,15 @@ impl RedisStore {
             .connect()
             .await
             .map_err(StoreError::Connect)?;
-        if let Ok(mut slot) = self.conn.lock() {
-            *slot = Some(c.clone());
+        if let Ok(mut conns) = self.conns.lock() {
+            conns.insert(thread, c.clone());
         }
         Ok(c)
+    }
+
+    /// Open connections (one per thread that has called Redis since the last failure).
+    pub fn connections(&self) -> usize {
+        self.conns.lock().map_or(0, |c| c.len())
     }
 
     /// Runs `f` on a connection within the timeout, through the breaker.

@@ -232,6 +232,44 @@ async fn concurrent_requests_never_exceed_the_limit() {
     assert_eq!(ok, 20);
 }
 
+/// The gateway pings Redis from its maintenance thread; a proxy thread must not then send
+/// its rate-limit calls through that thread's connection (whose driver runs on the other
+/// thread: two cross-thread wake-ups per call) but through one of its own.
+#[tokio::test]
+async fn each_thread_calls_redis_on_a_connection_of_its_own() {
+    shared_redis().await;
+    let p = prefix("per_thread");
+    let gw = gateway(Some(RedisSettings::new(SHARED_REDIS).with_key_prefix(&p)));
+    let maintenance = Arc::clone(&gw.runtime);
+    let (tx, rx) = std::sync::mpsc::channel();
+    // The maintenance thread's runtime lives on while the test runs, like the gateway's.
+    let pinger = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let up = rt.block_on(maintenance.check_redis());
+        tx.send(up).unwrap();
+        rt.block_on(async { tokio::time::sleep(Duration::from_secs(3)).await });
+    });
+    let up = tokio::task::spawn_blocking(move || rx.recv().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(up, Some(true));
+    assert_eq!(gw.runtime.redis_connections(), 1, "the ping's connection");
+    let f = gw.filter(json!({"name": "api", "key": "client_ip", "limit": 100, "window": "1m", "algorithm": "gcra"}));
+    for _ in 0..3 {
+        assert_eq!(get(f.as_ref()).await.status(), 0);
+    }
+    assert_eq!(
+        gw.runtime.redis_connections(),
+        2,
+        "the requests' thread made its own connection and kept using it"
+    );
+    assert_eq!(gw.decisions("api", "allowed"), 3.0);
+    pinger.join().unwrap();
+}
+
 #[tokio::test]
 async fn gcra_in_redis_allows_the_burst_then_the_rate() {
     shared_redis().await;

@@ -27,6 +27,12 @@ use crate::utils::KVRef;
 pub(super) const MAX_HEADERS: usize = 256;
 
 pub(super) const INIT_HEADER_BUF_SIZE: usize = 4096;
+
+/// Room left in a parsed header's maps for the fields a proxy adds to it (forwarding
+/// headers and a request id on the request, a request id and rate-limit fields on the
+/// response): without it the maps, sized to the parsed fields alone, grow (a reallocation
+/// and rehash of both the value map and the case map) two or three times per message.
+pub(super) const HEADER_MAP_HEADROOM: usize = 8;
 pub(super) const MAX_HEADER_SIZE: usize = 1048575;
 
 pub(crate) const BODY_BUF_LIMIT: usize = 1024 * 64;

@@ -426,7 +426,7 @@ impl HttpSession {
                             req.method.unwrap_or(""),
                             // we path httparse to allow unsafe bytes in the str
                             req.path.unwrap_or("").as_bytes(),
-                            Some(req.headers.len()),
+                            Some(req.headers.len() + HEADER_MAP_HEADROOM),
                         )?);
 
                         request_header.set_version(match req.version {
