@@ -107,7 +107,7 @@ pub fn set_forwarding_headers(
         chain.push_str("for=");
         chain.push_str(&forwarded_node(c.peer));
         req.insert_header(FORWARDED, value(&chain)?)?;
-    } else if req.headers.contains_key(http::header::FORWARDED) {
+    } else {
         req.remove_header(&http::header::FORWARDED);
     }
     Ok(())

@@ -147,12 +147,8 @@ pub fn strip_hop_by_hop_request(req: &mut RequestHeader, upgrade: bool) {
         }
     }
     if !upgrade {
-        if req.headers.contains_key(http::header::UPGRADE) {
-            req.remove_header(&http::header::UPGRADE);
-        }
-        if req.headers.contains_key(http::header::CONNECTION) {
-            req.remove_header(&http::header::CONNECTION);
-        }
+        req.remove_header(&http::header::UPGRADE);
+        req.remove_header(&http::header::CONNECTION);
     }
 }
 

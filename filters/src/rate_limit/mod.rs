@@ -302,8 +302,10 @@ impl RateLimit {
         format!("{prefix}:{}:{}:{algo}:{{{hex}}}", self.route, self.name)
     }
 
-    /// [`Self::redis_key`] through the cache of recent key values. A poisoned lock (a
-    /// panic elsewhere while it was held) only costs the cache: the key is computed.
+    /// [`Self::redis_key`] through the cache of recent key values. The cache is keyed by
+    /// the value alone: `prefix` is the filter's Redis store's, the same on every call. A
+    /// poisoned lock (a panic elsewhere while it was held) only costs the cache: the key is
+    /// computed.
     fn cached_redis_key(&self, prefix: &str, value: &str) -> Arc<str> {
         if let Ok(keys) = self.redis_keys.lock() {
             if let Some(k) = keys.get(value) {
