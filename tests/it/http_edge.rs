@@ -482,6 +482,39 @@ async fn default_limits_refuse_a_64k_header() {
     assert_eq!(up.total_bytes(), 0);
 }
 
+/// A header section over four times the default 4 KiB read buffer (`runtime.downstream_read_buffer`)
+/// but inside the 32 KiB limit is read in several reads, sent at once or a few bytes at a
+/// time, and reaches the upstream whole.
+#[tokio::test]
+async fn a_header_larger_than_the_read_buffer_reaches_the_upstream_whole() {
+    let up = RecordingUpstream::start(Answer::Ok11).await;
+    let gw = plain_gateway(&up).await;
+    let fields: Vec<String> = (0..4).map(|i| format!("{i}").repeat(4500)).collect();
+    let head = format!(
+        "GET /big HTTP/1.1\r\nHost: h\r\n{}\r\n",
+        fields
+            .iter()
+            .enumerate()
+            .map(|(i, v)| format!("X-Big-{i}: {v}\r\n"))
+            .collect::<String>()
+    );
+    assert!(head.len() > 4 * 4096);
+    assert_eq!(statuses(&exchange(&gw, head.as_bytes()).await), vec![200]);
+    let mut c = Raw::connect(gw.port).await;
+    for part in head.as_bytes().chunks(1500) {
+        c.send(part).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(statuses(&c.responses(IDLE).await), vec![200]);
+    let got = up.requests();
+    assert_eq!(got.len(), 2);
+    for r in &got {
+        for (i, v) in fields.iter().enumerate() {
+            assert_eq!(r.header(&format!("x-big-{i}")), vec![v.clone()]);
+        }
+    }
+}
+
 /// A recording upstream behind a gateway that waits 1 s for a request header.
 async fn header_deadline_gateway() -> (RecordingUpstream, TestGateway) {
     let up = RecordingUpstream::start(Answer::Ok11).await;
