@@ -456,6 +456,49 @@ fn bench_breaker(c: &mut Criterion) {
     g.finish();
 }
 
+/// The header limits (`max_headers`, `max_header_line_bytes`, `max_request_header_bytes`,
+/// `max_uri_bytes`) and the Host rules, checked on every parsed request: what
+/// `edge::check_request` costs on wrk's request, on a browser's and on one at the
+/// default 100-field limit. Each request is asserted to pass before it is timed.
+fn bench_edge(c: &mut Criterion) {
+    use gatehouse::proxy::edge::{check_request, EdgeLimits};
+    let limits = EdgeLimits::default();
+    let build = |fields: &[(&str, String)]| {
+        let mut req = RequestHeader::build("GET", b"/api/v1/items?page=2", None).unwrap();
+        for (n, v) in fields {
+            req.append_header(n.to_string(), v.as_str()).unwrap();
+        }
+        assert!(check_request(&req, &limits).is_ok(), "{fields:?}");
+        req
+    };
+    let wrk = build(&[("host", "127.0.0.1:8080".into())]);
+    let browser = build(&[
+        ("host", "shop.example.com".into()),
+        ("user-agent", "Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.0".into()),
+        ("accept", "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8".into()),
+        ("accept-language", "en-US,en;q=0.5".into()),
+        ("accept-encoding", "gzip, deflate, br, zstd".into()),
+        ("referer", "https://shop.example.com/".into()),
+        ("cookie", format!("session={}; theme=dark", "a".repeat(64))),
+        ("upgrade-insecure-requests", "1".into()),
+        ("sec-fetch-dest", "document".into()),
+        ("sec-fetch-mode", "navigate".into()),
+        ("sec-fetch-site", "same-origin".into()),
+        ("priority", "u=0, i".into()),
+    ]);
+    let names: Vec<String> = (1..limits.max_headers)
+        .map(|i| format!("x-field-{i}"))
+        .collect();
+    let mut full: Vec<(&str, String)> = vec![("host", "shop.example.com".into())];
+    full.extend(names.iter().map(|n| (n.as_str(), "v".repeat(20))));
+    let at_limit = build(&full);
+    let mut g = c.benchmark_group("edge_check_request");
+    for (name, req) in [("wrk_1_field", &wrk), ("browser_12_fields", &browser), ("100_fields", &at_limit)] {
+        g.bench_function(name, |b| b.iter(|| check_request(black_box(req), &limits).is_ok()));
+    }
+    g.finish();
+}
+
 criterion_group!(
     benches,
     bench_router,
@@ -463,7 +506,8 @@ criterion_group!(
     bench_swrr,
     bench_jwt,
     bench_rate_limit,
-    bench_breaker
+    bench_breaker,
+    bench_edge
 );
 
 /// `cargo test --all-targets -- --test-threads=N` hands libtest's flags to every target;

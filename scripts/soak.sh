@@ -66,7 +66,8 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# Ports below the kernel's range for outgoing connections (scripts/free-ports.py says why).
+read -r -a SOAK_PORTS < <(scripts/free-ports.py 6)
 wait_port() { # port, what
   local i
   for i in $(seq 1 200); do
@@ -79,7 +80,7 @@ wait_port() { # port, what
 now() { date +%s.%N; }
 
 # --- upstream replicas: one nginx process each (master_process off: SIGKILL kills it all)
-R_PORTS=("$(free_port)" "$(free_port)" "$(free_port)")
+R_PORTS=("${SOAK_PORTS[@]:0:3}")
 start_replica() { # index
   local i=$1 port=${R_PORTS[$1]} dir="$TMP/r$1"
   mkdir -p "$dir"
@@ -109,7 +110,7 @@ EOF
 for i in 0 1 2; do start_replica "$i"; done
 
 # --- Redis: private, no persistence
-REDIS_PORT="$(free_port)"
+REDIS_PORT="${SOAK_PORTS[3]}"
 start_redis() {
   redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$TMP" >/dev/null 2>&1 &
   REDIS_PID=$!
@@ -120,8 +121,8 @@ start_redis() {
 start_redis
 
 # --- the gateway: file discovery for the pool, a reloading config
-PORT="$(free_port)"
-ADMIN="$(free_port)"
+PORT="${SOAK_PORTS[4]}"
+ADMIN="${SOAK_PORTS[5]}"
 EPS="$TMP/endpoints.yaml"
 write_endpoints() { # count of replicas listed (2 or 3)
   local i out=""

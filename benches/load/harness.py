@@ -22,6 +22,7 @@ import hmac
 import json
 import os
 import platform
+import random
 import resource
 import shutil
 import signal
@@ -226,10 +227,26 @@ class Procs:
 PROCS = Procs()
 
 
+GIVEN_PORTS: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port that binds now, not handed out before in this run, from 12000-21999:
+    below the kernel's range for the local ports of outgoing connections (32768-60999 by
+    default), which the load's own thousands of client connections draw from; a port of
+    that range can be taken by one of them before the server started on it binds."""
+    for port in random.sample(range(12000, 22000), 10000):
+        if port in GIVEN_PORTS:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        GIVEN_PORTS.add(port)
+        return port
+    raise RuntimeError("no loopback port of 12000-21999 binds")
 
 
 def wait_port(port: int, p: subprocess.Popen | None, timeout: float = 20.0) -> None:

@@ -1,33 +1,52 @@
-//! A process-wide port registry (sozu's `e2e/src/port_registry.rs` idea): each call binds
-//! 127.0.0.1:0, reads the port the kernel chose, releases it, and never hands the same
-//! port to two callers of one test process, so tests running in parallel never collide.
+//! A process-wide port registry (sozu's `e2e/src/port_registry.rs` idea): each call hands
+//! out a loopback port that binds now, from a range the kernel never picks for outgoing
+//! connections, and never the same port to two callers of one test process, so tests
+//! running in parallel never collide.
 
 use std::collections::HashSet;
 use std::net::TcpListener;
 use std::sync::{Mutex, OnceLock};
 
-/// Attempts before giving up: the kernel's ephemeral range holds thousands of ports, so
-/// running out of fresh ones means something else is wrong.
-const ATTEMPTS: usize = 200;
+/// The ports handed out: `[FIRST, FIRST + SPAN)`. Linux picks the local port of an outgoing
+/// connection from `net.ipv4.ip_local_port_range` (32768-60999 by default); a port from
+/// that range, free when it was chosen, can be taken a moment later by any connect() on
+/// the machine, and the gateway started on it then fails with "address in use" (seen in
+/// CI). Below 22000 a port is out of that range, and so is a Redis Cluster node's bus port
+/// (the node's port + 10000, Redis' default), which keeps the bus ports out of this range too.
+const FIRST: u16 = 12000;
+/// How many ports the range holds.
+const SPAN: u16 = 10000;
 
-/// A loopback port that was free a moment ago and that no other caller in this process got.
+/// A loopback port that binds now, that no other caller in this process got, and that the
+/// kernel does not hand to outgoing connections.
 ///
-/// Panics when no fresh port is found in [`ATTEMPTS`] binds.
+/// Panics when no port of the range binds (the range is exhausted or taken by others).
 pub fn free_port() -> u16 {
-    static GIVEN: OnceLock<Mutex<HashSet<u16>>> = OnceLock::new();
-    let given = GIVEN.get_or_init(|| Mutex::new(HashSet::new()));
-    for _ in 0..ATTEMPTS {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        // A port handed out before is a collision: try again.
-        if given.lock().unwrap().insert(port) {
+    static NEXT: OnceLock<Mutex<(u16, HashSet<u16>)>> = OnceLock::new();
+    let state = NEXT.get_or_init(|| {
+        // Start where another test process (a parallel `cargo test` of another crate) is
+        // unlikely to be: the process id and the clock pick the offset.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let offset = (std::process::id().wrapping_mul(7919) ^ nanos) % u32::from(SPAN);
+        Mutex::new((offset as u16, HashSet::new()))
+    });
+    let mut state = state.lock().unwrap();
+    for _ in 0..SPAN {
+        let port = FIRST + state.0;
+        state.0 = (state.0 + 1) % SPAN;
+        if state.1.contains(&port) {
+            continue;
+        }
+        // Something else on the machine may hold it: only a port that binds is handed out.
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            state.1.insert(port);
             return port;
         }
     }
-    panic!("no fresh loopback port in {ATTEMPTS} attempts");
+    panic!("no loopback port of {FIRST}..{} binds", FIRST + SPAN);
 }
 
 /// `n` distinct ports from [`free_port`].
@@ -50,4 +69,31 @@ pub fn unique(tag: &str) -> String {
         .as_nanos();
     let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     format!("{tag}-{}-{nanos}-{seq}", std::process::id())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The ports handed out are distinct and outside the range the kernel picks local ports
+    /// of outgoing connections from, as this machine configures it.
+    #[test]
+    fn ports_are_distinct_and_never_ephemeral() {
+        let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .expect("read ip_local_port_range");
+        let bounds: Vec<u16> = range
+            .split_whitespace()
+            .map(|n| n.parse().unwrap())
+            .collect();
+        let ports = free_ports(50);
+        let distinct: HashSet<u16> = ports.iter().copied().collect();
+        assert_eq!(distinct.len(), ports.len(), "{ports:?}");
+        for p in ports {
+            assert!(
+                p < bounds[0] || p > bounds[1],
+                "{p} is in the ephemeral range {bounds:?}"
+            );
+            assert!(TcpListener::bind(("127.0.0.1", p)).is_ok(), "{p} binds");
+        }
+    }
 }
