@@ -474,8 +474,14 @@ fn bench_edge(c: &mut Criterion) {
     let wrk = build(&[("host", "127.0.0.1:8080".into())]);
     let browser = build(&[
         ("host", "shop.example.com".into()),
-        ("user-agent", "Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.0".into()),
-        ("accept", "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8".into()),
+        (
+            "user-agent",
+            "Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.0".into(),
+        ),
+        (
+            "accept",
+            "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8".into(),
+        ),
         ("accept-language", "en-US,en;q=0.5".into()),
         ("accept-encoding", "gzip, deflate, br, zstd".into()),
         ("referer", "https://shop.example.com/".into()),
@@ -493,8 +499,14 @@ fn bench_edge(c: &mut Criterion) {
     full.extend(names.iter().map(|n| (n.as_str(), "v".repeat(20))));
     let at_limit = build(&full);
     let mut g = c.benchmark_group("edge_check_request");
-    for (name, req) in [("wrk_1_field", &wrk), ("browser_12_fields", &browser), ("100_fields", &at_limit)] {
-        g.bench_function(name, |b| b.iter(|| check_request(black_box(req), &limits).is_ok()));
+    for (name, req) in [
+        ("wrk_1_field", &wrk),
+        ("browser_12_fields", &browser),
+        ("100_fields", &at_limit),
+    ] {
+        g.bench_function(name, |b| {
+            b.iter(|| check_request(black_box(req), &limits).is_ok())
+        });
     }
     g.finish();
 }
