@@ -29,8 +29,8 @@ wait_ready() {
   echo "error: $url did not answer within ${secs}s; the end of $log:" >&2
   tail -n 40 "$log" >&2; return 2
 }
-# Ports below the kernel's range for outgoing connections (scripts/free-ports.py says why).
-read -r up_port dead_port gw_port admin_port < <(scripts/free-ports.py 4)
+# Ports below the kernel's range for outgoing connections (scripts/free_ports.py says why).
+read -r up_port dead_port gw_port admin_port < <(scripts/free_ports.py 4)
 
 # A healthy upstream: 200 for everything, /health included.
 cat > "$tmp/upstream.py" <<'PY'
@@ -87,7 +87,7 @@ SERVICES_BIN="${SERVICES_BIN:-$CARGO_TARGET_DIR/debug/gatehouse-services}"
 # port is drawn from the same range); the demo then exits naming the address, and it is
 # started again on new ports, at most 3 times.
 for attempt in 1 2 3; do
-  read -r d_gw d_admin d_ctl d_user d_tx d_pay d_note < <(scripts/free-ports.py 7)
+  read -r d_gw d_admin d_ctl d_user d_tx d_pay d_note < <(scripts/free_ports.py 7)
   sed -e "s/127.0.0.1:3000/127.0.0.1:$d_gw/" -e "s/127.0.0.1:9901/127.0.0.1:$d_admin/" \
       -e "s/127.0.0.1:3001/127.0.0.1:$d_user/" -e "s/127.0.0.1:3003/127.0.0.1:$d_tx/" \
       -e "s/127.0.0.1:3004/127.0.0.1:$d_pay/" -e "s/127.0.0.1:3005/127.0.0.1:$d_note/" \

@@ -66,8 +66,8 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# Ports below the kernel's range for outgoing connections (scripts/free-ports.py says why).
-read -r -a SOAK_PORTS < <(scripts/free-ports.py 6)
+# Ports below the kernel's range for outgoing connections (scripts/free_ports.py says why).
+read -r -a SOAK_PORTS < <(scripts/free_ports.py 6)
 wait_port() { # port, what
   local i
   for i in $(seq 1 200); do

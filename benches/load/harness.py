@@ -22,7 +22,6 @@ import hmac
 import json
 import os
 import platform
-import random
 import resource
 import shutil
 import signal
@@ -38,7 +37,9 @@ import urllib.request
 from dataclasses import dataclass, field
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "scripts"))
 import configs  # noqa: E402  (the one place with every config template)
+from free_ports import free_ports  # noqa: E402  (ports outside the kernel's ephemeral range)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -232,21 +233,11 @@ GIVEN_PORTS: set[int] = set()
 
 def free_port() -> int:
     """A loopback port that binds now, not handed out before in this run, from 12000-21999:
-    below the kernel's range for the local ports of outgoing connections (32768-60999 by
-    default), which the load's own thousands of client connections draw from; a port of
-    that range can be taken by one of them before the server started on it binds."""
-    for port in random.sample(range(12000, 22000), 10000):
-        if port in GIVEN_PORTS:
-            continue
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        GIVEN_PORTS.add(port)
-        return port
-    raise RuntimeError("no loopback port of 12000-21999 binds")
+    below the kernel's range for the local ports of outgoing connections, which the load's
+    own thousands of client connections draw from (scripts/free_ports.py says why)."""
+    (port,) = free_ports(1, GIVEN_PORTS)
+    GIVEN_PORTS.add(port)
+    return port
 
 
 def wait_port(port: int, p: subprocess.Popen | None, timeout: float = 20.0) -> None:

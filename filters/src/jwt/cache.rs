@@ -48,9 +48,7 @@ impl TokenCache {
     /// count), honouring `exp`/`nbf` with `leeway` exactly like the verifier.
     pub fn new(capacity: usize, leeway: Duration, validate_nbf: bool) -> Self {
         Self {
-            shards: (0..SHARDS)
-                .map(|_| Mutex::new(Shard::default()))
-                .collect(),
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             per_shard: capacity.div_ceil(SHARDS).max(1),
             leeway: leeway.as_secs(),
             validate_nbf,
