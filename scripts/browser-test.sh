@@ -83,9 +83,9 @@ cd ../..
 # here would resolve the dev-dependencies' features differently and compile it again).
 SERVICES_BIN="${SERVICES_BIN:-$CARGO_TARGET_DIR/debug/gatehouse-services}"
 [ -x "$SERVICES_BIN" ] || cargo build -p gatehouse-services --features demo
-# A port picked free may be taken before the demo binds it (an outgoing connection's source
-# port is drawn from the same range); the demo then exits naming the address, and it is
-# started again on new ports, at most 3 times.
+# The ports come from below the kernel's range for outgoing connections, but another program
+# may still take one before the demo binds it; the demo then exits naming the address, and
+# it is started again on new ports, at most 3 times.
 for attempt in 1 2 3; do
   read -r d_gw d_admin d_ctl d_user d_tx d_pay d_note < <(scripts/free_ports.py 7)
   sed -e "s/127.0.0.1:3000/127.0.0.1:$d_gw/" -e "s/127.0.0.1:9901/127.0.0.1:$d_admin/" \

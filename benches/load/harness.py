@@ -36,13 +36,12 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "scripts"))
-import configs  # noqa: E402  (the one place with every config template)
-from free_ports import free_ports  # noqa: E402  (ports outside the kernel's ephemeral range)
-
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
+import configs  # noqa: E402  (the one place with every config template)
+from free_ports import free_ports  # noqa: E402  (ports outside the kernel's ephemeral range)
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 TARGETS = {

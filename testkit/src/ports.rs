@@ -3,7 +3,6 @@
 //! connections, and never the same port to two callers of one test process, so tests
 //! running in parallel never collide.
 
-use std::collections::HashSet;
 use std::net::TcpListener;
 use std::sync::{Mutex, OnceLock};
 
@@ -20,9 +19,12 @@ const SPAN: u16 = 10000;
 /// A loopback port that binds now, that no other caller in this process got, and that the
 /// kernel does not hand to outgoing connections.
 ///
-/// Panics when no port of the range binds (the range is exhausted or taken by others).
+/// Panics when the range is used up: every port of it handed out or found taken.
 pub fn free_port() -> u16 {
-    static NEXT: OnceLock<Mutex<(u16, HashSet<u16>)>> = OnceLock::new();
+    // (the next offset into the range, how many ports of it were looked at so far). The
+    // offset only moves forward, so a port is looked at, and handed out, at most once per
+    // process; after the whole range the process has none left.
+    static NEXT: OnceLock<Mutex<(u16, u16)>> = OnceLock::new();
     let state = NEXT.get_or_init(|| {
         // Start where another test process (a parallel `cargo test` of another crate) is
         // unlikely to be: the process id and the clock pick the offset.
@@ -31,22 +33,22 @@ pub fn free_port() -> u16 {
             .map(|d| d.subsec_nanos())
             .unwrap_or(0);
         let offset = (std::process::id().wrapping_mul(7919) ^ nanos) % u32::from(SPAN);
-        Mutex::new((offset as u16, HashSet::new()))
+        Mutex::new((offset as u16, 0))
     });
     let mut state = state.lock().unwrap();
-    for _ in 0..SPAN {
+    while state.1 < SPAN {
         let port = FIRST + state.0;
         state.0 = (state.0 + 1) % SPAN;
-        if state.1.contains(&port) {
-            continue;
-        }
+        state.1 += 1;
         // Something else on the machine may hold it: only a port that binds is handed out.
         if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            state.1.insert(port);
             return port;
         }
     }
-    panic!("no loopback port of {FIRST}..{} binds", FIRST + SPAN);
+    panic!(
+        "no loopback port of {FIRST}..{} is left to hand out",
+        FIRST + SPAN
+    );
 }
 
 /// `n` distinct ports from [`free_port`].
@@ -74,6 +76,7 @@ pub fn unique(tag: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashSet;
 
     /// The ports handed out are distinct and outside the range the kernel picks local ports
     /// of outgoing connections from, as this machine configures it.
